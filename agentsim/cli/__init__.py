@@ -1,0 +1,41 @@
+"""The ``agentsim`` command line: one module per command, registered here.
+
+Bad input anywhere below raises :class:`agentsim.errors.InputError`; :func:`main` prints it as
+one line and exits 2, so users never see a traceback for a mistake of theirs.
+"""
+from __future__ import annotations
+
+import sys
+
+import click
+
+from ..errors import InputError
+from .common import cli
+
+
+def _register() -> None:
+    from . import catalog_cmd, servicetime_cmd  # noqa: F401  (commands register on import)
+    for optional in ("calibrate_cmd", "estimate_cmd", "run_cmd"):
+        try:
+            __import__(f"{__name__}.{optional}")
+        except ModuleNotFoundError as e:
+            if e.name != f"{__name__}.{optional}":
+                raise
+
+
+def main(argv: list[str] | None = None) -> None:
+    _register()
+    try:
+        cli.main(args=argv, prog_name="agentsim", standalone_mode=False)
+    except InputError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)

@@ -1,0 +1,53 @@
+"""One LLM call as the engine sees it, and the outcome vocabulary every part of agentsim shares."""
+from __future__ import annotations
+
+import math
+
+#: every request ends in exactly one of these (``in_flight`` = still running when the run ended)
+OUTCOMES: tuple[str, ...] = (
+    "completed", "429_limit", "429_window", "429_spend_cap", "529_overload", "request_too_large",
+    "replica_failed", "timed_out", "cancelled", "in_flight",
+)
+
+
+class Request:
+    """A request's sizes, its timestamps and, while it runs, the engine's bookkeeping.
+
+    Timestamps are seconds from the run start (``nan`` until they happen). ``prompt_len`` and
+    ``out_left`` change when a preempted request is recomputed: its generated tokens join the
+    prompt it must prefill again.
+    """
+
+    __slots__ = (
+        "rid", "session", "tenant", "prompt", "output", "prefix_key", "priority", "max_tokens",
+        "arrival", "ready", "admitted", "first_token", "finish", "outcome", "replica",
+        "cached_gpu", "cached_host", "prefill_tokens", "preemptions", "on_done",
+        # engine state
+        "prompt_len", "out_left", "pf_done", "v_join", "b", "finish_v", "seq", "running", "removed",
+    )
+
+    def __init__(self, rid: int, arrival: float, prompt: int, output: int, *, session: int = -1,
+                 tenant: int = -1, prefix_key=None, priority: int = 0, on_done=None) -> None:
+        self.rid = rid
+        self.session = session
+        self.tenant = tenant
+        self.prompt = prompt
+        self.output = output
+        self.prefix_key = prefix_key
+        self.priority = priority
+        self.max_tokens = output
+        self.arrival = arrival
+        self.ready = self.admitted = self.first_token = self.finish = math.nan
+        self.outcome = "in_flight"
+        self.replica = -1
+        self.cached_gpu = self.cached_host = self.prefill_tokens = self.preemptions = 0
+        self.on_done = on_done
+        self.prompt_len = prompt
+        self.out_left = output
+        self.pf_done = 0
+        self.v_join = self.b = self.finish_v = self.seq = 0
+        self.running = self.removed = False
+
+    def __repr__(self) -> str:  # pragma: no cover - debugging aid
+        return (f"Request(rid={self.rid}, prompt={self.prompt}, output={self.output}, arrival={self.arrival:.6g}, "
+                f"outcome={self.outcome})")

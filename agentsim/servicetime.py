@@ -1,0 +1,229 @@
+"""The service-time core: how long one engine step takes, in two forms of one model.
+
+A step mixes prefill chunks (``c_i`` new tokens after ``p_i`` cached ones) and decodes (one token
+each at context ``s_j``). Only aggregates matter (DESIGN.md §5, hardware-roofline.md §3.2)::
+
+    T       = Σc_i + n_dec                                   tokens through the weights
+    compute = [2·P_active·T + attn·(Σ(c_i·p_i + c_i²/2) + Σs_j) + 2·d·V·sampled] / (tp·F·mfu)
+    memory  = [W_fixed + W_experts·(1-(1-k/E)^T) + kv_tok·(Σs_j + Σ(p_i+c_i))] / (tp·B·mbu)
+    step    = max(compute, memory) + comm(T) + overhead
+    comm(T) = 2L·[α + 2(tp-1)/tp·T·d·2B/(link·η)]  +  (pp-1)·[α + T·d·2B/(scale-out·η)]
+
+Pipeline stages run one after another for a micro-batch, so ``pp`` divides the per-GPU weights
+but not the step time (no micro-batch overlap is modelled). Energy per step is the deployment's
+server power, idle share for the whole step plus the dynamic share while kernels run.
+
+* :func:`step_cost` is the **vectorized form**: numpy arrays in, arrays out, any broadcastable
+  shapes — many steps of many deployments in one call (calibration, tables, reference engine).
+* :class:`StepCoeffs` is the **closed form** for the engine's hot path: plain floats, and
+  :class:`Stretch` sums a run of steps whose aggregates are affine in the step index in O(1).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+
+import numpy as np
+
+from .deployment import Deployment
+
+ACT_BYTES = 2.0  # activations travel in 16-bit
+
+
+@dataclass(frozen=True)
+class StepCoeffs:
+    """Per-deployment coefficients of the step-time model (seconds per unit). Floats or arrays."""
+
+    t_token: float        # s per token through the active weights (compute)
+    t_attn: float         # s per attended (query, key) pair (compute)
+    t_sample: float       # s per sampled token (LM head, compute)
+    t_weights: float      # s to read the always-read weights (memory)
+    t_experts: float      # s to read every routed expert once (memory)
+    expert_keep: float    # 1 - k/E: chance one token leaves a given expert untouched (1 for dense)
+    t_kv: float           # s per KV token read or written (memory)
+    comm_fixed: float     # s of collective latency per step (0 on one GPU)
+    comm_token: float     # s of collective transfer per token in the step
+    overhead: float       # fixed s per step (scheduling, launches)
+    request_overhead: float  # s per request before its first step (tokenise, schedule)
+    power_w: float        # server wall power of the deployment's GPUs at full load
+    idle_fraction: float  # share of power_w drawn when idle
+
+    @classmethod
+    def of(cls, dep: Deployment) -> "StepCoeffs":
+        m, g, e = dep.model, dep.gpu, dep.efficiency
+        flops = dep.tp * g.peak_flops(dep.precision) * e.mfu(dep.precision)
+        bw = dep.tp * g.hbm_bytes_per_s * e.mbu
+        b = dep.weight_element_bytes
+        input_embedding = 0 if m.tied_embeddings else m.vocab * m.d_model  # only rows are gathered
+        fixed_params = m.params - input_embedding - m.routed_expert_params
+        alpha = e.allreduce_latency_us * 1e-6
+        comm_fixed = comm_token = 0.0
+        if dep.tp > 1:
+            n_ar = 2 * m.layers
+            comm_fixed += n_ar * alpha
+            comm_token += n_ar * 2 * (dep.tp - 1) / dep.tp * m.d_model * ACT_BYTES / (
+                g.link_bytes_per_s_per_direction * e.link_efficiency)
+        if dep.pp > 1:
+            comm_fixed += (dep.pp - 1) * alpha
+            comm_token += (dep.pp - 1) * m.d_model * ACT_BYTES / (g.scaleout_gbps * 1e9 * e.link_efficiency)
+        return cls(
+            t_token=2 * m.active_nonembedding_params / flops,
+            t_attn=m.attention_flops_per_pair / flops,
+            t_sample=m.lm_head_flops / flops,
+            t_weights=fixed_params * b / bw,
+            t_experts=m.routed_expert_params * b / bw,
+            expert_keep=1 - m.top_k / m.n_experts if m.is_moe else 1.0,
+            t_kv=m.kv_bytes_per_token(dep.kv_dtype, dep.tp) * dep.tp / bw,
+            comm_fixed=comm_fixed, comm_token=comm_token,
+            overhead=e.step_overhead_ms * 1e-3,
+            request_overhead=e.request_overhead_ms * 1e-3,
+            power_w=dep.n_gpus * g.server_w_per_gpu,
+            idle_fraction=g.idle_power_fraction,
+        )
+
+    @classmethod
+    def stack(cls, coeffs: list["StepCoeffs"]) -> "StepCoeffs":
+        """Struct of arrays over many deployments (shape ``(D,)``), for :func:`step_cost`."""
+        return cls(**{f.name: np.array([getattr(c, f.name) for c in coeffs], dtype=float) for f in fields(cls)})
+
+    def column(self) -> "StepCoeffs":
+        """Arrays reshaped to ``(D, 1)`` so they broadcast against ``(N,)`` step arrays -> ``(D, N)``."""
+        return StepCoeffs(**{f.name: np.asarray(getattr(self, f.name), dtype=float)[:, None] for f in fields(self)})
+
+    # -- scalar form (plain Python floats; the reference engine and the loop baseline) ----------
+    def step_time(self, prefill_tokens: float = 0, prefill_attn: float = 0, prefill_kv: float = 0,
+                  decodes: float = 0, decode_context: float = 0, sampled: float | None = None) -> float:
+        tokens = prefill_tokens + decodes
+        if sampled is None:
+            sampled = decodes
+        compute = (self.t_token * tokens + self.t_attn * (prefill_attn + decode_context)
+                   + self.t_sample * sampled)
+        memory = self.t_weights + self.t_kv * (decode_context + prefill_kv)
+        if self.expert_keep < 1.0:
+            memory += self.t_experts * (1.0 - self.expert_keep ** tokens)
+        comm = self.comm_fixed + self.comm_token * tokens if self.comm_fixed else 0.0
+        return (compute if compute > memory else memory) + comm + self.overhead
+
+
+@dataclass(frozen=True)
+class StepCost:
+    """Vectorized result: one element per evaluated step."""
+
+    time_s: np.ndarray
+    compute_s: np.ndarray
+    memory_s: np.ndarray
+    comm_s: np.ndarray
+    energy_j: np.ndarray
+
+
+def prefill_attention_pairs(chunk, cached):
+    """Attended (query, key) pairs of a causal chunk of ``chunk`` tokens after ``cached`` ones."""
+    chunk = np.asarray(chunk, dtype=float)
+    return chunk * np.asarray(cached, dtype=float) + chunk * chunk / 2
+
+
+def step_cost(c: StepCoeffs, prefill_tokens=0, prefill_attn=0, prefill_kv=0, decodes=0, decode_context=0,
+              sampled=None) -> StepCost:
+    """Step time, its parts and its energy for arrays of step aggregates (broadcasting).
+
+    ``prefill_attn`` is Σ(c·p + c²/2) over the step's chunks (see :func:`prefill_attention_pairs`),
+    ``prefill_kv`` is Σ(p + c), ``decode_context`` is Σs over decodes; ``sampled`` defaults to the
+    number of decodes (add one per prompt that completes in the step).
+    """
+    pt = np.asarray(prefill_tokens, dtype=float)
+    nd = np.asarray(decodes, dtype=float)
+    tokens = pt + nd
+    sampled = nd if sampled is None else np.asarray(sampled, dtype=float)
+    ctx = np.asarray(decode_context, dtype=float)
+    compute = c.t_token * tokens + c.t_attn * (np.asarray(prefill_attn, dtype=float) + ctx) + c.t_sample * sampled
+    memory = (c.t_weights + c.t_experts * (1.0 - np.power(c.expert_keep, tokens))
+              + c.t_kv * (ctx + np.asarray(prefill_kv, dtype=float)))
+    comm = np.where(np.asarray(c.comm_fixed) > 0, c.comm_fixed + c.comm_token * tokens, 0.0)
+    busy = np.maximum(compute, memory)
+    time = busy + comm + c.overhead
+    energy = c.power_w * (c.idle_fraction * time + (1 - c.idle_fraction) * (busy + comm))
+    return StepCost(time, compute, memory, comm, energy)
+
+
+class Stretch:
+    """Closed form over a run of steps whose compute and memory terms are affine in the index.
+
+    Step ``u`` (0-based) takes ``max(c0 + c1·u, m0 + m1·u) + h``. Because the difference of two
+    affine terms changes sign at most once, the run splits at one crossover into two arithmetic
+    series: :meth:`elapsed` is O(1), and :meth:`steps_done_by` is one quadratic root per piece
+    plus an exact ±1 fix-up.
+    """
+
+    __slots__ = ("c0", "c1", "m0", "m1", "h", "split", "first_memory")
+
+    def __init__(self, c0: float, c1: float, m0: float, m1: float, h: float) -> None:
+        self.c0, self.c1, self.m0, self.m1, self.h = c0, c1, m0, m1, h
+        d0, d1 = m0 - c0, m1 - c1          # memory minus compute at u = 0 and its slope
+        self.first_memory = d0 >= 0         # which term rules the first piece
+        # first index where the other term takes over (inf if never); exact fix-up after rounding
+        if self.first_memory and d1 < 0:
+            split = math.floor(-d0 / d1) + 1
+        elif not self.first_memory and d1 > 0:
+            split = math.ceil(-d0 / d1)
+        else:
+            split = math.inf
+        if split != math.inf:
+            while split > 0 and not self._rules_first(split - 1):
+                split -= 1
+            while self._rules_first(split):
+                split += 1
+        self.split = split
+
+    def _rules_first(self, u: int) -> bool:
+        mem = self.m0 + self.m1 * u
+        com = self.c0 + self.c1 * u
+        return mem >= com if self.first_memory else com > mem
+
+    def step(self, u: int) -> float:
+        """Duration of step ``u`` (the scalar form, for checks and the reference engine)."""
+        mem = self.m0 + self.m1 * u
+        com = self.c0 + self.c1 * u
+        return (com if com > mem else mem) + self.h
+
+    @staticmethod
+    def _series(a: float, b: float, lo: int, hi: int) -> float:
+        """Σ_{u=lo}^{hi-1} (a + b·u)."""
+        n = hi - lo
+        return a * n + b * (lo + hi - 1) * n / 2 if n > 0 else 0.0
+
+    def elapsed(self, k: int) -> float:
+        """Total duration of steps 0..k-1."""
+        a1, b1, a2, b2 = (self.m0, self.m1, self.c0, self.c1) if self.first_memory else (self.c0, self.c1, self.m0, self.m1)
+        s = self.split
+        if k <= s:
+            return self._series(a1, b1, 0, k) + self.h * k
+        s = int(s)
+        return self._series(a1, b1, 0, s) + self._series(a2, b2, s, k) + self.h * k
+
+    def steps_done_by(self, tau: float) -> int:
+        """The number of whole steps finished by ``tau`` after the stretch start: max j, elapsed(j) <= tau."""
+        if tau <= 0:
+            return 0
+        a1, b1, a2, b2 = (self.m0, self.m1, self.c0, self.c1) if self.first_memory else (self.c0, self.c1, self.m0, self.m1)
+        s = self.split
+        t_split = self.elapsed(int(s)) if s != math.inf else math.inf
+        if tau < t_split:
+            j = self._solve(a1 + self.h, b1, tau)
+        else:
+            s = int(s)
+            j = s + self._solve(a2 + b2 * s + self.h, b2, tau - t_split)
+        while self.elapsed(j + 1) <= tau:
+            j += 1
+        while j > 0 and self.elapsed(j) > tau:
+            j -= 1
+        return j
+
+    @staticmethod
+    def _solve(a: float, b: float, tau: float) -> int:
+        """Largest j with a·j + b·j(j-1)/2 <= tau (approximately; callers fix up by ±1)."""
+        if b <= 1e-300:
+            return int(tau / a) if a > 0 else 0
+        # b/2·j² + (a - b/2)·j - tau = 0
+        p = a - b / 2
+        disc = p * p + 2 * b * tau
+        return max(0, int((-p + math.sqrt(disc)) / b))
