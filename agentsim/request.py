@@ -23,7 +23,7 @@ class Request:
         "arrival", "ready", "admitted", "first_token", "finish", "outcome", "replica",
         "cached_gpu", "cached_host", "prefill_tokens", "preemptions", "on_done",
         # engine state
-        "prompt_len", "out_left", "pf_done", "v_join", "b", "finish_v", "seq", "running", "removed",
+        "prompt_len", "out_left", "pf_done", "v_join", "b", "finish_v", "seq", "running", "removed", "kv",
     )
 
     def __init__(self, rid: int, arrival: float, prompt: int, output: int, *, session: int = -1,
@@ -47,6 +47,7 @@ class Request:
         self.pf_done = 0
         self.v_join = self.b = self.finish_v = self.seq = 0
         self.running = self.removed = False
+        self.kv = 0
 
     def __repr__(self) -> str:  # pragma: no cover - debugging aid
         return (f"Request(rid={self.rid}, prompt={self.prompt}, output={self.output}, arrival={self.arrival:.6g}, "

@@ -1,0 +1,458 @@
+"""A serving replica with continuous batching and event skipping (DESIGN.md §4).
+
+Semantics (shared with the step-by-step reference in ``engine_reference.py``):
+
+* **Steps.** Each step runs every decoding request (one token each) and then prefill chunks,
+  FCFS, up to the token budget (``token_budget - decodes`` prefill tokens). The step in which a
+  prompt's last chunk runs yields that request's first token; a request with one output token
+  finishes there, the others decode one token per step until their last.
+* **KV.** Admission allocates the whole prompt; each decode step writes one token per decoder.
+  A request is admitted (FCFS; the head blocks the queue) while a batch slot is free and
+  ``kv_used + prompt + decodes <= capacity``. When a step's decode writes would not fit, the most
+  recently admitted request is preempted (recompute: its generated tokens join its prompt and it
+  returns to the head of the queue).
+* **Event skipping.** While membership is fixed, step ``u`` of a stretch takes
+  ``max(c0 + c1·u, m0 + m1·u) + h`` (:class:`~agentsim.servicetime.Stretch`), so the replica arms
+  one timer for the whole stretch, to the next membership change: a decode finishing, the front
+  prompt's completing step, or KV running out. Decoders carry ``b = context - V`` against a
+  virtual token clock ``V`` (decode steps done), so the batch's context sum is ``Σb + n·V`` and no
+  per-step work grows with the batch.
+* **Arrivals.** An arrival that could be admitted at once (empty queue, a free slot, enough KV)
+  cuts the stretch: the step in progress finishes and the newcomer joins at that boundary. An
+  arrival within ``1e-9·max(1, t)`` s after a boundary counts as at it and joins the step that
+  starts there. Anything else provably waits for the stretch end, so it costs no event.
+* **Same-time events** are processed in SimPy's FIFO order of scheduling.
+
+The replica is a callback object on SimPy's queue, not a process: a stale timer (left behind by a
+cut, since SimPy cannot cancel events) is recognised by identity and ignored.
+"""
+from __future__ import annotations
+
+import heapq
+import math
+from collections import deque
+from dataclasses import dataclass
+
+from simpy.events import NORMAL, Event
+
+from .errors import InputError
+from .request import Request
+from .servicetime import StepCoeffs, Stretch
+
+EPS = 1e-9
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Scheduler limits of one replica (vLLM V1 defaults: see :func:`default_engine_config`)."""
+
+    kv_capacity: int
+    max_batch: int = 256
+    token_budget: int = 8192
+    admission: str = "fcfs"
+
+    def __post_init__(self) -> None:
+        if self.token_budget < 1:
+            raise InputError(f"engine.token_budget must be >= 1, got {self.token_budget}")
+        if self.max_batch < 1:
+            raise InputError(f"engine.max_batch must be >= 1, got {self.max_batch}")
+        if self.kv_capacity < 1:
+            raise InputError(f"engine.kv_capacity must be >= 1 token, got {self.kv_capacity}")
+        if self.admission not in ADMISSION_POLICIES:
+            raise InputError(f"engine.admission {self.admission!r} unknown; allowed: {', '.join(ADMISSION_POLICIES)}")
+
+
+class PriorityQueue:
+    """Waiting queue ordered by (priority, arrival order); lower priority values go first.
+
+    Same interface as the ``deque`` used for FCFS. A preempted request goes back ahead of every
+    request of its priority.
+    """
+
+    __slots__ = ("_heap", "_n", "_front")
+
+    def __init__(self) -> None:
+        self._heap: list = []
+        self._n = 0
+        self._front = 0
+
+    def append(self, req: Request) -> None:
+        self._n += 1
+        heapq.heappush(self._heap, (req.priority, self._n, req))
+
+    def appendleft(self, req: Request) -> None:
+        self._front -= 1
+        heapq.heappush(self._heap, (req.priority, self._front, req))
+
+    def popleft(self) -> Request:
+        return heapq.heappop(self._heap)[2]
+
+    def __getitem__(self, i: int) -> Request:
+        if i != 0:
+            raise IndexError("only the head is visible")
+        return self._heap[0][2]
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    def __iter__(self):
+        return (e[2] for e in sorted(self._heap))
+
+    def remove(self, req: Request) -> None:
+        self._heap = [e for e in self._heap if e[2] is not req]
+        heapq.heapify(self._heap)
+
+
+ADMISSION_POLICIES = {"fcfs": deque, "priority": PriorityQueue}
+
+
+class Replica:
+    """One deployment serving requests; ``on_done(req)`` is called when a request leaves."""
+
+    def __init__(self, env, coeffs: StepCoeffs, config: EngineConfig, *, index: int = 0, on_done=None,
+                 check_invariants: bool = False) -> None:
+        self.env = env
+        self.c = coeffs
+        self.cfg = config
+        self.index = index
+        self.on_done = on_done
+        self.check_invariants = check_invariants
+        self.cap = config.kv_capacity
+        self.budget = config.token_budget
+        self.max_batch = config.max_batch
+        self.waiting = ADMISSION_POLICIES[config.admission]()
+        self.prefilling: deque[Request] = deque()
+        self.live: dict[int, Request] = {}  # running requests in admission order (LIFO preemption)
+        self.heap: list = []                # (finish_v, seq, req) of decoders; stale if seq differs
+        self.n_dec = 0
+        self.sum_b = 0
+        self.V = 0
+        self.kv_used = 0
+        self.up = True
+        self._seq = 0
+        # the stretch in progress
+        self._timer: Event | None = None
+        self._t0 = 0.0
+        self._k = 0
+        self._law: Stretch | None = None
+        self._chunk = 0           # prefill tokens per step for the front prompt (uniform stretch)
+        self._mixed = None        # composition of a one-step mixed stretch
+        self._mixed_dur = 0.0
+        # counters
+        self.steps = 0
+        self.stretches = 0
+        self.busy_time = 0.0
+        self.energy_j = 0.0
+        self.tokens_out = 0
+        self.preemptions = 0
+
+    # -- public interface ------------------------------------------------------------------------
+    @property
+    def outstanding(self) -> int:
+        """Requests queued or running here (what load-aware routers compare)."""
+        return len(self.waiting) + len(self.live)
+
+    def submit(self, req: Request) -> None:
+        """A request arrives; it becomes schedulable after the per-request overhead."""
+        req.replica = self.index
+        if not self.up:
+            return self._end(req, "replica_failed")
+        if req.prompt + req.output > self.cap:
+            return self._end(req, "request_too_large")
+        if self.c.request_overhead > 0:
+            ev = Event(self.env)
+            ev._ok = True
+            ev._value = req
+            ev.callbacks.append(self._on_ready)
+            self.env.schedule(ev, NORMAL, self.c.request_overhead)
+        else:
+            self._enqueue(req)
+
+    def fail(self) -> None:
+        """The replica goes down: everything queued or running fails back to its client."""
+        self.up = False
+        self._close_stretch_accounting()
+        victims = list(self.live.values()) + list(self.waiting)
+        self.waiting = ADMISSION_POLICIES[self.cfg.admission]()
+        self.prefilling.clear()
+        self.live.clear()
+        self.heap.clear()
+        self.n_dec = self.sum_b = self.kv_used = 0
+        self._timer = None
+        for r in victims:
+            r.running = False
+            self._end(r, "replica_failed")
+
+    def repair(self) -> None:
+        self.up = True
+
+    # -- arrivals ----------------------------------------------------------------------------------
+    def _on_ready(self, ev: Event) -> None:
+        req = ev._value
+        if self.up:
+            self._enqueue(req)
+        else:
+            self._end(req, "replica_failed")
+
+    def _enqueue(self, req: Request) -> None:
+        now = self.env.now
+        req.ready = now
+        was_empty = not self.waiting
+        self.waiting.append(req)
+        if self._timer is None:
+            self._plan(now)
+        elif was_empty:
+            self._maybe_cut(req, now)
+        if self.check_invariants:
+            self.check()
+
+    def _maybe_cut(self, req: Request, now: float) -> None:
+        """Shorten the stretch so ``req`` joins at the next step boundary, if it could join there."""
+        if self.n_dec + len(self.prefilling) >= self.max_batch:
+            return
+        tau = now - self._t0
+        eps = EPS * max(1.0, now)
+        if self._law is None:   # a one-step mixed stretch
+            j, at_boundary = 0, tau <= eps
+        else:
+            j = self._law.steps_done_by(tau + eps)
+            at_boundary = self._law.elapsed(j) >= tau - eps
+        jb = j if at_boundary else j + 1
+        if jb >= self._k and not at_boundary:
+            return  # the stretch ends at that boundary anyway
+        if self.kv_used + self.n_dec * (jb + 1) + req.prompt_len > self.cap:
+            return  # would not fit there: it waits for the stretch end like everything else
+        if at_boundary:
+            t_b = self._t0 + (self._law.elapsed(j) if self._law is not None else 0.0)
+            self._apply(j, t_b)
+            self._plan(t_b)
+        else:
+            self._k = jb
+            self._arm(self._t0 + self._law.elapsed(jb))
+
+    # -- stretches ---------------------------------------------------------------------------------
+    def _arm(self, t_end: float) -> None:
+        ev = Event(self.env)
+        ev._ok = True
+        ev._value = None
+        ev.callbacks.append(self._on_timer)
+        self._timer = ev
+        self.env.schedule(ev, NORMAL, max(0.0, t_end - self.env.now))
+
+    def _on_timer(self, ev: Event) -> None:
+        if ev is not self._timer:
+            return  # stale: a cut re-armed the stretch
+        now = self.env.now
+        self._apply(self._k, now)
+        self._plan(now)
+        if self.check_invariants:
+            self.check()
+
+    def _apply(self, k: int, t: float) -> None:
+        """Account for ``k`` completed steps of the current stretch, ending at time ``t``."""
+        dur = t - self._t0
+        self.busy_time += dur
+        if k == 0:
+            return
+        self.steps += k
+        if self._law is None:
+            self._apply_mixed(t)
+            return
+        n = self.n_dec
+        c = self._chunk
+        busy = self._law.elapsed(k) - k * self._law.h
+        self.energy_j += self.c.power_w * (self.c.idle_fraction * dur + (1 - self.c.idle_fraction) * busy)
+        self.V += k
+        self.kv_used += n * k
+        self.tokens_out += n * k
+        if c:
+            front = self.prefilling[0]
+            front.pf_done += c * k
+            front.prefill_tokens += c * k
+        self._finish_decoders(t)
+
+    def _apply_mixed(self, t: float) -> None:
+        chunks, sampled, busy = self._mixed
+        self.energy_j += self.c.power_w * (self.c.idle_fraction * self._mixed_dur
+                                           + (1 - self.c.idle_fraction) * busy)
+        n = self.n_dec
+        self.V += 1
+        self.kv_used += n
+        self.tokens_out += n
+        V = self.V
+        for req, c in chunks:
+            req.pf_done += c
+            req.prefill_tokens += c
+            if req.pf_done >= req.prompt_len:   # prompt complete: first (or next) token out
+                self.prefilling.popleft()
+                self.tokens_out += 1
+                if req.first_token != req.first_token:  # nan: first time
+                    req.first_token = t
+                req.out_left -= 1
+                if req.out_left == 0:
+                    self._retire(req, t, alloc=req.prompt_len)
+                else:
+                    self._seq += 1
+                    req.seq = self._seq
+                    req.v_join = V
+                    req.b = req.prompt_len + 1 - V
+                    req.finish_v = V + req.out_left
+                    self.n_dec += 1
+                    self.sum_b += req.b
+                    heapq.heappush(self.heap, (req.finish_v, req.seq, req))
+        self._finish_decoders(t)
+
+    def _finish_decoders(self, t: float) -> None:
+        heap, V = self.heap, self.V
+        while heap and heap[0][0] <= V:
+            _, seq, req = heapq.heappop(heap)
+            if seq != req.seq or not req.running:
+                continue
+            self.n_dec -= 1
+            self.sum_b -= req.b
+            self._retire(req, t, alloc=req.b + V - 1)
+
+    def _retire(self, req: Request, t: float, alloc: int) -> None:
+        self.kv_used -= alloc
+        del self.live[req.rid]
+        req.running = False
+        req.finish = t
+        self._end(req, "completed")
+
+    def _end(self, req: Request, outcome: str) -> None:
+        req.outcome = outcome
+        if math.isnan(req.finish):
+            req.finish = self.env.now
+        if self.on_done is not None:
+            self.on_done(req)
+
+    def _close_stretch_accounting(self) -> None:
+        if self._timer is not None:
+            self.busy_time += self.env.now - self._t0
+
+    def _preempt(self) -> None:
+        """Free KV by recomputing the most recently admitted request later."""
+        victim = next(reversed(self.live.values()))
+        del self.live[victim.rid]
+        victim.running = False
+        if victim.pf_done >= victim.prompt_len:       # decoding
+            d = self.V - victim.v_join
+            self.kv_used -= victim.b + self.V - 1
+            self.n_dec -= 1
+            self.sum_b -= victim.b
+            victim.seq = -1                             # its heap entry is now stale
+            victim.prompt_len += d + 1
+            victim.out_left -= d
+        else:
+            self.kv_used -= victim.prompt_len
+            self.prefilling.remove(victim)
+        victim.pf_done = 0
+        victim.preemptions += 1
+        self.preemptions += 1
+        self.waiting.appendleft(victim)
+
+    def _admit(self) -> None:
+        waiting, cap = self.waiting, self.cap
+        while waiting and len(self.live) < self.max_batch:
+            req = waiting[0]
+            if self.kv_used + req.prompt_len + self.n_dec > cap:
+                break
+            waiting.popleft()
+            if math.isnan(req.admitted):
+                req.admitted = self.env.now
+            req.running = True
+            req.pf_done = min(req.cached_gpu + req.cached_host, req.prompt_len - 1) if req.preemptions == 0 else 0
+            self.kv_used += req.prompt_len
+            self.live[req.rid] = req
+            self.prefilling.append(req)
+
+    def _plan(self, t: float) -> None:
+        """At a step boundary at time ``t``: preempt, admit, and arm the next stretch."""
+        while self.kv_used + self.n_dec > self.cap:
+            self._preempt()
+        self._admit()
+        n = self.n_dec
+        self._t0 = t
+        self.stretches += 1
+        if n == 0 and not self.prefilling:
+            self._timer = None
+            self._law = None
+            return
+        c = self.c
+        S = self.sum_b + n * self.V
+        left = self.budget - n
+        k_finish = self.heap[0][0] - self.V if n else 1 << 62
+        k_kv = (self.cap - self.kv_used) // n if n else 1 << 62
+        chunk = 0
+        p = 0
+        if self.prefilling and left > 0:
+            front = self.prefilling[0]
+            r = front.prompt_len - front.pf_done
+            if r <= left:
+                return self._plan_mixed(t, n, S, left)
+            chunk = left
+            p = front.pf_done
+            k_pf = -(-r // left) - 1   # steps in which the front prompt does not complete
+            k = min(k_finish, k_kv, k_pf)
+        else:
+            k = min(k_finish, k_kv)
+        tokens = n + chunk
+        c0 = c.t_token * tokens + c.t_attn * (S + chunk * p + chunk * chunk / 2) + c.t_sample * n
+        c1 = c.t_attn * (n + chunk * chunk)
+        m0 = c.t_weights + c.t_kv * (S + p + chunk)
+        if c.expert_keep < 1.0:
+            m0 += c.t_experts * (1.0 - c.expert_keep ** tokens)
+        m1 = c.t_kv * (n + chunk)
+        h = c.overhead + (c.comm_fixed + c.comm_token * tokens if c.comm_fixed else 0.0)
+        self._law = law = Stretch(c0, c1, m0, m1, h)
+        self._chunk = chunk
+        self._k = k
+        self._arm(t + law.elapsed(k))
+
+    def _plan_mixed(self, t: float, n: int, S: int, left: int) -> None:
+        """One step in which at least one prompt completes (its composition is not uniform)."""
+        chunks = []
+        pf_tokens = 0
+        attn = 0.0
+        pf_kv = 0
+        done = 0
+        for req in self.prefilling:
+            if left <= 0:
+                break
+            r = req.prompt_len - req.pf_done
+            ch = r if r < left else left
+            chunks.append((req, ch))
+            pf_tokens += ch
+            attn += ch * req.pf_done + ch * ch / 2
+            pf_kv += req.pf_done + ch
+            left -= ch
+            if ch == r:
+                done += 1
+        dur = self.c.step_time(pf_tokens, attn, pf_kv, n, S, n + done)
+        busy = dur - self.c.overhead - (self.c.comm_fixed + self.c.comm_token * (n + pf_tokens)
+                                        if self.c.comm_fixed else 0.0)
+        self._mixed = (chunks, n + done, busy)
+        self._mixed_dur = dur
+        self._law = None
+        self._chunk = 0
+        self._k = 1
+        self._arm(t + dur)
+
+    # -- invariant checking mode ---------------------------------------------------------------------
+    def check(self) -> None:
+        """Conservation after every event (used by the tests): each request in exactly one place."""
+        waiting = list(self.waiting)
+        ids = [r.rid for r in waiting] + list(self.live)
+        assert len(ids) == len(set(ids)), "a request is in two places"
+        decoders = [r for r in self.live.values() if r.pf_done >= r.prompt_len]
+        prefill = [r for r in self.live.values() if r.pf_done < r.prompt_len]
+        assert len(decoders) == self.n_dec, (len(decoders), self.n_dec)
+        assert prefill == list(self.prefilling), "prefill queue out of sync"
+        assert sum(r.b for r in decoders) == self.sum_b
+        kv = sum(r.b + self.V - 1 for r in decoders) + sum(r.prompt_len for r in prefill)
+        assert kv == self.kv_used, (kv, self.kv_used)
+        assert self.kv_used <= self.cap, (self.kv_used, self.cap)
+        assert len(self.live) <= self.max_batch
+        assert all(not r.running for r in waiting)
+        if self.waiting and self._timer is None:
+            raise AssertionError("work waits while the replica idles")
