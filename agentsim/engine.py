@@ -17,7 +17,7 @@ Semantics (shared with the step-by-step reference in ``engine_reference.py``):
   prompt's completing step, or KV running out. Decoders carry ``b = context - V`` against a
   virtual token clock ``V`` (decode steps done), so the batch's context sum is ``Σb + n·V`` and no
   per-step work grows with the batch.
-* **Arrivals.** An arrival that could be admitted at once (empty queue, a free slot, enough KV)
+* **Arrivals.** An arrival that could be admitted at once (it heads the queue, a free slot, enough KV)
   cuts the stretch: the step in progress finishes and the newcomer joins at that boundary. An
   arrival within ``1e-9·max(1, t)`` s after a boundary counts as at it and joins the step that
   starts there. Anything else provably waits for the stretch end, so it costs no event.
@@ -36,10 +36,15 @@ from dataclasses import dataclass
 from simpy.events import NORMAL, Event
 
 from .errors import InputError
+from .prefix_cache import PrefixCache, reserve
 from .request import Request
 from .servicetime import StepCoeffs, Stretch
 
 EPS = 1e-9
+
+
+def _by_rid(req: Request) -> int:
+    return req.rid
 
 
 @dataclass(frozen=True)
@@ -110,8 +115,9 @@ class Replica:
     """One deployment serving requests; ``on_done(req)`` is called when a request leaves."""
 
     def __init__(self, env, coeffs: StepCoeffs, config: EngineConfig, *, index: int = 0, on_done=None,
-                 check_invariants: bool = False) -> None:
+                 cache: PrefixCache | None = None, check_invariants: bool = False) -> None:
         self.env = env
+        self.cache = cache if cache is not None and cache.enabled else None
         self.c = coeffs
         self.cfg = config
         self.index = index
@@ -179,6 +185,8 @@ class Replica:
         self.heap.clear()
         self.n_dec = self.sum_b = self.kv_used = 0
         self._timer = None
+        if self.cache is not None:
+            self.cache.clear()   # GPU and host memory of a failed replica are lost
         for r in victims:
             r.running = False
             self._end(r, "replica_failed")
@@ -197,11 +205,10 @@ class Replica:
     def _enqueue(self, req: Request) -> None:
         now = self.env.now
         req.ready = now
-        was_empty = not self.waiting
         self.waiting.append(req)
         if self._timer is None:
             self._plan(now)
-        elif was_empty:
+        elif self.waiting[0] is req:   # it heads the queue, so it could join at the next boundary
             self._maybe_cut(req, now)
         if self.check_invariants:
             self.check()
@@ -280,9 +287,11 @@ class Replica:
         self.kv_used += n
         self.tokens_out += n
         V = self.V
+        done = []
         for req, c in chunks:
             req.pf_done += c
             req.prefill_tokens += c
+            req.load = 0
             if req.pf_done >= req.prompt_len:   # prompt complete: first (or next) token out
                 self.prefilling.popleft()
                 self.tokens_out += 1
@@ -290,7 +299,8 @@ class Replica:
                     req.first_token = t
                 req.out_left -= 1
                 if req.out_left == 0:
-                    self._retire(req, t, alloc=req.prompt_len)
+                    req.kv = req.prompt_len
+                    done.append(req)
                 else:
                     self._seq += 1
                     req.seq = self._seq
@@ -300,20 +310,30 @@ class Replica:
                     self.n_dec += 1
                     self.sum_b += req.b
                     heapq.heappush(self.heap, (req.finish_v, req.seq, req))
-        self._finish_decoders(t)
+        self._finish_decoders(t, done)
 
-    def _finish_decoders(self, t: float) -> None:
+    def _finish_decoders(self, t: float, done: list | None = None) -> None:
         heap, V = self.heap, self.V
+        if not (heap and heap[0][0] <= V) and not done:
+            return
+        done = done or []
         while heap and heap[0][0] <= V:
             _, seq, req = heapq.heappop(heap)
             if seq != req.seq or not req.running:
                 continue
             self.n_dec -= 1
             self.sum_b -= req.b
-            self._retire(req, t, alloc=req.b + V - 1)
+            req.kv = req.b + V - 1
+            done.append(req)
+        if len(done) > 1:
+            done.sort(key=_by_rid)   # one canonical order for the cache and the callbacks
+        for req in done:
+            self._retire(req, t)
 
-    def _retire(self, req: Request, t: float, alloc: int) -> None:
-        self.kv_used -= alloc
+    def _retire(self, req: Request, t: float) -> None:
+        self.kv_used -= req.kv
+        if self.cache is not None:
+            self.cache.put(req.prefix_key, req.kv, t)   # its KV stays behind as a prefix entry
         del self.live[req.rid]
         req.running = False
         req.finish = t
@@ -351,26 +371,37 @@ class Replica:
         self.preemptions += 1
         self.waiting.appendleft(victim)
 
-    def _admit(self) -> None:
-        waiting, cap = self.waiting, self.cap
+    def _admit(self, t: float) -> None:
+        waiting, cap, cache = self.waiting, self.cap, self.cache
         while waiting and len(self.live) < self.max_batch:
             req = waiting[0]
-            if self.kv_used + req.prompt_len + self.n_dec > cap:
+            if cache is None:
+                if self.kv_used + req.prompt_len + self.n_dec > cap:
+                    break
+            elif not reserve(cache, req, self.kv_used, self.n_dec, cap, t, not self.live):
                 break
             waiting.popleft()
             if math.isnan(req.admitted):
-                req.admitted = self.env.now
+                req.admitted = t
             req.running = True
-            req.pf_done = min(req.cached_gpu + req.cached_host, req.prompt_len - 1) if req.preemptions == 0 else 0
+            if req.preemptions == 0:
+                req.pf_done = min(req.cached_gpu + req.cached_host, req.prompt_len - 1)
+                req.load = req.cached_host
+            else:
+                req.pf_done = req.load = 0
             self.kv_used += req.prompt_len
             self.live[req.rid] = req
             self.prefilling.append(req)
 
     def _plan(self, t: float) -> None:
         """At a step boundary at time ``t``: preempt, admit, and arm the next stretch."""
-        while self.kv_used + self.n_dec > self.cap:
-            self._preempt()
-        self._admit()
+        cache = self.cache
+        while self.kv_used + self.n_dec + (cache.gpu_used if cache is not None else 0) > self.cap:
+            if cache is not None and cache.gpu_used:
+                cache.evict(self.kv_used + self.n_dec + cache.gpu_used - self.cap, t, force=True)
+            else:
+                self._preempt()
+        self._admit(t)
         n = self.n_dec
         self._t0 = t
         self.stretches += 1
@@ -382,13 +413,14 @@ class Replica:
         S = self.sum_b + n * self.V
         left = self.budget - n
         k_finish = self.heap[0][0] - self.V if n else 1 << 62
-        k_kv = (self.cap - self.kv_used) // n if n else 1 << 62
+        free = self.cap - self.kv_used - (cache.gpu_used if cache is not None else 0)
+        k_kv = free // n if n else 1 << 62   # steps until decode writes need cache eviction or preemption
         chunk = 0
         p = 0
         if self.prefilling and left > 0:
             front = self.prefilling[0]
             r = front.prompt_len - front.pf_done
-            if r <= left:
+            if r <= left or front.load:
                 return self._plan_mixed(t, n, S, left)
             chunk = left
             p = front.pf_done
@@ -405,6 +437,9 @@ class Replica:
         m1 = c.t_kv * (n + chunk)
         h = c.overhead + (c.comm_fixed + c.comm_token * tokens if c.comm_fixed else 0.0)
         self._law = law = Stretch(c0, c1, m0, m1, h)
+        if cache is not None and self.waiting and cache.pinning:
+            # a pin expiring mid-stretch may let the queue head in at the next boundary
+            k = min(k, law.steps_done_by(cache.next_expiry(t) - t) + 1)
         self._chunk = chunk
         self._k = k
         self._arm(t + law.elapsed(k))
@@ -416,9 +451,11 @@ class Replica:
         attn = 0.0
         pf_kv = 0
         done = 0
+        load = 0
         for req in self.prefilling:
             if left <= 0:
                 break
+            load += req.load
             r = req.prompt_len - req.pf_done
             ch = r if r < left else left
             chunks.append((req, ch))
@@ -428,7 +465,7 @@ class Replica:
             left -= ch
             if ch == r:
                 done += 1
-        dur = self.c.step_time(pf_tokens, attn, pf_kv, n, S, n + done)
+        dur = self.c.step_time(pf_tokens, attn, pf_kv, n, S, n + done) + load * self.c.t_host_load
         busy = dur - self.c.overhead - (self.c.comm_fixed + self.c.comm_token * (n + pf_tokens)
                                         if self.c.comm_fixed else 0.0)
         self._mixed = (chunks, n + done, busy)
@@ -451,7 +488,11 @@ class Replica:
         assert sum(r.b for r in decoders) == self.sum_b
         kv = sum(r.b + self.V - 1 for r in decoders) + sum(r.prompt_len for r in prefill)
         assert kv == self.kv_used, (kv, self.kv_used)
-        assert self.kv_used <= self.cap, (self.kv_used, self.cap)
+        cached = self.cache.gpu_used if self.cache is not None else 0
+        assert self.kv_used + cached <= self.cap, (self.kv_used, cached, self.cap)
+        if self.cache is not None:
+            assert cached == sum(t for t, _ in self.cache.gpu.values())
+            assert self.cache.host_used == sum(self.cache.host.values()) <= self.cache.cfg.host_tokens
         assert len(self.live) <= self.max_batch
         assert all(not r.running for r in waiting)
         if self.waiting and self._timer is None:

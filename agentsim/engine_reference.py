@@ -12,6 +12,7 @@ import math
 from simpy.events import NORMAL, Event
 
 from .engine import ADMISSION_POLICIES, EPS, EngineConfig
+from .prefix_cache import PrefixCache, reserve
 from .request import Request
 from .servicetime import StepCoeffs
 
@@ -20,8 +21,9 @@ class SteppingReplica:
     """Same interface as :class:`~agentsim.engine.Replica`; ``req.kv`` is the KV it holds."""
 
     def __init__(self, env, coeffs: StepCoeffs, config: EngineConfig, *, index: int = 0, on_done=None,
-                 check_invariants: bool = False) -> None:
+                 cache: PrefixCache | None = None, check_invariants: bool = False) -> None:
         self.env, self.c, self.cfg, self.index, self.on_done = env, coeffs, config, index, on_done
+        self.cache = cache if cache is not None and cache.enabled else None
         self.waiting = ADMISSION_POLICIES[config.admission]()
         self.running: list[Request] = []   # admission order
         self.up = True
@@ -59,6 +61,8 @@ class SteppingReplica:
         self.running = []
         self.waiting = ADMISSION_POLICIES[self.cfg.admission]()
         self._timer = None
+        if self.cache is not None:
+            self.cache.clear()
         for r in victims:
             r.running = False
             self._end(r, "replica_failed")
@@ -76,30 +80,40 @@ class SteppingReplica:
     def _enqueue(self, req: Request) -> None:
         now = self.env.now
         req.ready = now
-        was_empty = not self.waiting
         self.waiting.append(req)
         if self._timer is None:
             self._step(now)
-        elif was_empty and now - self._t0 <= EPS * max(1.0, now):
+        elif self.waiting[0] is req and now - self._t0 <= EPS * max(1.0, now):
             decoders = sum(1 for r in self.running if r.pf_done >= r.prompt_len)
             if len(self.running) < self.cfg.max_batch and self.kv_used + decoders + req.prompt_len <= self.cfg.kv_capacity:
                 self._step(self._t0)   # it arrived at the boundary: re-plan the step that starts there
 
     def _step(self, t: float) -> None:
         """Plan the one step that starts at ``t``."""
-        cap = self.cfg.kv_capacity
-        while self.kv_used + sum(1 for r in self.running if r.pf_done >= r.prompt_len) > cap:
-            self._preempt(self.running[-1])
+        cap, cache = self.cfg.kv_capacity, self.cache
+        while True:
+            cached = cache.gpu_used if cache is not None else 0
+            over = self.kv_used + sum(1 for r in self.running if r.pf_done >= r.prompt_len) + cached - cap
+            if over <= 0:
+                break
+            if cached:
+                cache.evict(over, t, force=True)
+            else:
+                self._preempt(self.running[-1])
         decoders = [r for r in self.running if r.pf_done >= r.prompt_len]
         while self.waiting and len(self.running) < self.cfg.max_batch:
             req = self.waiting[0]
-            if self.kv_used + req.prompt_len + len(decoders) > cap:
+            if not reserve(cache, req, self.kv_used, len(decoders), cap, t, not self.running):
                 break
             self.waiting.popleft()
             if math.isnan(req.admitted):
-                req.admitted = self.env.now
+                req.admitted = t
             req.running = True
-            req.pf_done = min(req.cached_gpu + req.cached_host, req.prompt_len - 1) if req.preemptions == 0 else 0
+            if req.preemptions == 0:
+                req.pf_done = min(req.cached_gpu + req.cached_host, req.prompt_len - 1)
+                req.load = req.cached_host
+            else:
+                req.pf_done = req.load = 0
             req.kv = req.prompt_len
             self.running.append(req)
         self._t0 = t
@@ -120,6 +134,7 @@ class SteppingReplica:
         context = sum(r.kv + 1 for r in decoders)
         dur = self.c.step_time(sum(ch for _, ch in chunks), sum(ch * r.pf_done + ch * ch / 2 for r, ch in chunks),
                                sum(r.pf_done + ch for r, ch in chunks), len(decoders), context, len(decoders) + done)
+        dur += sum(r.load for r, _ in chunks) * self.c.t_host_load
         self._plan_data = (decoders, chunks, dur)
         ev = Event(self.env)
         ev._ok, ev._value = True, None
@@ -138,25 +153,31 @@ class SteppingReplica:
         comm = self.c.comm_fixed + self.c.comm_token * tokens if self.c.comm_fixed else 0.0
         self.energy_j += self.c.power_w * (self.c.idle_fraction * (now - self._t0)
                                            + (1 - self.c.idle_fraction) * (dur - self.c.overhead - comm))
+        finished = []
         for r in decoders:
             r.kv += 1
             r.out_left -= 1
             self.tokens_out += 1
             if r.out_left == 0:
-                self._retire(r, now)
+                finished.append(r)
         for r, ch in chunks:
             r.pf_done += ch
             r.prefill_tokens += ch
+            r.load = 0
             if r.pf_done >= r.prompt_len:
                 self.tokens_out += 1
                 if math.isnan(r.first_token):
                     r.first_token = now
                 r.out_left -= 1
                 if r.out_left == 0:
-                    self._retire(r, now)
+                    finished.append(r)
+        for r in sorted(finished, key=lambda r: r.rid):
+            self._retire(r, now)
         self._step(now)
 
     def _retire(self, r: Request, t: float) -> None:
+        if self.cache is not None:
+            self.cache.put(r.prefix_key, r.kv, t)
         self.running.remove(r)
         r.running = False
         r.finish = t

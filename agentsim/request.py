@@ -19,21 +19,23 @@ class Request:
     """
 
     __slots__ = (
-        "rid", "session", "tenant", "prompt", "output", "prefix_key", "priority", "max_tokens",
+        "rid", "session", "tenant", "prompt", "output", "prefix_key", "prefix_len", "priority", "max_tokens",
         "arrival", "ready", "admitted", "first_token", "finish", "outcome", "replica",
         "cached_gpu", "cached_host", "prefill_tokens", "preemptions", "on_done",
         # engine state
-        "prompt_len", "out_left", "pf_done", "v_join", "b", "finish_v", "seq", "running", "removed", "kv",
+        "prompt_len", "out_left", "pf_done", "v_join", "b", "finish_v", "seq", "running", "removed", "kv", "load",
     )
 
     def __init__(self, rid: int, arrival: float, prompt: int, output: int, *, session: int = -1,
-                 tenant: int = -1, prefix_key=None, priority: int = 0, on_done=None) -> None:
+                 tenant: int = -1, prefix_key=None, prefix_len: int | None = None, priority: int = 0,
+                 on_done=None) -> None:
         self.rid = rid
         self.session = session
         self.tenant = tenant
         self.prompt = prompt
         self.output = output
         self.prefix_key = prefix_key
+        self.prefix_len = prompt if prefix_len is None else prefix_len  # leading tokens shared with its key
         self.priority = priority
         self.max_tokens = output
         self.arrival = arrival
@@ -48,6 +50,7 @@ class Request:
         self.v_join = self.b = self.finish_v = self.seq = 0
         self.running = self.removed = False
         self.kv = 0
+        self.load = 0   # host-tier tokens still to load before its first chunk
 
     def __repr__(self) -> str:  # pragma: no cover - debugging aid
         return (f"Request(rid={self.rid}, prompt={self.prompt}, output={self.output}, arrival={self.arrival:.6g}, "

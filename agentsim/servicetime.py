@@ -45,6 +45,7 @@ class StepCoeffs:
     comm_token: float     # s of collective transfer per token in the step
     overhead: float       # fixed s per step (scheduling, launches)
     request_overhead: float  # s per request before its first step (tokenise, schedule)
+    t_host_load: float    # s per KV token loaded from the host tier (each GPU loads its shard)
     power_w: float        # server wall power of the deployment's GPUs at full load
     idle_fraction: float  # share of power_w drawn when idle
 
@@ -77,6 +78,7 @@ class StepCoeffs:
             comm_fixed=comm_fixed, comm_token=comm_token,
             overhead=e.step_overhead_ms * 1e-3,
             request_overhead=e.request_overhead_ms * 1e-3,
+            t_host_load=dep.kv_bytes_per_token_per_gpu / (g.host_link_gbps * 1e9),
             power_w=dep.n_gpus * g.server_w_per_gpu,
             idle_fraction=g.idle_power_fraction,
         )
@@ -204,6 +206,8 @@ class Stretch:
         """The number of whole steps finished by ``tau`` after the stretch start: max j, elapsed(j) <= tau."""
         if tau <= 0:
             return 0
+        if tau == math.inf:
+            return 1 << 62
         a1, b1, a2, b2 = (self.m0, self.m1, self.c0, self.c1) if self.first_memory else (self.c0, self.c1, self.m0, self.m1)
         s = self.split
         t_split = self.elapsed(int(s)) if s != math.inf else math.inf

@@ -1,0 +1,300 @@
+"""Fitting each GPU generation's efficiency factors to measured points (``agentsim calibrate``).
+
+Read in order: :func:`load_points` (CSV -> validated :class:`Point`), :data:`PREDICTORS` (metric ->
+prediction from a :class:`Deployment`), :func:`fit_factors` (pick the identified factors; minimise
+Σ_points log(pred/measured)² + Σ_factors (λ·log(factor/prior))², λ = PRIOR_WEIGHT, so a factor the
+data barely constrain stays near its prior), :func:`calibrate` (all generations, leave-one-out) and
+:func:`write_calibrated`. A predictor that cannot express a point raises :class:`Unscored`; the
+engine issue adds load-point predictors (``PREDICTORS["output_throughput"]``) without touching the fit.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import re
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+from scipy.optimize import least_squares
+
+from .catalog import Catalog
+from .deployment import Deployment
+from .errors import InputError
+from .hardware import Efficiency
+from .servicetime import StepCoeffs, prefill_attention_pairs, step_cost
+
+METRIC_UNITS = {"ttft": "ms", "itl": "ms", "tpot": "ms", "tpot_p50": "ms",
+                "decode_rate_per_user": "tokens/s", "output_throughput": "tokens/s"}
+PRECISION_MAP = {"fp16": "bf16", "bf16": "bf16", "fp8": "fp8", "fp4": "fp4"}
+REQUIRED = ("model", "precision", "gpu", "n_gpus", "tp", "engine", "batch_or_concurrency",
+            "input_tokens", "output_tokens", "metric", "value", "unit")
+TOKEN_BUDGET = 8192      # prefill tokens per step (vLLM-style max_num_batched_tokens)
+PRIOR_WEIGHT = 0.2       # λ: a factor 2x off its prior costs as much as a point ~14 % off
+IDENTIFY_MIN = 0.05      # identified: some point moves >= 0.5 % when the factor moves 10 %
+MAX_FACTORS = 4          # per generation
+BOUNDS, BOUNDS_MS = (0.05, 1.0), (0.0, 100.0)  # MFU/MBU; the *_ms overheads
+OVERHEAD_FLOOR_MS = 1.0  # overheads may be 0: they are fitted as log(floor + value)
+FLOOR = {n: OVERHEAD_FLOOR_MS if n.endswith("_ms") else 0.0 for n in Efficiency.FITTABLE}
+LOAD_REASON = "load point ({}): needs the serving engine (agentsim estimate), which is not available yet"
+
+
+class Unscored(Exception):
+    """A predictor cannot express this point; the message is the reason shown to the user."""
+
+
+@dataclass(frozen=True)
+class Point:
+    """One measured row of the calibration CSV, parsed and checked (CSV spellings kept)."""
+    where: str               # "FILE: row N (line L)" (N: 1-based data row), for messages
+    row: int
+    source: str
+    model: str
+    gpu: str
+    precision: str           # FP16, BF16, FP8 or FP4
+    n_gpus: int
+    tp: int
+    engine: str
+    load: str                # the batch_or_concurrency text
+    concurrency: int | None  # None for offline / server / max-throughput scenarios
+    input_tokens: int | None
+    output_tokens: int | None
+    metric: str
+    value: float
+    unit: str
+
+
+def load_points(path: str | os.PathLike) -> list[Point]:
+    """Read and validate a calibration CSV; a bad field raises InputError naming file, row and field."""
+    path = Path(path)
+    try:
+        reader = csv.DictReader(io.StringIO(path.read_text(encoding="utf-8-sig")))
+    except OSError as e:
+        raise InputError(f"calibration data {path}: cannot read ({e.strerror})") from None
+    missing = [c for c in REQUIRED if c not in (reader.fieldnames or [])]
+    if missing:
+        raise InputError(f"{path}: missing column(s) {', '.join(missing)}; required: {', '.join(REQUIRED)}")
+    points = [_parse_row(rec, i, f"{path}: row {i} (line {reader.line_num})") for i, rec in enumerate(reader, 1)]
+    if not points:
+        raise InputError(f"{path}: no data rows")
+    return points
+
+
+def _text(rec: dict, field: str) -> str:
+    return (rec.get(field) or "").strip()  # a short row gives None
+
+
+def _number(rec: dict, field: str, where: str, kind=float, optional: bool = False):
+    text = _text(rec, field)
+    if not text and optional:
+        return None
+    try:
+        value = kind(text)
+    except ValueError:
+        value = None
+    if value is None or not math.isfinite(value) or value <= 0:
+        allowed = f"a positive {'integer' if kind is int else 'number'}" + (" or empty" if optional else "")
+        raise InputError(f"{where}: field {field}: {text!r} is not {allowed}")
+    return value
+
+
+def _concurrency(text: str, where: str) -> int | None:
+    """N for 'N' / 'concurrency N' / 'batch N'; None for offline, server or max-throughput scenarios."""
+    m = re.fullmatch(r"(?:concurrency|batch)?\s*(\d+)", text, re.I)
+    if m or re.search(r"offline|server|max", text, re.I):
+        return int(m.group(1)) if m else None
+    raise InputError(f"{where}: field batch_or_concurrency: {text!r} not understood; allowed: N, "
+                     "'concurrency N', 'batch N', or a scenario naming offline/server/max")
+
+
+def _parse_row(rec: dict, row: int, where: str) -> Point:
+    metric, unit, precision = _text(rec, "metric"), _text(rec, "unit"), _text(rec, "precision")
+    for field, value, allowed in (("metric", metric, list(METRIC_UNITS)), ("unit", unit, [METRIC_UNITS.get(metric)]),
+                                  ("precision", precision.upper(), [k.upper() for k in PRECISION_MAP])):
+        if value not in allowed:
+            raise InputError(f"{where}: field {field}: {value!r} not allowed; allowed: {', '.join(allowed)}")
+    n_gpus, tp = _number(rec, "n_gpus", where, int), _number(rec, "tp", where, int)
+    if n_gpus % tp:
+        raise InputError(f"{where}: field n_gpus: {n_gpus} is not a multiple of tp={tp} (pp = n_gpus/tp)")
+    load = _text(rec, "batch_or_concurrency")
+    return Point(where, row, _text(rec, "source"), _text(rec, "model"), _text(rec, "gpu"), precision, n_gpus, tp,
+                 _text(rec, "engine"), load, _concurrency(load, where),
+                 _number(rec, "input_tokens", where, int, optional=True),
+                 _number(rec, "output_tokens", where, int, optional=True), metric, _number(rec, "value", where), unit)
+
+
+def deployment(cat: Catalog, p: Point) -> Deployment:
+    """The point's deployment (pp = n_gpus/tp); an impossible one (weights do not fit, ...) is Unscored."""
+    try:
+        model, gpu = cat.model(p.model), cat.gpu(p.gpu)
+    except InputError as e:
+        raise InputError(f"{p.where}: {e}") from None
+    try:
+        return Deployment(model=model, gpu=gpu, efficiency=cat.efficiency(gpu), tp=p.tp, pp=p.n_gpus // p.tp,
+                          precision=PRECISION_MAP[p.precision.lower()])
+    except InputError as e:
+        raise Unscored(f"not a valid deployment: {e}") from None
+
+
+# -- predictors (concurrency 1): metric -> f(deployment, point) in the CSV's unit ---------------
+def _lengths(p: Point, min_output: int = 1) -> tuple[int, int]:
+    if p.concurrency != 1:
+        raise Unscored(LOAD_REASON.format(p.load))
+    if p.input_tokens is None or p.output_tokens is None:
+        raise Unscored("no input/output lengths given: the step-time model needs both")
+    if p.output_tokens < min_output:
+        raise Unscored(f"output_tokens {p.output_tokens} < {min_output}: no decode steps to time")
+    return p.input_tokens, p.output_tokens
+
+
+def predict_ttft_ms(dep: Deployment, p: Point) -> float:
+    """Request overhead + the prompt's prefill at an idle replica, chunked by TOKEN_BUDGET."""
+    n, _ = _lengths(p)
+    cached = np.arange(0, n, TOKEN_BUDGET, dtype=float)
+    chunk = np.minimum(TOKEN_BUDGET, n - cached)
+    c = StepCoeffs.of(dep)
+    steps = step_cost(c, prefill_tokens=chunk, prefill_attn=prefill_attention_pairs(chunk, cached),
+                      prefill_kv=cached + chunk, sampled=(cached + chunk == n).astype(float))
+    return float(steps.time_s.sum() + c.request_overhead) * 1e3
+
+
+def decode_step_s(dep: Deployment, p: Point) -> float:
+    """Mean batch-1 decode step over contexts input+1 .. input+output-1."""
+    n, m = _lengths(p, min_output=2)
+    return float(step_cost(StepCoeffs.of(dep), decodes=1, decode_context=n + np.arange(1, m)).time_s.mean())
+
+
+Predictor = Callable[[Deployment, Point], float]
+_decode_ms: Predictor = lambda dep, p: decode_step_s(dep, p) * 1e3  # noqa: E731
+PREDICTORS: dict[str, Predictor] = {
+    "ttft": predict_ttft_ms, "itl": _decode_ms, "tpot": _decode_ms, "tpot_p50": _decode_ms,
+    "decode_rate_per_user": lambda dep, p: 1.0 / decode_step_s(dep, p)}
+
+
+def predict(dep: Deployment, p: Point) -> float:
+    """The model's value for ``p`` on ``dep``; raises Unscored when no predictor can express it."""
+    if p.metric not in PREDICTORS:
+        raise Unscored(LOAD_REASON.format(f"{p.metric} at {p.load or 'unspecified load'}"))
+    return PREDICTORS[p.metric](dep, p)
+
+
+# -- fitting: MAP in log space --------------------------------------------------------------------
+Item = tuple[Point, Deployment]  # a scored point and its deployment (with prior efficiency)
+
+
+def _with(dep: Deployment, factors: dict[str, float]) -> Deployment:
+    """``dep`` with some efficiency factors replaced."""
+    return replace(dep, efficiency=dep.efficiency.model_copy(update=factors))
+
+
+def _log_preds(items: list[Item], names: list[str], u: np.ndarray) -> np.ndarray:
+    """log(prediction) of every item with factor ``names[i] = exp(u[i]) - floor``."""
+    update = {n: float(math.exp(v) - FLOOR[n]) for n, v in zip(names, u)}
+    return np.array([math.log(predict(_with(d, update), p)) for p, d in items])
+
+
+def choose_factors(items: list[Item], prior: Efficiency) -> list[str]:
+    """The identified factors, most influential first: at most MAX_FACTORS and never more than the points.
+
+    Sensitivity = |d log(pred)/d log(factor)| at the prior (1 ms if it is 0); a factor is identified
+    when some point's sensitivity exceeds IDENTIFY_MIN, and ranked by its sum over the points."""
+    sens, h = {}, 0.02
+    for n in Efficiency.FITTABLE if items else ():
+        x = getattr(prior, n) or OVERHEAD_FLOOR_MS
+        up, down = (np.array([math.log(x * math.exp(s) + FLOOR[n])]) for s in (h, -h))
+        sens[n] = np.abs(_log_preds(items, [n], up) - _log_preds(items, [n], down)) / (2 * h)
+    ranked = sorted((n for n in sens if sens[n].max() > IDENTIFY_MIN), key=lambda n: -sens[n].sum())
+    return ranked[:min(MAX_FACTORS, len(items))]
+
+
+def fit_factors(items: list[Item], prior: Efficiency) -> dict[str, float]:
+    """MAP fit of the chosen factors (see the module docstring); {} when nothing is identified."""
+    names = choose_factors(items, prior)
+    if not names:
+        return {}
+    floor = np.array([FLOOR[n] for n in names])
+    u0 = np.log([getattr(prior, n) for n in names] + floor)
+    lo, hi = np.log(np.array([BOUNDS_MS if n.endswith("_ms") else BOUNDS for n in names]).T + floor)
+    measured = np.log([p.value for p, _ in items])
+    res = least_squares(lambda u: np.concatenate([_log_preds(items, names, u) - measured, PRIOR_WEIGHT * (u - u0)]),
+                        np.clip(u0, lo + 1e-9, hi - 1e-9), bounds=(lo, hi))
+    return dict(zip(names, (np.exp(res.x) - floor).tolist()))
+
+
+@dataclass
+class GenerationFit:
+    generation: str
+    prior: Efficiency
+    fitted: dict[str, float]
+    rows: list[int]            # the data rows the fit used
+
+
+@dataclass
+class Calibration:
+    rows: list[dict]           # one per point: the keys of the CLI table and JSON
+    fits: dict[str, GenerationFit]
+
+
+def calibrate(points: list[Point], cat: Catalog) -> Calibration:
+    """Fit every generation that has scored points; predict each point, and again leaving it out."""
+    deps, reasons, by_gen, fits, pred, loo = {}, {}, {}, {}, {}, {}
+    for i, p in enumerate(points):
+        try:
+            deps[i] = deployment(cat, p)
+            predict(deps[i], p)
+            by_gen.setdefault(deps[i].gpu.generation, []).append(i)
+        except Unscored as e:
+            reasons[i] = str(e)
+    for gen, idx in by_gen.items():
+        items, prior = [(points[i], deps[i]) for i in idx], cat.generations[gen]
+        fit = fits[gen] = GenerationFit(gen, prior, fit_factors(items, prior), [points[i].row for i in idx])
+        for k, i in enumerate(idx):
+            pred[i] = predict(_with(deps[i], fit.fitted), points[i])
+            loo[i] = predict(_with(deps[i], fit_factors(items[:k] + items[k + 1:], prior)), points[i])
+    rows = [_row(cat, p, deps.get(i), pred.get(i), loo.get(i), reasons.get(i)) for i, p in enumerate(points)]
+    return Calibration(rows, fits)
+
+
+def _row(cat: Catalog, p: Point, dep: Deployment | None, pred, loo, reason) -> dict:
+    rel = lambda v: None if v is None else v / p.value - 1  # noqa: E731
+    return {"row": p.row, "model": dep.model.name if dep else p.model, "gpu": dep.gpu.name if dep else p.gpu,
+            "generation": dep.gpu.generation if dep else None, "metric": p.metric, "unit": p.unit,
+            "measured": p.value, "predicted": pred, "rel_error": rel(pred), "loo_error": rel(loo),
+            "scored": reason is None, "precision": p.precision, "tp": p.tp, "n_gpus": p.n_gpus,
+            "input_tokens": p.input_tokens, "output_tokens": p.output_tokens, "batch_or_concurrency": p.load,
+            "engine": p.engine, "reason": reason, "gpu_assumption": cat.assumption(p.gpu), "source": p.source}
+
+
+def summary(rows: list[dict]) -> dict:
+    """Median / max |relative error| and leave-one-out median over the scored rows (NaN if none)."""
+    err = np.abs([r["rel_error"] for r in rows if r["scored"]] or [np.nan])
+    loo = np.abs([r["loo_error"] for r in rows if r["scored"]] or [np.nan])
+    return {"points": sum(r["scored"] for r in rows), "median_abs_error": float(np.median(err)),
+            "max_abs_error": float(err.max()), "loo_median_abs_error": float(np.median(loo))}
+
+
+def write_calibrated(fits: dict[str, GenerationFit], path: str | os.PathLike, data_name: str) -> None:
+    """Write the fitted factors as a catalog TOML file (``[generations.<gen>]``), atomically."""
+    lines = [f"# Fitted by `agentsim calibrate` on {data_name}; overlays efficiency.toml (regenerate it).", ""]
+    for gen, fit in sorted(fits.items()):
+        key, note = json.dumps(gen), (f"fitted by agentsim calibrate on {len(fit.rows)} points of {data_name} "
+                                      f"(rows {', '.join(map(str, fit.rows))}); prior ")
+        if fit.fitted:
+            lines += [f"[generations.{key}]", *(f"{n} = {round(v, 5)!r}" for n, v in fit.fitted.items()),
+                      "calibrated = true", "", f"[generations.{key}.sources]",
+                      *(f"{n} = {json.dumps(note + str(getattr(fit.prior, n)))}" for n in fit.fitted), ""]
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write("\n".join(lines))
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a catalog file is meant to be shared
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise

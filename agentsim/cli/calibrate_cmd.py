@@ -1,0 +1,56 @@
+"""``agentsim calibrate``: fit each GPU generation's efficiency factors to measured points.
+
+Prints every point (conditions, measured, predicted, relative and leave-one-out error, or why it
+is not scored), then per generation the fitted factors against their priors and an error summary.
+``--write FILE`` saves the fitted factors as a catalog file (the shipped one is
+``agentsim/data/calibrated.toml``).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .. import calibrate as cal
+from ..catalog import data_path, env_catalog_files, load_catalog
+from .common import _fmt, catalog_option, cli, emit, format_option, render_table
+
+
+def generation_block(fit: cal.GenerationFit, rows: list[dict]) -> str:
+    """Fitted factors vs priors and the error summary of one generation, as text."""
+    s = cal.summary([r for r in rows if r["generation"] == fit.generation])
+    factors = [{"factor": n, "prior": getattr(fit.prior, n), "fitted": v} for n, v in fit.fitted.items()]
+    head = (f"{fit.generation}: {s['points']} scored points (rows {', '.join(map(str, fit.rows))}), "
+            f"{len(fit.fitted)} factors fitted")
+    table = render_table(factors) if factors else "(no factor identified; priors kept)"
+    tail = (f"|rel error| median {_fmt(s['median_abs_error'])}, max {_fmt(s['max_abs_error'])}; "
+            f"leave-one-out median {_fmt(s['loo_median_abs_error'])}")
+    return "\n".join([head, table, tail])
+
+
+@cli.command("calibrate")
+@click.option("--data", "data_file", type=click.Path(dir_okay=False), default=None,
+              help="Measured points (CSV with the columns of calibration.csv). "
+                   "Default: the shipped agentsim/data/calibration.csv.")
+@click.option("--write", "write_file", type=click.Path(dir_okay=False), default=None,
+              help="Write the fitted factors to this catalog TOML file (atomically).")
+@catalog_option
+@format_option
+def calibrate(data_file, write_file, catalog_files, fmt) -> None:
+    """Fit per-generation efficiency factors (MFU, MBU, overheads) to measured points."""
+    path = Path(data_file) if data_file else data_path("calibration.csv")
+    points = cal.load_points(path)
+    result = cal.calibrate(points, load_catalog(env_catalog_files() + tuple(catalog_files), calibrated=False))
+    if fmt == "json":
+        emit(result.rows, fmt)
+    else:
+        emit([{k: v for k, v in r.items() if k != "source"} for r in result.rows], fmt)
+        for fit in result.fits.values():
+            click.echo("\n" + generation_block(fit, result.rows))
+        s = cal.summary(result.rows)
+        click.echo(f"\nall: {s['points']} scored points; |rel error| median {_fmt(s['median_abs_error'])}, "
+                   f"max {_fmt(s['max_abs_error'])}; leave-one-out median {_fmt(s['loo_median_abs_error'])}")
+    if write_file:
+        cal.write_calibrated(result.fits, write_file, path.name)
+        load_catalog.cache_clear()  # a later load in this process must see the new file
+        click.echo(f"wrote {write_file}", err=True)
