@@ -71,15 +71,14 @@ class Point:
 
 def load_points(path: str | os.PathLike) -> list[Point]:
     """Read and validate a calibration CSV; a bad field raises InputError naming file, row and field."""
-    path = Path(path)
     try:
-        reader = csv.DictReader(io.StringIO(path.read_text(encoding="utf-8-sig")))
-    except OSError as e:
-        raise InputError(f"calibration data {path}: cannot read ({e.strerror})") from None
-    missing = [c for c in REQUIRED if c not in (reader.fieldnames or [])]
-    if missing:
-        raise InputError(f"{path}: missing column(s) {', '.join(missing)}; required: {', '.join(REQUIRED)}")
-    points = [_parse_row(rec, i, f"{path}: row {i} (line {reader.line_num})") for i, rec in enumerate(reader, 1)]
+        reader = csv.DictReader(io.StringIO(Path(path).read_text(encoding="utf-8-sig")))
+        missing = [c for c in REQUIRED if c not in (reader.fieldnames or [])]
+        if missing:
+            raise InputError(f"{path}: missing column(s) {', '.join(missing)}; required: {', '.join(REQUIRED)}")
+        points = [_parse_row(rec, i, f"{path}: row {i} (line {reader.line_num})") for i, rec in enumerate(reader, 1)]
+    except (OSError, UnicodeError, csv.Error) as e:
+        raise InputError(f"calibration data {path}: cannot read ({getattr(e, 'strerror', None) or e})") from None
     if not points:
         raise InputError(f"{path}: no data rows")
     return points
@@ -143,6 +142,7 @@ def deployment(cat: Catalog, p: Point) -> Deployment:
 
 # -- predictors (concurrency 1): metric -> f(deployment, point) in the CSV's unit ---------------
 def _lengths(p: Point, min_output: int = 1) -> tuple[int, int]:
+    """(input, output) tokens of a concurrency-1 point with known lengths, else Unscored."""
     if p.concurrency != 1:
         raise Unscored(LOAD_REASON.format(p.load))
     if p.input_tokens is None or p.output_tokens is None:
@@ -281,15 +281,14 @@ def summary(rows: list[dict]) -> dict:
 def write_calibrated(fits: dict[str, GenerationFit], path: str | os.PathLike, data_name: str) -> None:
     """Write the fitted factors as a catalog TOML file (``[generations.<gen>]``), atomically."""
     lines = [f"# Fitted by `agentsim calibrate` on {data_name}; overlays efficiency.toml (regenerate it).", ""]
-    for gen, fit in sorted(fits.items()):
-        key, note = json.dumps(gen), (f"fitted by agentsim calibrate on {len(fit.rows)} points of {data_name} "
-                                      f"(rows {', '.join(map(str, fit.rows))}); prior ")
-        if fit.fitted:
-            lines += [f"[generations.{key}]", *(f"{n} = {round(v, 5)!r}" for n, v in fit.fitted.items()),
-                      "calibrated = true", "", f"[generations.{key}.sources]",
-                      *(f"{n} = {json.dumps(note + str(getattr(fit.prior, n)))}" for n in fit.fitted), ""]
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    for gen, fit in sorted((g, f) for g, f in fits.items() if f.fitted):
+        key = gen if re.fullmatch(r"[A-Za-z0-9_-]+", gen) else json.dumps(gen)  # a bare TOML key if it can be
+        rows = ", ".join(map(str, fit.rows))
+        note = f"fitted by agentsim calibrate on {len(fit.rows)} points of {data_name} (rows {rows}); prior "
+        lines += [f"[generations.{key}]", *(f"{n} = {round(v, 5)!r}" for n, v in fit.fitted.items()),
+                  "calibrated = true", "", f"[generations.{key}.sources]",
+                  *(f"{n} = {json.dumps(note + str(getattr(fit.prior, n)))}" for n in fit.fitted), ""]
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".calibrate.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write("\n".join(lines))

@@ -121,7 +121,8 @@ def _merge(doc: dict, path: Path, acc: dict) -> None:
                              if isinstance(e, ValidationError) else f"{path}: models.{name}: {e}") from None
     for name, entry in doc.get("generations", {}).items():
         base = acc["generations"].get(name)
-        merged = {**(base.model_dump() if base else {}), **entry}
+        base_d = base.model_dump() if base else {}
+        merged = {**base_d, **entry, "sources": {**base_d.get("sources", {}), **entry.get("sources", {})}}
         try:
             acc["generations"][name] = Efficiency(**merged)
         except ValidationError as e:

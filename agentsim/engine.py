@@ -158,6 +158,10 @@ class Replica:
         """Requests queued or running here (what load-aware routers compare)."""
         return len(self.waiting) + len(self.live)
 
+    @property
+    def n_running(self) -> int:
+        return len(self.live)
+
     def submit(self, req: Request) -> None:
         """A request arrives; it becomes schedulable after the per-request overhead."""
         req.replica = self.index

@@ -38,6 +38,10 @@ class SteppingReplica:
         return len(self.waiting) + len(self.running)
 
     @property
+    def n_running(self) -> int:
+        return len(self.running)
+
+    @property
     def kv_used(self) -> int:
         return sum(r.kv for r in self.running)
 

@@ -13,6 +13,7 @@ import click
 
 from .. import calibrate as cal
 from ..catalog import data_path, env_catalog_files, load_catalog
+from ..errors import InputError
 from .common import _fmt, catalog_option, cli, emit, format_option, render_table
 
 
@@ -51,6 +52,9 @@ def calibrate(data_file, write_file, catalog_files, fmt) -> None:
         click.echo(f"\nall: {s['points']} scored points; |rel error| median {_fmt(s['median_abs_error'])}, "
                    f"max {_fmt(s['max_abs_error'])}; leave-one-out median {_fmt(s['loo_median_abs_error'])}")
     if write_file:
-        cal.write_calibrated(result.fits, write_file, path.name)
+        try:
+            cal.write_calibrated(result.fits, write_file, path.name)
+        except OSError as e:
+            raise InputError(f"--write {write_file}: cannot write ({e.strerror or e})") from None
         load_catalog.cache_clear()  # a later load in this process must see the new file
         click.echo(f"wrote {write_file}", err=True)

@@ -1,0 +1,95 @@
+"""``build(scenario, seed)``: the one place that wires a simulation together."""
+from __future__ import annotations
+
+import simpy
+
+from .catalog import Catalog, env_catalog_files, load_catalog
+from .cluster import Cluster, Pool, fault_process, make_router, outage_process
+from .deployment import Deployment
+from .engine import EngineConfig, Replica
+from .engine_reference import SteppingReplica
+from .errors import InputError
+from .metrics import Recorder, Sampler
+from .prefix_cache import CacheConfig, PrefixCache
+from .scenario import EngineSettings, Scenario
+from .servicetime import StepCoeffs
+from .sim import RngStreams, Simulation
+from .sources import SOURCES
+
+
+def default_limits(dep: Deployment) -> tuple[int, int]:
+    """vLLM V1 defaults (hardware-roofline.md §3.1): (max_batch, token_budget)."""
+    big = dep.gpu.hbm_gb >= 70 and dep.gpu.generation != "ampere"
+    return (1024, 8192) if big else (256, 2048)
+
+
+def engine_config(dep: Deployment, s: EngineSettings) -> EngineConfig:
+    max_batch, budget = default_limits(dep)
+    return EngineConfig(kv_capacity=dep.kv_capacity_tokens, max_batch=s.max_batch or max_batch,
+                        token_budget=s.token_budget or budget, admission=s.admission)
+
+
+def cache_config(dep: Deployment, s: EngineSettings) -> CacheConfig:
+    host_tokens = int(s.host_kv_gb * 1e9 / (dep.kv_bytes_per_token_per_gpu * dep.n_gpus))
+    return CacheConfig(retention=s.retention, ttl_s=s.prefix_ttl_s, host_tokens=host_tokens)
+
+
+def build(scenario: Scenario, seed: int | None = None, *, catalog: Catalog | None = None, step_mode: bool = False,
+          check_invariants: bool = False) -> Simulation:
+    """Wire ``scenario`` for one run with ``seed`` (default: the scenario's)."""
+    seed = scenario.seed if seed is None else seed
+    catalog = catalog or load_catalog(env_catalog_files() + tuple(scenario.catalog))
+    env = simpy.Environment()
+    rng = RngStreams(seed)
+    sim = Simulation(scenario, seed, env, rng)
+    replica_cls = SteppingReplica if step_mode else Replica
+    pools: list[Pool] = []
+    pool_of_replica: list[int] = []
+    for i, (name, p) in enumerate(scenario.pools.items()):
+        settings = scenario.pool_engine(name)
+        try:
+            dep = Deployment.from_catalog(catalog, p.model, p.gpu, tp=p.tp, pp=p.pp, precision=p.precision,
+                                          kv_dtype=settings.kv_dtype, mem_util=settings.mem_util,
+                                          reserve_gb_per_gpu=settings.reserve_gb_per_gpu)
+            cfg = engine_config(dep, settings)
+            ccfg = cache_config(dep, settings)
+        except InputError as e:
+            raise InputError(f"pools.{name}: {e}") from None
+        coeffs = StepCoeffs.of(dep)
+        pool = Pool(name=name, index=i, site=p.site, site_cfg=scenario.sites[p.site], deployment=dep, coeffs=coeffs,
+                    config=cfg, usd_per_gpu_hour=p.usd_per_gpu_hour if p.usd_per_gpu_hour is not None
+                    else dep.gpu.usd_per_gpu_hour)
+        for _ in range(p.replicas):
+            rid = len(pool_of_replica)
+            pool.replicas.append(replica_cls(env, coeffs, cfg, index=rid, on_done=sim.done,
+                                             cache=PrefixCache(ccfg), check_invariants=check_invariants))
+            pool_of_replica.append(i)
+        pools.append(pool)
+    router = make_router(scenario.router.policy, rng("routing"), scenario.router)
+    sim.cluster = cluster = Cluster(env, pools, router, sim.done)
+    sim.recorder = Recorder(pool_of_replica)
+    sim.pool_counts = [[0, 0, 0] for _ in pools]
+    sim.sampler = Sampler(env, cluster, scenario.sample_s, sim)
+    models = {p.deployment.model.name for p in pools}
+    for j, (name, st) in enumerate(scenario.streams.items()):
+        model = None
+        if st.model is not None:
+            model = catalog.model(st.model).name
+            if model not in models:
+                raise InputError(f"streams.{name}.model {st.model!r}: no pool serves it (pools serve {', '.join(sorted(models))})")
+        st = st.model_copy(update={"model": model})
+        sim.sources.append(SOURCES[st.kind](sim, name, j, st, rng(f"arrivals/{name}"), rng(f"sizes/{name}")))
+        sim.stream_names.append(name)
+    rid = 0
+    for pool, p in zip(pools, scenario.pools.values()):
+        for _ in pool.replicas:
+            if p.faults.mtbf_h > 0:
+                env.process(fault_process(env, cluster, rid, p.faults.mtbf_h * 3600, p.faults.mttr_h * 3600,
+                                          rng(f"faults/{rid}")))
+            rid += 1
+    for o in scenario.outages:
+        kind, _, target = o.target.partition(":")
+        rids = [r.index for pool in pools if (pool.name if kind == "pool" else pool.site) == target
+                for r in pool.replicas]
+        env.process(outage_process(env, cluster, rids, o.start_s, min(o.end_s, scenario.duration_s * 2)))
+    return sim

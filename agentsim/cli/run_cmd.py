@@ -1,0 +1,131 @@
+"""``agentsim run [FILE|PRESET]``: simulate a scenario, print a summary, write results atomically."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from ..api import load_scenario, replication_seeds, ResultSet
+from ..build import build
+from ..errors import InputError
+from .common import cli, emit, format_option
+
+DEFAULT_PRESET = "engine_mixed"
+HEADLINE = ("requests", "completed", "ttft_s", "ttft_p99_s", "tpot_s", "tpot_p99_s", "e2e_s", "e2e_p99_s",
+            "queue_s", "output_tokens_per_s", "input_tokens_per_s", "goodput_rps", "slo_attainment",
+            "prefix_hit_rate", "preemptions", "joules_per_token", "usd_per_m_tokens", "cost_usd",
+            "facility_power_mean_w", "facility_power_peak_w", "sim_wall_s", "events_per_request")
+
+
+def summary_rows(summary: dict) -> list[dict]:
+    rows = []
+    for key in HEADLINE:
+        if key not in summary:
+            continue
+        row = {"metric": key, "value": summary[key]}
+        if f"{key}_ci_low" in summary:
+            row["ci_low"], row["ci_high"] = summary[f"{key}_ci_low"], summary[f"{key}_ci_high"]
+        rows.append(row)
+    for outcome, n in summary.get("outcomes", {}).items():
+        rows.append({"metric": f"outcome:{outcome}", "value": n})
+    for pool, d in summary.get("pools", {}).items():
+        rows.append({"metric": f"pool:{pool}:utilisation", "value": d["utilisation"]})
+        rows.append({"metric": f"pool:{pool}:mean_power_w", "value": d["mean_power_w"]})
+    return rows
+
+
+def _progress_bar(duration: float, label: str):
+    from tqdm import tqdm
+    bar = tqdm(total=round(duration), unit="sim-s", desc=label, file=sys.stderr, leave=False,
+               disable=None, dynamic_ncols=True)
+
+    def update(t: float) -> None:
+        bar.update(round(t) - bar.n)
+    return bar, update
+
+
+@cli.command("run")
+@click.argument("scenario", required=False)
+@click.option("--seed", type=click.IntRange(min=0), default=None, help="Seed (default: the scenario's).")
+@click.option("--replications", "-r", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Independent replications (seed, seed+1, ...); summaries get 95 % CIs.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Write requests/timeseries/pools Parquet, summary.json and manifest.json here.")
+@click.option("--set", "overrides", multiple=True, metavar="PATH=VALUE",
+              help="Override a scenario field, e.g. --set pools.h100.replicas=8; repeatable.")
+@click.option("--step-mode", is_flag=True, help="Use the step-by-step reference engine (slow; for checks).")
+@click.option("--check-invariants", is_flag=True, help="Assert conservation after every engine event (slow).")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar on stderr.")
+@format_option
+def run(scenario, seed, replications, out_dir, overrides, step_mode, check_invariants, progress, fmt) -> None:
+    """Simulate SCENARIO (a TOML file or a preset name; default: the engine_mixed preset)."""
+    sc = load_scenario(scenario or DEFAULT_PRESET, list(overrides))
+    seed = sc.seed if seed is None else seed
+    results = []
+    try:
+        for i, s in enumerate(replication_seeds(seed, replications)):
+            sim = build(sc, s, step_mode=step_mode, check_invariants=check_invariants)
+            bar, update = _progress_bar(sc.duration_s, f"{sc.name} rep {i + 1}/{replications}") if progress \
+                else (None, None)
+            try:
+                res = sim.run(update)
+            finally:
+                if bar is not None:
+                    bar.close()
+            results.append(res)
+            if out_dir:
+                res.save(Path(out_dir) / f"rep-{i:03d}" if replications > 1 else Path(out_dir))
+    except KeyboardInterrupt:
+        kept = f"; {len(results)} finished replication(s) kept in {out_dir}" if out_dir and results else ""
+        click.echo(f"interrupted{kept}", err=True)
+        sys.exit(130)
+    summary = results[0].summary() if replications == 1 else ResultSet(results).summary()
+    if out_dir and replications > 1:
+        _write_atomic(Path(out_dir) / "summary.json", summary)
+    if fmt == "json":
+        emit(summary, "json")
+    else:
+        emit(summary_rows(summary), "table")
+        if out_dir:
+            click.echo(f"results written to {out_dir}", err=True)
+
+
+def _write_atomic(path: Path, data: dict) -> None:
+    from ..result import _jsonable
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(json.dumps(_jsonable(data), indent=2))
+        tmp.replace(path)
+    except OSError as e:
+        raise InputError(f"output directory {path.parent}: not writable ({e.strerror})") from None
+
+
+@cli.group("scenario")
+def scenario_group() -> None:
+    """Scenario files: schema, presets."""
+
+
+@scenario_group.command("schema")
+def scenario_schema() -> None:
+    """Print the JSON schema of scenario files (every field, its type, default and meaning)."""
+    from ..scenario import schema
+    click.echo(json.dumps(schema(), indent=2))
+
+
+@scenario_group.command("list")
+def scenario_list() -> None:
+    """List the shipped presets."""
+    from ..api import preset_names, preset_path
+    from ..scenario import read_toml
+    for name in preset_names():
+        click.echo(f"{name}: {read_toml(preset_path(name)).get('description', '')}")
+
+
+@scenario_group.command("show")
+@click.argument("name")
+def scenario_show(name: str) -> None:
+    """Print a preset's TOML (copy it to start your own)."""
+    from ..api import preset_path
+    click.echo(preset_path(name).read_text())

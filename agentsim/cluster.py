@@ -1,0 +1,239 @@
+"""Pools of replicas on sites, routing between them, faults, and power and cost accounting.
+
+A pool is a set of identical replicas (one deployment) at one site. The router picks a replica
+for each request among the pools that serve its model; routers are small objects chosen by name
+(:data:`ROUTERS`). Faults take replicas down (MTBF/MTTR per pool, scheduled outages of a pool or
+a whole site); whatever they held fails back to its client as ``replica_failed``.
+
+Power: a replica draws ``n_gpus·server_w_per_gpu·(idle + (1 - idle)·busy share)`` while up (the
+engine integrates this step by step), nothing while down; a site adds its other IT load and
+multiplies by its PUE.
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .deployment import Deployment
+from .engine import EngineConfig, Replica
+from .errors import unknown_name
+from .request import Request
+from .scenario import Site
+from .servicetime import StepCoeffs
+
+
+@dataclass
+class Pool:
+    name: str
+    index: int
+    site: str
+    site_cfg: Site
+    deployment: Deployment
+    coeffs: StepCoeffs
+    config: EngineConfig
+    usd_per_gpu_hour: float
+    replicas: list = field(default_factory=list)
+
+    @property
+    def n_gpus(self) -> int:
+        return self.deployment.n_gpus * len(self.replicas)
+
+    @property
+    def idle_power_w(self) -> float:
+        """Server wall power of one idle replica."""
+        return self.coeffs.power_w * self.coeffs.idle_fraction
+
+    def facility_factor(self) -> float:
+        return (1 + self.site_cfg.other_it_fraction) * self.site_cfg.pue
+
+
+# -- routers -------------------------------------------------------------------------------------
+class RoundRobin:
+    def __init__(self, rng, cfg) -> None:
+        self._n = itertools.count()
+
+    def __call__(self, cands: list, req: Request):
+        return cands[next(self._n) % len(cands)]
+
+
+class LeastOutstanding:
+    """Fewest requests queued or running (ties: the lowest index)."""
+
+    def __init__(self, rng, cfg) -> None:
+        pass
+
+    def __call__(self, cands: list, req: Request):
+        best = cands[0]
+        best_n = best.outstanding
+        for r in cands:
+            n = r.outstanding
+            if n < best_n:
+                best, best_n = r, n
+        return best
+
+
+class PowerOfTwo:
+    """Two replicas drawn at random (routing stream); the less loaded wins."""
+
+    def __init__(self, rng, cfg) -> None:
+        self.rng = rng
+        self._buf = np.empty(0)
+        self._i = 0
+
+    def __call__(self, cands: list, req: Request):
+        if len(cands) == 1:
+            return cands[0]
+        if self._i + 2 > len(self._buf):
+            self._buf = self.rng.random(4096)
+            self._i = 0
+        a = cands[int(self._buf[self._i] * len(cands))]
+        b = cands[int(self._buf[self._i + 1] * len(cands))]
+        self._i += 2
+        return a if a.outstanding <= b.outstanding else b
+
+
+class SpeedAware:
+    """Lowest expected finish time from the service-time model — the choice for a mixed fleet.
+
+    Expected finish = the queue ahead (each waiting request costs about one prefill of this size)
+    + this request's prefill next to the running batch + its decode steps at batch + 1.
+    """
+
+    def __init__(self, rng, cfg) -> None:
+        pass
+
+    def __call__(self, cands: list, req: Request):
+        best, best_t = cands[0], float("inf")
+        P, O = req.prompt, req.output
+        ctx = P + O / 2
+        for r in cands:
+            c = r.c
+            n = r.n_running
+            prefill = c.step_time(P, P * P / 2, P, n, n * ctx, n + 1)
+            t = (len(r.waiting) + 1) * prefill + (O - 1) * c.step_time(decodes=n + 1, decode_context=(n + 1) * ctx)
+            if t < best_t:
+                best, best_t = r, t
+        return best
+
+
+class SessionAffinity:
+    """Keep a session on one replica (prefix-cache hits) unless it is overloaded.
+
+    A session's home is the least-loaded replica when it first appears; it moves to the
+    least-loaded replica when its home holds more than ``bound × mean + 1`` requests or is down.
+    """
+
+    def __init__(self, rng, cfg) -> None:
+        self.bound = cfg.affinity_load_bound
+        self.home: dict = {}
+        self._least = LeastOutstanding(rng, cfg)
+
+    def __call__(self, cands: list, req: Request):
+        key = req.prefix_key if req.prefix_key is not None else req.session
+        home = self.home.get(key)
+        if home is not None and home in cands:
+            mean = sum(r.outstanding for r in cands) / len(cands)
+            if home.outstanding <= self.bound * mean + 1:
+                return home
+        home = self._least(cands, req)
+        self.home[key] = home
+        return home
+
+
+ROUTERS = {"round_robin": RoundRobin, "least_outstanding": LeastOutstanding, "power_of_two": PowerOfTwo,
+           "speed_aware": SpeedAware, "session_affinity": SessionAffinity}
+
+
+def make_router(name: str, rng, cfg):
+    try:
+        return ROUTERS[name](rng, cfg)
+    except KeyError:
+        raise unknown_name("router", name, ROUTERS, where="router.policy") from None
+
+
+# -- the cluster -----------------------------------------------------------------------------------
+class Cluster:
+    """All pools, the router and the health of every replica."""
+
+    def __init__(self, env, pools: list[Pool], router, on_done) -> None:
+        self.env = env
+        self.pools = pools
+        self.router = router
+        self.on_done = on_done
+        self.replicas = [r for p in pools for r in p.replicas]
+        self._by_model: dict[str, list[Pool]] = {}
+        for p in pools:
+            self._by_model.setdefault(p.deployment.model.name, []).append(p)
+        self._down: dict[int, int] = {}          # replica id -> reasons it is down
+        self.down_since: dict[int, float] = {}
+        self.down_time = [0.0] * len(self.replicas)
+        self._cands_cache: dict = {}
+
+    def candidates(self, model: str | None) -> list:
+        key = model
+        cands = self._cands_cache.get(key)
+        if cands is None:
+            pools = self.pools if model is None else self._by_model.get(model, [])
+            cands = [r for p in pools for r in p.replicas if r.up]
+            self._cands_cache[key] = cands
+        return cands
+
+    def route(self, req: Request, model: str | None = None) -> None:
+        cands = self.candidates(model)
+        if not cands:
+            req.finish = self.env.now
+            req.outcome = "replica_failed"
+            self.on_done(req)
+            return
+        self.router(cands, req).submit(req)
+
+    def take_down(self, rid: int) -> None:
+        n = self._down.get(rid, 0)
+        self._down[rid] = n + 1
+        if n == 0:
+            self.down_since[rid] = self.env.now
+            self._cands_cache.clear()
+            self.replicas[rid].fail()
+
+    def bring_up(self, rid: int) -> None:
+        n = self._down.get(rid, 0)
+        if n <= 0:
+            return
+        self._down[rid] = n - 1
+        if n == 1:
+            self.down_time[rid] += self.env.now - self.down_since.pop(rid)
+            self._cands_cache.clear()
+            self.replicas[rid].repair()
+
+    def replica_downtime(self, rid: int) -> float:
+        t = self.down_time[rid]
+        if rid in self.down_since:
+            t += self.env.now - self.down_since[rid]
+        return t
+
+
+def fault_process(env, cluster: Cluster, rid: int, mtbf_s: float, mttr_s: float, rng):
+    """Alternating exponential up and repair times of one replica (its own RNG stream)."""
+    while True:
+        yield env.timeout(rng.exponential(mtbf_s))
+        cluster.take_down(rid)
+        yield env.timeout(rng.exponential(mttr_s))
+        cluster.bring_up(rid)
+
+
+def outage_process(env, cluster: Cluster, rids: list[int], start: float, end: float):
+    """A scheduled outage of a pool or a site."""
+    yield env.timeout(start)
+    for rid in rids:
+        cluster.take_down(rid)
+    yield env.timeout(end - start)
+    for rid in rids:
+        cluster.bring_up(rid)
+
+
+def replica_energy_j(replica: Replica, pool: Pool, downtime: float, now: float) -> float:
+    """Server energy of one replica so far: engine steps + idle time while up."""
+    idle = max(0.0, now - replica.busy_time - downtime)
+    return replica.energy_j + pool.idle_power_w * idle

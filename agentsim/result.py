@@ -1,0 +1,200 @@
+"""What a run returns: flat tables as DataFrames, a summary, and atomic save/load.
+
+``Result.requests`` has one row per request (outcome in the shared vocabulary, timestamps, token
+counts by source, derived latencies); ``Result.timeseries`` one row per pool per sampling
+interval; ``Result.pools`` one row per pool with energy and cost. ``summary()`` gives the
+headline figures under the same names as ``agentsim estimate``'s JSON.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .cluster import replica_energy_j
+from .errors import InputError
+from .request import OUTCOMES
+
+PERCENTILES = (50, 90, 99)
+
+
+def _latency_stats(name: str, x: np.ndarray) -> dict:
+    x = x[np.isfinite(x)]
+    out = {f"{name}_s": float(x.mean()) if len(x) else math.nan}
+    for p in PERCENTILES:
+        out[f"{name}_p{p}_s"] = float(np.percentile(x, p)) if len(x) else math.nan
+    return out
+
+
+def derive(df: pd.DataFrame) -> pd.DataFrame:
+    """Add the latency columns every analysis wants (NaN where a timestamp is missing)."""
+    df = df.copy()
+    df["queue_s"] = df["admitted_s"] - df["ready_s"]
+    df["ttft_s"] = df["first_token_s"] - df["arrival_s"]
+    df["e2e_s"] = df["finish_s"] - df["arrival_s"]
+    decode = (df["output_tokens"] - 1).where(df["output_tokens"] > 1)
+    df["tpot_s"] = (df["finish_s"] - df["first_token_s"]) / decode
+    df.loc[df["outcome"] != "completed", ["e2e_s", "tpot_s"]] = np.nan
+    return df
+
+
+@dataclass
+class Result:
+    requests: pd.DataFrame
+    timeseries: pd.DataFrame
+    pools: pd.DataFrame
+    meta: dict = field(default_factory=dict)
+
+    # -- construction --------------------------------------------------------------------------------
+    @classmethod
+    def from_simulation(cls, sim) -> "Result":
+        cols = sim.recorder.columns()
+        pool_names = [p.name for p in sim.cluster.pools]
+        df = pd.DataFrame(cols)
+        df["outcome"] = pd.Categorical.from_codes(df["outcome"].to_numpy(), categories=list(OUTCOMES))
+        df["pool"] = pd.Categorical.from_codes(df["pool"].to_numpy(), categories=pool_names)
+        df["stream"] = pd.Categorical.from_codes(df["stream"].to_numpy(), categories=sim.stream_names or ["-"]) \
+            if sim.stream_names else pd.Categorical(["-"] * len(df))
+        site_of = {p.name: p.site for p in sim.cluster.pools}
+        df["site"] = df["pool"].map(site_of).astype("category")
+        df = derive(df.sort_values("request_id", kind="stable").reset_index(drop=True))
+        ts = pd.DataFrame(sim.sampler.columns()) if sim.sampler is not None else pd.DataFrame()
+        if len(ts):
+            ts["pool"] = pd.Categorical.from_codes(ts["pool"].astype(int).to_numpy(), categories=pool_names)
+        sc = sim.scenario
+        now = sim.env.now
+        rows = []
+        rid = 0
+        for p in sim.cluster.pools:
+            energy = busy = down = 0.0
+            for r in p.replicas:
+                d = sim.cluster.replica_downtime(rid)
+                energy += replica_energy_j(r, p, d, now)
+                busy += r.busy_time
+                down += d
+                rid += 1
+            n = len(p.replicas)
+            rows.append({
+                "pool": p.name, "site": p.site, "gpu": p.deployment.gpu.name, "model": p.deployment.model.name,
+                "tp": p.deployment.tp, "pp": p.deployment.pp, "precision": p.deployment.precision,
+                "replicas": n, "gpus": p.n_gpus, "kv_capacity_tokens": p.config.kv_capacity,
+                "max_batch": p.config.max_batch, "token_budget": p.config.token_budget,
+                "busy_frac": busy / (n * now) if now > 0 else 0.0, "down_frac": down / (n * now) if now > 0 else 0.0,
+                "energy_j": energy, "facility_energy_j": energy * p.facility_factor(),
+                "usd_per_gpu_hour": p.usd_per_gpu_hour, "cost_usd": p.n_gpus * p.usd_per_gpu_hour * now / 3600,
+                "preemptions": sum(r.preemptions for r in p.replicas),
+            })
+        meta = {"scenario": sc.model_dump(mode="json"), "seed": sim.seed, "duration_s": sc.duration_s,
+                "warmup_s": sc.warmup_s, "sim_wall_s": sim.wall_s, "events": sim.events,
+                "slo_ttft_s": sc.slo_ttft_s, "slo_tpot_s": sc.slo_tpot_s,
+                "sites": {k: v.model_dump() for k, v in sc.sites.items()}}
+        return cls(requests=df, timeseries=ts, pools=pd.DataFrame(rows), meta=meta)
+
+    # -- summary -------------------------------------------------------------------------------------
+    def summary(self) -> dict:
+        """Headline figures (after warm-up). Keys are documented in the README."""
+        df = self.requests
+        warm = self.meta.get("warmup_s", 0.0)
+        df = df[df["arrival_s"] >= warm]
+        done = df[df["outcome"] == "completed"]
+        end = self.meta.get("duration_s", 0.0)
+        if len(done):
+            end = min(end, float(np.nanmax(df["finish_s"].to_numpy()))) if len(df) else end
+        span = max(end - warm, 1e-12)
+        out: dict = {"requests": int(len(df)), "completed": int(len(done))}
+        out["outcomes"] = {o: int(n) for o, n in df["outcome"].value_counts().items() if n}
+        for name in ("ttft", "tpot", "e2e"):
+            out.update(_latency_stats(name, done[f"{name}_s"].to_numpy()))
+        out["queue_s"] = float(done["queue_s"].mean()) if len(done) else math.nan
+        out_tokens = float(done["output_tokens"].sum())
+        in_tokens = float(done["input_tokens"].sum())
+        out["output_tokens_per_s"] = out_tokens / span
+        out["input_tokens_per_s"] = in_tokens / span
+        out["requests_per_s"] = len(done) / span
+        ok = done[(done["ttft_s"] <= self.meta.get("slo_ttft_s", math.inf))
+                  & ~(done["tpot_s"] > self.meta.get("slo_tpot_s", math.inf))]
+        out["goodput_rps"] = len(ok) / span
+        out["slo_attainment"] = len(ok) / len(df) if len(df) else math.nan
+        out["prefix_hit_rate"] = float((done["cached_gpu_tokens"].sum() + done["cached_host_tokens"].sum())
+                                       / in_tokens) if in_tokens else math.nan
+        out["preemptions"] = int(df["preemptions"].sum())
+        pools = self.pools
+        energy = float(pools["facility_energy_j"].sum()) if len(pools) else 0.0
+        cost = float(pools["cost_usd"].sum()) if len(pools) else 0.0
+        all_out = float(self.requests.loc[self.requests["outcome"] == "completed", "output_tokens"].sum())
+        out["energy_j"] = energy
+        out["joules_per_token"] = energy / all_out if all_out else math.nan
+        out["cost_usd"] = cost
+        all_tokens = all_out + float(self.requests.loc[self.requests["outcome"] == "completed", "input_tokens"].sum())
+        out["usd_per_m_tokens"] = cost / all_tokens * 1e6 if all_tokens else math.nan
+        out["usd_per_m_output_tokens"] = cost / all_out * 1e6 if all_out else math.nan
+        out["pools"] = {r["pool"]: {"utilisation": r["busy_frac"], "mean_power_w": r["energy_j"] / max(self.meta.get(
+            "duration_s", 1.0), 1e-12), "gpus": int(r["gpus"]), "cost_usd": r["cost_usd"],
+            "preemptions": int(r["preemptions"])} for r in pools.to_dict("records")}
+        if len(self.timeseries):
+            ts = self.timeseries
+            by_t = ts.groupby("time_s", observed=True)["facility_power_w"].sum()
+            out["facility_power_mean_w"] = float(by_t.mean())
+            out["facility_power_peak_w"] = float(by_t.max())
+        out["sim_wall_s"] = float(self.meta.get("sim_wall_s", math.nan))
+        out["events"] = int(self.meta.get("events", -1))
+        out["events_per_request"] = out["events"] / len(self.requests) if len(self.requests) else math.nan
+        return out
+
+    # -- persistence ---------------------------------------------------------------------------------
+    def save(self, out_dir: str | Path) -> Path:
+        """Write Parquet tables, summary.json and manifest.json atomically into ``out_dir``.
+
+        Files go to a temporary folder beside ``out_dir`` first and are moved in one by one with
+        ``os.replace``; an interrupted save leaves no half-written file behind.
+        """
+        from . import __version__
+        out = Path(out_dir)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=".agentsim-", dir=out))
+        except OSError as e:
+            raise InputError(f"output directory {out}: not writable ({e.strerror})") from None
+        try:
+            self.requests.to_parquet(tmp / "requests.parquet", index=False)
+            self.timeseries.to_parquet(tmp / "timeseries.parquet", index=False)
+            self.pools.to_parquet(tmp / "pools.parquet", index=False)
+            (tmp / "summary.json").write_text(json.dumps(_jsonable(self.summary()), indent=2))
+            manifest = {"agentsim_version": __version__, **{k: v for k, v in self.meta.items()}}
+            (tmp / "manifest.json").write_text(json.dumps(_jsonable(manifest), indent=2))
+            for f in sorted(tmp.iterdir()):
+                os.replace(f, out / f.name)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return out
+
+    @classmethod
+    def load(cls, out_dir: str | Path) -> "Result":
+        d = Path(out_dir)
+        try:
+            meta = json.loads((d / "manifest.json").read_text())
+            req = pd.read_parquet(d / "requests.parquet")
+            ts = pd.read_parquet(d / "timeseries.parquet")
+            pools = pd.read_parquet(d / "pools.parquet")
+        except FileNotFoundError as e:
+            raise InputError(f"result directory {d}: missing {Path(e.filename).name} (not an agentsim run?)") from None
+        return cls(requests=req, timeseries=ts, pools=pools, meta=meta)
+
+
+def _jsonable(o):
+    if isinstance(o, dict):
+        return {str(k): _jsonable(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_jsonable(v) for v in o]
+    if isinstance(o, (np.floating, float)):
+        return None if math.isnan(o) or math.isinf(o) else float(o)
+    if isinstance(o, np.integer):
+        return int(o)
+    return o

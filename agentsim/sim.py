@@ -1,0 +1,109 @@
+"""A Simulation: the environment, the RNG streams, the cluster, the streams and the records.
+
+Built only by :func:`agentsim.build.build`; :meth:`Simulation.run` returns a :class:`Result`.
+"""
+from __future__ import annotations
+
+import time
+import zlib
+
+import numpy as np
+import simpy
+
+from .cluster import Cluster
+from .metrics import Recorder, Sampler
+from .request import Request
+
+
+class RngStreams:
+    """One ``numpy.random.Generator`` per named stream, all spawned from one seed.
+
+    A stream's generator depends only on the seed and its name, so adding a stream (or drawing
+    more from one) never changes another.
+    """
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+        self._made: dict[str, np.random.Generator] = {}
+
+    def __call__(self, name: str) -> np.random.Generator:
+        g = self._made.get(name)
+        if g is None:
+            ss = np.random.SeedSequence(entropy=self.seed, spawn_key=(zlib.crc32(name.encode()),))
+            g = self._made[name] = np.random.Generator(np.random.PCG64(ss))
+        return g
+
+
+class Simulation:
+    """Everything of one run, wired by ``build``; components never look up globals."""
+
+    def __init__(self, scenario, seed: int, env: simpy.Environment, rng: RngStreams) -> None:
+        self.scenario = scenario
+        self.seed = seed
+        self.env = env
+        self.rng = rng
+        self.cluster: Cluster | None = None
+        self.recorder: Recorder | None = None
+        self.sampler: Sampler | None = None
+        self.sources: list = []
+        self.open: dict[int, Request] = {}
+        self.pool_counts: list[list[int]] = []
+        self.stream_names: list[str] = []
+        self.wall_s = 0.0
+        self._rid = 0
+
+    def new_request(self, prompt: int, output: int, **kw) -> Request:
+        req = Request(self._rid, self.env.now, prompt, output, **kw)
+        self._rid += 1
+        return req
+
+    def submit(self, req: Request, model: str | None = None) -> None:
+        self.open[req.rid] = req
+        self.cluster.route(req, model)
+        if req.replica >= 0:
+            self.pool_counts[self.recorder.pool_of_replica[req.replica]][0] += 1
+
+    def done(self, req: Request) -> None:
+        """Every request ends here exactly once, whatever its outcome."""
+        del self.open[req.rid]
+        if req.replica >= 0:
+            counts = self.pool_counts[self.recorder.pool_of_replica[req.replica]]
+            counts[1 if req.outcome == "completed" else 2] += 1
+        self.recorder.record(req)
+        if req.on_done is not None:
+            req.on_done(req)
+
+    def quiescent(self) -> bool:
+        """All streams are done and no request is open."""
+        return not self.open and all(s.finished for s in self.sources)
+
+    def run(self, progress=None) -> "Result":
+        """Run to ``duration_s``; ``progress(sim_time)`` is called about 100 times if given."""
+        from .result import Result
+
+        for s in self.sources:
+            s.start()
+        if self.sampler is not None:
+            self.sampler.start()
+        duration = self.scenario.duration_s
+        t0 = time.perf_counter()
+        if progress is None:
+            self.env.run(until=duration)
+        else:
+            step = duration / 100
+            for i in range(1, 101):
+                self.env.run(until=min(duration, i * step))
+                progress(self.env.now)
+        self.wall_s = time.perf_counter() - t0
+        if self.sampler is not None and self.sampler._t < duration:
+            self.sampler.sample()
+        for req in sorted(self.open.values(), key=lambda r: r.rid):
+            req.outcome = "in_flight"
+            self.recorder.record(req)
+        self.open.clear()
+        return Result.from_simulation(self)
+
+    @property
+    def events(self) -> int:
+        """SimPy events scheduled so far (the deterministic cost measure)."""
+        return int(repr(self.env._eid)[6:-1])  # itertools.count(n) -> n

@@ -1,0 +1,184 @@
+"""Engine-level request streams: Poisson, closed-loop concurrency, all at once, replayed times.
+
+Each stream is a small callback object on SimPy's queue (cheaper than a process per request),
+drawing from its own RNG streams in batches so that results do not depend on how many draws
+other streams make.
+"""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+from simpy.events import NORMAL, Event
+
+from .errors import InputError
+from .request import Request
+from .scenario import Dist, Stream
+
+BATCH = 1024
+
+
+def draw(dist: Dist, rng: np.random.Generator, n: int) -> np.ndarray:
+    """``n`` samples of ``dist`` as floats, clipped to [min, max]."""
+    if dist.kind == "constant":
+        x = np.full(n, dist.value)
+    elif dist.kind == "lognormal":
+        x = dist.median * np.exp(dist.sigma * rng.standard_normal(n))
+    elif dist.kind == "uniform":
+        x = rng.uniform(dist.low, dist.high, n)
+    else:
+        x = rng.exponential(dist.mean, n)
+    return np.clip(x, dist.min, dist.max)
+
+
+def draw_tokens(dist: Dist, rng: np.random.Generator, n: int) -> np.ndarray:
+    """Token counts: rounded samples, at least 1."""
+    return np.maximum(1, np.rint(draw(dist, rng, n))).astype(np.int64)
+
+
+def _schedule(env, delay: float, callback, value=None) -> None:
+    ev = Event(env)
+    ev._ok = True
+    ev._value = value
+    ev.callbacks.append(callback)
+    env.schedule(ev, NORMAL, delay)
+
+
+class Source:
+    """Common parts: sizes drawn in batches, ``submit(req, model)`` provided by the simulation."""
+
+    def __init__(self, sim, name: str, index: int, cfg: Stream, rng_arrivals, rng_sizes) -> None:
+        self.sim, self.name, self.index, self.cfg = sim, name, index, cfg
+        self.env = sim.env
+        self.rng_a, self.rng_s = rng_arrivals, rng_sizes
+        self._inp = self._out = np.empty(0, dtype=np.int64)
+        self._j = 0
+        self.sent = 0
+
+    def sizes(self) -> tuple[int, int]:
+        if self._j >= len(self._inp):
+            self._inp = draw_tokens(self.cfg.input_tokens, self.rng_s, BATCH)
+            self._out = draw_tokens(self.cfg.output_tokens, self.rng_s, BATCH)
+            self._j = 0
+        j = self._j
+        self._j += 1
+        return int(self._inp[j]), int(self._out[j])
+
+    def send(self, prompt: int, output: int, on_done=None) -> Request:
+        req = self.sim.new_request(prompt, output, stream=self.index, priority=self.cfg.priority, on_done=on_done)
+        self.sent += 1
+        self.sim.submit(req, self.cfg.model)
+        return req
+
+    def exhausted(self) -> bool:
+        return 0 < self.cfg.count <= self.sent
+
+    @property
+    def finished(self) -> bool:
+        """No more arrivals will come from this stream."""
+        return self.exhausted()
+
+
+class PoissonSource(Source):
+    def start(self) -> None:
+        self._gaps = self.rng_a.exponential(1.0 / self.cfg.rate, BATCH)
+        self._g = 0
+        self._next()
+
+    def _next(self) -> None:
+        if self._g >= len(self._gaps):
+            self._gaps = self.rng_a.exponential(1.0 / self.cfg.rate, BATCH)
+            self._g = 0
+        gap = self._gaps[self._g]
+        self._g += 1
+        _schedule(self.env, gap, self._arrive)
+
+    def _arrive(self, ev) -> None:
+        self.send(*self.sizes())
+        if not self.exhausted():
+            self._next()
+
+
+class ConcurrencySource(Source):
+    """``concurrency`` clients in a closed loop; each waits ``think_s`` between requests."""
+
+    def start(self) -> None:
+        for _ in range(self.cfg.concurrency):
+            self._send_one(None)
+
+    def _send_one(self, ev) -> None:
+        if self.exhausted():
+            return
+        self.send(*self.sizes(), on_done=self._done)
+
+    def _done(self, req: Request) -> None:
+        if self.cfg.think_s is None:
+            self._send_one(None)
+        else:
+            _schedule(self.env, float(draw(self.cfg.think_s, self.rng_a, 1)[0]), self._send_one)
+
+
+class AllAtOnceSource(Source):
+    finished = True
+
+    def start(self) -> None:
+        for _ in range(self.cfg.count):
+            self.send(*self.sizes())
+
+
+class ReplaySource(Source):
+    """Arrival times and sizes from a CSV file (``arrival_s,input_tokens,output_tokens``)."""
+
+    def start(self) -> None:
+        self.rows = read_replay_csv(self.cfg.file)
+        self._i = 0
+        self.done_rows = not self.rows
+        if self.rows:
+            _schedule(self.env, max(0.0, self.rows[0][0]), self._arrive)
+
+    def _arrive(self, ev) -> None:
+        t, inp, out = self.rows[self._i]
+        self.send(inp, out)
+        self._i += 1
+        self.done_rows = self._i >= len(self.rows)
+        if not self.done_rows and not self.exhausted():
+            _schedule(self.env, max(0.0, self.rows[self._i][0] - self.env.now), self._arrive)
+
+
+    @property
+    def finished(self) -> bool:
+        return self.done_rows or self.exhausted()
+
+
+def read_replay_csv(path: str) -> list[tuple[float, int, int]]:
+    """Validated rows; a bad file names the file, the line and the column."""
+    cols = ("arrival_s", "input_tokens", "output_tokens")
+    try:
+        f = open(Path(path), newline="")
+    except OSError as e:
+        raise InputError(f"replay file {path}: cannot open ({e.strerror})") from None
+    rows = []
+    with f:
+        reader = csv.DictReader(f)
+        missing = [c for c in cols if c not in (reader.fieldnames or [])]
+        if missing:
+            raise InputError(f"replay file {path}: missing column(s) {', '.join(missing)}; "
+                             f"needs {', '.join(cols)} (has {', '.join(reader.fieldnames or [])})")
+        for line, row in enumerate(reader, start=2):
+            try:
+                t = float(row["arrival_s"])
+                inp, out = int(row["input_tokens"]), int(row["output_tokens"])
+            except (TypeError, ValueError):
+                raise InputError(f"replay file {path}, line {line}: cannot parse {dict(row)} "
+                                 f"(arrival_s a number >= 0, token counts integers >= 1)") from None
+            if t < 0 or inp < 1 or out < 1:
+                raise InputError(f"replay file {path}, line {line}: arrival_s must be >= 0 and token counts >= 1 "
+                                 f"(got {t}, {inp}, {out})")
+            rows.append((t, inp, out))
+    rows.sort(key=lambda r: r[0])
+    return rows
+
+
+SOURCES = {"poisson": PoissonSource, "concurrency": ConcurrencySource, "all_at_once": AllAtOnceSource,
+           "replay": ReplaySource}
