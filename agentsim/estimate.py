@@ -1,0 +1,78 @@
+"""``estimate``: one deployment, one workload shape, one answer — through the real engine.
+
+A thin layer over a generated one-pool scenario: a closed loop of C clients, Poisson arrivals at
+R requests/s, or every request at once (``max_load``, which also yields the saturation rate).
+Its JSON keys are shared with ``summary.json`` wherever a figure is the same.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .api import simulate
+from .errors import InputError
+
+HORIZON_S = 1e7   # runs end when the last request does; this only bounds pathological inputs
+
+
+def estimate_scenario(*, model: str, gpu: str, tp: int = 1, pp: int = 1, precision: str = "bf16",
+                      input_tokens: int, output_tokens: int, concurrency: int | None = None,
+                      rate: float | None = None, max_load: bool = False, requests: int = 1000,
+                      replicas: int = 1, engine: dict | None = None, catalog: list[str] = ()) -> dict:
+    """The scenario dict ``estimate`` simulates (exactly one of concurrency / rate / max_load)."""
+    modes = [concurrency is not None, rate is not None, bool(max_load)]
+    if sum(modes) != 1:
+        raise InputError("estimate: give exactly one of --concurrency C, --rate R or --max-load")
+    if requests < 1:
+        raise InputError(f"estimate: --requests must be >= 1, got {requests}")
+    if concurrency is not None:
+        stream = {"kind": "concurrency", "concurrency": concurrency, "count": requests}
+    elif rate is not None:
+        if rate <= 0:
+            raise InputError(f"estimate: --rate must be > 0 requests/s, got {rate}")
+        stream = {"kind": "poisson", "rate": rate, "count": requests}
+    else:
+        stream = {"kind": "all_at_once", "count": requests}
+    stream.update(input_tokens=input_tokens, output_tokens=output_tokens)
+    return {
+        "name": "estimate", "duration_s": HORIZON_S, "sample_s": HORIZON_S, "catalog": list(catalog),
+        "engine": dict(engine or {}),
+        "pools": {"main": {"gpu": gpu, "model": model, "tp": tp, "pp": pp, "precision": precision,
+                           "replicas": replicas}},
+        "router": {"policy": "least_outstanding"},
+        "streams": {"load": stream},
+        "slo_ttft_s": 1e9, "slo_tpot_s": 1e9,
+    }
+
+
+ESTIMATE_KEYS = ("requests", "ttft_s", "ttft_p50_s", "ttft_p90_s", "ttft_p99_s", "tpot_s", "tpot_p50_s",
+                 "tpot_p90_s", "tpot_p99_s", "e2e_s", "e2e_p50_s", "e2e_p90_s", "e2e_p99_s",
+                 "output_tokens_per_s", "input_tokens_per_s", "requests_per_s", "sim_wall_s", "events")
+
+
+def estimate(seed: int = 1, **kw) -> dict:
+    """Simulate and return the estimate figures (plus ``saturation_rps`` for max-load runs)."""
+    res = simulate(estimate_scenario(**kw), seed=seed)
+    s = res.summary()
+    out = {k: s[k] for k in ESTIMATE_KEYS}
+    done = res.requests[res.requests["outcome"] == "completed"]
+    first = float(res.requests["arrival_s"].min()) if len(res.requests) else 0.0
+    last = float(done["finish_s"].max()) if len(done) else 0.0
+    span = max(last - first, 1e-12)
+    out["output_tokens_per_s"] = float(done["output_tokens"].sum()) / span
+    out["input_tokens_per_s"] = float(done["input_tokens"].sum()) / span
+    out["requests_per_s"] = len(done) / span
+    if kw.get("max_load"):
+        out["saturation_rps"] = saturation_rate(done["finish_s"].to_numpy())
+    pool = res.pools.iloc[0]
+    out.update(kv_capacity_tokens=int(pool["kv_capacity_tokens"]), max_batch=int(pool["max_batch"]),
+               token_budget=int(pool["token_budget"]), preemptions=int(pool["preemptions"]))
+    return out
+
+
+def saturation_rate(finish_times: np.ndarray) -> float:
+    """Completions per second between the 10th and 90th percentile completion (steady backlog)."""
+    t = np.sort(finish_times[np.isfinite(finish_times)])
+    if len(t) < 10:
+        return len(t) / t[-1] if len(t) and t[-1] > 0 else float("nan")
+    lo, hi = int(0.1 * len(t)), int(0.9 * len(t))
+    return (hi - lo) / max(t[hi] - t[lo], 1e-12)
