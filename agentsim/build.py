@@ -14,6 +14,8 @@ from .prefix_cache import CacheConfig, PrefixCache
 from .scenario import EngineSettings, Scenario
 from .servicetime import StepCoeffs
 from .sim import RngStreams, Simulation
+from .gateway import Gateway, parse_policies
+from .populations import Population, SessionRecorder
 from .sources import SOURCES
 
 
@@ -80,6 +82,17 @@ def build(scenario: Scenario, seed: int | None = None, *, catalog: Catalog | Non
         st = st.model_copy(update={"model": model})
         sim.sources.append(SOURCES[st.kind](sim, name, j, st, rng(f"arrivals/{name}"), rng(f"sizes/{name}")))
         sim.stream_names.append(name)
+    sim.session_recorder = SessionRecorder()
+    for j, (name, pc) in enumerate(scenario.populations.items()):
+        model = None
+        if pc.model is not None:
+            model = catalog.model(pc.model).name
+            if model not in models:
+                raise InputError(f"populations.{name}.model {pc.model!r}: no pool serves it "
+                                 f"(pools serve {', '.join(sorted(models))})")
+        sim.populations.append(Population(sim, j, name, pc, model))
+    if scenario.policies:
+        sim.gateway = Gateway(sim, parse_policies(scenario.policies))
     rid = 0
     for pool, p in zip(pools, scenario.pools.values()):
         for _ in pool.replicas:

@@ -136,6 +136,7 @@ class Replica:
         self.kv_used = 0
         self.up = True
         self._seq = 0
+        self._to_cancel: list = []          # running requests to remove at the next boundary
         # the stretch in progress
         self._timer: Event | None = None
         self._t0 = 0.0
@@ -198,9 +199,30 @@ class Replica:
     def repair(self) -> None:
         self.up = True
 
+    def cancel(self, req: Request, outcome: str = "cancelled") -> None:
+        """The client gives up on ``req`` (timeout, abandonment).
+
+        A queued request leaves at once; a running one leaves at the end of the step in progress
+        (its KV is freed and nothing of it is cached).
+        """
+        if req.finish == req.finish or req.removed:   # already ended
+            return
+        if req.running:
+            self._to_cancel.append((req, outcome))
+            self._cut_to_boundary(self.env.now)
+            return
+        req.removed = True
+        if req in self.waiting:       # else it is still in its request-overhead delay
+            self.waiting.remove(req)
+        self._end(req, outcome)
+        if self.check_invariants:
+            self.check()
+
     # -- arrivals ----------------------------------------------------------------------------------
     def _on_ready(self, ev: Event) -> None:
         req = ev._value
+        if req.removed:
+            return
         if self.up:
             self._enqueue(req)
         else:
@@ -240,6 +262,43 @@ class Replica:
         else:
             self._k = jb
             self._arm(self._t0 + self._law.elapsed(jb))
+
+    def _cut_to_boundary(self, now: float) -> None:
+        """End the stretch at the next step boundary (at once if ``now`` is at one)."""
+        if self._timer is None:
+            return
+        tau = now - self._t0
+        eps = EPS * max(1.0, now)
+        if self._law is None:
+            j, at_boundary = 0, tau <= eps
+        else:
+            j = self._law.steps_done_by(tau + eps)
+            at_boundary = self._law.elapsed(j) >= tau - eps
+        if at_boundary:
+            t_b = self._t0 + (self._law.elapsed(j) if self._law is not None else 0.0)
+            self._apply(j, t_b)
+            self._plan(t_b)
+        elif j + 1 < self._k:
+            self._k = j + 1
+            self._arm(self._t0 + self._law.elapsed(j + 1))
+
+    def _drop_cancelled(self) -> None:
+        for req, outcome in self._to_cancel:
+            if not req.running:
+                continue   # it finished at this boundary
+            del self.live[req.rid]
+            req.running = False
+            req.removed = True
+            if req.pf_done >= req.prompt_len:
+                self.kv_used -= req.b + self.V - 1
+                self.n_dec -= 1
+                self.sum_b -= req.b
+                req.seq = -1
+            else:
+                self.kv_used -= req.prompt_len
+                self.prefilling.remove(req)
+            self._end(req, outcome)
+        self._to_cancel.clear()
 
     # -- stretches ---------------------------------------------------------------------------------
     def _arm(self, t_end: float) -> None:
@@ -336,8 +395,12 @@ class Replica:
 
     def _retire(self, req: Request, t: float) -> None:
         self.kv_used -= req.kv
-        if self.cache is not None:
-            self.cache.put(req.prefix_key, req.kv, t)   # its KV stays behind as a prefix entry
+        cache = self.cache
+        if cache is not None:
+            cache.put(req.prefix_key, req.kv, t)   # its KV stays behind as a prefix entry
+            if req.shared_key is not None:
+                cache.put_shared(req.shared_key, req.shared_len, t,
+                                 self.cap - self.kv_used - cache.gpu_used)
         del self.live[req.rid]
         req.running = False
         req.finish = t
@@ -399,6 +462,8 @@ class Replica:
 
     def _plan(self, t: float) -> None:
         """At a step boundary at time ``t``: preempt, admit, and arm the next stretch."""
+        if self._to_cancel:
+            self._drop_cancelled()
         cache = self.cache
         while self.kv_used + self.n_dec + (cache.gpu_used if cache is not None else 0) > self.cap:
             if cache is not None and cache.gpu_used:

@@ -30,6 +30,7 @@ class SteppingReplica:
         self._timer = None
         self._t0 = 0.0
         self._plan_data = None
+        self._to_cancel: list = []
         self.steps = self.stretches = self.tokens_out = self.preemptions = 0
         self.busy_time = self.energy_j = 0.0
 
@@ -54,10 +55,19 @@ class SteppingReplica:
         if self.c.request_overhead > 0:
             ev = Event(self.env)
             ev._ok, ev._value = True, req
-            ev.callbacks.append(lambda e: self._enqueue(e._value) if self.up else self._end(e._value, "replica_failed"))
+            ev.callbacks.append(self._on_ready)
             self.env.schedule(ev, NORMAL, self.c.request_overhead)
         else:
             self._enqueue(req)
+
+    def _on_ready(self, ev) -> None:
+        req = ev._value
+        if req.removed:
+            return
+        if self.up:
+            self._enqueue(req)
+        else:
+            self._end(req, "replica_failed")
 
     def fail(self) -> None:
         self.up = False
@@ -73,6 +83,19 @@ class SteppingReplica:
 
     def repair(self) -> None:
         self.up = True
+
+    def cancel(self, req: Request, outcome: str = "cancelled") -> None:
+        if req.finish == req.finish or req.removed:
+            return
+        if req.running:
+            self._to_cancel.append((req, outcome))
+            if self.env.now - self._t0 <= EPS * max(1.0, self.env.now):
+                self._step(self._t0)   # at the boundary: re-plan the step without it
+            return
+        req.removed = True
+        if req in self.waiting:
+            self.waiting.remove(req)
+        self._end(req, outcome)
 
     def _end(self, req: Request, outcome: str) -> None:
         req.outcome = outcome
@@ -95,6 +118,13 @@ class SteppingReplica:
     def _step(self, t: float) -> None:
         """Plan the one step that starts at ``t``."""
         cap, cache = self.cfg.kv_capacity, self.cache
+        for req, outcome in self._to_cancel:
+            if req.running:
+                self.running.remove(req)
+                req.running = False
+                req.removed = True
+                self._end(req, outcome)
+        self._to_cancel.clear()
         while True:
             cached = cache.gpu_used if cache is not None else 0
             over = self.kv_used + sum(1 for r in self.running if r.pf_done >= r.prompt_len) + cached - cap
@@ -180,9 +210,12 @@ class SteppingReplica:
         self._step(now)
 
     def _retire(self, r: Request, t: float) -> None:
-        if self.cache is not None:
-            self.cache.put(r.prefix_key, r.kv, t)
         self.running.remove(r)
+        cache = self.cache
+        if cache is not None:
+            cache.put(r.prefix_key, r.kv, t)
+            if r.shared_key is not None:
+                cache.put_shared(r.shared_key, r.shared_len, t, self.cfg.kv_capacity - self.kv_used - cache.gpu_used)
         r.running = False
         r.finish = t
         self._end(r, "completed")

@@ -50,7 +50,12 @@ ESTIMATE_KEYS = ("requests", "ttft_s", "ttft_p50_s", "ttft_p90_s", "ttft_p99_s",
 
 
 def estimate(seed: int = 1, **kw) -> dict:
-    """Simulate and return the estimate figures (plus ``saturation_rps`` for max-load runs)."""
+    """Simulate and return the estimate figures (plus the saturation figures for max-load runs).
+
+    ``steady_output_tokens_per_s`` is the output rate between the 10th and 90th percentile completion,
+    which leaves out the warm-up and the drain that ``output_tokens_per_s`` (first arrival to last
+    completion) includes; at max load it is also ``saturation_output_tokens_per_s``.
+    """
     res = simulate(estimate_scenario(**kw), seed=seed)
     s = res.summary()
     out = {k: s[k] for k in ESTIMATE_KEYS}
@@ -61,8 +66,11 @@ def estimate(seed: int = 1, **kw) -> dict:
     out["output_tokens_per_s"] = float(done["output_tokens"].sum()) / span
     out["input_tokens_per_s"] = float(done["input_tokens"].sum()) / span
     out["requests_per_s"] = len(done) / span
+    out["steady_output_tokens_per_s"] = steady_output_rate(done["finish_s"].to_numpy(),
+                                                           done["output_tokens"].to_numpy())
     if kw.get("max_load"):
         out["saturation_rps"] = saturation_rate(done["finish_s"].to_numpy())
+        out["saturation_output_tokens_per_s"] = out["steady_output_tokens_per_s"]
     pool = res.pools.iloc[0]
     out.update(kv_capacity_tokens=int(pool["kv_capacity_tokens"]), max_batch=int(pool["max_batch"]),
                token_budget=int(pool["token_budget"]), preemptions=int(pool["preemptions"]))
@@ -76,3 +84,18 @@ def saturation_rate(finish_times: np.ndarray) -> float:
         return len(t) / t[-1] if len(t) and t[-1] > 0 else float("nan")
     lo, hi = int(0.1 * len(t)), int(0.9 * len(t))
     return (hi - lo) / max(t[hi] - t[lo], 1e-12)
+
+
+def steady_output_rate(finish_times: np.ndarray, output_tokens: np.ndarray) -> float:
+    """Output tokens per second of the completions between the 10th and 90th percentile completion.
+
+    The same window as :func:`saturation_rate`: the requests finishing in ``(t[lo], t[hi]]``
+    count, so with fixed output lengths this is ``saturation_rate x output_tokens``.
+    """
+    ok = np.isfinite(finish_times)
+    order = np.argsort(finish_times[ok], kind="stable")
+    t, o = finish_times[ok][order], np.asarray(output_tokens, dtype=float)[ok][order]
+    if len(t) < 10:
+        return float(o.sum() / t[-1]) if len(t) and t[-1] > 0 else float("nan")
+    lo, hi = int(0.1 * len(t)), int(0.9 * len(t))
+    return float(o[lo + 1:hi + 1].sum() / max(t[hi] - t[lo], 1e-12))

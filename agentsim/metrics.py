@@ -14,10 +14,11 @@ from .request import OUTCOMES, Request
 
 OUTCOME_CODE = {o: i for i, o in enumerate(OUTCOMES)}
 
-INT_COLUMNS = ("request_id", "stream", "session", "tenant", "pool", "replica", "priority", "input_tokens",
+INT_COLUMNS = ("request_id", "call_id", "attempt", "trigger", "stream", "population", "session", "tenant", "pool",
+               "replica", "priority", "input_tokens",
                "output_tokens", "cached_gpu_tokens", "cached_host_tokens", "prefill_tokens", "preemptions",
                "outcome")
-FLOAT_COLUMNS = ("arrival_s", "ready_s", "admitted_s", "first_token_s", "finish_s")
+FLOAT_COLUMNS = ("arrival_s", "ready_s", "admitted_s", "first_token_s", "finish_s", "retry_after_s")
 
 
 class Recorder:
@@ -32,6 +33,10 @@ class Recorder:
     def record(self, req: Request) -> None:
         i, f = self.ints, self.floats
         i["request_id"].append(req.rid)
+        i["call_id"].append(req.call)
+        i["attempt"].append(req.attempt)
+        i["trigger"].append(req.trigger)
+        i["population"].append(req.population)
         i["stream"].append(req.stream)
         i["session"].append(req.session)
         i["tenant"].append(req.tenant)
@@ -50,6 +55,7 @@ class Recorder:
         f["admitted_s"].append(req.admitted)
         f["first_token_s"].append(req.first_token)
         f["finish_s"].append(req.finish)
+        f["retry_after_s"].append(req.retry_after)
         self.count += 1
 
     def columns(self) -> dict[str, np.ndarray]:

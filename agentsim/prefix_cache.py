@@ -80,6 +80,31 @@ class PrefixCache:
             return 0, hit, 0
         return 0, 0, 0
 
+    def lookup_shared(self, key, length: int, now: float) -> tuple[int, int]:
+        """(GPU, host) hit tokens of a shared prefix; the entry stays (many sessions read it)."""
+        if not self.enabled or key is None or length <= 0:
+            return 0, 0
+        entry = self.gpu.get(key)
+        if entry is not None:
+            tokens, last = entry
+            if now - last > self.cfg.ttl_s:
+                return 0, 0
+            self.gpu.move_to_end(key)
+            self.gpu[key] = (tokens, now)
+            return min(tokens, length), 0
+        tokens = self.host.get(key)
+        if tokens is not None:
+            self.host.move_to_end(key)
+            return 0, min(tokens, length)
+        return 0, 0
+
+    def put_shared(self, key, length: int, now: float, free: int) -> None:
+        """Keep a copy of a shared prefix if it is not cached and ``free`` GPU tokens allow it."""
+        if not self.enabled or key is None or length <= 0 or key in self.gpu or length > free:
+            return
+        self.gpu[key] = (length, now)
+        self.gpu_used += length
+
     def peek_gpu(self, key) -> int:
         """GPU tokens that :meth:`take` would release for ``key`` (0 if none)."""
         entry = self.gpu.get(key) if key is not None else None
@@ -166,6 +191,8 @@ def reserve(cache: PrefixCache | None, req, kv_used: int, n_dec: int, cap: int, 
             return False
     if key is not None:
         hit_gpu, hit_host, _ = cache.take(key, req.prefix_len, now)
+        if hit_gpu == 0 and hit_host == 0 and req.shared_key is not None:
+            hit_gpu, hit_host = cache.lookup_shared(req.shared_key, req.shared_len, now)
         limit = req.prompt_len - 1          # at least one token is computed to sample from
         req.cached_gpu = min(hit_gpu, limit)
         req.cached_host = min(hit_host, limit - req.cached_gpu)

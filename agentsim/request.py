@@ -10,6 +10,11 @@ OUTCOMES: tuple[str, ...] = (
 )
 
 
+#: why a call was made (the ``trigger`` column): the first step of a human turn, a step after tool
+#: results, a sub-agent's step, a compaction, or a plain stream request
+TRIGGERS: tuple[str, ...] = ("request", "user", "tool", "subagent", "compaction")
+
+
 class Request:
     """A request's sizes, its timestamps and, while it runs, the engine's bookkeeping.
 
@@ -19,15 +24,16 @@ class Request:
     """
 
     __slots__ = (
-        "rid", "stream", "session", "tenant", "prompt", "output", "prefix_key", "prefix_len", "priority", "max_tokens",
+        "rid", "stream", "session", "tenant", "prompt", "output", "prefix_key", "prefix_len", "shared_key", "shared_len", "priority", "max_tokens",
         "arrival", "ready", "admitted", "first_token", "finish", "outcome", "replica",
         "cached_gpu", "cached_host", "prefill_tokens", "preemptions", "on_done",
+        "attempt", "call", "trigger", "retry_after", "population",
         # engine state
         "prompt_len", "out_left", "pf_done", "v_join", "b", "finish_v", "seq", "running", "removed", "kv", "load",
     )
 
     def __init__(self, rid: int, arrival: float, prompt: int, output: int, *, session: int = -1,
-                 tenant: int = -1, stream: int = -1, prefix_key=None, prefix_len: int | None = None, priority: int = 0,
+                 tenant: int = -1, stream: int = -1, population: int = -1, prefix_key=None, prefix_len: int | None = None, priority: int = 0,
                  on_done=None) -> None:
         self.rid = rid
         self.session = session
@@ -37,6 +43,8 @@ class Request:
         self.output = output
         self.prefix_key = prefix_key
         self.prefix_len = prompt if prefix_len is None else prefix_len  # leading tokens shared with its key
+        self.shared_key = None     # a prefix shared across sessions (system prompt), used on a session miss
+        self.shared_len = 0
         self.priority = priority
         self.max_tokens = output
         self.arrival = arrival
@@ -45,6 +53,11 @@ class Request:
         self.replica = -1
         self.cached_gpu = self.cached_host = self.prefill_tokens = self.preemptions = 0
         self.on_done = on_done
+        self.attempt = 0           # 0 = first attempt of its call, n = n-th retry
+        self.call = -1             # the logical call (LLM step) this attempt belongs to
+        self.trigger = 0           # what caused the call: see TRIGGERS
+        self.retry_after = math.nan  # seconds, set by a gateway policy that rejects
+        self.population = population
         self.prompt_len = prompt
         self.out_left = output
         self.pf_done = 0

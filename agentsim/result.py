@@ -20,7 +20,8 @@ import pandas as pd
 
 from .cluster import replica_energy_j
 from .errors import InputError
-from .request import OUTCOMES
+from .request import OUTCOMES, TRIGGERS
+from .sessions import SESSION_OUTCOMES
 
 PERCENTILES = (50, 90, 99)
 
@@ -51,6 +52,7 @@ class Result:
     timeseries: pd.DataFrame
     pools: pd.DataFrame
     meta: dict = field(default_factory=dict)
+    sessions: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     # -- construction --------------------------------------------------------------------------------
     @classmethod
@@ -62,10 +64,23 @@ class Result:
         df["pool"] = pd.Categorical.from_codes(df["pool"].to_numpy(), categories=pool_names)
         df["stream"] = pd.Categorical.from_codes(df["stream"].to_numpy(), categories=sim.stream_names or ["-"]) \
             if sim.stream_names else pd.Categorical(["-"] * len(df))
+        pop_names = [p.name for p in sim.populations] or ["-"]
+        df["trigger"] = pd.Categorical.from_codes(df["trigger"].to_numpy(), categories=list(TRIGGERS))
+        df["population"] = pd.Categorical.from_codes(df["population"].to_numpy(), categories=pop_names)
         site_of = {p.name: p.site for p in sim.cluster.pools}
         df["site"] = df["pool"].map(site_of).astype("category")
         df = derive(df.sort_values("request_id", kind="stable").reset_index(drop=True))
         ts = pd.DataFrame(sim.sampler.columns()) if sim.sampler is not None else pd.DataFrame()
+        sessions = pd.DataFrame(sim.session_recorder.columns()) if sim.session_recorder is not None else pd.DataFrame()
+        if len(sessions):
+            sessions["outcome"] = pd.Categorical.from_codes(sessions["outcome"].to_numpy(),
+                                                            categories=list(SESSION_OUTCOMES))
+            sessions["population"] = pd.Categorical.from_codes(sessions["population"].to_numpy(), categories=pop_names)
+            sessions["kind"] = np.where(sessions["kind"].to_numpy() == 1, "subagent", "session")
+            sessions["profile"] = sessions["population"].map(
+                {p.name: p.cfg.profile for p in sim.populations}).astype("category")
+            sessions["duration_s"] = sessions["end_s"] - sessions["start_s"]
+            sessions = sessions.sort_values("session_id", kind="stable").reset_index(drop=True)
         if len(ts):
             ts["pool"] = pd.Categorical.from_codes(ts["pool"].astype(int).to_numpy(), categories=pool_names)
         sc = sim.scenario
@@ -95,7 +110,13 @@ class Result:
                 "warmup_s": sc.warmup_s, "sim_wall_s": sim.wall_s, "events": sim.events,
                 "slo_ttft_s": sc.slo_ttft_s, "slo_tpot_s": sc.slo_tpot_s,
                 "sites": {k: v.model_dump() for k, v in sc.sites.items()}}
-        return cls(requests=df, timeseries=ts, pools=pd.DataFrame(rows), meta=meta)
+        meta["populations"] = {p.name: {"profile": p.cfg.profile, "retry_policy": p.policy.name,
+                                        "sessions_started": p.sessions_started, "calls": p.stats.calls,
+                                        "attempts": p.stats.attempts, "retries": p.stats.retries,
+                                        "gave_up": p.stats.gave_up, "abandoned": p.stats.abandoned,
+                                        "local_rejects": p.stats.local_rejects,
+                                        "workers": [list(x) for x in p.worker_series]} for p in sim.populations}
+        return cls(requests=df, timeseries=ts, pools=pd.DataFrame(rows), meta=meta, sessions=sessions)
 
     # -- summary -------------------------------------------------------------------------------------
     def summary(self) -> dict:
@@ -143,9 +164,29 @@ class Result:
             by_t = ts.groupby("time_s", observed=True)["facility_power_w"].sum()
             out["facility_power_mean_w"] = float(by_t.mean())
             out["facility_power_peak_w"] = float(by_t.max())
+        out.update(self.session_summary())
         out["sim_wall_s"] = float(self.meta.get("sim_wall_s", math.nan))
         out["events"] = int(self.meta.get("events", -1))
         out["events_per_request"] = out["events"] / len(self.requests) if len(self.requests) else math.nan
+        return out
+
+    def session_summary(self) -> dict:
+        """Session-level figures: completion time, failure rate, retries per call (top-level sessions)."""
+        ss = self.sessions
+        if not len(ss):
+            return {}
+        top = ss[(ss["kind"] == "session") & (ss["start_s"] >= self.meta.get("warmup_s", 0.0))]
+        ended = top[top["outcome"] != "in_flight"]
+        out = {"sessions": int(len(top)), "sessions_ended": int(len(ended))}
+        out["session_outcomes"] = {o: int(n) for o, n in top["outcome"].value_counts().items() if n}
+        out["session_failure_rate"] = float((ended["outcome"] == "failed").mean()) if len(ended) else math.nan
+        done = ended[ended["outcome"] == "completed"]["duration_s"].to_numpy()
+        out["session_duration_s"] = float(done.mean()) if len(done) else math.nan
+        out["session_duration_p50_s"] = float(np.percentile(done, 50)) if len(done) else math.nan
+        out["session_duration_p90_s"] = float(np.percentile(done, 90)) if len(done) else math.nan
+        calls = float(ss["calls"].sum() + ss["failed_calls"].sum())
+        out["retries_per_call"] = float(ss["retries"].sum()) / calls if calls else math.nan
+        out["attempts_per_call"] = float(ss["attempts"].sum()) / calls if calls else math.nan
         return out
 
     # -- persistence ---------------------------------------------------------------------------------
@@ -166,6 +207,7 @@ class Result:
             self.requests.to_parquet(tmp / "requests.parquet", index=False)
             self.timeseries.to_parquet(tmp / "timeseries.parquet", index=False)
             self.pools.to_parquet(tmp / "pools.parquet", index=False)
+            self.sessions.to_parquet(tmp / "sessions.parquet", index=False)
             (tmp / "summary.json").write_text(json.dumps(_jsonable(self.summary()), indent=2))
             manifest = {"agentsim_version": __version__, **{k: v for k, v in self.meta.items()}}
             (tmp / "manifest.json").write_text(json.dumps(_jsonable(manifest), indent=2))
@@ -183,9 +225,10 @@ class Result:
             req = pd.read_parquet(d / "requests.parquet")
             ts = pd.read_parquet(d / "timeseries.parquet")
             pools = pd.read_parquet(d / "pools.parquet")
+            sessions = pd.read_parquet(d / "sessions.parquet") if (d / "sessions.parquet").exists() else pd.DataFrame()
         except FileNotFoundError as e:
             raise InputError(f"result directory {d}: missing {Path(e.filename).name} (not an agentsim run?)") from None
-        return cls(requests=req, timeseries=ts, pools=pools, meta=meta)
+        return cls(requests=req, timeseries=ts, pools=pools, meta=meta, sessions=sessions)
 
 
 def _jsonable(o):

@@ -14,8 +14,9 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from .distributions import Dist
 from .errors import InputError
 
 
@@ -24,41 +25,6 @@ class Model(BaseModel):
 
 
 # -- building blocks ------------------------------------------------------------------------------
-class Dist(Model):
-    """A distribution of positive integers (token counts) or seconds."""
-
-    kind: Literal["constant", "lognormal", "uniform", "exponential"] = Field(
-        "constant", description="constant: `value`; lognormal: `median`, `sigma`; uniform: `low`, `high`; "
-                                "exponential: `mean`")
-    value: float = Field(0, ge=0, description="constant value")
-    median: float = Field(0, ge=0, description="lognormal median")
-    sigma: float = Field(0, ge=0, description="lognormal shape (σ of the log)")
-    low: float = Field(0, ge=0, description="uniform lower bound")
-    high: float = Field(0, ge=0, description="uniform upper bound")
-    mean: float = Field(0, ge=0, description="exponential mean")
-    min: float = Field(0, ge=0, description="clip below")
-    max: float = Field(1e12, gt=0, description="clip above")
-
-    @model_validator(mode="after")
-    def _check(self) -> "Dist":
-        need = {"constant": ("value",), "lognormal": ("median",), "uniform": ("high",), "exponential": ("mean",)}
-        for f in need[self.kind]:
-            if getattr(self, f) <= 0:
-                raise ValueError(f"a {self.kind} distribution needs {f} > 0")
-        if self.kind == "uniform" and self.low > self.high:
-            raise ValueError(f"uniform needs low <= high (got low={self.low}, high={self.high})")
-        if self.min > self.max:
-            raise ValueError(f"min ({self.min}) exceeds max ({self.max})")
-        return self
-
-
-def _dist(v: Any) -> Any:
-    """A bare number means a constant distribution."""
-    if isinstance(v, (int, float)) and not isinstance(v, bool):
-        return {"kind": "constant", "value": v}
-    return v
-
-
 class EngineSettings(Model):
     """Scheduler and cache settings of a replica (vLLM V1-like defaults)."""
 
@@ -140,11 +106,6 @@ class Stream(Model):
     file: str | None = Field(None, description="replay: CSV with columns arrival_s,input_tokens,output_tokens")
     priority: int = Field(0, description="admission priority (lower goes first with admission=priority)")
 
-    @field_validator("input_tokens", "output_tokens", "think_s", mode="before")
-    @classmethod
-    def _dists(cls, v: Any) -> Any:
-        return _dist(v)
-
     @model_validator(mode="after")
     def _needs(self) -> "Stream":
         need = {"poisson": ("rate", self.rate > 0), "concurrency": ("concurrency", self.concurrency > 0),
@@ -152,6 +113,62 @@ class Stream(Model):
         field, ok = need[self.kind]
         if not ok:
             raise ValueError(f"a {self.kind} stream needs {field}")
+        return self
+
+
+class Population(Model):
+    """Users or workers of one session profile, with their plan or tier and their client."""
+
+    profile: str = Field(description="interactive_coding_agent | autonomous_api_agent | chat_user")
+    size: int = Field(ge=0, description="open: users whose sessions arrive over the day; fleet: max workers")
+    kind: Literal["open", "fleet"] = Field("open", description="open: sessions arrive as a non-homogeneous "
+                                                              "Poisson process; fleet: workers run tasks back "
+                                                              "to back and scale with the backlog")
+    arrival: str = Field("flat", description="diurnal profile: azure2024_coding | azure2024_conv | servegen_api | "
+                                             "flat | custom (then give weekday and weekend)")
+    weekday: list[float] | None = Field(None, description="custom profile: 24 hourly multipliers (UTC)")
+    weekend: list[float] | None = Field(None, description="custom profile: 24 hourly multipliers (UTC)")
+    start_weekday: int = Field(0, ge=0, le=6, description="weekday at t = 0 (0 = Monday)")
+    start_hour: float = Field(0.0, ge=0, lt=24, description="UTC hour at t = 0")
+    tenants: int = Field(1, ge=1, description="users are spread over this many tenants (orgs) round robin")
+    plan: str | None = Field(None, description="subscription plan preset of its users (policies enforce it)")
+    tier: str | None = Field(None, description="API tier preset of its tenants (policies enforce it)")
+    retry_policy: str | None = Field(None, description="override the profile's client retry policy")
+    retry_max_wait_s: float | None = Field(None, gt=0, description="give up on a call after this long retrying")
+    timeout_s: float | None = Field(None, gt=0, description="override the profile's request timeout")
+    params: dict[str, Any] = Field(default_factory=dict, description="overrides of the profile's parameters")
+    model: str | None = Field(None, description="only pools serving this model get its calls (default: all)")
+    priority: int = Field(0, description="admission priority of its requests")
+    workers: int = Field(1, ge=0, description="fleet: workers at the start")
+    workers_min: int = Field(0, ge=0, description="fleet: never scale below this")
+    task_rate: float = Field(0.0, ge=0, description="fleet: tasks per second into the backlog (times the "
+                                                    "diurnal profile); 0 = closed loop, a task always waits")
+    scale_interval_s: float = Field(60.0, gt=0, description="fleet: autoscaler period")
+    scale_up_backlog: float = Field(2.0, gt=0, description="fleet: add workers while backlog > this x workers")
+
+    @model_validator(mode="after")
+    def _check(self) -> "Population":
+        from .diurnal import profile_names
+        from .profiles import get_profile
+        from .retry import RETRY_POLICIES
+        get_profile(self.profile, self.params, where="profile")
+        names = profile_names()
+        if self.arrival == "custom":
+            for f in ("weekday", "weekend"):
+                v = getattr(self, f)
+                if v is None or len(v) != 24 or any(x < 0 for x in v):
+                    raise ValueError(f"a custom arrival profile needs {f} = 24 non-negative numbers")
+        elif self.arrival not in names:
+            raise ValueError(f"arrival {self.arrival!r} unknown; allowed: {', '.join(names)}, custom")
+        if self.retry_policy is not None and self.retry_policy not in RETRY_POLICIES:
+            near = difflib.get_close_matches(self.retry_policy, list(RETRY_POLICIES), n=1)
+            raise ValueError(f"retry_policy {self.retry_policy!r} unknown"
+                             + (f" (did you mean {near[0]!r}?)" if near else "")
+                             + f"; allowed: {', '.join(RETRY_POLICIES)}")
+        if self.kind == "fleet" and self.workers > self.size:
+            raise ValueError(f"fleet workers ({self.workers}) exceed size ({self.size}, the maximum)")
+        if self.workers_min > self.size:
+            raise ValueError(f"workers_min ({self.workers_min}) exceeds size ({self.size})")
         return self
 
 
@@ -172,6 +189,9 @@ class Scenario(Model):
     router: Router = Field(default_factory=Router)
     outages: list[Outage] = Field(default_factory=list)
     streams: dict[str, Stream] = Field(default_factory=dict, description="request streams by name")
+    populations: dict[str, Population] = Field(default_factory=dict, description="agent and chat populations")
+    policies: list[dict[str, Any]] = Field(default_factory=list, description="gateway policy chain, in order: "
+                                                                            "each {name = ..., params...}")
     slo_ttft_s: float = Field(2.0, gt=0, description="TTFT bound for goodput")
     slo_tpot_s: float = Field(0.1, gt=0, description="TPOT bound for goodput")
 
@@ -188,6 +208,11 @@ class Scenario(Model):
                 near = difflib.get_close_matches(bad, list(EngineSettings.model_fields), n=1)
                 raise ValueError(f"pools.{name}.engine.{bad} is not an engine setting"
                                  + (f" (did you mean {near[0]!r}?)" if near else ""))
+        from .gateway import parse_policies
+        try:
+            parse_policies(self.policies)
+        except InputError as e:
+            raise ValueError(str(e)) from None
         for i, o in enumerate(self.outages):
             kind, _, target = o.target.partition(":")
             table = self.pools if kind == "pool" else self.sites

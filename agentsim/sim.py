@@ -43,27 +43,60 @@ class Simulation:
         self.env = env
         self.rng = rng
         self.cluster: Cluster | None = None
+        self.gateway = None            # agentsim.gateway.Gateway when the scenario has policies
         self.recorder: Recorder | None = None
         self.sampler: Sampler | None = None
         self.sources: list = []
         self.open: dict[int, Request] = {}
         self.pool_counts: list[list[int]] = []
         self.stream_names: list[str] = []
+        self.populations: list = []
+        self.session_recorder = None
         self.wall_s = 0.0
         self._rid = 0
+        self._sid = 0
+        self._cid = 0
 
     def new_request(self, prompt: int, output: int, **kw) -> Request:
         req = Request(self._rid, self.env.now, prompt, output, **kw)
         self._rid += 1
         return req
 
+    def new_session_id(self) -> int:
+        self._sid += 1
+        return self._sid - 1
+
+    def new_call_id(self) -> int:
+        self._cid += 1
+        return self._cid - 1
+
+    def cancel(self, req: Request, outcome: str) -> None:
+        """The client gives up on a request that is still open (timeout, abandonment)."""
+        if req.rid in self.open and req.replica >= 0:
+            self.cluster.replicas[req.replica].cancel(req, outcome)
+
     def submit(self, req: Request, model: str | None = None) -> None:
+        """A request enters the provider: gateway policies, then the router."""
         self.open[req.rid] = req
+        if self.gateway is not None and not self.gateway.submit(req, model):
+            return
         self.cluster.route(req, model)
         if req.replica >= 0:
             self.pool_counts[self.recorder.pool_of_replica[req.replica]][0] += 1
 
+    def end(self, req: Request, outcome: str) -> None:
+        """End a request that never reached a replica (a gateway rejection, a local throttle)."""
+        req.outcome = outcome
+        req.finish = self.env.now
+        self._finish(req)
+
     def done(self, req: Request) -> None:
+        """A request that passed the gateway ends (from a replica or the router)."""
+        if self.gateway is not None:
+            self.gateway.on_done(req)
+        self._finish(req)
+
+    def _finish(self, req: Request) -> None:
         """Every request ends here exactly once, whatever its outcome."""
         del self.open[req.rid]
         if req.replica >= 0:
@@ -75,7 +108,7 @@ class Simulation:
 
     def quiescent(self) -> bool:
         """All streams are done and no request is open."""
-        return not self.open and all(s.finished for s in self.sources)
+        return not self.open and all(s.finished for s in self.sources) and not self.populations
 
     def run(self, progress=None) -> "Result":
         """Run to ``duration_s``; ``progress(sim_time)`` is called about 100 times if given."""
@@ -83,6 +116,8 @@ class Simulation:
 
         for s in self.sources:
             s.start()
+        for p in self.populations:
+            p.start()
         if self.sampler is not None:
             self.sampler.start()
         duration = self.scenario.duration_s
@@ -101,6 +136,8 @@ class Simulation:
             req.outcome = "in_flight"
             self.recorder.record(req)
         self.open.clear()
+        for p in self.populations:
+            p.finish(self.env.now)
         return Result.from_simulation(self)
 
     @property

@@ -14,27 +14,10 @@ from simpy.events import NORMAL, Event
 
 from .errors import InputError
 from .request import Request
-from .scenario import Dist, Stream
+from .distributions import draw, draw_tokens
+from .scenario import Stream
 
 BATCH = 1024
-
-
-def draw(dist: Dist, rng: np.random.Generator, n: int) -> np.ndarray:
-    """``n`` samples of ``dist`` as floats, clipped to [min, max]."""
-    if dist.kind == "constant":
-        x = np.full(n, dist.value)
-    elif dist.kind == "lognormal":
-        x = dist.median * np.exp(dist.sigma * rng.standard_normal(n))
-    elif dist.kind == "uniform":
-        x = rng.uniform(dist.low, dist.high, n)
-    else:
-        x = rng.exponential(dist.mean, n)
-    return np.clip(x, dist.min, dist.max)
-
-
-def draw_tokens(dist: Dist, rng: np.random.Generator, n: int) -> np.ndarray:
-    """Token counts: rounded samples, at least 1."""
-    return np.maximum(1, np.rint(draw(dist, rng, n))).astype(np.int64)
 
 
 def _schedule(env, delay: float, callback, value=None) -> None:
