@@ -61,6 +61,26 @@ def ci(values, level: float = 0.95) -> tuple[float, float, float]:
     return m, m - h, m + h
 
 
+def _mean_with_ci(sums: list[dict], with_ci: bool = True) -> dict:
+    """Average numeric keys over replications (nested dicts recursively; a missing key is 0),
+    adding ``_ci_low``/``_ci_high`` beside each top-level number."""
+    out: dict = {}
+    keys = list(dict.fromkeys(k for s in sums for k in s))
+    for key in keys:
+        vals = [s.get(key) for s in sums]
+        present = [v for v in vals if v is not None]
+        if present and all(isinstance(v, dict) for v in present):
+            out[key] = _mean_with_ci([v if isinstance(v, dict) else {} for v in vals], with_ci=False)
+        elif present and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in present):
+            m, lo, hi = ci([0 if v is None else v for v in vals])
+            out[key] = m
+            if with_ci:
+                out[f"{key}_ci_low"], out[f"{key}_ci_high"] = lo, hi
+        else:
+            out[key] = present[0] if present else None
+    return out
+
+
 @dataclass
 class ResultSet:
     """Independent replications of one scenario; ``summary()`` adds 95 % confidence intervals."""
@@ -68,17 +88,7 @@ class ResultSet:
     results: list[Result]
 
     def summary(self) -> dict:
-        sums = [r.summary() for r in self.results]
-        out: dict = {"replications": len(sums)}
-        for key, v in sums[0].items():
-            if isinstance(v, (int, float)) and not isinstance(v, bool):
-                m, lo, hi = ci([s.get(key) for s in sums])
-                out[key] = m
-                out[f"{key}_ci_low"] = lo
-                out[f"{key}_ci_high"] = hi
-            else:
-                out[key] = v
-        return out
+        return _mean_with_ci([r.summary() for r in self.results]) | {"replications": len(self.results)}
 
     def __getitem__(self, i: int) -> Result:
         return self.results[i]

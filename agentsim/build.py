@@ -36,6 +36,14 @@ def cache_config(dep: Deployment, s: EngineSettings) -> CacheConfig:
     return CacheConfig(retention=s.retention, ttl_s=s.prefix_ttl_s, host_tokens=host_tokens)
 
 
+def make_cache(kind: str, cfg: CacheConfig):
+    """A replica's prefix cache: per-key session entries, or shared 512-token blocks."""
+    if kind == "blocks":
+        from .block_cache import BlockPrefixCache
+        return BlockPrefixCache(cfg)
+    return PrefixCache(cfg)
+
+
 def build(scenario: Scenario, seed: int | None = None, *, catalog: Catalog | None = None, step_mode: bool = False,
           check_invariants: bool = False) -> Simulation:
     """Wire ``scenario`` for one run with ``seed`` (default: the scenario's)."""
@@ -63,8 +71,9 @@ def build(scenario: Scenario, seed: int | None = None, *, catalog: Catalog | Non
                     else dep.gpu.usd_per_gpu_hour)
         for _ in range(p.replicas):
             rid = len(pool_of_replica)
+            cache = make_cache(settings.prefix_cache, ccfg)
             pool.replicas.append(replica_cls(env, coeffs, cfg, index=rid, on_done=sim.done,
-                                             cache=PrefixCache(ccfg), check_invariants=check_invariants))
+                                             cache=cache, check_invariants=check_invariants))
             pool_of_replica.append(i)
         pools.append(pool)
     router = make_router(scenario.router.policy, rng("routing"), scenario.router)
@@ -76,21 +85,30 @@ def build(scenario: Scenario, seed: int | None = None, *, catalog: Catalog | Non
     for j, (name, st) in enumerate(scenario.streams.items()):
         model = None
         if st.model is not None:
-            model = catalog.model(st.model).name
+            try:
+                model = catalog.model(st.model).name
+            except InputError as e:
+                raise InputError(f"streams.{name}.model: {e}") from None
             if model not in models:
                 raise InputError(f"streams.{name}.model {st.model!r}: no pool serves it (pools serve {', '.join(sorted(models))})")
         st = st.model_copy(update={"model": model})
         sim.sources.append(SOURCES[st.kind](sim, name, j, st, rng(f"arrivals/{name}"), rng(f"sizes/{name}")))
         sim.stream_names.append(name)
     sim.session_recorder = SessionRecorder()
+    user_base = tenant_base = 0
     for j, (name, pc) in enumerate(scenario.populations.items()):
         model = None
         if pc.model is not None:
-            model = catalog.model(pc.model).name
+            try:
+                model = catalog.model(pc.model).name
+            except InputError as e:
+                raise InputError(f"populations.{name}.model: {e}") from None
             if model not in models:
                 raise InputError(f"populations.{name}.model {pc.model!r}: no pool serves it "
                                  f"(pools serve {', '.join(sorted(models))})")
-        sim.populations.append(Population(sim, j, name, pc, model))
+        sim.populations.append(Population(sim, j, name, pc, model, user_base=user_base, tenant_base=tenant_base))
+        user_base += max(pc.size, 1)
+        tenant_base += pc.tenants
     if scenario.policies:
         sim.gateway = Gateway(sim, parse_policies(scenario.policies))
     rid = 0

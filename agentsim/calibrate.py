@@ -4,12 +4,20 @@ Read in order: :func:`load_points` (CSV -> validated :class:`Point`), :data:`PRE
 prediction from a :class:`Deployment`), :func:`fit_factors` (pick the identified factors; minimise
 Σ_points log(pred/measured)² + Σ_factors (λ·log(factor/prior))², λ = PRIOR_WEIGHT, so a factor the
 data barely constrain stays near its prior), :func:`calibrate` (all generations, leave-one-out) and
-:func:`write_calibrated`. A predictor that cannot express a point raises :class:`Unscored`; the
-engine issue adds load-point predictors (``PREDICTORS["output_throughput"]``) without touching the fit.
+:func:`write_calibrated`. A predictor that cannot express a point raises :class:`Unscored`.
+
+Two kinds of points. *Single-stream* points (concurrency 1: TTFT, ITL, ...) have closed-form
+predictors and are what the factors are fitted to. *Load points* (``output_throughput`` at max load
+or at concurrency N, the metrics in :data:`SIMULATED`) are predicted by running the serving engine
+through :func:`agentsim.estimate.estimate` with the fitted factors (:func:`predict_output_throughput`,
+assumptions from :func:`load_setup`); one simulation per optimiser evaluation would be far too slow,
+so they never enter a fit. Their error is therefore out-of-sample already, and their ``loo_error``
+is their ``rel_error``.
 """
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import math
@@ -23,9 +31,11 @@ from pathlib import Path
 import numpy as np
 from scipy.optimize import least_squares
 
+from .build import default_limits
 from .catalog import Catalog
 from .deployment import Deployment
 from .errors import InputError
+from .estimate import estimate
 from .hardware import Efficiency
 from .servicetime import StepCoeffs, prefill_attention_pairs, step_cost
 
@@ -41,7 +51,8 @@ MAX_FACTORS = 4          # per generation
 BOUNDS, BOUNDS_MS = (0.05, 1.0), (0.0, 100.0)  # MFU/MBU; the *_ms overheads
 OVERHEAD_FLOOR_MS = 1.0  # overheads may be 0: they are fitted as log(floor + value)
 FLOOR = {n: OVERHEAD_FLOOR_MS if n.endswith("_ms") else 0.0 for n in Efficiency.FITTABLE}
-LOAD_REASON = "load point ({}): needs the serving engine (agentsim estimate), which is not available yet"
+LOAD_REASON = ("{} at {}: the closed-form predictors cover concurrency 1 only, and only output_throughput "
+               "load points are simulated")
 
 
 class Unscored(Exception):
@@ -144,7 +155,7 @@ def deployment(cat: Catalog, p: Point) -> Deployment:
 def _lengths(p: Point, min_output: int = 1) -> tuple[int, int]:
     """(input, output) tokens of a concurrency-1 point with known lengths, else Unscored."""
     if p.concurrency != 1:
-        raise Unscored(LOAD_REASON.format(p.load))
+        raise Unscored(LOAD_REASON.format(p.metric, p.load))
     if p.input_tokens is None or p.output_tokens is None:
         raise Unscored("no input/output lengths given: the step-time model needs both")
     if p.output_tokens < min_output:
@@ -169,17 +180,157 @@ def decode_step_s(dep: Deployment, p: Point) -> float:
     return float(step_cost(StepCoeffs.of(dep), decodes=1, decode_context=n + np.arange(1, m)).time_s.mean())
 
 
+# -- load points: the serving engine through agentsim.estimate -----------------------------------
+LOAD_SEED = 1             # fixed: the calibration table is deterministic
+LOAD_WAVES = 20           # simulated requests = LOAD_WAVES x the requests in flight, so the 10th-90th
+LOAD_REQUESTS = (200, 100_000)  # percentile window sees a steady backlog; clamped to these bounds
+TRTLLM_KV_FRACTION = 0.90  # trtllm-bench's --kv_cache_free_gpu_mem_fraction default (for its heuristic)
+_TRTLLM = re.compile(r"tensorrt-llm|trt-llm|trtllm", re.I)
+_MAX_LOAD = re.compile(r"max|offline", re.I)
+KV_NOTE_TRTLLM = ("fp8 KV: TensorRT-LLM at FP8 serves NVIDIA ModelOpt FP8 checkpoints, whose hf_quant_config "
+                  "sets kv_cache_quant_algo FP8 (trtllm-bench maps FP8 weights to an FP8 KV cache too)")
+KV_NOTE_DEFAULT = "bf16 KV: the engine default (vLLM's kv_cache_dtype 'auto' keeps the 16-bit type)"
+
+
+@dataclass(frozen=True)
+class LoadSetup:
+    """How a load point is simulated: the assumptions shown with it in the table and JSON."""
+    max_load: bool            # every request at once (else a closed loop of ``concurrency`` clients)
+    concurrency: int | None
+    kv_dtype: str
+    max_batch: int
+    token_budget: int
+    kv_capacity_tokens: int
+    requests: int
+    note: str                 # why these settings, one sentence per assumption
+
+
+def trtllm_bench_limits(dep: Deployment, isl: int, osl: int) -> tuple[int, int]:
+    """(max_batch_size, max_num_tokens) that ``trtllm-bench throughput`` picks when given neither.
+
+    TensorRT-LLM ``bench/build/tuning.py`` (calc_engine_setting, finetune_setting): the requests of
+    ``isl + osl`` tokens that fit a KV pool of TRTLLM_KV_FRACTION of the memory left after the
+    weights, capped at 4096 and divided by pp, rounded up (to 32 below 256, 128 below 1024, else
+    256; at least 64); tokens = that x (1 + isl/osl), capped at 32768 and rounded up (at least 2048).
+    ``bench/benchmark/utils/general.py`` (get_settings) leaves chunked prefill off, so max_num_tokens
+    is raised to isl + max_batch_size. Memory here is the catalog's HBM, not the GPU's reported GiB.
+    """
+    kv_per_token = dep.model.kv_bytes_per_token(dep.kv_dtype, dep.tp) * dep.tp  # whole replica
+    cache = TRTLLM_KV_FRACTION * (dep.n_gpus * dep.gpu.hbm_bytes - dep.model.weight_bytes(dep.precision))
+    raw_bs = min(cache / (kv_per_token * (isl + osl)), 4096) / dep.pp
+    raw_tokens = min(raw_bs * (1 + isl / osl), 32768)
+    step = 32 if raw_bs < 256 else 128 if raw_bs < 1024 else 256
+    max_bs = max(64, step * math.ceil(raw_bs / step)) if step == 32 else step * math.ceil(raw_bs / step)
+    step = 256 if raw_tokens < 4096 else 512 if raw_tokens < 8192 else 1024
+    max_tokens = max(2048, step * math.ceil(raw_tokens / step))
+    return max_bs, max(max_tokens, isl + max_bs)
+
+
+def load_setup(dep: Deployment, p: Point) -> LoadSetup:
+    """The simulation of a load point and its assumptions; Unscored when it cannot be expressed.
+
+    * Load: "max"/"offline" -> every request at once (``max_load``); "concurrency N" -> a closed
+      loop of N clients. Either way the figure is the steady output rate (tokens/s between the
+      10th and 90th percentile completion), over LOAD_WAVES x the requests in flight.
+    * KV dtype: FP8 for TensorRT-LLM at FP8/FP4 weights (KV_NOTE_TRTLLM), else the engine default.
+    * Limits: build.default_limits, except trtllm-bench's own heuristic for TRT-LLM max-load rows
+      (:func:`trtllm_bench_limits`). TRT-LLM's default scheduler (GUARANTEED_NO_EVICT) admits a
+      request only when its whole ISL+OSL fits the KV pool; with fixed lengths that is
+      max_batch <= KV tokens // (ISL+OSL), which is how it is expressed (the engine itself preempts,
+      as vLLM does).
+    """
+    if p.input_tokens is None or p.output_tokens is None:
+        raise Unscored(f"load point ({p.load}) without input/output lengths: the engine simulates fixed "
+                       "lengths and needs both")
+    isl, osl = p.input_tokens, p.output_tokens
+    max_load = p.concurrency is None
+    if max_load and not _MAX_LOAD.search(p.load):
+        raise Unscored(f"load point ({p.load}): only max-load (offline) and closed-loop concurrency N "
+                       "scenarios are simulated")
+    trt = bool(_TRTLLM.search(p.engine))
+    kv_dtype = "fp8" if trt and dep.precision in ("fp8", "fp4") else "bf16"
+    notes = [KV_NOTE_TRTLLM if kv_dtype == "fp8" else KV_NOTE_DEFAULT]
+    try:
+        dep = replace(dep, kv_dtype=kv_dtype)
+    except InputError as e:
+        raise Unscored(f"not a valid deployment with {kv_dtype} KV: {e}") from None
+    cap = dep.kv_capacity_tokens
+    if trt and max_load:
+        max_batch, budget = trtllm_bench_limits(dep, isl, osl)
+        notes.append(f"trtllm-bench's heuristic for {isl}/{osl} tokens: max_batch_size {max_batch}, "
+                     f"max_num_tokens {budget} (chunked prefill off)")
+    else:
+        max_batch, budget = default_limits(dep)
+        notes.append(f"engine default limits (max_batch {max_batch}, token_budget {budget})")
+    if trt:
+        fit = cap // (isl + osl)
+        if fit < 1:
+            raise Unscored(f"one request of {isl + osl} tokens does not fit the {cap}-token KV cache")
+        if fit < max_batch:
+            max_batch = fit
+            notes.append(f"max_batch {fit} = KV {cap} tokens // {isl + osl}: TRT-LLM's GUARANTEED_NO_EVICT "
+                         "scheduler admits only requests whose whole ISL+OSL fits")
+    in_flight = min(max_batch, max(1, cap // (isl + osl))) if max_load else p.concurrency
+    requests = int(np.clip(LOAD_WAVES * in_flight, *LOAD_REQUESTS))
+    notes.append(f"{requests} requests {'all at once' if max_load else f'from {p.concurrency} clients'}, "
+                 "steady output rate between the 10th and 90th percentile completion")
+    return LoadSetup(max_load, p.concurrency, kv_dtype, max_batch, budget, cap, requests, "; ".join(notes))
+
+
+def _catalog_overlay(dep: Deployment) -> str:
+    """Catalog TOML defining ``dep``'s GPU, model and generation exactly as ``dep`` has them.
+
+    The estimate path loads its own catalog (shipped files, calibrated.toml, $AGENTSIM_CATALOG);
+    this overlay, read last, makes it simulate the deployment calibrate holds, with the factors
+    just fitted (or the priors) and any GPU or model that came from --catalog files."""
+    def table(section: str, name: str, obj) -> list[str]:
+        key = name if re.fullmatch(r"[A-Za-z0-9_-]+", name) else json.dumps(name)
+        values = obj.model_dump(exclude={"name", "sources"})
+        return [f"[{section}.{key}]", *(f"{k} = {json.dumps(v)}" for k, v in values.items() if v is not None), ""]
+    return "\n".join(table("gpus", dep.gpu.name, dep.gpu) + table("models", dep.model.name, dep.model)
+                     + table("generations", dep.gpu.generation, dep.efficiency))
+
+
+def simulate_load_point(dep: Deployment, p: Point) -> dict:
+    """``estimate()`` of the load point on ``dep`` (its efficiency factors included), as load_setup says."""
+    s = load_setup(dep, p)
+    text = _catalog_overlay(dep)
+    mode = {"max_load": True} if s.max_load else {"concurrency": s.concurrency}
+    # load_catalog is cached by path: a content-named file never maps one path to two contents
+    with tempfile.TemporaryDirectory(prefix="agentsim-calibrate-") as tmp:
+        overlay = Path(tmp) / f"overlay-{hashlib.sha256(text.encode()).hexdigest()[:16]}.toml"
+        overlay.write_text(text, encoding="utf-8")
+        out = estimate(seed=LOAD_SEED, model=dep.model.name, gpu=dep.gpu.name, tp=dep.tp, pp=dep.pp,
+                       precision=dep.precision, input_tokens=p.input_tokens, output_tokens=p.output_tokens,
+                       requests=s.requests, engine={"kv_dtype": s.kv_dtype, "max_batch": s.max_batch,
+                                                    "token_budget": s.token_budget},
+                       catalog=[str(overlay)], **mode)
+    used = (out["kv_capacity_tokens"], out["max_batch"], out["token_budget"])
+    if used != (s.kv_capacity_tokens, s.max_batch, s.token_budget):
+        raise RuntimeError(f"{p.where}: the engine ran with (kv, max_batch, budget) {used}, "
+                           f"not the assumed {(s.kv_capacity_tokens, s.max_batch, s.token_budget)}")
+    return out
+
+
+def predict_output_throughput(dep: Deployment, p: Point) -> float:
+    """Steady output tokens/s of the load point, simulated by the serving engine."""
+    return simulate_load_point(dep, p)["steady_output_tokens_per_s"]
+
+
 Predictor = Callable[[Deployment, Point], float]
 _decode_ms: Predictor = lambda dep, p: decode_step_s(dep, p) * 1e3  # noqa: E731
 PREDICTORS: dict[str, Predictor] = {
     "ttft": predict_ttft_ms, "itl": _decode_ms, "tpot": _decode_ms, "tpot_p50": _decode_ms,
-    "decode_rate_per_user": lambda dep, p: 1.0 / decode_step_s(dep, p)}
+    "decode_rate_per_user": lambda dep, p: 1.0 / decode_step_s(dep, p),
+    "output_throughput": predict_output_throughput}
+#: metrics whose predictor runs the engine: scored with the fitted factors, never fitted
+SIMULATED = frozenset({"output_throughput"})
 
 
 def predict(dep: Deployment, p: Point) -> float:
     """The model's value for ``p`` on ``dep``; raises Unscored when no predictor can express it."""
     if p.metric not in PREDICTORS:
-        raise Unscored(LOAD_REASON.format(f"{p.metric} at {p.load or 'unspecified load'}"))
+        raise Unscored(f"no predictor for metric {p.metric}")
     return PREDICTORS[p.metric](dep, p)
 
 
@@ -241,11 +392,15 @@ class Calibration:
 
 
 def calibrate(points: list[Point], cat: Catalog) -> Calibration:
-    """Fit every generation that has scored points; predict each point, and again leaving it out."""
-    deps, reasons, by_gen, fits, pred, loo = {}, {}, {}, {}, {}, {}
+    """Fit every generation on its single-stream points, predict each point, and again leaving it out;
+    then simulate the load points (:data:`SIMULATED`) with their generation's fitted factors."""
+    deps, reasons, by_gen, fits, pred, loo, simulated = {}, {}, {}, {}, {}, {}, []
     for i, p in enumerate(points):
         try:
             deps[i] = deployment(cat, p)
+            if p.metric in SIMULATED:
+                simulated.append(i)
+                continue
             predict(deps[i], p)
             by_gen.setdefault(deps[i].gpu.generation, []).append(i)
         except Unscored as e:
@@ -256,25 +411,47 @@ def calibrate(points: list[Point], cat: Catalog) -> Calibration:
         for k, i in enumerate(idx):
             pred[i] = predict(_with(deps[i], fit.fitted), points[i])
             loo[i] = predict(_with(deps[i], fit_factors(items[:k] + items[k + 1:], prior)), points[i])
-    rows = [_row(cat, p, deps.get(i), pred.get(i), loo.get(i), reasons.get(i)) for i, p in enumerate(points)]
+    for i in simulated:
+        fit = fits.get(deps[i].gpu.generation)
+        deps[i] = _with(deps[i], fit.fitted if fit else {})
+        try:
+            pred[i] = loo[i] = predict(deps[i], points[i])  # never fitted: its error is already held out
+        except Unscored as e:
+            reasons[i] = str(e)
+    in_fit = {i for idx in by_gen.values() for i in idx}
+    rows = [_row(cat, p, deps.get(i), pred.get(i), loo.get(i), reasons.get(i), i in in_fit)
+            for i, p in enumerate(points)]
     return Calibration(rows, fits)
 
 
-def _row(cat: Catalog, p: Point, dep: Deployment | None, pred, loo, reason) -> dict:
+def _row(cat: Catalog, p: Point, dep: Deployment | None, pred, loo, reason, in_fit: bool) -> dict:
     rel = lambda v: None if v is None else v / p.value - 1  # noqa: E731
+    setup = None
+    if dep is not None and reason is None and p.metric in SIMULATED:
+        try:
+            setup = load_setup(dep, p)
+        except Unscored:  # a replaced predictor scored what load_setup cannot express
+            pass
     return {"row": p.row, "model": dep.model.name if dep else p.model, "gpu": dep.gpu.name if dep else p.gpu,
             "generation": dep.gpu.generation if dep else None, "metric": p.metric, "unit": p.unit,
             "measured": p.value, "predicted": pred, "rel_error": rel(pred), "loo_error": rel(loo),
-            "scored": reason is None, "precision": p.precision, "tp": p.tp, "n_gpus": p.n_gpus,
+            "scored": reason is None, "in_fit": in_fit, "precision": p.precision, "tp": p.tp, "n_gpus": p.n_gpus,
             "input_tokens": p.input_tokens, "output_tokens": p.output_tokens, "batch_or_concurrency": p.load,
-            "engine": p.engine, "reason": reason, "gpu_assumption": cat.assumption(p.gpu), "source": p.source}
+            "engine": p.engine,
+            "kv_dtype": (setup.kv_dtype if setup else dep.kv_dtype) if dep and reason is None else None,
+            "max_batch": setup and setup.max_batch, "token_budget": setup and setup.token_budget,
+            "kv_capacity_tokens": setup and setup.kv_capacity_tokens, "requests": setup and setup.requests,
+            "reason": reason, "load_assumption": setup and setup.note, "gpu_assumption": cat.assumption(p.gpu),
+            "source": p.source}
 
 
-def summary(rows: list[dict]) -> dict:
-    """Median / max |relative error| and leave-one-out median over the scored rows (NaN if none)."""
-    err = np.abs([r["rel_error"] for r in rows if r["scored"]] or [np.nan])
-    loo = np.abs([r["loo_error"] for r in rows if r["scored"]] or [np.nan])
-    return {"points": sum(r["scored"] for r in rows), "median_abs_error": float(np.median(err)),
+def summary(rows: list[dict], in_fit: bool | None = True) -> dict:
+    """Median / max |relative error| and leave-one-out median over the scored rows (NaN if none):
+    those the factors were fitted to (``in_fit=True``), the simulated load points (False) or all (None)."""
+    rows = [r for r in rows if r["scored"] and (in_fit is None or r["in_fit"] == in_fit)]
+    err = np.abs([r["rel_error"] for r in rows] or [np.nan])
+    loo = np.abs([r["loo_error"] for r in rows] or [np.nan])
+    return {"points": len(rows), "median_abs_error": float(np.median(err)),
             "max_abs_error": float(err.max()), "loo_median_abs_error": float(np.median(loo))}
 
 

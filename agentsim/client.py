@@ -28,8 +28,9 @@ class CallStats:
 class Client:
     """Sends attempts for one session (or one worker) with a shared retry policy."""
 
-    def __init__(self, sim, policy: RetryPolicy, rng, *, timeout_s: float, model: str | None, tenant: int,
-                 population: int, stats: CallStats, abandon_ttft_s: float = 0.0, abandon_prob: float = 0.0) -> None:
+    def __init__(self, sim, policy: RetryPolicy, rng, *, timeout_s: float, model: str | None, tenant: int, user: int,
+                 population: int, stats: CallStats, abandon_ttft_s: float = 0.0, abandon_prob: float = 0.0,
+                 priority: int = 0) -> None:
         self.sim = sim
         self.env = sim.env
         self.policy = policy
@@ -37,10 +38,12 @@ class Client:
         self.timeout_s = timeout_s
         self.model = model
         self.tenant = tenant
+        self.user = user
         self.population = population
         self.stats = stats
         self.abandon_ttft_s = abandon_ttft_s
         self.abandon_prob = abandon_prob
+        self.priority = priority
         self._u: list = []
         self._ui = 0
 
@@ -61,8 +64,9 @@ class Client:
         started = env.now
         n = 0
         while True:
-            req = sim.new_request(prompt, output, session=session, tenant=self.tenant, prefix_key=prefix_key,
-                                  prefix_len=prefix_len, population=self.population)
+            req = sim.new_request(prompt, output, session=session, tenant=self.tenant, user=self.user,
+                                  prefix_key=prefix_key, prefix_len=prefix_len, population=self.population,
+                                  priority=self.priority)
             req.max_tokens = max_tokens
             req.call = call_id
             req.attempt = n

@@ -97,8 +97,9 @@ class PowerOfTwo:
 class SpeedAware:
     """Lowest expected finish time from the service-time model — the choice for a mixed fleet.
 
-    Expected finish = the queue ahead (each waiting request costs about one prefill of this size)
-    + this request's prefill next to the running batch + its decode steps at batch + 1.
+    Expected finish = the prefills queued ahead (each about one prefill of this size) + this
+    request's own prefill step + its decode steps at batch + 1, each slowed by the prefill chunks
+    the running and queued requests will add over its lifetime (spread over its output tokens).
     """
 
     def __init__(self, rng, cfg) -> None:
@@ -111,8 +112,11 @@ class SpeedAware:
         for r in cands:
             c = r.c
             n = r.n_running
+            q = len(r.waiting) + r.pending
             prefill = c.step_time(P, P * P / 2, P, n, n * ctx, n + 1)
-            t = (len(r.waiting) + 1) * prefill + (O - 1) * c.step_time(decodes=n + 1, decode_context=(n + 1) * ctx)
+            decode = c.step_time(decodes=n + 1, decode_context=(n + 1) * ctx)
+            extra = prefill - c.step_time(decodes=n, decode_context=n * ctx)   # what one prompt adds to a step
+            t = (q + 1) * prefill + (O - 1) * (decode + (n + q + 1) * extra / O)
             if t < best_t:
                 best, best_t = r, t
         return best
@@ -234,6 +238,8 @@ def outage_process(env, cluster: Cluster, rids: list[int], start: float, end: fl
 
 
 def replica_energy_j(replica: Replica, pool: Pool, downtime: float, now: float) -> float:
-    """Server energy of one replica so far: engine steps + idle time while up."""
-    idle = max(0.0, now - replica.busy_time - downtime)
-    return replica.energy_j + pool.idle_power_w * idle
+    """Server energy of one replica so far: engine steps (the one in progress prorated) + idle
+    time while up (a down replica draws nothing)."""
+    busy, energy = replica.accounted(now)
+    idle = max(0.0, now - busy - downtime)
+    return energy + pool.idle_power_w * idle

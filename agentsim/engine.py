@@ -137,6 +137,7 @@ class Replica:
         self.up = True
         self._seq = 0
         self._to_cancel: list = []          # running requests to remove at the next boundary
+        self.pending = 0                    # requests in their per-request overhead delay
         # the stretch in progress
         self._timer: Event | None = None
         self._t0 = 0.0
@@ -157,7 +158,7 @@ class Replica:
     @property
     def outstanding(self) -> int:
         """Requests queued or running here (what load-aware routers compare)."""
-        return len(self.waiting) + len(self.live)
+        return len(self.waiting) + len(self.live) + self.pending
 
     @property
     def n_running(self) -> int:
@@ -175,6 +176,7 @@ class Replica:
             ev._ok = True
             ev._value = req
             ev.callbacks.append(self._on_ready)
+            self.pending += 1
             self.env.schedule(ev, NORMAL, self.c.request_overhead)
         else:
             self._enqueue(req)
@@ -212,15 +214,19 @@ class Replica:
             self._cut_to_boundary(self.env.now)
             return
         req.removed = True
+        was_head = bool(self.waiting) and self.waiting[0] is req
         if req in self.waiting:       # else it is still in its request-overhead delay
             self.waiting.remove(req)
         self._end(req, outcome)
+        if was_head and self.waiting and self._timer is not None:
+            self._maybe_cut(self.waiting[0], self.env.now)   # the next in line may fit now
         if self.check_invariants:
             self.check()
 
     # -- arrivals ----------------------------------------------------------------------------------
     def _on_ready(self, ev: Event) -> None:
         req = ev._value
+        self.pending -= 1
         if req.removed:
             return
         if self.up:
@@ -415,7 +421,26 @@ class Replica:
 
     def _close_stretch_accounting(self) -> None:
         if self._timer is not None:
-            self.busy_time += self.env.now - self._t0
+            self.busy_time, self.energy_j = self.accounted(self.env.now)
+
+    def accounted(self, now: float) -> tuple[float, float]:
+        """(busy seconds, server joules) so far, the stretch in progress prorated to ``now``."""
+        busy, energy = self.busy_time, self.energy_j
+        dur = now - self._t0
+        if self._timer is None or dur <= 0:
+            return busy, energy
+        if self._law is None:
+            kernel = self._mixed[2] * min(1.0, dur / self._mixed_dur) if self._mixed_dur > 0 else 0.0
+        else:
+            law = self._law
+            j = min(law.steps_done_by(dur), self._k)
+            done = law.elapsed(j)
+            kernel = done - j * law.h
+            if j < self._k:
+                step = law.step(j)
+                kernel += (step - law.h) * min(1.0, (dur - done) / step)
+        c = self.c
+        return busy + dur, energy + c.power_w * (c.idle_fraction * dur + (1 - c.idle_fraction) * kernel)
 
     def _preempt(self) -> None:
         """Free KV by recomputing the most recently admitted request later."""

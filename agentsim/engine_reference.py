@@ -31,12 +31,13 @@ class SteppingReplica:
         self._t0 = 0.0
         self._plan_data = None
         self._to_cancel: list = []
+        self.pending = 0
         self.steps = self.stretches = self.tokens_out = self.preemptions = 0
         self.busy_time = self.energy_j = 0.0
 
     @property
     def outstanding(self) -> int:
-        return len(self.waiting) + len(self.running)
+        return len(self.waiting) + len(self.running) + self.pending
 
     @property
     def n_running(self) -> int:
@@ -56,12 +57,14 @@ class SteppingReplica:
             ev = Event(self.env)
             ev._ok, ev._value = True, req
             ev.callbacks.append(self._on_ready)
+            self.pending += 1
             self.env.schedule(ev, NORMAL, self.c.request_overhead)
         else:
             self._enqueue(req)
 
     def _on_ready(self, ev) -> None:
         req = ev._value
+        self.pending -= 1
         if req.removed:
             return
         if self.up:
@@ -69,8 +72,22 @@ class SteppingReplica:
         else:
             self._end(req, "replica_failed")
 
+    def accounted(self, now: float) -> tuple[float, float]:
+        """(busy seconds, server joules) so far, the step in progress prorated to ``now``."""
+        dur = now - self._t0
+        if self._timer is None or dur <= 0:
+            return self.busy_time, self.energy_j
+        decoders, chunks, step = self._plan_data
+        tokens = len(decoders) + sum(ch for _, ch in chunks)
+        comm = self.c.comm_fixed + self.c.comm_token * tokens if self.c.comm_fixed else 0.0
+        kernel = (step - self.c.overhead - comm) * min(1.0, dur / step)
+        c = self.c
+        return self.busy_time + dur, self.energy_j + c.power_w * (c.idle_fraction * dur + (1 - c.idle_fraction) * kernel)
+
     def fail(self) -> None:
         self.up = False
+        if self._timer is not None:
+            self.busy_time, self.energy_j = self.accounted(self.env.now)
         victims = self.running + list(self.waiting)
         self.running = []
         self.waiting = ADMISSION_POLICIES[self.cfg.admission]()
@@ -93,9 +110,13 @@ class SteppingReplica:
                 self._step(self._t0)   # at the boundary: re-plan the step without it
             return
         req.removed = True
+        was_head = bool(self.waiting) and self.waiting[0] is req
         if req in self.waiting:
             self.waiting.remove(req)
         self._end(req, outcome)
+        if was_head and self.waiting and self._timer is not None \
+                and self.env.now - self._t0 <= EPS * max(1.0, self.env.now):
+            self._step(self._t0)
 
     def _end(self, req: Request, outcome: str) -> None:
         req.outcome = outcome

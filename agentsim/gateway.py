@@ -9,90 +9,14 @@ change to the engine or the agents.
 """
 from __future__ import annotations
 
-import math
-from typing import Any, ClassVar
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import ValidationError
 
 from .catalog import format_validation_error
 from .errors import InputError, unknown_name
-from .request import OUTCOMES, Request
-
-REJECTIONS = tuple(o for o in OUTCOMES if o not in ("completed", "in_flight", "cancelled", "timed_out"))
-
-
-class Policy:
-    """Base class: a policy admits (returns None) or rejects (returns (outcome, retry_after))."""
-
-    name: ClassVar[str] = "policy"
-
-    class Params(BaseModel):
-        model_config = ConfigDict(frozen=True, extra="forbid")
-
-    def __init__(self, params, sim) -> None:
-        self.p = params
-        self.sim = sim
-
-    def admit(self, req: Request, now: float):
-        return None
-
-    def release(self, req: Request, now: float) -> None:
-        """A later policy rejected ``req`` after this one admitted it: undo any charge."""
-
-    def on_done(self, req: Request, now: float) -> None:
-        """``req`` (admitted by the whole chain) ended with ``req.outcome``."""
-
-
-class Chaos(Policy):
-    """Fail requests on purpose: a chosen outcome with a probability, always or in time windows.
-
-    For exercising clients and for testing agents under synthetic error rates. Draws come from
-    the ``chaos`` RNG stream, so the rest of the run is unchanged by turning it on.
-    """
-
-    name = "chaos"
-
-    class Params(Policy.Params):
-        name: str = "chaos"
-        outcome: str = Field("529_overload", description=f"outcome to return: {', '.join(REJECTIONS)}")
-        probability: float = Field(0.0, ge=0, le=1, description="chance that a request is failed")
-        windows: list[tuple[float, float]] = Field(default_factory=list,
-                                                   description="[start_s, end_s] pairs; empty = always")
-        retry_after_s: float = Field(0.0, ge=0, description="retry-after sent with the outcome (0 = none)")
-
-        @model_validator(mode="after")
-        def _check(self):
-            if self.outcome not in REJECTIONS:
-                raise ValueError(f"outcome {self.outcome!r} is not a rejection outcome; allowed: {', '.join(REJECTIONS)}")
-            for a, b in self.windows:
-                if not 0 <= a < b:
-                    raise ValueError(f"window [{a}, {b}] must satisfy 0 <= start < end")
-            return self
-
-    def __init__(self, params, sim) -> None:
-        super().__init__(params, sim)
-        self.rng = sim.rng("chaos")
-        self._buf: list = []
-        self._i = 0
-        self.retry_after = params.retry_after_s if params.retry_after_s > 0 else math.nan
-
-    def _u(self) -> float:
-        if self._i >= len(self._buf):
-            self._buf = self.rng.random(1024).tolist()
-            self._i = 0
-        self._i += 1
-        return self._buf[self._i - 1]
-
-    def admit(self, req, now):
-        p = self.p
-        if p.windows and not any(a <= now < b for a, b in p.windows):
-            return None
-        if self._u() < p.probability:
-            return p.outcome, self.retry_after
-        return None
-
-
-POLICIES: dict[str, type[Policy]] = {"chaos": Chaos}
+from .policies import POLICIES
+from .request import Request
 
 
 def parse_policies(items: list[dict[str, Any]]) -> list:
@@ -119,6 +43,8 @@ class Gateway:
         self.sim = sim
         self.policies = [POLICIES[p.name](p, sim) for p in params_list]
         self.rejected = 0
+        #: the peak-hour throttle other policies consult (None when the chain has none)
+        self.peak = next((p for p in self.policies if p.name == "peak_throttle"), None)
 
     def submit(self, req: Request, model: str | None) -> bool:
         """True if admitted (routed), False if rejected (already ended)."""

@@ -189,15 +189,21 @@ def frontier_model(total_params: float, active_params: float | None = None, *, m
                          layers=layers, d_model=d, n_heads=heads, n_kv_heads=kv_heads, head_dim=head_dim,
                          d_ff=d_ff, vocab=vocab, max_context=200_000,
                          sources={"geometry": "agentsim.llm.frontier_model (hardware-roofline.md §5.1)"})
-    share = active_params / total_params
-    n_experts = 16 if share >= 0.1 else 64 if share >= 0.03 else 256
-    top_k = max(1, math.ceil(share * n_experts) - 1)  # routed share must stay below the active share
     # per layer: attn + E*3*d*f ; active: attn + k*3*d*f  ->  solve both for layers L and width f
     # total - emb = L*(attn + E*c), active - emb = L*(attn + k*c) with c = 3*d*f
     a, t = active_params - emb, total_params - emb
-    c = attn * (t - a) / max(a * n_experts - t * top_k, 1.0)
-    if c <= 0 or a <= 0:
-        raise InputError(f"frontier model: cannot match total {total_params:.3g} / active {active_params:.3g}")
+    if a <= 0:
+        raise InputError(f"frontier model: active {active_params:.3g} does not exceed the embeddings ({emb:.3g})")
+    share = a / t  # non-embedding active share: the one the layer equations see
+    n_experts = 16 if share >= 0.1 else 64 if share >= 0.03 else 256
+    # routed experts carry about 3/4 of the active layer weights (attention the rest), so
+    # k/E < share strictly and a*E - t*k stays well away from 0 (no degenerate 1-layer solutions)
+    top_k = max(1, math.floor(0.75 * share * n_experts))
+    denom = a * n_experts - t * top_k
+    if denom <= 0:
+        raise InputError(f"frontier model: cannot match total {total_params:.3g} / active {active_params:.3g} "
+                         f"with {n_experts} experts")
+    c = attn * (t - a) / denom
     layers = max(1, round(t / (attn + n_experts * c)))
     d_ff_expert = max(128, round(c / (3 * d) / 128) * 128)
     return ModelSpec(name=name, description=(f"parametric MoE frontier model, {total_params/1e9:.0f}B total, "

@@ -14,7 +14,7 @@ from .request import OUTCOMES, Request
 
 OUTCOME_CODE = {o: i for i, o in enumerate(OUTCOMES)}
 
-INT_COLUMNS = ("request_id", "call_id", "attempt", "trigger", "stream", "population", "session", "tenant", "pool",
+INT_COLUMNS = ("request_id", "call_id", "attempt", "trigger", "stream", "population", "session", "user", "tenant", "pool",
                "replica", "priority", "input_tokens",
                "output_tokens", "cached_gpu_tokens", "cached_host_tokens", "prefill_tokens", "preemptions",
                "outcome")
@@ -39,6 +39,7 @@ class Recorder:
         i["population"].append(req.population)
         i["stream"].append(req.stream)
         i["session"].append(req.session)
+        i["user"].append(req.user)
         i["tenant"].append(req.tenant)
         i["pool"].append(self.pool_of_replica[req.replica] if req.replica >= 0 else -1)
         i["replica"].append(req.replica)
@@ -100,7 +101,7 @@ class Sampler:
             q = run = kv = up = 0
             busy = energy = 0.0
             for r in p.replicas:
-                b = r.busy_time
+                b = r.accounted(now)[0]
                 e = replica_energy_j(r, p, cl.replica_downtime(rid), now)
                 busy += b - self._busy[rid]
                 energy += e - self._energy[rid]

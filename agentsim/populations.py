@@ -20,6 +20,7 @@ import numpy as np
 from simpy.events import NORMAL, Event
 
 from .client import CallStats, Client
+from .clock import weekday_hour
 from .diurnal import WeeklyProfile
 from .distributions import Dist, Sampler
 from .profiles import get_profile
@@ -43,7 +44,7 @@ class Samplers:
 class SessionRecorder:
     """One row per session (sub-agents included, with their parent's id)."""
 
-    INT = ("session_id", "parent_id", "population", "tenant", "kind", "turns", "calls", "attempts", "retries",
+    INT = ("session_id", "parent_id", "population", "user", "tenant", "kind", "turns", "calls", "attempts", "retries",
            "failed_calls", "input_tokens", "cached_tokens", "output_tokens", "compactions", "subagents", "outcome")
     FLOAT = ("start_s", "end_s", "engaged_s")
 
@@ -55,7 +56,7 @@ class SessionRecorder:
         c = self.cols
         end = s.end if s.end == s.end else now
         for name, v in (("session_id", s.sid), ("parent_id", s.parent), ("population", population),
-                        ("tenant", s.tenant), ("kind", s.kind), ("turns", s.turns), ("calls", s.calls),
+                        ("user", s.user), ("tenant", s.tenant), ("kind", s.kind), ("turns", s.turns), ("calls", s.calls),
                         ("attempts", s.attempts), ("retries", s.retries), ("failed_calls", s.failed_calls),
                         ("input_tokens", s.input_tokens), ("cached_tokens", s.cached_tokens),
                         ("output_tokens", s.output_tokens), ("compactions", s.compactions),
@@ -73,8 +74,15 @@ class SessionRecorder:
 class Population:
     """A population's runtime: its profile, samplers, shared retry policy and sessions."""
 
-    def __init__(self, sim, index: int, name: str, cfg, model: str | None) -> None:
+    def __init__(self, sim, index: int, name: str, cfg, model: str | None, *, user_base: int = 0,
+                 tenant_base: int = 0) -> None:
         self.sim, self.env, self.index, self.name, self.cfg, self.model = sim, sim.env, index, name, cfg, model
+        self.user_base, self.tenant_base = user_base, tenant_base
+        if cfg.priority is not None:
+            self.priority = cfg.priority
+        else:
+            from .limits import tier
+            self.priority = tier(cfg.tier).priority if cfg.tier else 0
         self.profile = get_profile(cfg.profile, cfg.params, where=f"populations.{name}")
         rng = sim.rng
         self.samplers = Samplers(self.profile, lambda field: rng(f"pop/{name}/{field}"))
@@ -88,8 +96,11 @@ class Population:
         self.stats = CallStats()
         self.open: dict[int, SessionState] = {}
         self.sessions_started = 0
-        self.weekly = (WeeklyProfile(cfg.weekday, cfg.weekend, cfg.start_weekday, cfg.start_hour)
-                       if cfg.arrival == "custom" else WeeklyProfile.named(cfg.arrival, cfg.start_weekday, cfg.start_hour))
+        wd, hour = weekday_hour(sim.scenario.start)
+        wd = wd if cfg.start_weekday is None else cfg.start_weekday
+        hour = hour if cfg.start_hour is None else cfg.start_hour
+        self.weekly = (WeeklyProfile(cfg.weekday, cfg.weekend, wd, hour)
+                       if cfg.arrival == "custom" else WeeklyProfile.named(cfg.arrival, wd, hour))
         # fleet state
         self.backlog: deque = deque()
         self.workers = 0
@@ -101,14 +112,18 @@ class Population:
     def new_session_id(self) -> int:
         return self.sim.new_session_id()
 
-    def make_client(self, tenant: int) -> Client:
+    def tenant_of(self, user: int) -> int:
+        """Global tenant id of a global user id (users spread over the tenants round robin)."""
+        return self.tenant_base + (user - self.user_base) % self.cfg.tenants
+
+    def make_client(self, tenant: int, user: int) -> Client:
         p = self.profile
         return Client(self.sim, self.policy, self._client_rng, timeout_s=self.timeout_s, model=self.model,
-                      tenant=tenant, population=self.index, stats=self.stats, abandon_ttft_s=p.abandon_ttft_s,
-                      abandon_prob=p.abandon_prob)
+                      tenant=tenant, user=user, population=self.index, stats=self.stats,
+                      abandon_ttft_s=p.abandon_ttft_s, abandon_prob=p.abandon_prob, priority=self.priority)
 
-    def open_session(self, sid: int, parent: int, tenant: int, kind: int) -> SessionState:
-        s = SessionState(sid, parent, tenant, self.env.now, kind)
+    def open_session(self, sid: int, parent: int, tenant: int, user: int, kind: int) -> SessionState:
+        s = SessionState(sid, parent, tenant, user, self.env.now, kind)
         self.open[sid] = s
         return s
 
@@ -121,7 +136,7 @@ class Population:
     def start_session(self, user: int) -> None:
         sid = self.new_session_id()
         self.sessions_started += 1
-        self.env.process(session(self, sid, user % self.cfg.tenants))
+        self.env.process(session(self, sid, self.user_base + user))
 
     def finish(self, now: float) -> None:
         """Record the sessions still running at the end as ``in_flight``."""
@@ -199,7 +214,7 @@ class Population:
                 self.backlog.popleft()
             sid = self.new_session_id()
             self.sessions_started += 1
-            yield self.env.process(session(self, sid, w % self.cfg.tenants))
+            yield self.env.process(session(self, sid, self.user_base + w))
 
     def _autoscaler(self):
         cfg = self.cfg

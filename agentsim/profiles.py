@@ -61,6 +61,10 @@ class Profile(BaseModel):
     step_retry_cap_s: float = Field(600.0, ge=0, description="retry_step: full-jitter cap (s)")
     task_requeues: int = Field(0, ge=0, description="after the step re-runs fail: restart the whole task "
                                                     "(fresh context) this many times")
+    on_window: Literal["wait", "end_session"] = Field(
+        "wait", description="a plan's usage limit (429_window): wait until the window frees, or end the session")
+    window_patience_s: float = Field(3600.0, ge=0, description="wait for a usage window at most this long; "
+                                                               "beyond it the session ends (outcome 'limited')")
     abandon_ttft_s: float = Field(0.0, ge=0, description="abandon a call whose first token takes longer (0 = never)")
     abandon_prob: float = Field(0.0, ge=0, le=1, description="probability of abandoning when TTFT passes the bound")
     regenerate: bool = Field(False, description="on a visible error, the user regenerates once")

@@ -24,7 +24,7 @@ class Request:
     """
 
     __slots__ = (
-        "rid", "stream", "session", "tenant", "prompt", "output", "prefix_key", "prefix_len", "shared_key", "shared_len", "priority", "max_tokens",
+        "rid", "stream", "session", "user", "tenant", "prompt", "output", "prefix_key", "prefix_len", "shared_key", "shared_len", "priority", "max_tokens",
         "arrival", "ready", "admitted", "first_token", "finish", "outcome", "replica",
         "cached_gpu", "cached_host", "prefill_tokens", "preemptions", "on_done",
         "attempt", "call", "trigger", "retry_after", "population",
@@ -33,10 +33,11 @@ class Request:
     )
 
     def __init__(self, rid: int, arrival: float, prompt: int, output: int, *, session: int = -1,
-                 tenant: int = -1, stream: int = -1, population: int = -1, prefix_key=None, prefix_len: int | None = None, priority: int = 0,
+                 tenant: int = -1, user: int = -1, stream: int = -1, population: int = -1, prefix_key=None, prefix_len: int | None = None, priority: int = 0,
                  on_done=None) -> None:
         self.rid = rid
         self.session = session
+        self.user = user
         self.stream = stream
         self.tenant = tenant
         self.prompt = prompt

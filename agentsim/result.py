@@ -92,7 +92,7 @@ class Result:
             for r in p.replicas:
                 d = sim.cluster.replica_downtime(rid)
                 energy += replica_energy_j(r, p, d, now)
-                busy += r.busy_time
+                busy += r.accounted(now)[0]
                 down += d
                 rid += 1
             n = len(p.replicas)

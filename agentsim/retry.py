@@ -71,10 +71,14 @@ class OpenAISDK(AnthropicSDK):
 
 
 class ClaudeCode(RetryPolicy):
-    """Claude Code CLI: 10 retries, min(0.5·2ⁿ, 32)·U(1, 1.25) s (observed 1,1,2,4,8,17,35,39,36,40 s)."""
+    """Claude Code CLI: 10 retries, min(0.5·2ⁿ, 32)·U(1, 1.25) s (observed 1,1,2,4,8,17,35,39,36,40 s).
+
+    A plan's usage limit (``429_window``) is shown to the user, not retried: the session decides.
+    """
 
     name = "claude_code"
     max_retries = 10
+    retry_on = RETRYABLE - {"429_window"}
     cap_s = 32.0
     jitter_low, jitter_high = 1.0, 1.25
 

@@ -10,18 +10,29 @@ from __future__ import annotations
 
 import difflib
 import json
+from datetime import datetime
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .clock import DEFAULT_START
 from .distributions import Dist
 from .errors import InputError
 
 
 class Model(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bools_for_numbers(cls, v: Any, info) -> Any:
+        """TOML ``true`` is not a count: pydantic would take it as 1."""
+        if isinstance(v, bool) and cls.model_fields[info.field_name].annotation in (int, float, int | None,
+                                                                                      float | None):
+            raise ValueError(f"expected a number, got {v!r}")
+        return v
 
 
 # -- building blocks ------------------------------------------------------------------------------
@@ -34,6 +45,9 @@ class EngineSettings(Model):
                                                              "8192 on >=70 GB non-A100 GPUs, else 2048")
     admission: str = Field("fcfs", description="admission order: fcfs | priority")
     retention: str = Field("lru", description="prefix-cache retention: lru | pin_session | none")
+    prefix_cache: Literal["session", "blocks"] = Field(
+        "session", description="session: one entry per prefix key (a session's context); blocks: 512-token "
+                               "block hashes shared across requests (trace replay with hash ids)")
     prefix_ttl_s: float = Field(300.0, ge=0, description="prefix-cache TTL (s) after last use")
     host_kv_gb: float = Field(0.0, ge=0, description="host-memory KV tier per replica (GB); 0 = none")
     mem_util: float = Field(0.90, gt=0, le=1, description="share of HBM for weights + KV")
@@ -77,8 +91,8 @@ class Router(Model):
 
 class Outage(Model):
     target: str = Field(description="'pool:<name>' or 'site:<name>'")
-    start_s: float = Field(ge=0)
-    end_s: float = Field(gt=0)
+    start_s: float = Field(ge=0, description="when the outage begins (s from the start)")
+    end_s: float = Field(gt=0, description="when the target is back (s from the start)")
 
     @model_validator(mode="after")
     def _order(self) -> "Outage":
@@ -128,8 +142,10 @@ class Population(Model):
                                              "flat | custom (then give weekday and weekend)")
     weekday: list[float] | None = Field(None, description="custom profile: 24 hourly multipliers (UTC)")
     weekend: list[float] | None = Field(None, description="custom profile: 24 hourly multipliers (UTC)")
-    start_weekday: int = Field(0, ge=0, le=6, description="weekday at t = 0 (0 = Monday)")
-    start_hour: float = Field(0.0, ge=0, lt=24, description="UTC hour at t = 0")
+    start_weekday: int | None = Field(None, ge=0, le=6, description="weekday at t = 0 (0 = Monday); default: "
+                                                                     "from the scenario's start")
+    start_hour: float | None = Field(None, ge=0, lt=24, description="UTC hour at t = 0; default: from the "
+                                                                     "scenario's start")
     tenants: int = Field(1, ge=1, description="users are spread over this many tenants (orgs) round robin")
     plan: str | None = Field(None, description="subscription plan preset of its users (policies enforce it)")
     tier: str | None = Field(None, description="API tier preset of its tenants (policies enforce it)")
@@ -138,7 +154,8 @@ class Population(Model):
     timeout_s: float | None = Field(None, gt=0, description="override the profile's request timeout")
     params: dict[str, Any] = Field(default_factory=dict, description="overrides of the profile's parameters")
     model: str | None = Field(None, description="only pools serving this model get its calls (default: all)")
-    priority: int = Field(0, description="admission priority of its requests")
+    priority: int | None = Field(None, ge=0, description="admission priority of its requests (lower first; "
+                                                         "default: its tier's priority class, else 0)")
     workers: int = Field(1, ge=0, description="fleet: workers at the start")
     workers_min: int = Field(0, ge=0, description="fleet: never scale below this")
     task_rate: float = Field(0.0, ge=0, description="fleet: tasks per second into the backlog (times the "
@@ -165,6 +182,11 @@ class Population(Model):
             raise ValueError(f"retry_policy {self.retry_policy!r} unknown"
                              + (f" (did you mean {near[0]!r}?)" if near else "")
                              + f"; allowed: {', '.join(RETRY_POLICIES)}")
+        from .limits import plan, tier
+        if self.tier is not None:
+            tier(self.tier, where="tier")
+        if self.plan is not None:
+            plan(self.plan, where="plan")
         if self.kind == "fleet" and self.workers > self.size:
             raise ValueError(f"fleet workers ({self.workers}) exceed size ({self.size}, the maximum)")
         if self.workers_min > self.size:
@@ -176,6 +198,8 @@ class Scenario(Model):
     """Everything one run needs. Units: seconds, tokens, USD, W."""
 
     name: str = Field("scenario", description="a label for reports")
+    start: datetime = Field(DEFAULT_START, description="wall-clock time at t = 0 (ISO 8601 with offset); "
+                                                        "drives diurnal profiles and peak hours")
     description: str = Field("", description="free text")
     duration_s: float = Field(3600.0, gt=0, description="simulated time (s); requests still running then are "
                                                         "recorded as in_flight")
@@ -208,6 +232,12 @@ class Scenario(Model):
                 near = difflib.get_close_matches(bad, list(EngineSettings.model_fields), n=1)
                 raise ValueError(f"pools.{name}.engine.{bad} is not an engine setting"
                                  + (f" (did you mean {near[0]!r}?)" if near else ""))
+            try:
+                EngineSettings(**{**self.engine.model_dump(), **pool.engine})
+            except ValidationError as e:
+                er = e.errors()[0]
+                raise ValueError(f"pools.{name}.engine.{'.'.join(map(str, er['loc']))}: "
+                                 f"{er['msg']} (got {er.get('input')!r})") from None
         from .gateway import parse_policies
         try:
             parse_policies(self.policies)
@@ -221,6 +251,13 @@ class Scenario(Model):
             if o.start_s >= self.duration_s:
                 raise ValueError(f"outages[{i}] starts at {o.start_s} s, after the run ends ({self.duration_s} s)")
         return self
+
+    @field_validator("start")
+    @classmethod
+    def _aware(cls, v: datetime) -> datetime:
+        if v.tzinfo is None:
+            raise ValueError("start needs a UTC offset, e.g. 2026-06-01T00:00:00Z")
+        return v
 
     def pool_engine(self, name: str) -> EngineSettings:
         """The engine settings of one pool: [engine] with the pool's overrides."""

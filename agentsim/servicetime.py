@@ -138,8 +138,12 @@ def step_cost(c: StepCoeffs, prefill_tokens=0, prefill_attn=0, prefill_kv=0, dec
     sampled = nd if sampled is None else np.asarray(sampled, dtype=float)
     ctx = np.asarray(decode_context, dtype=float)
     compute = c.t_token * tokens + c.t_attn * (np.asarray(prefill_attn, dtype=float) + ctx) + c.t_sample * sampled
-    memory = (c.t_weights + c.t_experts * (1.0 - np.power(c.expert_keep, tokens))
-              + c.t_kv * (ctx + np.asarray(prefill_kv, dtype=float)))
+    memory = c.t_weights + c.t_kv * (ctx + np.asarray(prefill_kv, dtype=float))
+    keep = np.asarray(c.expert_keep, dtype=float)
+    if keep.ndim or keep < 1.0:  # dense deployments (keep == 1) read no routed experts
+        # 1 - keep**T as -expm1(T·ln keep): np.power with an array exponent has no SIMD loop;
+        # the clamp keeps keep = 0 (top_k = E) finite
+        memory = memory - c.t_experts * np.expm1(tokens * np.log(np.maximum(keep, 1e-300)))
     comm = np.where(np.asarray(c.comm_fixed) > 0, c.comm_fixed + c.comm_token * tokens, 0.0)
     busy = np.maximum(compute, memory)
     time = busy + comm + c.overhead
@@ -208,6 +212,8 @@ class Stretch:
             return 0
         if tau == math.inf:
             return 1 << 62
+        if not (self.c0 or self.c1 or self.m0 or self.m1 or self.h):
+            raise ValueError("a stretch whose steps take no time has no last step done by a time")
         a1, b1, a2, b2 = (self.m0, self.m1, self.c0, self.c1) if self.first_memory else (self.c0, self.c1, self.m0, self.m1)
         s = self.split
         t_split = self.elapsed(int(s)) if s != math.inf else math.inf

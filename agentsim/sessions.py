@@ -21,19 +21,19 @@ from simpy.events import AllOf
 from .request import TRIGGERS
 
 USER, TOOL, SUBAGENT, COMPACTION = (TRIGGERS.index(t) for t in ("user", "tool", "subagent", "compaction"))
-SESSION_OUTCOMES = ("completed", "failed", "abandoned", "in_flight")
+SESSION_OUTCOMES = ("completed", "failed", "abandoned", "limited", "in_flight")
 ENGAGED_GAP_CAP_S = 3600.0
 
 
 class SessionState:
     """What the session recorder needs about one session (kept while it runs)."""
 
-    __slots__ = ("sid", "parent", "tenant", "start", "end", "turns", "calls", "attempts", "retries",
+    __slots__ = ("sid", "parent", "tenant", "user", "start", "end", "turns", "calls", "attempts", "retries",
                  "failed_calls", "input_tokens", "cached_tokens", "output_tokens", "idle_excess", "compactions",
                  "subagents", "outcome", "kind")
 
-    def __init__(self, sid: int, parent: int, tenant: int, start: float, kind: int) -> None:
-        self.sid, self.parent, self.tenant, self.start, self.kind = sid, parent, tenant, start, kind
+    def __init__(self, sid: int, parent: int, tenant: int, user: int, start: float, kind: int) -> None:
+        self.sid, self.parent, self.tenant, self.user, self.start, self.kind = sid, parent, tenant, user, start, kind
         self.end = math.nan
         self.turns = self.calls = self.attempts = self.retries = self.failed_calls = 0
         self.input_tokens = self.cached_tokens = self.output_tokens = 0
@@ -52,11 +52,12 @@ def _count(state: SessionState, req) -> None:
         state.output_tokens += req.output
 
 
-def session(pop, sid: int, tenant: int):
+def session(pop, sid: int, user: int):
     """An interactive session, a chat conversation or an autonomous task (one process)."""
     p, S, env = pop.profile, pop.samplers, pop.env
-    state = pop.open_session(sid, -1, tenant, kind=0)
-    client = pop.make_client(tenant)
+    tenant = pop.tenant_of(user)
+    state = pop.open_session(sid, -1, tenant, user, kind=0)
+    client = pop.make_client(tenant, user)
     key = (pop.index, sid)
     requeues = tries = 0
     regenerated = False
@@ -96,11 +97,14 @@ def session(pop, sid: int, tenant: int):
                     if action == "regenerate":
                         regenerated = True
                         continue
+                    if action == "wait":
+                        state.idle_excess += max(0.0, req.retry_after - ENGAGED_GAP_CAP_S)
+                        continue
                     if action == "restart" and requeues < p.task_requeues:
                         requeues += 1
                         restart = True
                         break
-                    outcome = "abandoned" if action == "abandon" else ("completed" if action == "end" else "failed")
+                    outcome = {"abandon": "abandoned", "end": "completed", "limited": "limited"}.get(action, "failed")
                     return pop.close_session(state, outcome)
                 tries = 0
                 context = prompt + out
@@ -113,7 +117,7 @@ def session(pop, sid: int, tenant: int):
                         if wait > 0:
                             yield env.timeout(wait)
                     if p.subagent_prob > 0 and client.u() < p.subagent_prob:
-                        returns = yield from fan_out(pop, state, tenant, int(S.subagent_count()))
+                        returns = yield from fan_out(pop, state, int(S.subagent_count()))
                     new = int(S.new_context()) + returns
                     trigger = TOOL
             if restart:
@@ -132,11 +136,18 @@ def _give_up(pop, client, req, tries: int, regenerated: bool):
     """Generator: decide (and wait for) what happens after the client gave up on a call.
 
     Returns ``retry`` (run the step again after a full-jitter pause), ``regenerate`` (a chat
-    user's one retry), ``restart`` (the whole task), ``end``, ``abandon`` or ``fail``.
+    user's one retry), ``wait`` (a usage window freed), ``restart`` (the whole task), ``end``,
+    ``limited``, ``abandon`` or ``fail``.
     """
     p, env = pop.profile, pop.env
     if req.outcome == "cancelled" and req.first_token != req.first_token and p.abandon_ttft_s > 0:
         return "abandon"
+    if req.outcome == "429_window":
+        wait = req.retry_after
+        if p.on_window == "wait" and wait == wait and wait <= p.window_patience_s:
+            yield env.timeout(wait)
+            return "wait"
+        return "limited"
     if p.regenerate and not regenerated:
         yield env.timeout(pop.samplers.regenerate_delay())
         return "regenerate"
@@ -150,24 +161,24 @@ def _give_up(pop, client, req, tries: int, regenerated: bool):
     return "restart"
 
 
-def fan_out(pop, parent: SessionState, tenant: int, n: int):
+def fan_out(pop, parent: SessionState, n: int):
     """Generator: run ``n`` sub-agents (at most ``subagent_cap`` at once); returns their tokens."""
     env, cap = pop.env, pop.profile.subagent_cap
     total = 0
     for lo in range(0, n, cap):
-        procs = [env.process(subagent(pop, parent, tenant)) for _ in range(min(cap, n - lo))]
+        procs = [env.process(subagent(pop, parent)) for _ in range(min(cap, n - lo))]
         yield AllOf(env, procs)
         total += sum(p.value for p in procs)
     parent.subagents += n
     return total
 
 
-def subagent(pop, parent: SessionState, tenant: int):
+def subagent(pop, parent: SessionState):
     """A sub-agent: a fresh context, a few steps with tools, a summary back to its parent."""
     p, S, env = pop.profile, pop.samplers, pop.env
     sid = pop.new_session_id()
-    state = pop.open_session(sid, parent.sid, tenant, kind=1)
-    client = pop.make_client(tenant)
+    state = pop.open_session(sid, parent.sid, parent.tenant, parent.user, kind=1)
+    client = pop.make_client(parent.tenant, parent.user)
     key = (pop.index, sid)
     shared = min(p.shared_prefix_tokens, p.subagent_context)
     context = p.subagent_context

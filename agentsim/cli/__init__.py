@@ -15,7 +15,7 @@ from .common import cli
 
 def _register() -> None:
     from . import catalog_cmd, servicetime_cmd  # noqa: F401  (commands register on import)
-    for optional in ("calibrate_cmd", "estimate_cmd", "run_cmd"):
+    for optional in ("calibrate_cmd", "estimate_cmd", "run_cmd", "replay_cmd"):
         try:
             __import__(f"{__name__}.{optional}")
         except ModuleNotFoundError as e:
@@ -33,8 +33,12 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
+    except click.UsageError as e:
+        hint = f" (see: agentsim {e.ctx.command_path.partition(' ')[2]} --help)".replace("  ", " ") if e.ctx else ""
+        click.echo(f"error: {e.format_message()}{hint}", err=True)
+        sys.exit(2)
     except click.ClickException as e:
-        e.show()
+        click.echo(f"error: {e.format_message()}", err=True)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)

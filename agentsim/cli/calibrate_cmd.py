@@ -1,7 +1,10 @@
 """``agentsim calibrate``: fit each GPU generation's efficiency factors to measured points.
 
 Prints every point (conditions, measured, predicted, relative and leave-one-out error, or why it
-is not scored), then per generation the fitted factors against their priors and an error summary.
+is not scored), then per generation the fitted factors against their priors and an error summary
+of the single-stream points they were fitted to, then the load points: simulated by the serving
+engine (``agentsim.estimate``) with the fitted factors, each with its assumptions (KV dtype, batch
+limits, simulated requests), scored but never fitted.
 ``--write FILE`` saves the fitted factors as a catalog file (the shipped one is
 ``agentsim/data/calibrated.toml``).
 """
@@ -19,7 +22,7 @@ from .common import _fmt, catalog_option, cli, emit, format_option, render_table
 
 def generation_block(fit: cal.GenerationFit, rows: list[dict]) -> str:
     """Fitted factors vs priors and the error summary of one generation, as text."""
-    s = cal.summary([r for r in rows if r["generation"] == fit.generation])
+    s = cal.summary([r for r in rows if r["generation"] == fit.generation], in_fit=True)
     factors = [{"factor": n, "prior": getattr(fit.prior, n), "fitted": v} for n, v in fit.fitted.items()]
     head = (f"{fit.generation}: {s['points']} scored points (rows {', '.join(map(str, fit.rows))}), "
             f"{len(fit.fitted)} factors fitted")
@@ -27,6 +30,21 @@ def generation_block(fit: cal.GenerationFit, rows: list[dict]) -> str:
     tail = (f"|rel error| median {_fmt(s['median_abs_error'])}, max {_fmt(s['max_abs_error'])}; "
             f"leave-one-out median {_fmt(s['loo_median_abs_error'])}")
     return "\n".join([head, table, tail])
+
+
+def load_block(rows: list[dict]) -> str:
+    """The load points' assumptions and their error summary, as text."""
+    load = [r for r in rows if r["metric"] in cal.SIMULATED]
+    lines = ["load points: simulated by the serving engine (agentsim.estimate) with the fitted factors of "
+             "their generation; scored, not fitted (a simulation per optimiser step is too slow), so "
+             "their loo_error is their rel_error"]
+    for r in load:
+        text = r["load_assumption"] if r["scored"] else f"not scored: {r['reason']}"
+        lines.append(f"  row {r['row']}: {text or '-'}")
+    s = cal.summary(rows, in_fit=False)
+    lines.append(f"load: {s['points']} scored points; |rel error| median {_fmt(s['median_abs_error'])}, "
+                 f"max {_fmt(s['max_abs_error'])}")
+    return "\n".join(lines)
 
 
 @cli.command("calibrate")
@@ -45,12 +63,14 @@ def calibrate(data_file, write_file, catalog_files, fmt) -> None:
     if fmt == "json":
         emit(result.rows, fmt)
     else:
-        emit([{k: v for k, v in r.items() if k != "source"} for r in result.rows], fmt)
+        emit([{k: v for k, v in r.items() if k not in ("source", "load_assumption")} for r in result.rows], fmt)
         for fit in result.fits.values():
             click.echo("\n" + generation_block(fit, result.rows))
-        s = cal.summary(result.rows)
-        click.echo(f"\nall: {s['points']} scored points; |rel error| median {_fmt(s['median_abs_error'])}, "
-                   f"max {_fmt(s['max_abs_error'])}; leave-one-out median {_fmt(s['loo_median_abs_error'])}")
+        s = cal.summary(result.rows, in_fit=True)
+        click.echo(f"\nfitted: {s['points']} single-stream points; |rel error| median "
+                   f"{_fmt(s['median_abs_error'])}, max {_fmt(s['max_abs_error'])}; "
+                   f"leave-one-out median {_fmt(s['loo_median_abs_error'])}")
+        click.echo("\n" + load_block(result.rows))
     if write_file:
         try:
             cal.write_calibrated(result.fits, write_file, path.name)

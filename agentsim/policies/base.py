@@ -1,0 +1,36 @@
+"""The policy interface of the gateway chain (see agentsim/gateway.py)."""
+from __future__ import annotations
+
+from typing import ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+from ..request import OUTCOMES, Request
+
+#: outcomes a policy may return
+REJECTIONS = tuple(o for o in OUTCOMES if o not in ("completed", "in_flight", "cancelled", "timed_out"))
+
+
+class Policy:
+    """Base class: a policy admits (returns None) or rejects (returns (outcome, retry_after))."""
+
+    name: ClassVar[str] = "policy"
+
+    class Params(BaseModel):
+        model_config = ConfigDict(frozen=True, extra="forbid")
+        name: str
+
+    def __init__(self, params, sim) -> None:
+        self.p = params
+        self.sim = sim
+
+    def admit(self, req: Request, now: float):
+        return None
+
+    def release(self, req: Request, now: float) -> None:
+        """A later policy rejected ``req`` after this one admitted it: undo any charge."""
+
+    def on_done(self, req: Request, now: float) -> None:
+        """``req`` (admitted by the whole chain) ended with ``req.outcome``."""
+
+

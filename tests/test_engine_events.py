@@ -1,0 +1,81 @@
+"""Deterministic CI gate on SimPy events per request (engine-performance.md §7.1).
+
+Wall time is noisy on shared CI machines; the number of events SimPy schedules is not. Counted
+with SimPy's event-id counter after the run, so it includes every event: the arrivals (one
+callback chain, one event per request — see ``engine_harness.ArrivalChain``), the per-request
+overhead event the replica schedules in ``submit``, engine timers and the stale timers that cuts
+leave behind.
+
+Workloads (one Llama-3-8B bf16 replica on an H100-SXM, fixed seeds, Poisson arrivals):
+
+* (a) 20 req/s, 1,024 input / 128 output tokens, 5,000 requests.
+* (c) 128 input / 2,048 output at 70 % of the replica's saturation rate, 5,000 requests, and the
+  same with 4,096 output tokens at 70 % of *its* saturation rate (doubling the output length at
+  the same utilisation). Saturation is measured as in engine-performance.md §1.2: 10,000 requests
+  queued at t = 0, throughput between the 10th and 90th percentile completions.
+"""
+from __future__ import annotations
+
+import pytest
+from engine_harness import coeffs, deployment, events_scheduled, poisson_workload, run, saturation_rate
+
+from agentsim.engine import EngineConfig, Replica
+from agentsim.engine_reference import SteppingReplica
+
+DEP = "llama8b-h100"
+N = 5_000
+MAX_EVENTS_A = 5.0          # target: <= 5 events/request on (a)
+MAX_EXTRA_C = 0.5           # target: (c) at most 0.5 more than (a)
+MAX_CHANGE_2X_OUTPUT = 0.05
+
+
+def events_per_request(cls, wl) -> float:
+    cfg = EngineConfig(kv_capacity=deployment(DEP).kv_capacity_tokens)
+    reqs, rep, env = run(cls, coeffs(DEP), cfg, wl)
+    assert all(r.outcome == "completed" for r in reqs)
+    return events_scheduled(env) / len(reqs)
+
+
+@pytest.fixture(scope="module")
+def rates() -> dict[int, float]:
+    """70 % of the saturation rate for 128 input and 2,048 / 4,096 output tokens."""
+    cfg = EngineConfig(kv_capacity=deployment(DEP).kv_capacity_tokens)
+    return {o: 0.7 * saturation_rate(coeffs(DEP), cfg, 128, o) for o in (2048, 4096)}
+
+
+@pytest.fixture(scope="module")
+def fast(rates) -> dict[str, float]:
+    return {
+        "a": events_per_request(Replica, poisson_workload(1, N, 20.0, 1024, 128)),
+        "c": events_per_request(Replica, poisson_workload(2, N, rates[2048], 128, 2048)),
+        "c2x": events_per_request(Replica, poisson_workload(2, N, rates[4096], 128, 4096)),
+    }
+
+
+def test_events_per_request_a(fast):
+    assert fast["a"] <= MAX_EVENTS_A, fast
+
+
+def test_events_do_not_grow_with_output_length(fast):
+    change = abs(fast["c2x"] - fast["c"]) / fast["c"]
+    assert change < MAX_CHANGE_2X_OUTPUT, fast
+
+
+def test_events_per_request_c_regression_ceiling(fast):
+    """Holds the current engine's level (5.7 on (c)) until the target below is met."""
+    assert fast["c"] <= 6.0, fast
+
+
+@pytest.mark.xfail(strict=True, reason="engine misses this target: (c) 5.68 vs (a) 3.66 events/request. Per request "
+                   "on (c): 1 arrival + 1 request-overhead event + 0.88 cut re-arms + 0.98 one-step prefill stretches "
+                   "+ 1.82 decode stretches; (a) shares prefill steps and finishes between requests. Drop this "
+                   "marker once it passes")
+def test_events_per_request_c_close_to_a(fast):
+    assert fast["c"] <= fast["a"] + MAX_EXTRA_C, fast
+
+
+def test_reference_events_grow_with_output_length(rates, fast):
+    """The step-by-step reference schedules one event per step, so the gate above can fail."""
+    ref = {o: events_per_request(SteppingReplica, poisson_workload(3, 300, rates[o], 128, o)) for o in (2048, 4096)}
+    assert ref[4096] > 1.5 * ref[2048], ref
+    assert ref[2048] > 4 * fast["c"], (ref, fast)
