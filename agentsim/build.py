@@ -44,10 +44,31 @@ def make_cache(kind: str, cfg: CacheConfig):
     return PrefixCache(cfg)
 
 
+def sliced(scenario: Scenario) -> Scenario:
+    """The scenario as one 1/count slice sees it: every pool, stream and fleet at its share.
+
+    Open populations keep their size: their users are filtered by tenant hash at run time
+    (:meth:`agentsim.populations.Population.slice_users`).
+    """
+    n = scenario.slice.count
+    if n == 1:
+        return scenario
+    share = lambda x: max(1, round(x / n)) if x else 0  # noqa: E731
+    pools = {k: p.model_copy(update={"replicas": share(p.replicas)}) for k, p in scenario.pools.items()}
+    streams = {k: s.model_copy(update={"rate": s.rate / n, "concurrency": share(s.concurrency),
+                                       "count": share(s.count)}) for k, s in scenario.streams.items()}
+    pops = {k: p if p.kind == "open" else p.model_copy(update={
+        "size": share(p.size), "workers": min(share(p.size), share(p.workers)),
+        "workers_min": min(share(p.size), share(p.workers_min)), "task_rate": p.task_rate / n})
+        for k, p in scenario.populations.items()}
+    return scenario.model_copy(update={"pools": pools, "streams": streams, "populations": pops})
+
+
 def build(scenario: Scenario, seed: int | None = None, *, catalog: Catalog | None = None, step_mode: bool = False,
           check_invariants: bool = False) -> Simulation:
     """Wire ``scenario`` for one run with ``seed`` (default: the scenario's)."""
     seed = scenario.seed if seed is None else seed
+    scenario = sliced(scenario)
     catalog = catalog or load_catalog(env_catalog_files() + tuple(scenario.catalog))
     env = simpy.Environment()
     rng = RngStreams(seed)

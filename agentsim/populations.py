@@ -32,6 +32,15 @@ INTEGER_FIELDS = {"turns", "initial_context", "first_message", "user_message", "
                   "subagent_returns"}
 
 
+def tenant_slice(tenants: np.ndarray, count: int) -> np.ndarray:
+    """The slice of each tenant: a fixed integer hash (splitmix64), independent of the seed."""
+    x = (np.asarray(tenants, dtype=np.uint64) + np.uint64(0x9E3779B97F4A7C15))
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    x = x ^ (x >> np.uint64(31))
+    return (x % np.uint64(count)).astype(np.int64)
+
+
 class Samplers:
     """One :class:`Sampler` per distribution of a profile, each on its own stream."""
 
@@ -145,9 +154,20 @@ class Population:
         self.open.clear()
 
     # -- arrivals ---------------------------------------------------------------------------------
+    def slice_users(self) -> np.ndarray:
+        """This slice's users (local indices): those whose tenant hashes to the slice."""  # noqa: D401
+        sl = self.sim.scenario.slice
+        users = np.arange(self.cfg.size)
+        if sl.count == 1:
+            return users
+        # a one-tenant population (consumer plans: limits are per user) is split by user instead
+        keys = self.tenant_base + users % self.cfg.tenants if self.cfg.tenants > 1 else 1_000_000_007 + self.user_base + users
+        return users[tenant_slice(keys, sl.count) == sl.index]
+
     def start(self) -> None:
+        self.users = self.slice_users()
         if self.cfg.kind == "open":
-            self._rate = self.cfg.size * self.profile.sessions_per_user_day / 86400.0
+            self._rate = len(self.users) * self.profile.sessions_per_user_day / 86400.0
             self._schedule_next(0.0)
         else:
             self._task_rate = self.cfg.task_rate
@@ -171,7 +191,7 @@ class Population:
         self.env.schedule(ev, NORMAL, t - self.env.now)
 
     def _arrive(self, ev) -> None:
-        user = int(self._arrival_rng.integers(self.cfg.size))
+        user = int(self.users[self._arrival_rng.integers(len(self.users))])
         self.start_session(user)
         self._schedule_next(self.env.now)
 

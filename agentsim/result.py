@@ -174,7 +174,10 @@ class Result:
         """Session-level figures: completion time, failure rate, retries per call (top-level sessions)."""
         ss = self.sessions
         if not len(ss):
-            return {}
+            if not self.meta.get("populations"):
+                return {}
+            ss = pd.DataFrame({c: pd.Series(dtype=float) for c in ("kind", "start_s", "outcome", "duration_s",
+                                                                    "calls", "failed_calls", "retries", "attempts")})
         top = ss[(ss["kind"] == "session") & (ss["start_s"] >= self.meta.get("warmup_s", 0.0))]
         ended = top[top["outcome"] != "in_flight"]
         out = {"sessions": int(len(top)), "sessions_ended": int(len(ended))}

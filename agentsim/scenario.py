@@ -194,6 +194,19 @@ class Population(Model):
         return self
 
 
+class Slice(Model):
+    """Run one 1/count slice of the fleet and its users (DESIGN §9)."""
+
+    count: int = Field(1, ge=1, description="number of slices the fleet is cut into")
+    index: int = Field(0, ge=0, description="which slice this run is (0 .. count-1)")
+
+    @model_validator(mode="after")
+    def _check(self) -> "Slice":
+        if self.index >= self.count:
+            raise ValueError(f"index ({self.index}) must be below count ({self.count})")
+        return self
+
+
 class Scenario(Model):
     """Everything one run needs. Units: seconds, tokens, USD, W."""
 
@@ -216,6 +229,8 @@ class Scenario(Model):
     populations: dict[str, Population] = Field(default_factory=dict, description="agent and chat populations")
     policies: list[dict[str, Any]] = Field(default_factory=list, description="gateway policy chain, in order: "
                                                                             "each {name = ..., params...}")
+    slice: Slice = Field(default_factory=Slice, description="run a 1/count slice: tenants hashed to slices, "
+                                                            "each pool and stream scaled to its share")
     slo_ttft_s: float = Field(2.0, gt=0, description="TTFT bound for goodput")
     slo_tpot_s: float = Field(0.1, gt=0, description="TPOT bound for goodput")
 
