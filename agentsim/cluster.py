@@ -125,14 +125,15 @@ class SpeedAware:
 class SessionAffinity:
     """Keep a session on one replica (prefix-cache hits) unless it is overloaded.
 
-    A session's home is the least-loaded replica when it first appears; it moves to the
-    least-loaded replica when its home holds more than ``bound × mean + 1`` requests or is down.
+    A session's home is the replica with the lowest expected finish time (speed-aware, so a mixed
+    fleet's faster pools get their share) when it first appears; it moves the same way when its
+    home holds more than ``bound × mean + 1`` requests or is down.
     """
 
     def __init__(self, rng, cfg) -> None:
         self.bound = cfg.affinity_load_bound
         self.home: dict = {}
-        self._least = LeastOutstanding(rng, cfg)
+        self._least = SpeedAware(rng, cfg)
 
     def __call__(self, cands: list, req: Request):
         key = req.prefix_key if req.prefix_key is not None else req.session

@@ -12,7 +12,7 @@ from ..build import build
 from ..errors import InputError
 from .common import cli, emit, format_option
 
-DEFAULT_PRESET = "engine_mixed"
+DEFAULT_PRESET = "default"
 HEADLINE = ("requests", "completed", "ttft_s", "ttft_p99_s", "tpot_s", "tpot_p99_s", "e2e_s", "e2e_p99_s",
             "queue_s", "output_tokens_per_s", "input_tokens_per_s", "goodput_rps", "slo_attainment",
             "prefix_hit_rate", "preemptions", "joules_per_token", "usd_per_m_tokens", "cost_usd",
@@ -58,8 +58,11 @@ def _progress_bar(duration: float, label: str):
 @click.option("--step-mode", is_flag=True, help="Use the step-by-step reference engine (slow; for checks).")
 @click.option("--check-invariants", is_flag=True, help="Assert conservation after every engine event (slow).")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar on stderr.")
+@click.option("--figures/--no-figures", default=True, show_default=True, help="With --out: write the standard "
+              "figures (PNG) to DIR/figures.")
 @format_option
-def run(scenario, seed, replications, out_dir, overrides, step_mode, check_invariants, progress, fmt) -> None:
+def run(scenario, seed, replications, out_dir, overrides, step_mode, check_invariants, progress, figures,
+        fmt) -> None:
     """Simulate SCENARIO (a TOML file or a preset name; default: the engine_mixed preset)."""
     sc = load_scenario(scenario or DEFAULT_PRESET, list(overrides))
     seed = sc.seed if seed is None else seed
@@ -76,7 +79,11 @@ def run(scenario, seed, replications, out_dir, overrides, step_mode, check_invar
                     bar.close()
             results.append(res)
             if out_dir:
-                res.save(Path(out_dir) / f"rep-{i:03d}" if replications > 1 else Path(out_dir))
+                target = Path(out_dir) / f"rep-{i:03d}" if replications > 1 else Path(out_dir)
+                res.save(target)
+                if figures:
+                    from ..plots import save_all
+                    save_all(res, target / "figures")
     except KeyboardInterrupt:
         kept = f"; {len(results)} finished replication(s) kept in {out_dir}" if out_dir and results else ""
         click.echo(f"interrupted{kept}", err=True)
