@@ -139,8 +139,8 @@ class SessionAffinity:
         key = req.prefix_key if req.prefix_key is not None else req.session
         home = self.home.get(key)
         if home is not None and home in cands:
-            mean = sum(r.outstanding for r in cands) / len(cands)
-            if home.outstanding <= self.bound * mean + 1:
+            n = home.outstanding      # the mean is >= 0, so n <= 1 never needs it (O(replicas) per request)
+            if n <= 1 or n <= self.bound * sum(r.outstanding for r in cands) / len(cands) + 1:
                 return home
         home = self._least(cands, req)
         self.home[key] = home

@@ -51,6 +51,11 @@ class Dist(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> "Dist":
+        for f in ("value", "median", "sigma", "low", "high", "mean", "cv", "offset", "min"):
+            if not math.isfinite(getattr(self, f)):
+                raise ValueError(f"{f} must be a finite number (got {getattr(self, f)})")
+        if not all(math.isfinite(w) for w in self.weights):
+            raise ValueError(f"mixture weights must be finite (got {self.weights})")
         need = {"lognormal": ("median",), "uniform": ("high",), "exponential": ("mean",), "gamma": ("mean",),
                 "poisson": (), "geometric": (), "constant": (), "mixture": ()}
         for f in need[self.kind]:

@@ -49,6 +49,7 @@ class PrefixCache:
         self.enabled = config.retention != "none"
         self.gpu: OrderedDict = OrderedDict()    # key -> (tokens, last_use); LRU first
         self.host: OrderedDict = OrderedDict()   # key -> tokens; LRU first
+        self.host_last: dict = {}                # key -> last use (the TTL holds on both tiers)
         self.gpu_used = 0
         self.host_used = 0
         self.hits_gpu = self.hits_host = self.lookups = 0
@@ -75,6 +76,8 @@ class PrefixCache:
         tokens = self.host.pop(key, None)
         if tokens is not None:
             self.host_used -= tokens
+            if now - self.host_last.pop(key) > self.cfg.ttl_s:
+                return 0, 0, 0
             hit = min(tokens, prefix_len)
             self.hits_host += hit > 0
             return 0, hit, 0
@@ -93,8 +96,9 @@ class PrefixCache:
             self.gpu[key] = (tokens, now)
             return min(tokens, length), 0
         tokens = self.host.get(key)
-        if tokens is not None:
+        if tokens is not None and now - self.host_last[key] <= self.cfg.ttl_s:
             self.host.move_to_end(key)
+            self.host_last[key] = now
             return 0, min(tokens, length)
         return 0, 0
 
@@ -120,6 +124,7 @@ class PrefixCache:
         stale = self.host.pop(key, None)
         if stale is not None:
             self.host_used -= stale
+            del self.host_last[key]
         self.gpu[key] = (tokens, now)
         self.gpu_used += tokens
 
@@ -146,17 +151,23 @@ class PrefixCache:
             self.gpu_used -= tokens
             freed += tokens
             if not expired:
-                self._to_host(key, tokens)
+                self._to_host(key, tokens, last)
         return freed
 
-    def _to_host(self, key, tokens: int) -> None:
+    def _to_host(self, key, tokens: int, last: float) -> None:
+        old = self.host.pop(key, None)      # a shared prefix can be on both tiers: replace, not add
+        if old is not None:
+            self.host_used -= old
+            del self.host_last[key]
         cap = self.cfg.host_tokens
         if tokens > cap:
             return
         while self.host_used + tokens > cap:
-            _, t = self.host.popitem(last=False)
+            k, t = self.host.popitem(last=False)
             self.host_used -= t
+            del self.host_last[k]
         self.host[key] = tokens
+        self.host_last[key] = last
         self.host_used += tokens
 
     def next_expiry(self, now: float) -> float:
@@ -169,6 +180,7 @@ class PrefixCache:
     def clear(self) -> None:
         self.gpu.clear()
         self.host.clear()
+        self.host_last.clear()
         self.gpu_used = self.host_used = 0
 
 

@@ -9,7 +9,7 @@ import tomllib
 from functools import lru_cache
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .catalog import data_path, format_validation_error
 from .distributions import Dist
@@ -71,6 +71,14 @@ class Profile(BaseModel):
     regenerate_delay: Dist = Field(default_factory=lambda: Dist(kind="constant", value=10.0),
                                    description="delay before a regenerate (s)")
     sources: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("retry_policy")
+    @classmethod
+    def _known_retry_policy(cls, v: str) -> str:
+        from .retry import RETRY_POLICIES
+        if v not in RETRY_POLICIES:
+            raise ValueError(str(unknown_name("retry policy", v, RETRY_POLICIES)))
+        return v
 
 
 @lru_cache(maxsize=1)

@@ -66,6 +66,7 @@ def session(pop, sid: int, user: int):
     while True:                                 # one pass = one attempt at the whole task
         context = int(S.initial_context())
         shared = min(p.shared_prefix_tokens, context)
+        reuse = shared          # leading tokens of `context` that the session's cache entry holds
         restart = False
         for turn in range(turns):
             state.turns = max(state.turns, turn + 1)
@@ -74,19 +75,14 @@ def session(pop, sid: int, user: int):
             trigger = USER
             step = 0
             while step < steps:
-                if context + new > p.compact_at * p.context_window:
-                    summary = int(S.compact_summary())
-                    req = yield from client.call(context, summary, session=sid, prefix_key=key, prefix_len=context,
-                                                 shared_key=pop.shared_key, shared_len=shared,
-                                                 max_tokens=p.max_tokens, trigger=COMPACTION)
-                    _count(state, req)
-                    state.compactions += 1
-                    context = shared + summary
-                prompt = context + new
-                out = int(S.output_tokens())
-                req = yield from client.call(prompt, out, session=sid, prefix_key=key, prefix_len=context,
+                compacting = context + new > p.compact_at * p.context_window
+                if compacting:      # one call that turns the context into a summary
+                    prompt, out, why = context, int(S.compact_summary()), COMPACTION
+                else:
+                    prompt, out, why = context + new, int(S.output_tokens()), trigger
+                req = yield from client.call(prompt, out, session=sid, prefix_key=key, prefix_len=reuse,
                                              shared_key=pop.shared_key, shared_len=shared, max_tokens=p.max_tokens,
-                                             trigger=trigger)
+                                             trigger=why)
                 _count(state, req)
                 if req.outcome != "completed":
                     state.failed_calls += 1
@@ -107,7 +103,11 @@ def session(pop, sid: int, user: int):
                     outcome = {"abandon": "abandoned", "end": "completed", "limited": "limited"}.get(action, "failed")
                     return pop.close_session(state, outcome)
                 tries = 0
-                context = prompt + out
+                if compacting:      # the cached entry holds the old context: only the system prompt matches
+                    state.compactions += 1
+                    context, reuse = shared + out, shared
+                    continue
+                context = reuse = prompt + out
                 step += 1
                 if step < steps:
                     returns = 0

@@ -23,11 +23,26 @@ CAT = agentsim.load_catalog()
 
 
 class Stub:
-    """A stand-in replica: what load-aware routers read."""
+    """A stand-in replica: what load-aware routers read (identical deployments: Llama-3-8B on one
+    H100, so the speed-aware home choice of session affinity reduces to the least loaded)."""
+
+    _coeffs = None
 
     def __init__(self, index: int, outstanding: int = 0) -> None:
         self.index = index
         self.outstanding = outstanding
+        self.waiting = ()
+        self.pending = 0
+        if Stub._coeffs is None:
+            from agentsim.catalog import load_catalog
+            from agentsim.deployment import Deployment
+            from agentsim.servicetime import StepCoeffs
+            Stub._coeffs = StepCoeffs.of(Deployment.from_catalog(load_catalog(), "Llama-3-8B", "H100-SXM"))
+        self.c = Stub._coeffs
+
+    @property
+    def n_running(self) -> int:
+        return self.outstanding
 
     def __repr__(self) -> str:
         return f"Stub({self.index}, {self.outstanding})"
@@ -104,7 +119,8 @@ def test_session_affinity_keeps_a_session_home_while_balanced_and_moves_it_when_
     sa = router("session_affinity", affinity_load_bound=1.25)
     a, b, c = Stub(0), Stub(1), Stub(2)
     cands = [a, b, c]
-    assert sa(cands, req(session=7)) is a            # first call: the least loaded (lowest index on ties)
+    assert sa(cands, req(session=7)) is a            # first call: the fastest expected finish = the least
+                                                     # loaded here (lowest index on ties)
     a.outstanding, b.outstanding, c.outstanding = 2, 1, 1
     assert sa(cands, req(session=8)) is b            # a new session goes to the least loaded ...
     assert sa(cands, req(session=7)) is a            # ... an old one stays home: 2 <= 1.25 * 4/3 + 1

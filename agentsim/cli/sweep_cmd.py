@@ -1,0 +1,104 @@
+"""``agentsim sweep FILE --grid PATH=V1,V2 …``: every grid point × replication on an executor."""
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import click
+
+from .common import cli, emit, format_option
+
+TABLE_METRICS = ("requests", "ttft_p99_s", "tpot_p99_s", "e2e_s", "output_tokens_per_s", "goodput_rps",
+                 "slo_attainment", "cost_usd")
+
+
+def executor_options(out_help: str):
+    """``--out``, ``--address``, ``--workers``, ``--connect-timeout``, ``--slices``, ``--slice-sample``."""
+    def deco(f):
+        return _executor_options(f, out_help)
+    return deco
+
+
+def _executor_options(f, out_help: str):
+    for opt in reversed([
+        click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None, help=out_help),
+        click.option("--address", default=None, metavar="ADDR",
+                     help="Run on the Dask distributed cluster whose scheduler is at ADDR (e.g. tcp://host:8786); "
+                          "default: a local process pool."),
+        click.option("--workers", type=click.IntRange(min=0), default=None,
+                     help="Local pool processes (default: one per CPU; 0 = in this process)."),
+        click.option("--connect-timeout", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
+                     help="Seconds to wait for the Dask scheduler."),
+        click.option("--slices", type=click.IntRange(min=1), default=1, show_default=True,
+                     help="Run each point as N slices (tenants hashed to slices, pools at 1/N) in parallel "
+                          "and merge them into one fleet summary."),
+        click.option("--slice-sample", type=click.IntRange(min=1), default=None, metavar="K",
+                     help="Run only K of the N slices (drawn per replication) and scale sums by N/K."),
+        click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar on stderr."),
+    ]):
+        f = opt(f)
+    return f
+
+
+def interrupted(out_dir) -> None:
+    if out_dir:
+        from ..sweep import TASKS
+        n = len(list((Path(out_dir) / TASKS).glob("*.json")))
+        click.echo(f"interrupted; {n} finished run(s) kept in {out_dir}; rerun the same command to resume", err=True)
+    else:
+        click.echo("interrupted (nothing kept: give --out DIR to resume later)", err=True)
+    sys.exit(130)
+
+
+def _clean(v):
+    if isinstance(v, float) and (math.isnan(v) or math.isinf(v)):
+        return None
+    try:
+        return v.item()
+    except AttributeError:
+        return v
+
+
+@cli.command("sweep")
+@click.argument("scenario")
+@click.option("--grid", "grid", multiple=True, metavar="PATH=V1,V2,...",
+              help="A scenario field and its values, e.g. --grid pools.h100.replicas=2,4,8; repeatable "
+                   "(the cartesian product runs).")
+@click.option("--replications", "-r", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Seeds per point: seed, seed+1, ...")
+@click.option("--seed", type=click.IntRange(min=0), default=None, help="Base seed (default: the scenario's).")
+@click.option("--set", "overrides", multiple=True, metavar="PATH=VALUE", help="Override a field for every point.")
+@executor_options("Keep each finished run in DIR/tasks (a rerun skips them: resume) and write the combined "
+                  "table DIR/sweep.parquet.")
+@format_option
+def sweep_cmd(scenario, grid, replications, seed, overrides, out_dir, address, workers, connect_timeout, slices,
+              slice_sample, progress, fmt) -> None:
+    """Run SCENARIO at every grid point x replication; one table row per run.
+
+    The table (DIR/sweep.parquet with --out) has the grid values, replication, seed, key (hash of
+    the scenario and seed) and every scalar summary figure. The printed table shows, per point,
+    the mean over replications (± the 95 % CI half-width) of the headline figures.
+    """
+    from ..sweep import point_means, sweep
+    try:
+        res = sweep(scenario, list(grid), replications=replications, seed=seed, overrides=list(overrides),
+                    slices=slices, slice_sample=slice_sample, address=address, workers=workers, out_dir=out_dir,
+                    progress=progress, connect_timeout=connect_timeout)
+    except KeyboardInterrupt:
+        interrupted(out_dir)
+    if fmt == "json":
+        rows = [{k: _clean(v) for k, v in r.items()} for r in res.table.to_dict("records")]
+        click.echo(json.dumps(rows, indent=2))
+    else:
+        rows = point_means(res, list(TABLE_METRICS))
+        if replications > 1:   # "mean ±half-width" in one cell
+            from .common import _fmt
+            rows = [{k: f"{_fmt(v)} ±{_fmt(r[k + '_ci'])}" if f"{k}_ci" in r else v
+                     for k, v in r.items() if not k.endswith("_ci")} for r in rows]
+        emit(rows, "table")
+    for note in res.notes:
+        click.echo(f"note: {note}", err=True)
+    where = f"; table: {res.path}" if res.path else ""
+    click.echo(f"{len(res.table)} row(s): {res.ran} simulation(s) run, {res.reused} reused{where}", err=True)

@@ -1,0 +1,563 @@
+"""Sweeps: every grid point × replication of a scenario on a ``concurrent.futures`` executor.
+
+``sweep(scenario, grid=["pools.h100.replicas=2,4,8", "router.policy=round_robin,speed_aware"])``
+runs the cartesian product of the grid, each point with ``replications`` seeds (``seed``,
+``seed+1``, …), and returns one table: a row per point × replication with the grid values, the
+replication, the seed, ``key`` (a hash of the validated scenario and the seed) and the summary's
+scalar figures (nested keys flattened with dots: ``outcomes.completed``,
+``pools.h100.utilisation``). ``sim_wall_s`` is left out: it is the only figure that depends on
+the machine, and the table is identical whatever the executor.
+
+Executors: a local process pool (``workers`` processes; 0 runs in this process), a Dask
+distributed cluster when ``address`` names its scheduler, or any ``concurrent.futures.Executor``
+passed in. A task is a pure function of (scenario, seed): the catalog files named by
+``AGENTSIM_CATALOG`` here are added to the scenario before it is sent, so a worker's
+environment does not matter; Dask workers need agentsim installed and the scenario's catalog
+and replay files at the same paths.
+
+With ``out_dir`` every finished task is kept as ``out_dir/tasks/<key>.json`` (plus ``.npz``
+latency arrays for slices), written atomically as it finishes; a rerun skips the keys already
+there, so an interrupted sweep resumes where it stopped. The combined table is rebuilt from the
+task files at the end and written atomically to ``out_dir/sweep.parquet``. The key covers the
+validated scenario (after the grid values are applied), the seed and the contents of the
+catalog and replay files — not the agentsim version: clear ``tasks/`` after changing the model.
+
+With ``slices = N`` each point × replication runs as N slices (or ``slice_sample`` of them),
+each slice a task of its own, merged by :func:`agentsim.slicing.merge` (see there).
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+from collections import deque
+import difflib
+import hashlib
+import itertools
+import json
+import math
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from . import scenario as scn
+from .errors import InputError
+
+TABLE = "sweep.parquet"
+TASKS = "tasks"
+#: figures left out of tables: they measure the machine, not the system
+MACHINE_FIGURES = ("sim_wall_s",)
+#: free-form tables below which paths are not checked here (the scenario's validation checks them)
+FREE = (("pools", "*", "engine"), ("populations", "*", "params"), ("policies", "*"))
+
+
+# -- grid parsing and path checks -----------------------------------------------------------------
+def split_values(text: str) -> list[str]:
+    """``a,b,{x=1,y=2},[1,2],"c,d"`` → its top-level comma-separated items."""
+    items, depth, quote, cur = [], 0, "", []
+    for ch in text:
+        if quote:
+            if ch == quote:
+                quote = ""
+        elif ch in "\"'":
+            quote = ch
+        elif ch in "[{(":
+            depth += 1
+        elif ch in "]})":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            items.append("".join(cur).strip())
+            cur = []
+            continue
+        cur.append(ch)
+    items.append("".join(cur).strip())
+    return items
+
+
+def parse_grid(specs) -> list[tuple[str, list[str]]]:
+    """``["PATH=v1,v2", ...]`` (or ``(path, [values])`` pairs) → ``[(path, [value texts])]``."""
+    out: list[tuple[str, list[str]]] = []
+    for spec in specs:
+        if isinstance(spec, str):
+            path, sep, text = spec.partition("=")
+            path = path.strip()
+            if not sep or not path or not text.strip():
+                raise InputError(f"--grid {spec!r}: expected PATH=V1,V2,..., e.g. pools.h100.replicas=2,4,8")
+            values = split_values(text)
+            if any(v == "" for v in values):
+                raise InputError(f"--grid {spec!r}: an empty value (two commas in a row?)")
+        else:
+            path, values = spec
+            values = [v if isinstance(v, str) else json.dumps(v) for v in values]
+            if not values:
+                raise InputError(f"--grid {path!r}: no values")
+        if any(p == path for p, _ in out):
+            raise InputError(f"--grid {path!r} is given twice; give all its values in one --grid")
+        out.append((path, values))
+    return out
+
+
+def value(text: str) -> Any:
+    """A grid or ``--set`` value as the scenario will read it."""
+    return scn._value(text)
+
+
+def check_path(data: dict, path: str, where: str) -> Any:
+    """The value at dotted ``path`` of a validated scenario's dump; an InputError if no such field.
+
+    Below the free-form tables (``pools.X.engine``, ``populations.X.params``, ``policies.N``)
+    only engine settings are checked here: the scenario's own validation checks the rest.
+    Returns the current value (None when it is not set in a free-form table).
+    """
+    from .scenario import EngineSettings
+    keys = path.split(".")
+    if not path or any(k == "" for k in keys):
+        raise InputError(f"{where} {path!r}: not a field path (expected e.g. pools.h100.replicas)")
+    node: Any = data
+    for i, k in enumerate(keys):
+        done = keys[:i]
+        if _free(done):
+            if done[0] == "pools" and k not in EngineSettings.model_fields:
+                near = difflib.get_close_matches(k, list(EngineSettings.model_fields), n=1)
+                raise InputError(f"{where} {path!r}: {k!r} is not an engine setting"
+                                 + (f"; did you mean {near[0]!r}?" if near else "")
+                                 + f" (allowed: {', '.join(EngineSettings.model_fields)})")
+            if isinstance(node, dict) and k in node:
+                node = node[k]
+                continue
+            return None
+        if isinstance(node, list):
+            try:
+                node = node[int(k)]
+            except (ValueError, IndexError):
+                raise InputError(f"{where} {path!r}: {'.'.join(done)} is a list of {len(node)}; "
+                                 f"{k!r} is not an index of it") from None
+            continue
+        if not isinstance(node, dict):
+            raise InputError(f"{where} {path!r}: {'.'.join(done)} is a value, not a table")
+        if k not in node:
+            names = list(node)
+            near = difflib.get_close_matches(k, names, n=1, cutoff=0.5)
+            at = f" in {'.'.join(done)}" if done else ""
+            raise InputError(f"{where} {path!r}: unknown field {k!r}{at}"
+                             + (f"; did you mean {near[0]!r}?" if near else "")
+                             + f" (known: {', '.join(map(str, names)) or 'none'})")
+        node = node[k]
+    return node
+
+
+def _free(keys: list[str]) -> bool:
+    return any(len(keys) >= len(pat) and all(p == "*" or p == k for p, k in zip(pat, keys))
+               for pat in FREE)
+
+
+# -- tasks, keys and the store ---------------------------------------------------------------------
+def _file_digest(path: str) -> str:
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except OSError:
+        return "missing"
+
+
+def task_key(data: dict, seed: int) -> str:
+    """Hash of a validated scenario's JSON dump, the seed and its catalog / replay files' contents."""
+    files = list(data.get("catalog", [])) + [s["file"] for s in data.get("streams", {}).values() if s.get("file")]
+    blob = json.dumps({"scenario": data, "seed": seed, "files": {f: _file_digest(f) for f in files}},
+                      sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    """Nested figures → one level with dotted keys (scalars only)."""
+    out: dict = {}
+    for k, v in d.items():
+        name = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{name}."))
+        elif v is None or isinstance(v, (bool, int, float, str)):
+            out[name] = v
+    return out
+
+
+def run_task(data: dict, seed: int, detail: bool) -> tuple[dict, dict]:
+    """One simulation on a worker: ``(payload, arrays)``.
+
+    ``payload["summary"]`` is the summary; with ``detail`` (slices) also ``payload["slice"]``,
+    the record :func:`agentsim.slicing.merge` needs, and its latency arrays.
+    """
+    from .build import build
+    from .catalog import load_catalog
+    from .slicing import slice_record
+    sc = scn.Scenario.model_validate(data)
+    catalog = load_catalog(tuple(sc.catalog))
+    res = build(sc, seed, catalog=catalog).run()
+    payload: dict = {"summary": res.summary(), "seed": seed}
+    arrays: dict = {}
+    if detail:
+        payload["slice"], arrays = slice_record(res)
+    return _jsonable(payload), arrays
+
+
+def _jsonable(o):
+    """Plain JSON types (NaN kept: the standard json module round-trips it exactly)."""
+    if isinstance(o, dict):
+        return {str(k): _jsonable(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_jsonable(v) for v in o]
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    return o
+
+
+class TaskStore:
+    """Finished tasks in ``root/tasks``: ``<key>.json`` (the commit mark) and ``<key>.npz``."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.dir = self.root / TASKS
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise InputError(f"output directory {self.root}: not writable ({e.strerror})") from None
+
+    def has(self, key: str) -> bool:
+        return (self.dir / f"{key}.json").exists()
+
+    def get(self, key: str) -> tuple[dict, dict]:
+        payload = json.loads((self.dir / f"{key}.json").read_text())
+        arrays: dict = {}
+        if payload.get("arrays"):
+            with np.load(self.dir / f"{key}.npz", allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+        return payload, arrays
+
+    def put(self, key: str, payload: dict, arrays: dict) -> None:
+        payload = dict(payload, arrays=bool(arrays))
+        if arrays:
+            _atomic(self.dir / f"{key}.npz", lambda f: np.savez(f, **arrays))
+        text = json.dumps(payload)
+        _atomic(self.dir / f"{key}.json", lambda f: f.write(text.encode()))
+
+    def keys(self) -> set[str]:
+        return {p.stem for p in self.dir.glob("*.json")}
+
+
+def _atomic(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise InputError(f"output directory {path.parent}: not writable ({e.strerror})") from None
+
+
+def write_parquet_atomic(df: pd.DataFrame, path: Path) -> None:
+    _atomic(path, lambda f: df.to_parquet(f, index=False))
+
+
+# -- executors -------------------------------------------------------------------------------------
+class InlineExecutor(cf.Executor):
+    """Runs each task in this process when it is submitted (``workers = 0``)."""
+
+    def submit(self, fn, /, *args, **kwargs):
+        f: cf.Future = cf.Future()
+        try:
+            f.set_result(fn(*args, **kwargs))
+        except Exception as e:  # noqa: BLE001 - handed to the caller through the future
+            f.set_exception(e)
+        return f
+
+
+def _ignore_sigint() -> None:
+    """Pool workers leave Ctrl-C to the parent, which cancels the sweep and keeps what finished."""
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def dask_client(address: str, connect_timeout: float = 10.0):
+    """A ``distributed.Client`` for the scheduler at ``address``; an InputError if unreachable."""
+    try:
+        from distributed import Client
+    except ImportError:
+        raise InputError(f"--address {address}: Dask is not installed (pip install 'agentsim[dask]')") from None
+    try:
+        return Client(address, timeout=connect_timeout, set_as_default=False)
+    except Exception as e:  # noqa: BLE001 - any failure to connect is the user's address
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise InputError(f"--address {address}: no Dask scheduler reachable within {connect_timeout:g} s "
+                         f"({msg})") from None
+
+
+class Pool:
+    """Runs tasks on an executor, opened on first use, keeping results in an optional store."""
+
+    def __init__(self, executor: cf.Executor | None = None, address: str | None = None, workers: int | None = None,
+                 out_dir: str | Path | None = None, progress: bool = True, connect_timeout: float = 10.0) -> None:
+        if workers is not None and workers < 0:
+            raise InputError(f"--workers must be >= 0, got {workers}")
+        self._given = executor
+        self.address, self.workers, self.connect_timeout = address, workers, connect_timeout
+        self.store = TaskStore(out_dir) if out_dir is not None else None
+        self.progress = progress
+        self._executor: cf.Executor | None = executor
+        self._client = None
+        self.ran = 0
+        self.reused = 0
+        self._memo: dict[str, tuple[dict, dict]] = {}
+
+    def connect(self) -> None:
+        """Open the executor now (a Dask address is checked here, before any work)."""
+        if self._executor is not None:
+            return
+        if self.address:
+            self._client = dask_client(self.address, self.connect_timeout)
+            self._executor = self._client.get_executor(pure=False)
+        elif self.workers == 0:
+            self._executor = InlineExecutor()
+        else:
+            import multiprocessing as mp
+            method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
+            self._executor = cf.ProcessPoolExecutor(max_workers=self.workers or os.cpu_count() or 1,
+                                                    mp_context=mp.get_context(method), initializer=_ignore_sigint)
+
+    def close(self, interrupted: bool = False) -> None:
+        ex, self._executor = self._executor, None
+        if ex is not None and ex is not self._given:
+            if isinstance(ex, cf.ProcessPoolExecutor) and interrupted:
+                procs = list((getattr(ex, "_processes", None) or {}).values())
+                ex.shutdown(wait=False, cancel_futures=True)
+                for p in procs:   # the workers this pool started: do not wait for their running tasks
+                    p.terminate()
+            elif isinstance(ex, cf.ProcessPoolExecutor):
+                ex.shutdown(wait=not interrupted, cancel_futures=True)
+            else:      # Dask's ClientExecutor: its futures were cancelled by run()
+                ex.shutdown(wait=not interrupted)
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def __enter__(self) -> "Pool":
+        return self
+
+    def __exit__(self, et, ev, tb) -> None:
+        self.close(interrupted=et is not None)
+
+    def get(self, key: str) -> tuple[dict, dict]:
+        if key in self._memo:
+            return self._memo[key]
+        return self.store.get(key)
+
+    def run(self, tasks: list[tuple[str, dict, int, bool]], desc: str = "sweep") -> None:
+        """Run ``(key, scenario, seed, detail)`` tasks whose key is not done yet; results via :meth:`get`."""
+        todo: dict[str, tuple] = {}
+        done = 0
+        for t in tasks:
+            if t[0] in todo:
+                continue
+            if t[0] in self._memo or (self.store is not None and self.store.has(t[0])):
+                done += 1
+                continue
+            todo[t[0]] = t
+        self.reused += done
+        if not todo:
+            return
+        self.connect()
+        from tqdm import tqdm
+        bar = tqdm(total=done + len(todo), initial=done, unit="run", desc=desc, file=sys.stderr, leave=False,
+                   disable=None if self.progress else True, dynamic_ncols=True)
+        futures: dict = {}
+        pending = deque(todo.values())
+        window = 1 if isinstance(self._executor, InlineExecutor) else (
+            len(pending) if self._client is not None or self._given is not None
+            else 4 * (self.workers or os.cpu_count() or 1))
+        try:
+            while pending or futures:
+                while pending and len(futures) < window:
+                    key, data, seed, detail = pending.popleft()
+                    futures[self._executor.submit(run_task, data, seed, detail)] = key
+                finished, _ = cf.wait(futures, return_when=cf.FIRST_COMPLETED)
+                for fut in sorted(finished, key=lambda f: futures[f]):
+                    key = futures.pop(fut)
+                    payload, arrays = fut.result()
+                    arrays = {k: np.asarray(v) for k, v in arrays.items()}
+                    if self.store is not None:
+                        self.store.put(key, payload, arrays)
+                    else:   # kept in memory only without a store (with one, results are read back from it)
+                        self._memo[key] = (json.loads(json.dumps(dict(payload, arrays=bool(arrays)))), arrays)
+                    self.ran += 1
+                    bar.update(1)
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            raise
+        finally:
+            bar.close()
+
+
+# -- planning rows ---------------------------------------------------------------------------------
+@dataclass
+class Row:
+    """One point × replication: its tasks (one, or one per slice) and how to merge them."""
+
+    labels: dict
+    replication: int
+    seed: int
+    key: str
+    tasks: list[tuple[str, dict, int, bool]]
+    slices: int = 1
+
+    def summary(self, pool: Pool) -> dict:
+        if self.slices == 1:
+            payload, _ = pool.get(self.tasks[0][0])
+            return payload["summary"]
+        from .slicing import merge
+        recs = []
+        for key, *_ in self.tasks:
+            payload, arrays = pool.get(key)
+            recs.append((payload["slice"], arrays))
+        return merge(recs, self.slices)
+
+
+def with_env_catalog(sc: scn.Scenario) -> scn.Scenario:
+    """``AGENTSIM_CATALOG`` files of this process made part of the scenario (workers may lack it)."""
+    from .catalog import env_catalog_files
+    extra = [f for f in env_catalog_files() if f not in sc.catalog]
+    return sc.model_copy(update={"catalog": [str(Path(f).resolve()) for f in extra] + list(sc.catalog)}) \
+        if extra else sc
+
+
+def plan_rows(sc: scn.Scenario, labels: dict, seeds: list[int], slices: int = 1,
+              slice_sample: int | None = None) -> list[Row]:
+    """The rows of one point: a task per replication, or per slice of each replication."""
+    from .slicing import slice_indices, slice_seed
+    sc = with_env_catalog(sc)
+    rows = []
+    if slices > 1 and sc.slice.count > 1:
+        raise InputError(f"--slices {slices}: the scenario already runs slice {sc.slice.index} of {sc.slice.count} "
+                         f"(leave slice out of the scenario to run all slices)")
+    for r, seed in enumerate(seeds):
+        if slices == 1:
+            data = sc.model_dump(mode="json")
+            key = task_key(data, seed)
+            rows.append(Row(labels, r, seed, key, [(key, data, seed, False)]))
+            continue
+        tasks = []
+        for i in slice_indices(slices, slice_sample, seed):
+            data = sc.model_copy(update={"slice": scn.Slice(count=slices, index=i)}).model_dump(mode="json")
+            s = slice_seed(seed, slices, i)
+            tasks.append((task_key(data, s), data, s, True))
+        row_key = hashlib.sha256(json.dumps([t[0] for t in tasks]).encode()).hexdigest()[:24]
+        rows.append(Row(labels, r, seed, row_key, tasks, slices))
+    return rows
+
+
+def load_point(scenario, overrides: list[str]) -> scn.Scenario:
+    from .api import load_scenario
+    return load_scenario(scenario, overrides)
+
+
+# -- the sweep -------------------------------------------------------------------------------------
+@dataclass
+class SweepResult:
+    table: pd.DataFrame
+    summaries: list[dict]          # nested summary per row, in table order
+    replications: int
+    ran: int = 0
+    reused: int = 0
+    path: Path | None = None
+    grid: list[tuple[str, list]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def summary(self, point: int = 0) -> dict:
+        """The nested summary of one point, with 95 % CIs over its replications when R > 1."""
+        from .api import _mean_with_ci
+        rows = self.summaries[point * self.replications:(point + 1) * self.replications]
+        if self.replications == 1:
+            return rows[0]
+        return _mean_with_ci(rows) | {"replications": self.replications}
+
+
+def sweep(scenario, grid=(), *, replications: int = 1, seed: int | None = None, overrides: list[str] = (),
+          slices: int = 1, slice_sample: int | None = None, executor: cf.Executor | None = None,
+          address: str | None = None, workers: int | None = None, out_dir: str | Path | None = None,
+          progress: bool = True, connect_timeout: float = 10.0) -> SweepResult:
+    """Run every grid point × replication; see the module docstring."""
+    if replications < 1:
+        raise InputError(f"--replications must be >= 1, got {replications}")
+    if slices < 1:
+        raise InputError(f"--slices must be >= 1, got {slices}")
+    grid = parse_grid(grid)
+    base = load_point(scenario, list(overrides))
+    dump = base.model_dump(mode="json")
+    for path, _ in grid:
+        check_path(dump, path, "--grid")
+    seed = base.seed if seed is None else seed
+    seeds = [seed + i for i in range(replications)]
+    rows: list[Row] = []
+    notes: list[str] = []
+    combos = list(itertools.product(*[vals for _, vals in grid])) if grid else [()]
+    for combo in combos:
+        sets = [f"{p}={v}" for (p, _), v in zip(grid, combo)]
+        sc = load_point(scenario, list(overrides) + sets)
+        labels = {p: _label(value(v)) for (p, _), v in zip(grid, combo)}
+        rows.extend(plan_rows(sc, labels, seeds, slices, slice_sample))
+        if slices > 1:
+            from .slicing import rounding_notes
+            notes += [n for n in rounding_notes(sc, slices) if n not in notes]
+    out = Path(out_dir) if out_dir is not None else None
+    with Pool(executor, address, workers, out, progress, connect_timeout) as pool:
+        if address:
+            pool.connect()
+        pool.run([t for row in rows for t in row.tasks], desc=base.name)
+        summaries = [row.summary(pool) for row in rows]
+    table = make_table(rows, summaries, slices)
+    if out is not None:
+        write_parquet_atomic(table, out / TABLE)
+    return SweepResult(table, summaries, replications, pool.ran, pool.reused, out / TABLE if out else None,
+                       [(p, [value(v) for v in vals]) for p, vals in grid], notes)
+
+
+def _label(v):
+    return json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else v
+
+
+def make_table(rows: list[Row], summaries: list[dict], slices: int = 1) -> pd.DataFrame:
+    """One row per point × replication: grid values, replication, seed, key, scalar figures."""
+    records = []
+    for row, s in zip(rows, summaries):
+        figures = {k: v for k, v in flatten(s).items() if k not in MACHINE_FIGURES}
+        records.append({**row.labels, "replication": row.replication, "seed": row.seed, "key": row.key, **figures})
+    df = pd.DataFrame.from_records(records)
+    for c in df.columns:   # a count missing from some rows (an outcome that did not occur) is 0, not NaN
+        if c.startswith(("outcomes.", "session_outcomes.")):
+            df[c] = df[c].fillna(0)
+            if slices == 1:
+                df[c] = df[c].astype("int64")
+    return df
+
+
+def point_means(result: SweepResult, metrics: list[str]) -> list[dict]:
+    """Per grid point: the grid values and each metric's mean (and 95 % CI half-width when R > 1)."""
+    from .api import ci
+    t = result.table
+    paths = [p for p, _ in result.grid]
+    out = []
+    for i in range(0, len(t), result.replications):
+        part = t.iloc[i:i + result.replications]
+        row = {p: part.iloc[0][p] for p in paths}
+        for m in metrics:
+            if m not in part:
+                continue
+            mean, lo, hi = ci(part[m].tolist())
+            row[m] = mean
+            if result.replications > 1:
+                row[f"{m}_ci"] = (hi - lo) / 2 if not math.isnan(hi) else math.nan
+        out.append(row)
+    return out

@@ -1,0 +1,210 @@
+"""A synthetic coding-agent population against TraceLab's workload targets.
+
+Targets (workloads-policies.md §0 #1, #4, #7, §1.1, §1.5, §6.1 "Validation targets"):
+
+* prefix-cache miss rate by tokens 4–6 % (TraceLab token-weighted hit 95.7 %);
+* hit rate of the first call after a human turn (``trigger == "user"``) 85 ± 5 % (TraceLab
+  user-triggered steps 86.9 % Claude / 78.2 % Codex, "~84 %");
+* per engaged hour (each idle gap capped at 1 h) 7 M input / 0.3 M uncached / 24 k output tokens,
+  ± 20 % (TraceLab: 54.9 B input, 2.3 B uncached, 186.9 M output over 4,265 sessions × 1.8 h);
+* 8.8 ± 1 LLM calls per user turn (TraceLab mean over 39,202 requests: 1 + 7.8 tool-initiated).
+
+The stated cluster (:func:`tracelab_scenario`): 16 replicas of Llama-3-70B FP8 on H100-SXM TP4
+with an FP8 KV cache (1.28 M KV tokens each), ``session_affinity`` routing, ``pin_session``
+retention with a 600 s TTL (TraceLab: the real provider caches behave like an ideal cache with
+~8 min idle eviction — Claude ~10 min, Codex ~5 min; the profile is the Claude-Code-like one) and
+a host-memory KV tier of 1,000 GB per replica. It is lightly loaded (busy 13-22 % of the time), so the cache sees session behaviour, not
+memory pressure (pinned entries expire on the GPU; the host tier, which only takes forced
+evictions, stays empty), and a call's generation takes ~10 s (TraceLab: 11.5 s per step).
+
+Sessions arrive at a flat rate during the first 24 h of a Friday (a custom weekly profile that is
+zero elsewhere) and the run lasts 72 h, so almost every session ends inside the run and the
+per-session figures are not censored. Measured over all sessions (sub-agents included):
+
+* miss rate = 1 − Σ cached / Σ input over completed calls; user-turn hit rate likewise over
+  calls with ``trigger == "user"``;
+* per engaged hour = Σ tokens of all sessions / Σ ``engaged_s`` of top-level sessions
+  (sub-agents run while their parent waits, inside its engaged time); uncached = input − cached;
+* calls per user turn = main-agent calls (``user`` + ``tool`` triggers, first attempts) per
+  ``user`` call — sub-agent and compaction calls are reported separately.
+
+The shipped profile (``agentsim/data/profiles.toml``) includes three derived corrections to the
+§6.1 defaults (their sources say why: sub-agent frequency, output σ, no second truncation of the
+turns distribution), and the stated population puts a fifth of the sessions on a 1 M context
+window (§6.1 option; fitted to TraceLab's 154 k mean input per step [A]). Five targets hold; the
+user-turn hit rate lands 0.9 pt under its band (``GAPS``, a strict xfail with the reason).
+``python tests/test_tracelab_targets.py N SEED...`` prints the table pooled over seeds;
+``pytest -m slow`` pools six seeds.
+"""
+from __future__ import annotations
+
+import pytest
+
+from agentsim.api import simulate
+
+TARGETS = {   # name: (target, low, high, unit)
+    "miss_rate": (0.05, 0.04, 0.06, "%"),
+    "user_turn_hit_rate": (0.85, 0.80, 0.90, "%"),
+    "input_per_engaged_h": (7.0e6, 7.0e6 * 0.8, 7.0e6 * 1.2, "M"),
+    "uncached_per_engaged_h": (0.3e6, 0.3e6 * 0.8, 0.3e6 * 1.2, "M"),
+    "output_per_engaged_h": (24e3, 24e3 * 0.8, 24e3 * 1.2, "k"),
+    "calls_per_user_turn": (8.8, 7.8, 9.8, ""),
+}
+
+OUTPUT_1_24 = {"kind": "lognormal", "median": 214, "sigma": 1.24, "round": "round", "min": 1, "max": 32000}
+
+#: a fifth of the sessions on a 1 M context window (see the module docstring)
+SHARE_1M = 0.2
+
+def tracelab_scenario(n_sessions: int, seed: int, params: dict | None = None, share_1m: float = SHARE_1M) -> dict:
+    """The stated cluster and a coding population of about ``n_sessions`` sessions (see module doc)."""
+    # A custom week that is 1 for the 24 h of Friday and 0 elsewhere; weekly mean 1 => the weekday
+    # profile (Mon-Fri) carries all arrivals, so Friday gets size × 2/day × 7 days / 5 sessions.
+    per_user = 2.0 * 7 / 5
+    pops = {}
+    for name, share, extra in (("coders", 1 - share_1m, {}), ("coders_1m", share_1m, {"context_window": 1_000_000})):
+        if share <= 0:
+            continue
+        pops[name] = {"profile": "interactive_coding_agent", "size": max(1, round(n_sessions * share / per_user)),
+                      "arrival": "custom", "weekday": [1.0] * 24, "weekend": [0.0] * 24, "start_weekday": 4,
+                      "params": {**(params or {}), **extra}}
+    return {
+        "name": "tracelab-coding", "duration_s": 72 * 3600.0, "seed": seed, "sample_s": 3600.0,
+        "engine": {"retention": "pin_session", "prefix_ttl_s": 600.0, "host_kv_gb": 1000.0, "kv_dtype": "fp8"},
+        "pools": {"h100": {"gpu": "H100-SXM", "model": "Llama-3-70B", "precision": "fp8", "tp": 4,
+                           "replicas": 16}},
+        "router": {"policy": "session_affinity"},
+        "populations": pops,
+    }
+
+
+def sums(res) -> dict:
+    """The raw totals the targets are ratios of (so that runs can be pooled)."""
+    rq, ss = res.requests, res.sessions
+    done = rq[rq["outcome"] == "completed"]
+    cached = done["cached_gpu_tokens"] + done["cached_host_tokens"]
+    user = done["trigger"] == "user"
+    top = ss[ss["kind"] == "session"]
+    first = rq[rq["attempt"] == 0]["trigger"].value_counts()
+    return {
+        "input": float(done["input_tokens"].sum()), "cached": float(cached.sum()),
+        "user_input": float(done.loc[user, "input_tokens"].sum()), "user_cached": float(cached[user].sum()),
+        "s_input": float(ss["input_tokens"].sum()), "s_cached": float(ss["cached_tokens"].sum()),
+        "s_output": float(ss["output_tokens"].sum()), "engaged_h": float(top["engaged_s"].sum()) / 3600.0,
+        "user_calls": float(first["user"]), "tool_calls": float(first["tool"]),
+        "other_calls": float(first["subagent"] + first["compaction"]),
+        "sessions": int(len(top)), "in_flight": int((top["outcome"] == "in_flight").sum()),
+        "calls": int((rq["attempt"] == 0).sum()), "turns": float(top["turns"].sum()),
+        "output": float(done["output_tokens"].sum()), "completed": int(len(done)),
+        "failed_attempts": int((rq["outcome"] != "completed").sum()),
+        "utilisation": float(res.summary()["pools"]["h100"]["utilisation"]),
+        "sim_wall_s": float(res.meta["sim_wall_s"]),
+    }
+
+
+def measure(*results) -> dict:
+    """The six target figures (and context for the report), pooled over ``results``."""
+    t = [sums(r) for r in results]
+    S = {k: sum(x[k] for x in t) for k in t[0]}
+    S["utilisation"] /= len(t)
+    h = S["engaged_h"]
+    return {
+        **S,
+        "miss_rate": 1.0 - S["cached"] / S["input"],
+        "user_turn_hit_rate": S["user_cached"] / S["user_input"],
+        "input_per_engaged_h": S["s_input"] / h,
+        "uncached_per_engaged_h": (S["s_input"] - S["s_cached"]) / h,
+        "output_per_engaged_h": S["s_output"] / h,
+        "calls_per_user_turn": (S["user_calls"] + S["tool_calls"]) / S["user_calls"],
+        "calls_per_user_turn_incl_subagents": (S["user_calls"] + S["tool_calls"] + S["other_calls"]) / S["user_calls"],
+        "mean_turns": S["turns"] / S["sessions"], "mean_prompt": S["input"] / S["completed"],
+        "mean_output": S["output"] / S["completed"],
+    }
+
+
+def table(m: dict, title: str) -> str:
+    lines = [title, f"  {'target':<26} {'measured':>12} {'target':>10} {'range':>19}  ok"]
+    for k, (t, lo, hi, unit) in TARGETS.items():
+        v = m[k]
+        if unit == "%":
+            f = lambda x: f"{100 * x:.1f} %"  # noqa: E731
+        elif unit == "M":
+            f = lambda x: f"{x / 1e6:.2f} M"  # noqa: E731
+        elif unit == "k":
+            f = lambda x: f"{x / 1e3:.1f} k"  # noqa: E731
+        else:
+            f = lambda x: f"{x:.2f}"  # noqa: E731
+        ok = lo <= v <= hi
+        lines.append(f"  {k:<26} {f(v):>12} {f(t):>10} {f(lo) + '-' + f(hi):>19}  {'yes' if ok else 'NO'}"
+                     f"  ({100 * (v / t - 1):+.0f} %)")
+    lines.append(f"  ({m['sessions']:,} sessions, {m['in_flight']} still running at 72 h, {m['calls']:,} calls, "
+                 f"{m['engaged_h']:,.0f} engaged h, mean turns {m['mean_turns']:.2f}, mean prompt "
+                 f"{m['mean_prompt'] / 1e3:.0f} k, mean output {m['mean_output']:.0f}, calls/turn incl. sub-agents "
+                 f"and compactions {m['calls_per_user_turn_incl_subagents']:.2f}, failed attempts "
+                 f"{m['failed_attempts']}, utilisation {100 * m['utilisation']:.0f} %, "
+                 f"sim wall {m['sim_wall_s']:.1f} s)")
+    return "\n".join(lines)
+
+
+def within(m: dict, key: str) -> bool:
+    _, lo, hi, _ = TARGETS[key]
+    return lo <= m[key] <= hi
+
+
+# -- always-run: ~1,500 sessions each, seed 1 ----------------------------------------------------------
+N_QUICK, SEED = 1500, 1
+
+
+@pytest.fixture(scope="module")
+def measured():
+    m = measure(simulate(tracelab_scenario(N_QUICK, SEED)))
+    print("\n" + table(m, f"TraceLab targets, interactive_coding_agent, {N_QUICK:,} sessions, seed {SEED}:"))
+    return m
+
+
+#: The target the stated scenario misses, and why (strict: a change that fixes it fails the test,
+#: so this note gets updated).
+GAPS = {
+    "user_turn_hit_rate": "79.1 % at seed 1 (band 80-90 %): with the 600 s TTL (TraceLab: provider caches behave "
+                          "like an ideal cache with ~10 min idle eviction for Claude) every think over 10 min "
+                          "(17 % of LN(84 s, 2.1)) misses; a 720 s TTL gives 81.2 % but pushes the token miss "
+                          "rate to 3.9 %, under its 4-6 % band: TraceLab's other misses (cold resumptions of long "
+                          "sessions, median 78 k appended) are not modelled",
+}
+
+
+def test_print_measured_vs_target(measured):
+    """The table, always (run with -s to see it; also shown on any failure)."""
+    print("\n" + table(measured, f"interactive_coding_agent, {N_QUICK:,} sessions, seed {SEED}:"))
+    assert measured["sessions"] > 0.9 * N_QUICK
+
+
+@pytest.mark.parametrize("key", list(TARGETS))
+def test_coding_population_against_tracelab(measured, key, request):
+    if key in GAPS:
+        request.applymarker(pytest.mark.xfail(strict=True, reason=GAPS[key]))
+    assert within(measured, key), (key, measured[key], TARGETS[key])
+
+
+def test_the_cluster_is_lightly_loaded(measured):
+    assert measured["utilisation"] < 0.4
+    assert measured["failed_attempts"] <= 1e-3 * measured["calls"]   # a few 600 s timeouts of 30 k-token outputs
+    assert measured["in_flight"] <= 0.02 * measured["sessions"]
+
+
+SLOW_N, SLOW_SEEDS = N_QUICK, (1, 2, 3, 4, 5, 6)
+
+
+@pytest.mark.slow
+def test_slow_pooled_over_seeds():
+    m = measure(*(simulate(tracelab_scenario(SLOW_N, s)) for s in SLOW_SEEDS))
+    print("\n" + table(m, f"{SLOW_N:,} sessions x seeds {SLOW_SEEDS}, pooled:"))
+    assert [k for k in TARGETS if not within(m, k)] in ([], list(GAPS))
+
+
+if __name__ == "__main__":   # python tests/test_tracelab_targets.py [N] [SEED...]: both tables, pooled over seeds
+    import sys
+    n = int(sys.argv[1]) if len(sys.argv) > 1 else N_QUICK
+    seeds = [int(x) for x in sys.argv[2:]] or [SEED]
+    print(table(measure(*(simulate(tracelab_scenario(n, s)) for s in seeds)),
+                f"interactive_coding_agent, {n:,} sessions, seeds {seeds}:"))
