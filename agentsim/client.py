@@ -86,7 +86,7 @@ class Client:
                 sim.submit(req, self.model)
                 if not done.triggered:
                     if self.timeout_s < math.inf:
-                        self._watch(req, self.timeout_s, "timed_out")
+                        sim.add_deadline(req, env.now + self.timeout_s)
                     if self.abandon_ttft_s > 0 and self.u() < self.abandon_prob:
                         self._watch(req, self.abandon_ttft_s, "cancelled", before_first_token=True)
                 yield done

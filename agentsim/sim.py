@@ -4,6 +4,7 @@ Built only by :func:`agentsim.build.build`; :meth:`Simulation.run` returns a :cl
 """
 from __future__ import annotations
 
+import heapq
 import time
 import zlib
 
@@ -56,11 +57,35 @@ class Simulation:
         self._rid = 0
         self._sid = 0
         self._cid = 0
+        self._deadlines: list = []
+        self._sweeping = False
 
     def new_request(self, prompt: int, output: int, **kw) -> Request:
         req = Request(self._rid, self.env.now, prompt, output, **kw)
         self._rid += 1
         return req
+
+    #: request timeouts are checked on this grid (s): one event per second of simulated time while
+    #: any request has a deadline, instead of one event per request; a timeout fires at most this late
+    TIMEOUT_GRANULARITY_S = 1.0
+
+    def add_deadline(self, req: Request, deadline: float) -> None:
+        """Time ``req`` out (``timed_out``) if it is still open at ``deadline``."""
+        heapq.heappush(self._deadlines, (deadline, req.rid, req))
+        if not self._sweeping:
+            self._sweeping = True
+            self.env.process(self._sweep())
+
+    def _sweep(self):
+        heap, step = self._deadlines, self.TIMEOUT_GRANULARITY_S
+        while heap:
+            yield self.env.timeout(step)
+            now = self.env.now
+            while heap and heap[0][0] <= now:
+                _, rid, req = heapq.heappop(heap)
+                if rid in self.open:
+                    self.cancel(req, "timed_out")
+        self._sweeping = False
 
     def new_session_id(self) -> int:
         self._sid += 1

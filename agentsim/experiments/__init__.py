@@ -139,9 +139,11 @@ class Stat:
     low: float
     high: float
     n: int
+    values: tuple = ()
 
     def as_dict(self) -> dict:
-        return {"mean": _num(self.mean), "ci_low": _num(self.low), "ci_high": _num(self.high), "n": self.n}
+        return {"mean": _num(self.mean), "ci_low": _num(self.low), "ci_high": _num(self.high), "n": self.n,
+                "values": [_num(v) for v in self.values]}
 
     def fmt(self, digits: int = 3, unit: str = "", scale: float = 1.0) -> str:
         """``12.3 (95 % CI 11.0 to 13.6) unit``."""
@@ -161,12 +163,16 @@ def _num(x):
 
 
 def _g(x: float, digits: int) -> str:
+    """A number for people: 3 significant digits, thousands separated, millions and billions named."""
     if x is None or not math.isfinite(x):
         return "n/a"
-    if x != 0 and (abs(x) >= 10 ** digits or abs(x) < 10 ** -(digits - 1)) and abs(x) < 1e6:
-        return f"{x:,.0f}" if abs(x) >= 1 else f"{x:.{digits}g}"
-    if abs(x) >= 1e6:
-        return f"{x:.{digits}g}"
+    a = abs(x)
+    if a >= 1e9:
+        return f"{x / 1e9:.{digits}g} bn"
+    if a >= 1e6:
+        return f"{x / 1e6:.{digits}g} M"
+    if a >= 10 ** digits:
+        return f"{x:,.0f}"
     return f"{x:.{digits}g}"
 
 
@@ -175,7 +181,7 @@ def stat(values) -> Stat:
     from ..api import ci
     x = [float(v) for v in values if v is not None and math.isfinite(float(v))]
     m, lo, hi = ci(x)
-    return Stat(m, lo, hi, len(x))
+    return Stat(m, lo, hi, len(x), tuple(x))
 
 
 def paired(a, b) -> Stat:
