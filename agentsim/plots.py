@@ -113,16 +113,19 @@ def rejections_over_time(res):
         return pd.DataFrame()
     bucket = (np.floor(bad["arrival_s"].to_numpy() / interval) + 1) * interval
     out = pd.crosstab(bucket, bad["outcome"].astype(str))
+    end = max(float(res.meta.get("duration_s", 0.0)), float(out.index.max()))
+    out = out.reindex(np.arange(1, int(np.ceil(end / interval - 1e-9)) + 1) * interval, fill_value=0)
     out.index.name = "time_s"
     return out
 
 
 def session_times(res) -> plt.Figure:
-    """CDF of completed top-level sessions' durations, one line per population."""
+    """CDF of completed top-level sessions' durations (started after warm-up), one line per population."""
     ss = res.sessions
     fig, ax = plt.subplots(figsize=(8, 4.5))
     if len(ss):
-        top = ss[(ss["kind"] == "session") & (ss["outcome"] == "completed")]
+        top = ss[(ss["kind"] == "session") & (ss["outcome"] == "completed")
+                 & (ss["start_s"] >= res.meta.get("warmup_s", 0.0))]
         for pop, grp in top.groupby("population", observed=True):
             x, y = _cdf_xy(grp["duration_s"])
             if len(x):
@@ -169,8 +172,13 @@ def save_all(res, out_dir: str | Path) -> list[Path]:
     for name, fn in FIGURES.items():
         fig = fn(res)
         tmp = out / f".{name}.png.tmp"
-        fig.savefig(tmp, dpi=110, format="png")
-        plt.close(fig)
-        tmp.replace(out / f"{name}.png")
+        try:
+            fig.savefig(tmp, dpi=110, format="png")
+            tmp.replace(out / f"{name}.png")
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        finally:
+            plt.close(fig)
         paths.append(out / f"{name}.png")
     return paths

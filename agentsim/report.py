@@ -41,7 +41,8 @@ def _rows(summary: dict):
 def write_report(run_dir: str | Path) -> tuple[Path, Path]:
     """Write ``report.md`` and ``report.html`` (and the figures) into ``run_dir``."""
     d = Path(run_dir)
-    res = Result.load(d)
+    reps = not (d / "requests.parquet").exists() and (d / "rep-000" / "requests.parquet").exists()
+    res = Result.load(d / "rep-000" if reps else d)
     summary_path = d / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else res.summary()
     figs = save_all(res, d / "figures")
@@ -56,6 +57,9 @@ def write_report(run_dir: str | Path) -> tuple[Path, Path]:
         md.append("")
     md += ["## Outcomes", "", "| outcome | requests |", "|---|---|"]
     md += [f"| {o} | {n} |" for o, n in summary.get("outcomes", {}).items()] + [""]
+    if summary.get("session_outcomes"):
+        md += ["## Session outcomes", "", "| outcome | sessions |", "|---|---|"]
+        md += [f"| {o} | {n} |" for o, n in summary["session_outcomes"].items()] + [""]
     md += ["## Pools", "", "| pool | utilisation | mean power (W) | GPUs | cost (USD) |", "|---|---|---|---|---|"]
     md += [f"| {p} | {_fmt(v['utilisation'])} | {_fmt(v['mean_power_w'])} | {v['gpus']} | {_fmt(v['cost_usd'])} |"
            for p, v in summary.get("pools", {}).items()] + [""]
@@ -84,6 +88,15 @@ def _html(name: str, desc: str, summary: dict, figs: list[Path]) -> str:
         parts.append("</table>")
     parts.append("<h2>Outcomes</h2><table><tr><th>outcome</th><th>requests</th></tr>")
     parts += [f"<tr><td>{e(o)}</td><td>{n}</td></tr>" for o, n in summary.get("outcomes", {}).items()]
+    parts.append("</table>")
+    if summary.get("session_outcomes"):
+        parts.append("<h2>Session outcomes</h2><table><tr><th>outcome</th><th>sessions</th></tr>")
+        parts += [f"<tr><td>{e(o)}</td><td>{n}</td></tr>" for o, n in summary["session_outcomes"].items()]
+        parts.append("</table>")
+    parts.append("<h2>Pools</h2><table><tr><th>pool</th><th>utilisation</th><th>mean power (W)</th><th>GPUs</th>"
+                 "<th>cost (USD)</th></tr>")
+    parts += [f"<tr><td>{e(p)}</td><td>{_fmt(v['utilisation'])}</td><td>{_fmt(v['mean_power_w'])}</td>"
+              f"<td>{v['gpus']}</td><td>{_fmt(v['cost_usd'])}</td></tr>" for p, v in summary.get("pools", {}).items()]
     parts.append("</table><h2>Figures</h2>")
     for f in figs:
         parts.append(f"<h3>{e(f.stem.replace('_', ' '))}</h3><p>{e(CAPTIONS.get(f.stem, ''))}</p>"
@@ -94,5 +107,9 @@ def _html(name: str, desc: str, summary: dict, figs: list[Path]) -> str:
 
 def _atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    try:
+        tmp.write_text(text)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

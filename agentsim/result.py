@@ -36,7 +36,10 @@ def _latency_stats(name: str, x: np.ndarray) -> dict:
 
 def derive(df: pd.DataFrame) -> pd.DataFrame:
     """Add the latency columns every analysis wants (NaN where a timestamp is missing)."""
-    df = df.copy()
+    return _derive_inplace(df.copy())
+
+
+def _derive_inplace(df: pd.DataFrame) -> pd.DataFrame:
     df["queue_s"] = df["admitted_s"] - df["ready_s"]
     df["ttft_s"] = df["first_token_s"] - df["arrival_s"]
     df["e2e_s"] = df["finish_s"] - df["arrival_s"]
@@ -57,19 +60,29 @@ class Result:
     # -- construction --------------------------------------------------------------------------------
     @classmethod
     def from_simulation(cls, sim) -> "Result":
-        cols = sim.recorder.columns()
         pool_names = [p.name for p in sim.cluster.pools]
-        df = pd.DataFrame(cols)
-        df["outcome"] = pd.Categorical.from_codes(df["outcome"].to_numpy(), categories=list(OUTCOMES))
-        df["pool"] = pd.Categorical.from_codes(df["pool"].to_numpy(), categories=pool_names)
-        df["stream"] = pd.Categorical.from_codes(df["stream"].to_numpy(), categories=sim.stream_names or ["-"]) \
-            if sim.stream_names else pd.Categorical(["-"] * len(df))
         pop_names = [p.name for p in sim.populations] or ["-"]
-        df["trigger"] = pd.Categorical.from_codes(df["trigger"].to_numpy(), categories=list(TRIGGERS))
-        df["population"] = pd.Categorical.from_codes(df["population"].to_numpy(), categories=pop_names)
+        codes = {"outcome": list(OUTCOMES), "pool": pool_names, "trigger": list(TRIGGERS), "population": pop_names,
+                 "stream": sim.stream_names or ["-"]}
+        # one gather per column in request_id order, coded columns straight to categoricals: the
+        # table is built once (the recorder's arrays + one copy at the peak, not five)
+        cols = sim.recorder.columns()
+        order = np.argsort(cols["request_id"], kind="stable")
+        data = {}
+        for c in list(cols):
+            a = cols.pop(c)
+            if c == "stream" and not sim.stream_names:
+                data[c] = pd.Categorical.from_codes(np.zeros(len(a), np.int8), categories=["-"])
+            elif c in codes:
+                data[c] = pd.Categorical.from_codes(a[order], categories=codes[c])
+            else:
+                data[c] = a[order]
+        del order
+        df = pd.DataFrame(data, copy=False)
+        del data
         site_of = {p.name: p.site for p in sim.cluster.pools}
         df["site"] = df["pool"].map(site_of).astype("category")
-        df = derive(df.sort_values("request_id", kind="stable").reset_index(drop=True))
+        df = _derive_inplace(df)
         ts = pd.DataFrame(sim.sampler.columns()) if sim.sampler is not None else pd.DataFrame()
         sessions = pd.DataFrame(sim.session_recorder.columns()) if sim.session_recorder is not None else pd.DataFrame()
         if len(sessions):
@@ -214,8 +227,16 @@ class Result:
             (tmp / "summary.json").write_text(json.dumps(_jsonable(self.summary()), indent=2))
             manifest = {"agentsim_version": __version__, **{k: v for k, v in self.meta.items()}}
             (tmp / "manifest.json").write_text(json.dumps(_jsonable(manifest), indent=2))
-            for f in sorted(tmp.iterdir()):
-                os.replace(f, out / f.name)
+            moved = []
+            try:
+                # manifest.json last: a directory with a manifest holds a complete result
+                for f in sorted(tmp.iterdir(), key=lambda f: (f.name == "manifest.json", f.name)):
+                    os.replace(f, out / f.name)
+                    moved.append(out / f.name)
+            except BaseException:
+                for m in moved:
+                    m.unlink(missing_ok=True)
+                raise
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return out

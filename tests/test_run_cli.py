@@ -62,6 +62,10 @@ def assert_result_dir(d: Path) -> None:
     assert FILES <= names, FILES - names
     for n in names:
         assert not n.startswith(".") and "tmp" not in n, f"leftover {n}"
+        if n == "figures":                      # the standard figures (run --out writes them by default)
+            pngs = os.listdir(d / n)
+            assert pngs and all(p.endswith(".png") and not p.startswith(".") for p in pngs), pngs
+            continue
         assert (d / n).is_file() and (d / n).stat().st_size > 0, n
         assert n.endswith((".parquet", ".json")), n
 SEED = 7

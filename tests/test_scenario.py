@@ -111,7 +111,9 @@ def test_preset_cli_show_and_list_agree_with_the_file(capsys):
     assert scn.parse(tomllib.loads(out)) == load_scenario("engine_mixed")
     code, out, _ = run_cli(["scenario", "list"], capsys)
     assert code == 0
-    assert out.startswith("engine_mixed: ") and "H100" in out
+    lines = out.splitlines()
+    assert any(line.startswith("engine_mixed: ") and "H100" in line for line in lines)
+    assert any(line.startswith("default: ") for line in lines)
 
 
 # -- overrides ------------------------------------------------------------------------------------------

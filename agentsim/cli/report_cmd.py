@@ -13,7 +13,7 @@ def _run_dir(d: str) -> Path:
     p = Path(d)
     if not p.is_dir():
         raise InputError(f"result directory {d}: not found (give the --out DIR of an agentsim run)")
-    if not (p / "requests.parquet").exists():
+    if not (p / "requests.parquet").exists() and not (p / "rep-000" / "requests.parquet").exists():
         raise InputError(f"result directory {d}: no requests.parquet in it (not an agentsim run?)")
     return p
 

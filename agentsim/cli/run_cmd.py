@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -63,10 +64,13 @@ def _progress_bar(duration: float, label: str):
 @format_option
 def run(scenario, seed, replications, out_dir, overrides, step_mode, check_invariants, progress, figures,
         fmt) -> None:
-    """Simulate SCENARIO (a TOML file or a preset name; default: the engine_mixed preset)."""
+    """Simulate SCENARIO (a TOML file or a preset name; default: the default preset)."""
     sc = load_scenario(scenario or DEFAULT_PRESET, list(overrides))
     seed = sc.seed if seed is None else seed
+    if out_dir:
+        _check_writable(Path(out_dir))
     results = []
+    kept = 0
     try:
         for i, s in enumerate(replication_seeds(seed, replications)):
             sim = build(sc, s, step_mode=step_mode, check_invariants=check_invariants)
@@ -79,18 +83,15 @@ def run(scenario, seed, replications, out_dir, overrides, step_mode, check_invar
                     bar.close()
             results.append(res)
             if out_dir:
-                target = Path(out_dir) / f"rep-{i:03d}" if replications > 1 else Path(out_dir)
-                res.save(target)
-                if figures:
-                    from ..plots import save_all
-                    save_all(res, target / "figures")
+                _write_replication(res, Path(out_dir), i if replications > 1 else None, figures)
+                kept += 1
+        summary = results[0].summary() if replications == 1 else ResultSet(results).summary()
+        if out_dir and replications > 1:
+            _write_atomic(Path(out_dir) / "summary.json", summary)
     except KeyboardInterrupt:
-        kept = f"; {len(results)} finished replication(s) kept in {out_dir}" if out_dir and results else ""
-        click.echo(f"interrupted{kept}", err=True)
+        note = f"; {kept} finished replication(s) kept in {out_dir}" if out_dir and kept else ""
+        click.echo(f"interrupted{note}", err=True)
         sys.exit(130)
-    summary = results[0].summary() if replications == 1 else ResultSet(results).summary()
-    if out_dir and replications > 1:
-        _write_atomic(Path(out_dir) / "summary.json", summary)
     if fmt == "json":
         emit(summary, "json")
     else:
@@ -99,14 +100,51 @@ def run(scenario, seed, replications, out_dir, overrides, step_mode, check_invar
             click.echo(f"results written to {out_dir}", err=True)
 
 
+def _check_writable(out: Path) -> None:
+    """Fail before simulating when --out cannot be written."""
+    import tempfile
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=out).close()
+    except OSError as e:
+        raise InputError(f"output directory {out}: not writable ({e.strerror})") from None
+
+
+def _write_replication(res, out: Path, index: int | None, figures: bool) -> None:
+    """Write one result: into ``out`` itself (one run), or staged in ``out/.rep-NNN.partial`` and
+    renamed to ``out/rep-NNN`` in one step, so a replication directory is complete or absent."""
+    import shutil
+    from ..plots import save_all
+    if index is None:
+        res.save(out)
+        if figures:
+            save_all(res, out / "figures")
+        return
+    target, staging = out / f"rep-{index:03d}", out / f".rep-{index:03d}.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        res.save(staging)
+        if figures:
+            save_all(res, staging / "figures")
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
 def _write_atomic(path: Path, data: dict) -> None:
     from ..result import _jsonable
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         tmp.write_text(json.dumps(_jsonable(data), indent=2))
         tmp.replace(path)
-    except OSError as e:
-        raise InputError(f"output directory {path.parent}: not writable ({e.strerror})") from None
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise InputError(f"output directory {path.parent}: not writable ({e.strerror})") from None
+        raise
 
 
 @cli.group("scenario")
