@@ -5,6 +5,7 @@ Built only by :func:`agentsim.build.build`; :meth:`Simulation.run` returns a :cl
 from __future__ import annotations
 
 import heapq
+import math
 import time
 import zlib
 
@@ -65,8 +66,8 @@ class Simulation:
         self._rid += 1
         return req
 
-    #: request timeouts are checked on this grid (s): one event per second of simulated time while
-    #: any request has a deadline, instead of one event per request; a timeout fires at most this late
+    #: request timeouts fire on this grid (s): a timeout is at most this late, and one wake-up serves
+    #: every deadline that falls in the same slot
     TIMEOUT_GRANULARITY_S = 1.0
 
     def add_deadline(self, req: Request, deadline: float) -> None:
@@ -77,13 +78,19 @@ class Simulation:
             self.env.process(self._sweep())
 
     def _sweep(self):
-        heap, step = self._deadlines, self.TIMEOUT_GRANULARITY_S
-        while heap:
-            yield self.env.timeout(step)
+        """One process for all timeouts: sleep until the earliest deadline of a request still open."""
+        heap, grid, open_ = self._deadlines, self.TIMEOUT_GRANULARITY_S, self.open
+        while True:
+            while heap and heap[0][1] not in open_:     # ended before its deadline: forget it
+                heapq.heappop(heap)
+            if not heap:
+                break
+            wake = math.ceil(heap[0][0] / grid) * grid
+            yield self.env.timeout(max(0.0, wake - self.env.now))
             now = self.env.now
             while heap and heap[0][0] <= now:
                 _, rid, req = heapq.heappop(heap)
-                if rid in self.open:
+                if rid in open_:
                     self.cancel(req, "timed_out")
         self._sweeping = False
 
