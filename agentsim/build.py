@@ -71,7 +71,7 @@ def build(scenario: Scenario, seed: int | None = None, *, catalog: Catalog | Non
     scenario = sliced(scenario)
     catalog = catalog or load_catalog(env_catalog_files() + tuple(scenario.catalog))
     env = simpy.Environment()
-    rng = RngStreams(seed)
+    rng = RngStreams(seed, salt=scenario.slice.index)
     sim = Simulation(scenario, seed, env, rng)
     replica_cls = SteppingReplica if step_mode else Replica
     pools: list[Pool] = []

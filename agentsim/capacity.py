@@ -39,7 +39,8 @@ from .errors import InputError
 RESOURCE_FIELDS = ("replicas", "max_batch", "token_budget", "host_kv_gb")
 LOAD_FIELDS = ("size", "workers", "rate", "concurrency", "count", "task_rate")
 MAX_STEPS = 1 << 20
-_SLO = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_.:\-]*)\s*(<=|>=|<|>|=<|=>)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*$")
+_SLO = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_.:\-]*)\s*(<=|>=|<|>|=<|=>)\s*"
+                  r"([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*$")
 
 
 @dataclass(frozen=True)

@@ -215,8 +215,10 @@ class Replica:
             return
         req.removed = True
         was_head = bool(self.waiting) and self.waiting[0] is req
-        if req in self.waiting:       # else it is still in its request-overhead delay
+        if req in self.waiting:
             self.waiting.remove(req)
+        else:                         # still in its request-overhead delay
+            self.pending -= 1
         self._end(req, outcome)
         if was_head and self.waiting and self._timer is not None:
             self._maybe_cut(self.waiting[0], self.env.now)   # the next in line may fit now
@@ -226,9 +228,9 @@ class Replica:
     # -- arrivals ----------------------------------------------------------------------------------
     def _on_ready(self, ev: Event) -> None:
         req = ev._value
-        self.pending -= 1
         if req.removed:
-            return
+            return          # cancelled during its overhead delay (cancel() already uncounted it)
+        self.pending -= 1
         if self.up:
             self._enqueue(req)
         else:

@@ -64,9 +64,9 @@ class SteppingReplica:
 
     def _on_ready(self, ev) -> None:
         req = ev._value
-        self.pending -= 1
         if req.removed:
-            return
+            return          # cancelled during its overhead delay (cancel() already uncounted it)
+        self.pending -= 1
         if self.up:
             self._enqueue(req)
         else:
@@ -113,6 +113,8 @@ class SteppingReplica:
         was_head = bool(self.waiting) and self.waiting[0] is req
         if req in self.waiting:
             self.waiting.remove(req)
+        else:
+            self.pending -= 1
         self._end(req, outcome)
         if was_head and self.waiting and self._timer is not None \
                 and self.env.now - self._t0 <= EPS * max(1.0, self.env.now):

@@ -24,14 +24,16 @@ class RngStreams:
     more from one) never changes another.
     """
 
-    def __init__(self, seed: int) -> None:
+    def __init__(self, seed: int, salt: int = 0) -> None:
         self.seed = seed
+        self.salt = salt        # e.g. the slice index: slices run with one seed draw different streams
         self._made: dict[str, np.random.Generator] = {}
 
     def __call__(self, name: str) -> np.random.Generator:
         g = self._made.get(name)
         if g is None:
-            ss = np.random.SeedSequence(entropy=self.seed, spawn_key=(zlib.crc32(name.encode()),))
+            key = (zlib.crc32(name.encode()),) + ((self.salt,) if self.salt else ())
+            ss = np.random.SeedSequence(entropy=self.seed, spawn_key=key)
             g = self._made[name] = np.random.Generator(np.random.PCG64(ss))
         return g
 

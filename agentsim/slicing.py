@@ -122,8 +122,9 @@ def slice_record(res: Result, max_rows: int = MAX_POOLED_ROWS) -> tuple[dict, di
     for name in LATENCIES + ("queue",):
         x = done[f"{name}_s"].to_numpy(dtype=float)
         x = x[np.isfinite(x)] if name != "queue" else x[~np.isnan(x)]
-        rec["lat"][name] = {"n": int(len(x)), "sum": float(x.sum())} | (
-            {f"p{p}": float(np.percentile(x, p)) if len(x) else math.nan for p in PERCENTILES} if name != "queue" else {})
+        rec["lat"][name] = {"n": int(len(x)), "sum": float(x.sum())}
+        if name != "queue":
+            rec["lat"][name] |= {f"p{p}": float(np.percentile(x, p)) if len(x) else math.nan for p in PERCENTILES}
         if pooled and name != "queue":
             arrays[name] = x
     rec["sessions"] = _session_record(res, arrays if pooled else None)

@@ -10,7 +10,9 @@ the machine, and the table is identical whatever the executor.
 
 Executors: a local process pool (``workers`` processes; 0 runs in this process), a Dask
 distributed cluster when ``address`` names its scheduler, or any ``concurrent.futures.Executor``
-passed in. A task is a pure function of (scenario, seed): the catalog files named by
+passed in. The pool starts its workers with ``forkserver`` (``spawn`` where that is missing), so
+a script that calls :func:`sweep` needs the usual ``if __name__ == "__main__":`` guard. A task
+is a pure function of (scenario, seed): the catalog files named by
 ``AGENTSIM_CATALOG`` here are added to the scenario before it is sent, so a worker's
 environment does not matter; Dask workers need agentsim installed and the scenario's catalog
 and replay files at the same paths.

@@ -15,7 +15,8 @@ from .common import cli
 
 def _register() -> None:
     from . import catalog_cmd, servicetime_cmd  # noqa: F401  (commands register on import)
-    for optional in ("calibrate_cmd", "estimate_cmd", "run_cmd", "replay_cmd", "report_cmd", "sweep_cmd", "capacity_cmd", "validate_cmd"):
+    for optional in ("calibrate_cmd", "estimate_cmd", "run_cmd", "replay_cmd", "report_cmd", "sweep_cmd", "capacity_cmd", "validate_cmd",
+                     "experiment_cmd"):
         try:
             __import__(f"{__name__}.{optional}")
         except ModuleNotFoundError as e:

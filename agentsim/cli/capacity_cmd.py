@@ -80,7 +80,8 @@ def capacity_cmd(scenario, slos, vary, goal, low, high, step, replications, seed
                          f"[{_fmt(d[f'{_k(label)}:{s.metric}_ci_low'])}, {_fmt(d[f'{_k(label)}:{s.metric}_ci_high'])}]"
                          for s in res.slos]
                 click.echo(f"  {label} ({vary} = {v}): " + "; ".join(parts))
-            click.echo(f"  confident: {'yes' if res.confident else 'no (the 95 % intervals overlap the bound; raise --replications)'}")
+            verdict = "yes" if res.confident else "no (the 95 % intervals overlap the bound; raise --replications)"
+            click.echo(f"  confident: {verdict}")
         if res.note:
             click.echo(f"note: {res.note}")
     if res.answer is None:

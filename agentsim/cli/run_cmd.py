@@ -61,14 +61,31 @@ def _progress_bar(duration: float, label: str):
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar on stderr.")
 @click.option("--figures/--no-figures", default=True, show_default=True, help="With --out: write the standard "
               "figures (PNG) to DIR/figures.")
+@click.option("--slices", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Run the fleet as N slices in parallel (tenants hashed to slices, every pool at 1/N) and merge "
+                   "them into one fleet summary (agentsim.slicing).")
+@click.option("--slice-sample", type=click.IntRange(min=1), default=None, metavar="K",
+              help="With --slices: run K of the N slices (drawn per replication) and scale sums by N/K.")
+@click.option("--address", default=None, metavar="ADDR",
+              help="With --slices: run the slices on the Dask cluster whose scheduler is at ADDR.")
+@click.option("--workers", type=click.IntRange(min=0), default=None,
+              help="With --slices: local pool processes (default: one per CPU; 0 = in this process).")
 @format_option
 def run(scenario, seed, replications, out_dir, overrides, step_mode, check_invariants, progress, figures,
-        fmt) -> None:
-    """Simulate SCENARIO (a TOML file or a preset name; default: the default preset)."""
+        slices, slice_sample, address, workers, fmt) -> None:
+    """Simulate SCENARIO (a TOML file or a preset name; default: the default preset).
+
+    With --slices N the run is N slices merged (see agentsim sweep --slices); --out DIR then
+    keeps each slice's result in DIR/tasks (a rerun resumes) and the merged summary.json.
+    """
     sc = load_scenario(scenario or DEFAULT_PRESET, list(overrides))
     seed = sc.seed if seed is None else seed
     if out_dir:
         _check_writable(Path(out_dir))
+    if slices > 1 or slice_sample is not None or address:
+        _run_sliced(sc, seed, replications, slices, slice_sample, address, workers, out_dir, step_mode,
+                    check_invariants, progress, fmt)
+        return
     results = []
     kept = 0
     try:
@@ -98,6 +115,35 @@ def run(scenario, seed, replications, out_dir, overrides, step_mode, check_invar
         emit(summary_rows(summary), "table")
         if out_dir:
             click.echo(f"results written to {out_dir}", err=True)
+
+
+def _run_sliced(sc, seed, replications, slices, slice_sample, address, workers, out_dir, step_mode,
+                check_invariants, progress, fmt) -> None:
+    from ..slicing import run_sliced
+    if step_mode or check_invariants:
+        raise InputError("--slices / --address run on an executor: --step-mode and --check-invariants are not "
+                         "available there")
+    if slice_sample is not None and slice_sample > slices:
+        raise InputError(f"--slice-sample {slice_sample} exceeds --slices {slices}")
+    import warnings
+    try:
+        with warnings.catch_warnings(record=True) as notes:
+            warnings.simplefilter("always")
+            summary = run_sliced(sc, slices, seed=seed, replications=replications, sample=slice_sample,
+                                 address=address, workers=workers, out_dir=out_dir, progress=progress)
+        for note in notes:
+            click.echo(f"note: {note.message}", err=True)
+    except KeyboardInterrupt:
+        click.echo(f"interrupted{'; finished slices kept in ' + str(out_dir) if out_dir else ''}", err=True)
+        sys.exit(130)
+    if out_dir:
+        _write_atomic(Path(out_dir) / "summary.json", summary)
+    if fmt == "json":
+        emit(summary, "json")
+    else:
+        emit(summary_rows(summary), "table")
+        click.echo(f"{summary['slices_run']} of {summary['slices']} slice(s) merged; percentiles "
+                   f"{summary['percentile_method']}", err=True)
 
 
 def _check_writable(out: Path) -> None:

@@ -194,6 +194,17 @@ def ratio(a, b) -> Stat:
     return stat([y / x if x else math.nan for x, y in zip(a, b)])
 
 
+def proportion(k: int, n: int) -> tuple[float, float, float]:
+    """A share ``k / n`` with its 95 % Wilson score interval."""
+    if n == 0:
+        return math.nan, math.nan, math.nan
+    z = 1.959963984540054
+    p = k / n
+    c = (p + z * z / (2 * n)) / (1 + z * z / n)
+    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return p, max(0.0, c - h), min(1.0, c + h)
+
+
 def crossing(xs, ys, target: float) -> float:
     """Where a curve sampled at increasing ``xs`` first falls through ``target`` (linear
     interpolation); ``nan`` if it never reaches it, ``+inf`` if it stays above to the last x."""

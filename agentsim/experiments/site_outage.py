@@ -32,19 +32,21 @@ QUESTION = ("When a site is lost mid-day, how much do agents' failure rate and t
             "how long does recovery take?")
 FULL_SCALE = 4.0
 REPLICATIONS = 3
-START_HOUR = 12
+START_HOUR = 14
 START = f"2026-06-01T{START_HOUR:02d}:00:00Z"
-DURATION_S = 10 * 3600.0
-OUTAGE = (5 * 3600.0, 7 * 3600.0)        # 17:00-19:00 UTC, the coding-agent peak
+DURATION_S = 8 * 3600.0
+OUTAGE = (3 * 3600.0, 5 * 3600.0)        # 17:00-19:00 UTC, the coding-agent peak
+LOADS = (1.0, 1.5)
 BIN_S = 900.0
 AROUND = (OUTAGE[0] - 3600.0, OUTAGE[1])  # sessions starting in the hour before and during the outage
 RECOVERED = 0.9
 OUTAGE_UTC = f"{START_HOUR + OUTAGE[0] / 3600:.0f}:00–{START_HOUR + OUTAGE[1] / 3600:.0f}:00"
 
 
-def scenario(scale: float, outage: bool, outage_s: tuple[float, float] = OUTAGE) -> dict:
+def scenario(scale: float, outage: bool, outage_s: tuple[float, float] = OUTAGE, load: float = 1.0,
+             duration_s: float = DURATION_S) -> dict:
     sc = default_scenario()
-    sc.update(name="site_outage" if outage else "site_outage_baseline", start=START, duration_s=DURATION_S,
+    sc.update(name="site_outage" if outage else "site_outage_baseline", start=START, duration_s=duration_s,
               warmup_s=3600.0, sample_s=BIN_S)
     memphis = sc["sites"]["memphis"]
     sc["sites"] = {"memphis": memphis, "atlanta": dict(memphis)}
@@ -55,6 +57,11 @@ def scenario(scale: float, outage: bool, outage_s: tuple[float, float] = OUTAGE)
         pools[f"{name}_atl"] = dict(p, replicas=max(1, math.floor(half)), site="atlanta")
     sc["pools"] = pools
     sc = scale_system(sc, scale)
+    for p in sc["populations"].values():          # the load factor multiplies the users only
+        p["size"] = max(1, round(p["size"] * load))
+        if p.get("kind") == "fleet":
+            p["task_rate"] *= load
+            p["workers"] = min(p["workers"], p["size"])
     sc["outages"] = [{"target": "site:atlanta", "start_s": outage_s[0], "end_s": outage_s[1]}] if outage else []
     return sc
 
@@ -62,7 +69,7 @@ def scenario(scale: float, outage: bool, outage_s: tuple[float, float] = OUTAGE)
 def measure(sc: dict, seed: int) -> dict:
     res = simulate_one(sc, seed)
     df = res.requests
-    edges = np.arange(0.0, DURATION_S + BIN_S / 2, BIN_S)
+    edges = np.arange(0.0, sc["duration_s"] + BIN_S / 2, BIN_S)
     done = df[df["outcome"] == "completed"]
     ok = done[(done["ttft_s"] <= sc["slo_ttft_s"]) & ~(done["tpot_s"] > sc["slo_tpot_s"])]
     hist = lambda x: np.histogram(x, edges)[0].astype(float)  # noqa: E731
@@ -117,144 +124,165 @@ def recovery_min(out_series: np.ndarray, base_series: np.ndarray) -> float:
     return math.nan
 
 
+METRICS = (("failure_rate", "session failure rate", 3), ("abandon_rate", "session abandon rate (chat)", 3),
+           ("duration_mean_s", "session time, mean (s)", 3), ("duration_p50_s", "session time, p50 (s)", 3),
+           ("duration_p90_s", "session time, p90 (s)", 3),
+           ("goodput_outage_rps", "goodput during the outage (req/s)", 3),
+           ("outage_failed_share", "failed attempts during the outage (share)", 3),
+           ("outage_attempts_per_call", "attempts per call during the outage", 3))
+
+
 def run(out_dir, scale: float = 1.0, seed: int = 1, replications: int | None = None,
-        workers: int | None = None) -> dict:
+        workers: int | None = None, *, loads=LOADS, duration_s: float = DURATION_S) -> dict:
     check_args(scale, replications, seed)
     t0 = time.perf_counter()
     R = replications or REPLICATIONS
     out = Path(out_dir)
     rep = Report("site_outage", QUESTION)
     ss = seeds(seed, R)
-    tasks = [(scenario(scale, o), s) for o in (False, True) for s in ss]
+    cells = [(L, o) for L in loads for o in (False, True)]
+    if duration_s < OUTAGE[1] + 2 * BIN_S:
+        from ..errors import InputError
+        raise InputError(f"duration_s must leave time after the outage (> {OUTAGE[1] + 2 * BIN_S:g} s), got {duration_s}")
+    tasks = [(scenario(scale, o, load=L, duration_s=duration_s), s) for L, o in cells for s in ss]
     results = run_tasks(measure, tasks, workers, label="site_outage")
-    base, hit = results[:R], results[R:]
-    M = {}
-    rows = []
-    for key, label, d in (("failure_rate", "session failure rate", 3), ("abandon_rate", "session abandon rate", 3),
-                          ("duration_mean_s", "session time, mean (s)", 3),
-                          ("duration_p50_s", "session time, p50 (s)", 3),
-                          ("duration_p90_s", "session time, p90 (s)", 3),
-                          ("goodput_outage_rps", "goodput during the outage (req/s)", 3),
-                          ("outage_failed_share", "failed attempts during the outage (share)", 3),
-                          ("outage_attempts_per_call", "attempts per call during the outage", 3)):
-        a, b = [r[key] for r in base], [r[key] for r in hit]
-        M[key] = {"baseline": stat(a), "outage": stat(b), "change": paired(a, b), "ratio": ratio(a, b)}
-        rows.append([label, stat(a).fmt(d), stat(b).fmt(d), paired(a, b).fmt(d)])
-    rec = stat([recovery_min(h["series"]["goodput_rps"], b["series"]["goodput_rps"]) for b, h in zip(base, hit)])
-    never = sum(1 for b, h in zip(base, hit) if math.isnan(recovery_min(h["series"]["goodput_rps"],
-                                                                       b["series"]["goodput_rps"])))
-    M["recovery_min"] = rec
-    M["recovery_never"] = never
-    profs = sorted({p for r in base + hit for p in r["by_profile"]})
-    prof_rows = []
-    for p in profs:
-        a = [r["by_profile"].get(p, {}).get("failure_rate", math.nan) for r in base]
-        b = [r["by_profile"].get(p, {}).get("failure_rate", math.nan) for r in hit]
-        da = [r["by_profile"].get(p, {}).get("duration_mean_s", math.nan) for r in base]
-        db = [r["by_profile"].get(p, {}).get("duration_mean_s", math.nan) for r in hit]
-        M[f"failure_rate.{p}"] = {"baseline": stat(a), "outage": stat(b), "change": paired(a, b)}
-        M[f"duration_mean_s.{p}"] = {"baseline": stat(da), "outage": stat(db), "change": paired(da, db)}
-        prof_rows.append([p, stat(a).fmt(3), stat(b).fmt(3), stat(da).fmt(3), stat(db).fmt(3)])
-    outcomes = sorted({o for r in hit for o in r["outage_outcomes"]})
-    oc_rows = [[o, stat([r["outage_outcomes"].get(o, 0) for r in base]).fmt(3),
-                stat([r["outage_outcomes"].get(o, 0) for r in hit]).fmt(3)] for o in outcomes]
-    fr, du = M["failure_rate"], M["duration_mean_s"]
-    rep.answer = (
-        f"Losing one of two sites for 2 h at {START_HOUR + OUTAGE[0] / 3600:.0f}:00 UTC changes the failure rate of agent sessions that start in the "
-        f"hour before or during it from {fr['baseline'].fmt(3)} to {fr['outage'].fmt(3)} (paired change "
-        f"{fr['change'].fmt(3)}); their mean completion time goes from {du['baseline'].fmt(3, 's')} to "
-        f"{du['outage'].fmt(3, 's')} (p90 {M['duration_p90_s']['baseline'].fmt(3, 's')} → "
-        f"{M['duration_p90_s']['outage'].fmt(3, 's')}). During the outage "
-        f"{M['outage_failed_share']['outage'].fmt(3)} of attempts fail (replica failure, 529 or timeout) and "
-        f"calls take {M['outage_attempts_per_call']['outage'].fmt(3)} attempts; goodput falls from "
-        f"{M['goodput_outage_rps']['baseline'].fmt(3, 'req/s')} to {M['goodput_outage_rps']['outage'].fmt(3, 'req/s')}. "
-        + (f"After the site returns, goodput is back within {100 - RECOVERED * 100:.0f} % of the baseline in "
-           f"{rec.fmt(2, 'min')} (15-min bins)" if never == 0 else
-           f"After the site returns, goodput is back within {100 - RECOVERED * 100:.0f} % of the baseline in "
-           f"{rec.fmt(2, 'min')} in {R - never} of {R} replications and not by the end of the run in {never}")
-        + ". By profile: " + "; ".join(
-            f"{p} failure rate {M[f'failure_rate.{p}']['baseline'].fmt(2)} → {M[f'failure_rate.{p}']['outage'].fmt(2)}"
-            for p in profs) + ".")
-    rep.section("Results", [f"Sessions starting {AROUND[0] / 3600 + START_HOUR:.0f}:00–{AROUND[1] / 3600 + START_HOUR:.0f}:00 UTC "
-                            f"(the hour before and the outage), {R} paired replications, 95 % intervals.", ""]
-                + md_table(["metric", "baseline (no outage)", f"site lost {OUTAGE_UTC} UTC", "change"], rows))
-    rep.section("By session profile", md_table(
-        ["profile", "failure rate, baseline", "failure rate, outage", "mean time (s), baseline",
-         "mean time (s), outage"], prof_rows))
-    rep.section("Request outcomes during the outage window (mean counts per replication)",
-                md_table(["outcome", "baseline", "outage"], oc_rows))
+    by = {c: results[i * R:(i + 1) * R] for i, c in enumerate(cells)}
+    metrics: dict = {}
+    parts = []
+    for L in loads:
+        base, hit = by[(L, False)], by[(L, True)]
+        M = {}
+        rows = []
+        for key, label, d in METRICS:
+            a, b = [r[key] for r in base], [r[key] for r in hit]
+            M[key] = {"baseline": stat(a), "outage": stat(b), "change": paired(a, b), "ratio": ratio(a, b)}
+            rows.append([label, stat(a).fmt(d), stat(b).fmt(d), paired(a, b).fmt(d)])
+        recs = [recovery_min(h["series"]["goodput_rps"], b["series"]["goodput_rps"]) for b, h in zip(base, hit)]
+        never = sum(1 for x in recs if math.isnan(x))
+        M["recovery_min"] = stat(recs)
+        M["recovery_never"] = never
+        profs = sorted({p for r in base + hit for p in r["by_profile"]})
+        prof_rows = []
+        for p in profs:
+            a = [r["by_profile"].get(p, {}).get("failure_rate", math.nan) for r in base]
+            b = [r["by_profile"].get(p, {}).get("failure_rate", math.nan) for r in hit]
+            da = [r["by_profile"].get(p, {}).get("duration_mean_s", math.nan) for r in base]
+            db = [r["by_profile"].get(p, {}).get("duration_mean_s", math.nan) for r in hit]
+            M[f"failure_rate.{p}"] = {"baseline": stat(a), "outage": stat(b), "change": paired(a, b)}
+            M[f"duration_mean_s.{p}"] = {"baseline": stat(da), "outage": stat(db), "change": paired(da, db)}
+            prof_rows.append([p, stat(a).fmt(3), stat(b).fmt(3), stat(da).fmt(3), stat(db).fmt(3)])
+        outcomes = sorted({o for r in base + hit for o in r["outage_outcomes"]})
+        oc_rows = [[o, stat([r["outage_outcomes"].get(o, 0) for r in base]).fmt(3),
+                    stat([r["outage_outcomes"].get(o, 0) for r in hit]).fmt(3)] for o in outcomes]
+        metrics[f"{L:g}x"] = M
+        fr, du = M["failure_rate"], M["duration_mean_s"]
+        rec = M["recovery_min"]
+        parts.append(
+            f"At {L:g}× the default load, sessions that start in the hour before or during the outage fail at "
+            f"{fr['outage'].fmt(3)} (baseline {fr['baseline'].fmt(3)}; paired change {fr['change'].fmt(3)}), and "
+            f"take {du['outage'].fmt(3, 's')} on average (baseline {du['baseline'].fmt(3, 's')}; p90 "
+            f"{M['duration_p90_s']['baseline'].fmt(3, 's')} → {M['duration_p90_s']['outage'].fmt(3, 's')}). While "
+            f"the site is down, {M['outage_failed_share']['outage'].fmt(3)} of attempts fail (replica failure, 529 "
+            f"or timeout), calls take {M['outage_attempts_per_call']['outage'].fmt(3)} attempts and goodput falls from "
+            f"{M['goodput_outage_rps']['baseline'].fmt(3, 'req/s')} to "
+            f"{M['goodput_outage_rps']['outage'].fmt(3, 'req/s')}. "
+            + (f"Goodput is back within {100 - RECOVERED * 100:.0f} % of the baseline {rec.fmt(2, 'min')} after "
+               "the site returns (15-min bins)." if never == 0 else
+               f"Goodput is back within {100 - RECOVERED * 100:.0f} % of the baseline after {rec.fmt(2, 'min')} "
+               f"in {R - never} of {R} replications and not by the end of the run in {never}."))
+        rep.section(f"Results at {L:g}× the default load", [
+            f"Sessions starting {AROUND[0] / 3600 + START_HOUR:.0f}:00–{AROUND[1] / 3600 + START_HOUR:.0f}:00 UTC "
+            f"(the hour before and the outage), {R} paired replications, 95 % intervals.", ""]
+            + md_table(["metric", "baseline (no outage)", f"site lost {OUTAGE_UTC} UTC", "change"], rows)
+            + ["By session profile:", ""]
+            + md_table(["profile", "failure rate, baseline", "failure rate, outage", "mean time (s), baseline",
+                        "mean time (s), outage"], prof_rows)
+            + ["Attempts that ended during the outage window, by outcome (mean per replication):", ""]
+            + md_table(["outcome", "baseline", "outage"], oc_rows))
+    rep.answer = " ".join(parts)
     sc0 = tasks[R][0]
     fleet = ", ".join(f"{k} {v['replicas']}" for k, v in sc0["pools"].items())
     rep.section("Method", [
         f"- Fleet: the default scenario's pools split over two sites ({fleet} replicas), one session-affinity "
         f"router across both; scaled ×{scale:g}.",
-        f"- Traffic: the default populations (coding agents, API agents, chat), weekday {START_HOUR}:00–"
-        f"{START_HOUR + DURATION_S / 3600:.0f}:00 UTC, the first hour warm-up. Site `atlanta` is down {OUTAGE_UTC} "
-        "UTC; its in-flight requests fail (`replica_failed`) and "
-        "its sessions lose their cached prefixes.",
-        f"- Recovery: the first 15-min bin after the site returns from which goodput stays >= {RECOVERED:.0%} of the "
-        "baseline's in the same bin, in minutes after the site returns.",
-        "- Failure rate = sessions ending `failed` / sessions ended (in-flight at the end excluded). Outcomes "
-        "during the outage count the attempts that ended in it (in-flight failures included)."])
-    for path, caption in _figures(out, base, hit):
+        f"- Traffic: the default populations (coding agents, API agents, chat) times the load factor, weekday "
+        f"{START_HOUR}:00–{START_HOUR + duration_s / 3600:.0f}:00 UTC, the first hour warm-up. Site `atlanta` is "
+        f"down {OUTAGE_UTC} UTC; its in-flight requests fail (`replica_failed`) and its sessions lose their cached "
+        "prefixes. The gateway is the default one (shedding at 96 outstanding requests per up replica); clients "
+        "time out after 600 s.",
+        f"- Recovery: the first 15-min bin after the site returns from which goodput stays >= {RECOVERED:.0%} of "
+        "the baseline's in the same bin, in minutes after the site returns.",
+        "- Failure rate = sessions ending `failed` / sessions ended (in-flight at the end excluded); abandon rate = "
+        "chat users who gave up waiting. Outcomes during the outage count the attempts that ended in it "
+        "(in-flight failures included).",
+        "- Same seeds with and without the outage: differences are paired."])
+    for path, caption in _figures(out, by, loads):
         rep.figure(path, caption)
-    rep.results = {"metrics": M, "replications": R, "seeds": ss}
-    rep.settings = {"scale": scale, "replications": R, "seed": seed, "outage_utc": OUTAGE_UTC,
-                    "window_start_utc": START, "duration_s": DURATION_S}
+    rep.results = {"metrics": metrics, "replications": R, "seeds": ss}
+    rep.settings = {"scale": scale, "replications": R, "seed": seed, "loads": list(loads), "outage_utc": OUTAGE_UTC,
+                    "window_start_utc": START, "duration_s": duration_s}
     return rep.write(out, time.perf_counter() - t0)
 
 
-def _figures(out: Path, base, hit) -> list:
+def _figures(out: Path, by, loads) -> list:
     import matplotlib.pyplot as plt
     from scipy import stats as st
     paths = []
-    n = len(base[0]["series"]["goodput_rps"])
+    first = by[(loads[0], False)]
+    n = len(first[0]["series"]["goodput_rps"])
     t = START_HOUR + (np.arange(n) + 1) * BIN_S / 3600
-    fig, axes = plt.subplots(2, 2, figsize=(14, 8.5), sharex=True)
+    panels = (("goodput_rps", "goodput (SLO-met completions / s)"),
+              ("failed_rps", "failed attempts / s (529, replica failure, timeout)"),
+              ("ttft_p90_s", "TTFT p90 (s), by arrival"), ("session_failures", "sessions ending failed per 15 min"))
+    fig, axes = plt.subplots(len(panels), len(loads), figsize=(7 * len(loads), 3.2 * len(panels)), sharex=True,
+                             squeeze=False)
     rows = []
-    for ax, (key, title) in zip(axes.ravel(), (("goodput_rps", "goodput (SLO-met completions / s)"),
-                                               ("failed_rps", "failed attempts / s (529, replica failure, timeout)"),
-                                               ("ttft_p90_s", "TTFT p90 (s), by arrival"),
-                                               ("session_failures", "sessions ending failed per 15 min"))):
-        for label, runs, color in (("baseline", base, "grey"), ("site lost", hit, "tab:red")):
-            x = np.array([r["series"][key] for r in runs], float)
-            m = np.nanmean(x, axis=0)
-            h = st.t.ppf(0.975, len(x) - 1) * np.nanstd(x, axis=0, ddof=1) / math.sqrt(len(x)) if len(x) > 1 \
-                else np.zeros_like(m)
-            ax.step(t, m, where="pre", color=color, label=label)
-            ax.fill_between(t, m - h, m + h, step="pre", color=color, alpha=0.15, lw=0)
-            rows += [{"series": key, "variant": label, "hour_utc": a, "mean": b, "ci_half": c} for a, b, c in zip(t, m, h)]
-        ax.axvspan(START_HOUR + OUTAGE[0] / 3600, START_HOUR + OUTAGE[1] / 3600, color="red", alpha=0.1,
-                   label="atlanta down")
-        if key == "ttft_p90_s":
-            ax.set_yscale("log")
-        ax.set_title(title)
-        ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8)
-    for ax in axes[1]:
-        ax.set_xlabel("hour (UTC)")
+    for j, L in enumerate(loads):
+        for i, (key, title) in enumerate(panels):
+            ax = axes[i][j]
+            for label, runs, color in (("baseline", by[(L, False)], "grey"), ("site lost", by[(L, True)], "tab:red")):
+                x = np.array([r["series"][key] for r in runs], float)
+                m = np.nanmean(x, axis=0)
+                h = st.t.ppf(0.975, len(x) - 1) * np.nanstd(x, axis=0, ddof=1) / math.sqrt(len(x)) \
+                    if len(x) > 1 else np.zeros_like(m)
+                ax.step(t, m, where="pre", color=color, label=label)
+                ax.fill_between(t, m - h, m + h, step="pre", color=color, alpha=0.15, lw=0)
+                rows += [{"load": L, "series": key, "variant": label, "hour_utc": a, "mean": b, "ci_half": c}
+                         for a, b, c in zip(t, m, h)]
+            ax.axvspan(START_HOUR + OUTAGE[0] / 3600, START_HOUR + OUTAGE[1] / 3600, color="red", alpha=0.1,
+                       label="atlanta down")
+            if key == "ttft_p90_s":
+                ax.set_yscale("log")
+            ax.set_title(f"{title} — {L:g}× load", fontsize=10)
+            ax.grid(alpha=0.3)
+        axes[0][j].legend(fontsize=8)
+        axes[-1][j].set_xlabel("hour (UTC)")
     fig.suptitle(f"Site outage {OUTAGE_UTC} UTC vs the same day without it (mean, 95 % CI band)")
     fig.tight_layout()
     paths.append((save_figure(fig, out, "timeline", pd.DataFrame(rows)),
-                  "Goodput, failed attempts, TTFT p90 and session failures per 15 min, with and without the outage."))
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
+                  "Goodput, failed attempts, TTFT p90 and session failures per 15 min, with and without the outage, "
+                  "per load."))
+    fig, axes = plt.subplots(len(loads), 2, figsize=(12, 4.2 * len(loads)), squeeze=False)
     rows = []
-    profs = sorted({p for r in base + hit for p in r["by_profile"]})
-    for ax, key, title in ((axes[0], "failure_rate", "session failure rate"),
-                           (axes[1], "duration_mean_s", "mean session time (s)")):
-        for j, (label, runs, color) in enumerate((("baseline", base, "grey"), ("site lost", hit, "tab:red"))):
-            for i, p in enumerate(profs):
-                s = stat([r["by_profile"].get(p, {}).get(key, math.nan) for r in runs])
-                err = s.mean - s.low if math.isfinite(s.low) else 0
-                ax.bar(i + (j - 0.5) * 0.38, s.mean, 0.38, yerr=err, capsize=3, color=color,
-                       label=label if i == 0 else None)
-                rows.append({"metric": key, "variant": label, "profile": p, "mean": s.mean, "ci_low": s.low,
-                             "ci_high": s.high})
-        ax.set_xticks(range(len(profs)), [p.replace("_", "\n") for p in profs], fontsize=9)
-        ax.set_title(f"{title}, sessions starting {START_HOUR + AROUND[0] / 3600:.0f}–"
-                     f"{START_HOUR + AROUND[1] / 3600:.0f} UTC")
-        ax.grid(alpha=0.3, axis="y")
-        ax.legend(fontsize=8)
+    for k, L in enumerate(loads):
+        runs_all = by[(L, False)] + by[(L, True)]
+        profs = sorted({p for r in runs_all for p in r["by_profile"]})
+        for ax, key, title in ((axes[k][0], "failure_rate", "session failure rate"),
+                               (axes[k][1], "duration_mean_s", "mean session time (s)")):
+            for j, (label, runs, color) in enumerate((("baseline", by[(L, False)], "grey"),
+                                                      ("site lost", by[(L, True)], "tab:red"))):
+                for i, p in enumerate(profs):
+                    s = stat([r["by_profile"].get(p, {}).get(key, math.nan) for r in runs])
+                    err = s.mean - s.low if math.isfinite(s.low) else 0
+                    ax.bar(i + (j - 0.5) * 0.38, s.mean, 0.38, yerr=err, capsize=3, color=color,
+                           label=label if i == 0 else None)
+                    rows.append({"load": L, "metric": key, "variant": label, "profile": p, "mean": s.mean,
+                                 "ci_low": s.low, "ci_high": s.high})
+            ax.set_xticks(range(len(profs)), [p.replace("_", "\n") for p in profs], fontsize=9)
+            ax.set_title(f"{title} — {L:g}× load, sessions starting {START_HOUR + AROUND[0] / 3600:.0f}–"
+                         f"{START_HOUR + AROUND[1] / 3600:.0f} UTC", fontsize=10)
+            ax.grid(alpha=0.3, axis="y")
+            ax.legend(fontsize=8)
     fig.tight_layout()
     paths.append((save_figure(fig, out, "sessions", pd.DataFrame(rows)),
                   "Session failure rate and completion time by profile (95 % CI)."))

@@ -1,0 +1,71 @@
+"""``agentsim experiment NAME|list``: run one of the shipped experiments (agentsim/experiments)."""
+from __future__ import annotations
+
+import click
+
+from .common import cli
+
+
+class _ExperimentGroup(click.Group):
+    """``agentsim experiment list`` and one subcommand per experiment, listed from the registry."""
+
+    def list_commands(self, ctx):
+        from ..experiments import names
+        return ["list"] + names()
+
+    def get_command(self, ctx, name):
+        if name == "list":
+            return _list
+        from ..experiments import EXPERIMENTS
+        if name not in EXPERIMENTS:
+            return None
+        return _command(name)
+
+    def resolve_command(self, ctx, args):
+        from ..experiments import EXPERIMENTS, load
+        name = args[0] if args else None
+        if name is not None and name != "list" and name not in EXPERIMENTS and not name.startswith("-"):
+            load(name)      # raises an InputError naming the known experiments
+        return super().resolve_command(ctx, args)
+
+
+def _command(name: str) -> click.Command:
+    from ..experiments import load
+    mod = load(name)
+    doc = (mod.__doc__ or "").strip().splitlines()[0]
+    short = doc.partition(": ")[2] or doc
+
+    @click.command(name, help=f"{doc}\n\nQuestion: {mod.QUESTION}", short_help=short)
+    @click.option("--out", default=None, type=click.Path(file_okay=False),
+                  help=f"Output folder (default: results/{name}).")
+    @click.option("--scale", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
+                  help="Size of the run: 1 = default (minutes on two cores), <1 smaller, >1 bigger.")
+    @click.option("--full", is_flag=True, help=f"The full-size run (--scale {mod.FULL_SCALE:g}).")
+    @click.option("--replications", "-r", type=click.IntRange(min=2), default=None,
+                  help="Replications (seeds seed, seed+1, ...); default: the experiment's.")
+    @click.option("--seed", type=click.IntRange(min=0), default=1, show_default=True, help="Base seed.")
+    @click.option("--workers", type=click.IntRange(min=0), default=None,
+                  help="Worker processes (default: all cores; 0 = run in this process).")
+    def cmd(out, scale, full, replications, seed, workers) -> None:
+        from pathlib import Path
+        res = mod.run(out or str(Path("results") / name), scale=mod.FULL_SCALE if full else scale, seed=seed,
+                      replications=replications, workers=workers)
+        click.echo(res["answer"])
+        click.echo(f"summary: {res['summary_path']}  ({res['runtime_s']:.0f} s)", err=True)
+    return cmd
+
+
+@click.command("list")
+def _list() -> None:
+    """List the experiments and the question each answers."""
+    from ..experiments import load, names
+    for name in names():
+        click.echo(f"{name}: {load(name).QUESTION}")
+
+
+@cli.group("experiment", cls=_ExperimentGroup)
+def experiment() -> None:
+    """Scripted experiments: each answers one question and writes summary.md, results.json and figures.
+
+    `agentsim experiment list` shows them; `agentsim experiment NAME [--scale K] [--out DIR]` runs one.
+    """
