@@ -39,7 +39,8 @@ def format_validation_error(err: ValidationError, where: str) -> str:
     for e in err.errors():
         loc = ".".join(str(x) for x in e["loc"])
         got = f" (got {e['input']!r})" if "input" in e and not isinstance(e["input"], dict) else ""
-        lines.append(f"{where}{'.' + loc if loc else ''}: {e['msg']}{got}")
+        msg = e["msg"].removeprefix("Value error, ")
+        lines.append(f"{where}{'.' + loc if loc else ''}: {msg}{got}")
     return "; ".join(lines)
 
 

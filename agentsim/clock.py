@@ -1,6 +1,7 @@
 """Simulated seconds to wall-clock time, and weekly schedules (peak hours) in a time zone."""
 from __future__ import annotations
 
+import math
 from datetime import datetime, timedelta, timezone
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -28,13 +29,20 @@ class Schedule:
         self.days = frozenset(days)
         self.start_hour, self.end_hour = start_hour, end_hour
         self.tz = zone(tz)
+        self._t0 = start.timestamp()
         self._memo: dict[int, bool] = {}
 
+    def minute_end(self, t: float) -> float:
+        """Simulated time at which the UTC minute holding ``t`` ends (the state is constant within it)."""
+        return (math.floor((self._t0 + t) / 60) + 1) * 60 - self._t0
+
     def active(self, t: float) -> bool:
-        minute = int(t // 60)
+        # memoised per absolute UTC minute: zone offsets and (validated) hours are whole minutes,
+        # so the answer is constant within one, whatever second the scenario starts on
+        minute = math.floor((self._t0 + t) / 60)
         hit = self._memo.get(minute)
         if hit is None:
-            local = (self.start + timedelta(seconds=minute * 60)).astimezone(self.tz)
+            local = datetime.fromtimestamp(minute * 60, self.tz)
             h = local.hour + local.minute / 60
             hit = local.weekday() in self.days and self.start_hour <= h < self.end_hour
             if len(self._memo) > 100_000:

@@ -43,12 +43,14 @@ class Gateway:
         self.sim = sim
         self.policies = [POLICIES[p.name](p, sim) for p in params_list]
         self.rejected = 0
+        self.model: str | None = None
         #: the peak-hour throttle other policies consult (None when the chain has none)
         self.peak = next((p for p in self.policies if p.name == "peak_throttle"), None)
 
     def submit(self, req: Request, model: str | None) -> bool:
         """True if admitted (routed), False if rejected (already ended)."""
         now = self.sim.env.now
+        self.model = model          # the model this request asks for (policies that measure the fleet use it)
         for i, policy in enumerate(self.policies):
             verdict = policy.admit(req, now)
             if verdict is not None:

@@ -105,15 +105,21 @@ class TokenBucket:
 
     __slots__ = ("rate", "capacity", "level", "t")
 
-    def __init__(self, per_minute: float, burst_window_s: float) -> None:
+    def __init__(self, per_minute: float, burst_window_s: float, min_capacity: float = 0.0) -> None:
         self.rate = per_minute / 60.0
-        self.capacity = per_minute * burst_window_s / 60.0
+        self.capacity = max(min_capacity, per_minute * burst_window_s / 60.0)
         self.level = self.capacity
         self.t = 0.0
 
     def refill(self, now: float, scale: float = 1.0) -> None:
         if now > self.t:
             self.level = min(self.capacity, self.level + self.rate * scale * (now - self.t))
+            self.t = now
+
+    def refill_for(self, now: float, seconds: float) -> None:
+        """Refill by ``seconds`` of full-rate refill (a scaled interval) and move the clock to ``now``."""
+        if now > self.t:
+            self.level = min(self.capacity, self.level + self.rate * seconds)
             self.t = now
 
     def wait_for(self, cost: float, scale: float = 1.0) -> float:

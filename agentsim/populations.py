@@ -234,7 +234,12 @@ class Population:
                 self.backlog.popleft()
             sid = self.new_session_id()
             self.sessions_started += 1
+            began = self.env.now
             yield self.env.process(session(self, sid, self.user_base + w))
+            if self.env.now == began:
+                # the whole task was turned away at once (spend cap, request too large): wait for the
+                # next autoscaler period instead of starting the next task at the same instant
+                yield self.env.timeout(self.cfg.scale_interval_s)
 
     def _autoscaler(self):
         cfg = self.cfg

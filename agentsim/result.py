@@ -24,6 +24,8 @@ from .request import OUTCOMES, TRIGGERS
 from .sessions import SESSION_OUTCOMES
 
 PERCENTILES = (50, 90, 99)
+#: the outcomes a gateway policy returns
+REJECTIONS = ("429_limit", "429_window", "429_spend_cap", "529_overload", "request_too_large")
 
 
 def _latency_stats(name: str, x: np.ndarray) -> dict:
@@ -182,6 +184,21 @@ class Result:
         out["events"] = int(self.meta.get("events", -1))
         out["events_per_request"] = out["events"] / len(self.requests) if len(self.requests) else math.nan
         return out
+
+    def rejections(self, by="tenant", interval_s: float | None = None) -> pd.DataFrame:
+        """Rejected requests counted by outcome (columns) per ``by`` (a column name or a list:
+        tenant, population, user, …) and, with ``interval_s``, per arrival-time bin (index level
+        ``time_s`` = bin start). ``by=None`` and no interval: one row of totals."""
+        df = self.requests
+        rej = df[df["outcome"].isin(REJECTIONS)]
+        keys = [] if by is None else ([by] if isinstance(by, str) else list(by))
+        if interval_s:
+            rej = rej.assign(time_s=np.floor(rej["arrival_s"].to_numpy() / interval_s) * interval_s)
+            keys.append("time_s")
+        if not keys:
+            return rej["outcome"].value_counts().reindex(list(REJECTIONS), fill_value=0).to_frame().T
+        out = rej.groupby(keys + ["outcome"], observed=True).size().unstack("outcome", fill_value=0)
+        return out.reindex(columns=list(REJECTIONS), fill_value=0).astype(int)
 
     def session_summary(self) -> dict:
         """Session-level figures: completion time, failure rate, retries per call (top-level sessions)."""

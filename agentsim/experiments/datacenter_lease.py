@@ -86,8 +86,10 @@ def existing_scenario(slices: int, extra_users: float = 0.0, with_lease: bool = 
     for k, p in d["populations"].items():
         p = dict(p, size=p["size"] * slices)
         if p.get("kind") == "fleet":
+            # the slice divides fleets back by N; tenants stay as they are, so a slice's fleet meets the same
+            # per-tenant tier limits as the default scenario's
             p.update(workers=p["workers"] * slices, workers_min=p["workers_min"] * slices,
-                     task_rate=p["task_rate"] * slices, tenants=p["tenants"] * slices)
+                     task_rate=p["task_rate"] * slices)
         pops[k] = p
     pops["coders"]["size"] = int(pops["coders"]["size"] + extra_users)
     if with_lease:

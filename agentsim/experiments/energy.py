@@ -205,8 +205,9 @@ def _figures(out: Path, by, generations, loads, grid, cap) -> list:
             lo = np.array([grid[f"{g}@{L}"][key].low for L in loads])
             hi = np.array([grid[f"{g}@{L}"][key].high for L in loads])
             line, = ax.plot(loads, m, marker="o", ms=4, label=g)
-            if np.isfinite(lo).all():
-                ax.fill_between(loads, lo, hi, color=line.get_color(), alpha=0.15, lw=0)
+            if np.isfinite(lo).all():       # on log axes a band below zero is drawn from a tenth of the mean
+                ax.fill_between(loads, np.maximum(lo, m / 10) if log else lo, hi, color=line.get_color(), alpha=0.15,
+                                lw=0)
             rows += [{"metric": key, "gpu": g, "users_per_gpu": L, "mean": a, "ci_low": b, "ci_high": c}
                      for L, a, b, c in zip(loads, m, lo, hi)]
         if key == "slo_attainment":
@@ -221,7 +222,8 @@ def _figures(out: Path, by, generations, loads, grid, cap) -> list:
     fig.suptitle("Energy by GPU generation and load (DeepSeek-V3, coding agents; mean, 95 % CI band)")
     fig.tight_layout()
     paths.append((save_figure(fig, out, "energy_by_load", pd.DataFrame(rows)),
-                  "J per output token, tokens/s per MW, draw per GPU and SLO attainment vs users per GPU."))
+                  "J per output token, tokens/s per MW, draw per GPU and SLO attainment vs users per GPU (bands: 95 % "
+                  "CI; on log axes cut at a tenth of the mean)."))
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.4))
     rows = []
     for ax, key, title in ((axes[0], "joules_per_token", "J per output token at SLO capacity"),

@@ -261,7 +261,7 @@ def _figures(out: Path, by: dict, policies, triggers, t_min, metrics) -> list:
         for p in policies:
             m, lo, hi = _band(by[(p, d)], "goodput_rps")
             line, = ax.plot(t_min, m, lw=1.6, label=LABELS[p])
-            ax.fill_between(t_min, lo, hi, color=line.get_color(), alpha=0.15, lw=0)
+            ax.fill_between(t_min, np.maximum(lo, 0), hi, color=line.get_color(), alpha=0.15, lw=0)
             rows += [{"trigger_min": d, "policy": p, "t_min": t, "goodput_rps": a, "ci_low": b, "ci_high": c}
                      for t, a, b, c in zip(t_min, m, lo, hi)]
         ax.axvspan(TRIGGER_AT_S / 60, TRIGGER_AT_S / 60 + d, color="red", alpha=0.12, label="pool b down")
@@ -283,17 +283,20 @@ def _figures(out: Path, by: dict, policies, triggers, t_min, metrics) -> list:
         for i, p in enumerate(policies):
             s = metrics[f"{p}@{d}min"]["post_over_baseline"]
             lo = s.mean - s.low if math.isfinite(s.low) else 0
-            ax.bar(i + (j - (len(triggers) - 1) / 2) * width, s.mean, width, yerr=[[lo], [lo]], capsize=3,
-                   color=f"C{j}", label=f"{d}-min trigger" if i == 0 else None)
+            x = i + (j - (len(triggers) - 1) / 2) * width
+            ax.bar(x, s.mean, width, yerr=[[lo], [lo]], capsize=3, color=f"C{j}", alpha=0.75,
+                   label=f"{d}-min trigger" if i == 0 else None)
+            ax.scatter([x] * len(s.values), s.values, color="black", s=12, zorder=3,
+                       label="one replication" if i == 0 and j == 0 else None)
             rows.append({"policy": p, "trigger_min": d, "post_over_baseline": s.mean, "ci_low": s.low,
-                         "ci_high": s.high})
+                         "ci_high": s.high, "replications": " ".join(f"{v:.3f}" for v in s.values)})
     c = metrics["control"]["post_over_baseline"]
     ax.axhline(c.mean, color="grey", ls="--", label="control (no trigger)")
     ax.axhline(RECOVERED, color="red", ls=":", label=f"recovered threshold {RECOVERED:.0%}")
     rows.append({"policy": "control", "trigger_min": 0, "post_over_baseline": c.mean, "ci_low": c.low, "ci_high": c.high})
     ax.set_xticks(range(len(policies)), [LABELS[p] for p in policies], fontsize=9)
     ax.set_ylabel("last-hour goodput / pre-trigger goodput")
-    ax.set_title("Does goodput come back after the pool returns? (95 % CI)")
+    ax.set_title("Does goodput come back after the pool returns? (bars: mean, 95 % CI; dots: replications)")
     ax.grid(alpha=0.3, axis="y")
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -17,7 +17,7 @@ class Policy:
     name: ClassVar[str] = "policy"
 
     class Params(BaseModel):
-        model_config = ConfigDict(frozen=True, extra="forbid")
+        model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
         name: str
 
     def __init__(self, params, sim) -> None:

@@ -30,6 +30,9 @@ class PeakThrottle(Policy):
         def _check(self):
             if self.end_hour <= self.start_hour:
                 raise ValueError(f"end_hour ({self.end_hour}) must be after start_hour ({self.start_hour})")
+            for h in (self.start_hour, self.end_hour):
+                if abs(h * 60 - round(h * 60)) > 1e-9:
+                    raise ValueError(f"hours must be whole minutes (e.g. 5.25 = 05:15), got {h}")
             bad = [d for d in self.days if not 0 <= d <= 6]
             if bad:
                 raise ValueError(f"days must be 0 (Monday) .. 6 (Sunday), got {bad}")
@@ -51,3 +54,15 @@ class PeakThrottle(Policy):
 
     def limit_scale(self, now: float) -> float:
         return self.p.limit_scale if self.active(now) else 1.0
+
+    def scaled_seconds(self, t0: float, t1: float, enough: float = float("inf")) -> float:
+        """∫ limit scale dt over [t0, t1], minute by minute; stops once it reaches ``enough``."""
+        s = self.p.limit_scale
+        if not self.p.enabled or s == 1.0 or t1 <= t0:
+            return max(0.0, t1 - t0)
+        total, t = 0.0, t0
+        while t < t1 and total < enough:
+            nxt = min(t1, self.schedule.minute_end(t))
+            total += (nxt - t) * (s if self.schedule.active(t) else 1.0)
+            t = nxt
+        return total

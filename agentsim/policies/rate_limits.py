@@ -32,7 +32,7 @@ class RateLimits(Policy):
         @classmethod
         def _known(cls, v):
             if v is not None:
-                tier(v, where="default_tier")
+                tier(v, where="")
             return v
 
     def __init__(self, params, sim) -> None:
@@ -53,12 +53,22 @@ class RateLimits(Policy):
             t = tier(name)
             w = self.p.burst_window_s
             mk = lambda limit: TokenBucket(limit, w) if limit > 0 else None  # noqa: E731
-            st = self.buckets[req.tenant] = (name, mk(t.rpm), mk(t.itpm), mk(t.otpm), mk(t.tpm))
+            rpm = TokenBucket(t.rpm, w, min_capacity=1.0) if t.rpm > 0 else None   # at least one request deep
+            st = self.buckets[req.tenant] = (name, rpm, mk(t.itpm), mk(t.otpm), mk(t.tpm))
         return st
 
     def _scale(self, now: float) -> float:
         peak = self.sim.gateway.peak if self.sim.gateway is not None else None
         return peak.limit_scale(now) if peak is not None else 1.0
+
+    def _refill(self, bucket, now: float) -> None:
+        """Refill at the limit scale in force over each part of the gap (not the scale at its end)."""
+        peak = self.sim.gateway.peak if self.sim.gateway is not None else None
+        if peak is None:
+            bucket.refill(now)
+        elif now > bucket.t:
+            enough = (bucket.capacity - bucket.level) / bucket.rate     # full-rate seconds to fill up
+            bucket.refill_for(now, peak.scaled_seconds(bucket.t, now, enough))
 
     def admit(self, req, now):
         name = self._tier_name(req)
@@ -75,10 +85,10 @@ class RateLimits(Policy):
                 continue
             if cost > bucket.capacity:
                 return "request_too_large", math.nan
-            bucket.refill(now, scale)
+            self._refill(bucket, now)
             wait = max(wait, bucket.wait_for(cost, scale))
         if wait > 0:
-            return "429_limit", min(RETRY_AFTER_CAP_S, math.ceil(wait * 1000) / 1000)
+            return "429_limit", min(RETRY_AFTER_CAP_S, math.ceil(wait * 1000 + 1e-6) / 1000)
         for bucket, cost in costs:
             if bucket is not None:
                 bucket.charge(cost)
@@ -104,10 +114,9 @@ class RateLimits(Policy):
         est_uncached, max_tokens = charged
         produced = req.output if req.outcome == "completed" else 0
         refund = max_tokens - produced
-        scale = self._scale(now)
         for bucket in (itpm, otpm, tpm):
             if bucket is not None:
-                bucket.refill(now, scale)
+                self._refill(bucket, now)
         if otpm is not None:
             otpm.credit(refund)
         if tpm is not None:

@@ -37,8 +37,7 @@ class OverloadShedding(Policy):
 
     def admit(self, req, now):
         p = self.p
-        model = self.sim.populations[req.population].model if req.population >= 0 else None
-        cands = self.sim.cluster.candidates(model)
+        cands = self.sim.cluster.candidates(self.sim.gateway.model)
         if not cands:
             return None
         share = p.class_headroom[min(max(req.priority, 0), len(p.class_headroom) - 1)]

@@ -25,7 +25,7 @@ class SpendCap(Policy):
         @field_validator("prices")
         @classmethod
         def _known(cls, v):
-            prices(v, where="prices")
+            prices(v, where="")
             return v
 
     def __init__(self, params, sim) -> None:
