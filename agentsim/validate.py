@@ -314,7 +314,7 @@ def check_mmc(seed: int = SEEDS["mmc"], level: float = LEVEL, scale: float = 1.0
     L_snap = (snap["queued"] + snap["running"]).to_numpy(float)
     inside = df[(df["arrival_s"] >= t0) & (df["arrival_s"] < t1)]
     lamW = len(inside) / (t1 - t0) * float(inside["e2e_s"].mean())
-    rows.append(row("M/M/3 Little: sampled L vs λ̂Ŵ", lamW, batch_means(L_snap, level=level), 0.0))
+    rows.append(row("M/M/3 Little: sampled L vs lambda*W", lamW, batch_means(L_snap, level=level), 0.0))
     return rows + accounting_rows("M/M/3", res)
 
 
@@ -486,14 +486,15 @@ def check_retry(seed: int = SEEDS["retry"], level: float = LEVEL, scale: float =
     # a call still retrying at the end would be cut short: keep those that started 60 s before it
     # (two SDK backoffs take at most 0.5 + 1 s)
     calls = calls[(calls["first"] >= dur * WARMUP_FRACTION) & (calls["first"] < dur - 60.0)]
-    if calls["open"].any():
-        raise AssertionError("a call kept for the estimate is still in flight")
+    still_open = int(calls["open"].sum())
+    calls = calls[~calls["open"].astype(bool)]
     att = calls["attempts"].to_numpy(float)
     gave_up = (~calls["ok"].astype(bool)).to_numpy(float)
     consistent = bool(((calls["last"] + 1) == calls["attempts"]).all())
     return [row("retry attempts/call (1-p^m)/(1-p)", th.retry_amplification(p, m), t_interval(att, level)),
             row("retry P(give up) p^m", th.retry_give_up(p, m), t_interval(gave_up, level)),
-            exact("retry attempts numbered 0..n-1 per call", 1.0, 1.0 if consistent else 0.0)] \
+            exact("retry attempts numbered 0..n-1 per call", 1, 1 if consistent else 0),
+            exact("retry calls kept but still in flight at the end", 0, still_open)] \
         + accounting_rows("retry", res)
 
 
@@ -502,12 +503,12 @@ def check_token_bucket(seed: int = SEEDS["token_bucket"], level: float = LEVEL, 
     from .limits import tier
     rpm = tier("anthropic_2025_tier1").rpm
     burst_s = 12.0
-    r, b = rpm / 60.0, rpm * burst_s / 60.0
+    r, b = rpm / 60.0, max(1.0, rpm * burst_s / 60.0)     # the RPM bucket is at least one request deep
     T = 600.0
     pol = [{"name": "rate_limits", "default_tier": "anthropic_2025_tier1", "burst_window_s": burst_s}]
     res = simulate(scenario(poisson(20.0, 0, 1), max_batch=UNLIMITED, duration_s=T, policies=pol), seed)
     df = res.requests.sort_values("arrival_s", kind="stable")
-    admitted = df["outcome"].to_numpy() != "429_limit"
+    admitted = ~df["outcome"].isin(["429_limit", "request_too_large"]).to_numpy()
     t = df["arrival_s"].to_numpy()
     excess = th.arrival_curve_excess(t[admitted], r)
     count = int(admitted.sum())

@@ -243,7 +243,7 @@ def assert_work_conserving(sim, res) -> None:
 
 
 # -- the properties ----------------------------------------------------------------------------------------
-@settings(max_examples=60, **SETTINGS)
+@settings(max_examples=300, **SETTINGS)
 @given(sc=scenarios(), seed=st.integers(0, 2 ** 16))
 def test_sample_path_invariants(sc, seed):
     """Conservation, causality, Little's law and work conservation on one random run."""
@@ -254,7 +254,7 @@ def test_sample_path_invariants(sc, seed):
     assert_work_conserving(sim, res)
 
 
-@settings(max_examples=15, **SETTINGS)
+@settings(max_examples=40, **SETTINGS)
 @given(sc=scenarios(), seed=st.integers(0, 2 ** 16))
 def test_same_seed_same_tables(sc, seed):
     a = build(load_scenario(sc), seed).run()
@@ -264,7 +264,7 @@ def test_same_seed_same_tables(sc, seed):
     pd.testing.assert_frame_equal(a.pools, b.pools)
 
 
-@settings(max_examples=25, **SETTINGS)
+@settings(max_examples=60, **SETTINGS)
 @given(N=st.integers(1, 6), Z=st.floats(0.001, 3.0), gpu=st.sampled_from([CONST_GPU, PS_GPU, "H100-SXM"]),
        max_batch=st.integers(1, 4), duration=st.floats(0.5, 30), seed=st.integers(0, 1000),
        out=st.integers(1, 300))
@@ -294,14 +294,14 @@ def test_response_time_law_identity(N, Z, gpu, max_batch, duration, seed, out):
         assert th.response_time(N, X, Z) - R == pytest.approx(boundary / C, rel=1e-6, abs=1e-9)
 
 
-@settings(max_examples=40, **SETTINGS)
+@settings(max_examples=80, **SETTINGS)
 @given(tier_name=st.sampled_from(TIERS), burst=st.floats(1, 60), rate=st.floats(0.1, 60),
        duration=st.floats(1, 120), seed=st.integers(0, 1000))
 def test_token_bucket_matches_reference_and_arrival_curve(tier_name, burst, rate, duration, seed):
     """Unit requests through the RPM bucket: decisions equal a reference (b, r) bucket's, and the
     admitted ones obey admitted(s, t) <= b + r·(t − s) for every window."""
     rpm = tier(tier_name).rpm
-    r, b = rpm / 60.0, rpm * burst / 60.0
+    r, b = rpm / 60.0, max(1.0, rpm * burst / 60.0)       # the RPM bucket is at least one request deep
     sc = {"name": "tb", "duration_s": duration, "sample_s": duration, "catalog": [catalog_file()],
           "engine": {"max_batch": 1 << 20}, "pools": {"p": {"gpu": CONST_GPU, "model": MODEL}},
           "policies": [{"name": "rate_limits", "default_tier": tier_name, "burst_window_s": burst}],
@@ -311,14 +311,14 @@ def test_token_bucket_matches_reference_and_arrival_curve(tier_name, burst, rate
     res = build(load_scenario(sc), seed).run()
     df = res.requests.sort_values("arrival_s", kind="stable")
     t = df["arrival_s"].to_numpy()
-    admitted = df["outcome"].to_numpy() != "429_limit"
+    admitted = ~df["outcome"].isin(["429_limit", "request_too_large"]).to_numpy()
     assert np.array_equal(admitted, th.token_bucket_filter(t, b, r))
     assert th.arrival_curve_excess(t[admitted], r) <= b + 1e-9
     assert admitted.sum() <= th.token_bucket_bound(b, r, duration) + 1e-9
 
 
-@settings(max_examples=8, **SETTINGS)
-@given(seed=st.integers(0, 1000), p=st.floats(0, 0.8), workers=st.integers(1, 6), duration=st.floats(5, 60))
+@settings(max_examples=15, **SETTINGS)
+@given(seed=st.integers(0, 1000), p=st.floats(0, 0.7), workers=st.integers(1, 6), duration=st.floats(5, 40))
 def test_agents_with_retries_conserve_requests(seed, p, workers, duration):
     """A fleet of agents under injected failures: every attempt has one outcome, attempts of a
     call are numbered 0..n−1, a call has at most one completed attempt (the last), and nothing

@@ -36,6 +36,6 @@ def validate(checks, progress, fmt) -> None:
     emit(out, fmt, list(COLUMNS))
     failed = [r["check"] for r in rows if not r["passed"]]
     if failed:
-        click.echo(f"validate: {len(failed)} of {len(rows)} checks failed: {'; '.join(failed)}", err=True)
+        click.echo(f"validate: {len(failed)} of {len(rows)} rows failed: {'; '.join(failed)}", err=True)
         sys.exit(1)
-    click.echo(f"validate: all {len(rows)} checks passed", err=True)
+    click.echo(f"validate: all {len(rows)} rows of {len({r['group'] for r in rows})} checks passed", err=True)

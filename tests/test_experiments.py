@@ -1,0 +1,176 @@
+"""The experiments (agentsim/experiments): tiny runs that check the outputs and one robust direction each.
+
+Each tiny run writes summary.md (with the answer and 95 % intervals), results.json and its
+figures (PNG + the plotted data as CSV). The default-size runs are behind ``-m slow``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from agentsim.experiments import EXPERIMENTS, Stat, crossing, load, paired, ratio, stat
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKERS = 2
+
+
+def check_outputs(out: Path, res: dict, figures: list[str]) -> dict:
+    """summary.md with the answer and CI fields, results.json, and figures holding data."""
+    md = (out / "summary.md").read_text()
+    assert "**Answer.**" in md and res["answer"] and res["answer"] in md
+    assert "95 % CI" in md
+    data = json.loads((out / "results.json").read_text())
+    assert data["answer"] == res["answer"]
+    assert set(data["figures"]) == {f"{f}.png" for f in figures}
+    for f in figures:
+        png = out / f"{f}.png"
+        assert png.stat().st_size > 10_000, f"{png} looks empty"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        df = pd.read_csv(out / f"{f}.csv")
+        assert len(df) > 0
+        assert df.select_dtypes("number").notna().any().any(), f"{f}.csv has no numbers"
+        assert f"]({f}.png)" in md
+    return data
+
+
+def ci_fields(d: dict) -> None:
+    assert {"mean", "ci_low", "ci_high", "n", "values"} <= set(d)
+    assert d["n"] >= 2
+
+
+# -- the shared helpers ---------------------------------------------------------------------------------
+def test_stats_helpers():
+    s = stat([1.0, 2.0, 3.0])
+    assert s.mean == 2.0 and s.low < 2.0 < s.high and s.n == 3
+    assert math.isnan(stat([5.0]).low)
+    d = paired([1, 2, 3], [2, 3, 4.5])
+    assert d.mean == pytest.approx(3.5 / 3) and d.values == (1.0, 1.0, 1.5)
+    assert ratio([2, 4], [4, 8]).mean == 2.0
+    assert crossing([1, 2, 3], [1.0, 0.8, 0.4], 0.6) == pytest.approx(2.5)
+    assert crossing([1, 2], [1.0, 0.95], 0.9) == math.inf
+    assert math.isnan(crossing([1, 2], [0.5, 0.4], 0.9))
+    assert "95 % CI" in Stat(1.0, 0.5, 1.5, 3).fmt()
+
+
+def test_registry_and_cli_list():
+    assert set(EXPERIMENTS) == {"datacenter_lease", "limits_doubling", "retry_storm", "mixed_fleet_routing",
+                                "site_outage", "energy"}
+    for name in EXPERIMENTS:
+        mod = load(name)
+        assert callable(mod.run) and callable(mod.main) and mod.QUESTION.endswith("?")
+        assert (ROOT / "experiments" / f"{name}.py").exists()
+    r = subprocess.run([sys.executable, "-c", "from agentsim.cli import main; main(['experiment', 'list'])"],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    assert all(name in r.stdout for name in EXPERIMENTS)
+    bad = subprocess.run([sys.executable, "-c", "from agentsim.cli import main; main(['experiment', 'nosuch'])"],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert bad.returncode == 2 and "unknown experiment" in bad.stderr and "traceback" not in bad.stderr.lower()
+
+
+def test_script_help():
+    r = subprocess.run([sys.executable, str(ROOT / "experiments" / "energy.py"), "--help"], capture_output=True,
+                       text=True, cwd=ROOT)
+    assert r.returncode == 0 and "--scale" in r.stdout and "--replications" in r.stdout
+
+
+# -- tiny runs ----------------------------------------------------------------------------------------------
+def test_retry_storm_tiny(tmp_path):
+    mod = load("retry_storm")
+    res = mod.run(tmp_path, scale=0.1, replications=2, workers=WORKERS,
+                  policies=("anthropic_sdk", "claude_code_watchdog"), triggers=(30,))
+    data = check_outputs(tmp_path, res, ["goodput_timeseries", "recovery", "amplification"])
+    m = data["metrics"]["anthropic_sdk@30min"]
+    ci_fields(m["post_over_baseline"])
+    ts = pd.read_csv(tmp_path / "goodput_timeseries.csv")
+    assert set(ts["policy"]) == {"control", "anthropic_sdk", "claude_code_watchdog"}
+    # retrying forever never sends fewer attempts per call than the SDK's two retries
+    wd = data["metrics"]["claude_code_watchdog@30min"]["attempts_per_call_post"]["mean"]
+    assert wd >= m["attempts_per_call_post"]["mean"] - 0.01
+
+
+def test_limits_doubling_tiny(tmp_path):
+    mod = load("limits_doubling")
+    res = mod.run(tmp_path, scale=0.1, replications=2, workers=WORKERS, duration_s=14 * 3600.0)
+    data = check_outputs(tmp_path, res, ["hourly", "peak_ttft_cdf", "relative_change"])
+    m = data["metrics"]
+    for key in ("output_tokens", "busy_gpu_hours", "peak_ttft_p90_s", "rate_429_window"):
+        ci_fields(m[key]["before"])
+        ci_fields(m[key]["change"])
+    # looser limits: fewer coding sessions end at a limit, and fewer users hit one (the 429 count itself
+    # need not fall: a user who now waits for the window instead of leaving can be refused again)
+    assert m["coder_sessions_limited_share"]["after"]["mean"] < m["coder_sessions_limited_share"]["before"]["mean"]
+    assert m["coder_users_limited_share"]["after"]["mean"] <= m["coder_users_limited_share"]["before"]["mean"]
+
+
+def test_mixed_fleet_routing_tiny(tmp_path):
+    mod = load("mixed_fleet_routing")
+    res = mod.run(tmp_path, scale=0.2, replications=2, workers=WORKERS, loads=(1.5,), duration_s=2 * 3600.0)
+    data = check_outputs(tmp_path, res, ["routers", "ttft_cdf", "pools"])
+    m = data["metrics"]
+    ci_fields(m["session_affinity@1.5x"]["goodput_rps"])
+    # affinity keeps sessions on their cached prefixes
+    assert m["session_affinity@1.5x"]["prefix_hit_rate"]["mean"] > m["round_robin@1.5x"]["prefix_hit_rate"]["mean"]
+
+
+def test_site_outage_tiny(tmp_path):
+    mod = load("site_outage")
+    res = mod.run(tmp_path, scale=0.2, replications=2, workers=WORKERS, loads=(1.5,), duration_s=6 * 3600.0)
+    data = check_outputs(tmp_path, res, ["timeline", "sessions"])
+    m = data["metrics"]["1.5x"]
+    ci_fields(m["failure_rate"]["outage"])
+    ci_fields(m["duration_mean_s"]["change"])
+    # half the fleet gone at the peak: less goodput while it is down
+    assert m["goodput_outage_rps"]["outage"]["mean"] < m["goodput_outage_rps"]["baseline"]["mean"]
+
+
+def test_energy_tiny(tmp_path):
+    mod = load("energy")
+    res = mod.run(tmp_path, scale=0.25, replications=2, workers=WORKERS, generations=("H100", "GB200"),
+                  loads=(4, 64, 256))
+    data = check_outputs(tmp_path, res, ["energy_by_load", "at_capacity"])
+    g = data["grid"]
+    ci_fields(g["H100@64"]["joules_per_token"])
+    # idle power dominates a lightly loaded GPU: J/token falls with load
+    for gen in ("H100", "GB200"):
+        assert g[f"{gen}@64"]["joules_per_token"]["mean"] < g[f"{gen}@4"]["joules_per_token"]["mean"]
+    # Blackwell FP4 beats Hopper FP8 per token at the same (moderate) load
+    assert g["GB200@64"]["joules_per_token"]["mean"] < g["H100@64"]["joules_per_token"]["mean"]
+
+
+def test_datacenter_lease_tiny(tmp_path):
+    mod = load("datacenter_lease")
+    res = mod.run(tmp_path, scale=0.1, replications=2, workers=WORKERS, users_grid=(2.0e6, 6.0e6),
+                  check_existing=False)
+    data = check_outputs(tmp_path, res, ["capacity_and_power", "pool_utilisation"])
+    ci_fields(data["users_at_slo"])
+    ci_fields(data["facility_mw_busiest_hour"])
+    assert data["slices"] == 6250 and data["cost"]["usd_per_hour"] > 0
+    # more users draw more power
+    cp = pd.read_csv(tmp_path / "capacity_and_power.csv")
+    p = cp[cp["panel"] == "mw_window"].groupby("users")["value"].mean()
+    assert len(p) == 2 and p.iloc[-1] > p.iloc[0]
+
+
+def test_bad_arguments(tmp_path):
+    from agentsim.errors import InputError
+    with pytest.raises(InputError, match="scale"):
+        load("energy").run(tmp_path, scale=0)
+    with pytest.raises(InputError, match="replications"):
+        load("energy").run(tmp_path, replications=1)
+
+
+# -- default size (minutes each) ---------------------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(EXPERIMENTS))
+def test_default_size(tmp_path, name):
+    mod = load(name)
+    res = mod.run(tmp_path)
+    assert (tmp_path / "summary.md").exists() and res["answer"]
+    assert res["cpu_s"] < 2 * 300, "the default size should run in under 5 minutes on two cores"
