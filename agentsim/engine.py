@@ -138,6 +138,7 @@ class Replica:
         self._seq = 0
         self._to_cancel: list = []          # running requests to remove at the next boundary
         self.pending = 0                    # requests in their per-request overhead delay
+        self._applying = False              # inside _apply: callbacks may submit, the caller plans next
         # the stretch in progress
         self._timer: Event | None = None
         self._t0 = 0.0
@@ -240,6 +241,10 @@ class Replica:
         now = self.env.now
         req.ready = now
         self.waiting.append(req)
+        if self._applying:
+            # submitted from the callback of a request ending at this step boundary (a closed-loop
+            # client without think time): the boundary being applied plans next and admits it there
+            return
         if self._timer is None:
             self._plan(now)
         elif self.waiting[0] is req:   # it heads the queue, so it could join at the next boundary
@@ -327,7 +332,18 @@ class Replica:
             self.check()
 
     def _apply(self, k: int, t: float) -> None:
-        """Account for ``k`` completed steps of the current stretch, ending at time ``t``."""
+        """Account for ``k`` completed steps of the current stretch, ending at time ``t``.
+
+        Every caller plans the next stretch right after (``_plan(t)``), so a request submitted by
+        the callback of a request that ends here only joins the queue (see ``_enqueue``).
+        """
+        self._applying = True
+        try:
+            self._apply_steps(k, t)
+        finally:
+            self._applying = False
+
+    def _apply_steps(self, k: int, t: float) -> None:
         dur = t - self._t0
         self.busy_time += dur
         if k == 0:

@@ -43,7 +43,8 @@ class Request:
         self.prompt = prompt
         self.output = output
         self.prefix_key = prefix_key
-        self.prefix_len = prompt if prefix_len is None else prefix_len  # leading tokens shared with its key
+        # leading tokens shared with its key (none without a key: nothing can be expected cached)
+        self.prefix_len = (prompt if prefix_key is not None else 0) if prefix_len is None else prefix_len
         self.shared_key = None     # a prefix shared across sessions (system prompt), used on a session miss
         self.shared_len = 0
         self.priority = priority

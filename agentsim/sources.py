@@ -18,6 +18,9 @@ from .distributions import draw, draw_tokens
 from .scenario import Stream
 
 BATCH = 1024
+#: a closed-loop client waits at least this long after a failed request: resubmitting at once to
+#: a cluster that is entirely down, or to a rate limit, would loop without end at one instant
+FAILURE_PAUSE_S = 1.0
 
 
 def _schedule(env, delay: float, callback, value=None) -> None:
@@ -96,10 +99,13 @@ class ConcurrencySource(Source):
         self.send(*self.sizes(), on_done=self._done)
 
     def _done(self, req: Request) -> None:
-        if self.cfg.think_s is None:
+        think = None if self.cfg.think_s is None else float(draw(self.cfg.think_s, self.rng_a, 1)[0])
+        if req.outcome != "completed":
+            think = max(think or 0.0, FAILURE_PAUSE_S)
+        if think is None:
             self._send_one(None)
         else:
-            _schedule(self.env, float(draw(self.cfg.think_s, self.rng_a, 1)[0]), self._send_one)
+            _schedule(self.env, think, self._send_one)
 
 
 class AllAtOnceSource(Source):

@@ -369,9 +369,6 @@ def test_closed_loop_with_zero_think_time_is_fine():
     assert np.allclose(a["finish_s"], b["finish_s"], rtol=1e-9, atol=0)
 
 
-@pytest.mark.xfail(strict=True, reason="engine bug: a request submitted from the on_done callback of a request "
-                                       "retiring inside Replica._apply (closed loop without think time, "
-                                       "request_overhead 0) re-applies the stretch's steps (patch in report)")
 def test_closed_loop_without_think_time_matches_reference():
     sc = load_scenario(closed_loop(8))
     a = build(sc, 1).run()
@@ -382,14 +379,10 @@ def test_closed_loop_without_think_time_matches_reference():
     assert np.all(e2e >= a.requests["output_tokens"] * 1e-3 * (1 - 1e-6))
 
 
-@pytest.mark.xfail(strict=True, reason="engine bug: same re-entrancy; check_invariants fires mid-retirement")
 def test_closed_loop_without_think_time_keeps_invariants():
     build(load_scenario(closed_loop(3)), 1, check_invariants=True).run()
 
 
-@pytest.mark.xfail(strict=True, raises=RecursionError,
-                   reason="sources bug: a closed-loop client without think time resubmits a failed request at "
-                          "once, so a full outage (or a rate limit) recurses without end (patch in report)")
 def test_closed_loop_without_think_time_survives_an_outage():
     sc = closed_loop(8, outages=[{"target": "pool:p", "start_s": 1.0, "end_s": 2.0}])
     sc["pools"]["p"] = {"gpu": "H100-SXM", "model": "Llama-3-8B"}   # request overhead > 0: not the bug above
@@ -397,9 +390,6 @@ def test_closed_loop_without_think_time_survives_an_outage():
     assert (res.requests["outcome"] == "replica_failed").any()
 
 
-@pytest.mark.xfail(strict=True, reason="rate_limits bug: a request without a prefix key is charged 0 uncached "
-                                       "input tokens at admission (prefix_len defaults to the whole prompt), so "
-                                       "ITPM never rejects it (patch in report)")
 def test_itpm_charges_requests_without_a_prefix_key():
     sc = {"name": "itpm", "duration_s": 60.0, "sample_s": 60.0,
           "pools": {"p": {"gpu": "H100-SXM", "model": "Llama-3-8B"}},
