@@ -276,7 +276,7 @@ def _figures(out: Path, by: dict, policies, triggers, t_min, metrics) -> list:
     paths.append((save_figure(fig, out, "goodput_timeseries", pd.DataFrame(rows)),
                   "Goodput per 5-min bin by retry policy; red: the outage; grey dashed: the control without trigger."))
     # 2. recovery bars
-    fig, ax = plt.subplots(figsize=(9, 4.6))
+    fig, ax = plt.subplots(figsize=(10, 5.2))
     rows = []
     width = 0.8 / len(triggers)
     for j, d in enumerate(triggers):
@@ -298,7 +298,7 @@ def _figures(out: Path, by: dict, policies, triggers, t_min, metrics) -> list:
     ax.set_ylabel("last-hour goodput / pre-trigger goodput")
     ax.set_title("Does goodput come back after the pool returns? (bars: mean, 95 % CI; dots: replications)")
     ax.grid(alpha=0.3, axis="y")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=5)
     fig.tight_layout()
     paths.append((save_figure(fig, out, "recovery", pd.DataFrame(rows)),
                   "Post-trigger goodput as a share of the pre-trigger level, per policy and trigger length."))
