@@ -37,7 +37,7 @@ from .deployment import Deployment
 from .errors import InputError
 from .estimate import estimate
 from .hardware import Efficiency
-from .servicetime import StepCoeffs, prefill_attention_pairs, step_cost
+from .servicetime import StepCoeffs, prefill_attention_pairs, step_times
 
 METRIC_UNITS = {"ttft": "ms", "itl": "ms", "tpot": "ms", "tpot_p50": "ms",
                 "decode_rate_per_user": "tokens/s", "output_throughput": "tokens/s"}
@@ -169,15 +169,15 @@ def predict_ttft_ms(dep: Deployment, p: Point) -> float:
     cached = np.arange(0, n, TOKEN_BUDGET, dtype=float)
     chunk = np.minimum(TOKEN_BUDGET, n - cached)
     c = StepCoeffs.of(dep)
-    steps = step_cost(c, prefill_tokens=chunk, prefill_attn=prefill_attention_pairs(chunk, cached),
-                      prefill_kv=cached + chunk, sampled=(cached + chunk == n).astype(float))
-    return float(steps.time_s.sum() + c.request_overhead) * 1e3
+    steps = step_times(c, prefill_tokens=chunk, prefill_attn=prefill_attention_pairs(chunk, cached),
+                       prefill_kv=cached + chunk, sampled=(cached + chunk == n).astype(float))
+    return float(steps.sum() + c.request_overhead) * 1e3
 
 
 def decode_step_s(dep: Deployment, p: Point) -> float:
     """Mean batch-1 decode step over contexts input+1 .. input+output-1."""
     n, m = _lengths(p, min_output=2)
-    return float(step_cost(StepCoeffs.of(dep), decodes=1, decode_context=n + np.arange(1, m)).time_s.mean())
+    return float(step_times(StepCoeffs.of(dep), decodes=1, decode_context=n + np.arange(1, m)).mean())
 
 
 # -- load points: the serving engine through agentsim.estimate -----------------------------------

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from agentsim import Deployment, InputError, StepCoeffs, Stretch, load_catalog, step_cost
+from agentsim import Deployment, InputError, StepCoeffs, Stretch, load_catalog, step_cost, step_times
 from agentsim.servicetime import prefill_attention_pairs
 
 CAT = load_catalog()
@@ -285,6 +285,28 @@ def test_vectorized_equals_scalar_loop(dep, seed):
     assert vec.shape == (64,)
     for i in range(64):
         assert vec[i] == pytest.approx(_scalar(c, steps, i), rel=1e-12)
+
+
+@settings(max_examples=25, deadline=None)
+@given(deps=st.lists(st.sampled_from(DEPS), min_size=1, max_size=4), seed=st.integers(0, 2**32 - 1),
+       n=st.integers(1, 300), block=st.sampled_from([1, 7, 64, 1024]))
+def test_step_times_is_step_cost_time_bit_for_bit(deps, seed, n, block):
+    """The time-only form skips the breakdown, not any term: same bits, any block size or stacking."""
+    import agentsim.servicetime as sv
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(sv, "_BLOCK", block)
+        _check_step_times(deps, seed, n)
+
+
+def _check_step_times(deps, seed, n):
+    steps = _random_steps(np.random.default_rng(seed), n)
+    for c in [coeffs(d) for d in deps] + [StepCoeffs.stack([coeffs(d) for d in deps]).column()]:
+        fast = step_times(c, **steps)
+        np.testing.assert_array_equal(fast, step_cost(c, **steps).time_s)
+    single = coeffs(deps[0])
+    for i in range(min(n, 20)):
+        assert step_times(single, **steps)[i] == pytest.approx(_scalar(single, steps, i), rel=1e-12)
+    assert step_times(single, decodes=3, decode_context=300).shape == ()
 
 
 @settings(max_examples=25, deadline=None)
