@@ -22,7 +22,8 @@ chained: a block's hash stands for its whole prefix, as in vLLM and Mooncake). S
   that running requests do not use. A request's whole prompt is allocated at admission, hit or
   not, so a hit block is counted once in the cache and once in the request while it runs (a
   conservative model of sharing). Eviction is LRU to the host tier (``cfg.host_tokens``, LRU
-  itself); retention is the engine's: ``lru`` (blocks expire ``ttl_s`` after their last use:
+  itself); retention is the engine's: ``lru`` (blocks expire ``ttl_s``, or the request's own
+  ``cache_ttl``, after their last use:
   expired blocks count as misses and are dropped, not moved to host), ``pin_session`` (unexpired
   blocks are evicted only when forced), ``none``.
 
@@ -48,16 +49,23 @@ class BlockPrefixCache:
         self.block = block_tokens
         self.pinning = config.retention == "pin_session"
         self.enabled = config.retention != "none"
-        self.gpu: OrderedDict = OrderedDict()    # block hash -> (tokens, last_use); LRU first
+        self.gpu: OrderedDict = OrderedDict()    # block hash -> (tokens, expires_at); LRU first
         self.host: OrderedDict = OrderedDict()   # block hash -> tokens; LRU first
         self.gpu_used = 0
         self.host_used = 0
         self.hits_gpu = self.hits_host = self.lookups = 0
 
     # -- lookups ----------------------------------------------------------------------------------
-    def _run(self, blocks, length: int, now: float) -> tuple[int, int]:
-        """(GPU, host) tokens of the leading cached run of ``blocks``, capped by ``length``; refreshes it."""
-        gpu, host, B, ttl = self.gpu, self.host, self.block, self.cfg.ttl_s
+    def expiry(self, now: float, ttl: float | None) -> float:
+        """When a block used now expires: ``ttl`` if the request set one, else the replica's."""
+        return now + (self.cfg.ttl_s if ttl is None else ttl)
+
+    def _run(self, blocks, length: int, now: float, ttl: float | None) -> tuple[int, int]:
+        """(GPU, host) tokens of the leading cached run of ``blocks``, capped by ``length``; refreshes it.
+
+        A use never shortens a block's life (blocks are shared): its expiry becomes the later one.
+        """
+        gpu, host, B = self.gpu, self.host, self.block
         hit_gpu = hit_host = 0
         on_gpu = []
         on_host = []
@@ -69,7 +77,7 @@ class BlockPrefixCache:
                 size = B
             entry = gpu.get(h)
             if entry is not None:
-                if now - entry[1] > ttl:          # expired: the provider dropped it
+                if now > entry[1]:                # expired: the provider dropped it
                     del gpu[h]
                     self.gpu_used -= entry[0]
                     break
@@ -81,49 +89,51 @@ class BlockPrefixCache:
                 on_host.append(h)
                 continue
             break
+        expires = self.expiry(now, ttl)
         for h in reversed(on_gpu):                # leading blocks end up most recently used
             gpu.move_to_end(h)
-            gpu[h] = (gpu[h][0], now)
+            size, old = gpu[h]
+            gpu[h] = (size, old if old > expires else expires)
         for h in reversed(on_host):
             host.move_to_end(h)
         return hit_gpu, hit_host
 
-    def take(self, key, prefix_len: int, now: float) -> tuple[int, int, int]:
+    def take(self, key, prefix_len: int, now: float, ttl: float | None = None) -> tuple[int, int, int]:
         """(GPU hit tokens, host hit tokens, GPU tokens released = 0): blocks stay shared."""
         if not self.enabled or not key:
             return 0, 0, 0
         self.lookups += 1
-        hit_gpu, hit_host = self._run(key, prefix_len, now)
+        hit_gpu, hit_host = self._run(key, prefix_len, now, ttl)
         self.hits_gpu += hit_gpu > 0
         self.hits_host += hit_gpu == 0 and hit_host > 0
         return hit_gpu, hit_host, 0
 
-    def lookup_shared(self, key, length: int, now: float) -> tuple[int, int]:
+    def lookup_shared(self, key, length: int, now: float, ttl: float | None = None) -> tuple[int, int]:
         """(GPU, host) hit tokens of a shared prefix given as block hashes; blocks stay."""
         if not self.enabled or not key or length <= 0:
             return 0, 0
-        return self._run(key, length, now)
+        return self._run(key, length, now, ttl)
 
-    def put_shared(self, key, length: int, now: float, free: int) -> None:
+    def put_shared(self, key, length: int, now: float, free: int, ttl: float | None = None) -> None:
         """Cache the blocks of a shared prefix if ``free`` GPU tokens allow all of them."""
         if not self.enabled or not key or length <= 0:
             return
         new = sum(min(self.block, length - i * self.block) for i, h in enumerate(key)
                   if length - i * self.block > 0 and h not in self.gpu)
         if new <= free:
-            self._insert(key, length, now)
+            self._insert(key, length, self.expiry(now, ttl))
 
     def peek_gpu(self, key) -> int:
         """GPU tokens :meth:`take` would release: none, blocks are shared."""
         return 0
 
-    def put(self, key, tokens: int, now: float) -> None:
+    def put(self, key, tokens: int, now: float, ttl: float | None = None) -> None:
         """A request finished with ``tokens`` KV tokens: its blocks join (or refresh in) the GPU tier."""
         if not self.enabled or not key or tokens <= 0:
             return
-        self._insert(key, tokens, now)
+        self._insert(key, tokens, self.expiry(now, ttl))
 
-    def _insert(self, blocks, tokens: int, now: float) -> None:
+    def _insert(self, blocks, tokens: int, expires: float) -> None:
         gpu, host, B = self.gpu, self.host, self.block
         n = min(len(blocks), -(-tokens // B))
         for i in range(n - 1, -1, -1):            # last block first: leading blocks end up MRU
@@ -131,13 +141,13 @@ class BlockPrefixCache:
             entry = gpu.get(h)
             if entry is not None:
                 gpu.move_to_end(h)
-                gpu[h] = (entry[0], now)
+                gpu[h] = (entry[0], entry[1] if entry[1] > expires else expires)
                 continue
             stale = host.pop(h, None)
             if stale is not None:
                 self.host_used -= stale
             size = min(B, tokens - i * B)
-            gpu[h] = (size, now)
+            gpu[h] = (size, expires)
             self.gpu_used += size
 
     # -- eviction ---------------------------------------------------------------------------------
@@ -145,23 +155,21 @@ class BlockPrefixCache:
         """GPU tokens that :meth:`evict` could free now."""
         if not self.pinning or force:
             return self.gpu_used
-        ttl = self.cfg.ttl_s
-        return sum(t for t, last in self.gpu.values() if now - last > ttl)
+        return sum(t for t, expires in self.gpu.values() if now > expires)
 
     def evict(self, need: int, now: float, force: bool = False) -> int:
         """Free at least ``need`` GPU tokens, LRU first (pinned blocks only if ``force``); returns freed."""
         freed = 0
-        ttl = self.cfg.ttl_s
         gpu = self.gpu
         if not self.pinning or force:
             while freed < need and gpu:
-                h, (tokens, last) = gpu.popitem(last=False)
+                h, (tokens, expires) = gpu.popitem(last=False)
                 self.gpu_used -= tokens
                 freed += tokens
-                if now - last <= ttl:
+                if now <= expires:
                     self._to_host(h, tokens)
             return freed
-        for h in [h for h, (_, last) in gpu.items() if now - last > ttl]:
+        for h in [h for h, (_, expires) in gpu.items() if now > expires]:
             if freed >= need:
                 break
             tokens, _ = gpu.pop(h)
@@ -184,8 +192,7 @@ class BlockPrefixCache:
         """When the earliest pinned block stops being pinned (inf if none)."""
         if not self.pinning:
             return float("inf")
-        ttl = self.cfg.ttl_s
-        return min((last + ttl for _, last in self.gpu.values() if now - last <= ttl), default=float("inf"))
+        return min((expires for _, expires in self.gpu.values() if now <= expires), default=float("inf"))
 
     def clear(self) -> None:
         self.gpu.clear()

@@ -421,10 +421,10 @@ class Replica:
         self.kv_used -= req.kv
         cache = self.cache
         if cache is not None:
-            cache.put(req.prefix_key, req.kv, t)   # its KV stays behind as a prefix entry
+            cache.put(req.prefix_key, req.kv, t, req.cache_ttl)   # its KV stays behind as a prefix entry
             if req.shared_key is not None:
                 cache.put_shared(req.shared_key, req.shared_len, t,
-                                 self.cap - self.kv_used - cache.gpu_used)
+                                 self.cap - self.kv_used - cache.gpu_used, req.cache_ttl)
         del self.live[req.rid]
         req.running = False
         req.finish = t

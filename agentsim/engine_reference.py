@@ -236,9 +236,10 @@ class SteppingReplica:
         self.running.remove(r)
         cache = self.cache
         if cache is not None:
-            cache.put(r.prefix_key, r.kv, t)
+            cache.put(r.prefix_key, r.kv, t, r.cache_ttl)
             if r.shared_key is not None:
-                cache.put_shared(r.shared_key, r.shared_len, t, self.cfg.kv_capacity - self.kv_used - cache.gpu_used)
+                cache.put_shared(r.shared_key, r.shared_len, t, self.cfg.kv_capacity - self.kv_used - cache.gpu_used,
+                                 r.cache_ttl)
         r.running = False
         r.finish = t
         self._end(r, "completed")

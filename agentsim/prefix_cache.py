@@ -14,6 +14,10 @@ policy chosen by name:
   calls) and evicted only when expired, or when the replica would otherwise sit idle with work
   waiting.
 * ``none`` — no prefix caching.
+
+The TTL is the replica's ``ttl_s`` unless the request asks for its own (``Request.cache_ttl``),
+as a provider's prompt-cache API lets a client choose 5 min or 1 h per request. Entries store
+their expiry time, refreshed on every use.
 """
 from __future__ import annotations
 
@@ -47,15 +51,15 @@ class PrefixCache:
         self.cfg = config
         self.pinning = config.retention == "pin_session"
         self.enabled = config.retention != "none"
-        self.gpu: OrderedDict = OrderedDict()    # key -> (tokens, last_use); LRU first
+        self.gpu: OrderedDict = OrderedDict()    # key -> (tokens, expires_at); LRU first
         self.host: OrderedDict = OrderedDict()   # key -> tokens; LRU first
-        self.host_last: dict = {}                # key -> last use (the TTL holds on both tiers)
+        self.host_expiry: dict = {}              # key -> expires_at (the TTL holds on both tiers)
         self.gpu_used = 0
         self.host_used = 0
         self.hits_gpu = self.hits_host = self.lookups = 0
 
     # -- lookups ----------------------------------------------------------------------------------
-    def take(self, key, prefix_len: int, now: float) -> tuple[int, int, int]:
+    def take(self, key, prefix_len: int, now: float, ttl: float | None = None) -> tuple[int, int, int]:
         """Claim the entry for ``key``: (GPU hit tokens, host hit tokens, GPU tokens released).
 
         The entry leaves the cache: its KV becomes the new request's allocation (GPU) or is loaded
@@ -66,9 +70,9 @@ class PrefixCache:
         self.lookups += 1
         entry = self.gpu.pop(key, None)
         if entry is not None:
-            tokens, last = entry
+            tokens, expires = entry
             self.gpu_used -= tokens
-            if now - last > self.cfg.ttl_s:        # expired: the provider dropped it
+            if now > expires:                      # expired: the provider dropped it
                 return 0, 0, tokens
             hit = min(tokens, prefix_len)
             self.hits_gpu += hit > 0
@@ -76,37 +80,44 @@ class PrefixCache:
         tokens = self.host.pop(key, None)
         if tokens is not None:
             self.host_used -= tokens
-            if now - self.host_last.pop(key) > self.cfg.ttl_s:
+            if now > self.host_expiry.pop(key):
                 return 0, 0, 0
             hit = min(tokens, prefix_len)
             self.hits_host += hit > 0
             return 0, hit, 0
         return 0, 0, 0
 
-    def lookup_shared(self, key, length: int, now: float) -> tuple[int, int]:
-        """(GPU, host) hit tokens of a shared prefix; the entry stays (many sessions read it)."""
+    def expiry(self, now: float, ttl: float | None) -> float:
+        """When an entry used now expires: ``ttl`` if the request set one, else the replica's."""
+        return now + (self.cfg.ttl_s if ttl is None else ttl)
+
+    def lookup_shared(self, key, length: int, now: float, ttl: float | None = None) -> tuple[int, int]:
+        """(GPU, host) hit tokens of a shared prefix; the entry stays (many sessions read it).
+
+        A use never shortens a shared entry's life: its expiry becomes the later of the two.
+        """
         if not self.enabled or key is None or length <= 0:
             return 0, 0
         entry = self.gpu.get(key)
         if entry is not None:
-            tokens, last = entry
-            if now - last > self.cfg.ttl_s:
+            tokens, expires = entry
+            if now > expires:
                 return 0, 0
             self.gpu.move_to_end(key)
-            self.gpu[key] = (tokens, now)
+            self.gpu[key] = (tokens, max(expires, self.expiry(now, ttl)))
             return min(tokens, length), 0
         tokens = self.host.get(key)
-        if tokens is not None and now - self.host_last[key] <= self.cfg.ttl_s:
+        if tokens is not None and now <= self.host_expiry[key]:
             self.host.move_to_end(key)
-            self.host_last[key] = now
+            self.host_expiry[key] = max(self.host_expiry[key], self.expiry(now, ttl))
             return 0, min(tokens, length)
         return 0, 0
 
-    def put_shared(self, key, length: int, now: float, free: int) -> None:
+    def put_shared(self, key, length: int, now: float, free: int, ttl: float | None = None) -> None:
         """Keep a copy of a shared prefix if it is not cached and ``free`` GPU tokens allow it."""
         if not self.enabled or key is None or length <= 0 or key in self.gpu or length > free:
             return
-        self.gpu[key] = (length, now)
+        self.gpu[key] = (length, self.expiry(now, ttl))
         self.gpu_used += length
 
     def peek_gpu(self, key) -> int:
@@ -114,7 +125,7 @@ class PrefixCache:
         entry = self.gpu.get(key) if key is not None else None
         return entry[0] if entry else 0
 
-    def put(self, key, tokens: int, now: float) -> None:
+    def put(self, key, tokens: int, now: float, ttl: float | None = None) -> None:
         """A request finished: keep its context under ``key`` (it already occupies GPU KV)."""
         if not self.enabled or key is None or tokens <= 0:
             return
@@ -124,8 +135,8 @@ class PrefixCache:
         stale = self.host.pop(key, None)
         if stale is not None:
             self.host_used -= stale
-            del self.host_last[key]
-        self.gpu[key] = (tokens, now)
+            del self.host_expiry[key]
+        self.gpu[key] = (tokens, self.expiry(now, ttl))
         self.gpu_used += tokens
 
     # -- eviction ---------------------------------------------------------------------------------
@@ -133,54 +144,51 @@ class PrefixCache:
         """GPU tokens that :meth:`evict` could free now."""
         if not self.pinning or force:
             return self.gpu_used
-        ttl = self.cfg.ttl_s
-        return sum(t for t, last in self.gpu.values() if now - last > ttl)
+        return sum(t for t, expires in self.gpu.values() if now > expires)
 
     def evict(self, need: int, now: float, force: bool = False) -> int:
         """Free at least ``need`` GPU tokens (LRU; pinned entries only if ``force``); returns freed."""
         freed = 0
-        ttl = self.cfg.ttl_s
         for key in list(self.gpu):
             if freed >= need:
                 break
-            tokens, last = self.gpu[key]
-            expired = now - last > ttl
+            tokens, expires = self.gpu[key]
+            expired = now > expires
             if self.pinning and not expired and not force:
                 continue
             del self.gpu[key]
             self.gpu_used -= tokens
             freed += tokens
             if not expired:
-                self._to_host(key, tokens, last)
+                self._to_host(key, tokens, expires)
         return freed
 
-    def _to_host(self, key, tokens: int, last: float) -> None:
+    def _to_host(self, key, tokens: int, expires: float) -> None:
         old = self.host.pop(key, None)      # a shared prefix can be on both tiers: replace, not add
         if old is not None:
             self.host_used -= old
-            del self.host_last[key]
+            del self.host_expiry[key]
         cap = self.cfg.host_tokens
         if tokens > cap:
             return
         while self.host_used + tokens > cap:
             k, t = self.host.popitem(last=False)
             self.host_used -= t
-            del self.host_last[k]
+            del self.host_expiry[k]
         self.host[key] = tokens
-        self.host_last[key] = last
+        self.host_expiry[key] = expires
         self.host_used += tokens
 
     def next_expiry(self, now: float) -> float:
         """When the earliest pinned entry stops being pinned (inf if none): admission may change then."""
         if not self.pinning:
             return float("inf")
-        ttl = self.cfg.ttl_s
-        return min((last + ttl for _, last in self.gpu.values() if now - last <= ttl), default=float("inf"))
+        return min((expires for _, expires in self.gpu.values() if now <= expires), default=float("inf"))
 
     def clear(self) -> None:
         self.gpu.clear()
         self.host.clear()
-        self.host_last.clear()
+        self.host_expiry.clear()
         self.gpu_used = self.host_used = 0
 
 
@@ -202,9 +210,9 @@ def reserve(cache: PrefixCache | None, req, kv_used: int, n_dec: int, cap: int, 
         if need + others - room > cap:
             return False
     if key is not None:
-        hit_gpu, hit_host, _ = cache.take(key, req.prefix_len, now)
+        hit_gpu, hit_host, _ = cache.take(key, req.prefix_len, now, req.cache_ttl)
         if hit_gpu == 0 and hit_host == 0 and req.shared_key is not None:
-            hit_gpu, hit_host = cache.lookup_shared(req.shared_key, req.shared_len, now)
+            hit_gpu, hit_host = cache.lookup_shared(req.shared_key, req.shared_len, now, req.cache_ttl)
         limit = req.prompt_len - 1          # at least one token is computed to sample from
         req.cached_gpu = min(hit_gpu, limit)
         req.cached_host = min(hit_host, limit - req.cached_gpu)
@@ -218,4 +226,4 @@ def _evictable(cache: PrefixCache, key, now: float, force: bool) -> bool:
     entry = cache.gpu.get(key) if key is not None else None
     if entry is None:
         return False
-    return not cache.pinning or force or now - entry[1] > cache.cfg.ttl_s
+    return not cache.pinning or force or now > entry[1]

@@ -24,7 +24,8 @@ class Request:
     """
 
     __slots__ = (
-        "rid", "stream", "session", "user", "tenant", "prompt", "output", "prefix_key", "prefix_len", "shared_key", "shared_len", "priority", "max_tokens",
+        "rid", "stream", "session", "user", "tenant", "prompt", "output", "prefix_key", "prefix_len", "shared_key", "shared_len",
+        "cache_ttl", "priority", "max_tokens",
         "arrival", "ready", "admitted", "first_token", "finish", "outcome", "replica",
         "cached_gpu", "cached_host", "prefill_tokens", "preemptions", "on_done",
         "attempt", "call", "trigger", "retry_after", "population",
@@ -47,6 +48,7 @@ class Request:
         self.prefix_len = (prompt if prefix_key is not None else 0) if prefix_len is None else prefix_len
         self.shared_key = None     # a prefix shared across sessions (system prompt), used on a session miss
         self.shared_len = 0
+        self.cache_ttl = None      # prompt-cache TTL the client asked for (s); None = the replica's
         self.priority = priority
         self.max_tokens = output
         self.arrival = arrival
