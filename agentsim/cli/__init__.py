@@ -14,14 +14,9 @@ from .common import cli
 
 
 def _register() -> None:
-    from . import catalog_cmd, servicetime_cmd  # noqa: F401  (commands register on import)
-    for optional in ("calibrate_cmd", "estimate_cmd", "run_cmd", "replay_cmd", "report_cmd", "sweep_cmd", "capacity_cmd", "validate_cmd",
-                     "experiment_cmd"):
-        try:
-            __import__(f"{__name__}.{optional}")
-        except ModuleNotFoundError as e:
-            if e.name != f"{__name__}.{optional}":
-                raise
+    """Import every command module (each registers its command on import)."""
+    from . import (calibrate_cmd, capacity_cmd, catalog_cmd, estimate_cmd, experiment_cmd,  # noqa: F401
+                   replay_cmd, report_cmd, run_cmd, servicetime_cmd, sweep_cmd, validate_cmd)
 
 
 def main(argv: list[str] | None = None) -> None:
