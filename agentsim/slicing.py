@@ -9,7 +9,8 @@ summary of the whole fleet, under the same keys as :meth:`agentsim.result.Result
   ``output_tokens_per_s``, ``input_tokens_per_s``, ``requests_per_s``, ``goodput_rps``,
   ``preemptions``, ``energy_j``, ``cost_usd``, per pool ``gpus``, ``cost_usd``,
   ``preemptions``, ``mean_power_w``, ``facility_power_mean_w`` and ``facility_power_peak_w``
-  (the peak of the summed per-interval series, not the sum of peaks), ``sessions``,
+  (the peak of the summed per-interval series, not the sum of peaks; with a sample of slices its
+  noise is scaled up too, so the peak is biased high: ``facility_power_peak_method``), ``sessions``,
   ``sessions_ended``, ``session_outcomes``, ``events``. A scaled count is a float estimate.
 * **ratios of sums**: ``slo_attainment``, ``prefix_hit_rate``, ``joules_per_token``,
   ``usd_per_m_tokens``, ``usd_per_m_output_tokens``, ``session_failure_rate``,
@@ -232,6 +233,9 @@ def merge(records: list[tuple[dict, dict]], count: int | None = None) -> dict:
         w = np.asarray([series[t] for t in sorted(series)])
         out["facility_power_mean_w"] = scale(float(w.mean()))
         out["facility_power_peak_w"] = scale(float(w.max()))
+        # K of N slices: the scaled sum carries sqrt(N/K) times the fleet's relative noise, so its
+        # maximum overstates the fleet's peak (the mean is unbiased); say so rather than hide it
+        out["facility_power_peak_method"] = "summed" if f == 1 else "scaled sample (biased high)"
     sess = [r["sessions"] for r in recs if r.get("sessions") is not None]
     if sess:
         out.update(_merge_sessions(sess, [a.get("session_duration") for _, a in records], pooled, scale))

@@ -92,6 +92,8 @@ def test_sample_of_slices_scales_sums_not_ratios(rich):
         assert _close(scaled[k], full[k]), k
     assert scaled["pools"]["h100"]["gpus"] == 3 * full["pools"]["h100"]["gpus"]
     assert _close(scaled["pools"]["h100"]["utilisation"], full["pools"]["h100"]["utilisation"])
+    assert (full["facility_power_peak_method"], scaled["facility_power_peak_method"]) == (
+        "summed", "scaled sample (biased high)")
 
 
 def test_slice_seeds_and_samples_are_deterministic():
