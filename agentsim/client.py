@@ -9,11 +9,22 @@ means.
 from __future__ import annotations
 
 import math
+from itertools import chain
 
 from simpy.events import NORMAL, Event
 
 from .request import Request
 from .retry import EnvoyBudget, RetryPolicy
+
+
+def _overrides(policy: RetryPolicy, hook: str) -> bool:
+    """Does ``policy`` do something in ``hook`` (the base class's version is a no-op)?"""
+    return getattr(type(policy), hook) is not getattr(RetryPolicy, hook)
+
+
+def _uniform_blocks(rng):
+    while True:
+        yield rng.random(256).tolist()
 
 
 class CallStats:
@@ -44,23 +55,18 @@ class Client:
         self.abandon_ttft_s = abandon_ttft_s
         self.abandon_prob = abandon_prob
         self.priority = priority
-        self._u: list = []
-        self._ui = 0
-
-    def u(self) -> float:
-        """A U(0, 1) draw from this client's stream (served from a block)."""
-        if self._ui >= len(self._u):
-            self._u = self.rng.random(256).tolist()
-            self._ui = 0
-        self._ui += 1
-        return self._u[self._ui - 1]
+        #: a U(0, 1) draw from this client's stream: blocks of 256 drawn when the last one runs out
+        self.u = chain.from_iterable(_uniform_blocks(rng)).__next__
+        # the base policy's hooks do nothing: skip the calls (most presets keep them)
+        self._throttles = _overrides(policy, "local_reject")
+        self._hooks = _overrides(policy, "on_attempt") or _overrides(policy, "on_result")
 
     def call(self, prompt: int, output: int, *, session: int, prefix_key, prefix_len: int, shared_key=None,
              shared_len: int = 0, max_tokens: int, trigger: int):
         """Generator: send attempts until one completes or the policy gives up; returns the last."""
-        sim, env, policy = self.sim, self.env, self.policy
+        sim, env, policy, stats, u = self.sim, self.env, self.policy, self.stats, self.u
         call_id = sim.new_call_id()
-        self.stats.calls += 1
+        stats.calls += 1
         started = env.now
         n = 0
         while True:
@@ -73,38 +79,42 @@ class Client:
             req.trigger = trigger
             req.shared_key = shared_key
             req.shared_len = shared_len
-            self.stats.attempts += 1
-            if policy.local_reject(env.now, self.u()):
-                self.stats.local_rejects += 1
+            stats.attempts += 1
+            draw = u()          # drawn whether or not the policy throttles: the stream stays aligned
+            if self._throttles and policy.local_reject(env.now, draw):
+                stats.local_rejects += 1
                 sim.open[req.rid] = req
                 sim.end(req, "cancelled")
                 outcome = "cancelled"
             else:
                 done = Event(env)
                 req.on_done = done.succeed
-                policy.on_attempt(env.now)
+                if self._hooks:
+                    policy.on_attempt(env.now)
                 sim.submit(req, self.model)
                 if not done.triggered:
                     if self.timeout_s < math.inf:
                         sim.add_deadline(req, env.now + self.timeout_s)
-                    if self.abandon_ttft_s > 0 and self.u() < self.abandon_prob:
+                    if self.abandon_ttft_s > 0 and u() < self.abandon_prob:
                         self._watch(req, self.abandon_ttft_s, "cancelled", before_first_token=True)
                 yield done
+                req.on_done = None      # drop the request <-> event cycle: both go by refcount, not by the GC
                 outcome = req.outcome
-                policy.on_result(outcome, env.now, n > 0)
+                if self._hooks:
+                    policy.on_result(outcome, env.now, n > 0)
             if outcome == "completed":
                 return req
             if outcome == "cancelled" and req.first_token != req.first_token and self.abandon_ttft_s > 0 \
                     and env.now - req.arrival >= self.abandon_ttft_s:
-                self.stats.abandoned += 1
+                stats.abandoned += 1
                 return req   # the user walked away: not retried
             if not policy.should_retry(n, outcome, env.now - started, env.now):
-                self.stats.gave_up += 1
+                stats.gave_up += 1
                 return req
             if isinstance(policy, EnvoyBudget):
                 policy.retry_started()
-            self.stats.retries += 1
-            delay = policy.delay(n, outcome, req.retry_after if req.retry_after == req.retry_after else 0.0, self.u())
+            stats.retries += 1
+            delay = policy.delay(n, outcome, req.retry_after if req.retry_after == req.retry_after else 0.0, u())
             if delay > 0:
                 yield env.timeout(delay)
             n += 1
