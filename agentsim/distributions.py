@@ -8,11 +8,12 @@ lognormal (median, sigma), uniform (low, high), exponential (mean), gamma (mean,
 [min, max].
 
 Sessions draw scalars one at a time; :class:`Sampler` serves them from pre-drawn numpy blocks
-so a draw costs a list index, not a numpy call.
+so a draw costs a list step, not a numpy call.
 """
 from __future__ import annotations
 
 import math
+from itertools import chain
 from typing import Any, Literal
 
 import numpy as np
@@ -124,24 +125,28 @@ def draw_tokens(d: Dist, rng: np.random.Generator, n: int) -> np.ndarray:
     return np.maximum(1, np.rint(draw(d, rng, n))).astype(np.int64)
 
 
-class Sampler:
-    """Scalar draws of one distribution from one RNG stream, served from pre-drawn blocks."""
+def _blocks(d: Dist, rng: np.random.Generator, integer: bool, block: int):
+    """Lists of ``block`` draws, each drawn when asked for."""
+    while True:
+        x = draw(d, rng, block)
+        yield np.rint(x).astype(np.int64).tolist() if integer else x.tolist()
 
-    __slots__ = ("d", "rng", "block", "_buf", "_i", "integer")
+
+class Sampler:
+    """Scalar draws of one distribution from one RNG stream, served from pre-drawn blocks.
+
+    ``next`` is the ``__next__`` of a chain over the blocks, each drawn when the one before runs
+    out: a draw is a C call with no Python frame (sessions make millions of them).
+    """
+
+    __slots__ = ("d", "rng", "block", "integer", "next")
 
     def __init__(self, d: Dist, rng: np.random.Generator, integer: bool = False, block: int = 512) -> None:
         self.d, self.rng, self.block, self.integer = d, rng, block, integer
-        self._buf: list = []
-        self._i = 0
+        self.next = chain.from_iterable(_blocks(d, rng, integer, block)).__next__
 
     def __call__(self):
-        if self._i >= len(self._buf):
-            x = draw(self.d, self.rng, self.block)
-            self._buf = np.rint(x).astype(np.int64).tolist() if self.integer else x.tolist()
-            self._i = 0
-        v = self._buf[self._i]
-        self._i += 1
-        return v
+        return self.next()
 
 
 def lognormal_mean(median: float, sigma: float) -> float:

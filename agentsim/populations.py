@@ -42,12 +42,12 @@ def tenant_slice(tenants: np.ndarray, count: int) -> np.ndarray:
 
 
 class Samplers:
-    """One :class:`Sampler` per distribution of a profile, each on its own stream."""
+    """One draw function per distribution of a profile (``S.turns()``), each on its own stream."""
 
     def __init__(self, profile, rng_for) -> None:
         for name, value in profile:
             if isinstance(value, Dist):
-                setattr(self, name, Sampler(value, rng_for(name), integer=name in INTEGER_FIELDS))
+                setattr(self, name, Sampler(value, rng_for(name), integer=name in INTEGER_FIELDS).next)
 
 
 class SessionRecorder:

@@ -52,6 +52,16 @@ def _count(state: SessionState, req) -> None:
         state.output_tokens += req.output
 
 
+def _slowest(latency, k: int) -> float:
+    """The slowest of ``k >= 1`` parallel tool calls (``max`` of ``k`` draws, without a generator)."""
+    wait = latency()
+    for _ in range(k - 1):
+        t = latency()
+        if t > wait:
+            wait = t
+    return wait
+
+
 def session(pop, sid: int, user: int):
     """An interactive session, a chat conversation or an autonomous task (one process)."""
     p, S, env = pop.profile, pop.samplers, pop.env
@@ -113,7 +123,7 @@ def session(pop, sid: int, user: int):
                     returns = 0
                     k = int(S.tool_calls())
                     if k > 0:
-                        wait = max(S.tool_latency() for _ in range(k))
+                        wait = _slowest(S.tool_latency, k)
                         if wait > 0:
                             yield env.timeout(wait)
                     if p.subagent_prob > 0 and client.u() < p.subagent_prob:
@@ -200,7 +210,7 @@ def subagent(pop, parent: SessionState):
         if step < steps - 1:
             k = int(S.tool_calls())
             if k > 0:
-                wait = max(S.tool_latency() for _ in range(k))
+                wait = _slowest(S.tool_latency, k)
                 if wait > 0:
                     yield env.timeout(wait)
             new = int(S.new_context())
