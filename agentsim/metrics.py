@@ -6,7 +6,6 @@ requests cost well under 200 MB. Analysis happens outside, on the DataFrames a R
 from __future__ import annotations
 
 from array import array
-from operator import attrgetter
 
 import numpy as np
 
@@ -22,65 +21,43 @@ INT_COLUMNS = ("request_id", "call_id", "attempt", "trigger", "stream", "populat
 FLOAT_COLUMNS = ("arrival_s", "ready_s", "admitted_s", "first_token_s", "finish_s", "retry_after_s")
 
 
-#: the request attribute each column records (``pool`` is looked up from the replica, ``outcome`` coded)
-SOURCE = {"request_id": "rid", "call_id": "call", "attempt": "attempt", "trigger": "trigger", "stream": "stream",
-          "population": "population", "session": "session", "user": "user", "tenant": "tenant", "pool": "replica",
-          "replica": "replica", "priority": "priority", "input_tokens": "prompt", "output_tokens": "output",
-          "cached_gpu_tokens": "cached_gpu", "cached_host_tokens": "cached_host", "prefill_tokens": "prefill_tokens",
-          "preemptions": "preemptions", "outcome": "outcome", "arrival_s": "arrival", "ready_s": "ready",
-          "admitted_s": "admitted", "first_token_s": "first_token", "finish_s": "finish", "retry_after_s": "retry_after"}
-assert tuple(SOURCE) == INT_COLUMNS + FLOAT_COLUMNS
-_ROW = attrgetter(*SOURCE.values())
-
-
 class Recorder:
-    """Appends one row per finished request (and, at the end, one per request still in flight).
-
-    A row is first one tuple, taken in C (``attrgetter``); every ``BLOCK`` rows the tuples move into
-    the typed columns. That makes recording one append per request, not one per column.
-    """
-
-    BLOCK = 4096
+    """Appends one row per finished request (and, at the end, one per request still in flight)."""
 
     def __init__(self, pool_of_replica: list[int]) -> None:
-        self._ints = {c: array("q") for c in INT_COLUMNS}
-        self._floats = {c: array("d") for c in FLOAT_COLUMNS}
-        self._columns = [*self._ints.values(), *self._floats.values()]    # in SOURCE order
+        self.ints = {c: array("q") for c in INT_COLUMNS}
+        self.floats = {c: array("d") for c in FLOAT_COLUMNS}
         self.pool_of_replica = pool_of_replica
-        self._pool_lookup = list(pool_of_replica) + [-1]    # replica -1 (never reached one): pool -1
-        self._rows: list[tuple] = []
         self.count = 0
 
     def record(self, req: Request) -> None:
-        rows = self._rows
-        rows.append(_ROW(req))
+        i, f = self.ints, self.floats
+        i["request_id"].append(req.rid)
+        i["call_id"].append(req.call)
+        i["attempt"].append(req.attempt)
+        i["trigger"].append(req.trigger)
+        i["population"].append(req.population)
+        i["stream"].append(req.stream)
+        i["session"].append(req.session)
+        i["user"].append(req.user)
+        i["tenant"].append(req.tenant)
+        i["pool"].append(self.pool_of_replica[req.replica] if req.replica >= 0 else -1)
+        i["replica"].append(req.replica)
+        i["priority"].append(req.priority)
+        i["input_tokens"].append(req.prompt)
+        i["output_tokens"].append(req.output)
+        i["cached_gpu_tokens"].append(req.cached_gpu)
+        i["cached_host_tokens"].append(req.cached_host)
+        i["prefill_tokens"].append(req.prefill_tokens)
+        i["preemptions"].append(req.preemptions)
+        i["outcome"].append(OUTCOME_CODE[req.outcome])
+        f["arrival_s"].append(req.arrival)
+        f["ready_s"].append(req.ready)
+        f["admitted_s"].append(req.admitted)
+        f["first_token_s"].append(req.first_token)
+        f["finish_s"].append(req.finish)
+        f["retry_after_s"].append(req.retry_after)
         self.count += 1
-        if len(rows) >= self.BLOCK:
-            self._flush()
-
-    def _flush(self) -> None:
-        """Move the pending rows into the typed columns."""
-        if not self._rows:
-            return
-        values = zip(*self._rows)
-        self._rows = []
-        pool = self._pool_lookup
-        for name, column, v in zip(SOURCE, self._columns, values):
-            if name == "pool":
-                v = [pool[r] for r in v]
-            elif name == "outcome":
-                v = map(OUTCOME_CODE.__getitem__, v)
-            column.extend(v)
-
-    @property
-    def ints(self) -> dict[str, array]:
-        self._flush()
-        return self._ints
-
-    @property
-    def floats(self) -> dict[str, array]:
-        self._flush()
-        return self._floats
 
     def columns(self) -> dict[str, np.ndarray]:
         out = {c: np.frombuffer(a, dtype=np.int64) if len(a) else np.empty(0, np.int64) for c, a in self.ints.items()}
