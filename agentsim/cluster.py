@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
+from operator import attrgetter
 
 import numpy as np
 
@@ -109,17 +110,25 @@ class SpeedAware:
         best, best_t = cands[0], float("inf")
         P, O = req.prompt, req.output
         ctx = P + O / 2
+        steps: dict = {}    # replicas of one pool at one batch size share their step times
         for r in cands:
             c = r.c
             n = r.n_running
             q = len(r.waiting) + r.pending
-            prefill = c.step_time(P, P * P / 2, P, n, n * ctx, n + 1)
-            decode = c.step_time(decodes=n + 1, decode_context=(n + 1) * ctx)
-            extra = prefill - c.step_time(decodes=n, decode_context=n * ctx)   # what one prompt adds to a step
+            s = steps.get((id(c), n))
+            if s is None:
+                prefill = c.step_time(P, P * P / 2, P, n, n * ctx, n + 1)
+                decode = c.step_time(decodes=n + 1, decode_context=(n + 1) * ctx)
+                extra = prefill - c.step_time(decodes=n, decode_context=n * ctx)   # what one prompt adds to a step
+                s = steps[id(c), n] = prefill, decode, extra
+            prefill, decode, extra = s
             t = (q + 1) * prefill + (O - 1) * (decode + (n + q + 1) * extra / O)
             if t < best_t:
                 best, best_t = r, t
         return best
+
+
+_outstanding = attrgetter("outstanding")
 
 
 class SessionAffinity:
@@ -140,7 +149,7 @@ class SessionAffinity:
         home = self.home.get(key)
         if home is not None and home in cands:
             n = home.outstanding      # the mean is >= 0, so n <= 1 never needs it (O(replicas) per request)
-            if n <= 1 or n <= self.bound * sum(r.outstanding for r in cands) / len(cands) + 1:
+            if n <= 1 or n <= self.bound * sum(map(_outstanding, cands)) / len(cands) + 1:
                 return home
         home = self._least(cands, req)
         self.home[key] = home
