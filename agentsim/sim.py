@@ -4,10 +4,13 @@ Built only by :func:`agentsim.build.build`; :meth:`Simulation.run` returns a :cl
 """
 from __future__ import annotations
 
+import gc
 import heapq
 import math
 import time
 import zlib
+from collections import deque
+from contextlib import contextmanager
 
 import numpy as np
 import simpy
@@ -38,6 +41,61 @@ class RngStreams:
         return g
 
 
+#: the cyclic GC's young-generation threshold while the event loop runs (CPython's default: 700)
+GC_THRESHOLD = 100_000
+
+
+@contextmanager
+def _fewer_collections():
+    """Raise the GC's young-generation threshold while the event loop runs.
+
+    The loop allocates and frees millions of short-lived objects (events, requests, tuples), all
+    freed by reference counting; at the default threshold the collector still walks the live
+    young objects every 700 allocations (about 5 % of a run) and finds next to no garbage.
+    """
+    old = gc.get_threshold()
+    if 0 < old[0] < GC_THRESHOLD:
+        gc.set_threshold(GC_THRESHOLD, *old[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*old)
+
+
+class Deadlines:
+    """Request deadlines ``(deadline, rid, req)``, taken in that order.
+
+    A client's deadline is now + its fixed timeout, so deadlines nearly always arrive in order:
+    those queue in a FIFO (O(1) each way, where a heap costs a dozen comparisons a pop); one out of
+    order goes to a heap, and the head is the smaller of the two heads.
+    """
+
+    __slots__ = ("fifo", "heap")
+
+    def __init__(self) -> None:
+        self.fifo: deque = deque()
+        self.heap: list = []
+
+    def push(self, entry: tuple) -> None:
+        fifo = self.fifo
+        if not fifo or entry > fifo[-1]:
+            fifo.append(entry)
+        else:
+            heapq.heappush(self.heap, entry)
+
+    def head(self) -> tuple | None:
+        fifo, heap = self.fifo, self.heap
+        if heap and (not fifo or heap[0] < fifo[0]):
+            return heap[0]
+        return fifo[0] if fifo else None
+
+    def pop(self) -> tuple:
+        fifo, heap = self.fifo, self.heap
+        if heap and (not fifo or heap[0] < fifo[0]):
+            return heapq.heappop(heap)
+        return fifo.popleft()
+
+
 class Simulation:
     """Everything of one run, wired by ``build``; components never look up globals."""
 
@@ -60,7 +118,7 @@ class Simulation:
         self._rid = 0
         self._sid = 0
         self._cid = 0
-        self._deadlines: list = []
+        self._deadlines = Deadlines()
         self._sweeping = False
 
     def new_request(self, prompt: int, output: int, **kw) -> Request:
@@ -74,26 +132,30 @@ class Simulation:
 
     def add_deadline(self, req: Request, deadline: float) -> None:
         """Time ``req`` out (``timed_out``) if it is still open at ``deadline``."""
-        heapq.heappush(self._deadlines, (deadline, req.rid, req))
+        self._deadlines.push((deadline, req.rid, req))
         if not self._sweeping:
             self._sweeping = True
             self.env.process(self._sweep())
 
     def _sweep(self):
         """One process for all timeouts: sleep until the earliest deadline of a request still open."""
-        heap, grid, open_ = self._deadlines, self.TIMEOUT_GRANULARITY_S, self.open
+        deadlines, grid, open_ = self._deadlines, self.TIMEOUT_GRANULARITY_S, self.open
         while True:
-            while heap and heap[0][1] not in open_:     # ended before its deadline: forget it
-                heapq.heappop(heap)
-            if not heap:
+            head = deadlines.head()
+            while head is not None and head[1] not in open_:     # ended before its deadline: forget it
+                deadlines.pop()
+                head = deadlines.head()
+            if head is None:
                 break
-            wake = math.ceil(heap[0][0] / grid) * grid
+            wake = math.ceil(head[0] / grid) * grid
             yield self.env.timeout(max(0.0, wake - self.env.now))
             now = self.env.now
-            while heap and heap[0][0] <= now:
-                _, rid, req = heapq.heappop(heap)
-                if rid in open_:
-                    self.cancel(req, "timed_out")
+            head = deadlines.head()
+            while head is not None and head[0] <= now:
+                deadlines.pop()
+                if head[1] in open_:
+                    self.cancel(head[2], "timed_out")
+                head = deadlines.head()
         self._sweeping = False
 
     def new_session_id(self) -> int:
@@ -156,13 +218,14 @@ class Simulation:
             self.sampler.start()
         duration = self.scenario.duration_s
         t0 = time.perf_counter()
-        if progress is None:
-            self.env.run(until=duration)
-        else:
-            step = duration / 100
-            for i in range(1, 101):
-                self.env.run(until=min(duration, i * step))
-                progress(self.env.now)
+        with _fewer_collections():
+            if progress is None:
+                self.env.run(until=duration)
+            else:
+                step = duration / 100
+                for i in range(1, 101):
+                    self.env.run(until=min(duration, i * step))
+                    progress(self.env.now)
         self.wall_s = time.perf_counter() - t0
         if self.sampler is not None and self.sampler._t < duration:
             self.sampler.sample()
