@@ -129,7 +129,8 @@ class Population:
         p = self.profile
         return Client(self.sim, self.policy, self._client_rng, timeout_s=self.timeout_s, model=self.model,
                       tenant=tenant, user=user, population=self.index, stats=self.stats,
-                      abandon_ttft_s=p.abandon_ttft_s, abandon_prob=p.abandon_prob, priority=self.priority)
+                      abandon_ttft_s=p.abandon_ttft_s, abandon_prob=p.abandon_prob, priority=self.priority,
+                      cache_ttl_s=p.cache_ttl_s)
 
     def open_session(self, sid: int, parent: int, tenant: int, user: int, kind: int) -> SessionState:
         s = SessionState(sid, parent, tenant, user, self.env.now, kind)

@@ -35,6 +35,8 @@ class Profile(BaseModel):
     steps_per_turn: Dist = Field(description="LLM calls per user turn")
     output_tokens: Dist = Field(description="output tokens per LLM call")
     max_tokens: int = Field(ge=1, description="max_tokens requested (rate limits pre-charge it)")
+    cache_ttl_s: float | None = Field(None, gt=0, description="prompt-cache TTL the client asks for (s; e.g. 300 "
+                                                              "or 3600); unset = the engine's prefix_ttl_s")
     new_context: Dist = Field(description="new tokens (tool results) before each non-first step of a turn")
     context_window: int = Field(ge=1, description="model context window (tokens)")
     compact_at: float = Field(gt=0, le=1, description="compact when the next prompt would exceed this share "
