@@ -11,9 +11,13 @@ Targets (workloads-policies.md §0 #1, #4, #7, §1.1, §1.5, §6.1 "Validation t
 
 The stated cluster (:func:`tracelab_scenario`): 16 replicas of Llama-3-70B FP8 on H100-SXM TP4
 with an FP8 KV cache (1.28 M KV tokens each), ``session_affinity`` routing, ``pin_session``
-retention with a 600 s TTL (TraceLab: the real provider caches behave like an ideal cache with
-~8 min idle eviction — Claude ~10 min, Codex ~5 min; the profile is the Claude-Code-like one) and
-a host-memory KV tier of 1,000 GB per replica. It is lightly loaded (busy 13-22 % of the time), so the cache sees session behaviour, not
+retention and a host-memory KV tier of 1,000 GB per replica. The prompt-cache TTL is the
+client's (``cache_ttl_s``): Claude Code asks for 1 h on a subscription and 5 min on an API key
+(workloads-policies.md §1.6); 52 % of the sessions are on a subscription [D: fitted, the one
+free parameter here: 48–56 % puts both cache targets in band, and TraceLab's provider behaves
+like an ideal cache with ~10 min idle eviction, between the two]. A single 600 s TTL for all
+lands the user-turn hit rate at 79 %: a bimodal TTL keeps more human turns warm for the same
+token miss rate. It is lightly loaded (busy 13-22 % of the time), so the cache sees session behaviour, not
 memory pressure (pinned entries expire on the GPU; the host tier, which only takes forced
 evictions, stays empty), and a call's generation takes ~10 s (TraceLab: 11.5 s per step).
 
@@ -31,10 +35,9 @@ per-session figures are not censored. Measured over all sessions (sub-agents inc
 The shipped profile (``agentsim/data/profiles.toml``) includes three derived corrections to the
 §6.1 defaults (their sources say why: sub-agent frequency, output σ, no second truncation of the
 turns distribution), and the stated population puts a fifth of the sessions on a 1 M context
-window (§6.1 option; fitted to TraceLab's 154 k mean input per step [A]). Five targets hold; the
-user-turn hit rate lands 0.9 pt under its band (``GAPS``, a strict xfail with the reason).
-``python tests/test_tracelab_targets.py N SEED...`` prints the table pooled over seeds;
-``pytest -m slow`` pools six seeds.
+window (§6.1 option; fitted to TraceLab's 154 k mean input per step [A]). Single runs of 1,500
+sessions vary a lot (one heavy session moves the user-turn hit rate by a point), so the
+always-run test pools four seeds (~20 s); ``pytest -m slow`` pools six other seeds. ``python tests/test_tracelab_targets.py N SEED...`` prints the table pooled over seeds.
 """
 from __future__ import annotations
 
@@ -56,18 +59,28 @@ OUTPUT_1_24 = {"kind": "lognormal", "median": 214, "sigma": 1.24, "round": "roun
 #: a fifth of the sessions on a 1 M context window (see the module docstring)
 SHARE_1M = 0.2
 
-def tracelab_scenario(n_sessions: int, seed: int, params: dict | None = None, share_1m: float = SHARE_1M) -> dict:
+#: prompt-cache TTLs (workloads-policies.md §1.6 / §6.1: Claude Code asks for a 1 h TTL on a
+#: subscription, 5 min on an API key) and the subscribers' share of sessions [D: fitted, see below]
+TTL_SUBSCRIPTION_S, TTL_API_S = 3600.0, 300.0
+SHARE_SUBSCRIPTION = 0.52
+
+
+def tracelab_scenario(n_sessions: int, seed: int, params: dict | None = None, share_1m: float = SHARE_1M,
+                      share_subscription: float = SHARE_SUBSCRIPTION) -> dict:
     """The stated cluster and a coding population of about ``n_sessions`` sessions (see module doc)."""
     # A custom week that is 1 for the 24 h of Friday and 0 elsewhere; weekly mean 1 => the weekday
     # profile (Mon-Fri) carries all arrivals, so Friday gets size × 2/day × 7 days / 5 sessions.
     per_user = 2.0 * 7 / 5
     pops = {}
-    for name, share, extra in (("coders", 1 - share_1m, {}), ("coders_1m", share_1m, {"context_window": 1_000_000})):
-        if share <= 0:
-            continue
-        pops[name] = {"profile": "interactive_coding_agent", "size": max(1, round(n_sessions * share / per_user)),
-                      "arrival": "custom", "weekday": [1.0] * 24, "weekend": [0.0] * 24, "start_weekday": 4,
-                      "params": {**(params or {}), **extra}}
+    for plan, p_share, ttl in (("sub", share_subscription, TTL_SUBSCRIPTION_S), ("api", 1 - share_subscription, TTL_API_S)):
+        for window, w_share, extra in (("", 1 - share_1m, {}), ("_1m", share_1m, {"context_window": 1_000_000})):
+            share = p_share * w_share
+            if share <= 0:
+                continue
+            pops[f"coders_{plan}{window}"] = {
+                "profile": "interactive_coding_agent", "size": max(1, round(n_sessions * share / per_user)),
+                "arrival": "custom", "weekday": [1.0] * 24, "weekend": [0.0] * 24, "start_weekday": 4,
+                "params": {**(params or {}), "cache_ttl_s": ttl, **extra}}
     return {
         "name": "tracelab-coding", "duration_s": 72 * 3600.0, "seed": seed, "sample_s": 3600.0,
         "engine": {"retention": "pin_session", "prefix_ttl_s": 600.0, "host_kv_gb": 1000.0, "kv_dtype": "fp8"},
@@ -151,38 +164,25 @@ def within(m: dict, key: str) -> bool:
     return lo <= m[key] <= hi
 
 
-# -- always-run: ~1,500 sessions each, seed 1 ----------------------------------------------------------
-N_QUICK, SEED = 1500, 1
+# -- always-run: ~1,500 sessions each, four seeds pooled --------------------------------------------
+N_QUICK, SEEDS = 1500, (1, 2, 3, 4)
 
 
 @pytest.fixture(scope="module")
 def measured():
-    m = measure(simulate(tracelab_scenario(N_QUICK, SEED)))
-    print("\n" + table(m, f"TraceLab targets, interactive_coding_agent, {N_QUICK:,} sessions, seed {SEED}:"))
+    m = measure(*(simulate(tracelab_scenario(N_QUICK, s)) for s in SEEDS))
+    print("\n" + table(m, f"TraceLab targets, interactive_coding_agent, {N_QUICK:,} sessions x seeds {SEEDS}:"))
     return m
-
-
-#: The target the stated scenario misses, and why (strict: a change that fixes it fails the test,
-#: so this note gets updated).
-GAPS = {
-    "user_turn_hit_rate": "79.1 % at seed 1 (band 80-90 %): with the 600 s TTL (TraceLab: provider caches behave "
-                          "like an ideal cache with ~10 min idle eviction for Claude) every think over 10 min "
-                          "(17 % of LN(84 s, 2.1)) misses; a 720 s TTL gives 81.2 % but pushes the token miss "
-                          "rate to 3.9 %, under its 4-6 % band: TraceLab's other misses (cold resumptions of long "
-                          "sessions, median 78 k appended) are not modelled",
-}
 
 
 def test_print_measured_vs_target(measured):
     """The table, always (run with -s to see it; also shown on any failure)."""
-    print("\n" + table(measured, f"interactive_coding_agent, {N_QUICK:,} sessions, seed {SEED}:"))
-    assert measured["sessions"] > 0.9 * N_QUICK
+    print("\n" + table(measured, f"interactive_coding_agent, {N_QUICK:,} sessions x seeds {SEEDS}:"))
+    assert measured["sessions"] > 0.9 * N_QUICK * len(SEEDS)
 
 
 @pytest.mark.parametrize("key", list(TARGETS))
-def test_coding_population_against_tracelab(measured, key, request):
-    if key in GAPS:
-        request.applymarker(pytest.mark.xfail(strict=True, reason=GAPS[key]))
+def test_coding_population_against_tracelab(measured, key):
     assert within(measured, key), (key, measured[key], TARGETS[key])
 
 
@@ -192,14 +192,28 @@ def test_the_cluster_is_lightly_loaded(measured):
     assert measured["in_flight"] <= 0.02 * measured["sessions"]
 
 
-SLOW_N, SLOW_SEEDS = N_QUICK, (1, 2, 3, 4, 5, 6)
+def test_subscribers_keep_more_human_turns_warm():
+    """The mechanism behind the user-turn figure: the 1 h TTL population hits far more often after
+    a human turn than the 5 min one (same profile, same cluster, same seed)."""
+    res = simulate(tracelab_scenario(N_QUICK, SEEDS[0]))
+    rq = res.requests
+    done = rq[(rq["outcome"] == "completed") & (rq["trigger"] == "user")]
+    hit = {}
+    for plan in ("sub", "api"):
+        sel = done[done["population"].astype(str).str.startswith(f"coders_{plan}")]
+        assert len(sel) > 1000, plan
+        hit[plan] = float((sel["cached_gpu_tokens"] + sel["cached_host_tokens"]).sum() / sel["input_tokens"].sum())
+    assert hit["sub"] > hit["api"] + 0.1, hit   # 1 h vs 5 min: P(think > TTL) 3.7 % vs 27 %
+
+
+SLOW_N, SLOW_SEEDS = N_QUICK, (5, 6, 7, 8, 9, 10)
 
 
 @pytest.mark.slow
 def test_slow_pooled_over_seeds():
     m = measure(*(simulate(tracelab_scenario(SLOW_N, s)) for s in SLOW_SEEDS))
     print("\n" + table(m, f"{SLOW_N:,} sessions x seeds {SLOW_SEEDS}, pooled:"))
-    assert [k for k in TARGETS if not within(m, k)] in ([], list(GAPS))
+    assert [k for k in TARGETS if not within(m, k)] == []
 
 
 if __name__ == "__main__":   # python tests/test_tracelab_targets.py [N] [SEED...]: both tables, pooled over seeds
