@@ -119,9 +119,10 @@ class Replica:
             return self._enqueue(req)
         self.pending += 1
         now = self.env.now
-        req.ready = ready = now + overhead
+        ready = now + overhead
         if overhead <= 4 * EPS * max(1.0, ready):   # too short to resolve against step boundaries
             return self._ready_event(req, overhead)
+        req.ready = ready
         self.pend.append(req)
         if self._timer is None:
             self._wait = True
@@ -150,10 +151,12 @@ class Replica:
             for req, _ in self._mixed[0]:       # its prompts completed before the failure
                 if req.first_token != req.first_token:
                     req.first_token = self._t0 + law.head
-        victims = list(self.live.values()) + list(self.waiting)
         now = self.env.now
+        self._flush_pend(now)       # those already ready are in the queue (as in the reference)
+        victims = list(self.live.values()) + list(self.waiting)
         for req in self.pend:       # as in the reference: each fails (or queues, if repaired) when ready
             self._ready_event(req, max(0.0, req.ready - now))
+            req.ready = math.nan    # set again if it queues
         self.pend.clear()
         self._wait = False
         self.waiting = ADMISSION_POLICIES[self.cfg.admission]()
@@ -193,6 +196,7 @@ class Replica:
             self.pending -= 1
             if req in self.pend:
                 self.pend.remove(req)
+                req.ready = math.nan  # it never became ready
         self._end(req, outcome)
         if was_head and self._timer is not None and not self._wait:
             if self.waiting:

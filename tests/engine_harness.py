@@ -184,7 +184,7 @@ def mismatches(fast: list[Request], ref: list[Request], rel: float = 1e-9) -> li
             out.append(f"rid {x.rid}: outcome {x.outcome} vs {y.outcome}")
         if x.preemptions != y.preemptions:
             out.append(f"rid {x.rid}: preemptions {x.preemptions} vs {y.preemptions}")
-        for f in ("first_token", "finish"):
+        for f in ("ready", "first_token", "finish"):
             u, v = getattr(x, f), getattr(y, f)
             if not rel_close(u, v, rel):
                 out.append(f"rid {x.rid}: {f} {u!r} vs {v!r}")

@@ -215,6 +215,23 @@ def test_fail_agrees_between_engines():
     assert {r.outcome for r in a} == {"completed", "replica_failed"}
 
 
+def test_cancel_and_fail_during_the_request_overhead():
+    """A request cancelled, or on a replica that fails, before its overhead passes never becomes
+    ready (``ready`` stays nan), in both engines; one cancelled after it did keeps its ready time."""
+    co = coeffs("llama8b-h100")
+    oh = co.request_overhead
+    cfg = EngineConfig(kv_capacity=100_000)
+    reqs = lambda: [Request(i, t, 500, 50) for i, t in enumerate((0.0, 0.001, 0.002, 1.0, 1.0 + oh / 4))]  # noqa: E731
+    cancels = [(0.001 + oh / 2, 1), (0.002 + 2 * oh, 2)]
+    at = [(1.0 + oh / 2, lambda rep: rep.fail()), (1.0 + 3 * oh, lambda rep: rep.repair())]
+    runs = [run(cls, co, cfg, reqs(), cancels=cancels, at=at) for cls in ENGINES]
+    assert not mismatches(runs[0][0], runs[1][0])
+    for got, _, _ in runs:
+        assert [r.outcome for r in got] == ["completed", "cancelled", "cancelled", "replica_failed", "replica_failed"]
+        assert math.isnan(got[1].ready) and got[2].ready == pytest.approx(0.002 + oh)
+        assert math.isnan(got[3].ready) and math.isnan(got[4].ready)
+
+
 @pytest.mark.parametrize("cls", ENGINES)
 def test_priority_admission_serves_lower_values_first(cls):
     co = coeffs("llama8b-h100")
