@@ -16,18 +16,11 @@ Semantics (shared with the step-by-step reference in ``engine_reference.py``):
   one timer for the whole stretch, to the next membership change: a decode finishing, the front
   prompt's completing step, or KV running out. Decoders carry ``b = context - V`` against a
   virtual token clock ``V`` (decode steps done), so the batch's context sum is ``Σb + n·V`` and no
-  per-step work grows with the batch. A step in which the last prompts complete heads the decode
-  stretch after it (:class:`~agentsim.servicetime.Headed`) when nobody finishes in it, since that
-  boundary could change nothing: no slot or KV frees up there.
+  per-step work grows with the batch.
 * **Arrivals.** An arrival that could be admitted at once (it heads the queue, a free slot, enough KV)
   cuts the stretch: the step in progress finishes and the newcomer joins at that boundary. An
   arrival within ``1e-9·max(1, t)`` s after a boundary counts as at it and joins the step that
   starts there. Anything else provably waits for the stretch end, so it costs no event.
-* **Request overhead.** A request becomes schedulable ``request_overhead`` after it arrives
-  (``req.ready``). It costs no event of its own: it waits in ``pend`` until the first step boundary
-  at or after its ready time, and when it could join there (it would head the queue, a free
-  slot, enough KV) the stretch is bounded at that boundary — at submit, or when the next stretch
-  is planned. An idle replica sets one timer for the earliest ready time.
 * **Same-time events** are processed in SimPy's FIFO order of scheduling.
 
 The replica is a callback object on SimPy's queue, not a process: a stale timer (left behind by a
@@ -44,7 +37,7 @@ from simpy.events import NORMAL, Event
 from .prefix_cache import PrefixCache, reserve
 from .request import Request
 from .scheduling import ADMISSION_POLICIES, EPS, EngineConfig, PriorityQueue  # noqa: F401 (re-exported)
-from .servicetime import Headed, StepCoeffs, Stretch
+from .servicetime import StepCoeffs, Stretch
 
 
 def _by_rid(req: Request) -> int:
@@ -78,8 +71,6 @@ class Replica:
         self._seq = 0
         self._to_cancel: list = []          # running requests to remove at the next boundary
         self.pending = 0                    # requests in their per-request overhead delay
-        self.pend: deque[Request] = deque()  # those of them without an event, in ready order
-        self._wait = False                  # the timer is an idle wait for pend[0]'s ready time
         self._applying = False              # inside _apply: callbacks may submit, the caller plans next
         # the stretch in progress
         self._timer: Event | None = None
@@ -114,51 +105,21 @@ class Replica:
             return self._end(req, "replica_failed")
         if req.prompt + req.output > self.cap:
             return self._end(req, "request_too_large")
-        overhead = self.c.request_overhead
-        if overhead <= 0:
-            return self._enqueue(req)
-        self.pending += 1
-        now = self.env.now
-        ready = now + overhead
-        if overhead <= 4 * EPS * max(1.0, ready):   # too short to resolve against step boundaries
-            return self._ready_event(req, overhead)
-        req.ready = ready
-        self.pend.append(req)
-        if self._timer is None:
-            self._wait = True
-            self._t0 = now
-            self._arm(ready)
-        elif not self._wait and self._law is not None:
-            k = self._pending_boundary(self._law, self._k)
-            if k < self._k:
-                self._k = k
-                self._arm(self._t0 + self._law.elapsed(k))
-
-    def _ready_event(self, req: Request, delay: float) -> None:
-        """The overhead as a SimPy event (tiny overheads, and requests pending when a replica fails)."""
-        ev = Event(self.env)
-        ev._ok = True
-        ev._value = req
-        ev.callbacks.append(self._on_ready)
-        self.env.schedule(ev, NORMAL, delay)
+        if self.c.request_overhead > 0:
+            ev = Event(self.env)
+            ev._ok = True
+            ev._value = req
+            ev.callbacks.append(self._on_ready)
+            self.pending += 1
+            self.env.schedule(ev, NORMAL, self.c.request_overhead)
+        else:
+            self._enqueue(req)
 
     def fail(self) -> None:
         """The replica goes down: everything queued or running fails back to its client."""
         self.up = False
         self._close_stretch_accounting()
-        law = self._law
-        if self._timer is not None and law.__class__ is Headed and self.env.now >= self._t0 + law.head:
-            for req, _ in self._mixed[0]:       # its prompts completed before the failure
-                if req.first_token != req.first_token:
-                    req.first_token = self._t0 + law.head
-        now = self.env.now
-        self._flush_pend(now)       # those already ready are in the queue (as in the reference)
         victims = list(self.live.values()) + list(self.waiting)
-        for req in self.pend:       # as in the reference: each fails (or queues, if repaired) when ready
-            self._ready_event(req, max(0.0, req.ready - now))
-            req.ready = math.nan    # set again if it queues
-        self.pend.clear()
-        self._wait = False
         self.waiting = ADMISSION_POLICIES[self.cfg.admission]()
         self.prefilling.clear()
         self.live.clear()
@@ -187,65 +148,18 @@ class Replica:
             self._cut_to_boundary(self.env.now)
             return
         req.removed = True
-        now = self.env.now
-        self._flush_pend(now)         # requests already ready are in the queue (as in the reference)
         was_head = bool(self.waiting) and self.waiting[0] is req
         if req in self.waiting:
             self.waiting.remove(req)
         else:                         # still in its request-overhead delay
             self.pending -= 1
-            if req in self.pend:
-                self.pend.remove(req)
-                req.ready = math.nan  # it never became ready
         self._end(req, outcome)
-        if was_head and self._timer is not None and not self._wait:
-            if self.waiting:
-                self._maybe_cut(self.waiting[0], now)   # the next in line may fit now
-            elif self.pend and self._law is not None:
-                k = self._pending_boundary(self._law, self._k)
-                if k < self._k:
-                    self._k = k
-                    self._arm(self._t0 + self._law.elapsed(k))
+        if was_head and self.waiting and self._timer is not None:
+            self._maybe_cut(self.waiting[0], self.env.now)   # the next in line may fit now
         if self.check_invariants:
             self.check()
 
     # -- arrivals ----------------------------------------------------------------------------------
-    def _flush_pend(self, t: float, eps: float = 0.0) -> None:
-        """Requests ready by ``t + eps`` join the queue, in ready order."""
-        pend = self.pend
-        while pend and pend[0].ready <= t + eps:
-            self.pending -= 1
-            self.waiting.append(pend.popleft())
-
-    def _pending_boundary(self, law: Stretch, k: int) -> int:
-        """``k``, or the earlier boundary of the current stretch at which a pending request could join.
-
-        It could join at the first boundary at or after its ready time (within EPS, as an arrival)
-        if it would head the queue then and fit there; the first such pending request decides.
-        Bounding a stretch never changes the timeline (the law is exact), only skipping a boundary
-        where the reference would admit does, so the test is conservative.
-        """
-        if self.n_dec + len(self.prefilling) >= self.max_batch:
-            return k
-        waiting = self.waiting
-        best = waiting[0].priority if waiting else None
-        fcfs = type(waiting) is deque
-        t0 = self._t0
-        for req in self.pend:
-            if best is None or (not fcfs and req.priority < best):
-                tau = req.ready - t0
-                eps = EPS * max(1.0, req.ready)
-                j = law.steps_done_by(tau + eps)
-                jb = j if law.elapsed(j) >= tau - eps else j + 1
-                if jb >= k:
-                    return k
-                if jb > 0 and self.kv_used + self.n_dec * (jb + 1) + req.prompt_len <= self.cap:
-                    return jb   # (at jb = 0 it arrives at the stretch start: _plan lets it in)
-            if fcfs:
-                return k
-            best = req.priority if best is None else min(best, req.priority)
-        return k
-
     def _on_ready(self, ev: Event) -> None:
         req = ev._value
         if req.removed:
@@ -264,8 +178,7 @@ class Replica:
             # submitted from the callback of a request ending at this step boundary (a closed-loop
             # client without think time): the boundary being applied plans next and admits it there
             return
-        if self._timer is None or self._wait:
-            self._wait = False
+        if self._timer is None:
             self._plan(now)
         elif self.waiting[0] is req:   # it heads the queue, so it could join at the next boundary
             self._maybe_cut(req, now)
@@ -346,12 +259,8 @@ class Replica:
         if ev is not self._timer:
             return  # stale: a cut re-armed the stretch
         now = self.env.now
-        if self._wait:
-            self._wait = False
-            self._plan(now, wake=True)
-        else:
-            self._apply(self._k, now)
-            self._plan(now)
+        self._apply(self._k, now)
+        self._plan(now)
         if self.check_invariants:
             self.check()
 
@@ -373,21 +282,12 @@ class Replica:
         if k == 0:
             return
         self.steps += k
-        law = self._law
-        if law is None:
+        if self._law is None:
             self._apply_mixed(t)
             return
-        if law.__class__ is Headed:           # the prompt-completing first step, then the tail
-            t_head = self._t0 + law.head
-            self._apply_mixed(t_head)
-            k -= 1
-            if k == 0:
-                return
-            dur = t - t_head
-            law = law.tail
         n = self.n_dec
         c = self._chunk
-        busy = law.elapsed(k) - k * law.h
+        busy = self._law.elapsed(k) - k * self._law.h
         self.energy_j += self.c.power_w * (self.c.idle_fraction * dur + (1 - self.c.idle_fraction) * busy)
         self.V += k
         self.kv_used += n * k
@@ -471,31 +371,25 @@ class Replica:
             self.on_done(req)
 
     def _close_stretch_accounting(self) -> None:
-        if self._timer is not None and not self._wait:
+        if self._timer is not None:
             self.busy_time, self.energy_j = self.accounted(self.env.now)
 
     def accounted(self, now: float) -> tuple[float, float]:
         """(busy seconds, server joules) so far, the stretch in progress prorated to ``now``."""
         busy, energy = self.busy_time, self.energy_j
         dur = now - self._t0
-        if self._timer is None or self._wait or dur <= 0:
+        if self._timer is None or dur <= 0:
             return busy, energy
-        law, k, rest = self._law, self._k, dur
-        if law is None or law.__class__ is Headed:    # a mixed first step
-            mixed = self._mixed_dur
-            kernel = self._mixed[2] * min(1.0, rest / mixed) if mixed > 0 else 0.0
-            rest -= mixed
-            k -= 1
-            law = law.tail if law is not None else None
+        if self._law is None:
+            kernel = self._mixed[2] * min(1.0, dur / self._mixed_dur) if self._mixed_dur > 0 else 0.0
         else:
-            kernel = 0.0
-        if law is not None and rest > 0:
-            j = min(law.steps_done_by(rest), k)
+            law = self._law
+            j = min(law.steps_done_by(dur), self._k)
             done = law.elapsed(j)
-            kernel += done - j * law.h
-            if j < k:
+            kernel = done - j * law.h
+            if j < self._k:
                 step = law.step(j)
-                kernel += (step - law.h) * min(1.0, (rest - done) / step)
+                kernel += (step - law.h) * min(1.0, (dur - done) / step)
         c = self.c
         return busy + dur, energy + c.power_w * (c.idle_fraction * dur + (1 - c.idle_fraction) * kernel)
 
@@ -542,37 +436,8 @@ class Replica:
             self.live[req.rid] = req
             self.prefilling.append(req)
 
-    def _plan(self, t: float, wake: bool = False) -> None:
-        """At a step boundary at time ``t``: pending requests ready by then join the queue; plan.
-
-        A request ready within EPS after the boundary is an arrival at it: it joins the step
-        starting there if it heads the queue and fits (re-plan), as an event at its ready time
-        would. ``wake``: an idle replica wakes for ``pend[0]`` alone, which starts it; any other
-        request ready then arrives at the boundary it started (as its own event would).
-        """
-        pend = self.pend
-        if pend:
-            if wake:
-                self.pending -= 1
-                self.waiting.append(pend.popleft())
-            else:
-                self._flush_pend(t)
-        self._plan_at(t)
-        eps = EPS * max(1.0, t)
-        while pend and pend[0].ready <= t + eps:
-            req = pend.popleft()
-            self.pending -= 1
-            self.waiting.append(req)
-            if self._timer is None or self._wait:          # idle: it starts the replica
-                self._wait = False
-                self._plan_at(t)
-            elif (self.waiting[0] is req and self.n_dec + len(self.prefilling) < self.max_batch
-                  and self.kv_used + self.n_dec + req.prompt_len <= self.cap):
-                self._apply(0, t)
-                self._plan_at(t)
-
-    def _plan_at(self, t: float) -> None:
-        """Preempt, admit, and arm the next stretch."""
+    def _plan(self, t: float) -> None:
+        """At a step boundary at time ``t``: preempt, admit, and arm the next stretch."""
         if self._to_cancel:
             self._drop_cancelled()
         cache = self.cache
@@ -588,10 +453,8 @@ class Replica:
         if n == 0 and not self.prefilling:
             self._timer = None
             self._law = None
-            if self.pend:            # idle until the next request is ready
-                self._wait = True
-                self._arm(self.pend[0].ready)
             return
+        c = self.c
         S = self.sum_b + n * self.V
         left = self.budget - n
         k_finish = self.heap[0][0] - self.V if n else 1 << 62
@@ -610,14 +473,6 @@ class Replica:
             k = min(k_finish, k_kv, k_pf)
         else:
             k = min(k_finish, k_kv)
-        self._chunk = chunk
-        self._law = law = self._uniform(n, S, chunk, p)
-        self._arm_stretch(t, law, k)
-
-    def _uniform(self, n: int, S: int, chunk: int, p: int) -> Stretch:
-        """The closed form of ``n`` decodes at context sum ``S`` (+1 each per step), and a prefill
-        chunk of ``chunk`` tokens per step after ``p`` done (``c.step_time`` term by term)."""
-        c = self.c
         tokens = n + chunk
         c0 = c.t_token * tokens + c.t_attn * (S + chunk * p + chunk * chunk / 2) + c.t_sample * n
         c1 = c.t_attn * (n + chunk * chunk)
@@ -626,16 +481,11 @@ class Replica:
             m0 += c.t_experts * (1.0 - c.expert_keep ** tokens)
         m1 = c.t_kv * (n + chunk)
         h = c.overhead + (c.comm_fixed + c.comm_token * tokens if c.comm_fixed else 0.0)
-        return Stretch(c0, c1, m0, m1, h)
-
-    def _arm_stretch(self, t: float, law, k: int) -> None:
-        """Bound ``k`` by the boundaries where waiting work could join, and arm the stretch end."""
-        cache = self.cache
+        self._law = law = Stretch(c0, c1, m0, m1, h)
         if cache is not None and self.waiting and cache.pinning:
             # a pin expiring mid-stretch may let the queue head in at the next boundary
             k = min(k, law.steps_done_by(cache.next_expiry(t) - t) + 1)
-        if self.pend:
-            k = self._pending_boundary(law, k)
+        self._chunk = chunk
         self._k = k
         self._arm(t + law.elapsed(k))
 
@@ -665,39 +515,10 @@ class Replica:
                                         if self.c.comm_fixed else 0.0)
         self._mixed = (chunks, n + done, busy)
         self._mixed_dur = dur
+        self._law = None
         self._chunk = 0
-        tail, k_tail = self._tail_after(chunks, n) if done == len(self.prefilling) else (None, 0)
-        if tail is None:
-            self._law = None
-            self._k = 1
-            self._arm(t + dur)
-            return
-        self._law = law = Headed(dur, busy, tail)
-        self._arm_stretch(t, law, 1 + k_tail)
-
-    def _tail_after(self, chunks: list, n: int) -> tuple[Stretch | None, int]:
-        """The decode stretch after a mixed step in which every prefilling prompt completes.
-
-        Only when nobody finishes in the mixed step (membership then stays fixed across it) and the
-        decode writes leave room for a step: then no boundary there could change anything (the
-        queue could not gain a slot or KV) and the step needs no event of its own.
-        """
-        V1 = self.V + 1
-        heap = self.heap
-        k_finish = heap[0][0] - V1 if heap else 1 << 62
-        sum_b = self.sum_b
-        for req, _ in chunks:
-            if req.out_left <= 1:
-                return None, 0
-            k_finish = min(k_finish, req.out_left - 1)
-            sum_b += req.prompt_len + 1 - V1
-        n1 = n + len(chunks)
-        cache = self.cache
-        free = self.cap - self.kv_used - n - (cache.gpu_used if cache is not None else 0)
-        k = min(k_finish, free // n1)
-        if k < 1:
-            return None, 0
-        return self._uniform(n1, sum_b + n1 * V1, 0, 0), k
+        self._k = 1
+        self._arm(t + dur)
 
     # -- invariant checking mode ---------------------------------------------------------------------
     def check(self) -> None:

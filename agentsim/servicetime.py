@@ -338,34 +338,3 @@ class Stretch:
         disc = p * p + 2 * b * tau
         return max(0, int((-p + math.sqrt(disc)) / b))
 
-
-class Headed:
-    """A first step of its own (a prompt completes in it) followed by a uniform :class:`Stretch`.
-
-    Merging that step into the decode stretch after it saves the replica one timer per prompt;
-    step ``u`` takes ``head`` for ``u = 0`` and ``tail.step(u - 1)`` after.
-    """
-
-    __slots__ = ("head", "head_busy", "tail")
-
-    def __init__(self, head: float, head_busy: float, tail: Stretch) -> None:
-        self.head, self.head_busy, self.tail = head, head_busy, tail
-
-    def step(self, u: int) -> float:
-        return self.head if u == 0 else self.tail.step(u - 1)
-
-    def elapsed(self, k: int) -> float:
-        return self.head + self.tail.elapsed(k - 1) if k > 0 else 0.0
-
-    def steps_done_by(self, tau: float) -> int:
-        """Max ``j`` with ``elapsed(j) <= tau`` (exact after a ±1 fix-up of the tail's answer)."""
-        if tau < self.head:
-            return 0
-        j = 1 + self.tail.steps_done_by(tau - self.head)
-        if tau == math.inf:
-            return j
-        while j > 1 and self.elapsed(j) > tau:
-            j -= 1
-        while self.elapsed(j + 1) <= tau:
-            j += 1
-        return j

@@ -229,11 +229,8 @@ class Simulation:
         self.wall_s = time.perf_counter() - t0
         if self.sampler is not None and self.sampler._t < duration:
             self.sampler.sample()
-        now = self.env.now
         for req in sorted(self.open.values(), key=lambda r: r.rid):
             req.outcome = "in_flight"
-            if req.ready > now:       # still in its request overhead: it never became ready
-                req.ready = math.nan
             self.recorder.record(req)
         self.open.clear()
         for p in self.populations:

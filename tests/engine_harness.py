@@ -198,7 +198,7 @@ class StepLog:
 
     def __init__(self, cls):
         log = self.starts = []
-        method = "_step" if cls is SteppingReplica or issubclass(cls, SteppingReplica) else "_plan_at"
+        method = "_step" if cls is SteppingReplica or issubclass(cls, SteppingReplica) else "_plan"
 
         def wrapped(rep, t, *a, _orig=getattr(cls, method)):
             log.append(t)
