@@ -123,6 +123,10 @@ class BlockPrefixCache:
         if new <= free:
             self._insert(key, length, self.expiry(now, ttl))
 
+    def gpu_hit(self, key, now: float) -> int:
+        """0: routers do not look into block caches (a trace's blocks are shared across keys)."""
+        return 0
+
     def peek_gpu(self, key) -> int:
         """GPU tokens :meth:`take` would release: none, blocks are shared."""
         return 0

@@ -100,7 +100,10 @@ class SpeedAware:
 
     Expected finish = the prefills queued ahead (each about one prefill of this size) + this
     request's own prefill step + its decode steps at batch + 1, each slowed by the prefill chunks
-    the running and queued requests will add over its lifetime (spread over its output tokens).
+    the running and queued requests will add over its lifetime (spread over its output tokens;
+    for calls that reuse a prefix, chunks the size of this call's uncached part).
+    On a replica whose GPU cache holds the request's prefix, its own prefill is only the new tokens
+    (so a session's next call goes back to its cache unless that replica is busier by more).
     """
 
     def __init__(self, rng, cfg) -> None:
@@ -110,6 +113,10 @@ class SpeedAware:
         best, best_t = cands[0], float("inf")
         P, O = req.prompt, req.output
         ctx = P + O / 2
+        key = req.prefix_key
+        # the prompts others will bring: like this one's uncached part when calls reuse a prefix
+        typ = max(1, P - req.prefix_len) if key is not None else P
+        done = P - typ
         steps: dict = {}    # replicas of one pool at one batch size share their step times
         for r in cands:
             c = r.c
@@ -119,10 +126,18 @@ class SpeedAware:
             if s is None:
                 prefill = c.step_time(P, P * P / 2, P, n, n * ctx, n + 1)
                 decode = c.step_time(decodes=n + 1, decode_context=(n + 1) * ctx)
-                extra = prefill - c.step_time(decodes=n, decode_context=n * ctx)   # what one prompt adds to a step
+                base = c.step_time(decodes=n, decode_context=n * ctx)
+                extra = c.step_time(typ, typ * done + typ * typ / 2, P, n, n * ctx, n + 1) - base
                 s = steps[id(c), n] = prefill, decode, extra
             prefill, decode, extra = s
-            t = (q + 1) * prefill + (O - 1) * (decode + (n + q + 1) * extra / O)
+            own = prefill
+            cache = r.cache
+            if key is not None and cache is not None:
+                hit = min(cache.gpu_hit(key, r.env.now), req.prefix_len, P - 1)
+                if hit > 0:
+                    new = P - hit
+                    own = c.step_time(new, new * hit + new * new / 2, P, n, n * ctx, n + 1)
+            t = q * prefill + own + (O - 1) * (decode + (n + q + 1) * extra / O)
             if t < best_t:
                 best, best_t = r, t
         return best

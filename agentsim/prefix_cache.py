@@ -120,6 +120,11 @@ class PrefixCache:
         self.gpu[key] = (length, self.expiry(now, ttl))
         self.gpu_used += length
 
+    def gpu_hit(self, key, now: float) -> int:
+        """Unexpired GPU tokens held for ``key`` (what a router may count on; nothing changes)."""
+        entry = self.gpu.get(key) if key is not None and self.enabled else None
+        return entry[0] if entry is not None and now <= entry[1] else 0
+
     def peek_gpu(self, key) -> int:
         """GPU tokens that :meth:`take` would release for ``key`` (0 if none)."""
         entry = self.gpu.get(key) if key is not None else None

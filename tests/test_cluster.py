@@ -39,6 +39,8 @@ class Stub:
             from agentsim.servicetime import StepCoeffs
             Stub._coeffs = StepCoeffs.of(Deployment.from_catalog(load_catalog(), "Llama-3-8B", "H100-SXM"))
         self.c = Stub._coeffs
+        self.cache = None               # a PrefixCache when a test gives it one
+        self.env = type("Clock", (), {"now": 0.0})()
 
     @property
     def n_running(self) -> int:
@@ -228,6 +230,28 @@ def test_session_affinity_in_a_run():
     assert first.value_counts().to_dict() == {0: 3, 1: 3, 2: 3}        # homes are balanced
     flood = df[df["session"] == 100]
     assert flood["replica"].nunique() == 3                              # overload moves it
+
+
+def test_speed_aware_goes_back_to_the_cached_prefix():
+    """A replica holding the call's prefix on its GPU needs only the new tokens prefilled: it wins
+    over an idle twin, though not once the entry has expired or when it is much busier."""
+    from agentsim.prefix_cache import CacheConfig, PrefixCache
+    sa = router("speed_aware")
+    r = Request(0, 0.0, 50_000, 200, session=1, prefix_key=("s", 1), prefix_len=49_000)
+    for cached_at in (0, 1):
+        cands = [Stub(0), Stub(1)]
+        cands[cached_at].cache = PrefixCache(CacheConfig(ttl_s=300.0))
+        cands[cached_at].cache.put(("s", 1), 49_000, 0.0)
+        assert sa(cands, r).index == cached_at
+        for s in cands:
+            s.env.now = 301.0                     # expired: both equal again, the first wins
+        assert sa(cands, r).index == 0
+    cands = [Stub(0, outstanding=2), Stub(1)]
+    cands[0].cache = PrefixCache(CacheConfig(ttl_s=300.0))
+    cands[0].cache.put(("s", 1), 49_000, 0.0)
+    assert sa(cands, r).index == 0                # a busy cache holder still beats a 49 k-token prefill
+    cands[0].outstanding = 8                      # but not 8 decodes at 50 k context each: every step
+    assert sa(cands, r).index == 1                # then reads ~50 GB of KV on one H100
 
 
 def test_speed_aware_prefers_the_faster_pool_when_idle():
