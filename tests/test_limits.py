@@ -1010,7 +1010,7 @@ def test_usage_windows_from_the_requests_table(peak_on):
           "router": {"policy": "session_affinity"},
           "policies": [{"name": "peak_throttle", "enabled": peak_on}, {"name": "usage_windows"}],
           "populations": {"coders": {"profile": "interactive_coding_agent", "size": 120, "plan": "pro",
-                                     "params": {"sessions_per_user_day": 6}}}}
+                                     "params": {"sessions_per_user_day": 8}}}}
     df = build(parse(sc), seed=3).run().requests
     b5, b7 = plan("pro").window_5h_usd, plan("pro").weekly_usd
     use = _usage_rows(df, start, peak_on)
