@@ -118,10 +118,22 @@ class SpeedAware:
         typ = max(1, P - req.prefix_len) if key is not None else P
         done = P - typ
         steps: dict = {}    # replicas of one pool at one batch size share their step times
+        seen = set()        # (pool, batch, queue) already scored: a later twin cannot win the tie
+        cached = key is not None
         for r in cands:
             c = r.c
             n = r.n_running
             q = len(r.waiting) + r.pending
+            hit = 0
+            if cached:
+                cache = r.cache
+                if cache is not None:
+                    hit = cache.gpu_hit(key, r.env.now)
+            if not hit:
+                sig = (id(c), n, q)
+                if sig in seen:
+                    continue
+                seen.add(sig)
             s = steps.get((id(c), n))
             if s is None:
                 prefill = c.step_time(P, P * P / 2, P, n, n * ctx, n + 1)
@@ -131,12 +143,10 @@ class SpeedAware:
                 s = steps[id(c), n] = prefill, decode, extra
             prefill, decode, extra = s
             own = prefill
-            cache = r.cache
-            if key is not None and cache is not None:
-                hit = min(cache.gpu_hit(key, r.env.now), req.prefix_len, P - 1)
-                if hit > 0:
-                    new = P - hit
-                    own = c.step_time(new, new * hit + new * new / 2, P, n, n * ctx, n + 1)
+            if hit:
+                hit = min(hit, req.prefix_len, P - 1)
+                new = P - hit
+                own = c.step_time(new, new * hit + new * new / 2, P, n, n * ctx, n + 1)
             t = q * prefill + own + (O - 1) * (decode + (n + q + 1) * extra / O)
             if t < best_t:
                 best, best_t = r, t
