@@ -35,13 +35,13 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-from .prefix_cache import CacheConfig
+from .prefix_cache import CacheConfig, GpuTier
 
 #: tokens per KV block (Mooncake's hash_ids are per 512 tokens)
 BLOCK_TOKENS = 512
 
 
-class BlockPrefixCache:
+class BlockPrefixCache(GpuTier):
     """GPU and host tiers of hashed KV blocks for one replica; ``gpu_used`` counts GPU tokens."""
 
     def __init__(self, config: CacheConfig, block_tokens: int = BLOCK_TOKENS) -> None:
@@ -56,10 +56,6 @@ class BlockPrefixCache:
         self.hits_gpu = self.hits_host = self.lookups = 0
 
     # -- lookups ----------------------------------------------------------------------------------
-    def expiry(self, now: float, ttl: float | None) -> float:
-        """When a block used now expires: ``ttl`` if the request set one, else the replica's."""
-        return now + (self.cfg.ttl_s if ttl is None else ttl)
-
     def _run(self, blocks, length: int, now: float, ttl: float | None) -> tuple[int, int]:
         """(GPU, host) tokens of the leading cached run of ``blocks``, capped by ``length``; refreshes it.
 
@@ -155,12 +151,6 @@ class BlockPrefixCache:
             self.gpu_used += size
 
     # -- eviction ---------------------------------------------------------------------------------
-    def evictable(self, now: float, force: bool = False) -> int:
-        """GPU tokens that :meth:`evict` could free now."""
-        if not self.pinning or force:
-            return self.gpu_used
-        return sum(t for t, expires in self.gpu.values() if now > expires)
-
     def evict(self, need: int, now: float, force: bool = False) -> int:
         """Free at least ``need`` GPU tokens, LRU first (pinned blocks only if ``force``); returns freed."""
         freed = 0
@@ -191,12 +181,6 @@ class BlockPrefixCache:
             self.host_used -= t
         host[h] = tokens
         self.host_used += tokens
-
-    def next_expiry(self, now: float) -> float:
-        """When the earliest pinned block stops being pinned (inf if none)."""
-        if not self.pinning:
-            return float("inf")
-        return min((expires for _, expires in self.gpu.values() if now <= expires), default=float("inf"))
 
     def clear(self) -> None:
         self.gpu.clear()

@@ -44,7 +44,33 @@ class CacheConfig:
             raise InputError(f"engine.host_kv_gb must be >= 0, got {self.host_tokens} tokens")
 
 
-class PrefixCache:
+class GpuTier:
+    """What both caches share: GPU entries ``key -> (tokens, expires_at)`` in ``gpu`` (LRU first),
+    ``gpu_used`` tokens, the replica's config ``cfg`` and whether retention ``pinning``."""
+
+    cfg: CacheConfig
+    pinning: bool
+    gpu: OrderedDict
+    gpu_used: int
+
+    def expiry(self, now: float, ttl: float | None) -> float:
+        """When an entry used now expires: ``ttl`` if the request set one, else the replica's."""
+        return now + (self.cfg.ttl_s if ttl is None else ttl)
+
+    def evictable(self, now: float, force: bool = False) -> int:
+        """GPU tokens that ``evict`` could free now."""
+        if not self.pinning or force:
+            return self.gpu_used
+        return sum(t for t, expires in self.gpu.values() if now > expires)
+
+    def next_expiry(self, now: float) -> float:
+        """When the earliest pinned entry stops being pinned (inf if none): admission may change then."""
+        if not self.pinning:
+            return float("inf")
+        return min((expires for _, expires in self.gpu.values() if now <= expires), default=float("inf"))
+
+
+class PrefixCache(GpuTier):
     """GPU and host tiers of one replica; ``gpu_used`` counts tokens held in GPU KV memory."""
 
     def __init__(self, config: CacheConfig) -> None:
@@ -86,10 +112,6 @@ class PrefixCache:
             self.hits_host += hit > 0
             return 0, hit, 0
         return 0, 0, 0
-
-    def expiry(self, now: float, ttl: float | None) -> float:
-        """When an entry used now expires: ``ttl`` if the request set one, else the replica's."""
-        return now + (self.cfg.ttl_s if ttl is None else ttl)
 
     def lookup_shared(self, key, length: int, now: float, ttl: float | None = None) -> tuple[int, int]:
         """(GPU, host) hit tokens of a shared prefix; the entry stays (many sessions read it).
@@ -145,12 +167,6 @@ class PrefixCache:
         self.gpu_used += tokens
 
     # -- eviction ---------------------------------------------------------------------------------
-    def evictable(self, now: float, force: bool = False) -> int:
-        """GPU tokens that :meth:`evict` could free now."""
-        if not self.pinning or force:
-            return self.gpu_used
-        return sum(t for t, expires in self.gpu.values() if now > expires)
-
     def evict(self, need: int, now: float, force: bool = False) -> int:
         """Free at least ``need`` GPU tokens (LRU; pinned entries only if ``force``); returns freed."""
         freed = 0
@@ -183,12 +199,6 @@ class PrefixCache:
         self.host[key] = tokens
         self.host_expiry[key] = expires
         self.host_used += tokens
-
-    def next_expiry(self, now: float) -> float:
-        """When the earliest pinned entry stops being pinned (inf if none): admission may change then."""
-        if not self.pinning:
-            return float("inf")
-        return min((expires for _, expires in self.gpu.values() if now <= expires), default=float("inf"))
 
     def clear(self) -> None:
         self.gpu.clear()
