@@ -1,0 +1,177 @@
+"""A compressed measured table: log-efficiency on a regular grid of log sizes, multilinear in between.
+
+Why this form: an operator's measured latency divided by its roofline time (datasheet peaks) is a
+smooth, slowly varying *efficiency* of the operator's sizes, while the latency itself spans six
+decades. Storing ``log(roofline / measured)`` at the table's own sizes and interpolating it linearly
+in ``log2(size)`` reproduces rows held out of the grid within a few per cent, needs no package at run
+time, and carries over to a GPU without tables by swapping the roofline's peaks (support label
+``transferred``). Outside the grid the edge value is held (support label ``extrapolated``).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+class Grid:
+    """``values[i0, i1, ...]`` = log-efficiency at ``axes[0][i0], axes[1][i1], ...`` (axes in log2)."""
+
+    __slots__ = ("names", "axes", "values")
+
+    def __init__(self, names: tuple[str, ...], axes: list[np.ndarray], values: np.ndarray) -> None:
+        self.names = tuple(names)
+        self.axes = [np.asarray(a, dtype=float) for a in axes]
+        self.values = np.asarray(values, dtype=float)
+        if self.values.shape != tuple(len(a) for a in self.axes):
+            raise ValueError(f"grid values {self.values.shape} do not match axes {[len(a) for a in self.axes]}")
+
+    # -- building from rows (fit time) ---------------------------------------------------------------
+    @classmethod
+    def from_rows(cls, names: tuple[str, ...], sizes: np.ndarray, log_eff: np.ndarray,
+                  axes: list[np.ndarray] | None = None) -> "Grid":
+        """Place rows (``sizes``: (R, D) positive sizes) on the grid of their unique sizes; fill holes.
+
+        Rows sharing a cell are averaged in log space; cells no row reached are filled by
+        :meth:`fill` (linear along each axis, edges held), so a held-out row is predicted from its
+        neighbours only.
+        """
+        logs = np.log2(np.asarray(sizes, dtype=float))
+        if axes is None:
+            axes = [np.unique(logs[:, d]) for d in range(logs.shape[1])]
+        # each row goes to its nearest grid value along every axis (exact when axes are the rows' own)
+        idx = []
+        for d, a in enumerate(axes):
+            i = np.clip(np.searchsorted(a, logs[:, d]), 1, max(1, len(a) - 1)) if len(a) > 1 else np.zeros(len(logs), int)
+            if len(a) > 1:
+                i = np.where(np.abs(logs[:, d] - a[i - 1]) <= np.abs(a[i] - logs[:, d]), i - 1, i)
+            idx.append(i)
+        idx = tuple(idx)
+        shape = tuple(len(a) for a in axes)
+        total = np.zeros(shape)
+        count = np.zeros(shape)
+        np.add.at(total, idx, log_eff)
+        np.add.at(count, idx, 1.0)
+        with np.errstate(invalid="ignore"):
+            values = total / count
+        g = cls(names, axes, values)
+        g.fill()
+        return g
+
+    def fill(self) -> None:
+        """Fill NaN cells: linear interpolation along each axis in turn (flat beyond the known ends).
+
+        Axes are visited in order and the pass repeats until no hole is left (a cell isolated along
+        the first axis is reached along a later one).
+        """
+        v = self.values
+        if not np.isnan(v).any():
+            return
+        if np.isnan(v).all():
+            raise ValueError("a grid with no measured cell cannot be filled")
+        for _ in range(2 * v.ndim + 2):
+            for d in range(v.ndim):
+                moved = np.moveaxis(v, d, -1)
+                lines = moved.reshape(-1, moved.shape[-1])
+                x = self.axes[d]
+                holes = np.isnan(lines)
+                todo = np.nonzero(holes.any(axis=1) & ~holes.all(axis=1))[0]
+                for i in todo:
+                    known = ~holes[i]
+                    lines[i, holes[i]] = np.interp(x[holes[i]], x[known], lines[i, known])
+                v = np.moveaxis(lines.reshape(moved.shape), -1, d)
+            if not np.isnan(v).any():
+                break
+        self.values = np.ascontiguousarray(v)
+
+    # -- evaluation (run time) ----------------------------------------------------------------------
+    def __call__(self, *sizes) -> np.ndarray:
+        """Log-efficiency at ``sizes`` (one broadcastable array per axis), multilinear in log2 sizes."""
+        pts = np.broadcast_arrays(*[np.log2(np.maximum(np.asarray(s, dtype=float), 1e-30)) for s in sizes])
+        shape = pts[0].shape
+        lo_idx, frac = [], []
+        for a, p in zip(self.axes, pts):
+            p = p.ravel()
+            if len(a) == 1:
+                lo_idx.append(np.zeros(p.shape, dtype=np.intp))
+                frac.append(np.zeros(p.shape))
+                continue
+            i = np.clip(np.searchsorted(a, p, side="right") - 1, 0, len(a) - 2)
+            f = np.clip((p - a[i]) / (a[i + 1] - a[i]), 0.0, 1.0)   # edges held outside the grid
+            lo_idx.append(i)
+            frac.append(f)
+        out = np.zeros(lo_idx[0].shape)
+        ndim = len(self.axes)
+        for corner in range(1 << ndim):
+            w = np.ones(out.shape)
+            idx = []
+            for d in range(ndim):
+                up = (corner >> d) & 1
+                if len(self.axes[d]) == 1:
+                    if up:
+                        w = None
+                        break
+                    idx.append(lo_idx[d])
+                    continue
+                idx.append(lo_idx[d] + up)
+                w = w * (frac[d] if up else 1.0 - frac[d])
+            if w is None:
+                continue
+            out += w * self.values[tuple(idx)]
+        return out.reshape(shape)
+
+    def inside(self, *sizes) -> np.ndarray:
+        """True where every size lies within the grid's measured range (else the label is extrapolated)."""
+        ok = np.ones(np.broadcast_shapes(*(np.shape(s) for s in sizes)), dtype=bool)
+        for a, s in zip(self.axes, sizes):
+            p = np.log2(np.maximum(np.asarray(s, dtype=float), 1e-30))
+            ok &= (p >= a[0] - 1e-9) & (p <= a[-1] + 1e-9)
+        return ok
+
+    # -- storage --------------------------------------------------------------------------------------
+    def to_arrays(self, prefix: str) -> dict[str, np.ndarray]:
+        out = {f"{prefix}/values": self.values.astype(np.float16)}   # log-efficiency to ±0.05 %
+        for n, a in zip(self.names, self.axes):
+            out[f"{prefix}/axis/{n}"] = a.astype(np.float32)
+        return out
+
+    @classmethod
+    def from_arrays(cls, arrays, prefix: str, names: tuple[str, ...]) -> "Grid":
+        return cls(names, [np.asarray(arrays[f"{prefix}/axis/{n}"], dtype=float) for n in names],
+                   np.asarray(arrays[f"{prefix}/values"], dtype=float))
+
+
+class Curve:
+    """Latency of a collective: a floor blended into a bandwidth line, ``(a^p + (x/bw)^p)^(1/p)``.
+
+    Why not a grid: collective tables are short and noisy (a few rows per GPU count, ±15 % between
+    neighbours at small sizes), so a three-parameter smooth curve predicts held-out rows better
+    than interpolating between noisy neighbours (measured: all-reduce 4-6 % vs ~10 % median).
+    """
+
+    __slots__ = ("a", "bw", "p")
+
+    def __init__(self, a: float, bw: float, p: float) -> None:
+        self.a, self.bw, self.p = float(a), float(bw), float(p)
+
+    def __call__(self, x) -> np.ndarray:
+        x = np.asarray(x, dtype=float)
+        return (self.a ** self.p + (x / self.bw) ** self.p) ** (1.0 / self.p)
+
+    @classmethod
+    def fit(cls, x: np.ndarray, t: np.ndarray) -> "Curve":
+        """Least squares on log latency (relative error), from a floor / bandwidth starting guess."""
+        from scipy.optimize import least_squares  # local: only refits need scipy.optimize
+
+        x = np.asarray(x, dtype=float)
+        t = np.asarray(t, dtype=float)
+        a0 = float(np.min(t))
+        big = x >= np.quantile(x, 0.75)
+        bw0 = float(np.median(x[big] / t[big])) if big.any() else float(x.max() / t.max())
+
+        def resid(q):
+            return np.log(cls(np.exp(q[0]), np.exp(q[1]), 0.3 + np.exp(q[2]))(x)) - np.log(t)
+
+        r = least_squares(resid, [np.log(a0), np.log(max(bw0, 1.0)), np.log(0.7)])
+        return cls(np.exp(r.x[0]), np.exp(r.x[1]), 0.3 + np.exp(r.x[2]))
+
+    def to_array(self) -> np.ndarray:
+        return np.array([self.a, self.bw, self.p])
