@@ -81,7 +81,7 @@ def build(scenario: Scenario, seed: int | None = None, *, catalog: Catalog | Non
         try:
             dep = Deployment.from_catalog(catalog, p.model, p.gpu, tp=p.tp, pp=p.pp, precision=p.precision,
                                           kv_dtype=settings.kv_dtype, mem_util=settings.mem_util,
-                                          reserve_gb_per_gpu=settings.reserve_gb_per_gpu)
+                                          reserve_gb_per_gpu=settings.reserve_gb_per_gpu, engine=settings.kernels)
             cfg = engine_config(dep, settings)
             ccfg = cache_config(dep, settings)
         except InputError as e:

@@ -138,6 +138,14 @@ def _parse_row(rec: dict, row: int, where: str) -> Point:
                  _number(rec, "output_tokens", where, int, optional=True), metric, _number(rec, "value", where), unit)
 
 
+def engine_of(text: str) -> str:
+    """The engine whose measured kernels price a point: TensorRT-LLM (and NIM on it), SGLang, else vLLM."""
+    t = text.lower()
+    if _TRTLLM.search(t) or "nim" in t:
+        return "trtllm"
+    return "sglang" if "sglang" in t else "vllm"
+
+
 def deployment(cat: Catalog, p: Point) -> Deployment:
     """The point's deployment (pp = n_gpus/tp); an impossible one (weights do not fit, ...) is Unscored."""
     try:
@@ -146,7 +154,7 @@ def deployment(cat: Catalog, p: Point) -> Deployment:
         raise InputError(f"{p.where}: {e}") from None
     try:
         return Deployment(model=model, gpu=gpu, efficiency=cat.efficiency(gpu), tp=p.tp, pp=p.n_gpus // p.tp,
-                          precision=PRECISION_MAP[p.precision.lower()])
+                          precision=PRECISION_MAP[p.precision.lower()], engine=engine_of(p.engine))
     except InputError as e:
         raise Unscored(f"not a valid deployment: {e}") from None
 
@@ -302,7 +310,7 @@ def simulate_load_point(dep: Deployment, p: Point) -> dict:
         overlay.write_text(text, encoding="utf-8")
         out = estimate(seed=LOAD_SEED, model=dep.model.name, gpu=dep.gpu.name, tp=dep.tp, pp=dep.pp,
                        precision=dep.precision, input_tokens=p.input_tokens, output_tokens=p.output_tokens,
-                       requests=s.requests, engine={"kv_dtype": s.kv_dtype, "max_batch": s.max_batch,
+                       requests=s.requests, engine={"kv_dtype": s.kv_dtype, "kernels": dep.engine, "max_batch": s.max_batch,
                                                     "token_budget": s.token_budget},
                        catalog=[str(overlay)], **mode)
     used = (out["kv_capacity_tokens"], out["max_batch"], out["token_budget"])
@@ -432,12 +440,12 @@ def _row(cat: Catalog, p: Point, dep: Deployment | None, pred, loo, reason, in_f
             setup = load_setup(dep, p)
         except Unscored:  # a replaced predictor scored what load_setup cannot express
             pass
-    return {"row": p.row, "model": dep.model.name if dep else p.model, "gpu": dep.gpu.name if dep else p.gpu,
+    return {"tier": "c", "row": p.row, "model": dep.model.name if dep else p.model, "gpu": dep.gpu.name if dep else p.gpu,
             "generation": dep.gpu.generation if dep else None, "metric": p.metric, "unit": p.unit,
             "measured": p.value, "predicted": pred, "rel_error": rel(pred), "loo_error": rel(loo),
             "scored": reason is None, "in_fit": in_fit, "precision": p.precision, "tp": p.tp, "n_gpus": p.n_gpus,
             "input_tokens": p.input_tokens, "output_tokens": p.output_tokens, "batch_or_concurrency": p.load,
-            "engine": p.engine,
+            "engine": p.engine, "kernels": dep.engine if dep else None,
             "kv_dtype": (setup.kv_dtype if setup else dep.kv_dtype) if dep and reason is None else None,
             "max_batch": setup and setup.max_batch, "token_budget": setup and setup.token_budget,
             "kv_capacity_tokens": setup and setup.kv_capacity_tokens, "requests": setup and setup.requests,

@@ -15,6 +15,8 @@ from .hardware import BYTES_PER_ELEMENT, GPU, PRECISIONS, Efficiency
 from .llm import ModelSpec
 
 KV_DTYPES = ("bf16", "fp8")
+#: serving engines whose measured kernel tables can price a step (agentsim.opmodel)
+ENGINES = ("vllm", "sglang", "trtllm")
 
 
 @dataclass(frozen=True)
@@ -28,6 +30,7 @@ class Deployment:
     kv_dtype: str = "bf16"
     mem_util: float = 0.90
     reserve_gb_per_gpu: float = 2.0
+    engine: str = "vllm"          # whose measured kernels price the steps
 
     def __post_init__(self) -> None:
         where = f"deployment {self.model.name} on {self.tp * self.pp}x {self.gpu.name}"
@@ -38,6 +41,8 @@ class Deployment:
         if self.gpu.peak_flops(self.precision) <= 0:
             raise InputError(f"{where}: {self.gpu.name} has no {self.precision} support "
                              f"(bf16 {self.gpu.bf16_tflops:g}, fp8 {self.gpu.fp8_tflops:g}, fp4 {self.gpu.fp4_tflops:g} TFLOP/s)")
+        if self.engine not in ENGINES:
+            raise InputError(f"{where}: engine {self.engine!r} unknown; allowed: {', '.join(ENGINES)}")
         if self.tp < 1 or self.pp < 1:
             raise InputError(f"{where}: tp and pp must be >= 1 (got tp={self.tp}, pp={self.pp})")
         if self.tp > self.gpu.gpus_per_node:
@@ -63,10 +68,11 @@ class Deployment:
     @classmethod
     def from_catalog(cls, catalog: Catalog, model: str, gpu: str, *, tp: int = 1, pp: int = 1,
                      precision: str = "bf16", kv_dtype: str = "bf16", mem_util: float = 0.90,
-                     reserve_gb_per_gpu: float = 2.0) -> "Deployment":
+                     reserve_gb_per_gpu: float = 2.0, engine: str = "vllm") -> "Deployment":
         g = catalog.gpu(gpu)
         return cls(model=catalog.model(model), gpu=g, efficiency=catalog.efficiency(g), tp=tp, pp=pp,
-                   precision=precision, kv_dtype=kv_dtype, mem_util=mem_util, reserve_gb_per_gpu=reserve_gb_per_gpu)
+                   precision=precision, kv_dtype=kv_dtype, mem_util=mem_util, reserve_gb_per_gpu=reserve_gb_per_gpu,
+                   engine=engine)
 
     @property
     def n_gpus(self) -> int:

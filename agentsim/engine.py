@@ -473,15 +473,7 @@ class Replica:
             k = min(k_finish, k_kv, k_pf)
         else:
             k = min(k_finish, k_kv)
-        tokens = n + chunk
-        c0 = c.t_token * tokens + c.t_attn * (S + chunk * p + chunk * chunk / 2) + c.t_sample * n
-        c1 = c.t_attn * (n + chunk * chunk)
-        m0 = c.t_weights + c.t_kv * (S + p + chunk)
-        if c.expert_keep < 1.0:
-            m0 += c.t_experts * (1.0 - c.expert_keep ** tokens)
-        m1 = c.t_kv * (n + chunk)
-        h = c.overhead + (c.comm_fixed + c.comm_token * tokens if c.comm_fixed else 0.0)
-        self._law = law = Stretch(c0, c1, m0, m1, h)
+        self._law = law = c.stretch(n, S, chunk, p)
         if cache is not None and self.waiting and cache.pinning:
             # a pin expiring mid-stretch may let the queue head in at the next boundary
             k = min(k, law.steps_done_by(cache.next_expiry(t) - t) + 1)
@@ -510,9 +502,8 @@ class Replica:
             left -= ch
             if ch == r:
                 done += 1
-        dur = self.c.step_time(pf_tokens, attn, pf_kv, n, S, n + done) + load * self.c.t_host_load
-        busy = dur - self.c.overhead - (self.c.comm_fixed + self.c.comm_token * (n + pf_tokens)
-                                        if self.c.comm_fixed else 0.0)
+        busy = self.c.kernel_time(pf_tokens, attn, n, S, n + done) + load * self.c.t_host_load
+        dur = busy + self.c.overhead
         self._mixed = (chunks, n + done, busy)
         self._mixed_dur = dur
         self._law = None

@@ -75,7 +75,8 @@ def estimate(seed: int = 1, **kw) -> dict:
         out["saturation_output_tokens_per_s"] = out["steady_output_tokens_per_s"]
     pool = res.pools.iloc[0]
     out.update(kv_capacity_tokens=int(pool["kv_capacity_tokens"]), max_batch=int(pool["max_batch"]),
-               token_budget=int(pool["token_budget"]), preemptions=int(pool["preemptions"]))
+               token_budget=int(pool["token_budget"]), preemptions=int(pool["preemptions"]),
+               kernels=str(pool["kernels"]), support=str(pool["support"]))
     return out
 
 

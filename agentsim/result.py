@@ -20,6 +20,7 @@ import pandas as pd
 
 from .cluster import replica_energy_j
 from .errors import InputError
+from .opmodel import data_info
 from .request import OUTCOMES, TRIGGERS
 from .sessions import SESSION_OUTCOMES
 
@@ -114,6 +115,7 @@ class Result:
             rows.append({
                 "pool": p.name, "site": p.site, "gpu": p.deployment.gpu.name, "model": p.deployment.model.name,
                 "tp": p.deployment.tp, "pp": p.deployment.pp, "precision": p.deployment.precision,
+                "kernels": p.deployment.engine, "support": p.coeffs.label,
                 "replicas": n, "gpus": p.n_gpus, "kv_capacity_tokens": p.config.kv_capacity,
                 "max_batch": p.config.max_batch, "token_budget": p.config.token_budget,
                 "busy_frac": busy / (n * now) if now > 0 else 0.0, "down_frac": down / (n * now) if now > 0 else 0.0,
@@ -124,7 +126,7 @@ class Result:
         meta = {"scenario": sc.model_dump(mode="json"), "seed": sim.seed, "duration_s": sc.duration_s,
                 "warmup_s": sc.warmup_s, "sim_wall_s": sim.wall_s, "events": sim.events,
                 "slo_ttft_s": sc.slo_ttft_s, "slo_tpot_s": sc.slo_tpot_s,
-                "sites": {k: v.model_dump() for k, v in sc.sites.items()}}
+                "sites": {k: v.model_dump() for k, v in sc.sites.items()}, "step_model": data_info()}
         meta["populations"] = {p.name: {"profile": p.cfg.profile, "retry_policy": p.policy.name,
                                         "sessions_started": p.sessions_started, "calls": p.stats.calls,
                                         "attempts": p.stats.attempts, "retries": p.stats.retries,
@@ -173,7 +175,7 @@ class Result:
         out["usd_per_m_output_tokens"] = cost / all_out * 1e6 if all_out else math.nan
         out["pools"] = {r["pool"]: {"utilisation": r["busy_frac"], "mean_power_w": r["energy_j"] / max(self.meta.get(
             "duration_s", 1.0), 1e-12), "gpus": int(r["gpus"]), "cost_usd": r["cost_usd"],
-            "preemptions": int(r["preemptions"])} for r in pools.to_dict("records")}
+            "preemptions": int(r["preemptions"]), "support": r.get("support")} for r in pools.to_dict("records")}
         if len(self.timeseries):
             ts = self.timeseries
             by_t = ts.groupby("time_s", observed=True)["facility_power_w"].sum()

@@ -53,6 +53,9 @@ class EngineSettings(Model):
     mem_util: float = Field(0.90, gt=0, le=1, description="share of HBM for weights + KV")
     reserve_gb_per_gpu: float = Field(2.0, ge=0, description="HBM kept for activations / CUDA graphs")
     kv_dtype: Literal["bf16", "fp8"] = Field("bf16", description="KV cache element type")
+    kernels: Literal["vllm", "sglang", "trtllm"] = Field(
+        "vllm", description="whose measured kernel tables price the steps (aiconfigurator-core op tables: "
+                            "vLLM, SGLang or TensorRT-LLM kernels)")
 
 
 class Site(Model):

@@ -1,4 +1,6 @@
-"""The service-time core: how long one engine step takes, in two forms of one model.
+"""[Benchmark baseline: the step model before the per-operator fit, kept only to time it against.]
+
+The service-time core: how long one engine step takes, in two forms of one model.
 
 A step mixes prefill chunks (``c_i`` new tokens after ``p_i`` cached ones) and decodes (one token
 each at context ``s_j``). Only aggregates matter (DESIGN.md §5, hardware-roofline.md §3.2)::
@@ -25,7 +27,7 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
-from .deployment import Deployment
+from agentsim.deployment import Deployment
 
 ACT_BYTES = 2.0  # activations travel in 16-bit
 

@@ -47,7 +47,7 @@ def deployment(name: str) -> Deployment:
 def coeffs(name: str, request_overhead: float | None = None) -> StepCoeffs:
     """Step coefficients of a named deployment (optionally with another per-request overhead)."""
     c = StepCoeffs.of(deployment(name))
-    return c if request_overhead is None else replace(c, request_overhead=request_overhead)
+    return c if request_overhead is None else c.with_(request_overhead=request_overhead)
 
 
 @dataclass

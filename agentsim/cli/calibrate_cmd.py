@@ -1,4 +1,13 @@
-"""``agentsim calibrate``: fit each GPU generation's efficiency factors to measured points.
+"""``agentsim calibrate``: the calibration report in three tiers, and the refit of the step model.
+
+* tier (a): the per-operator fit per engine, GPU and op class, on rows held out of every fit (and
+  in-sample beside it), and leave-one-GPU-out (from the shipped fit's report);
+* tier (b): whole decode, prefill and mixed steps rebuilt from held-out measured rows;
+* tier (c): the shipped measured points through the engine (below).
+``--refit`` regenerates ``agentsim/data/opmodel.npz`` from the installed op tables
+(``pip install 'agentsim[optables]'``) and prints tiers (a) and (b) afresh.
+
+Tier (c), as before: fit each GPU generation's per-step and per-request overheads to measured points.
 
 Prints every point (conditions, measured, predicted, relative and leave-one-out error, or why it
 is not scored), then per generation the fitted factors against their priors and an error summary
@@ -10,6 +19,7 @@ limits, simulated requests), scored but never fitted.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import click
@@ -47,22 +57,92 @@ def load_block(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def tier_blocks(meta: dict) -> str:
+    """Tiers (a) and (b) of a fit's report as text: per engine and GPU, medians and the worst case."""
+    import numpy as np
+
+    out = [f"step model: {meta['package']} {meta['version']} tables, data hash {meta['data_hash']}; "
+           f"held out before fitting: a random {meta['holdout']['share']:.0%} of each table's rows (seed "
+           f"{meta['holdout']['seed']}) and every shape of {meta['holdout']['family']}",
+           "", "tier (a): op fit, median |relative error| on held-out rows (in-sample; leave-one-GPU-out)"]
+    rows = []
+    for r in meta["tier_a"]:
+        rows.append({"engine": r["engine"], "gpu": r["gpu"], "op": r["op"], "held_out_rows": r["held_out_rows"],
+                     "held_out": r["held_out_median"], "p90": r["held_out_p90"], "in_sample": r["in_sample_median"],
+                     "logo": r["logo_median"], "logo_from": r["logo_from"], "target": r["tolerance"],
+                     "ok": "yes" if r["within"] else "NO"})
+    out.append(render_table(rows))
+    out += ["", "tier (b): whole steps from held-out rows (Llama-3.1-8B TP1, 70B TP4/TP8, DeepSeek-V3 TP8; "
+                "decode 32 x 4k, prefill 2k, mixed 512 + 32 x 4k)"]
+    groups: dict = {}
+    for r in meta["tier_b"]:
+        groups.setdefault((r["engine"], r["gpu"]), []).append(r)
+    rows = []
+    for (engine, gpu), rs in groups.items():
+        e = np.abs([r["rel_error"] for r in rs])
+        worst = rs[int(np.argmax(e))]
+        rows.append({"engine": engine, "gpu": gpu, "steps": len(rs), "median": float(np.median(e)),
+                     "max": float(e.max()), "worst": f"{worst['shape']} {worst['step']}",
+                     "ok": "yes" if np.median(e) <= 0.08 and e.max() <= 0.25 else "NO"})
+    out.append(render_table(rows))
+    return "\n".join(out)
+
+
 @cli.command("calibrate")
 @click.option("--data", "data_file", type=click.Path(dir_okay=False), default=None,
               help="Measured points (CSV with the columns of calibration.csv). "
                    "Default: the shipped agentsim/data/calibration.csv.")
 @click.option("--write", "write_file", type=click.Path(dir_okay=False), default=None,
               help="Write the fitted factors to this catalog TOML file (atomically).")
+@click.option("--refit", is_flag=True,
+              help="Refit the per-operator step model from the installed op tables (needs the optables extra) "
+                   "and write it to --write-ops (default: the shipped agentsim/data/opmodel.npz).")
+@click.option("--write-ops", "ops_file", type=click.Path(dir_okay=False), default=None,
+              help="With --refit: where to write the fitted op model (.npz).")
+@click.option("--tier", "tiers", type=click.Choice(["a", "b", "c"]), multiple=True,
+              help="Report only these tiers (repeatable; default all three).")
 @catalog_option
 @format_option
-def calibrate(data_file, write_file, catalog_files, fmt) -> None:
-    """Fit per-generation efficiency factors (MFU, MBU, overheads) to measured points."""
+def calibrate(data_file, write_file, refit, ops_file, tiers, catalog_files, fmt) -> None:
+    """The calibration report (op fit, whole steps, measured points); --refit refits the step model."""
+    from .. import opfit
+    from ..opmodel import DATA, OpModel
+
+    tiers = set(tiers or ("a", "b", "c"))
+    if ops_file and not refit:
+        raise InputError("--write-ops: only meaningful with --refit")
+    if refit:
+        target = Path(ops_file) if ops_file else DATA
+        if target.suffix != ".npz":
+            raise InputError(f"--write-ops {target}: the op model is written as .npz")
+        arrays, _ = opfit.fit_all(load_catalog(env_catalog_files() + tuple(catalog_files), calibrated=False))
+        try:
+            opfit.write(arrays, target)
+        except OSError as e:
+            raise InputError(f"--write-ops {target}: cannot write ({e.strerror or e})") from None
+        click.echo(f"wrote {target}", err=True)
+        meta = json.loads(str(arrays["meta"]))
+    else:
+        meta = OpModel.load().meta
+    rows: list[dict] = []
+    if "a" in tiers:
+        rows += meta["tier_a"]
+    if "b" in tiers:
+        rows += meta["tier_b"]
+    if fmt == "table" and tiers & {"a", "b"}:
+        click.echo(tier_blocks({**meta, "tier_a": meta["tier_a"] if "a" in tiers else [],
+                                "tier_b": meta["tier_b"] if "b" in tiers else []}))
+    if "c" not in tiers:
+        if fmt == "json":
+            emit(rows, fmt)
+        return
     path = Path(data_file) if data_file else data_path("calibration.csv")
     points = cal.load_points(path)
     result = cal.calibrate(points, load_catalog(env_catalog_files() + tuple(catalog_files), calibrated=False))
     if fmt == "json":
-        emit(result.rows, fmt)
+        emit(rows + result.rows, fmt)
     else:
+        click.echo("\ntier (c): the shipped measured points through the engine")
         emit([{k: v for k, v in r.items() if k not in ("source", "load_assumption")} for r in result.rows], fmt)
         for fit in result.fits.values():
             click.echo("\n" + generation_block(fit, result.rows))

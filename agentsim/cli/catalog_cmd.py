@@ -7,16 +7,20 @@ from .common import catalog_option, cli, emit, format_option, get_catalog
 
 
 def gpu_rows(cat) -> list[dict]:
+    from ..opmodel import OpModel
+
+    om = OpModel.load()
     rows = []
     for name, g in cat.gpus.items():
         eff = cat.efficiency(g)
+        fitted, label = om.source(g)
         rows.append({
             "gpu": name, "vendor": g.vendor, "generation": g.generation,
             "bf16_tflops": g.bf16_tflops, "fp8_tflops": g.fp8_tflops, "fp4_tflops": g.fp4_tflops,
             "hbm_gb": g.hbm_gb, "hbm_tbps": g.hbm_tbps, "scaleup_gbps": g.scaleup_gbps,
             "scaleout_gbps": g.scaleout_gbps, "tdp_w": g.tdp_w, "server_w_per_gpu": g.server_w_per_gpu,
             "gpus_per_node": g.gpus_per_node, "usd_per_gpu_hour": g.usd_per_gpu_hour,
-            "mfu_bf16": eff.mfu_bf16, "mfu_fp8": eff.mfu_fp8, "mbu": eff.mbu,
+            "op_tables": label if label == "measured" else f"transferred from {fitted}",
             "step_overhead_ms": eff.step_overhead_ms, "request_overhead_ms": eff.request_overhead_ms,
             "calibrated": eff.calibrated, "sources": g.sources,
         })
@@ -41,15 +45,44 @@ def model_rows(cat) -> list[dict]:
     return rows
 
 
+def support_rows(cat) -> list[dict]:
+    """Every GPU x model x precision with the smallest tensor-parallel size that fits, and its label:
+    measured (the GPU's own op tables), transferred (the closest fitted GPU's, rescaled by datasheet
+    peaks) or extrapolated (the model's shapes outside the measured sizes)."""
+    from ..deployment import Deployment
+    from ..errors import InputError
+    from ..servicetime import StepCoeffs
+
+    rows = []
+    for gname, g in cat.gpus.items():
+        for mname in cat.models:
+            for precision in ("bf16", "fp8", "fp4"):
+                if g.peak_flops(precision) <= 0:
+                    continue
+                for tp in (1, 2, 4, 8, 16, 32, 72):
+                    if tp > g.gpus_per_node:
+                        break
+                    try:
+                        dep = Deployment.from_catalog(cat, mname, gname, tp=tp, precision=precision)
+                    except InputError:
+                        continue
+                    c = StepCoeffs.of(dep)
+                    rows.append({"gpu": gname, "model": mname, "precision": precision, "tp": tp,
+                                 "support": c.label, "outside": ",".join(c.outside) or "-"})
+                    break
+    return rows
+
+
 @cli.command("catalog")
-@click.argument("what", type=click.Choice(["gpus", "models"]))
+@click.argument("what", type=click.Choice(["gpus", "models", "support"]))
 @catalog_option
 @format_option
 def catalog(what: str, catalog_files: tuple[str, ...], fmt: str) -> None:
-    """List the GPU or model catalog (add your own with --catalog FILE)."""
+    """List the GPU or model catalog (add your own with --catalog FILE), or each GPU x model x
+    precision's step-model support label (measured, transferred or extrapolated)."""
     cat = get_catalog(catalog_files)
-    rows = gpu_rows(cat) if what == "gpus" else model_rows(cat)
+    rows = {"gpus": gpu_rows, "models": model_rows, "support": support_rows}[what](cat)
     if fmt == "table":
         for r in rows:
-            r.pop("sources")
+            r.pop("sources", None)
     emit(rows, fmt)
