@@ -29,7 +29,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
-from scipy.optimize import least_squares
 
 from .build import default_limits
 from .catalog import Catalog
@@ -380,6 +379,7 @@ def fit_factors(items: list[Item], prior: Efficiency) -> dict[str, float]:
     u0 = np.log([getattr(prior, n) for n in names] + floor)
     lo, hi = np.log(np.array([BOUNDS_MS if n.endswith("_ms") else BOUNDS for n in names]).T + floor)
     measured = np.log([p.value for p, _ in items])
+    from scipy.optimize import least_squares  # local: scipy.optimize costs ~0.5 s; only the fit needs it
     res = least_squares(lambda u: np.concatenate([_log_preds(items, names, u) - measured, PRIOR_WEIGHT * (u - u0)]),
                         np.clip(u0, lo + 1e-9, hi - 1e-9), bounds=(lo, hi))
     return dict(zip(names, (np.exp(res.x) - floor).tolist()))

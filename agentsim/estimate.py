@@ -116,3 +116,23 @@ def steady_output_rate(finish_times: np.ndarray, output_tokens: np.ndarray) -> f
         return float(o.sum() / t[-1]) if len(t) and t[-1] > 0 else float("nan")
     lo, hi = int(0.1 * len(t)), int(0.9 * len(t))
     return float(o[lo + 1:hi + 1].sum() / max(t[hi] - t[lo], 1e-12))
+
+
+def _make_callable() -> None:
+    """Let ``agentsim.estimate(...)`` call :func:`estimate`.
+
+    The package exports the function under this module's own name, and importing the module
+    (``from agentsim.estimate import ...``) sets ``agentsim.estimate`` to the module: a callable
+    module keeps ``agentsim.estimate`` one object that works both ways, however it was imported.
+    """
+    import sys
+    import types
+
+    class CallableModule(types.ModuleType):
+        def __call__(self, *args, **kw) -> dict:
+            return estimate(*args, **kw)
+
+    sys.modules[__name__].__class__ = CallableModule
+
+
+_make_callable()

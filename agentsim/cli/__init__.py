@@ -1,4 +1,4 @@
-"""The ``agentsim`` command line: one module per command, registered here.
+"""The ``agentsim`` command line: one module per command, imported when its command runs (see ``lazy``).
 
 Bad input anywhere below raises :class:`agentsim.errors.InputError`; :func:`main` prints it as
 one line and exits 2, so users never see a traceback for a mistake of theirs.
@@ -13,14 +13,7 @@ from ..errors import InputError
 from .common import cli
 
 
-def _register() -> None:
-    """Import every command module (each registers its command on import)."""
-    from . import (calibrate_cmd, capacity_cmd, catalog_cmd, estimate_cmd, experiment_cmd,  # noqa: F401
-                   replay_cmd, report_cmd, run_cmd, servicetime_cmd, sweep_cmd, validate_cmd)
-
-
 def main(argv: list[str] | None = None) -> None:
-    _register()
     try:
         cli.main(args=argv, prog_name="agentsim", standalone_mode=False)
     except InputError as e:

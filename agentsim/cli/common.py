@@ -3,13 +3,17 @@ from __future__ import annotations
 
 import json
 import math
+from typing import TYPE_CHECKING
 
 import click
 
-from ..catalog import Catalog, env_catalog_files, load_catalog
+from .lazy import LazyGroup
+
+if TYPE_CHECKING:
+    from ..catalog import Catalog
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="agentsim")
 def cli() -> None:
     """agentsim: simulate agent inference on heterogeneous GPU clusters."""
@@ -28,6 +32,7 @@ def format_option(f):
 
 
 def get_catalog(catalog_files: tuple[str, ...]) -> Catalog:
+    from ..catalog import env_catalog_files, load_catalog  # local: pydantic and the catalog cost `--help` ~0.1 s
     return load_catalog(env_catalog_files() + tuple(catalog_files))
 
 
