@@ -14,9 +14,9 @@ import click
 
 # name -> (module in agentsim.cli that defines it, the first sentence of its help: what --help lists)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "calibrate": ("calibrate_cmd", "Fit per-generation efficiency factors (MFU, MBU, overheads) to measured points."),
+    "calibrate": ("calibrate_cmd", "The calibration report (op fit, whole steps, measured points); --refit refits the step model."),
     "capacity": ("capacity_cmd", "Find the smallest fleet (or largest load) at which every SLO holds."),
-    "catalog": ("catalog_cmd", "List the GPU or model catalog (add your own with --catalog FILE)."),
+    "catalog": ("catalog_cmd", "List the GPU or model catalog (add your own with --catalog FILE), or each GPU x model x precision's step-model support label (measured, transferred or extrapolated)."),
     "estimate": ("estimate_cmd", "Simulate one deployment: TTFT, TPOT, E2E (mean and percentiles) and token "
                                  "throughput."),
     "experiment": ("experiment_cmd", "Scripted experiments: each answers one question and writes summary.md, "
