@@ -39,6 +39,8 @@ class GPU(BaseModel):
     host_mem_gb_per_gpu: float = Field(ge=0)
     host_link_gbps: float = Field(gt=0)
     usd_per_gpu_hour: float = Field(ge=0)
+    ideal: bool = Field(False, description="an idealised GPU (validation): every kernel runs at its roofline "
+                                           "on these peaks, no measured efficiency")
     sources: dict[str, str] = Field(default_factory=dict)
 
     def peak_flops(self, precision: str) -> float:

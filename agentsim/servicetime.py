@@ -60,14 +60,19 @@ class _Ops:
         self.dep, self.om = dep, om
         self.fitted, self.label = om.source(dep.gpu)
         self.engine = dep.engine
+        self.ideal = dep.gpu.ideal
+        if self.ideal:
+            self.label = "ideal"
         self.outside: set[str] = set()
         self.gpu = dep.gpu
         self.gemm_cat = "bfloat16" if dep.precision == "bf16" else "fp8"
-        if dep.precision == "fp4" or not om.has(self.engine, self.fitted, "gemm", self.gemm_cat):
+        if not self.ideal and (dep.precision == "fp4" or not om.has(self.engine, self.fitted, "gemm", self.gemm_cat)):
             self.label = "transferred"        # fp4 GEMMs priced with the fp8 grid at the fp4 peak
         self.kv_cat = "fp8" if dep.kv_dtype == "fp8" else "bfloat16"
 
     def _grid(self, op: str, cat: str, *sizes):
+        if self.ideal:      # roofline time exactly: log-efficiency 0
+            return np.zeros(np.broadcast_shapes(*(np.shape(s) for s in sizes)))
         g = self.om.op(self.engine, self.fitted, op, cat)
         if not self.om.has(self.engine, self.fitted, op, cat):
             self.label = "transferred" if self.label == "measured" else self.label
@@ -81,7 +86,7 @@ class _Ops:
         return g(*sizes)
 
     def gemm(self, m, n, k):
-        top = 2.0 ** self.om.op(self.engine, self.fitted, "gemm", self.gemm_cat).axes[1][-1]
+        top = math.inf if self.ideal else 2.0 ** self.om.op(self.engine, self.fitted, "gemm", self.gemm_cat).axes[1][-1]
         if n > top:   # wider than any measured GEMM (an LM head over a big vocabulary): in measured slices
             pieces = math.ceil(n / top)
             return pieces * self.gemm(m, n / pieces, k)

@@ -112,7 +112,8 @@ def slice_record(res: Result, max_rows: int = MAX_POOLED_ROWS) -> tuple[dict, di
     }
     rec["pools"] = {r["pool"]: {"replicas": int(r["replicas"]), "busy": float(r["busy_frac"]) * int(r["replicas"]),
                                 "gpus": int(r["gpus"]), "cost_usd": float(r["cost_usd"]),
-                                "preemptions": int(r["preemptions"]), "energy_j": float(r["energy_j"])}
+                                "preemptions": int(r["preemptions"]), "energy_j": float(r["energy_j"]),
+                                "support": r.get("support")}
                     for r in pools.to_dict("records")}
     if len(res.timeseries):
         by_t = res.timeseries.groupby("time_s", observed=True)["facility_power_w"].sum()
@@ -214,16 +215,19 @@ def merge(records: list[tuple[dict, dict]], count: int | None = None) -> dict:
     out["usd_per_m_tokens"] = _div(cost, all_out + tot("all_in_tokens")) * 1e6
     out["usd_per_m_output_tokens"] = _div(cost, all_out) * 1e6
     pools: dict[str, dict] = {}
+    support: dict[str, str | None] = {}      # a pool's step-model label is the same in every slice
     for r in recs:
         for name, p in r["pools"].items():
             acc = pools.setdefault(name, {"replicas": 0, "busy": 0.0, "gpus": 0, "cost_usd": 0.0,
                                           "preemptions": 0, "energy_j": 0.0})
             for key in acc:
                 acc[key] += p[key]
+            support[name] = p.get("support")
     duration = max(recs[0]["duration_s"], 1e-12)
     out["pools"] = {name: {"utilisation": _div(p["busy"], p["replicas"]),
                            "mean_power_w": scale(p["energy_j"]) / duration, "gpus": scale(p["gpus"]),
-                           "cost_usd": scale(p["cost_usd"]), "preemptions": scale(p["preemptions"])}
+                           "cost_usd": scale(p["cost_usd"]), "preemptions": scale(p["preemptions"]),
+                           "support": support[name]}
                     for name, p in pools.items()}
     if any("power" in r for r in recs):
         series: dict[float, float] = {}

@@ -506,7 +506,7 @@ def default_scenario(trace: Trace, catalog=None) -> dict:
 
     * mooncake: **one** replica (there is no prefix-aware router, and a block cache split over
       replicas would lose the hits the trace is about), with the smallest TP of 1, 2, 4, 8 that
-      keeps it about half busy; ``engine.prefix_cache = "blocks"``. Engine defaults otherwise: no
+      keeps it about half busy (TP 8 if none does: the replica then runs busier than half); ``engine.prefix_cache = "blocks"``. Engine defaults otherwise: no
       host tier, 300 s TTL (``--unbounded-cache`` gives the ideal-cache setting).
     * azure: TP 1 replicas, as many as the load needs, least-outstanding routing.
     * tracelab: TP 1 replicas (at most one per session), session-affinity routing (a session's
@@ -528,6 +528,8 @@ def default_scenario(trace: Trace, catalog=None) -> dict:
         replicas = max(1, math.ceil(util / TARGET_UTILISATION))
         if trace.format != "mooncake" or replicas == 1:
             break
+    if trace.format == "mooncake":          # one replica even when no TP gets it half busy (the busiest TP)
+        replicas = 1
     if trace.format == "tracelab":          # a closed-loop session runs on one replica at a time
         replicas = min(replicas, len(trace.sessions))
     pool = {"gpu": DEFAULT_GPU, "model": DEFAULT_MODEL, "tp": tp, "replicas": replicas}

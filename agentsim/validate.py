@@ -126,7 +126,7 @@ def step_s() -> float:
 def beta_s() -> float:
     """β: seconds one request adds to a step of the processor-sharing GPU."""
     c = coeffs(PS_GPU)
-    return c.t_token + c.t_sample
+    return (c.F(2) - c.F(1)) + (c.H(2) - c.H(1))      # one more request in a step: its token and its logits
 
 
 # -- scenarios ------------------------------------------------------------------------------------------

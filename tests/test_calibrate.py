@@ -101,7 +101,8 @@ def test_load_prediction_is_the_estimate_path(result):
     out = estimate(seed=cal.LOAD_SEED, model=r["model"], gpu=r["gpu"], tp=r["tp"], pp=r["n_gpus"] // r["tp"],
                    precision=r["precision"].lower(), input_tokens=r["input_tokens"], output_tokens=r["output_tokens"],
                    concurrency=50, requests=r["requests"],
-                   engine={"kv_dtype": r["kv_dtype"], "max_batch": r["max_batch"], "token_budget": r["token_budget"]})
+                   engine={"kv_dtype": r["kv_dtype"], "kernels": r["kernels"], "max_batch": r["max_batch"],
+                           "token_budget": r["token_budget"]})
     assert out["kv_capacity_tokens"] == r["kv_capacity_tokens"] and out["preemptions"] == 0
     assert math.isclose(out["steady_output_tokens_per_s"], r["predicted"], rel_tol=1e-3)
 
@@ -178,7 +179,7 @@ def test_ttft_single_step_matches_servicetime_table():
 
 
 def test_json_cli_output_has_the_keys(result, capsys):
-    code, out, _ = run_cli(["calibrate", "--format", "json"], capsys)
+    code, out, _ = run_cli(["calibrate", "--tier", "c", "--format", "json"], capsys)
     assert code == 0
     rows = json.loads(out)
     assert len(rows) == len(cal.load_points(data_path("calibration.csv")))

@@ -496,7 +496,7 @@ def test_loaded_pool_power_between_idle_and_full_and_integrates_to_energy():
     assert (ts["busy_frac"] > 0).all() and (ts["busy_frac"] <= 1).all()
 
 
-LONG_DECODE = {"one": stream("all_at_once", count=1, output_tokens=7000)}   # one request decoding for ~50 s
+LONG_DECODE = {"one": stream("all_at_once", count=1, output_tokens=7600)}   # one request decoding for ~52 s
 
 
 def test_time_series_power_stays_within_physical_bounds():

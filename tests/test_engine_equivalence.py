@@ -144,11 +144,13 @@ def test_arrival_at_step_boundary_joins_that_step(dep, overhead, start, offset):
     base, co, cfg, boundaries = _busy_boundaries(dep, overhead, start)
     assert len(boundaries) >= 4
     oh = co.request_overhead
+    tested = 0
     for b in boundaries:
         t_ready = b + offset * EPS * max(1.0, b)
         a = arrival_for_ready(t_ready, oh)
-        if offset == 0.0 and oh > 0:
-            assert a + oh == b  # ready exactly at the boundary
+        if offset == 0.0 and oh > 0 and a + oh != b:
+            continue            # no float arrival is ready exactly at this boundary (a + oh skips it)
+        tested += 1
         k = int(np.searchsorted(base.arrival, a, side="right"))
         wl = Workload(np.insert(base.arrival, k, a), np.insert(base.prompt, k, 100), np.insert(base.output, k, 5))
         ref_log = StepLog(SteppingReplica)
@@ -160,6 +162,7 @@ def test_arrival_at_step_boundary_joins_that_step(dep, overhead, start, offset):
             assert new.rid == k and new.outcome == "completed"
             assert rel_close(new.admitted, b), (new.admitted, b)           # joined the step starting at b
             assert rel_close(new.first_token, nxt), (new.first_token, nxt)  # and its prompt ran in it
+    assert tested >= 3
 
 
 # -- outcomes --------------------------------------------------------------------------------------

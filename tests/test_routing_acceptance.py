@@ -96,7 +96,9 @@ def test_saturation_rate_is_the_capacity_of_a_replica():
         s = res.summary()
         if frac < 1:
             assert s["requests_per_s"] == pytest.approx(frac * sat, rel=0.05)
-            assert s["outcomes"].get("in_flight", 0) < 0.05 * s["requests"]
+            # keeping up: what is left in flight at the end is what Little's law holds, lambda x E[T]
+            # (a replica falling behind leaves a backlog that grows with the run instead)
+            assert s["outcomes"].get("in_flight", 0) < 1.5 * s["requests_per_s"] * s["e2e_s"]
         else:
             done = res.requests[res.requests["outcome"] == "completed"]
             steady = done[done["finish_s"] > DURATION_S / 2]   # the backlog is long by then

@@ -48,6 +48,8 @@ def rich(tmp_path_factory):
 
 
 def _close(a, b) -> bool:
+    if isinstance(b, str):
+        return a == b
     if isinstance(a, float) and math.isnan(a):
         return isinstance(b, float) and math.isnan(b)
     return a == pytest.approx(b, rel=1e-9, abs=1e-12)

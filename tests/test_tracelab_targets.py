@@ -85,7 +85,7 @@ def tracelab_scenario(n_sessions: int, seed: int, params: dict | None = None, sh
         "name": "tracelab-coding", "duration_s": 72 * 3600.0, "seed": seed, "sample_s": 3600.0,
         "engine": {"retention": "pin_session", "prefix_ttl_s": 600.0, "host_kv_gb": 1000.0, "kv_dtype": "fp8"},
         "pools": {"h100": {"gpu": "H100-SXM", "model": "Llama-3-70B", "precision": "fp8", "tp": 4,
-                           "replicas": 16}},
+                           "replicas": 24}},
         "router": {"policy": "session_affinity"},
         "populations": pops,
     }

@@ -1,7 +1,8 @@
 """``agentsim servicetime``: the step-time model as a table, no simulation needed.
 
-For each deployment and batch size: a decode step's time, the per-user token rate, the
-replica's token throughput, and a whole prompt's prefill (TTFT at an idle replica).
+For each deployment and batch size: a decode step's time, the share of it spent in attention, the
+per-user token rate, the replica's token throughput, a whole prompt's prefill (TTFT at an idle
+replica) and the step model's support label.
 """
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ DEFAULT_DEPLOYMENTS = (
 
 
 def table_rows(deps: list[Deployment], batches, input_tokens: int, output_tokens: int) -> list[dict]:
-    coeffs = StepCoeffs.stack([StepCoeffs.of(d) for d in deps]).column()
+    singles = [StepCoeffs.of(d) for d in deps]
+    coeffs = StepCoeffs.stack(singles)
     batches = np.asarray(batches, dtype=float)
     ctx = input_tokens + output_tokens / 2  # mean context over the decode phase
     dec = step_cost(coeffs, decodes=batches, decode_context=batches * ctx)
@@ -32,10 +34,10 @@ def table_rows(deps: list[Deployment], batches, input_tokens: int, output_tokens
             rows.append({
                 "deployment": d.label, "batch": int(b), "decode_step_ms": t * 1e3,
                 "tokens_per_s_per_user": 1 / t, "tokens_per_s": b / t,
-                "bound": "compute" if dec.compute_s[i, j] > dec.memory_s[i, j] else "memory",
-                "ttft_idle_ms": (float(pre.time_s[i, 0]) + coeffs.request_overhead[i, 0]) * 1e3,
+                "attention_share": float(dec.attention_s[i, j] / dec.time_s[i, j]),
+                "ttft_idle_ms": (float(pre.time_s[i]) + singles[i].request_overhead) * 1e3,
                 "joules_per_token": float(dec.energy_j[i, j]) / b,
-                "kv_capacity_tokens": d.kv_capacity_tokens,
+                "kv_capacity_tokens": d.kv_capacity_tokens, "support": singles[i].label,
             })
     return rows
 
