@@ -29,7 +29,7 @@ PERCENTILES = (50, 90, 99)
 REJECTIONS = ("429_limit", "429_window", "429_spend_cap", "529_overload", "request_too_large")
 #: per-pool summary keys that come from :meth:`Result.capacity_utilisation` once it has run
 CAPACITY_KEYS = ("capacity_utilisation", "batch_occupancy", "kv_occupancy", "served_output_tokens_per_s",
-                 "capacity_output_tokens_per_s", "max_load_tpot_s")
+                 "capacity_output_tokens_per_s", "max_load_tpot_s", "max_load_batch")
 
 
 #: integer id columns where the engine writes -1 for "none": the tables hold NaN there instead

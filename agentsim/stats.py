@@ -104,7 +104,9 @@ def proportion_interval(k: int, n: int, level: float = LEVEL) -> tuple[float, fl
     p = k / n
     c = (p + z * z / (2 * n)) / (1 + z * z / n)
     h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return clip(p, c - h, c + h, UNIT)
+    # exactly 0 at k = 0 and 1 at k = n (rounding would leave 1e-18 above the share itself)
+    low, high = (0.0 if k == 0 else min(c - h, p)), (1.0 if k == n else max(c + h, p))
+    return clip(p, low, high, UNIT)
 
 
 def percentile_interval(values, q: float, level: float = LEVEL,
@@ -125,8 +127,9 @@ def percentile_interval(values, q: float, level: float = LEVEL,
     alpha = 1 - level
     lo_rank = int(stats.binom.ppf(alpha / 2, n, q / 100))        # 1-based rank of the lower bound
     hi_rank = int(stats.binom.ppf(1 - alpha / 2, n, q / 100)) + 1
-    low = float(x[lo_rank - 1]) if lo_rank >= 1 else math.nan
-    high = float(x[hi_rank - 1]) if hi_rank <= n else math.nan
+    # widened to hold the interpolated estimate (tiny samples: the order statistic can pass it)
+    low = min(float(x[lo_rank - 1]), est) if lo_rank >= 1 else math.nan
+    high = max(float(x[hi_rank - 1]), est) if hi_rank <= n else math.nan
     return clip(est, low, high, valid)
 
 

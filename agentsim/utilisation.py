@@ -7,16 +7,16 @@
 * *the load it can carry* is the saturation output rate of one replica of the pool's deployment
   (GPU, model, tp, pp, precision and engine settings), measured by ``agentsim estimate --max-load``
   with the pool's mean request shape — mean *prefilled* tokens (the prompt tokens the engine had
-  to compute, after prefix-cache hits) and mean output tokens of those completed requests —
-  times the replicas up on average (replicas x (1 − down share)).
+  to compute, after prefix-cache hits) and mean output tokens of those completed requests — and
+  the batch capped at what the KV cache holds at the pool's mean *context* (input + output
+  tokens, cached part included: an agent's long cached context takes KV space even though it is
+  not recomputed); times the replicas up on average (replicas x (1 − down share)).
 
 Values near 1 mean the pool runs at its saturation throughput (queues grow and latency SLOs
-usually break before that: the max-load run's own TPOT is reported beside as ``max_load_tpot_s``);
-above 1 means the mean shape understates what the pool really serves (long cached contexts
-batch differently). Because the max-load shape counts prefilled tokens only, context held in
-the KV cache from earlier turns is not charged: read it with **KV occupancy** (mean share of the
-pool's KV cache in use) and **batch occupancy** (mean running requests / ``max_batch``), which
-say which limit binds. **Busy share** (the share of time a replica is executing a step, what
+usually break before that: the max-load run's own TPOT is reported beside as ``max_load_tpot_s``,
+to compare with the SLO); above 1 means the mean shape understates what the pool really serves.
+Read it with **KV occupancy** (mean share of the pool's KV cache in use) and **batch occupancy**
+(mean running requests / ``max_batch``), which say which limit binds. **Busy share** (the share of time a replica is executing a step, what
 used to be shown as "utilisation") is kept beside it: a replica with one request in its batch
 is busy, so busy share reads near 1 at modest loads and says little about headroom.
 
@@ -70,7 +70,8 @@ def capacity_utilisation(res) -> dict[str, dict]:
         row = {"served_output_tokens_per_s": served, "busy_share": float(p["busy_frac"]),
                "batch_occupancy": math.nan, "kv_occupancy": math.nan,
                "capacity_output_tokens_per_s": math.nan, "capacity_utilisation": math.nan,
-               "max_load_tpot_s": math.nan, "shape_prefill_tokens": math.nan, "shape_output_tokens": math.nan}
+               "max_load_tpot_s": math.nan, "max_load_batch": math.nan, "shape_prefill_tokens": math.nan,
+               "shape_output_tokens": math.nan, "shape_context_tokens": math.nan}
         if len(ts):
             t = ts[(ts["pool"] == name) & (ts["time_s"] > warm)]
             if len(t):
@@ -81,6 +82,10 @@ def capacity_utilisation(res) -> dict[str, dict]:
             engine = {**sc.get("engine", {}), **pool_cfg.get("engine", {})}
             shape_in = _round2(float(mine["prefill_tokens"].mean()))
             shape_out = _round2(float(mine["output_tokens"].mean()))
+            # the batch the KV cache allows at the pool's mean context (cached part included)
+            context = _round2(float((mine["input_tokens"] + mine["output_tokens"]).mean()))
+            kv_batch = max(1, int(p["kv_capacity_tokens"]) // context)
+            engine["max_batch"] = min(int(p["max_batch"]), kv_batch)
             try:
                 ml = max_load(str(p["gpu"]), str(p["model"]), int(p["tp"]), int(p["pp"]), str(p["precision"]),
                               json.dumps(engine, sort_keys=True), tuple(sc.get("catalog", ())), shape_in, shape_out)
@@ -89,6 +94,7 @@ def capacity_utilisation(res) -> dict[str, dict]:
                 continue
             carry = ml["output_tokens_per_s"] * int(p["replicas"]) * (1 - float(p["down_frac"]))
             row.update(capacity_output_tokens_per_s=carry, max_load_tpot_s=ml["tpot_s"],
+                       max_load_batch=engine["max_batch"], shape_context_tokens=context,
                        capacity_utilisation=served / carry if carry > 0 else math.nan,
                        shape_prefill_tokens=shape_in, shape_output_tokens=shape_out)
         out[name] = row
