@@ -129,18 +129,19 @@ def _secs(v: float) -> str:
 # -- time series ----------------------------------------------------------------------------------------------
 #: per-pool panels: column, title ({iv} = the sampling interval); power is scaled to W/kW/MW
 TIMESERIES = (("arrivals", "arrivals per {iv}"), ("completed", "completed per {iv}"),
-              ("queued", "queued requests (end of interval)"), ("batch_occupancy", "batch occupancy (running / max batch)"),
+              ("queued", "queued requests (end of interval)"), ("running_per_replica", "running requests per replica"),
               ("kv_used_frac", "KV cache in use (share)"), ("busy_frac", "busy share (time executing a step)"),
               ("power_w", "server power"), ("replicas_up", "replicas up"))
 
 
 def _pool_series(res, col: str, grp):
-    if col == "batch_occupancy":
+    if col == "running_per_replica":
+        # per replica, not over max_batch: with long agent contexts the KV cache binds at a batch
+        # far below max_batch, and a share of max_batch would read as a flat line at 0
         pools = res.pools.set_index("pool") if len(res.pools) else None
         if pools is None or grp.name not in pools.index:
             return grp["running"].to_numpy(float) * np.nan
-        cap = float(pools.loc[grp.name, "max_batch"] * pools.loc[grp.name, "replicas"])
-        return grp["running"].to_numpy(float) / cap
+        return grp["running"].to_numpy(float) / float(pools.loc[grp.name, "replicas"])
     return grp[col].to_numpy(float)
 
 
@@ -163,9 +164,10 @@ def timeseries(res) -> plt.Figure:
     power against the site limit. Time in minutes, hours or days and power in W, kW or MW, by the
     run's length and size."""
     ts = res.timeseries
-    interval = _sample_s(res)
+    duration = float(res.meta.get("duration_s", 0.0) or (ts["time_s"].max() if len(ts) else 0))
+    interval = min(_sample_s(res), duration) if duration > 0 else _sample_s(res)   # a run shorter than one sample
     iv = interval_label(interval)
-    t_div, t_unit = time_unit(float(res.meta.get("duration_s", 0.0) or (ts["time_s"].max() if len(ts) else 0)))
+    t_div, t_unit = time_unit(duration)
     rej = rejections_over_time(res)
     extra = (["rejections"] if len(rej.columns) else []) + (["facility"] if len(ts) else [])
     n = len(TIMESERIES) + len(extra)
@@ -185,10 +187,11 @@ def timeseries(res) -> plt.Figure:
         ax.grid(alpha=0.3)
         if col in ("arrivals", "completed", "queued", "replicas_up"):
             ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-        if col in ("batch_occupancy", "kv_used_frac", "busy_frac"):
+        if col in ("kv_used_frac", "busy_frac"):
             ax.set_ylim(-0.02, 1.02)
-        if col in ("arrivals", "completed", "queued", "power_w", "replicas_up"):
-            ax.set_ylim(bottom=0)
+        if col in ("arrivals", "completed", "queued", "running_per_replica", "power_w", "replicas_up"):
+            top = max((float(np.nanmax(ln.get_ydata())) for ln in ax.get_lines() if len(ln.get_ydata())), default=0)
+            ax.set_ylim(0, max(1.0, 1.05 * top if np.isfinite(top) else 1.0))   # all zeros: 0-1, not 0-0.05
         if groups:
             ax.legend(fontsize=8)
     k = len(TIMESERIES)
@@ -214,7 +217,7 @@ def timeseries(res) -> plt.Figure:
         if limit_mw and peak_mw >= 0.05 * limit_mw:
             ax.axhline(limit_mw * 1e6 / f_div, color="red", ls="--", label=f"facility limit {limit_mw:g} MW")
         elif limit_mw:
-            ax.text(0.02, 0.92, f"facility limit {limit_mw:g} MW; peak draw {peak_mw * 1e6 / f_div:.3g} {f_unit} "
+            ax.text(0.02, 0.04, f"facility limit {limit_mw:g} MW; peak draw {peak_mw * 1e6 / f_div:.3g} {f_unit} "
                     f"({100 * peak_mw / limit_mw:.2g} % of the limit)", transform=ax.transAxes, fontsize=8)
         ax.set_ylim(bottom=0)
         ax.legend(fontsize=8, loc="lower right")
@@ -240,10 +243,13 @@ def rejections_over_time(res):
     bad = df[df["outcome"] != "completed"]
     if not len(bad):
         return pd.DataFrame()
-    bucket = (np.floor(bad["arrival_s"].to_numpy() / interval) + 1) * interval
+    duration = float(res.meta.get("duration_s", 0.0))
+    # interval ends, the last one cut at the end of the run (like the sampler's last sample)
+    cut = (lambda t: np.minimum(t, duration)) if duration > 0 else (lambda t: t)  # noqa: E731
+    bucket = cut((np.floor(bad["arrival_s"].to_numpy() / interval) + 1) * interval)
     out = pd.crosstab(bucket, bad["outcome"].astype(str))
-    end = max(float(res.meta.get("duration_s", 0.0)), float(out.index.max()))
-    out = out.reindex(np.arange(1, int(np.ceil(end / interval - 1e-9)) + 1) * interval, fill_value=0)
+    end = max(duration, float(out.index.max()))
+    out = out.reindex(np.unique(cut(np.arange(1, int(np.ceil(end / interval - 1e-9)) + 1) * interval)), fill_value=0)
     out.index.name = "time_s"
     return out
 

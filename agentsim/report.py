@@ -22,7 +22,7 @@ CAPTIONS = {
                     "SLO threshold (with the share of requests within it); the black dot and square mark the p50 "
                     "and p99 of all pools, their bars the 95 % order-statistic interval.",
     "timeseries": "Per-pool time series at the sampling interval: arrivals and completions per interval, queue "
-                  "length, batch occupancy (running requests over max batch), KV cache in use, busy share (share "
+                  "length, running requests per replica, KV cache in use, busy share (share "
                   "of time a replica executes a step — near 1 even at a small batch), server power and replicas "
                   "up; outcomes other than completed by arrival interval; facility power (servers, other IT and "
                   "PUE) against the site limit.",

@@ -336,3 +336,20 @@ def test_report_of_a_stream_only_run_says_which_figures_are_left_out(res, tmp_pa
     assert "H100-SXM" in md and "Llama-3-8B" in md and "1 x 1" in md
     assert "time to first token ≤ 0.5 s" in md and "95 % CI" not in md
     assert page.count("data:image/png;base64,") == 2 and "figures/" not in page
+
+
+def test_a_run_shorter_than_its_sampling_interval_states_the_real_interval(streams_file):
+    # the default preset samples every 15 min; a two-minute run of it has one 2-minute interval
+    r = simulate(str(streams_file), overrides=["sample_s=900", "policies=[{name='chaos',probability=0.3}]"])
+    assert (r.requests["outcome"] != "completed").any()
+    fig = plots.timeseries(r)
+    try:
+        titles = [ax.get_title() for ax in fig.axes]
+        assert "arrivals per 2 min" in titles and not any("15 min" in t for t in titles)
+        for ax in fig.axes:
+            for ln in ax.get_lines():
+                x = np.asarray(ln.get_xdata(), float)
+                if len(x) > 2:                                   # data lines, not a limit line
+                    assert x.max() <= 2.0 + 1e-9, ax.get_title()      # nothing drawn past the end of the run
+    finally:
+        plt.close(fig)

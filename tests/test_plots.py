@@ -224,8 +224,8 @@ def test_timeseries_lines_equal_the_timeseries_columns_per_pool(res, figs):
             assert len(grp) == 10                               # 1200 s / 120 s
             x, y = steps_xy(ln, 120, 60)                        # a 20-minute run is plotted in minutes
             np.testing.assert_allclose(x, grp["time_s"].to_numpy())
-            if col == "batch_occupancy":
-                expected = grp["running"].to_numpy() / (pools.loc[pool, "max_batch"] * pools.loc[pool, "replicas"])
+            if col == "running_per_replica":
+                expected = grp["running"].to_numpy() / pools.loc[pool, "replicas"]
             else:
                 expected = grp[col].to_numpy() / (1000 if col == "power_w" else 1)   # power in kW at this size
             np.testing.assert_array_equal(y, expected)
