@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import concurrent.futures as cf
 import importlib
-import json
 import math
 import os
 import sys
@@ -37,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError, unknown_name
+from ..jsonout import dumps
 from ..stats import ANY, NONNEGATIVE, mean_interval, proportion_interval
 
 #: experiment name -> module (imported on first use)
@@ -315,7 +315,7 @@ class Report:
                    "agentsim_version": __version__, "git_commit": commit, "runtime_s": runtime_s, "cpu_s": self.cpu_s,
                    "settings": self.settings,
                    "figures": list(self.figures), **self.results}
-        write_atomic(out / "results.json", json.dumps(jsonable(results), indent=2))
+        write_atomic(out / "results.json", dumps(jsonable(results)))       # strict: NaN -> null
         write_atomic(out / "summary.md", "\n".join(md))
         results["summary_path"] = str(out / "summary.md")
         return results
