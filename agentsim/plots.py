@@ -274,7 +274,11 @@ def session_times(res) -> plt.Figure:
             if len(x):
                 line, = ax.step(x, y, where="post", label=f"{pop} (n={len(x):,})")
                 ax.plot([np.percentile(x, 50)], [0.5], "o", color=line.get_color(), ms=4)
-        ax.set_xscale("log")
+        d = top["duration_s"].to_numpy(float)
+        d = d[np.isfinite(d) & (d > 0)]
+        # log only when durations span orders of magnitude (a few similar sessions read better linear)
+        ax.set_xscale("log" if len(d) and d.max() / d.min() > 100 else "linear")
+        ax.set_ylim(-0.02, 1.02)
         ax.legend(fontsize=8)
         ax.set_title("Session completion time (dots: medians)")
     else:

@@ -77,7 +77,9 @@ def capacity_utilisation(res) -> dict[str, dict]:
             if len(t):
                 row["batch_occupancy"] = float((t["running"] / (p["max_batch"] * p["replicas"])).mean())
                 row["kv_occupancy"] = float(t["kv_used_frac"].mean())
-        if len(mine):
+        if not len(mine):
+            row["capacity_utilisation"] = 0.0        # served nothing: 0 of whatever it could carry
+        else:
             pool_cfg = sc.get("pools", {}).get(name, {})
             engine = {**sc.get("engine", {}), **pool_cfg.get("engine", {})}
             shape_in = _round2(float(mine["prefill_tokens"].mean()))

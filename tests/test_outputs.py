@@ -353,3 +353,13 @@ def test_a_run_shorter_than_its_sampling_interval_states_the_real_interval(strea
                     assert x.max() <= 2.0 + 1e-9, ax.get_title()      # nothing drawn past the end of the run
     finally:
         plt.close(fig)
+
+
+def test_a_pool_that_served_nothing_has_zero_capacity_utilisation(res):
+    from agentsim import utilisation
+    from agentsim.result import Result
+    idle = Result(requests=res.requests[res.requests["outcome"] != "completed"], timeseries=res.timeseries,
+                  pools=res.pools, meta={k: v for k, v in res.meta.items() if k != "capacity"}, sessions=res.sessions)
+    cap = utilisation.capacity_utilisation(idle)["a"]
+    assert cap["capacity_utilisation"] == 0.0 and cap["served_output_tokens_per_s"] == 0.0
+    assert math.isnan(cap["capacity_output_tokens_per_s"])       # no request shape to estimate it with
