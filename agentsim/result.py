@@ -1,9 +1,11 @@
 """What a run returns: flat tables as DataFrames, a summary, and atomic save/load.
 
 ``Result.requests`` has one row per request (outcome in the shared vocabulary, timestamps, token
-counts by source, derived latencies); ``Result.timeseries`` one row per pool per sampling
-interval; ``Result.pools`` one row per pool with energy and cost. ``summary()`` gives the
-headline figures under the same names as ``agentsim estimate``'s JSON.
+counts by source, derived latencies, a ``warmup`` flag for the rows ``summary()`` leaves out);
+``Result.timeseries`` one row per pool per sampling interval; ``Result.pools`` one row per pool
+with energy and cost. ``summary()`` gives the headline figures under the same names as
+``agentsim estimate``'s JSON. Missing values are NaN everywhere (ids with no value included:
+see :data:`MISSING_IDS`), never -1.
 """
 from __future__ import annotations
 
@@ -156,7 +158,8 @@ class Result:
 
     # -- summary -------------------------------------------------------------------------------------
     def summary(self) -> dict:
-        """Headline figures (after warm-up). Keys are documented in the README."""
+        """Headline figures (after warm-up). Keys are documented in the README; each pool's
+        capacity utilisation and occupancies appear once :meth:`capacity_utilisation` has run."""
         df = self.requests
         warm = self.meta.get("warmup_s", 0.0)
         df = df[df["arrival_s"] >= warm]
