@@ -559,3 +559,13 @@ def test_report_of_a_replicated_run_shows_confidence_intervals(scenario_file, tm
     assert code == 0, err
     md = (out / "report.md").read_text()
     assert re.search(r"^\| `ttft_s` \| [^|]+ \| [\d.e+-]+ – [\d.e+-]+ \|$", md, flags=re.M)
+
+
+def test_no_retries_figure_when_every_call_took_one_attempt(res, tmp_path):
+    # the same run with every retry dropped: one bar at 1 attempt says nothing, so it is not drawn
+    first = Result(requests=res.requests[res.requests["attempt"] == 0], timeseries=res.timeseries,
+                   pools=res.pools, meta=res.meta, sessions=res.sessions)
+    assert plots.has_data(res, "retries_per_call") and not plots.has_data(first, "retries_per_call")
+    names = [p.name for p in plots.save_all(first, tmp_path)]
+    assert "retries_per_call.png" not in names and "session_times.png" in names
+    assert "every logical call succeeded on its first attempt" in plots.skipped(first)["retries_per_call"]
