@@ -101,7 +101,8 @@ def _slo_text(meta: dict) -> str:
 UTILISATION_TEXT = ("Capacity utilisation = served output tokens/s over the output tokens/s the pool's replicas "
                     "(those up) sustain at saturation (`estimate --max-load` of its deployment with the pool's "
                     "mean prefilled and output tokens per request, the batch capped at what the KV cache holds "
-                    "at the pool's mean context); batch occupancy = mean running requests / "
+                    "at the pool's mean context and lowered until the max-load TPOT meets the TPOT SLO); "
+                    "batch occupancy = mean running requests / "
                     "max batch; KV occupancy = mean share of the KV cache in use; busy share = share of time a "
                     "replica executes a step (near 1 even with one request in the batch).")
 

@@ -10,11 +10,14 @@
   to compute, after prefix-cache hits) and mean output tokens of those completed requests — and
   the batch capped at what the KV cache holds at the pool's mean *context* (input + output
   tokens, cached part included: an agent's long cached context takes KV space even though it is
-  not recomputed); times the replicas up on average (replicas x (1 − down share)).
+  not recomputed), and lowered further while the max-load run's mean time per output token
+  exceeds the run's TPOT SLO (:func:`slo_batch`) — the load the pool carries *at the SLO*; times
+  the replicas up on average (replicas x (1 − down share)). The TTFT SLO cannot be applied to a
+  max-load run (every request waits from t = 0 there).
 
 Values near 1 mean the pool runs at its saturation throughput (queues grow and latency SLOs
-usually break before that: the max-load run's own TPOT is reported beside as ``max_load_tpot_s``,
-to compare with the SLO); above 1 means the mean shape understates what the pool really serves.
+usually break before that; ``max_load_tpot_s`` and ``max_load_batch`` say at what TPOT and batch
+the ceiling was measured); above 1 means the mean shape understates what the pool really serves.
 Read it with **KV occupancy** (mean share of the pool's KV cache in use) and **batch occupancy**
 (mean running requests / ``max_batch``), which say which limit binds. **Busy share** (the share of time a replica is executing a step, what
 used to be shown as "utilisation") is kept beside it: a replica with one request in its batch
@@ -49,6 +52,35 @@ def max_load(gpu: str, model: str, tp: int, pp: int, precision: str, engine_json
                    output_tokens=output_tokens, max_load=True, engine=json.loads(engine_json), catalog=list(catalog))
     return {"output_tokens_per_s": float(out["saturation_output_tokens_per_s"]),
             "requests_per_s": float(out["saturation_rps"]), "tpot_s": float(out["tpot_s"])}
+
+
+def slo_batch(deployment: tuple, engine: dict, catalog: tuple, shape_in: int, shape_out: int, batch: int,
+              slo_tpot_s: float | None) -> tuple[int, dict]:
+    """The largest batch cap (<= ``batch``) whose max-load mean TPOT meets the TPOT SLO, and that
+    max-load run's figures: the load a replica carries *at the SLO*. Bisection over the cap (a
+    bigger batch decodes more slowly per token); at most ~log2(batch) cached estimates.
+
+    The TTFT SLO is not applied: at max load every request is queued from t = 0 by construction.
+    When even a batch of 1 misses the TPOT SLO, batch 1 is returned (its TPOT says so).
+    """
+    def run(b: int) -> dict:
+        return max_load(*deployment, json.dumps({**engine, "max_batch": b}, sort_keys=True), catalog,
+                        shape_in, shape_out)
+    hi_run = run(batch)
+    if slo_tpot_s is None or not math.isfinite(slo_tpot_s) or hi_run["tpot_s"] <= slo_tpot_s or batch <= 1:
+        return batch, hi_run
+    lo, hi = 1, batch
+    lo_run = run(1)
+    if lo_run["tpot_s"] > slo_tpot_s:
+        return 1, lo_run
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        m = run(mid)
+        if m["tpot_s"] <= slo_tpot_s:
+            lo, lo_run = mid, m
+        else:
+            hi = mid
+    return lo, lo_run
 
 
 def capacity_utilisation(res) -> dict[str, dict]:
@@ -87,16 +119,16 @@ def capacity_utilisation(res) -> dict[str, dict]:
             # the batch the KV cache allows at the pool's mean context (cached part included)
             context = _round2(float((mine["input_tokens"] + mine["output_tokens"]).mean()))
             kv_batch = max(1, int(p["kv_capacity_tokens"]) // context)
-            engine["max_batch"] = min(int(p["max_batch"]), kv_batch)
+            deployment = (str(p["gpu"]), str(p["model"]), int(p["tp"]), int(p["pp"]), str(p["precision"]))
             try:
-                ml = max_load(str(p["gpu"]), str(p["model"]), int(p["tp"]), int(p["pp"]), str(p["precision"]),
-                              json.dumps(engine, sort_keys=True), tuple(sc.get("catalog", ())), shape_in, shape_out)
+                batch, ml = slo_batch(deployment, engine, tuple(sc.get("catalog", ())), shape_in, shape_out,
+                                      min(int(p["max_batch"]), kv_batch), res.meta.get("slo_tpot_s"))
             except InputError:       # e.g. a catalog file no longer where the run found it
                 out[name] = row
                 continue
             carry = ml["output_tokens_per_s"] * int(p["replicas"]) * (1 - float(p["down_frac"]))
             row.update(capacity_output_tokens_per_s=carry, max_load_tpot_s=ml["tpot_s"],
-                       max_load_batch=engine["max_batch"], shape_context_tokens=context,
+                       max_load_batch=batch, shape_context_tokens=context,
                        capacity_utilisation=served / carry if carry > 0 else math.nan,
                        shape_prefill_tokens=shape_in, shape_output_tokens=shape_out)
         out[name] = row
