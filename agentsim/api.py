@@ -6,8 +6,6 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-import numpy as np
-
 from . import scenario as scn
 from .build import build
 from .errors import InputError
@@ -48,22 +46,18 @@ def replication_seeds(seed: int, replications: int) -> list[int]:
     return [seed + i for i in range(replications)]
 
 
-def ci(values, level: float = 0.95) -> tuple[float, float, float]:
-    """Mean and Student-t confidence interval of independent replications."""
-    x = np.asarray([v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))], float)
-    if len(x) == 0:
-        return math.nan, math.nan, math.nan
-    m = float(x.mean())
-    if len(x) < 2:
-        return m, math.nan, math.nan
-    from scipy import stats  # local: scipy.stats costs ~0.4 s of start-up, and only intervals need it
-    h = float(stats.t.ppf((1 + level) / 2, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
-    return m, m - h, m + h
+def ci(values, level: float = 0.95, valid: tuple[float, float] = (-math.inf, math.inf)) -> tuple[float, float, float]:
+    """Mean and Student-t confidence interval of independent replications, clipped to ``valid``
+    (see :mod:`agentsim.stats`, where every interval is computed)."""
+    from .stats import mean_interval
+    return mean_interval(values, level, valid)
 
 
 def _mean_with_ci(sums: list[dict], with_ci: bool = True) -> dict:
     """Average numeric keys over replications (nested dicts recursively; a missing key is 0),
-    adding ``_ci_low``/``_ci_high`` beside each top-level number."""
+    adding ``_ci_low``/``_ci_high`` beside each top-level number, clipped to the key's valid range
+    (:func:`agentsim.stats.summary_range`: shares in [0, 1], everything else >= 0)."""
+    from .stats import summary_range
     out: dict = {}
     keys = list(dict.fromkeys(k for s in sums for k in s))
     for key in keys:
@@ -72,7 +66,7 @@ def _mean_with_ci(sums: list[dict], with_ci: bool = True) -> dict:
         if present and all(isinstance(v, dict) for v in present):
             out[key] = _mean_with_ci([v if isinstance(v, dict) else {} for v in vals], with_ci=False)
         elif present and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in present):
-            m, lo, hi = ci([0 if v is None else v for v in vals])
+            m, lo, hi = ci([0 if v is None else v for v in vals], valid=summary_range(key))
             out[key] = m
             if with_ci:
                 out[f"{key}_ci_low"], out[f"{key}_ci_high"] = lo, hi
@@ -83,18 +77,82 @@ def _mean_with_ci(sums: list[dict], with_ci: bool = True) -> dict:
 
 @dataclass
 class ResultSet:
-    """Independent replications of one scenario; ``summary()`` adds 95 % confidence intervals."""
+    """Independent replications of one scenario (replication i ran with seed + i).
+
+    ``summary()`` averages the replications' summaries and adds 95 % confidence intervals
+    (``_ci_low``/``_ci_high``, clipped to each figure's valid range). ``requests``, ``sessions``,
+    ``timeseries`` and ``pools`` are the replications' tables stacked, and ``summary_frame()`` one
+    row per replication; each carries ``replication`` (0, 1, …) and ``seed`` columns, so a figure
+    per replication is a ``groupby("replication")`` away.
+    """
 
     results: list[Result]
 
-    def summary(self) -> dict:
+    def summary(self, capacity: bool = True) -> dict:
+        """Means over replications with 95 % CIs; with ``capacity`` every replication's capacity
+        utilisation is computed first (one cached max-load estimate per deployment), so the pools'
+        figures average over all replications alike."""
+        if capacity:
+            for r in self.results:
+                r.capacity_utilisation()
         return _mean_with_ci([r.summary() for r in self.results]) | {"replications": len(self.results)}
+
+    def _stack(self, table: str):
+        import pandas as pd
+        frames = [getattr(r, table).assign(replication=i, seed=r.meta.get("seed"))
+                  for i, r in enumerate(self.results)]
+        frames = [f for f in frames if len(f.columns) > 2]       # a run with no such table adds no rows
+        if not frames:
+            return pd.DataFrame({"replication": pd.Series(dtype=int), "seed": pd.Series(dtype=int)})
+        # categoricals with different categories (e.g. outcomes seen) union to strings; keep them categorical
+        out = pd.concat(frames, ignore_index=True)
+        for c in frames[0].columns:
+            if isinstance(frames[0][c].dtype, pd.CategoricalDtype) and not isinstance(out[c].dtype, pd.CategoricalDtype):
+                out[c] = out[c].astype("category")
+        return out
+
+    @property
+    def requests(self):
+        """Every replication's requests, with ``replication`` and ``seed`` columns."""
+        return self._stack("requests")
+
+    @property
+    def sessions(self):
+        """Every replication's sessions, with ``replication`` and ``seed`` columns."""
+        return self._stack("sessions")
+
+    @property
+    def timeseries(self):
+        """Every replication's time series, with ``replication`` and ``seed`` columns."""
+        return self._stack("timeseries")
+
+    @property
+    def pools(self):
+        """Every replication's pool table, with ``replication`` and ``seed`` columns."""
+        return self._stack("pools")
+
+    def summary_frame(self):
+        """One row per replication: its summary's figures (nested keys dotted, e.g.
+        ``pools.h100.busy_share``), with ``replication`` and ``seed`` columns first."""
+        import pandas as pd
+        from .sweep import flatten
+        rows = [{"replication": i, "seed": r.meta.get("seed"), **flatten(r.summary())}
+                for i, r in enumerate(self.results)]
+        return pd.DataFrame(rows)
 
     def __getitem__(self, i: int) -> Result:
         return self.results[i]
 
     def __len__(self) -> int:
         return len(self.results)
+
+    def __repr__(self) -> str:
+        first = self.results[0] if self.results else None
+        name = first.meta.get("scenario", {}).get("name", "?") if first is not None else "?"
+        seeds = [r.meta.get("seed") for r in self.results]
+        return (f"<ResultSet {name!r}: {len(self.results)} replications, seeds {seeds}>\n"
+                f"  .summary() means with 95 % CIs; .summary_frame(), .requests, .sessions, .timeseries, .pools "
+                f"stack the replications with a replication column")
 
 
 def simulate(scenario, seed: int | None = None, replications: int = 1, *, overrides: list[str] = (),

@@ -25,7 +25,7 @@ interval lies entirely outside its bound: then more replications would not move 
 far as a 95 % interval can say). Otherwise raise ``replications``.
 
 SLO syntax: ``METRIC<=X``, ``METRIC>=X`` (also ``<``, ``>``) over the summary's keys, nested
-ones dotted (``pools.h100.utilisation``, ``outcomes.529_overload``); every SLO must hold.
+ones dotted (``pools.h100.busy_share``, ``outcomes.529_overload``); every SLO must hold.
 """
 from __future__ import annotations
 
@@ -169,6 +169,7 @@ def capacity(scenario, slos, vary: str, *, goal: str | None = None, low: float |
              progress: bool = True, connect_timeout: float = 10.0) -> CapacityResult:
     """Search ``vary`` for the smallest (``goal='min'``) or largest (``'max'``) value meeting ``slos``."""
     from .api import ci
+    from .stats import summary_range
     from .sweep import Pool, check_path, flatten, load_point, plan_rows
     slos = [s if isinstance(s, Slo) else parse_slo(s) for s in ([slos] if isinstance(slos, (str, Slo)) else slos)]
     if not slos:
@@ -213,7 +214,7 @@ def capacity(scenario, slos, vary: str, *, goal: str | None = None, low: float |
             rows = plan_rows(sc, {vary: v}, seeds, slices, slice_sample)
             pool.run([t for r in rows for t in r.tasks], desc=f"{vary}={v}")
             figs = [flatten(r.summary(pool)) for r in rows]
-            stats = {m: ci([f.get(m, math.nan) for f in figs]) for m in metrics}
+            stats = {m: ci([f.get(m, math.nan) for f in figs], valid=summary_range(m)) for m in metrics}
             p = Probe(v, all(s.holds(stats[s.metric][0]) for s in slos), stats, [r.key for r in rows])
             cache[k] = p
             result.probes.append(p)

@@ -1,9 +1,11 @@
 """What a run returns: flat tables as DataFrames, a summary, and atomic save/load.
 
 ``Result.requests`` has one row per request (outcome in the shared vocabulary, timestamps, token
-counts by source, derived latencies); ``Result.timeseries`` one row per pool per sampling
-interval; ``Result.pools`` one row per pool with energy and cost. ``summary()`` gives the
-headline figures under the same names as ``agentsim estimate``'s JSON.
+counts by source, derived latencies, a ``warmup`` flag for the rows ``summary()`` leaves out);
+``Result.timeseries`` one row per pool per sampling interval; ``Result.pools`` one row per pool
+with energy and cost. ``summary()`` gives the headline figures under the same names as
+``agentsim estimate``'s JSON. Missing values are NaN everywhere (ids with no value included:
+see :data:`MISSING_IDS`), never -1.
 """
 from __future__ import annotations
 
@@ -21,12 +23,30 @@ import pandas as pd
 from .cluster import replica_energy_j
 from .errors import InputError
 from .opmodel import data_info
+from .jsonout import dumps, jsonable
 from .request import OUTCOMES, TRIGGERS
 from .sessions import SESSION_OUTCOMES
 
 PERCENTILES = (50, 90, 99)
 #: the outcomes a gateway policy returns
 REJECTIONS = ("429_limit", "429_window", "429_spend_cap", "529_overload", "request_too_large")
+#: per-pool summary keys that come from :meth:`Result.capacity_utilisation` once it has run
+CAPACITY_KEYS = ("capacity_utilisation", "batch_occupancy", "kv_occupancy", "served_output_tokens_per_s",
+                 "capacity_output_tokens_per_s", "max_load_tpot_s", "max_load_batch")
+
+
+#: integer id columns where the engine writes -1 for "none": the tables hold NaN there instead
+#: (requests: not part of a logical call, no session/user/tenant — stream traffic —, never placed
+#: on a replica; sessions: a top-level session has no parent). One convention: missing is NaN.
+MISSING_IDS = ("call_id", "session", "user", "tenant", "replica")
+
+
+def _missing_as_nan(df: pd.DataFrame, columns) -> None:
+    """Replace the engine's -1 sentinels by NaN in ``columns`` (which become float64)."""
+    for c in columns:
+        if c in df:
+            a = df[c].to_numpy()
+            df[c] = np.where(a < 0, np.nan, a.astype(np.float64))
 
 
 def _latency_stats(name: str, x: np.ndarray) -> dict:
@@ -85,6 +105,8 @@ class Result:
         del data
         site_of = {p.name: p.site for p in sim.cluster.pools}
         df["site"] = df["pool"].map(site_of).astype("category")
+        _missing_as_nan(df, MISSING_IDS)
+        df["warmup"] = df["arrival_s"].to_numpy() < sim.scenario.warmup_s
         df = _derive_inplace(df)
         ts = pd.DataFrame(sim.sampler.columns()) if sim.sampler is not None else pd.DataFrame()
         sessions = pd.DataFrame(sim.session_recorder.columns()) if sim.session_recorder is not None else pd.DataFrame()
@@ -96,6 +118,7 @@ class Result:
             sessions["profile"] = sessions["population"].map(
                 {p.name: p.cfg.profile for p in sim.populations}).astype("category")
             sessions["duration_s"] = sessions["end_s"] - sessions["start_s"]
+            _missing_as_nan(sessions, ("parent_id",))
             sessions = sessions.sort_values("session_id", kind="stable").reset_index(drop=True)
         if len(ts):
             ts["pool"] = pd.Categorical.from_codes(ts["pool"].astype(int).to_numpy(), categories=pool_names)
@@ -137,7 +160,8 @@ class Result:
 
     # -- summary -------------------------------------------------------------------------------------
     def summary(self) -> dict:
-        """Headline figures (after warm-up). Keys are documented in the README."""
+        """Headline figures (after warm-up). Keys are documented in the README; each pool's
+        capacity utilisation and occupancies appear once :meth:`capacity_utilisation` has run."""
         df = self.requests
         warm = self.meta.get("warmup_s", 0.0)
         df = df[df["arrival_s"] >= warm]
@@ -173,9 +197,12 @@ class Result:
         all_tokens = all_out + float(self.requests.loc[self.requests["outcome"] == "completed", "input_tokens"].sum())
         out["usd_per_m_tokens"] = cost / all_tokens * 1e6 if all_tokens else math.nan
         out["usd_per_m_output_tokens"] = cost / all_out * 1e6 if all_out else math.nan
-        out["pools"] = {r["pool"]: {"utilisation": r["busy_frac"], "mean_power_w": r["energy_j"] / max(self.meta.get(
+        cap = self.meta.get("capacity", {})
+        out["pools"] = {r["pool"]: {"busy_share": r["busy_frac"], "mean_power_w": r["energy_j"] / max(self.meta.get(
             "duration_s", 1.0), 1e-12), "gpus": int(r["gpus"]), "cost_usd": r["cost_usd"],
-            "preemptions": int(r["preemptions"]), "support": r.get("support")} for r in pools.to_dict("records")}
+            "preemptions": int(r["preemptions"]), "support": r.get("support"),
+            **{k: cap[r["pool"]][k] for k in CAPACITY_KEYS if k in cap.get(r["pool"], {})}}
+            for r in pools.to_dict("records")}
         if len(self.timeseries):
             ts = self.timeseries
             by_t = ts.groupby("time_s", observed=True)["facility_power_w"].sum()
@@ -186,6 +213,30 @@ class Result:
         out["events"] = int(self.meta.get("events", -1))
         out["events_per_request"] = out["events"] / len(self.requests) if len(self.requests) else math.nan
         return out
+
+    def capacity_utilisation(self) -> dict[str, dict]:
+        """Per pool: capacity utilisation, batch and KV occupancy and busy share (see
+        :mod:`agentsim.utilisation`, where it is defined). Computed once (one ``estimate --max-load``
+        per deployment, cached) and kept in ``meta["capacity"]``, so ``summary()``, ``save`` and
+        the report carry it from then on."""
+        if "capacity" not in self.meta:
+            from .utilisation import capacity_utilisation
+            self.meta["capacity"] = capacity_utilisation(self)
+        return self.meta["capacity"]
+
+    def __repr__(self) -> str:
+        """A few lines: what was run and what came out (the tables are attributes)."""
+        sc = self.meta.get("scenario", {})
+        rq = self.requests
+        done = int((rq["outcome"] == "completed").sum()) if len(rq) else 0
+        pools = ", ".join(f"{r['pool']} ({r['replicas']}x {r['gpu']} {r['model']})"
+                          for r in self.pools.to_dict("records")) if len(self.pools) else "-"
+        return (f"<Result {sc.get('name', '?')!r} seed={self.meta.get('seed')} "
+                f"duration={self.meta.get('duration_s', 0):g} s warmup={self.meta.get('warmup_s', 0):g} s>\n"
+                f"  requests: {len(rq):,} rows ({done:,} completed); sessions: {len(self.sessions):,} rows; "
+                f"timeseries: {len(self.timeseries):,} rows\n"
+                f"  pools: {pools}\n"
+                f"  .summary() for the headline figures; .requests / .sessions / .timeseries / .pools are DataFrames")
 
     def rejections(self, by="tenant", interval_s: float | None = None) -> pd.DataFrame:
         """Rejected requests counted by outcome (columns) per ``by`` (a column name or a list:
@@ -199,7 +250,7 @@ class Result:
             keys.append("time_s")
         if not keys:
             return rej["outcome"].value_counts().reindex(list(REJECTIONS), fill_value=0).to_frame().T
-        out = rej.groupby(keys + ["outcome"], observed=True).size().unstack("outcome", fill_value=0)
+        out = rej.groupby(keys + ["outcome"], observed=True, dropna=False).size().unstack("outcome", fill_value=0)
         return out.reindex(columns=list(REJECTIONS), fill_value=0).astype(int)
 
     def session_summary(self) -> dict:
@@ -243,9 +294,9 @@ class Result:
             self.timeseries.to_parquet(tmp / "timeseries.parquet", index=False)
             self.pools.to_parquet(tmp / "pools.parquet", index=False)
             self.sessions.to_parquet(tmp / "sessions.parquet", index=False)
-            (tmp / "summary.json").write_text(json.dumps(_jsonable(self.summary()), indent=2))
+            (tmp / "summary.json").write_text(dumps(self.summary()))
             manifest = {"agentsim_version": __version__, **{k: v for k, v in self.meta.items()}}
-            (tmp / "manifest.json").write_text(json.dumps(_jsonable(manifest), indent=2))
+            (tmp / "manifest.json").write_text(dumps(manifest))
             moved = []
             try:
                 # manifest.json last: a directory with a manifest holds a complete result
@@ -275,12 +326,5 @@ class Result:
 
 
 def _jsonable(o):
-    if isinstance(o, dict):
-        return {str(k): _jsonable(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_jsonable(v) for v in o]
-    if isinstance(o, (np.floating, float)):
-        return None if math.isnan(o) or math.isinf(o) else float(o)
-    if isinstance(o, np.integer):
-        return int(o)
-    return o
+    """Kept for callers: see :func:`agentsim.jsonout.jsonable`."""
+    return jsonable(o)

@@ -15,7 +15,7 @@ summary of the whole fleet, under the same keys as :meth:`agentsim.result.Result
 * **ratios of sums**: ``slo_attainment``, ``prefix_hit_rate``, ``joules_per_token``,
   ``usd_per_m_tokens``, ``usd_per_m_output_tokens``, ``session_failure_rate``,
   ``retries_per_call``, ``attempts_per_call``, ``events_per_request``; per pool
-  ``utilisation`` weighted by replicas.
+  ``busy_share`` weighted by replicas.
 * **means** (``ttft_s``, ``tpot_s``, ``e2e_s``, ``queue_s``, ``session_duration_s``): exact,
   request-weighted (each slice's sum and count of finite values).
 * **percentiles** (``*_p50_s``, ``*_p90_s``, ``*_p99_s``): by **pooling** the latency of every
@@ -224,7 +224,7 @@ def merge(records: list[tuple[dict, dict]], count: int | None = None) -> dict:
                 acc[key] += p[key]
             support[name] = p.get("support")
     duration = max(recs[0]["duration_s"], 1e-12)
-    out["pools"] = {name: {"utilisation": _div(p["busy"], p["replicas"]),
+    out["pools"] = {name: {"busy_share": _div(p["busy"], p["replicas"]),
                            "mean_power_w": scale(p["energy_j"]) / duration, "gpus": scale(p["gpus"]),
                            "cost_usd": scale(p["cost_usd"]), "preemptions": scale(p["preemptions"]),
                            "support": support[name]}

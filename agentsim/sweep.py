@@ -5,7 +5,7 @@ runs the cartesian product of the grid, each point with ``replications`` seeds (
 ``seed+1``, …), and returns one table: a row per point × replication with the grid values, the
 replication, the seed, ``key`` (a hash of the validated scenario and the seed) and the summary's
 scalar figures (nested keys flattened with dots: ``outcomes.completed``,
-``pools.h100.utilisation``). ``sim_wall_s`` is left out: it is the only figure that depends on
+``pools.h100.busy_share``). ``sim_wall_s`` is left out: it is the only figure that depends on
 the machine, and the table is identical whatever the executor.
 
 Executors: a local process pool (``workers`` processes; 0 runs in this process), a Dask
@@ -548,6 +548,7 @@ def make_table(rows: list[Row], summaries: list[dict], slices: int = 1) -> pd.Da
 def point_means(result: SweepResult, metrics: list[str]) -> list[dict]:
     """Per grid point: the grid values and each metric's mean (and 95 % CI half-width when R > 1)."""
     from .api import ci
+    from .stats import summary_range
     t = result.table
     paths = [p for p, _ in result.grid]
     out = []
@@ -557,7 +558,7 @@ def point_means(result: SweepResult, metrics: list[str]) -> list[dict]:
         for m in metrics:
             if m not in part:
                 continue
-            mean, lo, hi = ci(part[m].tolist())
+            mean, lo, hi = ci(part[m].tolist(), valid=summary_range(m))
             row[m] = mean
             if result.replications > 1:
                 row[f"{m}_ci"] = (hi - lo) / 2 if not math.isnan(hi) else math.nan

@@ -168,11 +168,8 @@ def simulate(sc: dict, seed: int):
 # -- estimators -----------------------------------------------------------------------------------------
 def t_interval(batch_values, level: float = LEVEL) -> tuple[float, float, float]:
     """Mean and Student-t interval of (approximately) independent values."""
-    x = np.asarray(batch_values, dtype=float)
-    m = float(x.mean())
-    from scipy import stats  # local: scipy.stats costs ~0.4 s of start-up, and only intervals need it
-    h = float(stats.t.ppf((1 + level) / 2, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
-    return m, m - h, m + h
+    from .stats import mean_interval
+    return mean_interval(batch_values, level)
 
 
 def batch_means(values, k: int = BATCHES, level: float = LEVEL) -> tuple[float, float, float]:

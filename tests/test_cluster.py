@@ -340,7 +340,7 @@ def test_whole_cluster_down_fails_arrivals_at_once():
     assert len(during) > 50
     assert (during["outcome"] == "replica_failed").all()
     assert (during["finish_s"] == during["arrival_s"]).all()          # refused at the door, no replica
-    assert during["pool"].isna().all() and (during["replica"] == -1).all()
+    assert during["pool"].isna().all() and during["replica"].isna().all()
     assert (df.loc[df["arrival_s"] > 30, "outcome"].isin(["completed", "in_flight"])).all()
 
 

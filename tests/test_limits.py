@@ -973,7 +973,7 @@ def test_rate_limit_arrival_curves_from_the_requests_table(burst):
     t = tier(name)
     lim = df[df["outcome"] == "429_limit"]
     assert len(lim) > 0                                   # the limits bind: not a vacuous check
-    assert (lim["replica"] == -1).all() and ((lim["retry_after_s"] > 0) & (lim["retry_after_s"] <= 60)).all()
+    assert lim["replica"].isna().all() and ((lim["retry_after_s"] > 0) & (lim["retry_after_s"] <= 60)).all()
     for tenant in sorted(df["tenant"].unique()):
         rows = df[df["tenant"] == tenant]
         adm = rows[rows["replica"] >= 0].sort_values(["arrival_s", "request_id"])
@@ -1043,7 +1043,7 @@ def test_spend_cap_from_the_requests_table():
                                    "params": {"sessions_per_user_day": 200}}}}
     df = build(parse(sc), seed=4).run().requests
     capped = df[df["outcome"] == "429_spend_cap"]
-    assert len(capped) > 0 and capped["retry_after_s"].isna().all() and (capped["replica"] == -1).all()
+    assert len(capped) > 0 and capped["retry_after_s"].isna().all() and capped["replica"].isna().all()
     done = df[df["outcome"] == "completed"]
     cached = done["cached_gpu_tokens"] + done["cached_host_tokens"]
     done = done.assign(usd=SONNET.usd((done["input_tokens"] - cached).to_numpy(), cached.to_numpy(),
@@ -1118,7 +1118,7 @@ def test_rejections_are_recorded_by_outcome_per_tenant_and_over_time():
     sim = build(parse(sc), seed=5)
     res = sim.run()
     df = res.requests
-    rej = df[df["outcome"].isin(REJECTIONS) & (df["replica"] < 0)]
+    rej = df[df["outcome"].isin(REJECTIONS) & df["replica"].isna()]
     # every outcome of the vocabulary shows up, and each rejection is a complete record
     assert set(rej["outcome"].unique()) == set(REJECTIONS), rej["outcome"].value_counts()
     assert (rej["finish_s"] == rej["arrival_s"]).all() and rej["admitted_s"].isna().all()

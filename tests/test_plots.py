@@ -20,6 +20,7 @@ Then ``save_all`` (atomic, complete PNGs), ``agentsim plot DIR`` and ``agentsim 
 """
 from __future__ import annotations
 
+import base64
 import contextlib
 import io
 import json
@@ -114,6 +115,19 @@ def is_complete_png(path: Path) -> bool:
     return data[:8] == b"\x89PNG\r\n\x1a\n" and data[-8:-4] == b"IEND"
 
 
+def cdf_lines(ax) -> dict:
+    """The CDF lines of an axis (labelled ``name (n=...)``), by name; SLO lines and marks left out."""
+    return {label_name(ln): ln for ln in ax.get_lines() if "(n=" in ln.get_label()}
+
+
+def steps_xy(line, interval_s: float, unit_s: float):
+    """A per-interval step line's samples: its data minus the leading point that opens the first
+    interval (x in seconds)."""
+    x, y = np.asarray(line.get_xdata(), float), np.asarray(line.get_ydata(), float)
+    assert x[0] * unit_s == pytest.approx(max(x[1] * unit_s - interval_s, 0.0)) and y[0] == y[1]
+    return x[1:] * unit_s, y[1:]
+
+
 def label_name(line) -> str:
     """``'h100 (n=1,234)'`` -> ``'h100'``."""
     return line.get_label().split(" (n=")[0]
@@ -177,7 +191,7 @@ def test_latency_cdfs_are_the_sorted_latencies_per_pool_and_overall(res, figs):
     assert len(fig.axes) == 3
     for ax, (col, title) in zip(fig.axes, plots.LATENCIES):
         assert ax.get_title() == title and ax.get_xlabel() == "seconds"
-        lines = {label_name(ln): ln for ln in ax.get_lines()}
+        lines = cdf_lines(ax)
         assert set(lines) == {"h100", "h200", "all"}
         for pool in ("h100", "h200"):
             assert_cdf(lines[pool], done.loc[done["pool"] == pool, col])
@@ -185,11 +199,11 @@ def test_latency_cdfs_are_the_sorted_latencies_per_pool_and_overall(res, figs):
         # the per-pool counts add up to the overall count, which is the summary's (TTFT, E2E)
         assert label_n(lines["h100"]) + label_n(lines["h200"]) == label_n(lines["all"])
         legend = [t.get_text() for t in ax.get_legend().get_texts()]
-        assert legend == [ln.get_label() for ln in ax.get_lines()]
+        assert legend[:3] == [ln.get_label() for ln in lines.values()]
     s = res.summary()
-    assert label_n({label_name(ln): ln for ln in fig.axes[0].get_lines()}["all"]) == s["completed"]
+    assert label_n(cdf_lines(fig.axes[0])["all"]) == s["completed"]
     # the overall TTFT CDF crosses 0.5 at the summary's median (numpy's linear interpolation)
-    all_ttft = {label_name(ln): ln for ln in fig.axes[0].get_lines()}["all"]
+    all_ttft = cdf_lines(fig.axes[0])["all"]
     x = np.asarray(all_ttft.get_xdata())
     assert x[0] <= s["ttft_p50_s"] <= x[-1]
     assert np.percentile(x, 50) == pytest.approx(s["ttft_p50_s"], rel=1e-12)
@@ -199,22 +213,32 @@ def test_latency_cdfs_are_the_sorted_latencies_per_pool_and_overall(res, figs):
 def test_timeseries_lines_equal_the_timeseries_columns_per_pool(res, figs):
     fig = figs["timeseries"]
     ts = res.timeseries
-    assert len(fig.axes) == 8
+    assert len(fig.axes) == len(plots.TIMESERIES) + 2          # + outcomes other than completed, facility power
+    pools = res.pools.set_index("pool")
     for ax, (col, label) in zip(fig.axes, plots.TIMESERIES):
-        assert ax.get_ylabel() == label
+        assert ax.get_ylabel().startswith(label.format(iv="2 min"))
         lines = {ln.get_label(): ln for ln in ax.get_lines()}
         assert set(lines) == {"h100", "h200"}, col
         for pool, ln in lines.items():
             grp = ts[ts["pool"] == pool].sort_values("time_s")
             assert len(grp) == 10                               # 1200 s / 120 s
-            np.testing.assert_array_equal(ln.get_xdata(), grp["time_s"].to_numpy() / 3600)
-            expected = grp[col].to_numpy() / (1000 if col == "power_w" else 1)
-            np.testing.assert_array_equal(ln.get_ydata(), expected)
-    # the outage is visible: h100 has 2 replicas up, 0 during 300-500 s
-    up = {ln.get_label(): np.asarray(ln.get_ydata()) for ln in fig.axes[5].get_lines()}
+            x, y = steps_xy(ln, 120, 60)                        # a 20-minute run is plotted in minutes
+            np.testing.assert_allclose(x, grp["time_s"].to_numpy())
+            if col == "running_per_replica":
+                expected = grp["running"].to_numpy() / pools.loc[pool, "replicas"]
+            else:
+                expected = grp[col].to_numpy() / (1000 if col == "power_w" else 1)   # power in kW at this size
+            np.testing.assert_array_equal(y, expected)
+    assert fig.axes[0].get_ylabel() == "arrivals per 2 min"
+    assert [ax.get_ylabel() for ax in fig.axes if ax.get_title().startswith("server power")] == ["server power (kW)"]
+    # the outage is visible: h100 has 2 replicas up, 0 during 300-500 s; the ticks are whole replicas
+    up_ax = fig.axes[[c for c, _ in plots.TIMESERIES].index("replicas_up")]
+    up = {ln.get_label(): np.asarray(ln.get_ydata()) for ln in up_ax.get_lines()}
     assert up["h100"].max() == 2 and up["h100"].min() == 0 and set(up["h200"]) == {1}
-    # x axis in hours on the bottom row, all panels share it
-    assert [ax.get_xlabel() for ax in fig.axes[-2:]] == ["simulated time (hours)"] * 2
+    ticks = [t for t in up_ax.get_yticks() if up_ax.get_ylim()[0] <= t <= up_ax.get_ylim()[1]]
+    assert ticks and all(float(t).is_integer() for t in ticks)
+    # x axis in minutes on the bottom row
+    assert [ax.get_xlabel() for ax in fig.axes[-2:]] == ["simulated time (minutes)"] * 2
 
 
 def test_timeseries_rejections_panel_counts_outcomes_by_arrival_interval(res, figs):
@@ -227,8 +251,7 @@ def test_timeseries_rejections_panel_counts_outcomes_by_arrival_interval(res, fi
     bucket = (np.floor(bad["arrival_s"].to_numpy() / interval) + 1) * interval
     total = 0
     for outcome, ln in lines.items():
-        x = np.asarray(ln.get_xdata()) * 3600
-        y = np.asarray(ln.get_ydata())
+        x, y = steps_xy(ln, interval, 60)
         for t, n in zip(x, y):
             assert n == (np.isclose(bucket, t) & (bad["outcome"] == outcome).to_numpy()).sum(), (outcome, t)
         total += y.sum()
@@ -245,8 +268,8 @@ def test_rejections_panel_shows_zero_for_intervals_without_rejections(scenario_f
     try:
         ln = {ln.get_label(): ln for ln in fig.axes[len(plots.TIMESERIES)].get_lines()}["529_overload"]
         grid = np.arange(1, 11) * interval
-        np.testing.assert_allclose(np.asarray(ln.get_xdata()) * 3600, grid)   # every interval, zeros included
-        y = np.asarray(ln.get_ydata())
+        x, y = steps_xy(ln, interval, 60)
+        np.testing.assert_allclose(x, grid)   # every interval, zeros included
         assert (y[2:8] == 0).all() and (y[:2] > 0).all()
     finally:
         plt.close(fig)
@@ -257,15 +280,16 @@ def test_timeseries_facility_power_is_the_sum_over_pools_and_reconciles_with_the
     lines = {ln.get_label(): ln for ln in ax.get_lines()}
     draw = lines["facility draw"]
     by_t = res.timeseries.groupby("time_s", observed=True)["facility_power_w"].sum()
-    np.testing.assert_array_equal(draw.get_xdata(), by_t.index.to_numpy() / 3600)
-    np.testing.assert_allclose(draw.get_ydata(), by_t.to_numpy() / 1e6, rtol=1e-12)
+    x, y = steps_xy(draw, res.meta["scenario"]["sample_s"], 60)
+    np.testing.assert_allclose(x, by_t.index.to_numpy())
+    np.testing.assert_allclose(y, by_t.to_numpy() / 1e3, rtol=1e-12)     # a few kW: plotted in kW, not MW
     s = res.summary()
-    assert np.mean(draw.get_ydata()) * 1e6 == pytest.approx(s["facility_power_mean_w"], rel=1e-12)
-    assert np.max(draw.get_ydata()) * 1e6 == pytest.approx(s["facility_power_peak_w"], rel=1e-12)
-    # the 0.01 MW limit is drawn (the peak is within 5 % of it or more)
+    assert np.mean(y) * 1e3 == pytest.approx(s["facility_power_mean_w"], rel=1e-12)
+    assert np.max(y) * 1e3 == pytest.approx(s["facility_power_peak_w"], rel=1e-12)
+    # the 0.01 MW limit is drawn, in the axis' unit (the peak is within 5 % of it or more)
     limit = [ln for label, ln in lines.items() if label.startswith("facility limit")]
-    assert len(limit) == 1 and set(limit[0].get_ydata()) == {0.01}
-    assert ax.get_ylabel() == "MW"
+    assert len(limit) == 1 and set(limit[0].get_ydata()) == {10.0}
+    assert ax.get_ylabel() == "kW"
 
 
 # -- sessions ------------------------------------------------------------------------------------------------
@@ -278,7 +302,7 @@ def test_session_times_are_cdfs_of_completed_top_level_sessions_per_population(r
     plt.close(fig)
     ss = res.sessions
     top = ss[(ss["kind"] == "session") & (ss["outcome"] == "completed")]
-    lines = {label_name(ln): ln for ln in ax.get_lines()}
+    lines = cdf_lines(ax)
     assert set(lines) == {"coders", "chat"}
     for pop, ln in lines.items():
         assert_cdf(ln, top.loc[top["population"] == pop, "duration_s"])
@@ -291,9 +315,9 @@ def test_session_times_leave_out_warm_up_like_the_summary(res, figs):
     ax = figs["session_times"].axes[0]
     ss = res.sessions
     top = ss[(ss["kind"] == "session") & (ss["outcome"] == "completed") & (ss["start_s"] >= res.meta["warmup_s"])]
-    for ln in ax.get_lines():
-        assert_cdf(ln, top.loc[top["population"] == label_name(ln), "duration_s"])
-    assert sum(label_n(ln) for ln in ax.get_lines()) == res.summary()["session_outcomes"]["completed"]
+    for name, ln in cdf_lines(ax).items():
+        assert_cdf(ln, top.loc[top["population"] == name, "duration_s"])
+    assert sum(label_n(ln) for ln in cdf_lines(ax).values()) == res.summary()["session_outcomes"]["completed"]
 
 
 # -- retries --------------------------------------------------------------------------------------------------
@@ -383,13 +407,14 @@ def report(run_dir):
 
 
 def _fmt(v) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
+    from agentsim.report import _fmt as report_fmt
+    return report_fmt(v)
 
 
 MD_SECTIONS = [t for t, _ in SECTIONS] + ["Outcomes", "Pools", "Figures"]
 
 
-def test_report_md_has_every_section_with_the_summary_values(report, run_dir):
+def test_report_md_has_every_section_with_the_summary_values(report, run_dir, res):
     md, _, summary = report
     headings = re.findall(r"^## (.+)$", md, flags=re.M)
     assert [h for h in headings if h in MD_SECTIONS] == MD_SECTIONS       # all of them, in this order
@@ -404,8 +429,18 @@ def test_report_md_has_every_section_with_the_summary_values(report, run_dir):
     outcomes = dict(re.findall(r"^\| (\w+) \| (\d+) \|$", sections["Outcomes"], re.M))
     assert {k: int(v) for k, v in outcomes.items()} == summary["outcomes"]
     pools_md = sections["Pools"]
-    for pool, p in summary["pools"].items():
-        assert f"| {pool} | {_fmt(p['utilisation'])} | {_fmt(p['mean_power_w'])} | {p['gpus']} |" in pools_md
+    # each pool's deployment and its capacity utilisation, occupancies, busy share, power, cost
+    cap = res.capacity_utilisation()          # the saved run had none: the report computed it
+    for r in run_dir_pools(run_dir):
+        p = {**summary["pools"][r["pool"]], **cap[r["pool"]]}
+        row = (f"| {r['pool']} | {r['gpu']} | {r['model']} | {r['precision']} | {r['tp']} x {r['pp']} | "
+               f"{r['replicas']} ({r['gpus']}) | {_fmt(p['capacity_utilisation'])} | {_fmt(p['batch_occupancy'])} | "
+               f"{_fmt(p['kv_occupancy'])} | {_fmt(p['busy_share'])} | {_fmt(p['mean_power_w'])} | {_fmt(p['cost_usd'])} |")
+        assert row in pools_md
+    assert "Capacity utilisation =" in pools_md and "busy share" in pools_md
+    # the SLOs are stated; a single run has no (empty) interval column
+    assert "time to first token ≤ 2 s and time per output token ≤ 0.1 s" in md
+    assert "95 % CI" not in md
     # every figure: a heading, its caption and a link to a complete PNG
     links = re.findall(r"!\[(\w+)\]\((figures/\w+\.png)\)", md)
     assert links == [(n, f"figures/{n}.png") for n in FIGURE_NAMES]
@@ -416,6 +451,11 @@ def test_report_md_has_every_section_with_the_summary_values(report, run_dir):
         assert CAPTIONS[n] in md
     names = os.listdir(run_dir)
     assert not [n for n in names if n.startswith(".") or n.endswith(".tmp")]
+
+
+def run_dir_pools(run_dir) -> list[dict]:
+    import pandas as pd
+    return pd.read_parquet(run_dir / "pools.parquet").to_dict("records")
 
 
 class _Doc(HTMLParser):
@@ -473,13 +513,15 @@ def test_report_html_is_well_formed_with_the_tables_and_images(report, run_dir):
     h2 = [t for tag, t in doc.headings if tag == "h2"]
     wanted = [t for t, _ in SECTIONS] + ["Outcomes", "Figures"]
     assert [t for t in h2 if t in wanted] == wanted
-    # images: every figure, relative links to complete PNGs, with alt text
-    assert [i["src"] for i in doc.images] == [f"figures/{n}.png" for n in FIGURE_NAMES]
-    assert all(i.get("alt") for i in doc.images)
-    for i in doc.images:
-        assert is_complete_png(run_dir / i["src"])
-    # tables: a header row, then one row per metric whose value is the summary's
-    metric_tables = [t for t in doc.tables if t[0] == ["metric", "value", "95 % CI"]]
+    # images: every figure embedded (self-contained: base64 PNG data URIs, the same bytes as the files)
+    assert [i["alt"] for i in doc.images] == list(FIGURE_NAMES)
+    for i, n in zip(doc.images, FIGURE_NAMES):
+        assert i["src"].startswith("data:image/png;base64,")
+        assert base64.b64decode(i["src"].split(",", 1)[1]) == (run_dir / "figures" / f"{n}.png").read_bytes()
+    assert "src='figures/" not in html_text and 'src="figures/' not in html_text
+    # tables: a header row (no interval column for a single run), then one row per metric
+    assert not [t for t in doc.tables if "95 % CI" in t[0]]
+    metric_tables = [t for t in doc.tables if t[0] == ["metric", "value"]]
     assert len(metric_tables) == len([1 for _, keys in SECTIONS if any(k in summary for k in keys)])
     for t in doc.tables:
         assert all(len(r) == len(t[0]) for r in t), t
@@ -517,3 +559,13 @@ def test_report_of_a_replicated_run_shows_confidence_intervals(scenario_file, tm
     assert code == 0, err
     md = (out / "report.md").read_text()
     assert re.search(r"^\| `ttft_s` \| [^|]+ \| [\d.e+-]+ – [\d.e+-]+ \|$", md, flags=re.M)
+
+
+def test_no_retries_figure_when_every_call_took_one_attempt(res, tmp_path):
+    # the same run with every retry dropped: one bar at 1 attempt says nothing, so it is not drawn
+    first = Result(requests=res.requests[res.requests["attempt"] == 0], timeseries=res.timeseries,
+                   pools=res.pools, meta=res.meta, sessions=res.sessions)
+    assert plots.has_data(res, "retries_per_call") and not plots.has_data(first, "retries_per_call")
+    names = [p.name for p in plots.save_all(first, tmp_path)]
+    assert "retries_per_call.png" not in names and "session_times.png" in names
+    assert "every logical call succeeded on its first attempt" in plots.skipped(first)["retries_per_call"]

@@ -298,7 +298,7 @@ def test_table_format_prints_the_headline(scenario_file, tmp_path):
     code, out, err = cli("run", str(scenario_file), "--no-progress", "--out", str(tmp_path / "t"))
     assert code == 0, err
     assert out.splitlines()[0].split() == ["metric", "value"]
-    for m in ("ttft_p99_s", "e2e_s", "output_tokens_per_s", "outcome:completed", "pool:h100:utilisation"):
+    for m in ("ttft_p99_s", "e2e_s", "output_tokens_per_s", "outcome:completed", "pool:h100:busy_share", "pool:h100:capacity_utilisation"):
         assert m in out
     assert "results written to" in err
 

@@ -93,7 +93,7 @@ def test_sample_of_slices_scales_sums_not_ratios(rich):
     for k in ("ttft_s", "ttft_p99_s", "slo_attainment", "joules_per_token", "usd_per_m_tokens", "prefix_hit_rate"):
         assert _close(scaled[k], full[k]), k
     assert scaled["pools"]["h100"]["gpus"] == 3 * full["pools"]["h100"]["gpus"]
-    assert _close(scaled["pools"]["h100"]["utilisation"], full["pools"]["h100"]["utilisation"])
+    assert _close(scaled["pools"]["h100"]["busy_share"], full["pools"]["h100"]["busy_share"])
     assert (full["facility_power_peak_method"], scaled["facility_power_peak_method"]) == (
         "summed", "scaled sample (biased high)")
 
@@ -135,7 +135,7 @@ def test_halving_the_slice_count_moves_headline_figures_less_than_their_cis(caps
         assert abs(a[m] - b[m]) <= half(a, m) + half(b, m) + 1e-12 * abs(a[m]), m
     for m in BATCHING:        # batching-sensitive: smaller slices batch more (see the module docstring)
         assert abs(a[m] - b[m]) <= 0.06 * b[m], m
-    assert a["energy_j"] < b["energy_j"] and a["pools"]["a"]["utilisation"] < b["pools"]["a"]["utilisation"]
+    assert a["energy_j"] < b["energy_j"] and a["pools"]["a"]["busy_share"] < b["pools"]["a"]["busy_share"]
     assert a["pools"]["a"]["gpus"] == b["pools"]["a"]["gpus"] == 8
     assert a["percentile_method"] == b["percentile_method"] == "pooled"
     assert np.isfinite([a[m] for m in SERVICE]).all()

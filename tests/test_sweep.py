@@ -248,7 +248,7 @@ def test_table_layout_and_keys(rich, tmp_path):
     t = res.table
     assert list(t.columns[:4]) == ["streams.chat.rate", "replication", "seed", "key"]
     assert list(t["seed"]) == [11, 12, 11, 12] and list(t["replication"]) == [0, 1, 0, 1]
-    assert "sim_wall_s" not in t and "events" in t and "pools.h100.utilisation" in t
+    assert "sim_wall_s" not in t and "events" in t and "pools.h100.busy_share" in t
     assert t["key"].is_unique
     sc = load_point(rich, ["streams.chat.rate=3"])
     assert t["key"].iloc[3] == task_key(sc.model_dump(mode="json"), 12)

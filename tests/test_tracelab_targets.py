@@ -110,7 +110,7 @@ def sums(res) -> dict:
         "calls": int((rq["attempt"] == 0).sum()), "turns": float(top["turns"].sum()),
         "output": float(done["output_tokens"].sum()), "completed": int(len(done)),
         "failed_attempts": int((rq["outcome"] != "completed").sum()),
-        "utilisation": float(res.summary()["pools"]["h100"]["utilisation"]),
+        "utilisation": float(res.summary()["pools"]["h100"]["busy_share"]),
         "sim_wall_s": float(res.meta["sim_wall_s"]),
     }
 

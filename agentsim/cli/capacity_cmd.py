@@ -1,13 +1,13 @@
 """``agentsim capacity FILE --slo 'ttft_p99_s<=2' --vary PATH``: bisection for the SLO's fleet or load."""
 from __future__ import annotations
 
-import json
 import math
 import sys
 from pathlib import Path
 
 import click
 
+from ..jsonout import dumps
 from .common import _fmt, cli, emit, format_option
 from .sweep_cmd import _clean, executor_options, interrupted
 
@@ -54,10 +54,10 @@ def capacity_cmd(scenario, slos, vary, goal, low, high, step, replications, seed
     d = res.as_dict()
     if out_dir:
         from ..sweep import _atomic
-        text = json.dumps(_jsonclean(d), indent=2)
+        text = dumps(_jsonclean(d))
         _atomic(Path(out_dir) / "capacity.json", lambda f: f.write(text.encode()))
     if fmt == "json":
-        click.echo(json.dumps(_jsonclean(d), indent=2))
+        click.echo(dumps(_jsonclean(d)))
     else:
         metrics = list(dict.fromkeys(s.metric for s in res.slos))
         rows = []

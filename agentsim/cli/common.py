@@ -1,7 +1,6 @@
 """Shared pieces of the CLI: the root group, common options and output formatting."""
 from __future__ import annotations
 
-import json
 import math
 from typing import TYPE_CHECKING
 
@@ -37,10 +36,16 @@ def get_catalog(catalog_files: tuple[str, ...]) -> Catalog:
 
 
 def _fmt(v) -> str:
+    """A table cell: 4 significant digits; from 10,000 up whole numbers with thousands separators
+    (never scientific notation for big figures); '-' for missing."""
     if isinstance(v, float):
         if math.isnan(v):
             return "-"
-        if v == 0 or 1e-3 <= abs(v) < 1e6:
+        if math.isinf(v):
+            return "inf" if v > 0 else "-inf"
+        if abs(v) >= 1e4:
+            return f"{v:,.0f}"
+        if v == 0 or 1e-3 <= abs(v):
             return f"{v:.4g}"
         return f"{v:.3e}"
     if v is None:
@@ -61,7 +66,7 @@ def render_table(rows: list[dict], columns: list[str] | None = None) -> str:
 
 def _numeric(s: str) -> bool:
     try:
-        float(s)
+        float(s.replace(",", ""))
         return True
     except ValueError:
         return False
@@ -70,15 +75,9 @@ def _numeric(s: str) -> bool:
 def emit(rows, fmt: str, columns: list[str] | None = None) -> None:
     """Print ``rows`` (a list of dicts, or a dict for JSON objects) as a table or JSON."""
     if fmt == "json":
-        click.echo(json.dumps(rows, indent=2, default=_json_default))
+        from ..jsonout import dumps
+        click.echo(dumps(rows))          # strict JSON: NaN and inf are null, never bare NaN
     elif isinstance(rows, dict):
         click.echo(render_table([{"key": k, "value": v} for k, v in rows.items()]))
     else:
         click.echo(render_table(rows, columns))
-
-
-def _json_default(o):
-    try:
-        return o.item()
-    except AttributeError:
-        return str(o)

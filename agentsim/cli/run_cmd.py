@@ -19,6 +19,10 @@ HEADLINE = ("requests", "completed", "ttft_s", "ttft_p99_s", "tpot_s", "tpot_p99
             "prefix_hit_rate", "preemptions", "joules_per_token", "usd_per_m_tokens", "cost_usd",
             "facility_power_mean_w", "facility_power_peak_w", "sim_wall_s", "events_per_request")
 
+#: per-pool rows of the summary table: capacity utilisation (agentsim.utilisation) first, then the
+#: occupancies that say which limit binds, then busy share (time executing a step) and power
+POOL_ROWS = ("capacity_utilisation", "batch_occupancy", "kv_occupancy", "busy_share", "mean_power_w")
+
 
 def summary_rows(summary: dict) -> list[dict]:
     rows = []
@@ -32,9 +36,14 @@ def summary_rows(summary: dict) -> list[dict]:
     for outcome, n in summary.get("outcomes", {}).items():
         rows.append({"metric": f"outcome:{outcome}", "value": n})
     for pool, d in summary.get("pools", {}).items():
-        rows.append({"metric": f"pool:{pool}:utilisation", "value": d["utilisation"]})
-        rows.append({"metric": f"pool:{pool}:mean_power_w", "value": d["mean_power_w"]})
-    return rows
+        for key in POOL_ROWS:
+            if key in d:
+                rows.append({"metric": f"pool:{pool}:{key}", "value": d[key]})
+    if not any("ci_low" in r for r in rows):
+        return rows
+    # replications: every row has the interval columns (a dash where there is none)
+    return [{"metric": r["metric"], "value": r["value"], "ci_low": r.get("ci_low"), "ci_high": r.get("ci_high")}
+            for r in rows]
 
 
 def _progress_bar(duration: float, label: str):
@@ -98,6 +107,7 @@ def run(scenario, seed, replications, out_dir, overrides, step_mode, check_invar
             finally:
                 if bar is not None:
                     bar.close()
+            res.capacity_utilisation()      # into meta: summary, summary.json and the report carry it
             results.append(res)
             if out_dir:
                 _write_replication(res, Path(out_dir), i if replications > 1 else None, figures)
@@ -181,10 +191,10 @@ def _write_replication(res, out: Path, index: int | None, figures: bool) -> None
 
 
 def _write_atomic(path: Path, data: dict) -> None:
-    from ..result import _jsonable
+    from ..jsonout import dumps
     tmp = path.with_name(f".{path.name}.tmp")
     try:
-        tmp.write_text(json.dumps(_jsonable(data), indent=2))
+        tmp.write_text(dumps(data))
         tmp.replace(path)
     except BaseException as e:
         tmp.unlink(missing_ok=True)

@@ -1,7 +1,6 @@
 """``agentsim sweep FILE --grid PATH=V1,V2 …``: every grid point × replication on an executor."""
 from __future__ import annotations
 
-import json
 import math
 import sys
 from pathlib import Path
@@ -90,7 +89,8 @@ def sweep_cmd(scenario, grid, replications, seed, overrides, out_dir, address, w
         interrupted(out_dir)
     if fmt == "json":
         rows = [{k: _clean(v) for k, v in r.items()} for r in res.table.to_dict("records")]
-        click.echo(json.dumps(rows, indent=2))
+        from ..jsonout import dumps
+        click.echo(dumps(rows))
     else:
         rows = point_means(res, list(TABLE_METRICS))
         if replications > 1:   # "mean ±half-width" in one cell

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import concurrent.futures as cf
 import importlib
-import json
 import math
 import os
 import sys
@@ -37,6 +36,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError, unknown_name
+from ..jsonout import dumps
+from ..stats import ANY, NONNEGATIVE, mean_interval, proportion_interval
 
 #: experiment name -> module (imported on first use)
 EXPERIMENTS: dict[str, str] = {name: f"{__name__}.{name}" for name in (
@@ -176,33 +177,27 @@ def _g(x: float, digits: int) -> str:
     return f"{x:.{digits}g}"
 
 
-def stat(values) -> Stat:
-    """Mean and 95 % Student-t interval of independent replications (NaNs dropped)."""
-    from ..api import ci
+def stat(values, valid: tuple[float, float] = NONNEGATIVE) -> Stat:
+    """Mean and 95 % Student-t interval of independent replications (NaNs dropped), clipped to
+    ``valid``: the experiments' figures are counts, rates, latencies, energy and shares, all >= 0."""
     x = [float(v) for v in values if v is not None and math.isfinite(float(v))]
-    m, lo, hi = ci(x)
+    m, lo, hi = mean_interval(x, valid=valid)
     return Stat(m, lo, hi, len(x), tuple(x))
 
 
 def paired(a, b) -> Stat:
-    """Mean of ``b − a`` over paired replications (same seeds), with its 95 % interval."""
-    return stat([y - x for x, y in zip(a, b)])
+    """Mean of ``b − a`` over paired replications (same seeds), with its 95 % interval (any sign)."""
+    return stat([y - x for x, y in zip(a, b)], valid=ANY)
 
 
 def ratio(a, b) -> Stat:
-    """Mean of the per-replication ratio ``b / a`` (paired), with its 95 % interval."""
+    """Mean of the per-replication ratio ``b / a`` (paired), with its 95 % interval (>= 0)."""
     return stat([y / x if x else math.nan for x, y in zip(a, b)])
 
 
 def proportion(k: int, n: int) -> tuple[float, float, float]:
     """A share ``k / n`` with its 95 % Wilson score interval."""
-    if n == 0:
-        return math.nan, math.nan, math.nan
-    z = 1.959963984540054
-    p = k / n
-    c = (p + z * z / (2 * n)) / (1 + z * z / n)
-    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return p, max(0.0, c - h), min(1.0, c + h)
+    return proportion_interval(k, n)
 
 
 def crossing(xs, ys, target: float) -> float:
@@ -320,7 +315,7 @@ class Report:
                    "agentsim_version": __version__, "git_commit": commit, "runtime_s": runtime_s, "cpu_s": self.cpu_s,
                    "settings": self.settings,
                    "figures": list(self.figures), **self.results}
-        write_atomic(out / "results.json", json.dumps(jsonable(results), indent=2))
+        write_atomic(out / "results.json", dumps(jsonable(results)))       # strict: NaN -> null
         write_atomic(out / "summary.md", "\n".join(md))
         results["summary_path"] = str(out / "summary.md")
         return results

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..stats import NONNEGATIVE, mean_band
 from . import (Report, check_args, cli_main, default_scenario, md_table, paired, ratio, run_tasks, save_figure,
                scale_system, seeds, simulate_one, stat)
 
@@ -245,12 +246,10 @@ def _figures(out: Path, before, after, sc, metrics) -> list:
     for ax, (key, title, div) in zip(axes.ravel(), panels):
         for label, runs, color in (("before", before, "tab:red"), ("after", after, "tab:blue")):
             x = np.array([r["hourly"][key] for r in runs]) / div
-            m = x.mean(axis=0)
-            sd = x.std(axis=0, ddof=1) if len(x) > 1 else np.zeros_like(m)
-            from scipy import stats as st
-            h = st.t.ppf(0.975, len(x) - 1) * sd / math.sqrt(len(x)) if len(x) > 1 else sd
+            m, lo, hi = mean_band(x, valid=NONNEGATIVE)
+            h = hi - m
             ax.step(hours, m, where="post", color=color, label=label)
-            ax.fill_between(hours, np.maximum(m - h, 0), m + h, step="post", color=color, alpha=0.15, lw=0)
+            ax.fill_between(hours, lo, hi, step="post", color=color, alpha=0.15, lw=0)
             rows += [{"series": key, "variant": label, "hour_utc": int(t), "mean": v * div, "ci_half": w * div}
                      for t, v, w in zip(hours, m, h)]
         ax.axvspan(PEAK[0] / 3600, PEAK[1] / 3600, color="orange", alpha=0.12, label="peak-throttle hours")

@@ -73,7 +73,7 @@ def measure(sc: dict, seed: int) -> dict:
     out["coder_session_p50_s"] = float(np.percentile(coders["duration_s"], 50)) if len(coders) else math.nan
     out["coder_session_p90_s"] = float(np.percentile(coders["duration_s"], 90)) if len(coders) else math.nan
     out["pool_share"] = share
-    out["pool_util"] = {k: v["utilisation"] for k, v in s["pools"].items()}
+    out["pool_util"] = {k: v["busy_share"] for k, v in s["pools"].items()}
     out["ttft_sample"] = sample
     out["outcomes"] = s["outcomes"]
     return out

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..stats import NONNEGATIVE, mean_band
 from . import (Report, check_args, cli_main, md_table, paired, proportion, ratio, run_tasks, save_figure, seeds,
                simulate_one, stat)
 
@@ -238,13 +239,8 @@ def run(out_dir, scale: float = 1.0, seed: int = 1, replications: int | None = N
 
 
 def _band(runs, key):
-    x = np.array([r["series"][key] for r in runs])
-    m = x.mean(axis=0)
-    if len(x) < 2:
-        return m, m, m
-    from scipy import stats as st
-    h = st.t.ppf(0.975, len(x) - 1) * x.std(axis=0, ddof=1) / math.sqrt(len(x))
-    return m, m - h, m + h
+    # goodput is >= 0: the band is clipped there (the table keeps the clipped bounds)
+    return mean_band(np.array([r["series"][key] for r in runs]), valid=NONNEGATIVE)
 
 
 def _figures(out: Path, by: dict, policies, triggers, t_min, metrics) -> list:
@@ -261,7 +257,7 @@ def _figures(out: Path, by: dict, policies, triggers, t_min, metrics) -> list:
         for p in policies:
             m, lo, hi = _band(by[(p, d)], "goodput_rps")
             line, = ax.plot(t_min, m, lw=1.6, label=LABELS[p])
-            ax.fill_between(t_min, np.maximum(lo, 0), hi, color=line.get_color(), alpha=0.15, lw=0)
+            ax.fill_between(t_min, lo, hi, color=line.get_color(), alpha=0.15, lw=0)
             rows += [{"trigger_min": d, "policy": p, "t_min": t, "goodput_rps": a, "ci_low": b, "ci_high": c}
                      for t, a, b, c in zip(t_min, m, lo, hi)]
         ax.axvspan(TRIGGER_AT_S / 60, TRIGGER_AT_S / 60 + d, color="red", alpha=0.12, label="pool b down")

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..stats import NONNEGATIVE, mean_band
 from . import (Report, check_args, cli_main, default_scenario, md_table, paired, ratio, run_tasks, save_figure,
                scale_system, seeds, simulate_one, stat)
 
@@ -245,7 +246,6 @@ def run(out_dir, scale: float = 1.0, seed: int = 1, replications: int | None = N
 
 def _figures(out: Path, by, loads) -> list:
     import matplotlib.pyplot as plt
-    from scipy import stats as st
     paths = []
     first = by[(loads[0], False)]
     n = len(first[0]["series"]["goodput_rps"])
@@ -262,11 +262,10 @@ def _figures(out: Path, by, loads) -> list:
             ax = axes[i][j]
             for label, runs, color in (("baseline", by[(L, False)], "grey"), ("site lost", by[(L, True)], "tab:red")):
                 x = np.array([r["series"][key] for r in runs], float)
-                m = np.nanmean(x, axis=0)
-                h = st.t.ppf(0.975, len(x) - 1) * np.nanstd(x, axis=0, ddof=1) / math.sqrt(len(x)) \
-                    if len(x) > 1 else np.zeros_like(m)
+                m, lo, hi = mean_band(x, valid=NONNEGATIVE, nan_policy="omit")
+                h = hi - m if len(x) > 1 else np.zeros_like(m)
                 ax.step(t, m, where="pre", color=color, label=label)
-                ax.fill_between(t, np.maximum(m - h, m / 10 if key == "ttft_p90_s" else 0), m + h, step="pre",
+                ax.fill_between(t, np.maximum(lo, m / 10) if key == "ttft_p90_s" else lo, hi, step="pre",
                                 color=color, alpha=0.15, lw=0)
                 rows += [{"load": L, "series": key, "variant": label, "hour_utc": a, "mean": b, "ci_half": c}
                          for a, b, c in zip(t, m, h)]
