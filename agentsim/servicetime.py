@@ -149,24 +149,34 @@ class _Ops:
         del sw, sx, sy
         return a, b
 
-    def prefill_attention(self, c: np.ndarray):
-        """(P(c), Q(c)) per layer: a ``c``-token chunk's measured time split into fixed + per pair."""
+    def _chunk_time(self, c: np.ndarray) -> np.ndarray:
+        """Measured time of one causal chunk of ``c`` tokens with no prefix, per layer (MLA: module)."""
         m, dep = self.dep.model, self.dep
-        cc = np.maximum(c, 1)
         heads = max(1, m.n_heads // dep.tp)
         if m.attention == "mla":
             cat = ("bfloat16" if dep.precision == "bf16" else "fp8_block") + "/" + self.kv_cat
-            gcat = cat.split("/")[0]
-            eff = np.exp(self._grid("mla_context", cat, heads, 1.0, cc))
-            meas = opfit.mla_context_roofline(heads, 1.0, cc, self.gpu, gcat) / eff
-            mla = opfit.MLA
-            per_pair = 4.0 * heads * (mla["nope"] + mla["rope"] + mla["v"]) / self.gpu.peak_flops("bf16") / eff
-            fixed = np.maximum(meas - per_pair * cc * cc / 2, 0.0)
-        else:
-            kvh = max(1, m.n_kv_heads // dep.tp)
-            eff = self._grid("context_attention", self.kv_cat, 1.0, cc, heads, kvh, float(m.head_dim))
-            meas = opfit.context_attention_roofline(1.0, cc, heads, kvh, m.head_dim, self.gpu, self.kv_cat) / np.exp(eff)
-            per_pair, fixed = meas / (cc * cc / 2), np.zeros_like(cc)
+            eff = self._grid("mla_context", cat, heads, 1.0, c)
+            return opfit.mla_context_roofline(heads, 1.0, c, self.gpu, cat.split("/")[0]) / np.exp(eff)
+        kvh = max(1, m.n_kv_heads // dep.tp)
+        eff = self._grid("context_attention", self.kv_cat, 1.0, c, heads, kvh, float(m.head_dim))
+        return opfit.context_attention_roofline(1.0, c, heads, kvh, m.head_dim, self.gpu, self.kv_cat) / np.exp(eff)
+
+    def prefill_attention(self, c: np.ndarray):
+        """(P(c), Q(c)) per layer: a ``c``-token chunk after a cached prefix costs ``P(c) + Q(c)·pairs``.
+
+        The tables time chunks without a prefix, so the cost per attended pair is bounded below by two
+        measured regimes: the best compute rate (long chunks, 4k-16k tokens) and, for short chunks, the
+        KV stream of a decode — ``c`` queries read each cached key once, like one decode sequence, so a
+        pair costs at least ``B(1)/c`` (B(1): decode attention per context token of one sequence).
+        ``P(c)`` is what the measured prefix-free chunk costs beyond its pairs (launches, projections).
+        """
+        cc = np.maximum(c, 1)
+        meas = self._chunk_time(cc)
+        big = np.array([4096.0, 8192.0, 16384.0])
+        q_compute = float(np.min(self._chunk_time(big) / (big * big / 2)))
+        b1 = float(self.decode_attention(np.array([1.0]))[1][0])
+        per_pair = np.maximum(q_compute, b1 / cc)
+        fixed = np.maximum(meas - per_pair * cc * cc / 2, 0.0)
         zero = c <= 0
         return np.where(zero, 0.0, fixed), np.where(zero, 0.0, per_pair)
 
@@ -231,9 +241,13 @@ def build_tables(dep: Deployment, om: OpModel | None = None) -> Tables:
     fixed = np.maximum.accumulate(_dense_table(pt, _token_ops(ops, pt), T_MAX))
     head = np.maximum.accumulate(_dense_table(pn, _head_ops(ops, pn), N_MAX))
     a, b = ops.decode_attention(np.maximum(pn, 1))
-    # non-decreasing in the batch, so one more decode never shortens a step
+    # A(n) and n·B(n) non-decreasing: one more decode at the batch's mean context never shortens a
+    # step. B(n) itself falls with n (a lone sequence streams its KV with few thread blocks), so a
+    # decode much shorter than the others can: the aggregate Σs does not say how it is spread.
     dec_a = np.maximum.accumulate(_dense_table(pn, np.where(pn > 0, L * a, 0.0), N_MAX))
-    dec_b = np.maximum.accumulate(_dense_table(pn, np.where(pn > 0, L * b, 0.0), N_MAX))
+    n_all = np.arange(N_MAX + 1, dtype=float)
+    nb = np.maximum.accumulate(_dense_table(pn, np.where(pn > 0, L * b * pn, 0.0), N_MAX))
+    dec_b = np.divide(nb, n_all, out=np.zeros_like(nb), where=n_all > 0)
     pa, pq = ops.prefill_attention(pt)
     pf_a = _dense_table(pt, L * pa, T_MAX)
     pf_pair = _dense_table(pt, L * pq, T_MAX)

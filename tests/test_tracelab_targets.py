@@ -17,7 +17,7 @@ client's (``cache_ttl_s``): Claude Code asks for 1 h on a subscription and 5 min
 free parameter here: 36–43 % puts both cache targets in band, pooled over seeds; TraceLab's
 provider behaves like an ideal cache with ~10 min idle eviction, between the two]. A single 600 s TTL for all
 lands the user-turn hit rate at 79 %: a bimodal TTL keeps more human turns warm for the same
-token miss rate. It is lightly loaded (busy 13-22 % of the time), so the cache sees session behaviour, not
+token miss rate. It is lightly loaded (busy under 40 % of the time), so the cache sees session behaviour, not
 memory pressure (pinned entries expire on the GPU; the host tier, which only takes forced
 evictions, stays empty), and a call's generation takes ~10 s (TraceLab: 11.5 s per step).
 
@@ -85,7 +85,7 @@ def tracelab_scenario(n_sessions: int, seed: int, params: dict | None = None, sh
         "name": "tracelab-coding", "duration_s": 72 * 3600.0, "seed": seed, "sample_s": 3600.0,
         "engine": {"retention": "pin_session", "prefix_ttl_s": 600.0, "host_kv_gb": 1000.0, "kv_dtype": "fp8"},
         "pools": {"h100": {"gpu": "H100-SXM", "model": "Llama-3-70B", "precision": "fp8", "tp": 4,
-                           "replicas": 24}},
+                           "replicas": 16}},
         "router": {"policy": "session_affinity"},
         "populations": pops,
     }
@@ -110,6 +110,7 @@ def sums(res) -> dict:
         "calls": int((rq["attempt"] == 0).sum()), "turns": float(top["turns"].sum()),
         "output": float(done["output_tokens"].sum()), "completed": int(len(done)),
         "failed_attempts": int((rq["outcome"] != "completed").sum()),
+        "other_failures": int((~rq["outcome"].isin(["completed", "in_flight", "timed_out"])).sum()),
         "utilisation": float(res.summary()["pools"]["h100"]["busy_share"]),
         "sim_wall_s": float(res.meta["sim_wall_s"]),
     }
@@ -188,7 +189,10 @@ def test_coding_population_against_tracelab(measured, key):
 
 def test_the_cluster_is_lightly_loaded(measured):
     assert measured["utilisation"] < 0.4
-    assert measured["failed_attempts"] <= 1e-3 * measured["calls"]   # a few 600 s timeouts of 30 k-token outputs
+    # the only failures: the client's 600 s timeout, mostly of long outputs (median ~16 k tokens: at
+    # 100 k+ contexts the measured decode kernels give 20-40 ms a token), a fraction of a per cent
+    assert measured["failed_attempts"] <= 5e-3 * measured["calls"]
+    assert measured["other_failures"] == 0
     assert measured["in_flight"] <= 0.02 * measured["sessions"]
 
 
