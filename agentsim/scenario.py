@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 from datetime import datetime
 import tomllib
 from pathlib import Path
@@ -257,6 +258,9 @@ class Scenario(Model):
     def _refs(self) -> "Scenario":
         if not self.pools:
             raise ValueError("a scenario needs at least one pool")
+        if self.warmup_s >= self.duration_s:
+            raise ValueError(f"warmup_s ({self.warmup_s:g}) must be below duration_s ({self.duration_s:g}): "
+                             "nothing after the warm-up would be measured")
         for name, pool in self.pools.items():
             if pool.site not in self.sites:
                 raise ValueError(f"pools.{name}.site {pool.site!r} is not in [sites] ({', '.join(self.sites)})")
@@ -318,31 +322,77 @@ def _model_at(loc: tuple, root: type[BaseModel]) -> type[BaseModel] | None:
     return cls
 
 
-def explain(err: ValidationError, where: str, root: type[BaseModel] = Scenario) -> str:
-    """One message naming each bad field, its value and what is allowed."""
+TABLES = {"pools": "pool", "streams": "stream", "populations": "population", "sites": "site"}
+
+
+def _set_paths(overrides) -> list[tuple[str, str]]:
+    """``(item, path)`` of each ``--set PATH=VALUE``, last first (a later one wins)."""
+    return [(item, item.partition("=")[0].strip()) for item in reversed(list(overrides))]
+
+
+def blame(message: str, overrides=()) -> str | None:
+    """The ``--set`` item a message is about (its path is the message's field, above or below it)."""
+    head = message.split(":", 1)[0].split(" ", 1)[0]
+    for item, p in _set_paths(overrides):
+        if head == p or head.startswith(p + ".") or head.startswith(p + "[") or p.startswith(head + "."):
+            return item
+    for item, p in _set_paths(overrides):
+        if re.search(rf"(?<![\w.]){re.escape(p)}(?![\w])", message):
+            return item
+    return None
+
+
+def with_blame(message: str, where: str, overrides=()) -> str:
+    """``message`` as the user caused it: ``--set 'X=V': ...`` for an override, else ``WHERE: ...``."""
+    item = blame(message, overrides)
+    return f"--set {item!r}: {message}" if item else (f"{where}: {message}" if where else message)
+
+
+def explain(err: ValidationError, where: str, root: type[BaseModel] = Scenario, overrides=(),
+            base: dict | None = None) -> str:
+    """One message naming each bad field, its value and what is allowed.
+
+    A field an override set is blamed on that ``--set`` (not on the scenario file), and a
+    ``--set`` naming a pool, stream, population or site the scenario does not have says so.
+    """
     out = []
+    new_entries: set[tuple[str, str]] = set()
     for e in err.errors():
         loc = tuple(e["loc"])
         path = ".".join(str(p) for p in loc)
         msg = e["msg"].removeprefix("Value error, ")
+        if (base is not None and e["type"] == "missing" and len(loc) >= 3 and loc[0] in TABLES
+                and loc[1] not in (base.get(loc[0]) or {})):
+            item = next((i for i, p in _set_paths(overrides) if p.startswith(f"{loc[0]}.{loc[1]}.")), None)
+            if item is not None:
+                if (loc[0], loc[1]) not in new_entries:
+                    new_entries.add((loc[0], loc[1]))
+                    have = ", ".join(base.get(loc[0]) or {}) or "none"
+                    out.append(f"--set {item!r}: there is no {TABLES[loc[0]]} {loc[1]!r} in {where} "
+                               f"({loc[0]}: {have}); a new one needs {loc[2]} and the other required fields")
+                continue
         if e["type"] == "extra_forbidden":
             owner = _model_at(loc, root)
             names = list(owner.model_fields) if owner is not None else []
             near = difflib.get_close_matches(str(loc[-1]), names, n=1, cutoff=0.5)
             hint = f"; did you mean {near[0]!r}?" if near else ""
-            out.append(f"{where}: unknown field {path!r}{hint} (allowed here: {', '.join(names)})")
+            text = f"unknown field {path!r}{hint} (allowed here: {', '.join(names)})"
+            item = blame(path, overrides)
+            out.append(f"--set {item!r}: {text}" if item else f"{where}: {text}")
             continue
         got = e.get("input")
         shown = "" if isinstance(got, dict) or got is None else f" (got {got!r})"
-        out.append(f"{where}: {path}: {msg}{shown}" if path else f"{where}: {msg}")
+        text = f"{path}: {msg}{shown}" if path else msg
+        out.append(with_blame(text, where, overrides))
     return "; ".join(out)
 
 
-def parse(data: dict, where: str = "scenario") -> Scenario:
+def parse(data: dict, where: str = "scenario", *, overrides=(), base: dict | None = None) -> Scenario:
+    """Validate ``data`` (``base`` with ``overrides`` applied, when given: errors then name them)."""
     try:
         return Scenario.model_validate(data)
     except ValidationError as e:
-        raise InputError(explain(e, where)) from None
+        raise InputError(explain(e, where, overrides=overrides, base=base)) from None
 
 
 def read_toml(path: str | Path) -> dict:
@@ -356,18 +406,26 @@ def read_toml(path: str | Path) -> dict:
         raise InputError(f"scenario file {path}: is a directory") from None
     except tomllib.TOMLDecodeError as e:
         raise InputError(f"scenario file {path}: not valid TOML ({e})") from None
+    except UnicodeDecodeError as e:
+        raise InputError(f"scenario file {path}: {not_utf8(e)}") from None
+
+
+def not_utf8(e: UnicodeDecodeError) -> str:
+    """What to say about a file that is not UTF-8 text (binary, Latin-1, UTF-16, ...)."""
+    return (f"not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); "
+            "save it as UTF-8 (binary files cannot be read)")
 
 
 def load(path: str | Path, overrides: list[str] = ()) -> Scenario:
     """Read a scenario file, apply ``path.to.field=value`` overrides, validate."""
-    data = read_toml(path)
+    original = read_toml(path)
     base = Path(path).parent
-    data = apply_overrides(data, overrides)
+    data = apply_overrides(original, overrides)
     data["catalog"] = [str((base / c).resolve()) if not Path(c).is_absolute() else c for c in data.get("catalog", [])]
     for s in data.get("streams", {}).values():
         if isinstance(s, dict) and s.get("file") and not Path(s["file"]).is_absolute():
             s["file"] = str((base / s["file"]).resolve())
-    return parse(data, where=str(path))
+    return parse(data, where=str(path), overrides=overrides, base=original)
 
 
 def _value(text: str) -> Any:

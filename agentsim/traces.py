@@ -149,7 +149,11 @@ def read_trace(path: str | Path, fmt: str) -> Trace:
     if fmt not in readers:
         from .errors import unknown_name
         raise unknown_name("trace format", fmt, TRACE_FORMATS, where="--trace-format")
-    return readers[fmt](path)
+    try:
+        return readers[fmt](path)
+    except UnicodeDecodeError as e:
+        from .scenario import not_utf8
+        raise InputError(f"trace file {path}: {not_utf8(e)}") from None
 
 
 def _open(path: str | Path, what: str):

@@ -57,6 +57,10 @@ class Work:
     def memory_bytes(self) -> float:
         return self.requests * BYTES_PER_REQUEST + self.clients * BYTES_PER_CLIENT + self.replicas * BYTES_PER_REPLICA
 
+    def times(self, k: int) -> "Work":
+        """``k`` runs held at once (replications kept for their summary)."""
+        return Work(self.requests * k, self.clients * k, self.replicas * k)
+
     @property
     def too_big(self) -> bool:
         return self.memory_bytes > MAX_MEMORY_BYTES or self.events > MAX_EVENTS

@@ -28,7 +28,6 @@ def format_option(f):
 
 
 #: bounds of counting flags shared by several commands
-MAX_REPLICATIONS = 10_000
 MAX_WORKERS = 4_096
 
 

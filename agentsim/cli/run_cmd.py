@@ -12,9 +12,9 @@ from ..api import load_scenario, replication_seeds, ResultSet
 from ..build import build
 from ..errors import InputError
 from ..outdir import OutDir
-from ..scenario import MAX_SEED, MAX_SLICES
+from ..scenario import MAX_SLICES, with_blame
 from ..workload import check_runnable, check_work, estimate_work
-from .common import (MAX_REPLICATIONS, MAX_WORKERS, cli, emit, force_option, format_option, out_options,
+from .common import (MAX_WORKERS, cli, emit, force_option, format_option, out_options,
                      progress_option)
 
 DEFAULT_PRESET = "default"
@@ -53,8 +53,8 @@ def _progress_bar(duration: float, label: str):
 
 @cli.command("run")
 @click.argument("scenario", required=False)
-@click.option("--seed", type=click.IntRange(min=0, max=MAX_SEED), default=None, help="Seed (default: the scenario's).")
-@click.option("--replications", "-r", type=click.IntRange(min=1, max=MAX_REPLICATIONS), default=1, show_default=True,
+@click.option("--seed", type=click.IntRange(min=0), default=None, help="Seed (default: the scenario's).")
+@click.option("--replications", "-r", type=click.IntRange(min=1), default=1, show_default=True,
               help="Independent replications (seed, seed+1, ...); summaries get 95 % CIs.")
 @out_options("Write requests/timeseries/pools Parquet, summary.json and manifest.json here.")
 @click.option("--set", "overrides", multiple=True, metavar="PATH=VALUE",
@@ -93,10 +93,17 @@ def run(scenario, seed, replications, out_dir, overwrite, overrides, step_mode, 
                              "available there")
         if slice_sample is not None and slice_sample > slices:
             raise InputError(f"--slice-sample {slice_sample} exceeds --slices {slices}")
-    for note in check_runnable(sc):
+    try:
+        notes = check_runnable(sc)
+    except InputError as e:     # a pool's deployment: name the --set that made it, if one did
+        raise InputError(with_blame(str(e), "", overrides)) from None
+    for note in notes:
         click.echo(f"warning: {note}", err=True)
     one = sc.model_copy(update={"slice": sc.slice.model_copy(update={"count": slices})}) if slices > 1 else sc
-    check_work(estimate_work(one), force, what="one slice of this run" if slices > 1 else "this run")
+    work = estimate_work(one)
+    if not is_sliced:       # replications are kept in memory until the summary over them
+        work = work.times(replications)
+    check_work(work, force, what="one slice of this run" if slices > 1 else "this run")
     kind = "sliced" if is_sliced else "replications" if replications > 1 else "run"
     out = OutDir(out_dir, kind, overwrite) if out_dir else None
     if is_sliced:
