@@ -171,7 +171,9 @@ def check_runnable(sc, catalog=None) -> list[str]:
     capacity = max_kv_capacity(sc, catalog)
     warnings = []
     for name, st in sc.streams.items():
-        if st.kind == "replay":
+        if st.kind == "replay":     # read (and so check) the file now, not when the run reaches it
+            from .sources import read_replay_csv
+            read_replay_csv(st.file)
             continue
         low = _tokens_lowest(st.input_tokens) + _tokens_lowest(st.output_tokens)
         if low > capacity:
