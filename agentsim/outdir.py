@@ -99,8 +99,9 @@ class OutDir:
             raise InputError(f"{flag} {self.path}: {what}, not a {kind} output; give an empty or new directory, "
                              f"or add --overwrite to replace it")
         self.staging: Path | None = None
+        self._abs = self.path.resolve()         # "." and "sub/.." have no usable name or parent
         if existing and (overwrite or kind not in RESUMING):
-            self.staging = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.agentsim-", dir=self.path.parent))
+            self.staging = Path(tempfile.mkdtemp(prefix=f".{self._abs.name}.agentsim-", dir=self._abs.parent))
 
     @property
     def write_path(self) -> Path:
@@ -114,12 +115,12 @@ class OutDir:
         """Swap the staged output in: the old directory moves aside, the new one takes its name."""
         if self.staging is None:
             return
-        old = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.old-", dir=self.path.parent))
-        os.replace(self.path, old / "previous")
+        old = Path(tempfile.mkdtemp(prefix=f".{self._abs.name}.old-", dir=self._abs.parent))
+        os.replace(self._abs, old / "previous")
         try:
-            os.replace(self.staging, self.path)
+            os.replace(self.staging, self._abs)
         except BaseException:
-            os.replace(old / "previous", self.path)
+            os.replace(old / "previous", self._abs)
             raise
         self.staging = None
         shutil.rmtree(old, ignore_errors=True)
@@ -130,7 +131,7 @@ class OutDir:
             return self.path if keep else None
         staging, self.staging = self.staging, None
         if keep and any(staging.iterdir()):
-            partial = self.path.with_name(self.path.name + ".partial")
+            partial = self._abs.with_name(self._abs.name + ".partial")
             shutil.rmtree(partial, ignore_errors=True)
             os.replace(staging, partial)
             return partial

@@ -332,6 +332,7 @@ def _set_paths(overrides) -> list[tuple[str, str]]:
 
 def blame(message: str, overrides=()) -> str | None:
     """The ``--set`` item a message is about (its path is the message's field, above or below it)."""
+    message = re.sub(r"\[(\d+)\]", r".\1", message)      # policies[3] is the --set path policies.3
     head = message.split(":", 1)[0].split(" ", 1)[0]
     for item, p in _set_paths(overrides):
         if head == p or head.startswith(p + ".") or head.startswith(p + "[") or p.startswith(head + "."):

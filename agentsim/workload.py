@@ -132,7 +132,7 @@ def estimate_work(sc) -> Work:
             per = _mean(st.output_tokens) * STEP_FLOOR_S + (_mean(st.think_s) if st.think_s else 0.0)
             n = st.concurrency * dur / max(per, STEP_FLOOR_S)
             requests += min(n, st.count) if st.count else n
-            clients += st.concurrency
+            clients += min(st.concurrency, st.count) if st.count else st.concurrency   # the rest never send
         elif st.kind == "all_at_once":
             requests += st.count
         else:

@@ -210,6 +210,10 @@ CASES = {
                           needles=("streams.chat.input_tokens", "5000001", "KV")),
     "estimate-prompt-beyond-kv": C(*EST, "--concurrency", "1", "--input-tokens", "3000000",
                                    needles=("--input-tokens", "KV"), absent=("streams.load",)),
+    "sweep-nothing-to-simulate": C("sweep", T, "--grid", "pools.h100.replicas=1,2", "--set", "streams={}",
+                                   needles=("--set 'streams={}'", "nothing to simulate")),
+    "capacity-prompt-beyond-kv": C("capacity", T, "--slo", "ttft_p99_s<=2", "--vary", "pools.h100.replicas",
+                                   "--set", "streams.chat.input_tokens=5000000", needles=("KV", "5000001")),
     # -- files that are not text; names that are not presets ---------------------------------------------
     "latin-1-scenario": C("run", "{w}/latin.toml", "--no-progress", needles=("latin.toml", "not UTF-8", "0xe9")),
     "binary-scenario": C("run", "{w}/binary.toml", "--no-progress", needles=("binary.toml", "not UTF-8")),

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from .common import Finite, _fmt, cli, emit, format_option
-from .sweep_cmd import _clean, executor_options, interrupted, open_out
+from .sweep_cmd import _clean, executor_options, interrupted, open_out, precheck
 
 
 @cli.command("capacity")
@@ -44,6 +44,7 @@ def capacity_cmd(scenario, slos, vary, goal, low, high, step, replications, seed
     """
     from ..capacity import capacity, parse_slo
     parsed = [parse_slo(s) for s in slos]   # a bad SLO fails before anything runs
+    precheck(scenario, overrides)
     out = open_out(out_dir, "capacity", overwrite)
     try:
         res = capacity(scenario, parsed, vary, goal=goal, low=low, high=high, step=step, replications=replications,

@@ -48,6 +48,22 @@ def _executor_options(f, out_help: str):
     return f
 
 
+def precheck(scenario, overrides) -> None:
+    """Refuse a base scenario with nothing to simulate or requests no replica holds, before any
+    point runs (each point is validated again when it runs); print its warnings."""
+    from ..api import load_scenario
+    from ..errors import InputError
+    from ..scenario import with_blame
+    from ..workload import check_runnable
+    sc = load_scenario(scenario, list(overrides))
+    try:
+        notes = check_runnable(sc)
+    except InputError as e:
+        raise InputError(with_blame(str(e), "", overrides)) from None
+    for note in notes:
+        click.echo(f"warning: {note}", err=True)
+
+
 def open_out(out_dir, kind: str, overwrite: bool):
     """The checked output directory of a sweep or capacity search (None without --out)."""
     from ..outdir import OutDir
@@ -95,6 +111,7 @@ def sweep_cmd(scenario, grid, replications, seed, overrides, out_dir, overwrite,
     the mean over replications (± the 95 % CI half-width) of the headline figures.
     """
     from ..sweep import point_means, sweep
+    precheck(scenario, overrides)
     out = open_out(out_dir, "sweep", overwrite)
     try:
         res = sweep(scenario, list(grid), replications=replications, seed=seed, overrides=list(overrides),
