@@ -100,6 +100,7 @@ def work(tmp_path_factory) -> Path:
     (w / "binary-trace.jsonl").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)))
     (w / "azure.csv").write_text(AZURE)
     (w / "latin-replay.csv").write_bytes("arrival_s,input_tokens,output_tokens\n0,10,5 # é\n".encode("latin-1"))
+    (w / "latin-points.csv").write_bytes("gpu,model\nH100 é,x\n".encode("latin-1"))
     (w / "nosuch").mkdir()                                   # a folder that is not a preset
     (w / "nosuch" / "x.txt").write_text("x")
     (w / "foreign").mkdir()                                  # someone's folder: never to be overwritten
@@ -229,6 +230,8 @@ CASES = {
                       needles=("trace file", "binary-trace.jsonl", "UTF-8")),
     "latin-1-replay-stream": C(*RUN, "--set", "streams={}", "--set", "streams.r.kind='replay'",
                                "--set", "streams.r.file='latin-replay.csv'", needles=("replay file", "not UTF-8")),
+    "latin-1-calibration-data": C("calibrate", "--data", "{w}/latin-points.csv",
+                                  needles=("latin-points.csv", "utf-8", "0xe9")),
     "folder-is-not-a-preset": C("run", "nosuch", "--no-progress", needles=("unknown preset 'nosuch'", "default")),
     # -- damaged run directories -------------------------------------------------------------------------
     "plot-truncated-parquet": C("plot", "{w}/trunc-requests", needles=("requests.parquet", "not a readable Parquet")),
