@@ -196,6 +196,8 @@ CASES = {
     "work-estimate-requests": C(*EST, "--rate", "1000", "--requests", "100000000",
                                 needles=("this estimate is too big", "--requests", "--force"),
                                 absent=("streams", "load", "pools")),
+    "work-sweep-base": C("sweep", T, "--grid", "pools.h100.replicas=1,2", "--set", "streams.chat.rate=100000",
+                         "--set", "duration_s=86400", needles=("too big", "--force")),
     # -- degenerate scenarios ----------------------------------------------------------------------------
     "no-streams-no-populations": C(*RUN, "--set", "streams={}", needles=("nothing to simulate", "streams",
                                                                           "populations")),
@@ -485,5 +487,5 @@ def test_every_command_that_runs_has_the_same_progress_and_out_flags():
     for name in ("run", "replay", "sweep", "capacity"):
         opts = {o for p in root.commands[name].params for o in p.opts}
         assert {"--out", "--overwrite"} <= opts, name
-    for name in ("run", "replay", "estimate"):
+    for name in ("run", "replay", "estimate", "sweep", "capacity"):
         assert "--force" in {o for p in root.commands[name].params for o in p.opts}, name

@@ -34,7 +34,7 @@ from .sweep_cmd import _clean, executor_options, interrupted, open_out, precheck
                   "and its answer to DIR/capacity.json.")
 @format_option
 def capacity_cmd(scenario, slos, vary, goal, low, high, step, replications, seed, overrides, out_dir, overwrite,
-                 address, workers, connect_timeout, slices, slice_sample, progress, fmt) -> None:
+                 address, workers, connect_timeout, slices, slice_sample, progress, force, fmt) -> None:
     """Find the smallest fleet (or largest load) at which every SLO holds.
 
     Each probed value runs R replications; an SLO holds when the mean over them meets the bound.
@@ -44,7 +44,7 @@ def capacity_cmd(scenario, slos, vary, goal, low, high, step, replications, seed
     """
     from ..capacity import capacity, parse_slo
     parsed = [parse_slo(s) for s in slos]   # a bad SLO fails before anything runs
-    precheck(scenario, overrides)
+    precheck(scenario, overrides, slices, force)
     out = open_out(out_dir, "capacity", overwrite)
     try:
         res = capacity(scenario, parsed, vary, goal=goal, low=low, high=high, step=step, replications=replications,

@@ -9,14 +9,15 @@ from pathlib import Path
 import click
 
 from ..scenario import MAX_SLICES
-from .common import Finite, cli, emit, format_option, progress_option
+from .common import Finite, cli, emit, force_option, format_option, progress_option
 
 TABLE_METRICS = ("requests", "ttft_p99_s", "tpot_p99_s", "e2e_s", "output_tokens_per_s", "goodput_rps",
                  "slo_attainment", "cost_usd")
 
 
 def executor_options(out_help: str):
-    """``--out``, ``--address``, ``--workers``, ``--connect-timeout``, ``--slices``, ``--slice-sample``."""
+    """``--out``, ``--overwrite``, ``--address``, ``--workers``, ``--connect-timeout``, ``--slices``,
+    ``--slice-sample``, ``--progress``, ``--force``."""
     def deco(f):
         return _executor_options(f, out_help)
     return deco
@@ -43,14 +44,16 @@ def _executor_options(f, out_help: str):
         click.option("--slice-sample", type=click.IntRange(min=1), default=None, metavar="K",
                      help="Run only K of the N slices (drawn per replication) and scale sums by N/K."),
         progress_option,
+        force_option,
     ]):
         f = opt(f)
     return f
 
 
-def precheck(scenario, overrides) -> None:
-    """Refuse a base scenario with nothing to simulate or requests no replica holds, before any
-    point runs (each point is validated again when it runs); print its warnings."""
+def precheck(scenario, overrides, slices: int = 1, force: bool = False) -> None:
+    """Refuse a base scenario with nothing to simulate, requests no replica holds or more work per
+    run than the limits allow (unless ``force``), before any point runs; print its warnings.
+    Each point is validated again when it runs."""
     from ..api import load_scenario
     from ..errors import InputError
     from ..scenario import with_blame
@@ -62,6 +65,9 @@ def precheck(scenario, overrides) -> None:
         raise InputError(with_blame(str(e), "", overrides)) from None
     for note in notes:
         click.echo(f"warning: {note}", err=True)
+    from ..workload import check_work, estimate_work
+    one = sc.model_copy(update={"slice": sc.slice.model_copy(update={"count": slices})}) if slices > 1 else sc
+    check_work(estimate_work(one), force, what="one run of the base scenario")
 
 
 def open_out(out_dir, kind: str, overwrite: bool):
@@ -103,7 +109,7 @@ def _clean(v):
                   "table DIR/sweep.parquet.")
 @format_option
 def sweep_cmd(scenario, grid, replications, seed, overrides, out_dir, overwrite, address, workers, connect_timeout,
-              slices, slice_sample, progress, fmt) -> None:
+              slices, slice_sample, progress, force, fmt) -> None:
     """Run SCENARIO at every grid point x replication; one table row per run.
 
     The table (DIR/sweep.parquet with --out) has the grid values, replication, seed, key (hash of
@@ -111,7 +117,7 @@ def sweep_cmd(scenario, grid, replications, seed, overrides, out_dir, overwrite,
     the mean over replications (± the 95 % CI half-width) of the headline figures.
     """
     from ..sweep import point_means, sweep
-    precheck(scenario, overrides)
+    precheck(scenario, overrides, slices, force)
     out = open_out(out_dir, "sweep", overwrite)
     try:
         res = sweep(scenario, list(grid), replications=replications, seed=seed, overrides=list(overrides),
