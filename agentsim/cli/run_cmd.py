@@ -131,9 +131,10 @@ def run(scenario, seed, replications, out_dir, overwrite, overrides, step_mode, 
         if out:
             out.commit()
     except KeyboardInterrupt:
+        staged = bool(out and out.staged)
         where = out.abandon(keep=kept > 0) if out else None
         note = f"; {kept} finished replication(s) kept in {where}" if where and kept else ""
-        if out and out.path.exists() and where != out.path:
+        if staged:
             note += f"; {out.path} is as it was"
         click.echo(f"interrupted{note}", err=True)
         sys.exit(130)
