@@ -31,14 +31,28 @@ def load_scenario(spec, overrides: list[str] = ()) -> scn.Scenario:
     """A Scenario from an object, a dict, a TOML path or a preset name."""
     if isinstance(spec, scn.Scenario):
         if overrides:
-            return scn.parse(scn.apply_overrides(spec.model_dump(mode="json"), list(overrides)))
+            base = spec.model_dump(mode="json")
+            return scn.parse(scn.apply_overrides(base, list(overrides)), overrides=overrides, base=base)
         return spec
     if isinstance(spec, dict):
-        return scn.parse(scn.apply_overrides(spec, list(overrides)))
+        return scn.parse(scn.apply_overrides(spec, list(overrides)), overrides=overrides, base=spec)
+    return scn.load(resolve(spec), list(overrides))
+
+
+def resolve(spec) -> Path:
+    """The file a scenario argument names: a path ending in ``.toml``, else a shipped preset.
+
+    A preset name wins over anything in the working directory (a folder named ``default``
+    must not shadow the default preset); an existing file without the suffix is still read.
+    """
     path = Path(spec)
-    if path.suffix != ".toml" and not path.exists():
-        path = preset_path(str(spec))
-    return scn.load(path, list(overrides))
+    if path.suffix == ".toml":
+        return path
+    if str(spec) in preset_names():
+        return preset_path(str(spec))
+    if path.is_file():
+        return path
+    return preset_path(str(spec))
 
 
 def replication_seeds(seed: int, replications: int) -> list[int]:

@@ -101,6 +101,11 @@ def _read_toml(path: Path) -> dict:
         raise InputError(f"catalog file {path}: not found") from None
     except tomllib.TOMLDecodeError as e:
         raise InputError(f"catalog file {path}: not valid TOML ({e})") from None
+    except UnicodeDecodeError as e:
+        raise InputError(f"catalog file {path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset "
+                         f"{e.start}); save it as UTF-8") from None
+    except IsADirectoryError:
+        raise InputError(f"catalog file {path}: is a directory") from None
 
 
 def _merge(doc: dict, path: Path, acc: dict) -> None:

@@ -19,6 +19,20 @@ KV_DTYPES = ("bf16", "fp8")
 ENGINES = ("vllm", "sglang", "trtllm")
 
 
+def _tp_problem(model: ModelSpec, tp: int) -> str:
+    """Why an engine (vLLM, SGLang) would refuse ``tp`` for ``model`` ('' if it would not).
+
+    Attention heads are split evenly across the tp ranks; GQA KV heads are split when there are
+    at least tp of them (so tp must divide them) and replicated when there are fewer (so they
+    must divide tp). MLA's latent KV is not split by head.
+    """
+    if model.n_heads % tp:
+        return f"does not divide the model's {model.n_heads} attention heads"
+    if model.attention == "gqa" and model.n_kv_heads % tp and tp % model.n_kv_heads:
+        return f"is neither a multiple nor a divisor of the model's {model.n_kv_heads} KV heads"
+    return ""
+
+
 @dataclass(frozen=True)
 class Deployment:
     model: ModelSpec
@@ -48,6 +62,10 @@ class Deployment:
         if self.tp > self.gpu.gpus_per_node:
             raise InputError(f"{where}: tp={self.tp} exceeds the {self.gpu.gpus_per_node} GPUs of one "
                              f"{self.gpu.name} node; use pp for more")
+        bad = _tp_problem(self.model, self.tp)
+        if bad:
+            ok = [t for t in range(1, self.gpu.gpus_per_node + 1) if not _tp_problem(self.model, t)]
+            raise InputError(f"{where}: tp={self.tp} {bad}; allowed tp: {', '.join(map(str, ok))}")
         if self.pp > self.model.layers:
             raise InputError(f"{where}: pp={self.pp} exceeds the model's {self.model.layers} layers")
         if not 0 < self.mem_util <= 1:

@@ -22,26 +22,30 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 KINDS = ("constant", "lognormal", "uniform", "exponential", "gamma", "poisson", "geometric", "mixture")
 
 
+#: every parameter of a distribution is finite and at most this (the default clip ``max``)
+DIST_MAX = 1e15
+
+
 class Dist(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     kind: Literal["constant", "lognormal", "uniform", "exponential", "gamma", "poisson", "geometric", "mixture"] = \
         Field("constant", description="constant: value; lognormal: median, sigma; uniform: low, high; exponential: "
                                       "mean; gamma: mean, cv; poisson: mean; geometric: mean (support 0,1,2,...); "
                                       "mixture: weights, components")
-    value: float = Field(0, ge=0, description="constant value")
-    median: float = Field(0, ge=0, description="lognormal median")
-    sigma: float = Field(0, ge=0, description="lognormal shape (σ of the log)")
-    low: float = Field(0, ge=0, description="uniform lower bound")
-    high: float = Field(0, ge=0, description="uniform upper bound")
-    mean: float = Field(0, ge=0, description="mean (exponential, gamma, poisson, geometric)")
-    cv: float = Field(1.0, gt=0, description="gamma coefficient of variation")
+    value: float = Field(0, ge=0, le=DIST_MAX, description="constant value")
+    median: float = Field(0, ge=0, le=DIST_MAX, description="lognormal median")
+    sigma: float = Field(0, ge=0, le=20, description="lognormal shape (σ of the log)")
+    low: float = Field(0, ge=0, le=DIST_MAX, description="uniform lower bound")
+    high: float = Field(0, ge=0, le=DIST_MAX, description="uniform upper bound")
+    mean: float = Field(0, ge=0, le=DIST_MAX, description="mean (exponential, gamma, poisson, geometric)")
+    cv: float = Field(1.0, gt=0, le=1e3, description="gamma coefficient of variation")
     weights: list[float] = Field(default_factory=list, description="mixture weights (normalised)")
     components: list["Dist"] = Field(default_factory=list, description="mixture components")
-    offset: float = Field(0, description="added after sampling (e.g. 1 + Geometric)")
+    offset: float = Field(0, ge=-DIST_MAX, le=DIST_MAX, description="added after sampling (e.g. 1 + Geometric)")
     round: Literal["none", "round", "ceil", "floor"] = Field("none", description="rounding after the offset")
-    min: float = Field(0, ge=0, description="clip below")
-    max: float = Field(1e15, gt=0, description="clip above")
+    min: float = Field(0, ge=0, le=DIST_MAX, description="clip below")
+    max: float = Field(DIST_MAX, gt=0, le=DIST_MAX, description="clip above")
 
     @model_validator(mode="before")
     @classmethod
@@ -52,11 +56,6 @@ class Dist(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> "Dist":
-        for f in ("value", "median", "sigma", "low", "high", "mean", "cv", "offset", "min"):
-            if not math.isfinite(getattr(self, f)):
-                raise ValueError(f"{f} must be a finite number (got {getattr(self, f)})")
-        if not all(math.isfinite(w) for w in self.weights):
-            raise ValueError(f"mixture weights must be finite (got {self.weights})")
         need = {"lognormal": ("median",), "uniform": ("high",), "exponential": ("mean",), "gamma": ("mean",),
                 "poisson": (), "geometric": (), "constant": (), "mixture": ()}
         for f in need[self.kind]:

@@ -19,7 +19,7 @@ BYTES_PER_ELEMENT = {"bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "fp4": 0.5}
 class GPU(BaseModel):
     """One GPU model. Units: TFLOP/s dense, GB = 1e9 B, TB/s, GB/s, W, USD."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     name: str = ""
     vendor: str
@@ -64,7 +64,7 @@ class GPU(BaseModel):
 class Efficiency(BaseModel):
     """How close an engine gets to the peaks on one GPU generation."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     mfu_bf16: float = Field(gt=0, le=1)
     mfu_fp8: float = Field(gt=0, le=1)

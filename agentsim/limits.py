@@ -24,7 +24,7 @@ from .errors import InputError, unknown_name
 class Tier(BaseModel):
     """An API tier: per-tenant limits per minute and a monthly spend cap."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
     rpm: float = Field(0, ge=0, description="requests per minute (0 = unlimited)")
     itpm: float = Field(0, ge=0, description="uncached input tokens per minute (0 = unlimited)")
     otpm: float = Field(0, ge=0, description="output tokens per minute, charged by max_tokens (0 = unlimited)")
@@ -37,7 +37,7 @@ class Tier(BaseModel):
 class Plan(BaseModel):
     """A subscription plan: per-user rolling windows of weighted usage (USD at list price)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
     window_5h_usd: float = Field(gt=0)
     weekly_usd: float = Field(gt=0)
     peak_weight: float = Field(1.0, ge=1.0, description="usage multiplier inside peak hours (peak_throttle on)")
@@ -47,7 +47,7 @@ class Plan(BaseModel):
 class Prices(BaseModel):
     """List prices in USD per million tokens."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
     input: float = Field(ge=0)
     output: float = Field(ge=0)
     cache_read: float = Field(ge=0)

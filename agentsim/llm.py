@@ -20,7 +20,7 @@ from .hardware import BYTES_PER_ELEMENT
 class ModelSpec(BaseModel):
     """Transformer geometry. Derived sizes are properties, computed once."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     name: str = ""
     description: str = ""

@@ -21,7 +21,7 @@ GIVE_UP = ("retry_step", "end_session", "fail_session")
 class Profile(BaseModel):
     """One session's behaviour. Token counts are tokens; times are seconds."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     name: str = ""
     description: str = ""

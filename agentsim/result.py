@@ -276,14 +276,17 @@ class Result:
         return out
 
     # -- persistence ---------------------------------------------------------------------------------
-    def save(self, out_dir: str | Path) -> Path:
+    def save(self, out_dir: str | Path, overwrite: bool = False) -> Path:
         """Write Parquet tables, summary.json and manifest.json atomically into ``out_dir``.
 
         Files go to a temporary folder beside ``out_dir`` first and are moved in one by one with
-        ``os.replace``; an interrupted save leaves no half-written file behind.
+        ``os.replace``; an interrupted save leaves no half-written file behind. An existing
+        non-empty ``out_dir`` is refused (nothing is silently overwritten) unless ``overwrite``.
         """
         from . import __version__
         out = Path(out_dir)
+        if not overwrite and out.is_dir() and any(out.iterdir()):
+            raise InputError(f"output directory {out}: not empty; pass overwrite=True to replace its result files")
         try:
             out.mkdir(parents=True, exist_ok=True)
             tmp = Path(tempfile.mkdtemp(prefix=".agentsim-", dir=out))

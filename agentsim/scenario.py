@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 from datetime import datetime
 import tomllib
 from pathlib import Path
@@ -21,9 +22,28 @@ from .clock import DEFAULT_START
 from .distributions import Dist
 from .errors import InputError
 
+# -- bounds ---------------------------------------------------------------------------------------
+# Every number is finite (``allow_inf_nan=False``) and within these bounds, which the schema shows
+# as ``maximum``. They sit far above any real deployment (a 220k-GPU fleet, a million users, years
+# of simulated time) and far below what would exhaust memory or overflow a counter: a 1e10
+# replica count or a 1e12 rate is a typo, not a scenario. How much work a valid scenario is, is a
+# separate question (``agentsim.workload``).
+MAX_DURATION_S = 1e9                    #: ~30 years: also bounds every other time (outages, timeouts)
+MAX_RATE = 1e6                          #: requests (or tasks) per second of one stream or fleet
+MAX_REQUESTS = 1_000_000_000            #: requests of one stream
+MAX_REPLICAS = 1_000_000                #: replicas of one pool
+MAX_USERS = 100_000_000                 #: users, workers or tenants of one population
+MAX_COUNT = 10_000_000                  #: batch sizes, closed-loop clients, priorities
+MAX_TOKENS = 1_000_000_000              #: a token budget per step
+MAX_TTL_S = 1e12                        #: prefix-cache TTL (1e12 s = never expires: replay --unbounded-cache)
+MAX_HOST_KV_GB = 1e6                    #: host KV tier per replica (1e6 GB = unbounded: replay --unbounded-cache)
+MAX_SLO_S = 1e9                         #: SLO bounds (1e9 s = no SLO, as estimate uses)
+MAX_SLICES = 1_000_000
+MAX_SEED = 2**63 - 1
+
 
 class Model(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     @field_validator("*", mode="before")
     @classmethod
@@ -39,19 +59,19 @@ class Model(BaseModel):
 class EngineSettings(Model):
     """Scheduler and cache settings of a replica (vLLM V1-like defaults)."""
 
-    max_batch: int | None = Field(None, ge=1, description="max running requests; default 1024 on >=70 GB "
+    max_batch: int | None = Field(None, ge=1, le=MAX_COUNT, description="max running requests; default 1024 on >=70 GB "
                                                           "non-A100 GPUs, else 256 (vLLM max_num_seqs)")
-    token_budget: int | None = Field(None, ge=1, description="tokens per step (chunked prefill); default "
+    token_budget: int | None = Field(None, ge=1, le=MAX_TOKENS, description="tokens per step (chunked prefill); default "
                                                              "8192 on >=70 GB non-A100 GPUs, else 2048")
     admission: str = Field("fcfs", description="admission order: fcfs | priority")
     retention: str = Field("lru", description="prefix-cache retention: lru | pin_session | none")
     prefix_cache: Literal["session", "blocks"] = Field(
         "session", description="session: one entry per prefix key (a session's context); blocks: 512-token "
                                "block hashes shared across requests (trace replay with hash ids)")
-    prefix_ttl_s: float = Field(300.0, ge=0, description="prefix-cache TTL (s) after last use")
-    host_kv_gb: float = Field(0.0, ge=0, description="host-memory KV tier per replica (GB); 0 = none")
+    prefix_ttl_s: float = Field(300.0, ge=0, le=MAX_TTL_S, description="prefix-cache TTL (s) after last use")
+    host_kv_gb: float = Field(0.0, ge=0, le=MAX_HOST_KV_GB, description="host-memory KV tier per replica (GB); 0 = none")
     mem_util: float = Field(0.90, gt=0, le=1, description="share of HBM for weights + KV")
-    reserve_gb_per_gpu: float = Field(2.0, ge=0, description="HBM kept for activations / CUDA graphs")
+    reserve_gb_per_gpu: float = Field(2.0, ge=0, le=1e4, description="HBM kept for activations / CUDA graphs")
     kv_dtype: Literal["bf16", "fp8"] = Field("bf16", description="KV cache element type")
     kernels: Literal["vllm", "sglang", "trtllm"] = Field(
         "vllm", description="whose measured kernel tables price the steps (aiconfigurator-core op tables: "
@@ -59,15 +79,15 @@ class EngineSettings(Model):
 
 
 class Site(Model):
-    pue: float = Field(1.2, ge=1, description="facility power usage effectiveness")
-    other_it_fraction: float = Field(0.0, ge=0, description="non-server IT load (network, storage) as a share "
+    pue: float = Field(1.2, ge=1, le=10, description="facility power usage effectiveness")
+    other_it_fraction: float = Field(0.0, ge=0, le=10, description="non-server IT load (network, storage) as a share "
                                                               "of server power")
-    facility_mw: float = Field(0.0, ge=0, description="facility power limit (MW) to compare the draw with; 0 = none")
+    facility_mw: float = Field(0.0, ge=0, le=1e6, description="facility power limit (MW) to compare the draw with; 0 = none")
 
 
 class Faults(Model):
-    mtbf_h: float = Field(0.0, ge=0, description="mean time between replica failures (hours); 0 = none")
-    mttr_h: float = Field(1.0, gt=0, description="mean time to repair (hours)")
+    mtbf_h: float = Field(0.0, ge=0, le=1e7, description="mean time between replica failures (hours); 0 = none")
+    mttr_h: float = Field(1.0, gt=0, le=1e7, description="mean time to repair (hours)")
 
 
 class Pool(Model):
@@ -75,12 +95,12 @@ class Pool(Model):
 
     gpu: str = Field(description="catalog GPU name or alias")
     model: str = Field(description="catalog model name or alias (or frontier-moe-<T>-a<A>)")
-    replicas: int = Field(1, ge=1, description="number of replicas")
-    tp: int = Field(1, ge=1, description="tensor-parallel degree (within a node)")
-    pp: int = Field(1, ge=1, description="pipeline stages (across nodes)")
+    replicas: int = Field(1, ge=1, le=MAX_REPLICAS, description="number of replicas")
+    tp: int = Field(1, ge=1, le=1024, description="tensor-parallel degree (within a node)")
+    pp: int = Field(1, ge=1, le=1024, description="pipeline stages (across nodes)")
     precision: Literal["bf16", "fp8", "fp4"] = Field("bf16", description="weights and activations")
     site: str = Field("default", description="site name (see [sites])")
-    usd_per_gpu_hour: float | None = Field(None, ge=0, description="override the catalog price")
+    usd_per_gpu_hour: float | None = Field(None, ge=0, le=1e4, description="override the catalog price")
     engine: dict[str, Any] = Field(default_factory=dict, description="overrides of [engine] for this pool")
     faults: Faults = Field(default_factory=Faults)
 
@@ -88,14 +108,14 @@ class Pool(Model):
 class Router(Model):
     policy: str = Field("least_outstanding", description="round_robin | least_outstanding | power_of_two | "
                                                           "speed_aware | session_affinity")
-    affinity_load_bound: float = Field(1.25, ge=1, description="session_affinity: leave the home replica when "
+    affinity_load_bound: float = Field(1.25, ge=1, le=1e3, description="session_affinity: leave the home replica when "
                                                                 "its load exceeds this x the mean (+1)")
 
 
 class Outage(Model):
     target: str = Field(description="'pool:<name>' or 'site:<name>'")
-    start_s: float = Field(ge=0, description="when the outage begins (s from the start)")
-    end_s: float = Field(gt=0, description="when the target is back (s from the start)")
+    start_s: float = Field(ge=0, le=MAX_DURATION_S, description="when the outage begins (s from the start)")
+    end_s: float = Field(gt=0, le=MAX_DURATION_S, description="when the target is back (s from the start)")
 
     @model_validator(mode="after")
     def _order(self) -> "Outage":
@@ -112,16 +132,16 @@ class Stream(Model):
     kind: Literal["poisson", "concurrency", "all_at_once", "replay"] = Field(
         "poisson", description="poisson: `rate`; concurrency: `concurrency` closed-loop clients; all_at_once: "
                                "`count` requests at t=0; replay: timestamps and sizes from `file`")
-    rate: float = Field(0.0, ge=0, description="poisson: requests per second")
-    concurrency: int = Field(0, ge=0, description="concurrency: clients, each sends its next request when "
+    rate: float = Field(0.0, ge=0, le=MAX_RATE, description="poisson: requests per second")
+    concurrency: int = Field(0, ge=0, le=MAX_COUNT, description="concurrency: clients, each sends its next request when "
                                                   "the last one ends")
     think_s: Dist | None = Field(None, description="concurrency: pause between a client's requests")
-    count: int = Field(0, ge=0, description="requests to send (0 = until the end of the run); all_at_once: required")
+    count: int = Field(0, ge=0, le=MAX_REQUESTS, description="requests to send (0 = until the end of the run); all_at_once: required")
     input_tokens: Dist = Field(default_factory=lambda: Dist(kind="constant", value=1024))
     output_tokens: Dist = Field(default_factory=lambda: Dist(kind="constant", value=128))
     model: str | None = Field(None, description="only pools serving this model receive the stream (default: all)")
     file: str | None = Field(None, description="replay: CSV with columns arrival_s,input_tokens,output_tokens")
-    priority: int = Field(0, description="admission priority (lower goes first with admission=priority)")
+    priority: int = Field(0, ge=-MAX_COUNT, le=MAX_COUNT, description="admission priority (lower goes first with admission=priority)")
 
     @model_validator(mode="after")
     def _needs(self) -> "Stream":
@@ -137,7 +157,7 @@ class Population(Model):
     """Users or workers of one session profile, with their plan or tier and their client."""
 
     profile: str = Field(description="interactive_coding_agent | autonomous_api_agent | chat_user")
-    size: int = Field(ge=0, description="open: users whose sessions arrive over the day; fleet: max workers")
+    size: int = Field(ge=0, le=MAX_USERS, description="open: users whose sessions arrive over the day; fleet: max workers")
     kind: Literal["open", "fleet"] = Field("open", description="open: sessions arrive as a non-homogeneous "
                                                               "Poisson process; fleet: workers run tasks back "
                                                               "to back and scale with the backlog")
@@ -149,22 +169,22 @@ class Population(Model):
                                                                      "from the scenario's start")
     start_hour: float | None = Field(None, ge=0, lt=24, description="UTC hour at t = 0; default: from the "
                                                                      "scenario's start")
-    tenants: int = Field(1, ge=1, description="users are spread over this many tenants (orgs) round robin")
+    tenants: int = Field(1, ge=1, le=MAX_USERS, description="users are spread over this many tenants (orgs) round robin")
     plan: str | None = Field(None, description="subscription plan preset of its users (policies enforce it)")
     tier: str | None = Field(None, description="API tier preset of its tenants (policies enforce it)")
     retry_policy: str | None = Field(None, description="override the profile's client retry policy")
-    retry_max_wait_s: float | None = Field(None, gt=0, description="give up on a call after this long retrying")
-    timeout_s: float | None = Field(None, gt=0, description="override the profile's request timeout")
+    retry_max_wait_s: float | None = Field(None, gt=0, le=MAX_DURATION_S, description="give up on a call after this long retrying")
+    timeout_s: float | None = Field(None, gt=0, le=MAX_DURATION_S, description="override the profile's request timeout")
     params: dict[str, Any] = Field(default_factory=dict, description="overrides of the profile's parameters")
     model: str | None = Field(None, description="only pools serving this model get its calls (default: all)")
-    priority: int | None = Field(None, ge=0, description="admission priority of its requests (lower first; "
+    priority: int | None = Field(None, ge=0, le=MAX_COUNT, description="admission priority of its requests (lower first; "
                                                          "default: its tier's priority class, else 0)")
-    workers: int = Field(1, ge=0, description="fleet: workers at the start")
-    workers_min: int = Field(0, ge=0, description="fleet: never scale below this")
-    task_rate: float = Field(0.0, ge=0, description="fleet: tasks per second into the backlog (times the "
+    workers: int = Field(1, ge=0, le=MAX_USERS, description="fleet: workers at the start")
+    workers_min: int = Field(0, ge=0, le=MAX_USERS, description="fleet: never scale below this")
+    task_rate: float = Field(0.0, ge=0, le=MAX_RATE, description="fleet: tasks per second into the backlog (times the "
                                                     "diurnal profile); 0 = closed loop, a task always waits")
-    scale_interval_s: float = Field(60.0, gt=0, description="fleet: autoscaler period")
-    scale_up_backlog: float = Field(2.0, gt=0, description="fleet: add workers while backlog > this x workers")
+    scale_interval_s: float = Field(60.0, gt=0, le=MAX_DURATION_S, description="fleet: autoscaler period")
+    scale_up_backlog: float = Field(2.0, gt=0, le=1e6, description="fleet: add workers while backlog > this x workers")
 
     @model_validator(mode="after")
     def _check(self) -> "Population":
@@ -200,7 +220,7 @@ class Population(Model):
 class Slice(Model):
     """Run one 1/count slice of the fleet and its users (DESIGN §9)."""
 
-    count: int = Field(1, ge=1, description="number of slices the fleet is cut into")
+    count: int = Field(1, ge=1, le=MAX_SLICES, description="number of slices the fleet is cut into")
     index: int = Field(0, ge=0, description="which slice this run is (0 .. count-1)")
 
     @model_validator(mode="after")
@@ -217,11 +237,11 @@ class Scenario(Model):
     start: datetime = Field(DEFAULT_START, description="wall-clock time at t = 0 (ISO 8601 with offset); "
                                                         "drives diurnal profiles and peak hours")
     description: str = Field("", description="free text")
-    duration_s: float = Field(3600.0, gt=0, description="simulated time (s); requests still running then are "
+    duration_s: float = Field(3600.0, gt=0, le=MAX_DURATION_S, description="simulated time (s); requests still running then are "
                                                         "recorded as in_flight")
-    warmup_s: float = Field(0.0, ge=0, description="requests arriving before this are left out of summaries")
-    seed: int = Field(1, ge=0, description="base seed (overridden by --seed)")
-    sample_s: float = Field(60.0, gt=0, description="interval of the time series (s)")
+    warmup_s: float = Field(0.0, ge=0, le=MAX_DURATION_S, description="requests arriving before this are left out of summaries")
+    seed: int = Field(1, ge=0, le=MAX_SEED, description="base seed (overridden by --seed)")
+    sample_s: float = Field(60.0, gt=0, le=MAX_DURATION_S, description="interval of the time series (s)")
     catalog: list[str] = Field(default_factory=list, description="extra catalog TOML files (relative to the scenario)")
     engine: EngineSettings = Field(default_factory=EngineSettings)
     sites: dict[str, Site] = Field(default_factory=lambda: {"default": Site()})
@@ -234,13 +254,16 @@ class Scenario(Model):
                                                                             "each {name = ..., params...}")
     slice: Slice = Field(default_factory=Slice, description="run a 1/count slice: tenants hashed to slices, "
                                                             "each pool and stream scaled to its share")
-    slo_ttft_s: float = Field(2.0, gt=0, description="TTFT bound for goodput")
-    slo_tpot_s: float = Field(0.1, gt=0, description="TPOT bound for goodput")
+    slo_ttft_s: float = Field(2.0, gt=0, le=MAX_SLO_S, description="TTFT bound for goodput")
+    slo_tpot_s: float = Field(0.1, gt=0, le=MAX_SLO_S, description="TPOT bound for goodput")
 
     @model_validator(mode="after")
     def _refs(self) -> "Scenario":
         if not self.pools:
             raise ValueError("a scenario needs at least one pool")
+        if self.warmup_s >= self.duration_s:
+            raise ValueError(f"warmup_s ({self.warmup_s:g}) must be below duration_s ({self.duration_s:g}): "
+                             "nothing after the warm-up would be measured")
         for name, pool in self.pools.items():
             if pool.site not in self.sites:
                 raise ValueError(f"pools.{name}.site {pool.site!r} is not in [sites] ({', '.join(self.sites)})")
@@ -302,31 +325,78 @@ def _model_at(loc: tuple, root: type[BaseModel]) -> type[BaseModel] | None:
     return cls
 
 
-def explain(err: ValidationError, where: str, root: type[BaseModel] = Scenario) -> str:
-    """One message naming each bad field, its value and what is allowed."""
+TABLES = {"pools": "pool", "streams": "stream", "populations": "population", "sites": "site"}
+
+
+def _set_paths(overrides) -> list[tuple[str, str]]:
+    """``(item, path)`` of each ``--set PATH=VALUE``, last first (a later one wins)."""
+    return [(item, item.partition("=")[0].strip()) for item in reversed(list(overrides))]
+
+
+def blame(message: str, overrides=()) -> str | None:
+    """The ``--set`` item a message is about (its path is the message's field, above or below it)."""
+    message = re.sub(r"\[(\d+)\]", r".\1", message)      # policies[3] is the --set path policies.3
+    head = message.split(":", 1)[0].split(" ", 1)[0]
+    for item, p in _set_paths(overrides):
+        if head == p or head.startswith(p + ".") or head.startswith(p + "[") or p.startswith(head + "."):
+            return item
+    for item, p in _set_paths(overrides):
+        if re.search(rf"(?<![\w.]){re.escape(p)}(?![\w])", message):
+            return item
+    return None
+
+
+def with_blame(message: str, where: str, overrides=()) -> str:
+    """``message`` as the user caused it: ``--set 'X=V': ...`` for an override, else ``WHERE: ...``."""
+    item = blame(message, overrides)
+    return f"--set {item!r}: {message}" if item else (f"{where}: {message}" if where else message)
+
+
+def explain(err: ValidationError, where: str, root: type[BaseModel] = Scenario, overrides=(),
+            base: dict | None = None) -> str:
+    """One message naming each bad field, its value and what is allowed.
+
+    A field an override set is blamed on that ``--set`` (not on the scenario file), and a
+    ``--set`` naming a pool, stream, population or site the scenario does not have says so.
+    """
     out = []
+    new_entries: set[tuple[str, str]] = set()
     for e in err.errors():
         loc = tuple(e["loc"])
         path = ".".join(str(p) for p in loc)
         msg = e["msg"].removeprefix("Value error, ")
+        if (base is not None and e["type"] == "missing" and len(loc) >= 3 and loc[0] in TABLES
+                and loc[1] not in (base.get(loc[0]) or {})):
+            item = next((i for i, p in _set_paths(overrides) if p.startswith(f"{loc[0]}.{loc[1]}.")), None)
+            if item is not None:
+                if (loc[0], loc[1]) not in new_entries:
+                    new_entries.add((loc[0], loc[1]))
+                    have = ", ".join(base.get(loc[0]) or {}) or "none"
+                    out.append(f"--set {item!r}: there is no {TABLES[loc[0]]} {loc[1]!r} in {where} "
+                               f"({loc[0]}: {have}); a new one needs {loc[2]} and the other required fields")
+                continue
         if e["type"] == "extra_forbidden":
             owner = _model_at(loc, root)
             names = list(owner.model_fields) if owner is not None else []
             near = difflib.get_close_matches(str(loc[-1]), names, n=1, cutoff=0.5)
             hint = f"; did you mean {near[0]!r}?" if near else ""
-            out.append(f"{where}: unknown field {path!r}{hint} (allowed here: {', '.join(names)})")
+            text = f"unknown field {path!r}{hint} (allowed here: {', '.join(names)})"
+            item = blame(path, overrides)
+            out.append(f"--set {item!r}: {text}" if item else f"{where}: {text}")
             continue
         got = e.get("input")
         shown = "" if isinstance(got, dict) or got is None else f" (got {got!r})"
-        out.append(f"{where}: {path}: {msg}{shown}" if path else f"{where}: {msg}")
+        text = f"{path}: {msg}{shown}" if path else msg
+        out.append(with_blame(text, where, overrides))
     return "; ".join(out)
 
 
-def parse(data: dict, where: str = "scenario") -> Scenario:
+def parse(data: dict, where: str = "scenario", *, overrides=(), base: dict | None = None) -> Scenario:
+    """Validate ``data`` (``base`` with ``overrides`` applied, when given: errors then name them)."""
     try:
         return Scenario.model_validate(data)
     except ValidationError as e:
-        raise InputError(explain(e, where)) from None
+        raise InputError(explain(e, where, overrides=overrides, base=base)) from None
 
 
 def read_toml(path: str | Path) -> dict:
@@ -340,18 +410,26 @@ def read_toml(path: str | Path) -> dict:
         raise InputError(f"scenario file {path}: is a directory") from None
     except tomllib.TOMLDecodeError as e:
         raise InputError(f"scenario file {path}: not valid TOML ({e})") from None
+    except UnicodeDecodeError as e:
+        raise InputError(f"scenario file {path}: {not_utf8(e)}") from None
+
+
+def not_utf8(e: UnicodeDecodeError) -> str:
+    """What to say about a file that is not UTF-8 text (binary, Latin-1, UTF-16, ...)."""
+    return (f"not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); "
+            "save it as UTF-8 (binary files cannot be read)")
 
 
 def load(path: str | Path, overrides: list[str] = ()) -> Scenario:
     """Read a scenario file, apply ``path.to.field=value`` overrides, validate."""
-    data = read_toml(path)
+    original = read_toml(path)
     base = Path(path).parent
-    data = apply_overrides(data, overrides)
+    data = apply_overrides(original, overrides)
     data["catalog"] = [str((base / c).resolve()) if not Path(c).is_absolute() else c for c in data.get("catalog", [])]
     for s in data.get("streams", {}).values():
         if isinstance(s, dict) and s.get("file") and not Path(s["file"]).is_absolute():
             s["file"] = str((base / s["file"]).resolve())
-    return parse(data, where=str(path))
+    return parse(data, where=str(path), overrides=overrides, base=original)
 
 
 def _value(text: str) -> Any:

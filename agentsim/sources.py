@@ -15,7 +15,7 @@ from simpy.events import NORMAL, Event
 from .errors import InputError
 from .request import Request
 from .distributions import draw, draw_tokens
-from .scenario import Stream
+from .scenario import MAX_DURATION_S, Stream
 
 BATCH = 1024
 #: a closed-loop client waits at least this long after a failed request: resubmitting at once to
@@ -144,28 +144,37 @@ def read_replay_csv(path: str) -> list[tuple[float, int, int]]:
     """Validated rows; a bad file names the file, the line and the column."""
     cols = ("arrival_s", "input_tokens", "output_tokens")
     try:
-        f = open(Path(path), newline="")
+        f = open(Path(path), newline="", encoding="utf-8-sig")
     except OSError as e:
         raise InputError(f"replay file {path}: cannot open ({e.strerror})") from None
-    rows = []
-    with f:
-        reader = csv.DictReader(f)
-        missing = [c for c in cols if c not in (reader.fieldnames or [])]
-        if missing:
-            raise InputError(f"replay file {path}: missing column(s) {', '.join(missing)}; "
-                             f"needs {', '.join(cols)} (has {', '.join(reader.fieldnames or [])})")
-        for line, row in enumerate(reader, start=2):
-            try:
-                t = float(row["arrival_s"])
-                inp, out = int(row["input_tokens"]), int(row["output_tokens"])
-            except (TypeError, ValueError):
-                raise InputError(f"replay file {path}, line {line}: cannot parse {dict(row)} "
-                                 f"(arrival_s a number >= 0, token counts integers >= 1)") from None
-            if t < 0 or inp < 1 or out < 1:
-                raise InputError(f"replay file {path}, line {line}: arrival_s must be >= 0 and token counts >= 1 "
-                                 f"(got {t}, {inp}, {out})")
-            rows.append((t, inp, out))
+    try:
+        with f:
+            rows = _replay_rows(path, f, cols)
+    except UnicodeDecodeError as e:
+        from .scenario import not_utf8
+        raise InputError(f"replay file {path}: {not_utf8(e)}") from None
     rows.sort(key=lambda r: r[0])
+    return rows
+
+
+def _replay_rows(path, f, cols) -> list[tuple[float, int, int]]:
+    rows = []
+    reader = csv.DictReader(f)
+    missing = [c for c in cols if c not in (reader.fieldnames or [])]
+    if missing:
+        raise InputError(f"replay file {path}: missing column(s) {', '.join(missing)}; "
+                         f"needs {', '.join(cols)} (has {', '.join(reader.fieldnames or [])})")
+    for line, row in enumerate(reader, start=2):
+        try:
+            t = float(row["arrival_s"])
+            inp, out = int(row["input_tokens"]), int(row["output_tokens"])
+        except (TypeError, ValueError):
+            raise InputError(f"replay file {path}, line {line}: cannot parse {dict(row)} "
+                             f"(arrival_s a number >= 0, token counts integers >= 1)") from None
+        if not 0 <= t <= MAX_DURATION_S or inp < 1 or out < 1:
+            raise InputError(f"replay file {path}, line {line}: arrival_s must be a finite number in [0, "
+                             f"{MAX_DURATION_S:g}] and token counts >= 1 (got {t}, {inp}, {out})")
+        rows.append((t, inp, out))
     return rows
 
 

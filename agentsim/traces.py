@@ -149,7 +149,11 @@ def read_trace(path: str | Path, fmt: str) -> Trace:
     if fmt not in readers:
         from .errors import unknown_name
         raise unknown_name("trace format", fmt, TRACE_FORMATS, where="--trace-format")
-    return readers[fmt](path)
+    try:
+        return readers[fmt](path)
+    except UnicodeDecodeError as e:
+        from .scenario import not_utf8
+        raise InputError(f"trace file {path}: {not_utf8(e)}") from None
 
 
 def _open(path: str | Path, what: str):
@@ -564,6 +568,7 @@ def prepare_scenario(trace: Trace, scenario=None, overrides=(), *, unbounded_cac
         data = sc.model_dump(mode="json", exclude_unset=False)
         if trace.format == "mooncake" and "prefix_cache" not in sc.engine.model_fields_set:
             data["engine"]["prefix_cache"] = "blocks"
+    base = data
     data = scn.apply_overrides(data, list(overrides))
     data["streams"] = {}
     data["populations"] = {}
@@ -581,7 +586,8 @@ def prepare_scenario(trace: Trace, scenario=None, overrides=(), *, unbounded_cac
         raise InputError(f"--duration must be > 0 s, got {horizon}")
     data["duration_s"] = horizon
     data["warmup_s"] = min(float(data.get("warmup_s", 0.0)), horizon)
-    sc = scn.parse(data, where=str(scenario) if isinstance(scenario, (str, Path)) else "scenario")
+    sc = scn.parse(data, where=str(scenario) if isinstance(scenario, (str, Path)) else "scenario",
+                   overrides=overrides, base=base)
     if trace.format == "tracelab":
         for name in sc.pools:
             if sc.pool_engine(name).prefix_cache == "blocks":
@@ -591,10 +597,12 @@ def prepare_scenario(trace: Trace, scenario=None, overrides=(), *, unbounded_cac
 
 
 def replay(trace: Trace, scenario=None, *, seed: int | None = None, overrides=(), unbounded_cache: bool = False,
-           duration_s: float | None = None, check_invariants: bool = False, step_mode: bool = False):
+           duration_s: float | None = None, check_invariants: bool = False, step_mode: bool = False,
+           progress=None):
     """Run ``trace`` on ``scenario`` (default: :func:`default_scenario`); the Result.
 
-    ``Result.meta["trace"]`` holds the trace figures (see :func:`trace_summary`). The run ends
+    ``Result.meta["trace"]`` holds the trace figures (see :func:`trace_summary`); ``progress``
+    is called with the simulated time now and then (as ``Simulation.run``'s). The run ends
     when the trace's last request ends (or at ``duration_s``); ``meta["duration_s"]`` is then
     the simulated time actually covered.
     """
@@ -607,7 +615,7 @@ def replay(trace: Trace, scenario=None, *, seed: int | None = None, overrides=()
     source = cls(sim, trace, len(sim.stream_names) - 1, drain=drain)
     drain.sources.append(source)
     sim.sources.append(source)
-    res = sim.run()
+    res = sim.run(progress)
     res.meta["duration_s"] = float(sim.env.now)
     res.meta["trace"] = trace_summary(res, trace)
     return res

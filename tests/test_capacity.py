@@ -184,7 +184,7 @@ def test_bad_capacity_input_is_one_line_and_exit_2(mmc, args, words):
 
 def test_unmet_slo_exit_1(mmc):
     code, out, err = cli("capacity", str(mmc), "--slo", "ttft_s<=0.0001", "--vary", "pools.m.engine.max_batch",
-                         "--low", "12", "--high", "12", "-r", "1", "--workers", "0", "--set", "duration_s=100",
+                         "--low", "12", "--high", "12", "-r", "1", "--workers", "0", "--set", "duration_s=200",
                          "--no-progress")
     assert code == 1 and "does not hold at 12" in err, (out, err)
 

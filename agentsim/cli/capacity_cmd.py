@@ -3,13 +3,12 @@ from __future__ import annotations
 
 import math
 import sys
-from pathlib import Path
 
 import click
 
 from ..jsonout import dumps
-from .common import _fmt, cli, emit, format_option
-from .sweep_cmd import _clean, executor_options, interrupted
+from .common import Finite, _fmt, cli, emit, format_option
+from .sweep_cmd import _clean, executor_options, interrupted, open_out, precheck
 
 
 @cli.command("capacity")
@@ -23,9 +22,9 @@ from .sweep_cmd import _clean, executor_options, interrupted
 @click.option("--goal", type=click.Choice(["min", "max"]), default=None,
               help="min: smallest value meeting the SLO (default for replicas, max_batch, ...); max: largest "
                    "(default for size, rate, concurrency, ...).")
-@click.option("--low", type=float, default=None, help="Smallest value to consider (default: --step).")
-@click.option("--high", type=float, default=None, help="Largest value to consider (default: open, galloping).")
-@click.option("--step", type=float, default=None, help="Resolution of the answer (default 1).")
+@click.option("--low", type=Finite(), default=None, help="Smallest value to consider (default: --step).")
+@click.option("--high", type=Finite(), default=None, help="Largest value to consider (default: open, galloping).")
+@click.option("--step", type=Finite(0, low_open=True), default=None, help="Resolution of the answer (default 1).")
 @click.option("--replications", "-r", type=click.IntRange(min=1), default=3, show_default=True,
               help="Seeds per probed value (the same seeds at every value).")
 @click.option("--seed", type=click.IntRange(min=0), default=None, help="Base seed (default: the scenario's).")
@@ -33,8 +32,8 @@ from .sweep_cmd import _clean, executor_options, interrupted
 @executor_options("Keep each finished run in DIR/tasks (a rerun skips them: resume) and write the search "
                   "and its answer to DIR/capacity.json.")
 @format_option
-def capacity_cmd(scenario, slos, vary, goal, low, high, step, replications, seed, overrides, out_dir, address,
-                 workers, connect_timeout, slices, slice_sample, progress, fmt) -> None:
+def capacity_cmd(scenario, slos, vary, goal, low, high, step, replications, seed, overrides, out_dir, overwrite,
+                 address, workers, connect_timeout, slices, slice_sample, progress, force, fmt) -> None:
     """Find the smallest fleet (or largest load) at which every SLO holds.
 
     Each probed value runs R replications; an SLO holds when the mean over them meets the bound.
@@ -44,18 +43,25 @@ def capacity_cmd(scenario, slos, vary, goal, low, high, step, replications, seed
     """
     from ..capacity import capacity, parse_slo
     parsed = [parse_slo(s) for s in slos]   # a bad SLO fails before anything runs
+    precheck(scenario, overrides, slices, force)
+    out = open_out(out_dir, "capacity", overwrite)
     try:
         res = capacity(scenario, parsed, vary, goal=goal, low=low, high=high, step=step, replications=replications,
                        seed=seed, overrides=list(overrides), slices=slices, slice_sample=slice_sample,
-                       address=address, workers=workers, out_dir=out_dir, progress=progress,
-                       connect_timeout=connect_timeout)
+                       address=address, workers=workers, out_dir=out.write_path if out else None,
+                       progress=progress, connect_timeout=connect_timeout)
+        d = res.as_dict()
+        if out:
+            from ..sweep import _atomic
+            text = dumps(_jsonclean(d))
+            _atomic(out.write_path / "capacity.json", lambda f: f.write(text.encode()))
+            out.commit()
     except KeyboardInterrupt:
-        interrupted(out_dir)
-    d = res.as_dict()
-    if out_dir:
-        from ..sweep import _atomic
-        text = dumps(_jsonclean(d))
-        _atomic(Path(out_dir) / "capacity.json", lambda f: f.write(text.encode()))
+        interrupted(out)
+    except BaseException:
+        if out:
+            out.abandon(keep=False)
+        raise
     if fmt == "json":
         click.echo(dumps(_jsonclean(d)))
     else:

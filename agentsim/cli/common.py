@@ -30,6 +30,66 @@ def format_option(f):
                         show_default=True, help="Output format.")(f)
 
 
+#: bounds of counting flags shared by several commands
+MAX_WORKERS = 4_096
+
+
+def progress_option(f):
+    """``--progress/--no-progress``: the same flag, default and help on every command that runs."""
+    return click.option("--progress/--no-progress", default=True, show_default=True,
+                        help="Progress on stderr.")(f)
+
+
+def force_option(f):
+    """``--force``: run even when the work estimate is above the limits (agentsim.workload)."""
+    return click.option("--force", is_flag=True,
+                        help="Run even if the estimated work (requests, events, memory) is above the limits.")(f)
+
+
+def out_options(help_text: str):
+    """``--out DIR`` and ``--overwrite`` (see agentsim.outdir for what may be written where)."""
+    def deco(f):
+        f = click.option("--overwrite", is_flag=True,
+                         help="Replace a non-empty --out DIR that is not a previous output of this command "
+                              "(atomically: the new output is written beside it, then swapped in).")(f)
+        return click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None, metavar="DIR",
+                            help=help_text + " A non-empty DIR must hold a previous output of the same kind "
+                                             "(or give --overwrite).")(f)
+    return deco
+
+
+class Finite(click.ParamType):
+    """A float flag that is a finite number within [low, high] (``inf`` and ``nan`` are typos too).
+
+    click's FloatRange lets ``nan`` through every bound and ``inf`` through an open upper one.
+    """
+
+    name = "float"
+
+    def __init__(self, low: float | None = None, high: float | None = None, low_open: bool = False) -> None:
+        self.low, self.high, self.low_open = low, high, low_open
+
+    def _allowed(self) -> str:
+        lo = "" if self.low is None else f"{self.low:g} {'<' if self.low_open else '<='} "
+        hi = "" if self.high is None else f" <= {self.high:g}"
+        return f"a finite number {lo}x{hi}".replace("number x", "number") if not lo and not hi else \
+            f"a finite number with {lo}x{hi}"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, float):
+            x = value
+        else:
+            try:
+                x = float(value)
+            except (TypeError, ValueError):
+                self.fail(f"{value!r} is not a number; allowed: {self._allowed()}.", param, ctx)
+        bad = not math.isfinite(x) or (self.high is not None and x > self.high) or (
+            self.low is not None and (x <= self.low if self.low_open else x < self.low))
+        if bad:
+            self.fail(f"{value!r} is not {self._allowed()}.", param, ctx)
+        return x
+
+
 def get_catalog(catalog_files: tuple[str, ...]) -> Catalog:
     from ..catalog import env_catalog_files, load_catalog  # local: pydantic and the catalog cost `--help` ~0.1 s
     return load_catalog(env_catalog_files() + tuple(catalog_files))

@@ -3,33 +3,76 @@ from __future__ import annotations
 
 import click
 
+from ..errors import InputError
 from ..estimate import estimate
-from .common import catalog_option, cli, emit, format_option
+from ..scenario import MAX_COUNT, MAX_RATE, MAX_REPLICAS, MAX_REQUESTS, MAX_SEED, MAX_TOKENS
+from .common import Finite, catalog_option, cli, emit, force_option, format_option
+
+#: the generated scenario's paths, in the words of the flags that set them (errors must not name
+#: the internal pool "main" or stream "load", which the user never wrote)
+FLAG_OF = {"streams.load.rate": "--rate", "streams.load.concurrency": "--concurrency",
+           "streams.load.count": "--requests", "streams.load.input_tokens": "--input-tokens",
+           "streams.load.output_tokens": "--output-tokens", "pools.main.replicas": "--replicas",
+           "pools.main.tp": "--tp", "pools.main.pp": "--pp", "pools.main.gpu": "--gpu", "pools.main.model": "--model",
+           "pools.main.precision": "--precision", "engine.max_batch": "--max-batch",
+           "engine.token_budget": "--token-budget"}
+
+
+def in_flag_words(message: str) -> str:
+    """An error about the generated scenario, told in the flags' words."""
+    for prefix in ("scenario: ", "pools.main: ", "streams.load: "):
+        message = message.replace(prefix, "")
+    for path, flag in FLAG_OF.items():
+        message = message.replace(path, flag)
+    return message.replace("streams.load", "the load").replace("pools.main", "the deployment")
 
 
 @cli.command("estimate")
 @click.option("--model", required=True, help="Catalog model name or alias.")
 @click.option("--gpu", required=True, help="Catalog GPU name or alias.")
-@click.option("--tp", type=click.IntRange(min=1), default=1, show_default=True)
-@click.option("--pp", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--tp", type=click.IntRange(min=1, max=1024), default=1, show_default=True)
+@click.option("--pp", type=click.IntRange(min=1, max=1024), default=1, show_default=True)
 @click.option("--precision", type=click.Choice(["bf16", "fp8", "fp4"]), default="bf16", show_default=True)
-@click.option("--input-tokens", type=click.IntRange(min=1), required=True)
-@click.option("--output-tokens", type=click.IntRange(min=1), required=True)
-@click.option("--concurrency", type=click.IntRange(min=1), default=None, help="Closed loop of C clients.")
-@click.option("--rate", type=click.FloatRange(min=0, min_open=True), default=None, help="Poisson requests/s.")
+@click.option("--input-tokens", type=click.IntRange(min=1, max=MAX_TOKENS), required=True)
+@click.option("--output-tokens", type=click.IntRange(min=1, max=MAX_TOKENS), required=True)
+@click.option("--concurrency", type=click.IntRange(min=1, max=MAX_COUNT), default=None, help="Closed loop of C clients.")
+@click.option("--rate", type=Finite(0, MAX_RATE, low_open=True), default=None, help="Poisson requests/s.")
 @click.option("--max-load", is_flag=True, help="All requests at once (saturation).")
-@click.option("--requests", type=click.IntRange(min=1), default=1000, show_default=True)
-@click.option("--replicas", type=click.IntRange(min=1), default=1, show_default=True)
-@click.option("--max-batch", type=click.IntRange(min=1), default=None, help="Override the engine's max batch.")
-@click.option("--token-budget", type=click.IntRange(min=1), default=None, help="Override the per-step token budget.")
-@click.option("--seed", type=click.IntRange(min=0), default=1, show_default=True)
+@click.option("--requests", type=click.IntRange(min=1, max=MAX_REQUESTS), default=1000, show_default=True)
+@click.option("--replicas", type=click.IntRange(min=1, max=MAX_REPLICAS), default=1, show_default=True)
+@click.option("--max-batch", type=click.IntRange(min=1, max=MAX_COUNT), default=None,
+              help="Override the engine's max batch.")
+@click.option("--token-budget", type=click.IntRange(min=1, max=MAX_TOKENS), default=None,
+              help="Override the per-step token budget.")
+@click.option("--seed", type=click.IntRange(min=0, max=MAX_SEED), default=1, show_default=True)
 @catalog_option
+@force_option
 @format_option
 def estimate_cmd(model, gpu, tp, pp, precision, input_tokens, output_tokens, concurrency, rate, max_load, requests,
-                 replicas, max_batch, token_budget, seed, catalog_files, fmt) -> None:
-    """Simulate one deployment: TTFT, TPOT, E2E (mean and percentiles) and token throughput."""
+                 replicas, max_batch, token_budget, seed, catalog_files, force, fmt) -> None:
+    """Simulate one deployment: TTFT, TPOT, E2E (mean and percentiles) and token throughput.
+
+    The run is checked first: a request no replica can hold is refused, and so is a run whose
+    estimated work is above the limits (unless --force).
+    """
     engine = {k: v for k, v in (("max_batch", max_batch), ("token_budget", token_budget)) if v is not None}
-    out = estimate(seed=seed, model=model, gpu=gpu, tp=tp, pp=pp, precision=precision, input_tokens=input_tokens,
-                   output_tokens=output_tokens, concurrency=concurrency, rate=rate, max_load=max_load,
-                   requests=requests, replicas=replicas, engine=engine, catalog=list(catalog_files))
+    kw = dict(model=model, gpu=gpu, tp=tp, pp=pp, precision=precision, input_tokens=input_tokens,
+              output_tokens=output_tokens, concurrency=concurrency, rate=rate, max_load=max_load,
+              requests=requests, replicas=replicas, engine=engine, catalog=list(catalog_files))
+    try:
+        _check(kw, force)
+        out = estimate(seed=seed, **kw)
+    except InputError as e:
+        raise InputError(in_flag_words(str(e))) from None
     emit(out, fmt)
+
+
+def _check(kw: dict, force: bool) -> None:
+    """Refuse before simulating: requests no replica holds, or more work than the limits allow."""
+    from ..estimate import estimate_scenario
+    from ..scenario import parse
+    from ..workload import check_runnable, check_work, estimate_work
+    sc = parse(estimate_scenario(**kw))
+    for note in check_runnable(sc):
+        click.echo(f"warning: {in_flag_words(note)}", err=True)
+    check_work(estimate_work(sc), force, what="this estimate", advice="lower --requests or --concurrency")

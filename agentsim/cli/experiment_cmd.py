@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import click
 
-from .common import cli
+from .common import Finite, cli
+
+#: the largest --scale (the full-size runs are 4-5)
+MAX_SCALE = 100.0
 
 
 class _ExperimentGroup(click.Group):
@@ -36,9 +39,12 @@ def _command(name: str) -> click.Command:
     short = doc.partition(": ")[2] or doc
 
     @click.command(name, help=f"{doc}\n\nQuestion: {mod.QUESTION}", short_help=short)
-    @click.option("--out", default=None, type=click.Path(file_okay=False),
-                  help=f"Output folder (default: results/{name}).")
-    @click.option("--scale", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
+    @click.option("--out", default=None, type=click.Path(file_okay=False), metavar="DIR",
+                  help=f"Output folder (default: results/{name}). A non-empty DIR must hold a previous output "
+                       "of this experiment's kind (or give --overwrite).")
+    @click.option("--overwrite", is_flag=True, help="Replace a non-empty --out DIR that is not an experiment's "
+                  "output (atomically: written beside it, then swapped in).")
+    @click.option("--scale", type=Finite(0, MAX_SCALE, low_open=True), default=1.0, show_default=True,
                   help="Size of the run: 1 = default (minutes on two cores), <1 smaller, >1 bigger.")
     @click.option("--full", is_flag=True, help=f"The full-size run (--scale {mod.FULL_SCALE:g}).")
     @click.option("--replications", "-r", type=click.IntRange(min=2), default=None,
@@ -46,12 +52,19 @@ def _command(name: str) -> click.Command:
     @click.option("--seed", type=click.IntRange(min=0), default=1, show_default=True, help="Base seed.")
     @click.option("--workers", type=click.IntRange(min=0), default=None,
                   help="Worker processes (default: all cores; 0 = run in this process).")
-    def cmd(out, scale, full, replications, seed, workers) -> None:
+    def cmd(out, overwrite, scale, full, replications, seed, workers) -> None:
         from pathlib import Path
-        res = mod.run(out or str(Path("results") / name), scale=mod.FULL_SCALE if full else scale, seed=seed,
-                      replications=replications, workers=workers)
+        from ..outdir import OutDir
+        target = OutDir(out or str(Path("results") / name), "experiment", overwrite)
+        try:
+            res = mod.run(str(target.write_path), scale=mod.FULL_SCALE if full else scale, seed=seed,
+                          replications=replications, workers=workers)
+            target.commit()
+        except BaseException:
+            target.abandon(keep=True)
+            raise
         click.echo(res["answer"])
-        click.echo(f"summary: {res['summary_path']}  ({res['runtime_s']:.0f} s)", err=True)
+        click.echo(f"summary: {target.path / 'summary.md'}  ({res['runtime_s']:.0f} s)", err=True)
     return cmd
 
 

@@ -11,7 +11,11 @@ import click
 from ..api import load_scenario, replication_seeds, ResultSet
 from ..build import build
 from ..errors import InputError
-from .common import cli, emit, format_option
+from ..outdir import OutDir
+from ..scenario import MAX_SLICES, with_blame
+from ..workload import check_runnable, check_work, estimate_work
+from .common import (MAX_WORKERS, cli, emit, force_option, format_option, out_options,
+                     progress_option)
 
 DEFAULT_PRESET = "default"
 HEADLINE = ("requests", "completed", "ttft_s", "ttft_p99_s", "tpot_s", "tpot_p99_s", "e2e_s", "e2e_p99_s",
@@ -61,39 +65,58 @@ def _progress_bar(duration: float, label: str):
 @click.option("--seed", type=click.IntRange(min=0), default=None, help="Seed (default: the scenario's).")
 @click.option("--replications", "-r", type=click.IntRange(min=1), default=1, show_default=True,
               help="Independent replications (seed, seed+1, ...); summaries get 95 % CIs.")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
-              help="Write requests/timeseries/pools Parquet, summary.json and manifest.json here.")
+@out_options("Write requests/timeseries/pools Parquet, summary.json and manifest.json here.")
 @click.option("--set", "overrides", multiple=True, metavar="PATH=VALUE",
               help="Override a scenario field, e.g. --set pools.h100.replicas=8; repeatable.")
 @click.option("--step-mode", is_flag=True, help="Use the step-by-step reference engine (slow; for checks).")
 @click.option("--check-invariants", is_flag=True, help="Assert conservation after every engine event (slow).")
-@click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar on stderr.")
+@progress_option
 @click.option("--figures/--no-figures", default=True, show_default=True, help="With --out: write the standard "
               "figures (PNG) to DIR/figures.")
-@click.option("--slices", type=click.IntRange(min=1), default=1, show_default=True,
+@click.option("--slices", type=click.IntRange(min=1, max=MAX_SLICES), default=1, show_default=True,
               help="Run the fleet as N slices in parallel (tenants hashed to slices, every pool at 1/N) and merge "
                    "them into one fleet summary (agentsim.slicing).")
-@click.option("--slice-sample", type=click.IntRange(min=1), default=None, metavar="K",
+@click.option("--slice-sample", type=click.IntRange(min=1, max=MAX_SLICES), default=None, metavar="K",
               help="With --slices: run K of the N slices (drawn per replication) and scale sums by N/K.")
 @click.option("--address", default=None, metavar="ADDR",
               help="With --slices: run the slices on the Dask cluster whose scheduler is at ADDR.")
-@click.option("--workers", type=click.IntRange(min=0), default=None,
+@click.option("--workers", type=click.IntRange(min=0, max=MAX_WORKERS), default=None,
               help="With --slices: local pool processes (default: one per CPU; 0 = in this process).")
+@force_option
 @format_option
-def run(scenario, seed, replications, out_dir, overrides, step_mode, check_invariants, progress, figures,
-        slices, slice_sample, address, workers, fmt) -> None:
+def run(scenario, seed, replications, out_dir, overwrite, overrides, step_mode, check_invariants, progress, figures,
+        slices, slice_sample, address, workers, force, fmt) -> None:
     """Simulate SCENARIO (a TOML file or a preset name; default: the default preset).
 
     With --slices N the run is N slices merged (see agentsim sweep --slices); --out DIR then
     keeps each slice's result in DIR/tasks (a rerun resumes) and the merged summary.json.
+    Everything is checked before the simulation starts: the scenario, the flags, --out, and
+    an estimate of the work (refused above the limits unless --force).
     """
     sc = load_scenario(scenario or DEFAULT_PRESET, list(overrides))
     seed = sc.seed if seed is None else seed
-    if out_dir:
-        _check_writable(Path(out_dir))
-    if slices > 1 or slice_sample is not None or address:
-        _run_sliced(sc, seed, replications, slices, slice_sample, address, workers, out_dir, step_mode,
-                    check_invariants, progress, fmt)
+    is_sliced = slices > 1 or slice_sample is not None or address
+    if is_sliced:
+        if step_mode or check_invariants:
+            raise InputError("--slices / --address run on an executor: --step-mode and --check-invariants are not "
+                             "available there")
+        if slice_sample is not None and slice_sample > slices:
+            raise InputError(f"--slice-sample {slice_sample} exceeds --slices {slices}")
+    try:
+        notes = check_runnable(sc)
+    except InputError as e:     # a pool's deployment: name the --set that made it, if one did
+        raise InputError(with_blame(str(e), "", overrides)) from None
+    for note in notes:
+        click.echo(f"warning: {note}", err=True)
+    one = sc.model_copy(update={"slice": sc.slice.model_copy(update={"count": slices})}) if slices > 1 else sc
+    work = estimate_work(one)
+    if not is_sliced:       # replications are kept in memory until the summary over them
+        work = work.times(replications)
+    check_work(work, force, what="one slice of this run" if slices > 1 else "this run")
+    kind = "sliced" if is_sliced else "replications" if replications > 1 else "run"
+    out = OutDir(out_dir, kind, overwrite) if out_dir else None
+    if is_sliced:
+        _run_sliced(sc, seed, replications, slices, slice_sample, address, workers, out, progress, fmt)
         return
     results = []
     kept = 0
@@ -109,61 +132,62 @@ def run(scenario, seed, replications, out_dir, overrides, step_mode, check_invar
                     bar.close()
             res.capacity_utilisation()      # into meta: summary, summary.json and the report carry it
             results.append(res)
-            if out_dir:
-                _write_replication(res, Path(out_dir), i if replications > 1 else None, figures)
+            if out:
+                _write_replication(res, out.write_path, i if replications > 1 else None, figures)
                 kept += 1
         summary = results[0].summary() if replications == 1 else ResultSet(results).summary()
-        if out_dir and replications > 1:
-            _write_atomic(Path(out_dir) / "summary.json", summary)
+        if out and replications > 1:
+            _write_atomic(out.write_path / "summary.json", summary)
+        if out:
+            out.commit()
     except KeyboardInterrupt:
-        note = f"; {kept} finished replication(s) kept in {out_dir}" if out_dir and kept else ""
+        staged = bool(out and out.staged)
+        where = out.abandon(keep=kept > 0) if out else None
+        note = f"; {kept} finished replication(s) kept in {where}" if where and kept else ""
+        if staged:
+            note += f"; {out.path} is as it was"
         click.echo(f"interrupted{note}", err=True)
         sys.exit(130)
+    except BaseException:
+        if out:
+            out.abandon(keep=False)
+        raise
     if fmt == "json":
         emit(summary, "json")
     else:
         emit(summary_rows(summary), "table")
-        if out_dir:
-            click.echo(f"results written to {out_dir}", err=True)
+        if out:
+            click.echo(f"results written to {out.path}", err=True)
 
 
-def _run_sliced(sc, seed, replications, slices, slice_sample, address, workers, out_dir, step_mode,
-                check_invariants, progress, fmt) -> None:
+def _run_sliced(sc, seed, replications, slices, slice_sample, address, workers, out, progress, fmt) -> None:
     from ..slicing import run_sliced
-    if step_mode or check_invariants:
-        raise InputError("--slices / --address run on an executor: --step-mode and --check-invariants are not "
-                         "available there")
-    if slice_sample is not None and slice_sample > slices:
-        raise InputError(f"--slice-sample {slice_sample} exceeds --slices {slices}")
     import warnings
     try:
         with warnings.catch_warnings(record=True) as notes:
             warnings.simplefilter("always")
             summary = run_sliced(sc, slices, seed=seed, replications=replications, sample=slice_sample,
-                                 address=address, workers=workers, out_dir=out_dir, progress=progress)
+                                 address=address, workers=workers, out_dir=out.write_path if out else None,
+                                 progress=progress)
         for note in notes:
             click.echo(f"note: {note.message}", err=True)
+        if out:
+            _write_atomic(out.write_path / "summary.json", summary)
+            out.commit()
     except KeyboardInterrupt:
-        click.echo(f"interrupted{'; finished slices kept in ' + str(out_dir) if out_dir else ''}", err=True)
+        where = out.abandon(keep=True) if out else None
+        click.echo(f"interrupted{'; finished slices kept in ' + str(where) if where else ''}", err=True)
         sys.exit(130)
-    if out_dir:
-        _write_atomic(Path(out_dir) / "summary.json", summary)
+    except BaseException:
+        if out:
+            out.abandon(keep=False)
+        raise
     if fmt == "json":
         emit(summary, "json")
     else:
         emit(summary_rows(summary), "table")
         click.echo(f"{summary['slices_run']} of {summary['slices']} slice(s) merged; percentiles "
                    f"{summary['percentile_method']}", err=True)
-
-
-def _check_writable(out: Path) -> None:
-    """Fail before simulating when --out cannot be written."""
-    import tempfile
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryFile(dir=out).close()
-    except OSError as e:
-        raise InputError(f"output directory {out}: not writable ({e.strerror})") from None
 
 
 def _write_replication(res, out: Path, index: int | None, figures: bool) -> None:
