@@ -478,9 +478,12 @@ def test_plot_takes_a_replicated_run_like_report(work, tmp_path):
 
 
 def test_every_command_that_runs_has_the_same_progress_and_out_flags():
-    from agentsim.cli import _register
+    import click
+
     from agentsim.cli.common import cli as root
-    _register()
+    ctx = click.Context(root)
+    for name in root.list_commands(ctx):      # commands load on first use: load them all
+        root.get_command(ctx, name)
     for name in ("run", "replay", "sweep", "capacity", "validate"):
         opts = {o for p in root.commands[name].params for o in p.opts + p.secondary_opts}
         assert {"--progress", "--no-progress", "--format"} <= opts, name

@@ -111,6 +111,8 @@ def calibrate(data_file, write_file, refit, ops_file, tiers, catalog_files, fmt)
     tiers = set(tiers or ("a", "b", "c"))
     if ops_file and not refit:
         raise InputError("--write-ops: only meaningful with --refit")
+    path = Path(data_file) if data_file else data_path("calibration.csv")
+    points = cal.load_points(path) if "c" in tiers else []     # a bad --data fails before anything prints
     if refit:
         target = Path(ops_file) if ops_file else DATA
         if target.suffix != ".npz":
@@ -136,8 +138,6 @@ def calibrate(data_file, write_file, refit, ops_file, tiers, catalog_files, fmt)
         if fmt == "json":
             emit(rows, fmt)
         return
-    path = Path(data_file) if data_file else data_path("calibration.csv")
-    points = cal.load_points(path)
     result = cal.calibrate(points, load_catalog(env_catalog_files() + tuple(catalog_files), calibrated=False))
     if fmt == "json":
         emit(rows + result.rows, fmt)

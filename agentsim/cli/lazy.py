@@ -21,7 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
                                  "throughput."),
     "experiment": ("experiment_cmd", "Scripted experiments: each answers one question and writes summary.md, "
                                      "results.json and figures."),
-    "plot": ("report_cmd", "Write the standard figures of a saved run to RUN_DIR/figures/*.png."),
+    "plot": ("report_cmd", "Write the standard figures of a saved run to RUN_DIR/figures/*.png (replications: to RUN_DIR/rep-NNN/figures)."),
     "replay": ("replay_cmd", "Replay TRACE (an Azure 2023, Mooncake or TraceLab file) and print the run summary."),
     "report": ("report_cmd", "Write RUN_DIR/report.md and RUN_DIR/report.html (summary tables and figures)."),
     "run": ("run_cmd", "Simulate SCENARIO (a TOML file or a preset name; default: the default preset)."),
