@@ -11,9 +11,7 @@ what ``--overwrite``, ``--force``, same-kind reruns and ``Result.save`` do allow
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import io
 import os
 import subprocess
 import sys
@@ -21,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from agentsim.cli import main as cli_main
+from cli_helper import cli
 
 AGENTSIM = str(Path(sys.executable).with_name("agentsim"))
 
@@ -60,16 +58,6 @@ AZURE = "TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:17:03.9799600,10
 EST = ["estimate", "--model", "Llama-3-8B", "--gpu", "H100-SXM", "--input-tokens", "100", "--output-tokens", "10"]
 
 
-def cli(*args: str) -> tuple[int, str, str]:
-    """``agentsim ARGS`` in-process: (exit code, stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            cli_main(list(args))
-            code = 0
-        except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else 1
-    return code, out.getvalue(), err.getvalue()
 
 
 def snapshot(root: Path) -> dict[str, str]:

@@ -17,7 +17,6 @@ Wq(11) = 0.082 s and Wq(12) = 0.035 s (0.040 s with the 5 ms) around the bound 0
 """
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import math
@@ -26,7 +25,6 @@ from pathlib import Path
 import pytest
 
 from agentsim.capacity import Slo, _first_true, capacity, infer_goal, parse_slo
-from agentsim.cli import main as cli_main
 from agentsim.errors import InputError
 
 try:
@@ -50,6 +48,7 @@ LAM = 8.0
 BOUND = 0.055        # SLO on the mean wait queue_s (s)
 
 from test_sweep import TOY_CATALOG  # noqa: E402  (tests/ is on sys.path: conftest.py)
+from cli_helper import cli
 
 MMC = f"""\
 name = "mmc"
@@ -70,15 +69,6 @@ output_tokens = {{ kind = "geometric", mean = {MEAN_K - 1}, offset = 1 }}
 """
 
 
-def cli(*args: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            cli_main(list(args))
-            code = 0
-        except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else 1
-    return code, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,6 @@ The runs are small (a stream-only scenario of two minutes, and a replicated one)
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import math
 from pathlib import Path
@@ -24,9 +22,9 @@ from hypothesis import strategies as st  # noqa: E402
 
 from agentsim import plots, stats  # noqa: E402
 from agentsim.api import ResultSet, _mean_with_ci, ci, simulate  # noqa: E402
-from agentsim.cli import main as cli_main  # noqa: E402
 from agentsim.jsonout import dumps  # noqa: E402
 from agentsim.result import MISSING_IDS  # noqa: E402
+from cli_helper import cli
 
 STREAMS = """\
 name = "streams-only"
@@ -54,15 +52,6 @@ finite = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False, allow_infinit
 nonneg = st.floats(min_value=0, max_value=1e6, allow_nan=False, allow_infinity=False)
 
 
-def cli(*args: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            cli_main(list(args))
-            code = 0
-        except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else 1
-    return code, out.getvalue(), err.getvalue()
 
 
 def strict_json(text: str):

@@ -21,8 +21,6 @@ Then ``save_all`` (atomic, complete PNGs), ``agentsim plot DIR`` and ``agentsim 
 from __future__ import annotations
 
 import base64
-import contextlib
-import io
 import json
 import os
 import re
@@ -38,9 +36,9 @@ import pytest  # noqa: E402
 
 from agentsim import plots  # noqa: E402
 from agentsim.api import simulate  # noqa: E402
-from agentsim.cli import main as cli_main  # noqa: E402
 from agentsim.report import SECTIONS  # noqa: E402
 from agentsim.result import Result  # noqa: E402
+from cli_helper import cli
 
 SCENARIO = """\
 name = "plots-small"
@@ -99,15 +97,6 @@ params = { sessions_per_user_day = 60 }
 FIGURE_NAMES = ("latency_cdfs", "timeseries", "session_times", "retries_per_call")
 
 
-def cli(*args: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            cli_main(list(args))
-            code = 0
-        except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else 1
-    return code, out.getvalue(), err.getvalue()
 
 
 def is_complete_png(path: Path) -> bool:

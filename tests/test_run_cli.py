@@ -6,7 +6,6 @@ run here takes a fraction of a second.
 """
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import math
@@ -20,9 +19,9 @@ from scipy import stats
 
 import agentsim
 from agentsim.api import simulate
-from agentsim.cli import main as cli_main
 from agentsim.request import OUTCOMES
 from agentsim.result import Result
+from cli_helper import cli
 
 SCENARIO = """\
 name = "small-run"
@@ -71,16 +70,6 @@ def assert_result_dir(d: Path) -> None:
 SEED = 7
 
 
-def cli(*args: str) -> tuple[int, str, str]:
-    """``agentsim ARGS`` in-process: (exit code, stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            cli_main(list(args))
-            code = 0
-        except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else 1
-    return code, out.getvalue(), err.getvalue()
 
 
 def nan_to_none(o):

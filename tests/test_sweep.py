@@ -8,8 +8,6 @@ run) so the whole file runs in well under a minute on two cores.
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 import signal
@@ -22,9 +20,9 @@ import pandas as pd
 import pytest
 
 from agentsim.api import simulate
-from agentsim.cli import main as cli_main
 from agentsim.errors import InputError
 from agentsim.sweep import (InlineExecutor, TABLE, TASKS, check_path, flatten, load_point, parse_grid, split_values,
+from cli_helper import cli
                             sweep, task_key)
 
 # Two pools, a randomised router, a Poisson stream and a fleet of coding agents (sessions, prefix
@@ -120,15 +118,6 @@ output_tokens = { kind = "geometric", mean = 99, offset = 1 }
 """
 
 
-def cli(*args: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            cli_main(list(args))
-            code = 0
-        except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else 1
-    return code, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,6 @@ cache; a generated fixture checks the same against a hand-computed ideal.
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import math
 from pathlib import Path
@@ -19,11 +17,11 @@ import pytest
 
 from agentsim.block_cache import BLOCK_TOKENS, BlockPrefixCache
 from agentsim.catalog import load_catalog
-from agentsim.cli import main as cli_main
 from agentsim.deployment import Deployment
 from agentsim.errors import InputError
 from agentsim.prefix_cache import CacheConfig
 from agentsim.traces import (default_scenario, ideal_block_hit_rate, read_azure, read_mooncake, read_trace,
+from cli_helper import cli
                              read_tracelab, replay)
 
 TRACES = Path(__file__).resolve().parents[1].parent / "shared" / "traces"
@@ -36,16 +34,6 @@ def shared(name: str) -> Path:
     return p
 
 
-def cli(*args: str) -> tuple[int, str, str]:
-    """``agentsim ARGS`` in-process: (exit code, stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            cli_main(list(args))
-            code = 0
-        except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else 1
-    return code, out.getvalue(), err.getvalue()
 
 
 def small_kv_scenario(tokens: int) -> dict:

@@ -19,7 +19,6 @@ replications and leaves nothing half-written.
 """
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import os
@@ -33,8 +32,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from agentsim.cli import main as cli_main
 from agentsim.result import Result
+from cli_helper import cli
 
 AGENTSIM = str(Path(sys.executable).with_name("agentsim"))
 
@@ -65,16 +64,6 @@ RESULT_FILES = {"requests.parquet", "timeseries.parquet", "pools.parquet", "sess
 FIGURES = {"latency_cdfs.png", "timeseries.png"}
 
 
-def cli(*args: str) -> tuple[int, str, str]:
-    """``agentsim ARGS`` in-process: (exit code, stdout, stderr). Other exceptions propagate."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            cli_main(list(args))
-            code = 0
-        except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else 1
-    return code, out.getvalue(), err.getvalue()
 
 
 def assert_one_line(code: int, err: str, expected_code: int, *needles: str) -> str:
