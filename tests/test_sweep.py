@@ -22,8 +22,8 @@ import pytest
 from agentsim.api import simulate
 from agentsim.errors import InputError
 from agentsim.sweep import (InlineExecutor, TABLE, TASKS, check_path, flatten, load_point, parse_grid, split_values,
-from cli_helper import cli
                             sweep, task_key)
+from cli_helper import cli
 
 # Two pools, a randomised router, a Poisson stream and a fleet of coding agents (sessions, prefix
 # cache, retries): enough moving parts for a hidden dependence on the process to show.

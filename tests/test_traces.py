@@ -21,8 +21,8 @@ from agentsim.deployment import Deployment
 from agentsim.errors import InputError
 from agentsim.prefix_cache import CacheConfig
 from agentsim.traces import (default_scenario, ideal_block_hit_rate, read_azure, read_mooncake, read_trace,
-from cli_helper import cli
                              read_tracelab, replay)
+from cli_helper import cli
 
 TRACES = Path(__file__).resolve().parents[1].parent / "shared" / "traces"
 
