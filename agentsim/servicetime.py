@@ -406,33 +406,61 @@ def prefill_attention_pairs(chunk, cached):
     return chunk * np.asarray(cached, dtype=float) + chunk * chunk / 2
 
 
-def _lookup(table: np.ndarray, x: np.ndarray, top: int, slope: float) -> np.ndarray:
-    """Table value at integer sizes (exactly the scalar lookup), linear beyond ``top``."""
-    idx = np.minimum(x, top).astype(np.intp)
-    out = table[idx]
-    over = x > top
-    if over.any():
-        out = out + np.where(over, (x - top) * slope, 0.0)
+def _index(x: np.ndarray, top: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """Integer table indices of sizes ``x`` (clipped at ``top``) and how far past ``top`` each lies
+    (None when none does: the common case costs one pass for the conversion and one for the max)."""
+    idx = x.astype(np.intp)
+    if idx.size and idx.max() > top:
+        over = np.maximum(x - top, 0.0)
+        np.minimum(idx, top, out=idx)
+        return idx, over
+    return idx, None
+
+
+def _gather(table: np.ndarray, idx: np.ndarray, over: np.ndarray | None, slope: float) -> np.ndarray:
+    """Table value at integer sizes (exactly the scalar lookup), linear beyond the table."""
+    out = np.take(table, idx)
+    if over is not None:
+        out += over * slope
     return out
 
 
 def _one(c: StepCoeffs, pt, pa, nd, ctx, sm, parts: bool):
+    """One deployment's steps. Why the index sharing and in-place sums: the gathers dominate, so the
+    decode index serves A, B (and H when sampled = decodes), and no temporary outlives its pass.
+    The sum runs in the scalar form's order, so both give the same bits."""
     pt = np.asarray(pt, dtype=float)
     nd = np.asarray(nd, dtype=float)
-    sm = nd if sm is None else np.asarray(sm, dtype=float)
+    ctx = np.asarray(ctx, dtype=float)
+    pa = np.asarray(pa, dtype=float)
     tab = c.arrays
-    tokens = _lookup(tab.fixed, pt + nd, T_MAX, c.f_slope)
-    head = _lookup(tab.head, sm, N_MAX, c.h_slope)
-    a = _lookup(tab.dec_a, nd, N_MAX, c.a_slope)
-    b = _lookup(tab.dec_b, nd, N_MAX, c.b_slope)
-    pidx = np.minimum(pt, T_MAX).astype(np.intp)
-    pfa, pfq = tab.pf_a[pidx], tab.pf_pair[pidx]
-    # same order of additions as StepCoeffs.kernel_time, so scalar and vector agree to the bit
-    kernel = tokens + head + a + b * np.asarray(ctx, dtype=float) + pfa + pfq * np.asarray(pa, dtype=float)
+    shape = np.broadcast_shapes(pt.shape, nd.shape, ctx.shape, pa.shape, np.shape(sm) if sm is not None else ())
+    ti, to = _index(np.broadcast_to(pt + nd, shape), T_MAX)
+    ni, no = _index(np.broadcast_to(nd, shape), N_MAX)
+    if sm is None:
+        si, so = ni, no
+    else:
+        si, so = _index(np.broadcast_to(np.asarray(sm, dtype=float), shape), N_MAX)
+    pi = np.broadcast_to(np.minimum(pt, T_MAX), shape).astype(np.intp)
+    kernel = _gather(tab.fixed, ti, to, c.f_slope)
+    head = _gather(tab.head, si, so, c.h_slope)
+    a = _gather(tab.dec_a, ni, no, c.a_slope)
+    b = _gather(tab.dec_b, ni, no, c.b_slope)
+    pfa = np.take(tab.pf_a, pi)
+    pfq = np.take(tab.pf_pair, pi)
+    if parts:
+        tokens = kernel.copy()
+        attention = a + b * ctx + pfa + pfq * pa
+    kernel += head
+    kernel += a
+    b *= ctx
+    kernel += b
+    kernel += pfa
+    pfq *= pa
+    kernel += pfq
     time = kernel + c.overhead
     if not parts:
         return time
-    attention = a + b * np.asarray(ctx, dtype=float) + pfa + pfq * np.asarray(pa, dtype=float)
     energy = c.power_w * kernel + c.power_w * c.idle_fraction * c.overhead
     return StepCost(time, tokens, attention, head, energy)
 
