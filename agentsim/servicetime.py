@@ -107,6 +107,9 @@ class _Ops:
 
     def all_reduce(self, nbytes):
         tp = self.dep.tp
+        nbytes = np.asarray(nbytes, dtype=float)
+        if self.ideal:
+            return opfit.allreduce_roofline(float(tp), nbytes, self.gpu)
         cats = sorted(int(c) for c in self.om.categories(self.engine, self.fitted, "all_reduce"))
         if not cats:
             cats = sorted({int(c) for (e, g, o, c) in self.om.ops if o == "all_reduce"})
@@ -114,10 +117,10 @@ class _Ops:
         n = min(cats, key=lambda c: abs(math.log(c / tp)))
         if n != tp:
             self.outside.add("all_reduce")
-        curve = self.om.op(self.engine, self.fitted, "all_reduce", str(n))
-        # a GPU count beyond the measured ones: the ring's 2(n-1)/n bytes per GPU scales the bandwidth term
-        scale = (2 * (tp - 1) / tp) / (2 * (n - 1) / n)
-        return curve(np.asarray(nbytes, dtype=float) * scale)
+        grid = self.om.op(self.engine, self.fitted, "all_reduce", str(n))
+        # a GPU count beyond the measured ones: the measured count's efficiency at this size, priced
+        # with this count's roofline (the ring moves 2(n-1)/n of the message per GPU)
+        return opfit.allreduce_roofline(float(tp), nbytes, self.gpu) / np.exp(grid(np.maximum(nbytes, 1.0)))
 
     def decode_attention(self, n: np.ndarray):
         """(A(n), B(n)) per layer: the measured kernel at each context fitted by ``A + B·n·s``."""
