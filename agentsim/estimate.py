@@ -15,7 +15,7 @@ HORIZON_S = 1e7   # runs end when the last request does; this only bounds pathol
 
 
 def estimate_scenario(*, model: str, gpu: str, tp: int = 1, pp: int = 1, precision: str = "bf16",
-                      input_tokens: int, output_tokens: int, concurrency: int | None = None,
+                      input_tokens: int, output_tokens: int, cached_tokens: int = 0, concurrency: int | None = None,
                       rate: float | None = None, max_load: bool = False, requests: int = 1000,
                       replicas: int = 1, engine: dict | None = None, catalog: list[str] = ()) -> dict:
     """The scenario dict ``estimate`` simulates (exactly one of concurrency / rate / max_load)."""
@@ -32,7 +32,12 @@ def estimate_scenario(*, model: str, gpu: str, tp: int = 1, pp: int = 1, precisi
         stream = {"kind": "poisson", "rate": rate, "count": requests}
     else:
         stream = {"kind": "all_at_once", "count": requests}
+    if not 0 <= cached_tokens < input_tokens:
+        raise InputError(f"estimate: --cached-tokens must be in [0, --input-tokens), got {cached_tokens} "
+                         f"with --input-tokens {input_tokens}")
     stream.update(input_tokens=input_tokens, output_tokens=output_tokens)
+    if cached_tokens:
+        stream["cached_tokens"] = cached_tokens
     return {
         "name": "estimate", "duration_s": HORIZON_S, "sample_s": HORIZON_S, "catalog": list(catalog),
         "engine": dict(engine or {}),

@@ -139,6 +139,9 @@ class Stream(Model):
     count: int = Field(0, ge=0, le=MAX_REQUESTS, description="requests to send (0 = until the end of the run); all_at_once: required")
     input_tokens: Dist = Field(default_factory=lambda: Dist(kind="constant", value=1024))
     output_tokens: Dist = Field(default_factory=lambda: Dist(kind="constant", value=128))
+    cached_tokens: Dist | None = Field(
+        None, description="prefix tokens of each prompt already in the replica's KV cache when it arrives (attended, "
+                          "not recomputed: an agent's cached context); capped at the prompt minus one")
     model: str | None = Field(None, description="only pools serving this model receive the stream (default: all)")
     file: str | None = Field(None, description="replay: CSV with columns arrival_s,input_tokens,output_tokens")
     priority: int = Field(0, ge=-MAX_COUNT, le=MAX_COUNT, description="admission priority (lower goes first with admission=priority)")

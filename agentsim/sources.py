@@ -38,21 +38,28 @@ class Source:
         self.sim, self.name, self.index, self.cfg = sim, name, index, cfg
         self.env = sim.env
         self.rng_a, self.rng_s = rng_arrivals, rng_sizes
-        self._inp = self._out = np.empty(0, dtype=np.int64)
+        self._inp = self._out = self._cached = np.empty(0, dtype=np.int64)
         self._j = 0
+        self._last_cached = 0
         self.sent = 0
 
     def sizes(self) -> tuple[int, int]:
         if self._j >= len(self._inp):
             self._inp = draw_tokens(self.cfg.input_tokens, self.rng_s, BATCH)
             self._out = draw_tokens(self.cfg.output_tokens, self.rng_s, BATCH)
+            if self.cfg.cached_tokens is not None:   # drawn after the others: streams without it keep their draws
+                self._cached = draw_tokens(self.cfg.cached_tokens, self.rng_s, BATCH)
             self._j = 0
         j = self._j
         self._j += 1
+        if len(self._cached):
+            self._last_cached = int(self._cached[j])
         return int(self._inp[j]), int(self._out[j])
 
     def send(self, prompt: int, output: int, on_done=None) -> Request:
         req = self.sim.new_request(prompt, output, stream=self.index, priority=self.cfg.priority, on_done=on_done)
+        if self._last_cached:
+            req.cached_gpu = min(self._last_cached, prompt - 1)
         self.sent += 1
         self.sim.submit(req, self.cfg.model)
         return req

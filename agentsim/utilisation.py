@@ -6,8 +6,9 @@
   after warm-up (the same requests and span as ``summary()``'s ``output_tokens_per_s``);
 * *the load it can carry* is the saturation output rate of one replica of the pool's deployment
   (GPU, model, tp, pp, precision and engine settings), measured by ``agentsim estimate --max-load``
-  with the pool's mean request shape — mean *prefilled* tokens (the prompt tokens the engine had
-  to compute, after prefix-cache hits) and mean output tokens of those completed requests — and
+  with the pool's mean request shape — mean prompt tokens, of which the mean cached prefix is
+  already in the replica's KV (attended by the chunk's attention but not recomputed), and mean
+  output tokens of those completed requests — and
   the batch capped at what the KV cache holds at the pool's mean *context* (input + output
   tokens, cached part included: an agent's long cached context takes KV space even though it is
   not recomputed), and lowered further while the max-load run's mean time per output token
@@ -45,17 +46,17 @@ def _round2(x: float) -> int:
 
 @lru_cache(maxsize=256)
 def max_load(gpu: str, model: str, tp: int, pp: int, precision: str, engine_json: str, catalog: tuple,
-             input_tokens: int, output_tokens: int) -> dict:
+             input_tokens: int, output_tokens: int, cached_tokens: int = 0) -> dict:
     """One replica's saturation figures from ``estimate --max-load`` (cached per deployment and shape)."""
     from .estimate import estimate
     out = estimate(model=model, gpu=gpu, tp=tp, pp=pp, precision=precision, input_tokens=input_tokens,
-                   output_tokens=output_tokens, max_load=True, engine=json.loads(engine_json), catalog=list(catalog))
+                   output_tokens=output_tokens, cached_tokens=cached_tokens, max_load=True, engine=json.loads(engine_json), catalog=list(catalog))
     return {"output_tokens_per_s": float(out["saturation_output_tokens_per_s"]),
             "requests_per_s": float(out["saturation_rps"]), "tpot_s": float(out["tpot_s"])}
 
 
 def slo_batch(deployment: tuple, engine: dict, catalog: tuple, shape_in: int, shape_out: int, batch: int,
-              slo_tpot_s: float | None) -> tuple[int, dict]:
+              slo_tpot_s: float | None, shape_cached: int = 0) -> tuple[int, dict]:
     """The largest batch cap (<= ``batch``) whose max-load mean TPOT meets the TPOT SLO, and that
     max-load run's figures: the load a replica carries *at the SLO*. Bisection over the cap (a
     bigger batch decodes more slowly per token); at most ~log2(batch) cached estimates.
@@ -65,7 +66,7 @@ def slo_batch(deployment: tuple, engine: dict, catalog: tuple, shape_in: int, sh
     """
     def run(b: int) -> dict:
         return max_load(*deployment, json.dumps({**engine, "max_batch": b}, sort_keys=True), catalog,
-                        shape_in, shape_out)
+                        shape_in, shape_out, shape_cached)
     hi_run = run(batch)
     if slo_tpot_s is None or not math.isfinite(slo_tpot_s) or hi_run["tpot_s"] <= slo_tpot_s or batch <= 1:
         return batch, hi_run
@@ -114,7 +115,11 @@ def capacity_utilisation(res) -> dict[str, dict]:
         else:
             pool_cfg = sc.get("pools", {}).get(name, {})
             engine = {**sc.get("engine", {}), **pool_cfg.get("engine", {})}
-            shape_in = _round2(float(mine["prefill_tokens"].mean()))
+            # the mean prompt with its mean cached prefix: the prefix is not recomputed, but a chunk's
+            # attention runs over it (the bulk of an agent call's prefill on the measured step model)
+            shape_in = _round2(float(mine["input_tokens"].mean()))
+            cached = float((mine["input_tokens"] - mine["prefill_tokens"]).clip(lower=0).mean())
+            shape_cached = min(_round2(cached), shape_in - 1) if cached >= 1 and shape_in > 1 else 0
             shape_out = _round2(float(mine["output_tokens"].mean()))
             # the batch the KV cache allows at the pool's mean context (cached part included)
             context = _round2(float((mine["input_tokens"] + mine["output_tokens"]).mean()))
@@ -122,7 +127,7 @@ def capacity_utilisation(res) -> dict[str, dict]:
             deployment = (str(p["gpu"]), str(p["model"]), int(p["tp"]), int(p["pp"]), str(p["precision"]))
             try:
                 batch, ml = slo_batch(deployment, engine, tuple(sc.get("catalog", ())), shape_in, shape_out,
-                                      min(int(p["max_batch"]), kv_batch), res.meta.get("slo_tpot_s"))
+                                      min(int(p["max_batch"]), kv_batch), res.meta.get("slo_tpot_s"), shape_cached)
             except InputError:       # e.g. a catalog file no longer where the run found it
                 out[name] = row
                 continue
@@ -130,6 +135,7 @@ def capacity_utilisation(res) -> dict[str, dict]:
             row.update(capacity_output_tokens_per_s=carry, max_load_tpot_s=ml["tpot_s"],
                        max_load_batch=batch, shape_context_tokens=context,
                        capacity_utilisation=served / carry if carry > 0 else math.nan,
-                       shape_prefill_tokens=shape_in, shape_output_tokens=shape_out)
+                       shape_prefill_tokens=shape_in - shape_cached, shape_input_tokens=shape_in,
+                       shape_cached_tokens=shape_cached, shape_output_tokens=shape_out)
         out[name] = row
     return out

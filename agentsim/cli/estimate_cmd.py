@@ -11,7 +11,7 @@ from .common import Finite, catalog_option, cli, emit, force_option, format_opti
 #: the generated scenario's paths, in the words of the flags that set them (errors must not name
 #: the internal pool "main" or stream "load", which the user never wrote)
 FLAG_OF = {"streams.load.rate": "--rate", "streams.load.concurrency": "--concurrency",
-           "streams.load.count": "--requests", "streams.load.input_tokens": "--input-tokens",
+           "streams.load.count": "--requests", "streams.load.input_tokens": "--input-tokens", "streams.load.cached_tokens": "--cached-tokens",
            "streams.load.output_tokens": "--output-tokens", "pools.main.replicas": "--replicas",
            "pools.main.tp": "--tp", "pools.main.pp": "--pp", "pools.main.gpu": "--gpu", "pools.main.model": "--model",
            "pools.main.precision": "--precision", "engine.max_batch": "--max-batch",
@@ -35,6 +35,8 @@ def in_flag_words(message: str) -> str:
 @click.option("--precision", type=click.Choice(["bf16", "fp8", "fp4"]), default="bf16", show_default=True)
 @click.option("--input-tokens", type=click.IntRange(min=1, max=MAX_TOKENS), required=True)
 @click.option("--output-tokens", type=click.IntRange(min=1, max=MAX_TOKENS), required=True)
+@click.option("--cached-tokens", type=click.IntRange(min=0, max=MAX_TOKENS), default=0, show_default=True,
+              help="Prompt tokens already in the replica's KV cache (attended, not recomputed).")
 @click.option("--concurrency", type=click.IntRange(min=1, max=MAX_COUNT), default=None, help="Closed loop of C clients.")
 @click.option("--rate", type=Finite(0, MAX_RATE, low_open=True), default=None, help="Poisson requests/s.")
 @click.option("--max-load", is_flag=True, help="All requests at once (saturation).")
@@ -48,8 +50,8 @@ def in_flag_words(message: str) -> str:
 @catalog_option
 @force_option
 @format_option
-def estimate_cmd(model, gpu, tp, pp, precision, input_tokens, output_tokens, concurrency, rate, max_load, requests,
-                 replicas, max_batch, token_budget, seed, catalog_files, force, fmt) -> None:
+def estimate_cmd(model, gpu, tp, pp, precision, input_tokens, output_tokens, cached_tokens, concurrency, rate, max_load,
+                 requests, replicas, max_batch, token_budget, seed, catalog_files, force, fmt) -> None:
     """Simulate one deployment: TTFT, TPOT, E2E (mean and percentiles) and token throughput.
 
     The run is checked first: a request no replica can hold is refused, and so is a run whose
@@ -57,7 +59,7 @@ def estimate_cmd(model, gpu, tp, pp, precision, input_tokens, output_tokens, con
     """
     engine = {k: v for k, v in (("max_batch", max_batch), ("token_budget", token_budget)) if v is not None}
     kw = dict(model=model, gpu=gpu, tp=tp, pp=pp, precision=precision, input_tokens=input_tokens,
-              output_tokens=output_tokens, concurrency=concurrency, rate=rate, max_load=max_load,
+              output_tokens=output_tokens, cached_tokens=cached_tokens, concurrency=concurrency, rate=rate, max_load=max_load,
               requests=requests, replicas=replicas, engine=engine, catalog=list(catalog_files))
     try:
         _check(kw, force)
