@@ -486,7 +486,6 @@ class Replica:
         chunks = []
         pf_tokens = 0
         attn = 0.0
-        pf_kv = 0
         done = 0
         load = 0
         for req in self.prefilling:
@@ -498,7 +497,6 @@ class Replica:
             chunks.append((req, ch))
             pf_tokens += ch
             attn += ch * req.pf_done + ch * ch / 2
-            pf_kv += req.pf_done + ch
             left -= ch
             if ch == r:
                 done += 1

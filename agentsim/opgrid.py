@@ -142,9 +142,10 @@ class Grid:
 class Curve:
     """Latency of a collective: a floor blended into a bandwidth line, ``(a^p + (x/bw)^p)^(1/p)``.
 
-    Why not a grid: collective tables are short and noisy (a few rows per GPU count, ±15 % between
-    neighbours at small sizes), so a three-parameter smooth curve predicts held-out rows better
-    than interpolating between noisy neighbours (measured: all-reduce 4-6 % vs ~10 % median).
+    Used for MoE all-to-all: its tables are short and noisy (±15 % between neighbours at small
+    sizes) and its rows mix hidden sizes and top-k, so a smooth curve in the bytes moved predicts
+    held-out rows better than a grid (9-11 % median). All-reduce, measured densely per GPU count,
+    is a grid (1-2 %).
     """
 
     __slots__ = ("a", "bw", "p")

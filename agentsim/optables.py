@@ -12,7 +12,6 @@ op-level fit. Tables come back as tidy frames with ``latency_s`` in seconds and 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
 from importlib import metadata, util
 from pathlib import Path
 
@@ -46,15 +45,6 @@ OPS = {
 
 #: engine preferred for the shipped fit, then the fall-backs (same order for every GPU)
 ENGINES = ("vllm", "sglang", "trtllm")
-
-
-@dataclass(frozen=True)
-class Source:
-    """Where a fit's data came from: enough to say so in a manifest and to detect a change."""
-
-    package: str
-    version: str
-    data_hash: str
 
 
 def data_root() -> Path:
@@ -115,7 +105,6 @@ def read(gpu: str, op: str, engine: str | None = None, version: str | None = Non
         df = pd.read_parquet(path)
     except Exception as exc:  # a truncated or foreign file: name it
         raise InputError(f"{path}: not a readable parquet table ({exc})") from None
-    df = df.rename(columns={c: c for c in df.columns})
     df["latency_s"] = df["latency"].astype(float) * 1e-3
     df["gpu"] = gpu
     df["engine"] = path.parent.parent.name

@@ -140,7 +140,6 @@ class _Ops:
         # weighted least squares in relative error: t ≈ a + b·(n·s) over the fitted contexts
         x = nn * s
         w = 1.0 / t
-        sw, sx, sy = w.sum(1), (w * x).sum(1), (w * t).sum(1)
         w2 = w * w
         s00, s01, s11 = w2.sum(1), (w2 * x).sum(1), (w2 * x * x).sum(1)
         r0, r1 = (w2 * t).sum(1), (w2 * x * t).sum(1)
@@ -149,7 +148,6 @@ class _Ops:
         b = (s00 * r1 - s01 * r0) / det
         b = np.maximum(b, 0.0)
         a = np.maximum(a, 0.0)
-        del sw, sx, sy
         return a, b
 
     def _chunk_time(self, c: np.ndarray) -> np.ndarray:
