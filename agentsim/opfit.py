@@ -93,8 +93,13 @@ def moe_roofline(t, h, inter, k, e, tp, ep, gpu: GPU, dtype: str):
     return _max_roof(flops, bytes_, gpu, dtype)
 
 
-def allreduce_roofline(n, size, gpu: GPU):
-    return 2.0 * (n - 1) / n * size / gpu.link_bytes_per_s_per_direction + 1e-6
+def allreduce_roofline(n, elements, gpu: GPU):
+    """A ring all-reduce of ``elements`` bf16 values over ``n`` GPUs: each sends 2(n-1)/n of the message.
+
+    The tables' ``message_size`` counts elements of ``allreduce_dtype`` (every row is bfloat16; the
+    collector allocates a ``[size // 4096, 4096]`` tensor), not bytes.
+    """
+    return 2.0 * (n - 1) / n * elements * BF16 / gpu.link_bytes_per_s_per_direction + 1e-6
 
 
 def alltoall_roofline(h, t, k, gpu: GPU):
@@ -487,7 +492,7 @@ def step_ops(model, tp: int, kind_sizes: tuple, precision: str) -> list[tuple[st
         gemm(t, 2 * f // tp, d, m.moe_layers)
         gemm(t, d, f // tp, m.moe_layers)
     if tp > 1:
-        ops.append(("all_reduce", str(tp), {"message_size": t * d * 2}, 2 * m.layers))
+        ops.append(("all_reduce", str(tp), {"message_size": t * d}, 2 * m.layers))   # bf16 elements
     gemm(n + (1 if c else 0), min(65536, m.vocab // tp), d, 1)
     return ops
 

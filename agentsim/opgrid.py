@@ -57,29 +57,31 @@ class Grid:
         return g
 
     def fill(self) -> None:
-        """Fill NaN cells: linear interpolation along each axis in turn (flat beyond the known ends).
+        """Fill NaN cells from their nearest measured neighbours, the tightest bracket first.
 
-        Axes are visited in order and the pass repeats until no hole is left (a cell isolated along
-        the first axis is reached along a later one).
+        Each hole takes the linear interpolation along the bracketing axis (known cells on both
+        sides) where interpolation predicts measured cells from their neighbours best: a smooth size
+        axis beats an axis whose neighbouring values are different models or head sizes. A hole no axis brackets takes the nearest known value along the axis
+        where one is nearest (flat beyond the ends). Repeated until no hole is left. A fixed axis
+        order priced a held-out GQA group, measured on both sides at the same batch and context, from
+        other head sizes: 2.3x slow.
         """
         v = self.values
         if not np.isnan(v).any():
             return
         if np.isnan(v).all():
             raise ValueError("a grid with no measured cell cannot be filled")
-        for _ in range(2 * v.ndim + 2):
+        rates = [_change_rate(np.moveaxis(v, d, -1), self.axes[d]) for d in range(v.ndim)]
+        while np.isnan(v).any():
+            best = np.full(v.shape, np.inf)
+            value = np.full(v.shape, np.nan)
             for d in range(v.ndim):
-                moved = np.moveaxis(v, d, -1)
-                lines = moved.reshape(-1, moved.shape[-1])
-                x = self.axes[d]
-                holes = np.isnan(lines)
-                todo = np.nonzero(holes.any(axis=1) & ~holes.all(axis=1))[0]
-                for i in todo:
-                    known = ~holes[i]
-                    lines[i, holes[i]] = np.interp(x[holes[i]], x[known], lines[i, known])
-                v = np.moveaxis(lines.reshape(moved.shape), -1, d)
-            if not np.isnan(v).any():
-                break
+                cand, width = _axis_candidates(np.moveaxis(v, d, -1), self.axes[d], rates[d])
+                cand, width = np.moveaxis(cand, -1, d), np.moveaxis(width, -1, d)
+                better = width < best
+                best = np.where(better, width, best)
+                value = np.where(better, cand, value)
+            v = np.where(np.isnan(v), value, v)
         self.values = np.ascontiguousarray(v)
 
     # -- evaluation (run time) ----------------------------------------------------------------------
@@ -176,3 +178,40 @@ class Curve:
 
     def to_array(self) -> np.ndarray:
         return np.array([self.a, self.bw, self.p])
+
+
+def _change_rate(lines: np.ndarray, x: np.ndarray) -> float:
+    """How well interpolation along the last axis works here: the median |error| of predicting each
+    measured cell from its measured neighbours on both sides (log-efficiency)."""
+    errs = []
+    flat = lines.reshape(-1, lines.shape[-1])
+    for row in flat[(~np.isnan(flat)).sum(axis=1) >= 3]:
+        k = np.nonzero(~np.isnan(row))[0]
+        xl, xm, xr = x[k[:-2]], x[k[1:-1]], x[k[2:]]
+        pred = row[k[:-2]] + (row[k[2:]] - row[k[:-2]]) * (xm - xl) / (xr - xl)
+        errs.append(np.abs(pred - row[k[1:-1]]))
+    return float(np.median(np.concatenate(errs))) + 1e-3 if errs else 1.0
+
+
+def _axis_candidates(lines: np.ndarray, x: np.ndarray, rate: float) -> tuple[np.ndarray, np.ndarray]:
+    """Along the last axis: each hole's fill from its known neighbours and its expected error (lower wins).
+
+    Bracketed holes (known cells on both sides, interpolated) score the axis's ``rate``; the others
+    1e6 plus the log2 distance to the nearest known cell (held flat); inf where a line knows nothing.
+    """
+    shape = lines.shape
+    flat = lines.reshape(-1, shape[-1])
+    cand = np.full(flat.shape, np.nan)
+    width = np.full(flat.shape, np.inf)
+    holes = np.isnan(flat)
+    for i in np.nonzero(holes.any(axis=1) & ~holes.all(axis=1))[0]:
+        known = np.nonzero(~holes[i])[0]
+        h = np.nonzero(holes[i])[0]
+        cand[i, h] = np.interp(x[h], x[known], flat[i, known])
+        right = np.searchsorted(known, h)
+        has_l, has_r = right > 0, right < len(known)
+        xl = np.where(has_l, x[known[np.maximum(right - 1, 0)]], -np.inf)
+        xr = np.where(has_r, x[known[np.minimum(right, len(known) - 1)]], np.inf)
+        inside = has_l & has_r
+        width[i, h] = np.where(inside, rate, 1e6 + np.minimum(x[h] - xl, xr - x[h]))
+    return cand.reshape(shape), width.reshape(shape)

@@ -105,11 +105,12 @@ class _Ops:
         roof = opfit.moe_roofline(tt, m.d_model, m.d_ff_expert, m.top_k, m.n_experts, dep.tp, 1, self.gpu, cat)
         return np.where(t > 0, roof / np.exp(eff), 0.0)
 
-    def all_reduce(self, nbytes):
+    def all_reduce(self, elements):
+        """One all-reduce of ``elements`` bf16 activations across the tp group (the tables count elements)."""
         tp = self.dep.tp
-        nbytes = np.asarray(nbytes, dtype=float)
+        elements = np.asarray(elements, dtype=float)
         if self.ideal:
-            return opfit.allreduce_roofline(float(tp), nbytes, self.gpu)
+            return opfit.allreduce_roofline(float(tp), elements, self.gpu)
         cats = sorted(int(c) for c in self.om.categories(self.engine, self.fitted, "all_reduce"))
         if not cats:
             cats = sorted({int(c) for (e, g, o, c) in self.om.ops if o == "all_reduce"})
@@ -120,7 +121,7 @@ class _Ops:
         grid = self.om.op(self.engine, self.fitted, "all_reduce", str(n))
         # a GPU count beyond the measured ones: the measured count's efficiency at this size, priced
         # with this count's roofline (the ring moves 2(n-1)/n of the message per GPU)
-        return opfit.allreduce_roofline(float(tp), nbytes, self.gpu) / np.exp(grid(np.maximum(nbytes, 1.0)))
+        return opfit.allreduce_roofline(float(tp), elements, self.gpu) / np.exp(grid(np.maximum(elements, 1.0)))
 
     def decode_attention(self, n: np.ndarray):
         """(A(n), B(n)) per layer: the measured kernel at each context fitted by ``A + B·n·s``."""
@@ -205,7 +206,7 @@ def _token_ops(ops: _Ops, t: np.ndarray) -> np.ndarray:
     f_local = (m.d_ff if not m.is_moe else m.d_ff_expert * (m.top_k + m.n_shared_experts)) / tp
     total = total + m.layers * (8 * t * d + 3 * t * f_local) * 2.0 / dep.gpu.hbm_bytes_per_s
     if tp > 1:
-        total = total + 2 * m.layers * ops.all_reduce(t * d * 2.0)
+        total = total + 2 * m.layers * ops.all_reduce(t * d)
     if dep.pp > 1:
         total = total + (dep.pp - 1) * (10e-6 + t * d * 2.0 / (dep.gpu.scaleout_gbps * 1e9))
     return np.where(t > 0, total, 0.0)

@@ -74,6 +74,22 @@ def test_grid_fill_interpolates_holes_from_neighbours():
     assert g(4, 7) == pytest.approx(2.0)
 
 
+def test_grid_fill_takes_the_smooth_axis_not_the_first():
+    """A hole measured on both sides along a smooth axis is filled along it, not from a noisy axis.
+
+    Axis ``a`` (first) alternates between two levels (different kernels per size), axis ``b`` is
+    linear; the hole at b = 4 has measured cells at b = 2 and b = 8 in its own line.
+    """
+    a = np.array([1.0, 2, 4, 8, 16, 32])
+    b = np.array([1.0, 2, 4, 8, 16])
+    va, vb = np.meshgrid(np.log2(a), np.log2(b), indexing="ij")
+    y = 0.5 * vb + np.where(np.arange(len(a))[:, None] % 2 == 0, 0.0, 3.0)
+    sizes = np.stack(np.meshgrid(a, b, indexing="ij"), axis=-1).reshape(-1, 2)
+    keep = ~((sizes[:, 1] == 4) & (sizes[:, 0] == 4))
+    g = Grid.from_rows(("a", "b"), sizes[keep], y.reshape(-1)[keep], axes=[np.log2(a), np.log2(b)])
+    assert g(4, 4) == pytest.approx(y[2, 2])          # 1.0 along b; along a it would read 4.0
+
+
 def test_curve_recovers_a_floor_and_a_bandwidth():
     x = np.geomspace(1e3, 1e9, 25)
     t = (5e-6 ** 1.3 + (x / 2e11) ** 1.3) ** (1 / 1.3)
