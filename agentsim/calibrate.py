@@ -12,7 +12,8 @@ or at concurrency N, the metrics in :data:`SIMULATED`) are predicted by running 
 through :func:`agentsim.estimate.estimate` with the fitted factors (:func:`predict_output_throughput`,
 assumptions from :func:`load_setup`); one simulation per optimiser evaluation would be far too slow,
 so they never enter a fit. Their error is therefore out-of-sample already, and their ``loo_error``
-is their ``rel_error``.
+is their ``rel_error``. A third of the load points is also marked held out (the CSV's ``holdout``
+column, :func:`holdout_rows`), fixed before anything is fitted to load points, to be reported apart.
 """
 from __future__ import annotations
 
@@ -169,7 +170,8 @@ def holdout_rows(points: list[Point]) -> set[int]:
     the rest; in each stratum sort the distinct keys, permute them with
     ``numpy.random.default_rng(HOLDOUT_SEED).permutation`` and take whole groups in that order until at
     least round(n/3) of the stratum's n rows are taken. Single-stream points are never held out. The CSV's
-    ``holdout`` column stores the result (a test rechecks it); adding load rows may reshuffle it.
+    ``holdout`` column stores the result (:func:`write_holdout_column`; a test rechecks it); adding load
+    rows may reshuffle it.
     """
     groups: dict[str, list[Point]] = {}
     for p in points:
@@ -185,6 +187,34 @@ def holdout_rows(points: list[Point]) -> set[int]:
             stratum |= {p.row for p in groups[keys[i]]}
         taken |= stratum
     return taken
+
+
+def write_holdout_column(path: str | os.PathLike) -> set[int]:
+    """Set the CSV's ``holdout`` column (added last if missing) from :func:`holdout_rows`, atomically;
+    every other cell is kept as it is. Returns the held-out rows."""
+    held = holdout_rows(load_points(path))
+    text = Path(path).read_text(encoding="utf-8-sig")
+    header, *records = csv.reader(io.StringIO(text))
+    if "holdout" not in header:
+        header.append("holdout")
+    col = header.index("holdout")
+    out = io.StringIO()
+    writer = csv.writer(out)  # CRLF line ends, as the shipped file has
+    writer.writerow(header)
+    for i, rec in enumerate(records, 1):
+        rec += [""] * (len(header) - len(rec))
+        rec[col] = "true" if i in held else "false"
+        writer.writerow(rec)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".holdout.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(out.getvalue())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return held
 
 
 def engine_of(text: str) -> str:
@@ -499,8 +529,8 @@ def _row(cat: Catalog, p: Point, dep: Deployment | None, pred, loo, reason, in_f
             "kv_dtype": (setup.kv_dtype if setup else dep.kv_dtype) if dep and reason is None else None,
             "max_batch": setup and setup.max_batch, "token_budget": setup and setup.token_budget,
             "kv_capacity_tokens": setup and setup.kv_capacity_tokens, "requests": setup and setup.requests,
-            "holdout": p.holdout, "reason": reason, "load_assumption": setup and setup.note, "gpu_assumption": cat.assumption(p.gpu),
-            "source": p.source}
+            "reason": reason, "load_assumption": setup and setup.note, "gpu_assumption": cat.assumption(p.gpu),
+            "holdout": p.holdout, "source": p.source}
 
 
 def summary(rows: list[dict], in_fit: bool | None = True) -> dict:

@@ -281,7 +281,8 @@ def shipped_points() -> list[cal.Point]:
 def test_holdout_column_matches_the_rule():
     points = shipped_points()
     held = {p.row for p in points if p.holdout}
-    assert held == cal.holdout_rows(points), "re-mark the holdout column with calibrate.holdout_rows"
+    assert held == cal.holdout_rows(points), \
+        "stale: python -c \"from agentsim.calibrate import write_holdout_column as w; w('agentsim/data/calibration.csv')\""
     load = [p for p in points if cal.is_load_point(p)]
     assert not any(p.holdout for p in points if not cal.is_load_point(p))  # single-stream points stay in
     assert all(p.concurrency == 1 for p in points if not cal.is_load_point(p))
@@ -293,6 +294,22 @@ def test_holdout_column_matches_the_rule():
     for p in load:
         by_run.setdefault(cal.measurement_key(p), set()).add(p.holdout)
     assert all(len(v) == 1 for v in by_run.values())  # one run's throughput / TTFT / TPOT held out together
+
+
+def test_write_holdout_column_reproduces_the_shipped_file(tmp_path):
+    shipped = data_path("calibration.csv").read_bytes()
+    copy = tmp_path / "points.csv"
+    copy.write_bytes(shipped)
+    assert cal.write_holdout_column(copy) == {p.row for p in shipped_points() if p.holdout}
+    assert copy.read_bytes() == shipped
+    # a CSV without the column gets one: a third of its three load points, never the concurrency-1 row
+    bare = tmp_path / "bare.csv"
+    write_csv(bare, HEADER, [GOOD] + [GOOD.replace(",1,1024,", f",concurrency {n},1024,") for n in (8, 16, 32)])
+    assert not any(p.holdout for p in cal.load_points(bare))
+    held = cal.write_holdout_column(bare)
+    assert len(held) == 1 and held <= {2, 3, 4}
+    assert {p.row for p in cal.load_points(bare) if p.holdout} == held
+    assert bare.read_text().splitlines()[0].endswith(",unit,holdout")
 
 
 def test_holdout_rule_does_not_depend_on_row_order():
@@ -350,7 +367,8 @@ def test_holdout_column_values(tmp_path, header_extra, cell, expected):
 def test_bad_holdout_value_is_one_line_input_error(tmp_path, value, capsys):
     bad = tmp_path / "bad.csv"
     write_csv(bad, HEADER + ",holdout", [GOOD + ",false", GOOD + f",{value}"])
-    with pytest.raises(InputError, match=rf"bad.csv: row 2 .*field holdout: '{value}' not allowed; allowed: true, false"):
+    expected = rf"bad.csv: row 2 .*field holdout: '{value}' not allowed; allowed: true, false"
+    with pytest.raises(InputError, match=expected):
         cal.load_points(bad)
     code, _, err = run_cli(["calibrate", "--data", str(bad)], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
