@@ -12,7 +12,8 @@ or at concurrency N, the metrics in :data:`SIMULATED`) are predicted by running 
 through :func:`agentsim.estimate.estimate` with the fitted factors (:func:`predict_output_throughput`,
 assumptions from :func:`load_setup`); one simulation per optimiser evaluation would be far too slow,
 so they never enter a fit. Their error is therefore out-of-sample already, and their ``loo_error``
-is their ``rel_error``.
+is their ``rel_error``. A third of the load points is also marked held out (the CSV's ``holdout``
+column, :func:`holdout_rows`), fixed before anything is fitted to load points, to be reported apart.
 """
 from __future__ import annotations
 
@@ -39,7 +40,11 @@ from .hardware import Efficiency
 from .servicetime import StepCoeffs, prefill_attention_pairs, step_times
 
 METRIC_UNITS = {"ttft": "ms", "itl": "ms", "tpot": "ms", "tpot_p50": "ms",
-                "decode_rate_per_user": "tokens/s", "output_throughput": "tokens/s"}
+                "decode_rate_per_user": "tokens/s", "output_throughput": "tokens/s",
+                # under-load statistics as sources name them (no predictor yet: reported "not scored")
+                "ttft_mean": "ms", "ttft_p50": "ms", "ttft_p99": "ms", "tpot_mean": "ms", "tpot_p99": "ms",
+                "itl_mean": "ms", "itl_p50": "ms",
+                "total_throughput_per_gpu": "tokens/s/GPU"}  # input + output tokens per second per GPU
 PRECISION_MAP = {"fp16": "bf16", "bf16": "bf16", "fp8": "fp8", "fp4": "fp4"}
 REQUIRED = ("model", "precision", "gpu", "n_gpus", "tp", "engine", "batch_or_concurrency",
             "input_tokens", "output_tokens", "metric", "value", "unit")
@@ -50,6 +55,8 @@ MAX_FACTORS = 4          # per generation
 BOUNDS, BOUNDS_MS = (0.05, 1.0), (0.0, 100.0)  # MFU/MBU; the *_ms overheads
 OVERHEAD_FLOOR_MS = 1.0  # overheads may be 0: they are fitted as log(floor + value)
 FLOOR = {n: OVERHEAD_FLOOR_MS if n.endswith("_ms") else 0.0 for n in Efficiency.FITTABLE}
+HOLDOUT_SEED = 20261207  # the held-out third of the load points (holdout_rows); never change it once fitted
+HOLDOUT_VALUES = {"true": True, "false": False, "": False}
 LOAD_REASON = ("{} at {}: the closed-form predictors cover concurrency 1 only, and only output_throughput "
                "load points are simulated")
 
@@ -77,6 +84,7 @@ class Point:
     metric: str
     value: float
     unit: str
+    holdout: bool = False    # in the held-out third of the load points (holdout_rows); missing column -> False
 
 
 def load_points(path: str | os.PathLike) -> list[Point]:
@@ -130,11 +138,83 @@ def _parse_row(rec: dict, row: int, where: str) -> Point:
     n_gpus, tp = _number(rec, "n_gpus", where, int), _number(rec, "tp", where, int)
     if n_gpus % tp:
         raise InputError(f"{where}: field n_gpus: {n_gpus} is not a multiple of tp={tp} (pp = n_gpus/tp)")
-    load = _text(rec, "batch_or_concurrency")
+    load, holdout = _text(rec, "batch_or_concurrency"), _text(rec, "holdout")
+    if holdout.lower() not in HOLDOUT_VALUES:
+        raise InputError(f"{where}: field holdout: {holdout!r} not allowed; allowed: true, false (empty or no "
+                         "holdout column = false)")
     return Point(where, row, _text(rec, "source"), _text(rec, "model"), _text(rec, "gpu"), precision, n_gpus, tp,
                  _text(rec, "engine"), load, _concurrency(load, where),
                  _number(rec, "input_tokens", where, int, optional=True),
-                 _number(rec, "output_tokens", where, int, optional=True), metric, _number(rec, "value", where), unit)
+                 _number(rec, "output_tokens", where, int, optional=True), metric, _number(rec, "value", where), unit,
+                 HOLDOUT_VALUES[holdout.lower()])
+
+
+# -- the held-out third of the load points -------------------------------------------------------
+def is_load_point(p: Point) -> bool:
+    """Measured under load: concurrency N > 1, or an offline / server / max-throughput scenario."""
+    return p.concurrency is None or p.concurrency > 1
+
+
+def measurement_key(p: Point) -> str:
+    """One measurement's conditions (every column but metric, value, unit, notes and holdout): the rows of one
+    run (its throughput, TTFT and TPOT) share it and are held out together."""
+    fields = (p.source, p.model, p.precision, p.gpu, p.n_gpus, p.tp, p.engine, p.load, p.input_tokens, p.output_tokens)
+    return "|".join("" if f is None else str(f) for f in fields)
+
+
+def holdout_rows(points: list[Point]) -> set[int]:
+    """The data rows (``Point.row``) in the held-out third of the load points; fixed before any fit.
+
+    Rule: group the load points (:func:`is_load_point`) by :func:`measurement_key`, so one run's throughput,
+    TTFT and TPOT stay together; split the groups into two strata, those with a latency row (unit ms) and
+    the rest; in each stratum sort the distinct keys, permute them with
+    ``numpy.random.default_rng(HOLDOUT_SEED).permutation`` and take whole groups in that order until at
+    least round(n/3) of the stratum's n rows are taken. Single-stream points are never held out. The CSV's
+    ``holdout`` column stores the result (:func:`write_holdout_column`; a test rechecks it); adding load
+    rows may reshuffle it.
+    """
+    groups: dict[str, list[Point]] = {}
+    for p in points:
+        if is_load_point(p):
+            groups.setdefault(measurement_key(p), []).append(p)
+    taken: set[int] = set()
+    for latency in (True, False):
+        keys = sorted(k for k, g in groups.items() if any(p.unit == "ms" for p in g) == latency)
+        target, stratum = round(sum(len(groups[k]) for k in keys) / 3), set()
+        for i in np.random.default_rng(HOLDOUT_SEED).permutation(len(keys)):
+            if len(stratum) >= target:
+                break
+            stratum |= {p.row for p in groups[keys[i]]}
+        taken |= stratum
+    return taken
+
+
+def write_holdout_column(path: str | os.PathLike) -> set[int]:
+    """Set the CSV's ``holdout`` column (added last if missing) from :func:`holdout_rows`, atomically;
+    every other cell is kept as it is. Returns the held-out rows."""
+    held = holdout_rows(load_points(path))
+    text = Path(path).read_text(encoding="utf-8-sig")
+    header, *records = csv.reader(io.StringIO(text))
+    if "holdout" not in header:
+        header.append("holdout")
+    col = header.index("holdout")
+    out = io.StringIO()
+    writer = csv.writer(out)  # CRLF line ends, as the shipped file has
+    writer.writerow(header)
+    for i, rec in enumerate(records, 1):
+        rec += [""] * (len(header) - len(rec))
+        rec[col] = "true" if i in held else "false"
+        writer.writerow(rec)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".holdout.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(out.getvalue())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return held
 
 
 def engine_of(text: str) -> str:
@@ -450,7 +530,7 @@ def _row(cat: Catalog, p: Point, dep: Deployment | None, pred, loo, reason, in_f
             "max_batch": setup and setup.max_batch, "token_budget": setup and setup.token_budget,
             "kv_capacity_tokens": setup and setup.kv_capacity_tokens, "requests": setup and setup.requests,
             "reason": reason, "load_assumption": setup and setup.note, "gpu_assumption": cat.assumption(p.gpu),
-            "source": p.source}
+            "holdout": p.holdout, "source": p.source}
 
 
 def summary(rows: list[dict], in_fit: bool | None = True) -> dict:

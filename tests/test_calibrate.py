@@ -3,8 +3,11 @@ points simulated through the estimate path (error and stated assumptions), the f
 unscored reasons, the written catalog file, and clean errors for bad CSVs."""
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
+import re
 import tomllib
 from dataclasses import replace
 
@@ -22,8 +25,10 @@ SINGLE_STREAM_METRICS = {"ttft", "itl", "tpot", "tpot_p50", "decode_rate_per_use
 JSON_KEYS = {"model", "gpu", "metric", "measured", "predicted", "rel_error", "loo_error", "scored", "in_fit",
              "precision", "tp", "n_gpus", "input_tokens", "output_tokens", "batch_or_concurrency", "engine",
              "gpu_assumption", "kv_dtype", "max_batch", "token_budget", "kv_capacity_tokens", "requests",
-             "load_assumption"}
-LOAD_ROWS = {3, 4, 5, 6, 14}   # output_throughput with stated lengths: TRT-LLM max load, NIM concurrency 50
+             "load_assumption", "holdout"}
+LOAD_ROWS = {3, 4, 5, 6, 14}   # H100 output_throughput with stated lengths: TRT-LLM max load, NIM concurrency 50
+NEW_GPUS = {"H200", "B200", "GB200"}   # the measured points added for issue 13 (rows 19 on)
+NEW_SIMULATED = set(range(19, 33))     # their TRT-LLM perf-overview max-load output_throughput rows
 
 
 @pytest.fixture(scope="module")
@@ -57,15 +62,15 @@ def load_rows(result) -> list[dict]:
 
 
 def test_load_points_meet_acceptance(result):
-    rows = load_rows(result)
+    rows = [r for r in load_rows(result) if r["row"] in LOAD_ROWS]
     for r in rows:
         print(f"row {r['row']:>2} {r['model']} {r['input_tokens']}/{r['output_tokens']} {r['batch_or_concurrency']}: "
               f"measured {r['measured']:.0f}, predicted {r['predicted']:.0f} tokens/s ({r['rel_error']:+.1%}); "
               f"kv {r['kv_dtype']}, max_batch {r['max_batch']}, token_budget {r['token_budget']}, "
               f"{r['requests']} requests")
-    assert {r["row"] for r in rows} == LOAD_ROWS
+    assert {r["row"] for r in load_rows(result)} == LOAD_ROWS | NEW_SIMULATED
     assert all(r["metric"] == "output_throughput" and r["input_tokens"] and r["output_tokens"] for r in rows)
-    s = cal.summary(result.rows, in_fit=False)
+    s = cal.summary(rows, in_fit=False)  # the H100 rows; the new GPUs' rows wait for engine presets (issue 13)
     print(s)
     assert s["points"] == len(LOAD_ROWS)
     assert s["median_abs_error"] <= 0.20, s
@@ -81,7 +86,7 @@ def test_load_points_stay_out_of_the_fit(result):
 
 def test_load_point_assumptions_are_stated(result):
     for r in load_rows(result):
-        assert r["kv_dtype"] == "fp8", r  # all five are TensorRT-LLM at FP8 weights
+        assert r["kv_dtype"] == "fp8", r  # all are TensorRT-LLM at FP8 or FP4 weights
         assert r["max_batch"] >= 1 and r["token_budget"] >= 1 and r["kv_capacity_tokens"] > 0
         concurrency = int(r["batch_or_concurrency"].split()[-1]) if "concurrency" in r["batch_or_concurrency"] \
             else r["max_batch"]           # at max load the batch is full: max_batch requests in flight
@@ -150,10 +155,11 @@ def test_unscored_rows_carry_reasons(result):
     for r in unscored:
         assert r["reason"] and r["predicted"] is None and r["rel_error"] is None
     throughput = [r for r in unscored if r["metric"] == "output_throughput"]
-    assert {r["row"] for r in throughput} == {1, 2, 18}   # MLPerf offline/server, yobitel concurrency 16
+    assert {r["row"] for r in throughput} == {1, 2, 18, 45}  # MLPerf offline/server x2, yobitel concurrency 16
     assert all("without input/output lengths" in r["reason"] for r in throughput)
     assert all(r["kv_dtype"] is None and r["max_batch"] is None for r in throughput)
-    no_lengths = [r for r in unscored if r["input_tokens"] is None and r["metric"] == "tpot_p50"]
+    no_lengths = [r for r in unscored if r["input_tokens"] is None and r["metric"] == "tpot_p50"
+                  and r["batch_or_concurrency"] == "concurrency 1"]
     assert no_lengths and all("lengths" in r["reason"] for r in no_lengths)
 
 
@@ -196,7 +202,7 @@ def test_json_cli_output_has_the_keys(result, capsys):
 def test_table_states_the_load_assumptions(result):
     from agentsim.cli.calibrate_cmd import load_block
     out = load_block(result.rows)
-    assert "scored, not fitted" in out and "load: 5 scored points" in out
+    assert "scored, not fitted" in out and f"load: {len(LOAD_ROWS | NEW_SIMULATED)} scored points" in out
     for row in LOAD_ROWS:
         assert f"  row {row}: fp8 KV" in out
     assert "  row 18: not scored: load point (concurrency 16) without input/output lengths" in out
@@ -265,3 +271,104 @@ def test_bad_fields_are_input_errors(tmp_path, change, field):
     write_csv(bad, HEADER, [GOOD.replace(*change)])
     with pytest.raises(InputError, match=f"row 1.*{field}"):
         cal.load_points(bad)
+
+
+# -- the measured points on H200 / B200 / GB200 and the held-out third (issue 13) -------------------
+def shipped_points() -> list[cal.Point]:
+    return cal.load_points(data_path("calibration.csv"))
+
+
+def test_holdout_column_matches_the_rule():
+    points = shipped_points()
+    held = {p.row for p in points if p.holdout}
+    assert held == cal.holdout_rows(points), \
+        "stale: python -c \"from agentsim.calibrate import write_holdout_column as w; w('agentsim/data/calibration.csv')\""
+    load = [p for p in points if cal.is_load_point(p)]
+    assert not any(p.holdout for p in points if not cal.is_load_point(p))  # single-stream points stay in
+    assert all(p.concurrency == 1 for p in points if not cal.is_load_point(p))
+    # a third of the load points, overshooting by at most a group of 3 rows less one in each of two strata
+    assert round(len(load) / 3) <= len(held) <= round(len(load) / 3) + 4, (len(held), len(load))
+    for stratum in (lambda p: p.unit == "ms", lambda p: p.unit != "ms"):   # latency and throughput rows both
+        assert any(stratum(p) and p.holdout for p in load)
+    by_run: dict[str, set[bool]] = {}
+    for p in load:
+        by_run.setdefault(cal.measurement_key(p), set()).add(p.holdout)
+    assert all(len(v) == 1 for v in by_run.values())  # one run's throughput / TTFT / TPOT held out together
+
+
+def test_write_holdout_column_reproduces_the_shipped_file(tmp_path):
+    shipped = data_path("calibration.csv").read_bytes()
+    copy = tmp_path / "points.csv"
+    copy.write_bytes(shipped)
+    assert cal.write_holdout_column(copy) == {p.row for p in shipped_points() if p.holdout}
+    assert copy.read_bytes() == shipped
+    # a CSV without the column gets one: a third of its three load points, never the concurrency-1 row
+    bare = tmp_path / "bare.csv"
+    write_csv(bare, HEADER, [GOOD] + [GOOD.replace(",1,1024,", f",concurrency {n},1024,") for n in (8, 16, 32)])
+    assert not any(p.holdout for p in cal.load_points(bare))
+    held = cal.write_holdout_column(bare)
+    assert len(held) == 1 and held <= {2, 3, 4}
+    assert {p.row for p in cal.load_points(bare) if p.holdout} == held
+    assert bare.read_text().splitlines()[0].endswith(",unit,holdout")
+
+
+def test_holdout_rule_does_not_depend_on_row_order():
+    points = shipped_points()
+    shuffled = [points[i] for i in np.random.default_rng(0).permutation(len(points))]
+    assert cal.holdout_rows(shuffled) == cal.holdout_rows(points)
+
+
+def test_new_points_on_h200_b200_gb200():
+    cat = load_catalog((), calibrated=False)
+    new = [p for p in shipped_points() if cat.gpu(p.gpu).name in NEW_GPUS]
+    assert new and min(p.row for p in new) == 19
+    for p in new:
+        assert p.source.startswith("https://"), p.where
+        cat.model(p.model)  # raises for a model not in the catalog
+        assert re.search(r"TensorRT-LLM|vLLM|SGLang", p.engine), p.where
+        assert cal.is_load_point(p), p.where
+        if p.input_tokens is None or p.output_tokens is None:  # only MLPerf's dataset runs, which say so
+            assert "MLPerf" in p.load and "varying input/output length" in NOTES[p.row], p.where
+    fixed = [p for p in new if p.input_tokens and p.output_tokens]
+    assert len(fixed) >= 12
+    for gpu in NEW_GPUS:
+        assert sum(cat.gpu(p.gpu).name == gpu for p in fixed) >= 3, gpu
+    latency = {p.metric for p in fixed if p.unit == "ms"}
+    assert {"ttft_p50", "tpot_p50"} <= latency and all(p.concurrency and p.concurrency > 1 for p in fixed
+                                                        if p.unit == "ms")
+
+
+def test_new_metrics_are_reported_not_scored(result):
+    rows = {r["row"]: r for r in result.rows}
+    for row in NEW_SIMULATED:
+        assert rows[row]["scored"] and not rows[row]["in_fit"], row
+    for r in result.rows:
+        if r["row"] >= 19 and r["metric"] != "output_throughput":
+            assert not r["scored"] and r["reason"], r
+    assert any("no predictor for metric ttft_p50" == r["reason"] for r in result.rows)
+    assert [r["holdout"] for r in result.rows] == [p.holdout for p in shipped_points()]
+
+
+NOTES = {i: rec["notes"] for i, rec in enumerate(csv.DictReader(io.StringIO(
+    data_path("calibration.csv").read_text(encoding="utf-8-sig"))), 1)}
+
+
+@pytest.mark.parametrize("header_extra, cell, expected", [("", "", False), (",holdout", ",", False),
+                                                          (",holdout", ",true", True), (",holdout", ",FALSE", False),
+                                                          (",holdout", ",True", True)])
+def test_holdout_column_values(tmp_path, header_extra, cell, expected):
+    good = tmp_path / "good.csv"
+    write_csv(good, HEADER + header_extra, [GOOD + cell])
+    (point,) = cal.load_points(good)
+    assert point.holdout is expected
+
+
+@pytest.mark.parametrize("value", ["yes", "1", "held out"])
+def test_bad_holdout_value_is_one_line_input_error(tmp_path, value, capsys):
+    bad = tmp_path / "bad.csv"
+    write_csv(bad, HEADER + ",holdout", [GOOD + ",false", GOOD + f",{value}"])
+    expected = rf"bad.csv: row 2 .*field holdout: '{value}' not allowed; allowed: true, false"
+    with pytest.raises(InputError, match=expected):
+        cal.load_points(bad)
+    code, _, err = run_cli(["calibrate", "--data", str(bad)], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err

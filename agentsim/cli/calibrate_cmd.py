@@ -90,8 +90,8 @@ def tier_blocks(meta: dict) -> str:
 
 @cli.command("calibrate")
 @click.option("--data", "data_file", type=click.Path(dir_okay=False), default=None,
-              help="Measured points (CSV with the columns of calibration.csv). "
-                   "Default: the shipped agentsim/data/calibration.csv.")
+              help="Measured points (CSV with the columns of calibration.csv; the holdout column "
+                   "may be left out, meaning false). Default: the shipped agentsim/data/calibration.csv.")
 @click.option("--write", "write_file", type=click.Path(dir_okay=False), default=None,
               help="Write the fitted factors to this catalog TOML file (atomically).")
 @click.option("--refit", is_flag=True,
