@@ -36,6 +36,8 @@ BF16 = 2.0
 
 
 def _peak(gpu: GPU, dtype: str) -> float:
+    if dtype == "nvfp4":
+        return gpu.peak_flops("fp4") or gpu.peak_flops("fp8")
     return gpu.peak_flops("fp8" if dtype.startswith("fp8") else "bf16")
 
 
@@ -44,8 +46,12 @@ def _max_roof(flops, bytes_, gpu: GPU, dtype: str):
 
 
 # -- rooflines: datasheet-peak time of one op; the grid stores how far the measurement is from it ---
+#: bytes per weight/activation element of a GEMM input; NVFP4 adds one fp8 scale per 16 values
+GEMM_BYTES = {"bfloat16": BF16, "fp8": 1.0, "fp8_block": 1.0, "nvfp4": 0.5 + 1.0 / 16}
+
+
 def gemm_roofline(m, n, k, gpu: GPU, dtype: str):
-    eb = 1.0 if dtype.startswith("fp8") else BF16
+    eb = GEMM_BYTES.get(dtype, BF16)
     return _max_roof(2.0 * m * n * k, (m * k + k * n) * eb + m * n * BF16, gpu, dtype)
 
 
@@ -126,7 +132,7 @@ def _min_over_kernels(df, keys):
 
 
 def _prep_gemm(df):
-    df = df[df["gemm_dtype"].isin(["bfloat16", "fp8"])]
+    df = df[df["gemm_dtype"].isin(["bfloat16", "fp8", "nvfp4"])]
     return _min_over_kernels(df, ["gemm_dtype", "m", "n", "k"])
 
 

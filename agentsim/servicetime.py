@@ -65,9 +65,11 @@ class _Ops:
             self.label = "ideal"
         self.outside: set[str] = set()
         self.gpu = dep.gpu
-        self.gemm_cat = "bfloat16" if dep.precision == "bf16" else "fp8"
-        if not self.ideal and (dep.precision == "fp4" or not om.has(self.engine, self.fitted, "gemm", self.gemm_cat)):
-            self.label = "transferred"        # fp4 GEMMs priced with the fp8 grid at the fp4 peak
+        self.gemm_cat = {"bf16": "bfloat16", "fp8": "fp8", "fp4": "nvfp4"}[dep.precision]
+        if not self.ideal and not om.has(self.engine, self.fitted, "gemm", self.gemm_cat):
+            if self.gemm_cat == "nvfp4":      # no measured NVFP4 GEMMs (pre-Blackwell): the fp8 grid
+                self.gemm_cat = "fp8"
+            self.label = "transferred"
         self.kv_cat = "fp8" if dep.kv_dtype == "fp8" else "bfloat16"
 
     def _grid(self, op: str, cat: str, *sizes):

@@ -62,7 +62,19 @@ def test_support_labels():
     assert StepCoeffs.of(mi).label == "transferred"
     assert om.source(mi.gpu)[1] == "transferred"
     fp4 = Deployment.from_catalog(CAT, "Llama-3-8B", "B200", precision="fp4")
-    assert StepCoeffs.of(fp4).label == "transferred"   # no fp4 GEMM tables: fp8 grid at the fp4 peak
+    assert StepCoeffs.of(fp4).label == "measured"      # B200's NVFP4 GEMM tables
+    b300 = CAT.gpu("B200").model_copy(update={"name": "B300-like"})   # a Blackwell part without tables
+    fp4 = Deployment(model=CAT.model("Llama-3-8B"), gpu=b300, efficiency=CAT.efficiency(b300), precision="fp4")
+    assert StepCoeffs.of(fp4).label == "transferred"
+
+
+def test_nvfp4_gemms_are_priced_from_their_own_tables():
+    """A compute-bound prefill at fp4 on B200 is faster than at fp8 (NVFP4 tensor cores, half the
+    weight bytes), and by less than the 2x datasheet ratio (measured kernels)."""
+    def prefill(precision):
+        c = StepCoeffs.of(Deployment.from_catalog(CAT, "Llama-3.1-70B", "B200", precision=precision))
+        return c.kernel_time(prefill_tokens=8192, prefill_attn=8192 * 8192 / 2)
+    assert 1.0 < prefill("fp8") / prefill("fp4") < 2.0
 
 
 def test_transferred_gpu_scales_with_its_peaks():
