@@ -501,7 +501,7 @@ class Replica:
             if ch == r:
                 done += 1
         busy = self.c.kernel_time(pf_tokens, attn, n, S, n + done) + load * self.c.t_host_load
-        dur = busy + self.c.overhead
+        dur = busy + (self.c.overhead + self.c.per_seq * n)
         self._mixed = (chunks, n + done, busy)
         self._mixed_dur = dur
         self._law = None

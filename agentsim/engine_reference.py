@@ -209,7 +209,7 @@ class SteppingReplica:
         tokens = len(decoders) + sum(ch for _, ch in chunks)
         comm = self.c.comm_fixed + self.c.comm_token * tokens if self.c.comm_fixed else 0.0
         self.energy_j += self.c.power_w * (self.c.idle_fraction * (now - self._t0)
-                                           + (1 - self.c.idle_fraction) * (dur - self.c.overhead - comm))
+                                           + (1 - self.c.idle_fraction) * (dur - self.c.step_overhead(len(decoders)) - comm))
         finished = []
         for r in decoders:
             r.kv += 1

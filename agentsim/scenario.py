@@ -57,8 +57,12 @@ class Model(BaseModel):
 
 # -- building blocks ------------------------------------------------------------------------------
 class EngineSettings(Model):
-    """Scheduler and cache settings of a replica (vLLM V1-like defaults)."""
+    """Scheduler and cache settings of a replica (vLLM V1-like defaults, or an engine preset's)."""
 
+    preset: Literal["vllm", "sglang", "trtllm"] | None = Field(
+        None, description="engine preset (data/presets.toml): fills max_batch, token_budget, kv_dtype, kernels and "
+                          "the time outside the GPU where not set here; none = vLLM V1 limits with the GPU "
+                          "generation's overheads")
     max_batch: int | None = Field(None, ge=1, le=MAX_COUNT, description="max running requests; default 1024 on >=70 GB "
                                                           "non-A100 GPUs, else 256 (vLLM max_num_seqs)")
     token_budget: int | None = Field(None, ge=1, le=MAX_TOKENS, description="tokens per step (chunked prefill); default "
@@ -305,7 +309,8 @@ class Scenario(Model):
 
     def pool_engine(self, name: str) -> EngineSettings:
         """The engine settings of one pool: [engine] with the pool's overrides."""
-        return EngineSettings(**{**self.engine.model_dump(), **self.pools[name].engine})
+        # exclude_unset: a preset fills only the fields nobody set, so which ones were set must survive
+        return EngineSettings(**{**self.engine.model_dump(exclude_unset=True), **self.pools[name].engine})
 
 
 # -- loading and overrides ------------------------------------------------------------------------
