@@ -80,7 +80,7 @@ class SteppingReplica:
         decoders, chunks, step = self._plan_data
         tokens = len(decoders) + sum(ch for _, ch in chunks)
         comm = self.c.comm_fixed + self.c.comm_token * tokens if self.c.comm_fixed else 0.0
-        kernel = (step - self.c.overhead - comm) * min(1.0, dur / step)
+        kernel = (step - self.c.step_overhead(len(decoders)) - comm) * min(1.0, dur / step)
         c = self.c
         return self.busy_time + dur, self.energy_j + c.power_w * (c.idle_fraction * dur + (1 - c.idle_fraction) * kernel)
 

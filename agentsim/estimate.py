@@ -134,7 +134,8 @@ def server_search(seed: int = 1, **kw) -> dict:
     Bisection on the rate between SERVER_LOW and 1 x the offline saturation rate, each probe the
     same ``requests`` Poisson arrivals with the same ``seed`` (deterministic). Returns the figures at
     the rate found, with ``server_rate_rps``, the bounds, ``server_meets`` (False: even the lowest
-    rate misses a bound; its figures are returned) and ``offline_saturation_rps``.
+    rate misses a bound; its figures are returned), ``server_next_rps`` (the lowest rate probed that
+    misses a bound; None when the saturation rate meets both) and ``offline_saturation_rps``.
     """
     ttft, tpot = kw.pop("ttft_p99"), kw.pop("tpot_p99")
     kw.pop("mode")
@@ -149,10 +150,12 @@ def server_search(seed: int = 1, **kw) -> dict:
     lo, hi = SERVER_LOW * sat, sat
     ok, best = probe(lo)
     meets = ok
-    if ok:
+    if not ok:
+        hi = lo
+    else:
         ok_hi, out_hi = probe(hi)
         if ok_hi:
-            lo, best = hi, out_hi
+            lo, best, hi = hi, out_hi, None
         else:
             for _ in range(SERVER_STEPS):
                 mid = 0.5 * (lo + hi)
@@ -161,7 +164,7 @@ def server_search(seed: int = 1, **kw) -> dict:
                     lo, best = mid, out
                 else:
                     hi = mid
-    best.update(server_rate_rps=lo, server_meets=meets, server_ttft_p99_bound_s=ttft, server_tpot_p99_bound_s=tpot,
+    best.update(server_rate_rps=lo, server_next_rps=hi, server_meets=meets, server_ttft_p99_bound_s=ttft, server_tpot_p99_bound_s=tpot,
                 offline_saturation_rps=sat, offline_output_tokens_per_s=offline["steady_output_tokens_per_s"])
     return best
 

@@ -22,7 +22,7 @@ SINGLE_STREAM_METRICS = {"ttft", "itl", "tpot", "tpot_p50", "decode_rate_per_use
 JSON_KEYS = {"model", "gpu", "metric", "measured", "predicted", "rel_error", "loo_error", "scored", "in_fit",
              "precision", "tp", "n_gpus", "input_tokens", "output_tokens", "batch_or_concurrency", "engine",
              "gpu_assumption", "kv_dtype", "max_batch", "token_budget", "kv_capacity_tokens", "requests",
-             "load_assumption"}
+             "load_assumption", "command", "preset", "holdout", "load"}
 LOAD_ROWS = {3, 4, 5, 6, 14}   # output_throughput with stated lengths: TRT-LLM max load, NIM concurrency 50
 
 
@@ -81,7 +81,7 @@ def test_load_points_stay_out_of_the_fit(result):
 
 def test_load_point_assumptions_are_stated(result):
     for r in load_rows(result):
-        assert r["kv_dtype"] == "fp8", r  # all five are TensorRT-LLM at FP8 weights
+        assert r["preset"] == "trtllm" and r["kv_dtype"] == "fp8", r  # all five: TensorRT-LLM at FP8 weights
         assert r["max_batch"] >= 1 and r["token_budget"] >= 1 and r["kv_capacity_tokens"] > 0
         concurrency = int(r["batch_or_concurrency"].split()[-1]) if "concurrency" in r["batch_or_concurrency"] \
             else r["max_batch"]           # at max load the batch is full: max_batch requests in flight
@@ -91,20 +91,39 @@ def test_load_point_assumptions_are_stated(result):
         # TRT-LLM's no-evict scheduler: every admitted request fits in full, so nothing is preempted
         assert r["max_batch"] * (r["input_tokens"] + r["output_tokens"]) <= r["kv_capacity_tokens"]
     single = [r for r in result.rows if r["scored"] and r["in_fit"]]
-    assert all(r["kv_dtype"] == "bf16" and r["max_batch"] is None and r["requests"] is None for r in single)
+    assert all(r["max_batch"] is None and r["requests"] is None and r["command"] is None for r in single)
+    # single-stream points run under their preset too: TRT-LLM at FP8 weights keeps an FP8 KV cache
+    assert {r["kv_dtype"] for r in single if r["preset"] == "trtllm" and r["precision"] == "FP8"} == {"fp8"}
 
 
-def test_load_prediction_is_the_estimate_path(result):
-    """The shipped calibrated.toml holds the fitted factors, so plain estimate() with the stated
-    assumptions reproduces a load point's prediction."""
-    r = next(r for r in result.rows if r["row"] == 14)
-    out = estimate(seed=cal.LOAD_SEED, model=r["model"], gpu=r["gpu"], tp=r["tp"], pp=r["n_gpus"] // r["tp"],
-                   precision=r["precision"].lower(), input_tokens=r["input_tokens"], output_tokens=r["output_tokens"],
-                   concurrency=50, requests=r["requests"],
-                   engine={"kv_dtype": r["kv_dtype"], "kernels": r["kernels"], "max_batch": r["max_batch"],
-                           "token_budget": r["token_budget"]})
-    assert out["kv_capacity_tokens"] == r["kv_capacity_tokens"] and out["preemptions"] == 0
-    assert math.isclose(out["steady_output_tokens_per_s"], r["predicted"], rel_tol=1e-3)
+def _run_command(command: str, capsys) -> float:
+    """Run a printed `agentsim estimate ... --format json  # key` command; the figure it names."""
+    import shlex
+    line, _, key = command.partition("#")
+    args = shlex.split(line)
+    assert args[:2] == ["agentsim", "estimate"], command
+    code, out, err = run_cli(args[1:], capsys)
+    assert code == 0, err
+    return json.loads(out)[key.strip()]
+
+
+def test_printed_command_reproduces_each_load_prediction(result, capsys):
+    """The shipped calibrated.toml holds the fitted overheads, so the one command printed per load
+    point, run as a user would, gives its prediction: no hidden per-point setup."""
+    rows = [r for r in load_rows(result) if r["requests"] <= 10_000]   # the 74k-request row is slow
+    assert len(rows) >= 3
+    for r in rows:
+        assert "--engine trtllm" in r["command"] and "--max-batch" not in r["command"]
+        value = _run_command(r["command"], capsys)
+        assert math.isclose(value, r["predicted"], rel_tol=1e-3), (r["row"], value, r["predicted"])
+
+
+def test_held_out_rows_are_summarised_apart():
+    rows = [{"scored": True, "in_fit": False, "holdout": h, "rel_error": e, "loo_error": e}
+            for h, e in ((True, 0.1), (True, -0.3), (False, 0.02), (False, 0.04))]
+    held, every = cal.summary(rows, in_fit=False, holdout=True), cal.summary(rows, in_fit=False)
+    assert held["points"] == 2 and math.isclose(held["median_abs_error"], 0.2) and held["max_abs_error"] == 0.3
+    assert every["points"] == 4 and math.isclose(every["median_abs_error"], 0.07)
 
 
 def test_trtllm_bench_limits_follow_its_heuristic():
@@ -163,7 +182,9 @@ def test_gpu_assumption_reported(result):
 
 
 def test_predictor_registry_is_the_extension_point(monkeypatch):
-    monkeypatch.setitem(cal.PREDICTORS, "output_throughput", lambda dep, p: p.value)
+    from agentsim import calibrate_load
+    monkeypatch.setattr(calibrate_load, "predict_load", lambda dep, p, overheads: p.value)
+    monkeypatch.setattr(calibrate_load, "load_setup", lambda dep, p: None)
     res = cal.calibrate(cal.load_points(data_path("calibration.csv")), load_catalog((), calibrated=False))
     rows = [r for r in res.rows if r["metric"] == "output_throughput"]
     assert rows and all(r["scored"] and abs(r["rel_error"]) < 1e-9 for r in rows)
@@ -196,9 +217,10 @@ def test_json_cli_output_has_the_keys(result, capsys):
 def test_table_states_the_load_assumptions(result):
     from agentsim.cli.calibrate_cmd import load_block
     out = load_block(result.rows)
-    assert "scored, not fitted" in out and "load: 5 scored points" in out
+    assert "scored, never fitted" in out and "load (all): 5 scored points" in out and "load (held out)" in out
     for row in LOAD_ROWS:
-        assert f"  row {row}: fp8 KV" in out
+        assert f"  row {row}: output_throughput: measured" in out
+    assert out.count("agentsim estimate --model") == len(LOAD_ROWS)
     assert "  row 18: not scored: load point (concurrency 16) without input/output lengths" in out
 
 
@@ -225,6 +247,10 @@ def test_shipped_calibrated_file_is_current(result, capsys):
         assert eff.calibrated, stale
         for name, value in fit.fitted.items():
             assert math.isclose(getattr(eff, name), value, rel_tol=1e-3, abs_tol=1e-3), (gen, name, stale)
+    assert result.preset_fits, "no engine preset was fitted"
+    for name, fit in result.preset_fits.items():
+        for factor, value in fit.fitted.items():
+            assert math.isclose(shipped.engines[name][factor], value, rel_tol=1e-3, abs_tol=1e-3), (name, factor, stale)
     code, out, _ = run_cli(["catalog", "gpus", "--format", "json"], capsys)
     calibrated = {r["gpu"]: r["calibrated"] for r in json.loads(out)}
     assert code == 0 and calibrated["H100-SXM"] and calibrated["A100-SXM-80GB"]
