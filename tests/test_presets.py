@@ -172,11 +172,13 @@ def test_offline_mode_is_max_load():
 
 
 def test_server_mode_finds_the_highest_rate_meeting_the_bounds():
-    kw = dict(**SHAPE, mode="server", ttft_p99=0.25, tpot_p99=0.03, requests=300, engine={"preset": "vllm"})
+    kw = dict(**SHAPE, mode="server", ttft_p99=0.25, tpot_p99=0.03, requests=300, engine={"preset": "vllm"},
+              min_duration_s=5.0)
     out = estimate(**kw)
     assert out["server_meets"] and 0 < out["server_rate_rps"] < out["offline_saturation_rps"]
     assert out["ttft_p99_s"] <= 0.25 and out["tpot_p99_s"] <= 0.03
-    over = estimate(**SHAPE, rate=out["server_next_rps"], requests=300, engine={"preset": "vllm"})
+    assert out["server_requests"] >= 300
+    over = estimate(**SHAPE, rate=out["server_next_rps"], requests=out["server_requests"], engine={"preset": "vllm"})
     assert over["ttft_p99_s"] > 0.25 or over["tpot_p99_s"] > 0.03        # the next rate probed misses a bound
     assert out["server_next_rps"] - out["server_rate_rps"] <= out["offline_saturation_rps"] * 2.0 ** -13
     again = estimate(**kw)
@@ -188,6 +190,16 @@ def test_server_mode_finds_the_highest_rate_meeting_the_bounds():
 def test_server_mode_bad_bounds(bad, needle):
     with pytest.raises(InputError, match=needle):
         estimate(**SHAPE, mode="server", **bad)
+
+
+def test_server_runs_last_long_enough_to_show_a_growing_queue():
+    """At the offline saturation rate the queue grows with the run: MLPerf's 600 s run fails a
+    bound a 300-request run passes, so the longer run finds a lower rate."""
+    kw = dict(**SHAPE, mode="server", ttft_p99=1.0, tpot_p99=0.1, requests=300, engine={"preset": "vllm"})
+    short = estimate(**kw, min_duration_s=0.0)
+    long = estimate(**kw, min_duration_s=120.0)
+    assert long["server_requests"] > short["server_requests"] == 300
+    assert long["server_rate_rps"] < short["server_rate_rps"]
 
 
 def test_bounds_without_server_mode_are_refused():

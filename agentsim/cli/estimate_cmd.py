@@ -45,6 +45,8 @@ def in_flag_words(message: str) -> str:
                    "rate meeting --ttft-p99 and --tpot-p99.")
 @click.option("--ttft-p99", type=Finite(0, 1e6, low_open=True), default=None, help="--mode server: p99 TTFT bound (s).")
 @click.option("--tpot-p99", type=Finite(0, 1e6, low_open=True), default=None, help="--mode server: p99 TPOT bound (s).")
+@click.option("--min-duration", type=Finite(0, 1e6), default=None,
+              help="--mode server: simulate at least this many seconds of arrivals per rate (default 600, MLPerf's).")
 @click.option("--engine", "preset", default=None,
               help="Engine preset: vllm | sglang | trtllm (batching defaults and time outside the GPU, "
                    "data/presets.toml); default: vLLM V1 limits with the GPU generation's overheads.")
@@ -59,7 +61,7 @@ def in_flag_words(message: str) -> str:
 @force_option
 @format_option
 def estimate_cmd(model, gpu, tp, pp, precision, input_tokens, output_tokens, cached_tokens, concurrency, rate, max_load,
-                 mode, ttft_p99, tpot_p99, preset, requests, replicas, max_batch, token_budget, seed, catalog_files,
+                 mode, ttft_p99, tpot_p99, min_duration, preset, requests, replicas, max_batch, token_budget, seed, catalog_files,
                  force, fmt) -> None:
     """Simulate one deployment: TTFT, TPOT, E2E (mean and percentiles) and token throughput.
 
@@ -73,6 +75,10 @@ def estimate_cmd(model, gpu, tp, pp, precision, input_tokens, output_tokens, cac
               requests=requests, replicas=replicas, engine=engine, catalog=list(catalog_files))
     if mode is not None or ttft_p99 is not None or tpot_p99 is not None:
         kw.update(mode=mode, ttft_p99=ttft_p99, tpot_p99=tpot_p99)
+    if min_duration is not None:
+        if mode != "server":
+            raise InputError("estimate: --min-duration only applies with --mode server")
+        kw["min_duration_s"] = min_duration
     try:
         _check(kw, force)
         out = estimate(seed=seed, **kw)
@@ -86,7 +92,7 @@ def _check(kw: dict, force: bool) -> None:
     from ..estimate import estimate_scenario
     from ..scenario import parse
     from ..workload import check_runnable, check_work, estimate_work
-    sc = parse(estimate_scenario(**kw))
+    sc = parse(estimate_scenario(**{k: v for k, v in kw.items() if k != "min_duration_s"}))
     for note in check_runnable(sc):
         click.echo(f"warning: {in_flag_words(note)}", err=True)
     check_work(estimate_work(sc), force, what="this estimate", advice="lower --requests or --concurrency")
