@@ -1,18 +1,19 @@
-"""Fitting each GPU generation's efficiency factors to measured points (``agentsim calibrate``).
+"""Fitting the time outside the GPU to measured points (``agentsim calibrate``, tier c).
 
-Read in order: :func:`load_points` (CSV -> validated :class:`Point`), :data:`PREDICTORS` (metric ->
-prediction from a :class:`Deployment`), :func:`fit_factors` (pick the identified factors; minimise
+Read in order: :func:`load_points` (CSV -> validated :class:`Point`), :func:`deployment` (the point
+under its engine's preset), :data:`PREDICTORS` (metric -> prediction from a :class:`Deployment`),
+:func:`fit_factors` (pick the identified factors; minimise
 Σ_points log(pred/measured)² + Σ_factors (λ·log(factor/prior))², λ = PRIOR_WEIGHT, so a factor the
-data barely constrain stays near its prior), :func:`calibrate` (all generations, leave-one-out) and
-:func:`write_calibrated`. A predictor that cannot express a point raises :class:`Unscored`.
+data barely constrain stays near its prior), :func:`calibrate` (per engine preset, and per GPU
+generation for scenarios without a preset; leave-one-out) and :func:`write_calibrated`. A predictor
+that cannot express a point raises :class:`Unscored`.
 
 Two kinds of points. *Single-stream* points (concurrency 1: TTFT, ITL, ...) have closed-form
-predictors and are what the factors are fitted to. *Load points* (``output_throughput`` at max load
-or at concurrency N, the metrics in :data:`SIMULATED`) are predicted by running the serving engine
-through :func:`agentsim.estimate.estimate` with the fitted factors (:func:`predict_output_throughput`,
-assumptions from :func:`load_setup`); one simulation per optimiser evaluation would be far too slow,
-so they never enter a fit. Their error is therefore out-of-sample already, and their ``loo_error``
-is their ``rel_error``.
+predictors and are what the overheads are fitted to. *Load points* (offline / max or concurrency
+N > 1: throughput, TTFT, TPOT) are each one ``agentsim estimate`` run with the preset's fitted
+overheads (:mod:`agentsim.calibrate_load`); one simulation per optimiser evaluation would be far
+too slow, so they never enter a fit. Their error is therefore out-of-sample already, and their
+``loo_error`` is their ``rel_error``.
 """
 from __future__ import annotations
 

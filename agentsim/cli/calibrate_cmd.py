@@ -7,13 +7,14 @@
 ``--refit`` regenerates ``agentsim/data/opmodel.npz`` from the installed op tables
 (``pip install 'agentsim[optables]'``) and prints tiers (a) and (b) afresh.
 
-Tier (c), as before: fit each GPU generation's per-step and per-request overheads to measured points.
+Tier (c): fit each engine preset's per-step and per-request overheads (and, for scenarios without a
+preset, each GPU generation's) to measured single-stream points.
 
 Prints every point (conditions, measured, predicted, relative and leave-one-out error, or why it
-is not scored), then per generation the fitted factors against their priors and an error summary
-of the single-stream points they were fitted to, then the load points: simulated by the serving
-engine (``agentsim.estimate``) with the fitted factors, each with its assumptions (KV dtype, batch
-limits, simulated requests), scored but never fitted.
+is not scored), then per preset and per generation the fitted factors against their priors and an
+error summary of the single-stream points they were fitted to, then the load points: each the
+one ``agentsim estimate`` command printed with it (its preset, nothing hidden) and its
+assumptions, scored but never fitted; error over all of them and over the held-out rows.
 ``--write FILE`` saves the fitted factors as a catalog file (the shipped one is
 ``agentsim/data/calibrated.toml``).
 """
