@@ -32,10 +32,11 @@ def engine_config(dep: Deployment, s: EngineSettings, streams: list | None = Non
     if s.preset is not None:
         max_batch, budget, _ = presets.preset_limits(s.preset, dep, streams, s)
         return EngineConfig(kv_capacity=dep.kv_capacity_tokens, max_batch=max_batch, token_budget=budget,
-                            admission=s.admission)
+                            admission=s.admission, chunked_prefill=s.chunked_prefill)
     max_batch, budget = default_limits(dep)
     return EngineConfig(kv_capacity=dep.kv_capacity_tokens, max_batch=s.max_batch or max_batch,
-                        token_budget=s.token_budget or budget, admission=s.admission)
+                        token_budget=s.token_budget or budget, admission=s.admission,
+                        chunked_prefill=s.chunked_prefill)
 
 
 def pool_deployment(catalog: Catalog, p, settings: EngineSettings) -> tuple[Deployment, EngineSettings]:

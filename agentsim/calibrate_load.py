@@ -32,13 +32,15 @@ _MAX_LOAD = re.compile(r"max|offline", re.I)
 #: metric -> (estimate key, how to turn it into the CSV's unit)
 LOAD_METRICS = {
     "output_throughput": ("steady_output_tokens_per_s", lambda v: v),
-    "ttft": ("ttft_s", lambda v: v * 1e3), "ttft_p50": ("ttft_p50_s", lambda v: v * 1e3),
-    "ttft_p90": ("ttft_p90_s", lambda v: v * 1e3), "ttft_p99": ("ttft_p99_s", lambda v: v * 1e3),
-    "tpot": ("tpot_s", lambda v: v * 1e3), "itl": ("tpot_s", lambda v: v * 1e3),
-    "tpot_p50": ("tpot_p50_s", lambda v: v * 1e3), "tpot_p90": ("tpot_p90_s", lambda v: v * 1e3),
-    "tpot_p99": ("tpot_p99_s", lambda v: v * 1e3),
-    "decode_rate_per_user": ("tpot_s", lambda v: 1.0 / v),
+    "ttft": ("steady_ttft_s", lambda v: v * 1e3), "ttft_p50": ("steady_ttft_p50_s", lambda v: v * 1e3),
+    "ttft_p90": ("steady_ttft_p90_s", lambda v: v * 1e3), "ttft_p99": ("steady_ttft_p99_s", lambda v: v * 1e3),
+    "tpot": ("steady_tpot_s", lambda v: v * 1e3), "itl": ("steady_tpot_s", lambda v: v * 1e3),
+    "tpot_p50": ("steady_tpot_p50_s", lambda v: v * 1e3), "tpot_p90": ("steady_tpot_p90_s", lambda v: v * 1e3),
+    "tpot_p99": ("steady_tpot_p99_s", lambda v: v * 1e3),
+    "decode_rate_per_user": ("steady_tpot_s", lambda v: 1.0 / v),
 }
+#: latency metrics of an offline run (every request at t=0) have no steady window: all requests count
+OFFLINE_KEYS = {k: k.removeprefix("steady_") for k, _ in LOAD_METRICS.values() if k.startswith("steady_t")}
 
 
 def is_load_point(p: Point) -> bool:
@@ -95,6 +97,7 @@ def load_setup(dep: Deployment, p: Point) -> LoadSetup:
         raise Unscored(f"load point ({p.load}): only offline (max) and closed-loop concurrency N loads are simulated")
     preset = engine_of(p.engine)
     key = LOAD_METRICS[p.metric][0]
+    key = OFFLINE_KEYS.get(key, key) if max_load else key
     probe = _kwargs(dep, p, preset, max_load, 1)
     try:
         sc = parse(estimate_scenario(**{k: v for k, v in probe.items() if k != "mode"},
@@ -145,6 +148,6 @@ def simulate_load_point(dep: Deployment, p: Point, overheads: dict[str, float]) 
 
 
 def predict_load(dep: Deployment, p: Point, overheads: dict[str, float]) -> float:
-    """The load point's metric from its simulation, in the CSV's unit."""
-    key, convert = LOAD_METRICS[p.metric]
-    return float(convert(simulate_load_point(dep, p, overheads)[key]))
+    """The load point's metric from its simulation, in the CSV's unit (the figure load_setup names)."""
+    key = load_setup(dep, p).key
+    return float(LOAD_METRICS[p.metric][1](simulate_load_point(dep, p, overheads)[key]))

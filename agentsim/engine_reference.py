@@ -184,7 +184,10 @@ class SteppingReplica:
         for r in prefilling:
             if left <= 0:
                 break
-            ch = min(r.prompt_len - r.pf_done, left)
+            need = r.prompt_len - r.pf_done
+            if need > left and not self.cfg.chunked_prefill and (chunks or r.prompt_len <= self.cfg.token_budget):
+                break   # unchunked: a prompt waits for a step with room for all of it (one longer than the budget is chunked)
+            ch = min(need, left)
             chunks.append((r, ch))
             left -= ch
         done = sum(1 for r, ch in chunks if r.pf_done + ch >= r.prompt_len)

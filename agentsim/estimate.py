@@ -119,6 +119,7 @@ def _run(seed: int, **kw) -> dict:
     out["requests_per_s"] = len(done) / span
     out["steady_output_tokens_per_s"] = steady_output_rate(done["finish_s"].to_numpy(),
                                                            done["output_tokens"].to_numpy())
+    out.update(steady_latencies(done))
     if kw.get("max_load"):
         out["saturation_rps"] = saturation_rate(done["finish_s"].to_numpy())
         out["saturation_output_tokens_per_s"] = out["steady_output_tokens_per_s"]
@@ -193,6 +194,25 @@ def saturation_requests(**kw) -> int:
     per_request = kw["input_tokens"] + kw["output_tokens"]
     batch = max(1, min(pool.config.max_batch, pool.config.kv_capacity // per_request))
     return 10 * kw.get("replicas", 1) * batch
+
+
+def steady_latencies(done) -> dict:
+    """TTFT and TPOT (mean, p50, p90, p99) of the completed requests that arrived in the steady window
+    (between the 10th and 90th percentile completion): without the first wave, which a closed loop
+    of N clients sends at once and which queues behind itself. NaN when none arrived there (all at once)."""
+    from .result import _latency_stats
+    t = np.sort(done["finish_s"].to_numpy())
+    t = t[np.isfinite(t)]
+    if len(t) >= 10:
+        lo, hi = t[int(0.1 * len(t))], t[int(0.9 * len(t))]
+        arrival = done["arrival_s"].to_numpy()
+        done = done[(arrival >= lo) & (arrival <= hi)]
+    else:
+        done = done.iloc[:0]
+    out = {"steady_requests": int(len(done))}
+    for name in ("ttft", "tpot"):
+        out.update({f"steady_{k}": v for k, v in _latency_stats(name, done[f"{name}_s"].to_numpy()).items()})
+    return out
 
 
 def saturation_rate(finish_times: np.ndarray) -> float:

@@ -60,7 +60,7 @@ def kv_dtype(name: str, precision: str) -> str:
 
 
 def settings(s, precision: str):
-    """``EngineSettings`` with the preset's kernels and KV dtype where the user left them unset."""
+    """``EngineSettings`` with the preset's kernels, KV dtype and chunking where the user left them unset."""
     if s.preset is None:
         return s
     p, fill = preset(s.preset), {}
@@ -68,6 +68,8 @@ def settings(s, precision: str):
         fill["kernels"] = p["kernels"]
     if "kv_dtype" not in s.model_fields_set:
         fill["kv_dtype"] = kv_dtype(s.preset, precision)
+    if "chunked_prefill" not in s.model_fields_set:
+        fill["chunked_prefill"] = p["chunked_prefill"]
     return s.model_copy(update=fill)
 
 

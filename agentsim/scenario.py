@@ -68,6 +68,8 @@ class EngineSettings(Model):
     token_budget: int | None = Field(None, ge=1, le=MAX_TOKENS, description="tokens per step (chunked prefill); default "
                                                              "8192 on >=70 GB non-A100 GPUs, else 2048")
     admission: str = Field("fcfs", description="admission order: fcfs | priority")
+    chunked_prefill: bool = Field(True, description="split a prompt over steps to fill the token budget; false: a "
+                                                    "prompt waits for a step with room for all of it (TensorRT-LLM)")
     retention: str = Field("lru", description="prefix-cache retention: lru | pin_session | none")
     prefix_cache: Literal["session", "blocks"] = Field(
         "session", description="session: one entry per prefix key (a session's context); blocks: 512-token "

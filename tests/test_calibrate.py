@@ -102,6 +102,7 @@ def _run_command(command: str, capsys) -> float:
     line, _, key = command.partition("#")
     args = shlex.split(line)
     assert args[:2] == ["agentsim", "estimate"], command
+    capsys.readouterr()   # drop anything printed before
     code, out, err = run_cli(args[1:], capsys)
     assert code == 0, err
     return json.loads(out)[key.strip()]
@@ -116,6 +117,27 @@ def test_printed_command_reproduces_each_load_prediction(result, capsys):
         assert "--engine trtllm" in r["command"] and "--max-batch" not in r["command"]
         value = _run_command(r["command"], capsys)
         assert math.isclose(value, r["predicted"], rel_tol=1e-3), (r["row"], value, r["predicted"])
+
+
+NIM_UNDER_LOAD = [  # the NIM page's figures at concurrency 50 (calibration.csv row 14's notes), as rows
+    "https://docs.nvidia.com/nim/benchmarking/llm/1.0.0/performance,Llama-3.3-70B-Instruct,FP8,H100-SXM-80GB,2,2,"
+    "NIM 1.8.0 (TensorRT-LLM),concurrency 50,5000,500,ttft,834.51,ms",
+    "(same NIM page),Llama-3.3-70B-Instruct,FP8,H100-SXM-80GB,2,2,NIM 1.8.0 (TensorRT-LLM),concurrency 50,5000,500,"
+    "itl,59.73,ms"]
+
+
+def test_ttft_and_tpot_under_load_are_simulated_and_reproducible(tmp_path, capsys):
+    """Latency under load is a load point too: the steady-window figure of one estimate command."""
+    data = tmp_path / "under_load.csv"   # the shipped rows (so the fit is the shipped one) and two more
+    data.write_text(data_path("calibration.csv").read_text().rstrip("\n") + "\n" + "\n".join(NIM_UNDER_LOAD) + "\n")
+    res = cal.calibrate(cal.load_points(data), load_catalog((), calibrated=False))
+    rows = {r["metric"]: r for r in res.rows if "concurrency 50" in r["batch_or_concurrency"] and r["metric"] != "output_throughput"}
+    assert set(rows) == {"ttft", "itl"}
+    assert all(r["scored"] and r["load"] and not r["in_fit"] for r in rows.values())
+    assert rows["ttft"]["command"].endswith("# steady_ttft_s") and rows["itl"]["command"].endswith("# steady_tpot_s")
+    for r in rows.values():
+        assert math.isclose(_run_command(r["command"], capsys) * 1e3, r["predicted"], rel_tol=1e-3)
+        print(r["metric"], r["measured"], r["predicted"], f"{r['rel_error']:+.1%}")
 
 
 def test_held_out_rows_are_summarised_apart():

@@ -9,6 +9,8 @@ import tomllib
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from engine_harness import coeffs, mismatches, poisson_workload, rel_close, run_both
 
 from agentsim import presets
@@ -137,6 +139,52 @@ def test_per_seq_overhead_keeps_the_engines_equal(dep):
     assert ra.steps == rb.steps and rel_close(ra.energy_j, rb.energy_j)
     plain = run_both(coeffs(dep), cfg, wl)[0][0]
     assert sum(r.finish for r in a) > sum(r.finish for r in plain)   # the term costs time
+
+
+@st.composite
+def unchunked(draw):
+    """Random workloads for an engine that never splits a prompt that fits the budget."""
+    n = draw(st.integers(1, 80))
+    wl = poisson_workload(draw(st.integers(0, 2**32 - 1)), n, draw(st.sampled_from([2.0, 50.0, math.inf])),
+                          (draw(st.sampled_from([64.0, 900.0, 3000.0])), 1.0, 8192), (64.0, 1.0, 400),
+                          cached_frac=draw(st.sampled_from([0.0, 0.5])), host_frac=draw(st.sampled_from([0.0, 0.5])))
+    biggest = int((wl.prompt + wl.output).max())
+    cfg = EngineConfig(kv_capacity=max(biggest, draw(st.sampled_from([biggest, 4 * biggest, 200_000]))),
+                       max_batch=draw(st.integers(1, 64)), token_budget=draw(st.sampled_from([512, 2048, 4096, 8192])),
+                       chunked_prefill=False)
+    return draw(st.sampled_from(["llama8b-h100", "llama70b-4xh100-fp8"])), cfg, wl
+
+
+@settings(max_examples=120, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(unchunked())
+def test_unchunked_prefill_keeps_the_engines_equal(case):
+    """TensorRT-LLM's unchunked prefill (the trtllm preset): fast engine == step-by-step reference."""
+    dep, cfg, wl = case
+    (a, ra, _), (b, rb, _) = run_both(coeffs(dep), cfg, wl)
+    assert not mismatches(a, b), mismatches(a, b)[:3]
+    assert ra.steps == rb.steps and ra.preemptions == rb.preemptions
+
+
+@pytest.mark.parametrize("cls", ["fast", "reference"])
+def test_unchunked_prompt_runs_whole_in_its_own_step(cls):
+    """Two 5000-token prompts at once, budget 8192: unchunked, the first runs alone (its first token
+    after exactly one 5000-token prefill step) and the second waits for the next step; chunked, the
+    second's 3192-token chunk shares (and lengthens) the first step."""
+    from engine_harness import Workload, run
+    from agentsim.engine import Replica
+    from agentsim.engine_reference import SteppingReplica
+    co = coeffs("llama8b-h100", 0.0)
+    wl = Workload(np.zeros(2), np.array([5000, 5000]), np.array([4, 4]))
+    alone = co.step_time(5000, 5000 * 5000 / 2, 5000, 0, 0, 1)
+    first = {}
+    for chunked in (False, True):
+        cfg = EngineConfig(kv_capacity=100_000, max_batch=8, token_budget=8192, chunked_prefill=chunked)
+        reqs, _, _ = run(Replica if cls == "fast" else SteppingReplica, co, cfg, wl)
+        first[chunked] = [r.first_token for r in reqs]
+    assert rel_close(first[False][0], alone)
+    assert first[False][1] > 2 * alone * 0.99          # a whole second prefill step after the first
+    assert first[True][0] > alone * 1.2                 # chunked: the first step carries 8192 tokens
 
 
 def test_stretch_matches_step_by_step_with_per_seq():

@@ -50,7 +50,8 @@ def load_block(rows: list[dict]) -> str:
     load = [r for r in rows if r.get("load")]
     lines = ["load points: each simulated by the one `agentsim estimate` command shown (its engine's preset, "
              "the row's model, GPU, lengths and load, nothing else), with the preset's fitted overheads; "
-             "scored, never fitted, so their loo_error is their rel_error"]
+             "scored, never fitted, so their loo_error is their rel_error; the commands read the shipped "
+             "calibrated.toml (after --write FILE from other data, add --catalog FILE to them)"]
     for r in load:
         if r["scored"]:
             err = f"measured {_fmt(r['measured'])}, predicted {_fmt(r['predicted'])} {r['unit']} ({r['rel_error']:+.1%})"
