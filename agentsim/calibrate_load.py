@@ -29,18 +29,23 @@ LOAD_WAVES = 20           # simulated requests = LOAD_WAVES x the requests in fl
 LOAD_REQUESTS = (200, 100_000)  # percentile window sees a steady backlog; clamped to these bounds
 _MAX_LOAD = re.compile(r"max|offline", re.I)
 
-#: metric -> (estimate key, how to turn it into the CSV's unit)
+#: metric -> (estimate key, how to turn its value into the CSV's unit given the point, what that is in words)
+_MS = (lambda v, p: v * 1e3, "x 1000 (ms)")
 LOAD_METRICS = {
-    "output_throughput": ("steady_output_tokens_per_s", lambda v: v),
-    "ttft": ("steady_ttft_s", lambda v: v * 1e3), "ttft_p50": ("steady_ttft_p50_s", lambda v: v * 1e3),
-    "ttft_p90": ("steady_ttft_p90_s", lambda v: v * 1e3), "ttft_p99": ("steady_ttft_p99_s", lambda v: v * 1e3),
-    "tpot": ("steady_tpot_s", lambda v: v * 1e3), "itl": ("steady_tpot_s", lambda v: v * 1e3),
-    "tpot_p50": ("steady_tpot_p50_s", lambda v: v * 1e3), "tpot_p90": ("steady_tpot_p90_s", lambda v: v * 1e3),
-    "tpot_p99": ("steady_tpot_p99_s", lambda v: v * 1e3),
-    "decode_rate_per_user": ("steady_tpot_s", lambda v: 1.0 / v),
+    "output_throughput": ("steady_output_tokens_per_s", lambda v, p: v, ""),
+    "output_throughput_per_gpu": ("steady_output_tokens_per_s", lambda v, p: v / p.n_gpus, "/ n_gpus"),
+    "total_throughput_per_gpu": ("steady_output_tokens_per_s",
+                                 lambda v, p: v * (p.input_tokens + p.output_tokens) / p.output_tokens / p.n_gpus,
+                                 "x (input+output)/output / n_gpus"),
+    "ttft": ("steady_ttft_s", *_MS), "ttft_p50": ("steady_ttft_p50_s", *_MS),
+    "ttft_p90": ("steady_ttft_p90_s", *_MS), "ttft_p99": ("steady_ttft_p99_s", *_MS),
+    "tpot": ("steady_tpot_s", *_MS), "itl": ("steady_tpot_s", *_MS),
+    "tpot_p50": ("steady_tpot_p50_s", *_MS), "tpot_p90": ("steady_tpot_p90_s", *_MS),
+    "tpot_p99": ("steady_tpot_p99_s", *_MS),
+    "decode_rate_per_user": ("steady_tpot_s", lambda v, p: 1.0 / v, "1 / value"),
 }
 #: latency metrics of an offline run (every request at t=0) have no steady window: all requests count
-OFFLINE_KEYS = {k: k.removeprefix("steady_") for k, _ in LOAD_METRICS.values() if k.startswith("steady_t")}
+OFFLINE_KEYS = {k: k.removeprefix("steady_") for k, *_ in LOAD_METRICS.values() if k.startswith("steady_t")}
 
 
 def is_load_point(p: Point) -> bool:
@@ -71,14 +76,14 @@ def _kwargs(dep: Deployment, p: Point, preset: str, max_load: bool, requests: in
                 engine={"preset": preset}, **mode)
 
 
-def command(kw: dict, key: str) -> str:
+def command(kw: dict, key: str, how: str = "") -> str:
     """The CLI spelling of an estimate run (names quoted when they hold spaces)."""
     q = lambda s: json.dumps(s) if re.search(r"[^A-Za-z0-9_.+-]", str(s)) else str(s)  # noqa: E731
     load = "--mode offline" if kw.get("mode") == "offline" else f"--concurrency {kw['concurrency']}"
     return (f"agentsim estimate --model {q(kw['model'])} --gpu {q(kw['gpu'])} --tp {kw['tp']} --pp {kw['pp']} "
             f"--precision {kw['precision']} --input-tokens {kw['input_tokens']} --output-tokens {kw['output_tokens']} "
             f"--engine {kw['engine']['preset']} {load} --requests {kw['requests']} --seed {LOAD_SEED} "
-            f"--format json  # {key}")
+            f"--format json  # {key}{' ' + how if how else ''}")
 
 
 def load_setup(dep: Deployment, p: Point) -> LoadSetup:
@@ -116,7 +121,7 @@ def load_setup(dep: Deployment, p: Point) -> LoadSetup:
     notes = [kv_note, *notes, f"{requests} requests {'all at once' if max_load else f'from {p.concurrency} clients'}"
              + (", steady output rate between the 10th and 90th percentile completion" if key.startswith("steady") else "")]
     return LoadSetup(preset, max_load, p.concurrency, dep.kv_dtype, max_batch, budget, cap, requests,
-                     "; ".join(notes), command(kw, key), key)
+                     "; ".join(notes), command(kw, key, LOAD_METRICS[p.metric][2]), key)
 
 
 def catalog_overlay(dep: Deployment, preset: str, overheads: dict[str, float]) -> str:
@@ -150,4 +155,4 @@ def simulate_load_point(dep: Deployment, p: Point, overheads: dict[str, float]) 
 def predict_load(dep: Deployment, p: Point, overheads: dict[str, float]) -> float:
     """The load point's metric from its simulation, in the CSV's unit (the figure load_setup names)."""
     key = load_setup(dep, p).key
-    return float(LOAD_METRICS[p.metric][1](simulate_load_point(dep, p, overheads)[key]))
+    return float(LOAD_METRICS[p.metric][1](simulate_load_point(dep, p, overheads)[key], p))

@@ -100,6 +100,7 @@ def _run_command(command: str, capsys) -> float:
     """Run a printed `agentsim estimate ... --format json  # key` command; the figure it names."""
     import shlex
     line, _, key = command.partition("#")
+    key = key.split()[0]
     args = shlex.split(line)
     assert args[:2] == ["agentsim", "estimate"], command
     capsys.readouterr()   # drop anything printed before
@@ -134,7 +135,8 @@ def test_ttft_and_tpot_under_load_are_simulated_and_reproducible(tmp_path, capsy
     rows = {r["metric"]: r for r in res.rows if "concurrency 50" in r["batch_or_concurrency"] and r["metric"] != "output_throughput"}
     assert set(rows) == {"ttft", "itl"}
     assert all(r["scored"] and r["load"] and not r["in_fit"] for r in rows.values())
-    assert rows["ttft"]["command"].endswith("# steady_ttft_s") and rows["itl"]["command"].endswith("# steady_tpot_s")
+    assert rows["ttft"]["command"].endswith("# steady_ttft_s x 1000 (ms)")
+    assert rows["itl"]["command"].endswith("# steady_tpot_s x 1000 (ms)")
     for r in rows.values():
         assert math.isclose(_run_command(r["command"], capsys) * 1e3, r["predicted"], rel_tol=1e-3)
         print(r["metric"], r["measured"], r["predicted"], f"{r['rel_error']:+.1%}")
@@ -313,3 +315,13 @@ def test_bad_fields_are_input_errors(tmp_path, change, field):
     write_csv(bad, HEADER, [GOOD.replace(*change)])
     with pytest.raises(InputError, match=f"row 1.*{field}"):
         cal.load_points(bad)
+
+
+def test_per_gpu_load_metrics_convert_the_steady_output_rate():
+    """InferenceX-style per-GPU figures: total (input + output) or output tokens/s over the GPUs."""
+    from agentsim.calibrate_load import LOAD_METRICS
+    p = cal.Point("x", 1, "s", "m", "g", "FP8", 8, 8, "vLLM", "concurrency 64", 64, 3072, 1024,
+                  "total_throughput_per_gpu", 1.0, "tokens/s")
+    key, convert, how = LOAD_METRICS["total_throughput_per_gpu"]
+    assert key == "steady_output_tokens_per_s" and convert(1000.0, p) == 1000.0 * 4 / 8 and "n_gpus" in how
+    assert LOAD_METRICS["output_throughput_per_gpu"][1](1000.0, p) == 125.0
