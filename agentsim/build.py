@@ -15,6 +15,7 @@ from .scenario import EngineSettings, Scenario
 from .servicetime import StepCoeffs
 from .sim import RngStreams, Simulation
 from .gateway import Gateway, parse_policies
+from . import presets
 from .populations import Population, SessionRecorder
 from .sources import SOURCES
 
@@ -25,10 +26,28 @@ def default_limits(dep: Deployment) -> tuple[int, int]:
     return (1024, 8192) if big else (256, 2048)
 
 
-def engine_config(dep: Deployment, s: EngineSettings) -> EngineConfig:
+def engine_config(dep: Deployment, s: EngineSettings, streams: list | None = None) -> EngineConfig:
+    """Limits: explicit settings, else the preset's (which may depend on ``streams``; None: lengths
+    vary, as with agent populations), else vLLM V1's."""
+    if s.preset is not None:
+        max_batch, budget, _ = presets.preset_limits(s.preset, dep, streams, s)
+        return EngineConfig(kv_capacity=dep.kv_capacity_tokens, max_batch=max_batch, token_budget=budget,
+                            admission=s.admission, chunked_prefill=s.chunked_prefill)
     max_batch, budget = default_limits(dep)
     return EngineConfig(kv_capacity=dep.kv_capacity_tokens, max_batch=s.max_batch or max_batch,
-                        token_budget=s.token_budget or budget, admission=s.admission)
+                        token_budget=s.token_budget or budget, admission=s.admission,
+                        chunked_prefill=s.chunked_prefill)
+
+
+def pool_deployment(catalog: Catalog, p, settings: EngineSettings) -> tuple[Deployment, EngineSettings]:
+    """A pool's deployment and its engine settings, the preset (if any) applied to both."""
+    settings = presets.settings(settings, p.precision)
+    dep = Deployment.from_catalog(catalog, p.model, p.gpu, tp=p.tp, pp=p.pp, precision=p.precision,
+                                  kv_dtype=settings.kv_dtype, mem_util=settings.mem_util,
+                                  reserve_gb_per_gpu=settings.reserve_gb_per_gpu, engine=settings.kernels)
+    if settings.preset is not None:
+        dep = presets.with_overheads(dep, settings.preset, catalog)
+    return dep, settings
 
 
 def cache_config(dep: Deployment, s: EngineSettings) -> CacheConfig:
@@ -77,12 +96,9 @@ def build(scenario: Scenario, seed: int | None = None, *, catalog: Catalog | Non
     pools: list[Pool] = []
     pool_of_replica: list[int] = []
     for i, (name, p) in enumerate(scenario.pools.items()):
-        settings = scenario.pool_engine(name)
         try:
-            dep = Deployment.from_catalog(catalog, p.model, p.gpu, tp=p.tp, pp=p.pp, precision=p.precision,
-                                          kv_dtype=settings.kv_dtype, mem_util=settings.mem_util,
-                                          reserve_gb_per_gpu=settings.reserve_gb_per_gpu, engine=settings.kernels)
-            cfg = engine_config(dep, settings)
+            dep, settings = pool_deployment(catalog, p, scenario.pool_engine(name))
+            cfg = engine_config(dep, settings, None if scenario.populations else list(scenario.streams.values()))
             ccfg = cache_config(dep, settings)
         except InputError as e:
             raise InputError(f"pools.{name}: {e}") from None

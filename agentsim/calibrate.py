@@ -1,24 +1,25 @@
-"""Fitting each GPU generation's efficiency factors to measured points (``agentsim calibrate``).
+"""Fitting the time outside the GPU to measured points (``agentsim calibrate``, tier c).
 
-Read in order: :func:`load_points` (CSV -> validated :class:`Point`), :data:`PREDICTORS` (metric ->
-prediction from a :class:`Deployment`), :func:`fit_factors` (pick the identified factors; minimise
+Read in order: :func:`load_points` (CSV -> validated :class:`Point`), :func:`deployment` (the point
+under its engine's preset), :data:`PREDICTORS` (metric -> prediction from a :class:`Deployment`),
+:func:`fit_factors` (pick the identified factors; minimise
 Σ_points log(pred/measured)² + Σ_factors (λ·log(factor/prior))², λ = PRIOR_WEIGHT, so a factor the
-data barely constrain stays near its prior), :func:`calibrate` (all generations, leave-one-out) and
-:func:`write_calibrated`. A predictor that cannot express a point raises :class:`Unscored`.
+data barely constrain stays near its prior), :func:`calibrate` (per engine preset, and per GPU
+generation for scenarios without a preset; leave-one-out) and :func:`write_calibrated`. A predictor
+that cannot express a point raises :class:`Unscored`.
 
 Two kinds of points. *Single-stream* points (concurrency 1: TTFT, ITL, ...) have closed-form
-predictors and are what the factors are fitted to. *Load points* (``output_throughput`` at max load
-or at concurrency N, the metrics in :data:`SIMULATED`) are predicted by running the serving engine
-through :func:`agentsim.estimate.estimate` with the fitted factors (:func:`predict_output_throughput`,
-assumptions from :func:`load_setup`); one simulation per optimiser evaluation would be far too slow,
-so they never enter a fit. Their error is therefore out-of-sample already, and their ``loo_error``
-is their ``rel_error``. A third of the load points is also marked held out (the CSV's ``holdout``
-column, :func:`holdout_rows`), fixed before anything is fitted to load points, to be reported apart.
+predictors and are what the overheads are fitted to. *Load points* (offline / max or concurrency
+N > 1: throughput, TTFT, TPOT) are each one ``agentsim estimate`` run with the preset's fitted
+overheads (:mod:`agentsim.calibrate_load`); one simulation per optimiser evaluation would be far
+too slow, so they never enter a fit. Their error is therefore out-of-sample already, and their
+``loo_error`` is their ``rel_error``. A third of the load points is
+also marked held out (the CSV's ``holdout`` column, :func:`holdout_rows`), fixed before anything
+is fitted to load points, and reported apart.
 """
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import math
@@ -26,17 +27,16 @@ import os
 import re
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
-from .build import default_limits
 from .catalog import Catalog
 from .deployment import Deployment
 from .errors import InputError
-from .estimate import estimate
 from .hardware import Efficiency
+from . import presets
 from .servicetime import StepCoeffs, prefill_attention_pairs, step_times
 
 METRIC_UNITS = {"ttft": "ms", "itl": "ms", "tpot": "ms", "tpot_p50": "ms",
@@ -57,8 +57,9 @@ OVERHEAD_FLOOR_MS = 1.0  # overheads may be 0: they are fitted as log(floor + va
 FLOOR = {n: OVERHEAD_FLOOR_MS if n.endswith("_ms") else 0.0 for n in Efficiency.FITTABLE}
 HOLDOUT_SEED = 20261207  # the held-out third of the load points (holdout_rows); never change it once fitted
 HOLDOUT_VALUES = {"true": True, "false": False, "": False}
-LOAD_REASON = ("{} at {}: the closed-form predictors cover concurrency 1 only, and only output_throughput "
-               "load points are simulated")
+LOAD_REASON = ("{} at {}: the closed-form predictors cover concurrency 1 only, and the engine simulates "
+               "only the load metrics of agentsim.calibrate_load")
+_TRTLLM = re.compile(r"tensorrt-llm|trt-llm|trtllm", re.I)
 
 
 class Unscored(Exception):
@@ -225,8 +226,9 @@ def engine_of(text: str) -> str:
     return "sglang" if "sglang" in t else "vllm"
 
 
-def deployment(cat: Catalog, p: Point) -> Deployment:
-    """The point's deployment (pp = n_gpus/tp); an impossible one (weights do not fit, ...) is Unscored."""
+def legacy_deployment(cat: Catalog, p: Point) -> Deployment:
+    """The point as a scenario without a preset sees it (bf16 KV, the generation's overheads): what
+    the per-generation fit for such scenarios uses. Unscored when impossible (weights do not fit, ...)."""
     try:
         model, gpu = cat.model(p.model), cat.gpu(p.gpu)
     except InputError as e:
@@ -236,6 +238,17 @@ def deployment(cat: Catalog, p: Point) -> Deployment:
                           precision=PRECISION_MAP[p.precision.lower()], engine=engine_of(p.engine))
     except InputError as e:
         raise Unscored(f"not a valid deployment: {e}") from None
+
+
+def deployment(cat: Catalog, p: Point) -> Deployment:
+    """The point's deployment under its engine's preset: its kernels, KV dtype and overheads."""
+    dep = legacy_deployment(cat, p)
+    name = engine_of(p.engine)
+    try:
+        dep = replace(dep, kv_dtype=presets.kv_dtype(name, dep.precision))
+    except InputError as e:
+        raise Unscored(f"not a valid deployment with the {name} preset's KV dtype: {e}") from None
+    return presets.with_overheads(dep, name, cat)
 
 
 # -- predictors (concurrency 1): metric -> f(deployment, point) in the CSV's unit ---------------
@@ -267,151 +280,11 @@ def decode_step_s(dep: Deployment, p: Point) -> float:
     return float(step_times(StepCoeffs.of(dep), decodes=1, decode_context=n + np.arange(1, m)).mean())
 
 
-# -- load points: the serving engine through agentsim.estimate -----------------------------------
-LOAD_SEED = 1             # fixed: the calibration table is deterministic
-LOAD_WAVES = 20           # simulated requests = LOAD_WAVES x the requests in flight, so the 10th-90th
-LOAD_REQUESTS = (200, 100_000)  # percentile window sees a steady backlog; clamped to these bounds
-TRTLLM_KV_FRACTION = 0.90  # trtllm-bench's --kv_cache_free_gpu_mem_fraction default (for its heuristic)
-_TRTLLM = re.compile(r"tensorrt-llm|trt-llm|trtllm", re.I)
-_MAX_LOAD = re.compile(r"max|offline", re.I)
-KV_NOTE_TRTLLM = ("fp8 KV: TensorRT-LLM at FP8 serves NVIDIA ModelOpt FP8 checkpoints, whose hf_quant_config "
-                  "sets kv_cache_quant_algo FP8 (trtllm-bench maps FP8 weights to an FP8 KV cache too)")
-KV_NOTE_DEFAULT = "bf16 KV: the engine default (vLLM's kv_cache_dtype 'auto' keeps the 16-bit type)"
-
-
-@dataclass(frozen=True)
-class LoadSetup:
-    """How a load point is simulated: the assumptions shown with it in the table and JSON."""
-    max_load: bool            # every request at once (else a closed loop of ``concurrency`` clients)
-    concurrency: int | None
-    kv_dtype: str
-    max_batch: int
-    token_budget: int
-    kv_capacity_tokens: int
-    requests: int
-    note: str                 # why these settings, one sentence per assumption
-
-
-def trtllm_bench_limits(dep: Deployment, isl: int, osl: int) -> tuple[int, int]:
-    """(max_batch_size, max_num_tokens) that ``trtllm-bench throughput`` picks when given neither.
-
-    TensorRT-LLM ``bench/build/tuning.py`` (calc_engine_setting, finetune_setting): the requests of
-    ``isl + osl`` tokens that fit a KV pool of TRTLLM_KV_FRACTION of the memory left after the
-    weights, capped at 4096 and divided by pp, rounded up (to 32 below 256, 128 below 1024, else
-    256; at least 64); tokens = that x (1 + isl/osl), capped at 32768 and rounded up (at least 2048).
-    ``bench/benchmark/utils/general.py`` (get_settings) leaves chunked prefill off, so max_num_tokens
-    is raised to isl + max_batch_size. Memory here is the catalog's HBM, not the GPU's reported GiB.
-    """
-    kv_per_token = dep.model.kv_bytes_per_token(dep.kv_dtype, dep.tp) * dep.tp  # whole replica
-    cache = TRTLLM_KV_FRACTION * (dep.n_gpus * dep.gpu.hbm_bytes - dep.model.weight_bytes(dep.precision))
-    raw_bs = min(cache / (kv_per_token * (isl + osl)), 4096) / dep.pp
-    raw_tokens = min(raw_bs * (1 + isl / osl), 32768)
-    step = 32 if raw_bs < 256 else 128 if raw_bs < 1024 else 256
-    max_bs = max(64, step * math.ceil(raw_bs / step)) if step == 32 else step * math.ceil(raw_bs / step)
-    step = 256 if raw_tokens < 4096 else 512 if raw_tokens < 8192 else 1024
-    max_tokens = max(2048, step * math.ceil(raw_tokens / step))
-    return max_bs, max(max_tokens, isl + max_bs)
-
-
-def load_setup(dep: Deployment, p: Point) -> LoadSetup:
-    """The simulation of a load point and its assumptions; Unscored when it cannot be expressed.
-
-    * Load: "max"/"offline" -> every request at once (``max_load``); "concurrency N" -> a closed
-      loop of N clients. Either way the figure is the steady output rate (tokens/s between the
-      10th and 90th percentile completion), over LOAD_WAVES x the requests in flight.
-    * KV dtype: FP8 for TensorRT-LLM at FP8/FP4 weights (KV_NOTE_TRTLLM), else the engine default.
-    * Limits: build.default_limits, except trtllm-bench's own heuristic for TRT-LLM max-load rows
-      (:func:`trtllm_bench_limits`). TRT-LLM's default scheduler (GUARANTEED_NO_EVICT) admits a
-      request only when its whole ISL+OSL fits the KV pool; with fixed lengths that is
-      max_batch <= KV tokens // (ISL+OSL), which is how it is expressed (the engine itself preempts,
-      as vLLM does).
-    """
-    if p.input_tokens is None or p.output_tokens is None:
-        raise Unscored(f"load point ({p.load}) without input/output lengths: the engine simulates fixed "
-                       "lengths and needs both")
-    isl, osl = p.input_tokens, p.output_tokens
-    max_load = p.concurrency is None
-    if max_load and not _MAX_LOAD.search(p.load):
-        raise Unscored(f"load point ({p.load}): only max-load (offline) and closed-loop concurrency N "
-                       "scenarios are simulated")
-    trt = bool(_TRTLLM.search(p.engine))
-    kv_dtype = "fp8" if trt and dep.precision in ("fp8", "fp4") else "bf16"
-    notes = [KV_NOTE_TRTLLM if kv_dtype == "fp8" else KV_NOTE_DEFAULT]
-    try:
-        dep = replace(dep, kv_dtype=kv_dtype)
-    except InputError as e:
-        raise Unscored(f"not a valid deployment with {kv_dtype} KV: {e}") from None
-    cap = dep.kv_capacity_tokens
-    if trt and max_load:
-        max_batch, budget = trtllm_bench_limits(dep, isl, osl)
-        notes.append(f"trtllm-bench's heuristic for {isl}/{osl} tokens: max_batch_size {max_batch}, "
-                     f"max_num_tokens {budget} (chunked prefill off)")
-    else:
-        max_batch, budget = default_limits(dep)
-        notes.append(f"engine default limits (max_batch {max_batch}, token_budget {budget})")
-    if trt:
-        fit = cap // (isl + osl)
-        if fit < 1:
-            raise Unscored(f"one request of {isl + osl} tokens does not fit the {cap}-token KV cache")
-        if fit < max_batch:
-            max_batch = fit
-            notes.append(f"max_batch {fit} = KV {cap} tokens // {isl + osl}: TRT-LLM's GUARANTEED_NO_EVICT "
-                         "scheduler admits only requests whose whole ISL+OSL fits")
-    in_flight = min(max_batch, max(1, cap // (isl + osl))) if max_load else p.concurrency
-    requests = int(np.clip(LOAD_WAVES * in_flight, *LOAD_REQUESTS))
-    notes.append(f"{requests} requests {'all at once' if max_load else f'from {p.concurrency} clients'}, "
-                 "steady output rate between the 10th and 90th percentile completion")
-    return LoadSetup(max_load, p.concurrency, kv_dtype, max_batch, budget, cap, requests, "; ".join(notes))
-
-
-def _catalog_overlay(dep: Deployment) -> str:
-    """Catalog TOML defining ``dep``'s GPU, model and generation exactly as ``dep`` has them.
-
-    The estimate path loads its own catalog (shipped files, calibrated.toml, $AGENTSIM_CATALOG);
-    this overlay, read last, makes it simulate the deployment calibrate holds, with the factors
-    just fitted (or the priors) and any GPU or model that came from --catalog files."""
-    def table(section: str, name: str, obj) -> list[str]:
-        key = name if re.fullmatch(r"[A-Za-z0-9_-]+", name) else json.dumps(name)
-        values = obj.model_dump(exclude={"name", "sources"})
-        return [f"[{section}.{key}]", *(f"{k} = {json.dumps(v)}" for k, v in values.items() if v is not None), ""]
-    return "\n".join(table("gpus", dep.gpu.name, dep.gpu) + table("models", dep.model.name, dep.model)
-                     + table("generations", dep.gpu.generation, dep.efficiency))
-
-
-def simulate_load_point(dep: Deployment, p: Point) -> dict:
-    """``estimate()`` of the load point on ``dep`` (its efficiency factors included), as load_setup says."""
-    s = load_setup(dep, p)
-    text = _catalog_overlay(dep)
-    mode = {"max_load": True} if s.max_load else {"concurrency": s.concurrency}
-    # load_catalog is cached by path: a content-named file never maps one path to two contents
-    with tempfile.TemporaryDirectory(prefix="agentsim-calibrate-") as tmp:
-        overlay = Path(tmp) / f"overlay-{hashlib.sha256(text.encode()).hexdigest()[:16]}.toml"
-        overlay.write_text(text, encoding="utf-8")
-        out = estimate(seed=LOAD_SEED, model=dep.model.name, gpu=dep.gpu.name, tp=dep.tp, pp=dep.pp,
-                       precision=dep.precision, input_tokens=p.input_tokens, output_tokens=p.output_tokens,
-                       requests=s.requests, engine={"kv_dtype": s.kv_dtype, "kernels": dep.engine, "max_batch": s.max_batch,
-                                                    "token_budget": s.token_budget},
-                       catalog=[str(overlay)], **mode)
-    used = (out["kv_capacity_tokens"], out["max_batch"], out["token_budget"])
-    if used != (s.kv_capacity_tokens, s.max_batch, s.token_budget):
-        raise RuntimeError(f"{p.where}: the engine ran with (kv, max_batch, budget) {used}, "
-                           f"not the assumed {(s.kv_capacity_tokens, s.max_batch, s.token_budget)}")
-    return out
-
-
-def predict_output_throughput(dep: Deployment, p: Point) -> float:
-    """Steady output tokens/s of the load point, simulated by the serving engine."""
-    return simulate_load_point(dep, p)["steady_output_tokens_per_s"]
-
-
 Predictor = Callable[[Deployment, Point], float]
 _decode_ms: Predictor = lambda dep, p: decode_step_s(dep, p) * 1e3  # noqa: E731
 PREDICTORS: dict[str, Predictor] = {
     "ttft": predict_ttft_ms, "itl": _decode_ms, "tpot": _decode_ms, "tpot_p50": _decode_ms,
-    "decode_rate_per_user": lambda dep, p: 1.0 / decode_step_s(dep, p),
-    "output_throughput": predict_output_throughput}
-#: metrics whose predictor runs the engine: scored with the fitted factors, never fitted
-SIMULATED = frozenset({"output_throughput"})
+    "decode_rate_per_user": lambda dep, p: 1.0 / decode_step_s(dep, p)}
 
 
 def predict(dep: Deployment, p: Point) -> float:
@@ -467,7 +340,7 @@ def fit_factors(items: list[Item], prior: Efficiency) -> dict[str, float]:
 
 @dataclass
 class GenerationFit:
-    generation: str
+    generation: str            # the GPU generation, or the engine preset for a preset fit
     prior: Efficiency
     fitted: dict[str, float]
     rows: list[int]            # the data rows the fit used
@@ -476,46 +349,64 @@ class GenerationFit:
 @dataclass
 class Calibration:
     rows: list[dict]           # one per point: the keys of the CLI table and JSON
-    fits: dict[str, GenerationFit]
+    fits: dict[str, GenerationFit]         # per generation: scenarios without a preset
+    preset_fits: dict[str, GenerationFit] = field(default_factory=dict)   # per engine preset
 
 
-def calibrate(points: list[Point], cat: Catalog) -> Calibration:
-    """Fit every generation on its single-stream points, predict each point, and again leaving it out;
-    then simulate the load points (:data:`SIMULATED`) with their generation's fitted factors."""
-    deps, reasons, by_gen, fits, pred, loo, simulated = {}, {}, {}, {}, {}, {}, []
-    for i, p in enumerate(points):
-        try:
-            deps[i] = deployment(cat, p)
-            if p.metric in SIMULATED:
-                simulated.append(i)
-                continue
-            predict(deps[i], p)
-            by_gen.setdefault(deps[i].gpu.generation, []).append(i)
-        except Unscored as e:
-            reasons[i] = str(e)
-    for gen, idx in by_gen.items():
-        items, prior = [(points[i], deps[i]) for i in idx], cat.generations[gen]
-        fit = fits[gen] = GenerationFit(gen, prior, fit_factors(items, prior), [points[i].row for i in idx])
+def _fit_groups(points: list[Point], deps: dict, groups: dict, priors: dict) -> tuple[dict, dict, dict]:
+    """Fit each group on its points; (fits, in-sample predictions, leave-one-out predictions)."""
+    fits, pred, loo = {}, {}, {}
+    for name, idx in groups.items():
+        items, prior = [(points[i], deps[i]) for i in idx], priors[name]
+        fit = fits[name] = GenerationFit(name, prior, fit_factors(items, prior), [points[i].row for i in idx])
         for k, i in enumerate(idx):
             pred[i] = predict(_with(deps[i], fit.fitted), points[i])
             loo[i] = predict(_with(deps[i], fit_factors(items[:k] + items[k + 1:], prior)), points[i])
-    for i in simulated:
-        fit = fits.get(deps[i].gpu.generation)
-        deps[i] = _with(deps[i], fit.fitted if fit else {})
+    return fits, pred, loo
+
+
+def calibrate(points: list[Point], cat: Catalog) -> Calibration:
+    """Fit each engine preset's overheads on its single-stream points (and, for scenarios without a
+    preset, each generation's as before), predict each point, and again leaving it out; then simulate
+    the load points (:func:`agentsim.calibrate_load.is_load_point`) with their preset's fitted overheads."""
+    from .calibrate_load import is_load_point, predict_load
+    deps, legacy, reasons, by_gen, by_preset, simulated = {}, {}, {}, {}, {}, []
+    for i, p in enumerate(points):
         try:
-            pred[i] = loo[i] = predict(deps[i], points[i])  # never fitted: its error is already held out
+            deps[i] = deployment(cat, p)
+            if is_load_point(p):
+                simulated.append(i)
+                continue
+            legacy[i] = legacy_deployment(cat, p)
+            predict(deps[i], p)
+            predict(legacy[i], p)
+            by_gen.setdefault(legacy[i].gpu.generation, []).append(i)
+            by_preset.setdefault(engine_of(p.engine), []).append(i)
         except Unscored as e:
             reasons[i] = str(e)
-    in_fit = {i for idx in by_gen.values() for i in idx}
+    fits, _, _ = _fit_groups(points, legacy, by_gen, cat.generations)
+    priors = {name: deps[idx[0]].efficiency for name, idx in by_preset.items()}
+    preset_fits, pred, loo = _fit_groups(points, deps, by_preset, priors)
+    for i in simulated:
+        name = engine_of(points[i].engine)
+        fit = preset_fits.get(name)
+        deps[i] = _with(deps[i], fit.fitted if fit else {})
+        overheads = {k: getattr(deps[i].efficiency, k) for k in presets.OVERHEADS}
+        try:
+            pred[i] = loo[i] = predict_load(deps[i], points[i], overheads)  # never fitted: already held out
+        except Unscored as e:
+            reasons[i] = str(e)
+    in_fit = {i for idx in by_preset.values() for i in idx}
     rows = [_row(cat, p, deps.get(i), pred.get(i), loo.get(i), reasons.get(i), i in in_fit)
             for i, p in enumerate(points)]
-    return Calibration(rows, fits)
+    return Calibration(rows, fits, preset_fits)
 
 
 def _row(cat: Catalog, p: Point, dep: Deployment | None, pred, loo, reason, in_fit: bool) -> dict:
+    from .calibrate_load import is_load_point, load_setup
     rel = lambda v: None if v is None else v / p.value - 1  # noqa: E731
     setup = None
-    if dep is not None and reason is None and p.metric in SIMULATED:
+    if dep is not None and reason is None and is_load_point(p):
         try:
             setup = load_setup(dep, p)
         except Unscored:  # a replaced predictor scored what load_setup cannot express
@@ -523,36 +414,52 @@ def _row(cat: Catalog, p: Point, dep: Deployment | None, pred, loo, reason, in_f
     return {"tier": "c", "row": p.row, "model": dep.model.name if dep else p.model, "gpu": dep.gpu.name if dep else p.gpu,
             "generation": dep.gpu.generation if dep else None, "metric": p.metric, "unit": p.unit,
             "measured": p.value, "predicted": pred, "rel_error": rel(pred), "loo_error": rel(loo),
-            "scored": reason is None, "in_fit": in_fit, "precision": p.precision, "tp": p.tp, "n_gpus": p.n_gpus,
+            "scored": reason is None, "in_fit": in_fit, "load": is_load_point(p),
+            "holdout": bool(getattr(p, "holdout", False)), "precision": p.precision, "tp": p.tp, "n_gpus": p.n_gpus,
             "input_tokens": p.input_tokens, "output_tokens": p.output_tokens, "batch_or_concurrency": p.load,
-            "engine": p.engine, "kernels": dep.engine if dep else None,
-            "kv_dtype": (setup.kv_dtype if setup else dep.kv_dtype) if dep and reason is None else None,
+            "engine": p.engine, "preset": engine_of(p.engine), "kernels": dep.engine if dep else None,
+            "kv_dtype": dep.kv_dtype if dep and reason is None else None,
             "max_batch": setup and setup.max_batch, "token_budget": setup and setup.token_budget,
             "kv_capacity_tokens": setup and setup.kv_capacity_tokens, "requests": setup and setup.requests,
-            "reason": reason, "load_assumption": setup and setup.note, "gpu_assumption": cat.assumption(p.gpu),
-            "holdout": p.holdout, "source": p.source}
+            "reason": reason, "load_assumption": setup and setup.note, "command": setup and setup.command,
+            "gpu_assumption": cat.assumption(p.gpu), "source": p.source}
 
 
-def summary(rows: list[dict], in_fit: bool | None = True) -> dict:
+def summary(rows: list[dict], in_fit: bool | None = True, holdout: bool | None = None) -> dict:
     """Median / max |relative error| and leave-one-out median over the scored rows (NaN if none):
-    those the factors were fitted to (``in_fit=True``), the simulated load points (False) or all (None)."""
-    rows = [r for r in rows if r["scored"] and (in_fit is None or r["in_fit"] == in_fit)]
+    those the factors were fitted to (``in_fit=True``), the simulated load points (False) or all (None);
+    ``holdout=True`` keeps only the rows the data mark as held out."""
+    rows = [r for r in rows if r["scored"] and (in_fit is None or r["in_fit"] == in_fit)
+            and (holdout is None or r.get("holdout", False) == holdout)]
     err = np.abs([r["rel_error"] for r in rows] or [np.nan])
     loo = np.abs([r["loo_error"] for r in rows] or [np.nan])
     return {"points": len(rows), "median_abs_error": float(np.median(err)),
             "max_abs_error": float(err.max()), "loo_median_abs_error": float(np.median(loo))}
 
 
-def write_calibrated(fits: dict[str, GenerationFit], path: str | os.PathLike, data_name: str) -> None:
-    """Write the fitted factors as a catalog TOML file (``[generations.<gen>]``), atomically."""
-    lines = [f"# Fitted by `agentsim calibrate` on {data_name}; overlays efficiency.toml (regenerate it).", ""]
-    for gen, fit in sorted((g, f) for g, f in fits.items() if f.fitted):
-        key = gen if re.fullmatch(r"[A-Za-z0-9_-]+", gen) else json.dumps(gen)  # a bare TOML key if it can be
+def _toml_key(name: str) -> str:
+    return name if re.fullmatch(r"[A-Za-z0-9_-]+", name) else json.dumps(name)  # a bare TOML key if it can be
+
+
+def _fit_lines(section: str, fits: dict[str, GenerationFit], data_name: str, extra: list[str]) -> list[str]:
+    lines = []
+    for name, fit in sorted((g, f) for g, f in fits.items() if f.fitted):
         rows = ", ".join(map(str, fit.rows))
         note = f"fitted by agentsim calibrate on {len(fit.rows)} points of {data_name} (rows {rows}); prior "
-        lines += [f"[generations.{key}]", *(f"{n} = {round(v, 5)!r}" for n, v in fit.fitted.items()),
-                  "calibrated = true", "", f"[generations.{key}.sources]",
+        lines += [f"[{section}.{_toml_key(name)}]", *(f"{n} = {round(v, 5)!r}" for n, v in fit.fitted.items()),
+                  *extra, "", f"[{section}.{_toml_key(name)}.sources]",
                   *(f"{n} = {json.dumps(note + str(getattr(fit.prior, n)))}" for n in fit.fitted), ""]
+    return lines
+
+
+def write_calibrated(fits: dict[str, GenerationFit], path: str | os.PathLike, data_name: str,
+                     preset_fits: dict[str, GenerationFit] | None = None) -> None:
+    """Write the fitted factors as a catalog TOML file, atomically: ``[generations.<gen>]`` (scenarios
+    without a preset) and ``[engines.<preset>]`` (the presets' time outside the GPU)."""
+    lines = [f"# Fitted by `agentsim calibrate` on {data_name}; overlays efficiency.toml and presets.toml "
+             "(regenerate it).", ""]
+    lines += _fit_lines("generations", fits, data_name, ["calibrated = true"])
+    lines += _fit_lines("engines", preset_fits or {}, data_name, [])
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".calibrate.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
@@ -562,3 +469,9 @@ def write_calibrated(fits: dict[str, GenerationFit], path: str | os.PathLike, da
     except BaseException:
         os.unlink(tmp)
         raise
+
+
+# the load tier lives in its own module; its names stay reachable here for callers of the old API
+from .calibrate_load import (LOAD_REQUESTS, LOAD_SEED, LOAD_WAVES, LoadSetup, load_setup,  # noqa: E402,F401
+                             simulate_load_point)
+from .presets import trtllm_bench_limits  # noqa: E402,F401

@@ -54,6 +54,7 @@ class Catalog:
     gpu_aliases: dict[str, str] = field(default_factory=dict)
     model_aliases: dict[str, str] = field(default_factory=dict)
     assumptions: dict[str, str] = field(default_factory=dict)
+    engines: dict[str, dict] = field(default_factory=dict)   # fitted time outside the GPU per engine preset
 
     def _resolve(self, kind: str, name: str, table: dict, aliases: dict[str, str]) -> str:
         if name in table:
@@ -109,7 +110,7 @@ def _read_toml(path: Path) -> dict:
 
 
 def _merge(doc: dict, path: Path, acc: dict) -> None:
-    known = {"gpus", "models", "generations", "aliases"}
+    known = {"gpus", "models", "generations", "aliases", "engines"}
     for section in doc:
         if section not in known:
             raise unknown_name("catalog section", section, known, where=f"catalog file {path}")
@@ -133,12 +134,30 @@ def _merge(doc: dict, path: Path, acc: dict) -> None:
             acc["generations"][name] = Efficiency(**merged)
         except ValidationError as e:
             raise InputError(format_validation_error(e, f"{path}: generations.{name}")) from None
+    for name, entry in doc.get("engines", {}).items():
+        acc["engines"][name] = {**acc["engines"].get(name, {}), **_engine_entry(entry, f"{path}: engines.{name}")}
     aliases = doc.get("aliases", {})
     for kind in ("gpus", "models"):
         for spelling, target in aliases.get(kind, {}).items():
             acc[f"{kind}_aliases"][_norm(spelling)] = target
     for spelling, why in aliases.get("assumptions", {}).items():
         acc["assumptions"][_norm(spelling)] = why
+
+
+def _engine_entry(entry: dict, where: str) -> dict:
+    """A preset's fitted overheads: known names, non-negative finite numbers (``sources`` kept)."""
+    from .presets import OVERHEADS
+    out = {}
+    for k, v in entry.items():
+        if k == "sources":
+            out[k] = dict(v)
+        elif k not in OVERHEADS:
+            raise unknown_name("engine field", k, OVERHEADS, where=where)
+        elif isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < float("inf"):
+            raise InputError(f"{where}.{k}: {v!r} is not a non-negative number")
+        else:
+            out[k] = float(v)
+    return out
 
 
 def env_catalog_files() -> tuple[str, ...]:
@@ -155,7 +174,7 @@ def load_catalog(extra_files: tuple[str, ...] = (), calibrated: bool = True) -> 
     priors, which is what ``agentsim calibrate`` fits from.
     """
     acc: dict = {"gpus": {}, "models": {}, "generations": {}, "gpus_aliases": {}, "models_aliases": {},
-                 "assumptions": {}}
+                 "assumptions": {}, "engines": {}}
     paths = [data_path(n) for n in DATA_FILES] + [Path(p) for p in extra_files]
     for path in paths:
         if path.name == "aliases.toml" and path.parent == data_path("x").parent:
@@ -168,7 +187,7 @@ def load_catalog(extra_files: tuple[str, ...] = (), calibrated: bool = True) -> 
         _merge(doc, path, acc)
     cat = Catalog(gpus=acc["gpus"], models=acc["models"], generations=acc["generations"],
                   gpu_aliases=acc["gpus_aliases"], model_aliases=acc["models_aliases"],
-                  assumptions=acc["assumptions"])
+                  assumptions=acc["assumptions"], engines=acc["engines"])
     for kind, aliases, table in (("GPU", cat.gpu_aliases, cat.gpus), ("model", cat.model_aliases, cat.models)):
         for spelling, target in aliases.items():
             if target not in table:

@@ -465,12 +465,15 @@ class Replica:
         if self.prefilling and left > 0:
             front = self.prefilling[0]
             r = front.prompt_len - front.pf_done
-            if r <= left or front.load:
+            if r > left and not self.cfg.chunked_prefill and front.prompt_len <= self.budget:
+                k = min(k_finish, k_kv)   # unchunked: the prompt waits until a finish leaves room for it
+            elif r <= left or front.load:
                 return self._plan_mixed(t, n, S, left)
-            chunk = left
-            p = front.pf_done
-            k_pf = -(-r // left) - 1   # steps in which the front prompt does not complete
-            k = min(k_finish, k_kv, k_pf)
+            else:
+                chunk = left
+                p = front.pf_done
+                k_pf = -(-r // left) - 1   # steps in which the front prompt does not complete
+                k = min(k_finish, k_kv, k_pf)
         else:
             k = min(k_finish, k_kv)
         self._law = law = c.stretch(n, S, chunk, p)
@@ -491,8 +494,10 @@ class Replica:
         for req in self.prefilling:
             if left <= 0:
                 break
-            load += req.load
             r = req.prompt_len - req.pf_done
+            if r > left and chunks and not self.cfg.chunked_prefill:
+                break
+            load += req.load
             ch = r if r < left else left
             chunks.append((req, ch))
             pf_tokens += ch
@@ -501,7 +506,7 @@ class Replica:
             if ch == r:
                 done += 1
         busy = self.c.kernel_time(pf_tokens, attn, n, S, n + done) + load * self.c.t_host_load
-        dur = busy + self.c.overhead
+        dur = busy + (self.c.overhead + self.c.per_seq * n)
         self._mixed = (chunks, n + done, busy)
         self._mixed_dur = dur
         self._law = None

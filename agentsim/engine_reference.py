@@ -80,7 +80,7 @@ class SteppingReplica:
         decoders, chunks, step = self._plan_data
         tokens = len(decoders) + sum(ch for _, ch in chunks)
         comm = self.c.comm_fixed + self.c.comm_token * tokens if self.c.comm_fixed else 0.0
-        kernel = (step - self.c.overhead - comm) * min(1.0, dur / step)
+        kernel = (step - self.c.step_overhead(len(decoders)) - comm) * min(1.0, dur / step)
         c = self.c
         return self.busy_time + dur, self.energy_j + c.power_w * (c.idle_fraction * dur + (1 - c.idle_fraction) * kernel)
 
@@ -184,7 +184,10 @@ class SteppingReplica:
         for r in prefilling:
             if left <= 0:
                 break
-            ch = min(r.prompt_len - r.pf_done, left)
+            need = r.prompt_len - r.pf_done
+            if need > left and not self.cfg.chunked_prefill and (chunks or r.prompt_len <= self.cfg.token_budget):
+                break   # unchunked: a prompt waits for a step with room for all of it (one longer than the budget is chunked)
+            ch = min(need, left)
             chunks.append((r, ch))
             left -= ch
         done = sum(1 for r, ch in chunks if r.pf_done + ch >= r.prompt_len)
@@ -209,7 +212,7 @@ class SteppingReplica:
         tokens = len(decoders) + sum(ch for _, ch in chunks)
         comm = self.c.comm_fixed + self.c.comm_token * tokens if self.c.comm_fixed else 0.0
         self.energy_j += self.c.power_w * (self.c.idle_fraction * (now - self._t0)
-                                           + (1 - self.c.idle_fraction) * (dur - self.c.overhead - comm))
+                                           + (1 - self.c.idle_fraction) * (dur - self.c.step_overhead(len(decoders)) - comm))
         finished = []
         for r in decoders:
             r.kv += 1

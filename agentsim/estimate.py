@@ -6,6 +6,8 @@ Its JSON keys are shared with ``summary.json`` wherever a figure is the same.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .api import simulate
@@ -14,14 +16,26 @@ from .errors import InputError
 HORIZON_S = 1e7   # runs end when the last request does; this only bounds pathological inputs
 
 
+MODES = ("offline", "server")
+
+
 def estimate_scenario(*, model: str, gpu: str, tp: int = 1, pp: int = 1, precision: str = "bf16",
                       input_tokens: int, output_tokens: int, cached_tokens: int = 0, concurrency: int | None = None,
                       rate: float | None = None, max_load: bool = False, requests: int = 1000,
-                      replicas: int = 1, engine: dict | None = None, catalog: list[str] = ()) -> dict:
-    """The scenario dict ``estimate`` simulates (exactly one of concurrency / rate / max_load)."""
-    modes = [concurrency is not None, rate is not None, bool(max_load)]
-    if sum(modes) != 1:
-        raise InputError("estimate: give exactly one of --concurrency C, --rate R or --max-load")
+                      replicas: int = 1, engine: dict | None = None, catalog: list[str] = (),
+                      mode: str | None = None, ttft_p99: float | None = None, tpot_p99: float | None = None) -> dict:
+    """The scenario dict ``estimate`` simulates (exactly one of concurrency / rate / max_load / mode).
+
+    ``mode="offline"`` is ``max_load``; a ``mode="server"`` run is a search over Poisson rates
+    (:func:`server_search`), so its scenario here is the offline one it starts from."""
+    if mode is not None and mode not in MODES:
+        raise InputError(f"estimate: --mode {mode!r} unknown; allowed: {', '.join(MODES)}")
+    _check_bounds(mode, ttft_p99, tpot_p99)
+    modes = [concurrency is not None, rate is not None, bool(max_load) or mode is not None]
+    if sum(modes) != 1 or (max_load and mode == "server"):
+        raise InputError("estimate: give exactly one of --concurrency C, --rate R, --mode offline|server "
+                         "or --max-load (= --mode offline)")
+    max_load = bool(max_load) or mode is not None
     if requests < 1:
         raise InputError(f"estimate: --requests must be >= 1, got {requests}")
     if concurrency is not None:
@@ -50,8 +64,23 @@ def estimate_scenario(*, model: str, gpu: str, tp: int = 1, pp: int = 1, precisi
 
 
 ESTIMATE_KEYS = ("requests", "ttft_s", "ttft_p50_s", "ttft_p90_s", "ttft_p99_s", "tpot_s", "tpot_p50_s",
-                 "tpot_p90_s", "tpot_p99_s", "e2e_s", "e2e_p50_s", "e2e_p90_s", "e2e_p99_s",
+                 "tpot_p90_s", "tpot_p99_s", "frontend_s", "queue_s", "prefill_s", "e2e_s", "e2e_p50_s", "e2e_p90_s", "e2e_p99_s",
                  "output_tokens_per_s", "input_tokens_per_s", "requests_per_s", "sim_wall_s", "events")
+
+
+def _check_bounds(mode: str | None, ttft_p99: float | None, tpot_p99: float | None) -> None:
+    """Server mode needs both latency bounds, finite and positive; other modes take none."""
+    given = {"--ttft-p99": ttft_p99, "--tpot-p99": tpot_p99}
+    if mode != "server":
+        extra = [f for f, v in given.items() if v is not None]
+        if extra:
+            raise InputError(f"estimate: {', '.join(extra)} only apply with --mode server")
+        return
+    for flag, v in given.items():
+        if v is None:
+            raise InputError(f"estimate: --mode server needs {flag} S (the p99 bound in seconds)")
+        if not (isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1e6):
+            raise InputError(f"estimate: {flag} must be a finite number of seconds in (0, 1e6), got {v!r}")
 
 
 def estimate(seed: int = 1, **kw) -> dict:
@@ -60,7 +89,22 @@ def estimate(seed: int = 1, **kw) -> dict:
     ``steady_output_tokens_per_s`` is the output rate between the 10th and 90th percentile completion,
     which leaves out the warm-up and the drain that ``output_tokens_per_s`` (first arrival to last
     completion) includes; at max load it is also ``saturation_output_tokens_per_s``.
+    ``mode="server"`` returns the figures at the highest Poisson rate meeting ``ttft_p99`` and
+    ``tpot_p99`` (:func:`server_search`).
     """
+    if kw.get("mode") == "server":
+        min_s = kw.get("min_duration_s", SERVER_MIN_S)
+        if not (isinstance(min_s, (int, float)) and 0 <= min_s <= 1e6):
+            raise InputError(f"estimate: --min-duration must be in [0, 1e6] seconds, got {min_s!r}")
+        estimate_scenario(**{k: v for k, v in kw.items() if k != "min_duration_s"})   # validate first
+        return server_search(seed=seed, **kw)
+    return _run(seed, **kw)
+
+
+def _run(seed: int, **kw) -> dict:
+    """One simulation of the generated scenario and its figures."""
+    if kw.get("mode") == "offline":
+        kw = {**kw, "mode": None, "max_load": True}
     if kw.get("max_load"):
         kw["requests"] = max(kw.get("requests", 1000), saturation_requests(**kw))
     res = simulate(estimate_scenario(**kw), seed=seed)
@@ -75,6 +119,7 @@ def estimate(seed: int = 1, **kw) -> dict:
     out["requests_per_s"] = len(done) / span
     out["steady_output_tokens_per_s"] = steady_output_rate(done["finish_s"].to_numpy(),
                                                            done["output_tokens"].to_numpy())
+    out.update(steady_latencies(done))
     if kw.get("max_load"):
         out["saturation_rps"] = saturation_rate(done["finish_s"].to_numpy())
         out["saturation_output_tokens_per_s"] = out["steady_output_tokens_per_s"]
@@ -83,6 +128,58 @@ def estimate(seed: int = 1, **kw) -> dict:
                token_budget=int(pool["token_budget"]), preemptions=int(pool["preemptions"]),
                kernels=str(pool["kernels"]), support=str(pool["support"]))
     return out
+
+
+SERVER_STEPS = 14          # bisection steps on the rate: the bracket shrinks to 2^-14 of the saturation rate
+SERVER_LOW = 1e-3          # the lowest rate tried, as a share of the saturation rate
+SERVER_MIN_S = 600.0       # MLPerf LoadGen's server run length (mlcommons/inference mlperf.conf:
+                           # *.Server.min_duration = 600000 ms): a short run hides a slowly growing queue
+
+
+def server_search(seed: int = 1, **kw) -> dict:
+    """MLPerf's server scenario: the highest Poisson rate whose TTFT and TPOT p99 meet the bounds.
+
+    Bisection on the rate between SERVER_LOW and 1 x the offline saturation rate, each probe the
+    same number of Poisson arrivals with the same ``seed`` (deterministic): ``requests`` or, if more,
+    ``min_duration_s`` (default SERVER_MIN_S) of arrivals at the saturation rate, since near
+    saturation the queue grows with the run's length and a short run would pass. Returns the figures at
+    the rate found, with ``server_rate_rps``, the bounds, ``server_meets`` (False: even the lowest
+    rate misses a bound; its figures are returned), ``server_next_rps`` (the lowest rate probed that
+    misses a bound; None when the saturation rate meets both) and ``offline_saturation_rps``.
+    """
+    ttft, tpot = kw.pop("ttft_p99"), kw.pop("tpot_p99")
+    kw.pop("mode")
+    min_s = kw.pop("min_duration_s", SERVER_MIN_S)
+    offline = _run(seed, **{**kw, "max_load": True})
+    sat = offline["saturation_rps"]
+    kw["requests"] = max(kw.get("requests", 1000), math.ceil(sat * min_s))
+
+    def probe(rate: float) -> tuple[bool, dict]:
+        out = _run(seed, **{**kw, "rate": rate})
+        ok = out["ttft_p99_s"] <= ttft and not out["tpot_p99_s"] > tpot
+        return ok, out
+
+    lo, hi = SERVER_LOW * sat, sat
+    ok, best = probe(lo)
+    meets = ok
+    if not ok:
+        hi = lo
+    else:
+        ok_hi, out_hi = probe(hi)
+        if ok_hi:
+            lo, best, hi = hi, out_hi, None
+        else:
+            for _ in range(SERVER_STEPS):
+                mid = 0.5 * (lo + hi)
+                ok, out = probe(mid)
+                if ok:
+                    lo, best = mid, out
+                else:
+                    hi = mid
+    best.update(server_rate_rps=lo, server_next_rps=hi, server_meets=meets, server_ttft_p99_bound_s=ttft, server_tpot_p99_bound_s=tpot,
+                offline_saturation_rps=sat, offline_output_tokens_per_s=offline["steady_output_tokens_per_s"],
+                server_requests=kw["requests"])
+    return best
 
 
 def saturation_requests(**kw) -> int:
@@ -97,6 +194,25 @@ def saturation_requests(**kw) -> int:
     per_request = kw["input_tokens"] + kw["output_tokens"]
     batch = max(1, min(pool.config.max_batch, pool.config.kv_capacity // per_request))
     return 10 * kw.get("replicas", 1) * batch
+
+
+def steady_latencies(done) -> dict:
+    """TTFT and TPOT (mean, p50, p90, p99) of the completed requests that arrived in the steady window
+    (between the 10th and 90th percentile completion): without the first wave, which a closed loop
+    of N clients sends at once and which queues behind itself. NaN when none arrived there (all at once)."""
+    from .result import _latency_stats
+    t = np.sort(done["finish_s"].to_numpy())
+    t = t[np.isfinite(t)]
+    if len(t) >= 10:
+        lo, hi = t[int(0.1 * len(t))], t[int(0.9 * len(t))]
+        arrival = done["arrival_s"].to_numpy()
+        done = done[(arrival >= lo) & (arrival <= hi)]
+    else:
+        done = done.iloc[:0]
+    out = {"steady_requests": int(len(done))}
+    for name in ("ttft", "tpot"):
+        out.update({f"steady_{k}": v for k, v in _latency_stats(name, done[f"{name}_s"].to_numpy()).items()})
+    return out
 
 
 def saturation_rate(finish_times: np.ndarray) -> float:

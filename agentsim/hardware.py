@@ -72,6 +72,7 @@ class Efficiency(BaseModel):
     mbu: float = Field(gt=0, le=1)
     step_overhead_ms: float = Field(ge=0)
     request_overhead_ms: float = Field(ge=0)
+    per_seq_us: float = Field(0.0, ge=0)   # scheduler time per running decode per step (engine presets set it)
     link_efficiency: float = Field(gt=0, le=1)
     allreduce_latency_us: float = Field(ge=0)
     calibrated: bool = False

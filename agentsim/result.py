@@ -63,7 +63,11 @@ def derive(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def _derive_inplace(df: pd.DataFrame) -> pd.DataFrame:
+    # TTFT split: front end (arrival -> ready: HTTP, tokenise), queue (ready -> admitted), prefill
+    # (admitted -> first token: the prompt's steps, shared with the batch); the three add up to ttft_s
+    df["frontend_s"] = df["ready_s"] - df["arrival_s"]
     df["queue_s"] = df["admitted_s"] - df["ready_s"]
+    df["prefill_s"] = df["first_token_s"] - df["admitted_s"]
     df["ttft_s"] = df["first_token_s"] - df["arrival_s"]
     df["e2e_s"] = df["finish_s"] - df["arrival_s"]
     decode = (df["output_tokens"] - 1).where(df["output_tokens"] > 1)
@@ -174,7 +178,8 @@ class Result:
         out["outcomes"] = {o: int(n) for o, n in df["outcome"].value_counts().items() if n}
         for name in ("ttft", "tpot", "e2e"):
             out.update(_latency_stats(name, done[f"{name}_s"].to_numpy()))
-        out["queue_s"] = float(done["queue_s"].mean()) if len(done) else math.nan
+        for part in ("frontend_s", "queue_s", "prefill_s"):   # the mean TTFT split
+            out[part] = float(done[part].mean()) if len(done) else math.nan
         out_tokens = float(done["output_tokens"].sum())
         in_tokens = float(done["input_tokens"].sum())
         out["output_tokens_per_s"] = out_tokens / span

@@ -57,13 +57,19 @@ class Model(BaseModel):
 
 # -- building blocks ------------------------------------------------------------------------------
 class EngineSettings(Model):
-    """Scheduler and cache settings of a replica (vLLM V1-like defaults)."""
+    """Scheduler and cache settings of a replica (vLLM V1-like defaults, or an engine preset's)."""
 
+    preset: Literal["vllm", "sglang", "trtllm"] | None = Field(
+        None, description="engine preset (data/presets.toml): fills max_batch, token_budget, kv_dtype, kernels and "
+                          "the time outside the GPU where not set here; none = vLLM V1 limits with the GPU "
+                          "generation's overheads")
     max_batch: int | None = Field(None, ge=1, le=MAX_COUNT, description="max running requests; default 1024 on >=70 GB "
                                                           "non-A100 GPUs, else 256 (vLLM max_num_seqs)")
     token_budget: int | None = Field(None, ge=1, le=MAX_TOKENS, description="tokens per step (chunked prefill); default "
                                                              "8192 on >=70 GB non-A100 GPUs, else 2048")
     admission: str = Field("fcfs", description="admission order: fcfs | priority")
+    chunked_prefill: bool = Field(True, description="split a prompt over steps to fill the token budget; false: a "
+                                                    "prompt waits for a step with room for all of it (TensorRT-LLM)")
     retention: str = Field("lru", description="prefix-cache retention: lru | pin_session | none")
     prefix_cache: Literal["session", "blocks"] = Field(
         "session", description="session: one entry per prefix key (a session's context); blocks: 512-token "
@@ -305,7 +311,8 @@ class Scenario(Model):
 
     def pool_engine(self, name: str) -> EngineSettings:
         """The engine settings of one pool: [engine] with the pool's overrides."""
-        return EngineSettings(**{**self.engine.model_dump(), **self.pools[name].engine})
+        # exclude_unset: a preset fills only the fields nobody set, so which ones were set must survive
+        return EngineSettings(**{**self.engine.model_dump(exclude_unset=True), **self.pools[name].engine})
 
 
 # -- loading and overrides ------------------------------------------------------------------------

@@ -20,6 +20,8 @@ class EngineConfig:
     max_batch: int = 256
     token_budget: int = 8192
     admission: str = "fcfs"
+    chunked_prefill: bool = True   # False: a prompt waits for a step with room for all of it (TensorRT-LLM's
+                                   # default); a prompt longer than token_budget is still chunked
 
     def __post_init__(self) -> None:
         if self.token_budget < 1:

@@ -279,17 +279,19 @@ class StepCoeffs:
     """One deployment's step-time tables, as lists for the scalar hot path and arrays for numpy.
 
     ``overhead`` (s per step: scheduler and launches outside the kernels) and ``request_overhead``
-    (s per request before its first step) come from the calibrated efficiency of the GPU generation.
+    (s per request before its first step) come from the calibrated efficiency of the GPU generation
+    or the engine preset; ``per_seq`` (s per running decode per step) lets the scheduler's time grow
+    with the batch — constant within a stretch, so the closed form stays exact.
     Collectives are kernels here (inside ``fixed``): ``comm_fixed``/``comm_token`` stay 0 so code
     that separated them keeps its meaning.
     """
 
     __slots__ = ("fixed", "head", "dec_a", "dec_b", "pf_a", "pf_pair", "f_slope", "h_slope", "a_slope", "b_slope",
-                 "arrays", "overhead", "request_overhead", "t_host_load", "power_w", "idle_fraction", "comm_fixed",
+                 "arrays", "overhead", "per_seq", "request_overhead", "t_host_load", "power_w", "idle_fraction", "comm_fixed",
                  "comm_token", "label", "outside")
 
     def __init__(self, tables: Tables, *, overhead: float, request_overhead: float, t_host_load: float,
-                 power_w: float, idle_fraction: float) -> None:
+                 power_w: float, idle_fraction: float, per_seq: float = 0.0) -> None:
         self.arrays = tables
         self.fixed = tables.fixed.tolist()
         self.head = tables.head.tolist()
@@ -303,6 +305,7 @@ class StepCoeffs:
         self.a_slope = _slope(tables.dec_a)
         self.b_slope = _slope(tables.dec_b)
         self.overhead = overhead
+        self.per_seq = per_seq
         self.request_overhead = request_overhead
         self.t_host_load = t_host_load
         self.power_w = power_w
@@ -316,14 +319,14 @@ class StepCoeffs:
     def of(cls, dep: Deployment) -> "StepCoeffs":
         e, g = dep.efficiency, dep.gpu
         return cls(_cached_tables(dep), overhead=e.step_overhead_ms * 1e-3,
-                   request_overhead=e.request_overhead_ms * 1e-3,
+                   request_overhead=e.request_overhead_ms * 1e-3, per_seq=e.per_seq_us * 1e-6,
                    t_host_load=dep.kv_bytes_per_token_per_gpu / (g.host_link_gbps * 1e9),
                    power_w=dep.n_gpus * g.server_w_per_gpu, idle_fraction=g.idle_power_fraction)
 
     def with_(self, **changes) -> "StepCoeffs":
         """A copy with some scalar fields changed (e.g. another per-request overhead)."""
         kw = dict(overhead=self.overhead, request_overhead=self.request_overhead, t_host_load=self.t_host_load,
-                  power_w=self.power_w, idle_fraction=self.idle_fraction)
+                  power_w=self.power_w, idle_fraction=self.idle_fraction, per_seq=self.per_seq)
         kw.update(changes)
         return StepCoeffs(self.arrays, **kw)
 
@@ -362,7 +365,12 @@ class StepCoeffs:
                   decodes: int = 0, decode_context: float = 0, sampled: int | None = None) -> float:
         """Kernel time plus the per-step overhead. ``prefill_kv`` is accepted for callers that pass
         it; the KV a chunk reads and writes is inside the measured attention time."""
-        return self.kernel_time(prefill_tokens, prefill_attn, decodes, decode_context, sampled) + self.overhead
+        return (self.kernel_time(prefill_tokens, prefill_attn, decodes, decode_context, sampled)
+                + self.step_overhead(int(decodes)))
+
+    def step_overhead(self, decodes: int) -> float:
+        """Scheduler time of a step with ``decodes`` running decodes (``overhead`` when per_seq is 0)."""
+        return self.overhead + self.per_seq * decodes
 
     def stretch(self, n: int, S: float, chunk: int, p: int) -> "Stretch":
         """The closed form of a run of steps: ``n`` decodes at total context ``S`` (+n per step) and a
@@ -375,7 +383,7 @@ class StepCoeffs:
         else:
             c0 = self.F(n) + self.H(n) + a + b * S
             c1 = b * n
-        return Stretch(c0, c1, 0.0, 0.0, self.overhead)
+        return Stretch(c0, c1, 0.0, 0.0, self.overhead + self.per_seq * n)
 
 
 def _slope(a: np.ndarray) -> float:
@@ -462,10 +470,11 @@ def _one(c: StepCoeffs, pt, pa, nd, ctx, sm, parts: bool):
     kernel += pfa
     pfq *= pa
     kernel += pfq
-    time = kernel + c.overhead
+    overhead = c.overhead + c.per_seq * nd if c.per_seq else c.overhead
+    time = kernel + overhead
     if not parts:
         return time
-    energy = c.power_w * kernel + c.power_w * c.idle_fraction * c.overhead
+    energy = c.power_w * kernel + c.power_w * c.idle_fraction * overhead
     return StepCost(time, tokens, attention, head, energy)
 
 

@@ -42,6 +42,7 @@ from .result import PERCENTILES, Result
 #: a slice ships its latency arrays (for exact pooled percentiles) up to this many completed requests
 MAX_POOLED_ROWS = 2_000_000
 LATENCIES = ("ttft", "tpot", "e2e")
+SPLIT = ("frontend", "queue", "prefill")   # the TTFT split: summed per slice, merged as means
 
 
 def slice_seed(seed: int, count: int, index: int) -> int:
@@ -121,13 +122,13 @@ def slice_record(res: Result, max_rows: int = MAX_POOLED_ROWS) -> tuple[dict, di
     arrays: dict[str, np.ndarray] = {}
     pooled = len(done) <= max_rows
     rec["lat"] = {}
-    for name in LATENCIES + ("queue",):
+    for name in LATENCIES + SPLIT:
         x = done[f"{name}_s"].to_numpy(dtype=float)
-        x = x[np.isfinite(x)] if name != "queue" else x[~np.isnan(x)]
+        x = x[np.isfinite(x)] if name not in SPLIT else x[~np.isnan(x)]
         rec["lat"][name] = {"n": int(len(x)), "sum": float(x.sum())}
-        if name != "queue":
+        if name not in SPLIT:
             rec["lat"][name] |= {f"p{p}": float(np.percentile(x, p)) if len(x) else math.nan for p in PERCENTILES}
-        if pooled and name != "queue":
+        if pooled and name not in SPLIT:
             arrays[name] = x
     rec["sessions"] = _session_record(res, arrays if pooled else None)
     rec["pooled"] = pooled
@@ -201,8 +202,9 @@ def merge(records: list[tuple[dict, dict]], count: int | None = None) -> dict:
             out[f"{name}_s"] = _div(sum(x["sum"] for x in lat), nn)
             for p in PERCENTILES:
                 out[f"{name}_p{p}_s"] = _weighted([x[f"p{p}"] for x in lat], [x["n"] for x in lat])
-    q = [r["lat"]["queue"] for r in recs]
-    out["queue_s"] = _div(sum(x["sum"] for x in q), sum(x["n"] for x in q))
+    for part in SPLIT:   # the TTFT split's means (older records lack frontend/prefill)
+        q = [r["lat"][part] for r in recs if part in r["lat"]]
+        out[f"{part}_s"] = _div(sum(x["sum"] for x in q), sum(x["n"] for x in q))
     for key in ("output_tokens_per_s", "input_tokens_per_s", "requests_per_s", "goodput_rps"):
         out[key] = scale(tot(key))
     out["slo_attainment"] = _div(tot("ok"), tot("requests"))

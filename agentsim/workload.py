@@ -207,15 +207,12 @@ def too_large_share(input_tokens, output_tokens, capacity: int, n: int = 50_000)
 def max_kv_capacity(sc, catalog=None) -> int:
     """KV tokens of the largest replica of any pool (deployment errors name the pool)."""
     from .catalog import env_catalog_files, load_catalog
-    from .deployment import Deployment
+    from .build import pool_deployment
     catalog = catalog or load_catalog(env_catalog_files() + tuple(sc.catalog))
     best = 0
     for name, p in sc.pools.items():
-        s = sc.pool_engine(name)
         try:
-            dep = Deployment.from_catalog(catalog, p.model, p.gpu, tp=p.tp, pp=p.pp, precision=p.precision,
-                                          kv_dtype=s.kv_dtype, mem_util=s.mem_util,
-                                          reserve_gb_per_gpu=s.reserve_gb_per_gpu)
+            dep, _ = pool_deployment(catalog, p, sc.pool_engine(name))   # a preset may set the KV dtype
         except InputError as e:
             raise InputError(f"pools.{name}: {e}") from None
         best = max(best, dep.kv_capacity_tokens)

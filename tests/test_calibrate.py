@@ -25,10 +25,11 @@ SINGLE_STREAM_METRICS = {"ttft", "itl", "tpot", "tpot_p50", "decode_rate_per_use
 JSON_KEYS = {"model", "gpu", "metric", "measured", "predicted", "rel_error", "loo_error", "scored", "in_fit",
              "precision", "tp", "n_gpus", "input_tokens", "output_tokens", "batch_or_concurrency", "engine",
              "gpu_assumption", "kv_dtype", "max_batch", "token_budget", "kv_capacity_tokens", "requests",
-             "load_assumption", "holdout"}
+             "load_assumption", "command", "preset", "holdout", "load"}
 LOAD_ROWS = {3, 4, 5, 6, 14}   # H100 output_throughput with stated lengths: TRT-LLM max load, NIM concurrency 50
 NEW_GPUS = {"H200", "B200", "GB200"}   # the measured points added for issue 13 (rows 19 on)
 NEW_SIMULATED = set(range(19, 33))     # their TRT-LLM perf-overview max-load output_throughput rows
+NEW_UNDER_LOAD = {33, 34, 35, 39, 40, 41}   # InferenceX 1k/1k at concurrency 128: throughput, TTFT, TPOT
 
 
 @pytest.fixture(scope="module")
@@ -62,19 +63,23 @@ def load_rows(result) -> list[dict]:
 
 
 def test_load_points_meet_acceptance(result):
-    rows = [r for r in load_rows(result) if r["row"] in LOAD_ROWS]
+    """Issue 13: load points (throughput, TTFT and TPOT under load) median |error| <= 10 %, on all and
+    on the held-out third; the throughput rows' max within 25 %. TTFT at concurrency 128 is the known
+    miss (+27 % / +39 %, README): its max is guarded at 45 % so it cannot silently grow."""
+    rows = load_rows(result)
     for r in rows:
-        print(f"row {r['row']:>2} {r['model']} {r['input_tokens']}/{r['output_tokens']} {r['batch_or_concurrency']}: "
-              f"measured {r['measured']:.0f}, predicted {r['predicted']:.0f} tokens/s ({r['rel_error']:+.1%}); "
-              f"kv {r['kv_dtype']}, max_batch {r['max_batch']}, token_budget {r['token_budget']}, "
-              f"{r['requests']} requests")
-    assert {r["row"] for r in load_rows(result)} == LOAD_ROWS | NEW_SIMULATED
-    assert all(r["metric"] == "output_throughput" and r["input_tokens"] and r["output_tokens"] for r in rows)
-    s = cal.summary(rows, in_fit=False)  # the H100 rows; the new GPUs' rows wait for engine presets (issue 13)
-    print(s)
-    assert s["points"] == len(LOAD_ROWS)
-    assert s["median_abs_error"] <= 0.20, s
-    assert s["max_abs_error"] <= 0.40, s
+        print(f"row {r['row']:>2} {r['model']} {r['input_tokens']}/{r['output_tokens']} {r['batch_or_concurrency']} "
+              f"{r['metric']}: measured {r['measured']:.4g}, predicted {r['predicted']:.4g} ({r['rel_error']:+.1%})"
+              f"{' held out' if r['holdout'] else ''}")
+    assert {r["row"] for r in rows} == LOAD_ROWS | NEW_SIMULATED | NEW_UNDER_LOAD
+    assert all(r["input_tokens"] and r["output_tokens"] for r in rows)
+    for subset in (rows, [r for r in rows if r["holdout"]]):
+        s = cal.summary(subset, in_fit=False)
+        print(s)
+        assert s["points"] >= 10 and s["median_abs_error"] <= 0.10, s
+    throughput = [r for r in rows if r["unit"] != "ms"]
+    assert cal.summary(throughput, in_fit=False)["max_abs_error"] <= 0.25
+    assert cal.summary(rows, in_fit=False)["max_abs_error"] <= 0.45
 
 
 def test_load_points_stay_out_of_the_fit(result):
@@ -86,7 +91,7 @@ def test_load_points_stay_out_of_the_fit(result):
 
 def test_load_point_assumptions_are_stated(result):
     for r in load_rows(result):
-        assert r["kv_dtype"] == "fp8", r  # all are TensorRT-LLM at FP8 or FP4 weights
+        assert r["preset"] == "trtllm" and r["kv_dtype"] == "fp8", r  # TensorRT-LLM at FP8 or FP4 weights
         assert r["max_batch"] >= 1 and r["token_budget"] >= 1 and r["kv_capacity_tokens"] > 0
         concurrency = int(r["batch_or_concurrency"].split()[-1]) if "concurrency" in r["batch_or_concurrency"] \
             else r["max_batch"]           # at max load the batch is full: max_batch requests in flight
@@ -96,20 +101,66 @@ def test_load_point_assumptions_are_stated(result):
         # TRT-LLM's no-evict scheduler: every admitted request fits in full, so nothing is preempted
         assert r["max_batch"] * (r["input_tokens"] + r["output_tokens"]) <= r["kv_capacity_tokens"]
     single = [r for r in result.rows if r["scored"] and r["in_fit"]]
-    assert all(r["kv_dtype"] == "bf16" and r["max_batch"] is None and r["requests"] is None for r in single)
+    assert all(r["max_batch"] is None and r["requests"] is None and r["command"] is None for r in single)
+    # single-stream points run under their preset too: TRT-LLM at FP8 weights keeps an FP8 KV cache
+    assert {r["kv_dtype"] for r in single if r["preset"] == "trtllm" and r["precision"] == "FP8"} == {"fp8"}
 
 
-def test_load_prediction_is_the_estimate_path(result):
-    """The shipped calibrated.toml holds the fitted factors, so plain estimate() with the stated
-    assumptions reproduces a load point's prediction."""
-    r = next(r for r in result.rows if r["row"] == 14)
-    out = estimate(seed=cal.LOAD_SEED, model=r["model"], gpu=r["gpu"], tp=r["tp"], pp=r["n_gpus"] // r["tp"],
-                   precision=r["precision"].lower(), input_tokens=r["input_tokens"], output_tokens=r["output_tokens"],
-                   concurrency=50, requests=r["requests"],
-                   engine={"kv_dtype": r["kv_dtype"], "kernels": r["kernels"], "max_batch": r["max_batch"],
-                           "token_budget": r["token_budget"]})
-    assert out["kv_capacity_tokens"] == r["kv_capacity_tokens"] and out["preemptions"] == 0
-    assert math.isclose(out["steady_output_tokens_per_s"], r["predicted"], rel_tol=1e-3)
+def _run_command(command: str, capsys) -> float:
+    """Run a printed `agentsim estimate ... --format json  # key` command; the figure it names."""
+    import shlex
+    line, _, key = command.partition("#")
+    key = key.split()[0]
+    args = shlex.split(line)
+    assert args[:2] == ["agentsim", "estimate"], command
+    capsys.readouterr()   # drop anything printed before
+    code, out, err = run_cli(args[1:], capsys)
+    assert code == 0, err
+    return json.loads(out)[key.strip()]
+
+
+def test_printed_command_reproduces_each_load_prediction(result, capsys):
+    """The shipped calibrated.toml holds the fitted overheads, so the one command printed per load
+    point, run as a user would, gives its prediction: no hidden per-point setup."""
+    rows = [r for r in load_rows(result) if r["requests"] <= 10_000]   # the 74k-request row is slow
+    assert len(rows) >= 3
+    for r in rows:
+        assert "--engine trtllm" in r["command"] and "--max-batch" not in r["command"]
+        from types import SimpleNamespace
+        from agentsim.calibrate_load import LOAD_METRICS
+        point = SimpleNamespace(input_tokens=r["input_tokens"], output_tokens=r["output_tokens"], n_gpus=r["n_gpus"])
+        value = LOAD_METRICS[r["metric"]][1](_run_command(r["command"], capsys), point)   # the conversion it prints
+        assert math.isclose(value, r["predicted"], rel_tol=1e-3), (r["row"], value, r["predicted"])
+
+
+NIM_UNDER_LOAD = [  # the NIM page's figures at concurrency 50 (calibration.csv row 14's notes), as rows
+    "https://docs.nvidia.com/nim/benchmarking/llm/1.0.0/performance,Llama-3.3-70B-Instruct,FP8,H100-SXM-80GB,2,2,"
+    "NIM 1.8.0 (TensorRT-LLM),concurrency 50,5000,500,ttft,834.51,ms",
+    "(same NIM page),Llama-3.3-70B-Instruct,FP8,H100-SXM-80GB,2,2,NIM 1.8.0 (TensorRT-LLM),concurrency 50,5000,500,"
+    "itl,59.73,ms"]
+
+
+def test_ttft_and_tpot_under_load_are_simulated_and_reproducible(tmp_path, capsys):
+    """Latency under load is a load point too: the steady-window figure of one estimate command."""
+    data = tmp_path / "under_load.csv"   # the shipped rows (so the fit is the shipped one) and two more
+    data.write_text(data_path("calibration.csv").read_text().rstrip("\n") + "\n" + "\n".join(NIM_UNDER_LOAD) + "\n")
+    res = cal.calibrate(cal.load_points(data), load_catalog((), calibrated=False))
+    rows = {r["metric"]: r for r in res.rows if "concurrency 50" in r["batch_or_concurrency"] and r["metric"] != "output_throughput"}
+    assert set(rows) == {"ttft", "itl"}
+    assert all(r["scored"] and r["load"] and not r["in_fit"] for r in rows.values())
+    assert rows["ttft"]["command"].endswith("# steady_ttft_s x 1000 (ms)")
+    assert rows["itl"]["command"].endswith("# steady_tpot_s x 1000 (ms)")
+    for r in rows.values():
+        assert math.isclose(_run_command(r["command"], capsys) * 1e3, r["predicted"], rel_tol=1e-3)
+        print(r["metric"], r["measured"], r["predicted"], f"{r['rel_error']:+.1%}")
+
+
+def test_held_out_rows_are_summarised_apart():
+    rows = [{"scored": True, "in_fit": False, "holdout": h, "rel_error": e, "loo_error": e}
+            for h, e in ((True, 0.1), (True, -0.3), (False, 0.02), (False, 0.04))]
+    held, every = cal.summary(rows, in_fit=False, holdout=True), cal.summary(rows, in_fit=False)
+    assert held["points"] == 2 and math.isclose(held["median_abs_error"], 0.2) and held["max_abs_error"] == 0.3
+    assert every["points"] == 4 and math.isclose(every["median_abs_error"], 0.07)
 
 
 def test_trtllm_bench_limits_follow_its_heuristic():
@@ -169,7 +220,9 @@ def test_gpu_assumption_reported(result):
 
 
 def test_predictor_registry_is_the_extension_point(monkeypatch):
-    monkeypatch.setitem(cal.PREDICTORS, "output_throughput", lambda dep, p: p.value)
+    from agentsim import calibrate_load
+    monkeypatch.setattr(calibrate_load, "predict_load", lambda dep, p, overheads: p.value)
+    monkeypatch.setattr(calibrate_load, "load_setup", lambda dep, p: None)
     res = cal.calibrate(cal.load_points(data_path("calibration.csv")), load_catalog((), calibrated=False))
     rows = [r for r in res.rows if r["metric"] == "output_throughput"]
     assert rows and all(r["scored"] and abs(r["rel_error"]) < 1e-9 for r in rows)
@@ -202,9 +255,11 @@ def test_json_cli_output_has_the_keys(result, capsys):
 def test_table_states_the_load_assumptions(result):
     from agentsim.cli.calibrate_cmd import load_block
     out = load_block(result.rows)
-    assert "scored, not fitted" in out and f"load: {len(LOAD_ROWS | NEW_SIMULATED)} scored points" in out
+    scored = LOAD_ROWS | NEW_SIMULATED | NEW_UNDER_LOAD
+    assert "scored, never fitted" in out and f"load (all): {len(scored)} scored points" in out and "load (held out)" in out
     for row in LOAD_ROWS:
-        assert f"  row {row}: fp8 KV" in out
+        assert re.search(rf"  row {row}( \(held out\))?: output_throughput: measured", out), row
+    assert out.count("agentsim estimate --model") == len(scored)
     assert "  row 18: not scored: load point (concurrency 16) without input/output lengths" in out
 
 
@@ -231,6 +286,10 @@ def test_shipped_calibrated_file_is_current(result, capsys):
         assert eff.calibrated, stale
         for name, value in fit.fitted.items():
             assert math.isclose(getattr(eff, name), value, rel_tol=1e-3, abs_tol=1e-3), (gen, name, stale)
+    assert result.preset_fits, "no engine preset was fitted"
+    for name, fit in result.preset_fits.items():
+        for factor, value in fit.fitted.items():
+            assert math.isclose(shipped.engines[name][factor], value, rel_tol=1e-3, abs_tol=1e-3), (name, factor, stale)
     code, out, _ = run_cli(["catalog", "gpus", "--format", "json"], capsys)
     calibrated = {r["gpu"]: r["calibrated"] for r in json.loads(out)}
     assert code == 0 and calibrated["H100-SXM"] and calibrated["A100-SXM-80GB"]
@@ -338,14 +397,15 @@ def test_new_points_on_h200_b200_gb200():
                                                         if p.unit == "ms")
 
 
-def test_new_metrics_are_reported_not_scored(result):
+def test_new_points_are_scored_or_say_why_not(result):
     rows = {r["row"]: r for r in result.rows}
-    for row in NEW_SIMULATED:
+    for row in NEW_SIMULATED | NEW_UNDER_LOAD:
         assert rows[row]["scored"] and not rows[row]["in_fit"], row
-    for r in result.rows:
-        if r["row"] >= 19 and r["metric"] != "output_throughput":
-            assert not r["scored"] and r["reason"], r
-    assert any("no predictor for metric ttft_p50" == r["reason"] for r in result.rows)
+    unscored = [r for r in result.rows if r["row"] >= 19 and not r["scored"]]
+    assert unscored and all(r["reason"] for r in unscored)
+    # the 8k/1k runs at concurrency 128: prompts unchunked at the preset's 8,192-token budget would wait
+    # for the batch to drain, so the run cannot have used the preset's limits (the source does not say)
+    assert {r["row"] for r in unscored if "step budget" in r["reason"]} == {36, 37, 38, 42, 43, 44}
     assert [r["holdout"] for r in result.rows] == [p.holdout for p in shipped_points()]
 
 
@@ -372,3 +432,13 @@ def test_bad_holdout_value_is_one_line_input_error(tmp_path, value, capsys):
         cal.load_points(bad)
     code, _, err = run_cli(["calibrate", "--data", str(bad)], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_per_gpu_load_metrics_convert_the_steady_output_rate():
+    """InferenceX-style per-GPU figures: total (input + output) or output tokens/s over the GPUs."""
+    from agentsim.calibrate_load import LOAD_METRICS
+    p = cal.Point("x", 1, "s", "m", "g", "FP8", 8, 8, "vLLM", "concurrency 64", 64, 3072, 1024,
+                  "total_throughput_per_gpu", 1.0, "tokens/s")
+    key, convert, how = LOAD_METRICS["total_throughput_per_gpu"]
+    assert key == "steady_output_tokens_per_s" and convert(1000.0, p) == 1000.0 * 4 / 8 and "n_gpus" in how
+    assert LOAD_METRICS["output_throughput_per_gpu"][1](1000.0, p) == 125.0

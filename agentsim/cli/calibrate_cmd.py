@@ -7,13 +7,14 @@
 ``--refit`` regenerates ``agentsim/data/opmodel.npz`` from the installed op tables
 (``pip install 'agentsim[optables]'``) and prints tiers (a) and (b) afresh.
 
-Tier (c), as before: fit each GPU generation's per-step and per-request overheads to measured points.
+Tier (c): fit each engine preset's per-step and per-request overheads (and, for scenarios without a
+preset, each GPU generation's) to measured single-stream points.
 
 Prints every point (conditions, measured, predicted, relative and leave-one-out error, or why it
-is not scored), then per generation the fitted factors against their priors and an error summary
-of the single-stream points they were fitted to, then the load points: simulated by the serving
-engine (``agentsim.estimate``) with the fitted factors, each with its assumptions (KV dtype, batch
-limits, simulated requests), scored but never fitted.
+is not scored), then per preset and per generation the fitted factors against their priors and an
+error summary of the single-stream points they were fitted to, then the load points: each the
+one ``agentsim estimate`` command printed with it (its preset, nothing hidden) and its
+assumptions, scored but never fitted; error over all of them and over the held-out rows.
 ``--write FILE`` saves the fitted factors as a catalog file (the shipped one is
 ``agentsim/data/calibrated.toml``).
 """
@@ -30,9 +31,10 @@ from ..errors import InputError
 from .common import _fmt, catalog_option, cli, emit, format_option, render_table
 
 
-def generation_block(fit: cal.GenerationFit, rows: list[dict]) -> str:
-    """Fitted factors vs priors and the error summary of one generation, as text."""
-    s = cal.summary([r for r in rows if r["generation"] == fit.generation], in_fit=True)
+def generation_block(fit: cal.GenerationFit, rows: list[dict], by: str = "generation") -> str:
+    """Fitted factors vs priors and the error summary of one generation (or engine preset), as text.
+    A generation's error is shown on its points as the preset fits predict them."""
+    s = cal.summary([r for r in rows if r[by] == fit.generation], in_fit=True)
     factors = [{"factor": n, "prior": getattr(fit.prior, n), "fitted": v} for n, v in fit.fitted.items()]
     head = (f"{fit.generation}: {s['points']} scored points (rows {', '.join(map(str, fit.rows))}), "
             f"{len(fit.fitted)} factors fitted")
@@ -43,17 +45,24 @@ def generation_block(fit: cal.GenerationFit, rows: list[dict]) -> str:
 
 
 def load_block(rows: list[dict]) -> str:
-    """The load points' assumptions and their error summary, as text."""
-    load = [r for r in rows if r["metric"] in cal.SIMULATED]
-    lines = ["load points: simulated by the serving engine (agentsim.estimate) with the fitted factors of "
-             "their generation; scored, not fitted (a simulation per optimiser step is too slow), so "
-             "their loo_error is their rel_error"]
+    """The load points: each one's assumptions and the estimate command that reproduces it, then
+    their error over all scored load points and over the held-out ones."""
+    load = [r for r in rows if r.get("load")]
+    lines = ["load points: each simulated by the one `agentsim estimate` command shown (its engine's preset, "
+             "the row's model, GPU, lengths and load, nothing else), with the preset's fitted overheads; "
+             "scored, never fitted, so their loo_error is their rel_error; the commands read the shipped "
+             "calibrated.toml (after --write FILE from other data, add --catalog FILE to them)"]
     for r in load:
-        text = r["load_assumption"] if r["scored"] else f"not scored: {r['reason']}"
-        lines.append(f"  row {r['row']}: {text or '-'}")
-    s = cal.summary(rows, in_fit=False)
-    lines.append(f"load: {s['points']} scored points; |rel error| median {_fmt(s['median_abs_error'])}, "
-                 f"max {_fmt(s['max_abs_error'])}")
+        if r["scored"]:
+            err = f"measured {_fmt(r['measured'])}, predicted {_fmt(r['predicted'])} {r['unit']} ({r['rel_error']:+.1%})"
+            lines += [f"  row {r['row']}{' (held out)' if r.get('holdout') else ''}: {r['metric']}: {err}",
+                      f"    {r['load_assumption'] or '-'}", f"    {r['command'] or '-'}"]
+        else:
+            lines.append(f"  row {r['row']}: not scored: {r['reason']}")
+    for label, holdout in (("all", None), ("held out", True)):
+        s = cal.summary(rows, in_fit=False, holdout=holdout)
+        lines.append(f"load ({label}): {s['points']} scored points; |rel error| median {_fmt(s['median_abs_error'])}, "
+                     f"max {_fmt(s['max_abs_error'])}")
     return "\n".join(lines)
 
 
@@ -143,7 +152,11 @@ def calibrate(data_file, write_file, refit, ops_file, tiers, catalog_files, fmt)
         emit(rows + result.rows, fmt)
     else:
         click.echo("\ntier (c): the shipped measured points through the engine")
-        emit([{k: v for k, v in r.items() if k not in ("source", "load_assumption")} for r in result.rows], fmt)
+        emit([{k: v for k, v in r.items() if k not in ("source", "load_assumption", "command")} for r in result.rows], fmt)
+        click.echo("\nper engine preset (the time outside the GPU of `engine.preset` runs):")
+        for fit in result.preset_fits.values():
+            click.echo("\n" + generation_block(fit, result.rows, "preset"))
+        click.echo("\nper GPU generation (scenarios without a preset):")
         for fit in result.fits.values():
             click.echo("\n" + generation_block(fit, result.rows))
         s = cal.summary(result.rows, in_fit=True)
@@ -153,7 +166,7 @@ def calibrate(data_file, write_file, refit, ops_file, tiers, catalog_files, fmt)
         click.echo("\n" + load_block(result.rows))
     if write_file:
         try:
-            cal.write_calibrated(result.fits, write_file, path.name)
+            cal.write_calibrated(result.fits, write_file, path.name, result.preset_fits)
         except OSError as e:
             raise InputError(f"--write {write_file}: cannot write ({e.strerror or e})") from None
         load_catalog.cache_clear()  # a later load in this process must see the new file

@@ -15,7 +15,7 @@ FLAG_OF = {"streams.load.rate": "--rate", "streams.load.concurrency": "--concurr
            "streams.load.output_tokens": "--output-tokens", "pools.main.replicas": "--replicas",
            "pools.main.tp": "--tp", "pools.main.pp": "--pp", "pools.main.gpu": "--gpu", "pools.main.model": "--model",
            "pools.main.precision": "--precision", "engine.max_batch": "--max-batch",
-           "engine.token_budget": "--token-budget"}
+           "engine.token_budget": "--token-budget", "engine.preset": "--engine"}
 
 
 def in_flag_words(message: str) -> str:
@@ -39,7 +39,17 @@ def in_flag_words(message: str) -> str:
               help="Prompt tokens already in the replica's KV cache (attended, not recomputed).")
 @click.option("--concurrency", type=click.IntRange(min=1, max=MAX_COUNT), default=None, help="Closed loop of C clients.")
 @click.option("--rate", type=Finite(0, MAX_RATE, low_open=True), default=None, help="Poisson requests/s.")
-@click.option("--max-load", is_flag=True, help="All requests at once (saturation).")
+@click.option("--max-load", is_flag=True, help="All requests at once (saturation); the same as --mode offline.")
+@click.option("--mode", type=click.Choice(["offline", "server"]), default=None,
+              help="MLPerf-style: offline = all requests at once (max throughput); server = the highest Poisson "
+                   "rate meeting --ttft-p99 and --tpot-p99.")
+@click.option("--ttft-p99", type=Finite(0, 1e6, low_open=True), default=None, help="--mode server: p99 TTFT bound (s).")
+@click.option("--tpot-p99", type=Finite(0, 1e6, low_open=True), default=None, help="--mode server: p99 TPOT bound (s).")
+@click.option("--min-duration", type=Finite(0, 1e6), default=None,
+              help="--mode server: simulate at least this many seconds of arrivals per rate (default 600, MLPerf's).")
+@click.option("--engine", "preset", default=None,
+              help="Engine preset: vllm | sglang | trtllm (batching defaults and time outside the GPU, "
+                   "data/presets.toml); default: vLLM V1 limits with the GPU generation's overheads.")
 @click.option("--requests", type=click.IntRange(min=1, max=MAX_REQUESTS), default=1000, show_default=True)
 @click.option("--replicas", type=click.IntRange(min=1, max=MAX_REPLICAS), default=1, show_default=True)
 @click.option("--max-batch", type=click.IntRange(min=1, max=MAX_COUNT), default=None,
@@ -51,16 +61,24 @@ def in_flag_words(message: str) -> str:
 @force_option
 @format_option
 def estimate_cmd(model, gpu, tp, pp, precision, input_tokens, output_tokens, cached_tokens, concurrency, rate, max_load,
-                 requests, replicas, max_batch, token_budget, seed, catalog_files, force, fmt) -> None:
+                 mode, ttft_p99, tpot_p99, min_duration, preset, requests, replicas, max_batch, token_budget, seed, catalog_files,
+                 force, fmt) -> None:
     """Simulate one deployment: TTFT, TPOT, E2E (mean and percentiles) and token throughput.
 
     The run is checked first: a request no replica can hold is refused, and so is a run whose
     estimated work is above the limits (unless --force).
     """
-    engine = {k: v for k, v in (("max_batch", max_batch), ("token_budget", token_budget)) if v is not None}
+    engine = {k: v for k, v in (("preset", preset), ("max_batch", max_batch), ("token_budget", token_budget))
+              if v is not None}
     kw = dict(model=model, gpu=gpu, tp=tp, pp=pp, precision=precision, input_tokens=input_tokens,
               output_tokens=output_tokens, cached_tokens=cached_tokens, concurrency=concurrency, rate=rate, max_load=max_load,
               requests=requests, replicas=replicas, engine=engine, catalog=list(catalog_files))
+    if mode is not None or ttft_p99 is not None or tpot_p99 is not None:
+        kw.update(mode=mode, ttft_p99=ttft_p99, tpot_p99=tpot_p99)
+    if min_duration is not None:
+        if mode != "server":
+            raise InputError("estimate: --min-duration only applies with --mode server")
+        kw["min_duration_s"] = min_duration
     try:
         _check(kw, force)
         out = estimate(seed=seed, **kw)
@@ -74,7 +92,7 @@ def _check(kw: dict, force: bool) -> None:
     from ..estimate import estimate_scenario
     from ..scenario import parse
     from ..workload import check_runnable, check_work, estimate_work
-    sc = parse(estimate_scenario(**kw))
+    sc = parse(estimate_scenario(**{k: v for k, v in kw.items() if k != "min_duration_s"}))
     for note in check_runnable(sc):
         click.echo(f"warning: {in_flag_words(note)}", err=True)
     check_work(estimate_work(sc), force, what="this estimate", advice="lower --requests or --concurrency")
