@@ -23,14 +23,18 @@ Semantics (shared with the step-by-step reference in ``engine_reference.py``):
   starts there. Anything else provably waits for the stretch end, so it costs no event.
 * **Same-time events** are processed in SimPy's FIFO order of scheduling.
 
-The replica is a callback object on SimPy's queue, not a process: a stale timer (left behind by a
-cut, since SimPy cannot cancel events) is recognised by identity and ignored.
+The replica is a callback object on SimPy's queue, not a process. SimPy cannot cancel an event, so
+a cut moves the stretch's timer instead: its queue entry is replaced in place by the entry of the
+earlier end (``_move_earlier``), and no stale timer is left to pop. Where it is not moved (a queue
+of more than ``MOVE_MAX_QUEUE`` events, where the search would cost more than the stale pop), the
+timer is re-armed and the stale one is recognised by identity and ignored.
 """
 from __future__ import annotations
 
 import heapq
 import math
 from collections import deque
+from heapq import _siftdown, heappush
 
 from simpy.events import NORMAL, Event
 
@@ -42,6 +46,45 @@ from .servicetime import StepCoeffs, Stretch
 
 def _by_rid(req: Request) -> int:
     return req.rid
+
+
+# -- the only code here that touches SimPy's internals -------------------------------------------
+def _push(env, callback, value, delay: float) -> tuple:
+    """Schedule an event calling ``callback(event)`` after ``delay`` s, exactly as
+    ``env.schedule(event, NORMAL, delay)`` would (same time, priority and id), without its call
+    overhead; returns the queue entry ``(time, priority, id, event)``."""
+    ev = Event(env)
+    ev._ok = True
+    ev._value = value
+    ev.callbacks.append(callback)
+    entry = (env._now + delay, NORMAL, next(env._eid), ev)
+    heappush(env._queue, entry)
+    return entry
+
+
+#: longest SimPy queue in which a timer is moved rather than re-armed: finding its entry scans the
+#: queue (~35 ns an entry), and past a few dozen entries one stale pop (~3 us) is cheaper
+MOVE_MAX_QUEUE = 32
+
+
+def _move_earlier(env, entry: tuple, delay: float) -> tuple | None:
+    """Move a pending event to ``now + delay`` if that is earlier than its time: its queue entry is
+    replaced in place by the entry ``env.schedule`` would push for it now (a new id, so same-time
+    events keep their order), and none is left behind to pop as a stale timer. Returns the new
+    entry, or None (not earlier, not in the queue, or the queue too long to search) and the caller
+    schedules anew."""
+    t = env._now + delay
+    queue = env._queue
+    if not t < entry[0] or len(queue) > MOVE_MAX_QUEUE:
+        return None
+    try:
+        i = queue.index(entry)     # identity matches first; entries' ids are unique
+    except ValueError:
+        return None
+    new = (t, NORMAL, next(env._eid), entry[3])
+    queue[i] = new
+    _siftdown(queue, 0, i)         # a smaller key only moves towards the root
+    return new
 
 
 class Replica:
@@ -74,6 +117,7 @@ class Replica:
         self._applying = False              # inside _apply: callbacks may submit, the caller plans next
         # the stretch in progress
         self._timer: Event | None = None
+        self._entry: tuple | None = None   # the timer's entry in SimPy's queue
         self._t0 = 0.0
         self._k = 0
         self._law: Stretch | None = None
@@ -106,12 +150,8 @@ class Replica:
         if req.prompt + req.output > self.cap:
             return self._end(req, "request_too_large")
         if self.c.request_overhead > 0:
-            ev = Event(self.env)
-            ev._ok = True
-            ev._value = req
-            ev.callbacks.append(self._on_ready)
             self.pending += 1
-            self.env.schedule(ev, NORMAL, self.c.request_overhead)
+            _push(self.env, self._on_ready, req, self.c.request_overhead)
         else:
             self._enqueue(req)
 
@@ -207,7 +247,7 @@ class Replica:
             self._plan(t_b)
         else:
             self._k = jb
-            self._arm(self._t0 + self._law.elapsed(jb))
+            self._rearm(self._t0 + self._law.elapsed(jb))
 
     def _cut_to_boundary(self, now: float) -> None:
         """End the stretch at the next step boundary (at once if ``now`` is at one)."""
@@ -226,7 +266,7 @@ class Replica:
             self._plan(t_b)
         elif j + 1 < self._k:
             self._k = j + 1
-            self._arm(self._t0 + self._law.elapsed(j + 1))
+            self._rearm(self._t0 + self._law.elapsed(j + 1))
 
     def _drop_cancelled(self) -> None:
         for req, outcome in self._to_cancel:
@@ -248,18 +288,28 @@ class Replica:
 
     # -- stretches ---------------------------------------------------------------------------------
     def _arm(self, t_end: float) -> None:
-        ev = Event(self.env)
-        ev._ok = True
-        ev._value = None
-        ev.callbacks.append(self._on_timer)
-        self._timer = ev
-        self.env.schedule(ev, NORMAL, max(0.0, t_end - self.env.now))
+        delay = t_end - self.env._now
+        self._entry = entry = _push(self.env, self._on_timer, None, delay if delay > 0.0 else 0.0)
+        self._timer = entry[3]
+
+    def _rearm(self, t_end: float) -> None:
+        """The stretch was shortened: move its timer to the new, earlier end (no stale timer)."""
+        delay = t_end - self.env._now
+        entry = _move_earlier(self.env, self._entry, delay if delay > 0.0 else 0.0)
+        if entry is None:
+            self._arm(t_end)
+        else:
+            self._entry = entry
 
     def _on_timer(self, ev: Event) -> None:
         if ev is not self._timer:
-            return  # stale: a cut re-armed the stretch
-        now = self.env.now
-        self._apply(self._k, now)
+            return  # stale: a cut that could not move the timer re-armed the stretch
+        now = self.env._now
+        self._applying = True        # _apply, inlined: this is the path of most events
+        try:
+            self._apply_steps(self._k, now)
+        finally:
+            self._applying = False
         self._plan(now)
         if self.check_invariants:
             self.check()
@@ -446,7 +496,8 @@ class Replica:
                 cache.evict(self.kv_used + self.n_dec + cache.gpu_used - self.cap, t, force=True)
             else:
                 self._preempt()
-        self._admit(t)
+        if self.waiting:
+            self._admit(t)
         n = self.n_dec
         self._t0 = t
         self.stretches += 1

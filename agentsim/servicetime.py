@@ -356,10 +356,17 @@ class StepCoeffs:
         """Seconds of kernels in one step (the scalar form of the module's formula)."""
         prefill_tokens, decodes = int(prefill_tokens), int(decodes)
         sampled = decodes if sampled is None else int(sampled)
-        a, b = self.decode_line(decodes)
-        pa, pq = self.prefill_line(prefill_tokens)
-        return (self.F(prefill_tokens + decodes) + self.H(sampled) + a + b * decode_context
-                + pa + pq * prefill_attn)
+        # the engine prices every mixed step here: the table lookups are inlined (same values, same
+        # order of additions, so the same bits)
+        if decodes <= N_MAX:
+            a, b = self.dec_a[decodes], self.dec_b[decodes]
+        else:
+            a, b = self.decode_line(decodes)
+        t = prefill_tokens + decodes
+        c = prefill_tokens if prefill_tokens <= T_MAX else T_MAX
+        fixed = self.fixed[t] if t <= T_MAX else self.F(t)
+        head = self.head[sampled] if sampled <= N_MAX else self.H(sampled)
+        return fixed + head + a + b * decode_context + self.pf_a[c] + self.pf_pair[c] * prefill_attn
 
     def step_time(self, prefill_tokens: int = 0, prefill_attn: float = 0, prefill_kv: float = 0,
                   decodes: int = 0, decode_context: float = 0, sampled: int | None = None) -> float:
@@ -375,15 +382,27 @@ class StepCoeffs:
     def stretch(self, n: int, S: float, chunk: int, p: int) -> "Stretch":
         """The closed form of a run of steps: ``n`` decodes at total context ``S`` (+n per step) and a
         ``chunk`` of one prompt after ``p`` done tokens (+chunk per step); n sampled per step."""
-        a, b = self.decode_line(n)
+        # called once per engine stretch: the lookups of F, H, decode_line and prefill_line are
+        # inlined (same values, same order of additions, so the same bits)
+        if n <= N_MAX:
+            a, b, head = self.dec_a[n], self.dec_b[n], self.head[n]
+        else:
+            a, b = self.decode_line(n)
+            head = self.H(n)
+        t = n + chunk
+        fixed = self.fixed[t] if t <= T_MAX else self.F(t)
         if chunk:
-            pa, pq = self.prefill_line(chunk)
-            c0 = self.F(n + chunk) + self.H(n) + a + b * S + pa + pq * (chunk * p + chunk * chunk / 2)
+            c = chunk if chunk <= T_MAX else T_MAX
+            pa, pq = self.pf_a[c], self.pf_pair[c]
+            c0 = fixed + head + a + b * S + pa + pq * (chunk * p + chunk * chunk / 2)
             c1 = b * n + pq * chunk * chunk
         else:
-            c0 = self.F(n) + self.H(n) + a + b * S
+            c0 = fixed + head + a + b * S
             c1 = b * n
-        return Stretch(c0, c1, 0.0, 0.0, self.overhead + self.per_seq * n)
+        overhead = self.overhead + self.per_seq * n
+        if c0 > 0 and c1 >= 0:
+            return Affine(c0, c1, overhead)
+        return Stretch(c0, c1, 0.0, 0.0, overhead)
 
 
 def _slope(a: np.ndarray) -> float:
@@ -590,3 +609,44 @@ class Stretch:
         p = a - b / 2
         disc = p * p + 2 * b * tau
         return max(0, int((-p + math.sqrt(disc)) / b))
+
+
+class Affine(Stretch):
+    """A :class:`Stretch` with one affine term (``m0 = m1 = 0``, ``c0 > 0``, ``c1 >= 0``): what
+    :meth:`StepCoeffs.stretch` builds for every engine stretch.
+
+    The general form gives such a law a single piece (compute rules throughout, ``split`` is
+    infinite); this class is that case with the piece selection and the crossover search left out.
+    Each method computes the same expressions as the general one in the same order, so results
+    are bit-identical; it only spends less interpreter time per call (the engine calls
+    ``elapsed`` several times per stretch).
+    """
+
+    __slots__ = ()
+
+    def __init__(self, c0: float, c1: float, h: float) -> None:
+        self.c0, self.c1, self.m0, self.m1, self.h = c0, c1, 0.0, 0.0, h
+        self.first_memory = False
+        self.split = math.inf
+
+    def step(self, u: int) -> float:
+        com = self.c0 + self.c1 * u
+        return (com if com > 0.0 else 0.0) + self.h
+
+    def elapsed(self, k: int) -> float:
+        if k > 0:
+            return self.c0 * k + self.c1 * (k - 1) * k / 2 + self.h * k
+        return 0.0 + self.h * k
+
+    def steps_done_by(self, tau: float) -> int:
+        if tau <= 0:
+            return 0
+        if tau == math.inf:
+            return 1 << 62
+        elapsed = self.elapsed
+        j = self._solve(self.c0 + self.h, self.c1, tau)
+        while elapsed(j + 1) <= tau:
+            j += 1
+        while j > 0 and elapsed(j) > tau:
+            j -= 1
+        return j

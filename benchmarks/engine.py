@@ -15,7 +15,8 @@ Event skipping (``Replica``) runs against the step-by-step reference (``Stepping
 and on the first 10,000 requests of (c) (the reference needs ~0.5 ms per request there). Only
 ``env.run()`` is timed (``time.perf_counter``); each configuration runs ``--runs`` times
 interleaved and the table shows the median (and min–max). Events are SimPy's event-id counter:
-every event scheduled, stale timers included.
+every event scheduled, and each cut's move of a timer to an earlier end (it draws an id, as the
+re-arm that it replaces did, though nothing stale pops any more).
 
     python benchmarks/engine.py            # full size, median of 3 (about 2 min)
     python benchmarks/engine.py --quick    # 20x smaller, a few seconds

@@ -225,7 +225,8 @@ def arrival_for_ready(t_ready: float, overhead: float) -> float:
 
 
 def events_scheduled(env: simpy.Environment) -> int:
-    """SimPy events scheduled so far (every event, stale timers included): SimPy's id counter."""
+    """SimPy events scheduled so far: SimPy's id counter (every event, and each move of an engine
+    timer to an earlier end, which draws an id as a re-arm would)."""
     return next(env._eid)   # the id the next event would get = events scheduled
 
 

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from agentsim import Deployment, InputError, StepCoeffs, Stretch, load_catalog, step_cost, step_times
 from agentsim.opmodel import OpModel
-from agentsim.servicetime import N_MAX, T_MAX, prefill_attention_pairs
+from agentsim.servicetime import N_MAX, T_MAX, Affine, prefill_attention_pairs
 
 CAT = load_catalog()
 PROPS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -354,3 +354,46 @@ def test_mixed_stretch_closed_form_equals_step_cost(dep, n, ctx, chunk, p0, k):
     c = coeffs(dep)
     stretch, steps = _decode_stretch(c, n, float(n * ctx), prefill=chunk, p0=p0)
     _check_stretch_vs_step_cost(c, stretch, steps, k)
+
+
+# -- the engine's fast paths give the general forms' bits --------------------------------------
+
+@settings(max_examples=200, deadline=None)
+@given(c0=st.floats(1e-9, 10.0), c1=st.one_of(st.just(0.0), st.floats(1e-15, 1.0)),
+       h=st.one_of(st.just(0.0), st.floats(1e-9, 1.0)), j=st.integers(0, 5000))
+def test_affine_is_the_general_stretch_bit_for_bit(c0, c1, h, j):
+    """``Affine`` (what ``StepCoeffs.stretch`` returns) is ``Stretch(c0, c1, 0, 0, h)`` with the
+    piece selection left out: the same floats, not merely close ones."""
+    fast, general = Affine(c0, c1, h), Stretch(c0, c1, 0.0, 0.0, h)
+    assert general.split == math.inf and not general.first_memory
+    for u in (0, 1, j):
+        assert fast.step(u) == general.step(u)
+    for k in (0, 1, 2, j, j + 1, 1 << 40):
+        assert fast.elapsed(k) == general.elapsed(k)
+    e = general.elapsed(j)
+    for tau in (e, math.nextafter(e, -math.inf), math.nextafter(e, math.inf), e + general.step(j) / 2, 0.0, -1.0,
+                math.inf):
+        assert fast.steps_done_by(tau) == general.steps_done_by(tau)
+
+
+@PROPS
+@given(dep=st.sampled_from(DEPS), n=st.one_of(st.integers(0, 300), st.integers(N_MAX - 2, N_MAX + 50)),
+       chunk=st.one_of(st.just(0), st.integers(1, 8192), st.integers(T_MAX - 2, T_MAX + 50)),
+       p=st.integers(0, 100_000), S=st.integers(0, 10**7), sampled=st.integers(0, N_MAX + 50))
+def test_inlined_lookups_match_the_scalar_lookups(dep, n, chunk, p, S, sampled):
+    """``stretch`` and ``kernel_time`` look the tables up inline; the values and the order of the
+    sum are those of ``F``, ``H``, ``decode_line`` and ``prefill_line``, bit for bit."""
+    c = coeffs(dep)
+    a, b = c.decode_line(n)
+    pa, pq = c.prefill_line(chunk)
+    if chunk:
+        c0 = c.F(n + chunk) + c.H(n) + a + b * S + pa + pq * (chunk * p + chunk * chunk / 2)
+        c1 = b * n + pq * chunk * chunk
+    else:
+        c0 = c.F(n) + c.H(n) + a + b * S
+        c1 = b * n
+    s = c.stretch(n, S, chunk, p)
+    assert (s.c0, s.c1, s.m0, s.m1, s.h) == (c0, c1, 0.0, 0.0, c.overhead)
+    assert type(s) is (Affine if c0 > 0 and c1 >= 0 else Stretch)
+    attn = chunk * p + chunk * chunk / 2
+    assert c.kernel_time(chunk, attn, n, S, sampled) == (c.F(chunk + n) + c.H(sampled) + a + b * S + pa + pq * attn)
