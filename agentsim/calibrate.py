@@ -86,6 +86,10 @@ class Point:
     value: float
     unit: str
     holdout: bool = False    # in the held-out third of the load points (holdout_rows); missing column -> False
+    # settings the source states beyond the columns above (optional columns; missing -> the defaults)
+    range_ratio: float = 1.0       # the client drew lengths uniformly from [ratio x L, L] (--random-range-ratio)
+    token_budget: int | None = None  # the engine's tokens per step (max_num_tokens), when the source sets it
+    unmodelled: str = ""           # a stated setting the engine cannot express: the point is not scored
 
 
 def load_points(path: str | os.PathLike) -> list[Point]:
@@ -143,11 +147,19 @@ def _parse_row(rec: dict, row: int, where: str) -> Point:
     if holdout.lower() not in HOLDOUT_VALUES:
         raise InputError(f"{where}: field holdout: {holdout!r} not allowed; allowed: true, false (empty or no "
                          "holdout column = false)")
+    ratio = _number(rec, "range_ratio", where, optional=True)
+    if ratio is not None and not 0 < ratio <= 1:
+        raise InputError(f"{where}: field range_ratio: {ratio!r} not allowed; allowed: a number in (0, 1] "
+                         "(empty = 1, fixed lengths)")
+    budget = _number(rec, "token_budget", where, int, optional=True)
+    if budget is not None and budget < 1:
+        raise InputError(f"{where}: field token_budget: {budget!r} not allowed; allowed: an integer >= 1 (empty = "
+                         "the preset's)")
     return Point(where, row, _text(rec, "source"), _text(rec, "model"), _text(rec, "gpu"), precision, n_gpus, tp,
                  _text(rec, "engine"), load, _concurrency(load, where),
                  _number(rec, "input_tokens", where, int, optional=True),
                  _number(rec, "output_tokens", where, int, optional=True), metric, _number(rec, "value", where), unit,
-                 HOLDOUT_VALUES[holdout.lower()])
+                 HOLDOUT_VALUES[holdout.lower()], 1.0 if ratio is None else ratio, budget, _text(rec, "unmodelled"))
 
 
 # -- the held-out third of the load points -------------------------------------------------------

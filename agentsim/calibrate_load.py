@@ -71,9 +71,11 @@ class LoadSetup:
 
 def _kwargs(dep: Deployment, p: Point, preset: str, max_load: bool, requests: int) -> dict:
     mode = {"mode": "offline"} if max_load else {"concurrency": p.concurrency}
+    stated = {"range_ratio": p.range_ratio} if p.range_ratio < 1 else {}
+    engine = {"preset": preset, **({"token_budget": p.token_budget} if p.token_budget else {})}
     return dict(model=dep.model.name, gpu=dep.gpu.name, tp=dep.tp, pp=dep.pp, precision=dep.precision,
                 input_tokens=p.input_tokens, output_tokens=p.output_tokens, requests=requests,
-                engine={"preset": preset}, **mode)
+                engine=engine, **stated, **mode)
 
 
 def command(kw: dict, key: str, how: str = "") -> str:
@@ -82,7 +84,9 @@ def command(kw: dict, key: str, how: str = "") -> str:
     load = "--mode offline" if kw.get("mode") == "offline" else f"--concurrency {kw['concurrency']}"
     return (f"agentsim estimate --model {q(kw['model'])} --gpu {q(kw['gpu'])} --tp {kw['tp']} --pp {kw['pp']} "
             f"--precision {kw['precision']} --input-tokens {kw['input_tokens']} --output-tokens {kw['output_tokens']} "
-            f"--engine {kw['engine']['preset']} {load} --requests {kw['requests']} --seed {LOAD_SEED} "
+            + (f"--range-ratio {kw['range_ratio']:g} " if "range_ratio" in kw else "")
+            + (f"--token-budget {kw['engine']['token_budget']} " if "token_budget" in kw["engine"] else "")
+            + f"--engine {kw['engine']['preset']} {load} --requests {kw['requests']} --seed {LOAD_SEED} "
             f"--format json  # {key}{' ' + how if how else ''}")
 
 
@@ -95,6 +99,8 @@ def load_setup(dep: Deployment, p: Point) -> LoadSetup:
     if p.input_tokens is None or p.output_tokens is None:
         raise Unscored(f"load point ({p.load}) without input/output lengths: the engine simulates fixed "
                        "lengths and needs both")
+    if p.unmodelled:
+        raise Unscored(f"the run used {p.unmodelled}, which the engine does not model")
     if re.search(r"server", p.load, re.I):
         raise Unscored(f"server scenario ({p.load}): the row states no TTFT/TPOT bounds for --mode server")
     max_load = p.concurrency is None

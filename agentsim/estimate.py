@@ -23,8 +23,13 @@ def estimate_scenario(*, model: str, gpu: str, tp: int = 1, pp: int = 1, precisi
                       input_tokens: int, output_tokens: int, cached_tokens: int = 0, concurrency: int | None = None,
                       rate: float | None = None, max_load: bool = False, requests: int = 1000,
                       replicas: int = 1, engine: dict | None = None, catalog: list[str] = (),
-                      mode: str | None = None, ttft_p99: float | None = None, tpot_p99: float | None = None) -> dict:
+                      mode: str | None = None, ttft_p99: float | None = None, tpot_p99: float | None = None,
+                      range_ratio: float = 1.0) -> dict:
     """The scenario dict ``estimate`` simulates (exactly one of concurrency / rate / max_load / mode).
+
+    ``range_ratio`` < 1 draws each request's input and output lengths uniformly from the integers
+    in ``[floor(ratio x L), L]``, as the benchmark clients' ``--random-range-ratio`` does (SGLang's
+    and InferenceX's ``bench_serving``); fixed lengths make closed-loop clients finish in waves.
 
     ``mode="offline"`` is ``max_load``; a ``mode="server"`` run is a search over Poisson rates
     (:func:`server_search`), so its scenario here is the offline one it starts from."""
@@ -49,7 +54,12 @@ def estimate_scenario(*, model: str, gpu: str, tp: int = 1, pp: int = 1, precisi
     if not 0 <= cached_tokens < input_tokens:
         raise InputError(f"estimate: --cached-tokens must be in [0, --input-tokens), got {cached_tokens} "
                          f"with --input-tokens {input_tokens}")
-    stream.update(input_tokens=input_tokens, output_tokens=output_tokens)
+    if not 0 < range_ratio <= 1:
+        raise InputError(f"estimate: --range-ratio must be in (0, 1], got {range_ratio}")
+    stream.update(input_tokens=_lengths(input_tokens, range_ratio), output_tokens=_lengths(output_tokens, range_ratio))
+    if cached_tokens and cached_tokens >= math.floor(range_ratio * input_tokens):
+        raise InputError(f"estimate: --cached-tokens must be below the shortest prompt, "
+                         f"floor(--range-ratio x --input-tokens) = {math.floor(range_ratio * input_tokens)}; got {cached_tokens}")
     if cached_tokens:
         stream["cached_tokens"] = cached_tokens
     return {
@@ -61,6 +71,14 @@ def estimate_scenario(*, model: str, gpu: str, tp: int = 1, pp: int = 1, precisi
         "streams": {"load": stream},
         "slo_ttft_s": 1e9, "slo_tpot_s": 1e9,
     }
+
+
+def _lengths(length: int, ratio: float):
+    """A fixed length, or the integers in [floor(ratio x length), length] drawn uniformly."""
+    if ratio >= 1:
+        return length
+    return {"kind": "uniform", "low": math.floor(ratio * length), "high": length + 1, "round": "floor",
+            "max": length}
 
 
 ESTIMATE_KEYS = ("requests", "ttft_s", "ttft_p50_s", "ttft_p90_s", "ttft_p99_s", "tpot_s", "tpot_p50_s",

@@ -110,6 +110,25 @@ def _constant(dist) -> int | None:
     return int(dist.value) if dist is not None and dist.kind == "constant" else None
 
 
+def _mean_length(dist) -> float | None:
+    """The mean of a constant or uniform integer length (None for other kinds)."""
+    if dist is None:
+        return None
+    if dist.kind == "constant":
+        return float(dist.value)
+    if dist.kind == "uniform" and dist.round == "floor":      # integers low .. min(high - 1, max)
+        return (dist.low + min(dist.high - 1, dist.max)) / 2
+    return None
+
+
+def mean_request(streams) -> float | None:
+    """Tokens (input + output) of the largest stream's mean request (None if a length is not constant or uniform)."""
+    sizes = [(_mean_length(st.input_tokens), _mean_length(st.output_tokens)) for st in streams]
+    if not sizes or any(i is None or o is None for i, o in sizes):
+        return None
+    return max(i + o for i, o in sizes)
+
+
 def fixed_lengths(streams) -> list[tuple[int, int, str]]:
     """(input, output, kind) of every stream with constant lengths (None if any stream varies)."""
     out = []
@@ -127,8 +146,9 @@ def preset_limits(name: str, dep, streams, s) -> tuple[int, int, list[str]]:
     * ``offline_limits = "trtllm-bench"``: when every stream is all-at-once with constant lengths
       (an offline run), trtllm-bench's heuristic picks both limits, as it did for the measured points.
     * ``no_evict``: TRT-LLM's GUARANTEED_NO_EVICT admits a request only when its whole input+output
-      fits the KV pool; with constant lengths that is max_batch <= KV tokens // (input+output).
-      With varying lengths it is not expressed (a stated limit).
+      fits the KV pool; with constant lengths that is max_batch <= KV tokens // (input+output). With
+      uniform lengths it admits by each request's own size, so a full pool holds KV // the mean
+      request in steady state: that is the cap. Other length distributions leave it unexpressed.
     """
     p = preset(name)
     batch, budget = limits(name, dep)
@@ -141,8 +161,9 @@ def preset_limits(name: str, dep, streams, s) -> tuple[int, int, list[str]]:
                  f"max_num_tokens {budget} (chunked prefill off)"]
     batch = s.max_batch or batch
     budget = s.token_budget or budget
-    if fixed and p["no_evict"]:
-        need = max(i + o for i, o, _ in fixed)
+    need = mean_request(streams) if streams else None
+    if need and p["no_evict"]:
+        need = int(round(need))
         fit = dep.kv_capacity_tokens // need
         if 1 <= fit < batch:
             batch = fit

@@ -37,6 +37,9 @@ def in_flag_words(message: str) -> str:
 @click.option("--output-tokens", type=click.IntRange(min=1, max=MAX_TOKENS), required=True)
 @click.option("--cached-tokens", type=click.IntRange(min=0, max=MAX_TOKENS), default=0, show_default=True,
               help="Prompt tokens already in the replica's KV cache (attended, not recomputed).")
+@click.option("--range-ratio", type=Finite(0, 1, low_open=True), default=1.0, show_default=True,
+              help="Draw each request's input and output lengths uniformly from [R x L, L] (benchmark clients' "
+                   "--random-range-ratio); 1 = fixed lengths.")
 @click.option("--concurrency", type=click.IntRange(min=1, max=MAX_COUNT), default=None, help="Closed loop of C clients.")
 @click.option("--rate", type=Finite(0, MAX_RATE, low_open=True), default=None, help="Poisson requests/s.")
 @click.option("--max-load", is_flag=True, help="All requests at once (saturation); the same as --mode offline.")
@@ -60,7 +63,7 @@ def in_flag_words(message: str) -> str:
 @catalog_option
 @force_option
 @format_option
-def estimate_cmd(model, gpu, tp, pp, precision, input_tokens, output_tokens, cached_tokens, concurrency, rate, max_load,
+def estimate_cmd(model, gpu, tp, pp, precision, input_tokens, output_tokens, cached_tokens, range_ratio, concurrency, rate, max_load,
                  mode, ttft_p99, tpot_p99, min_duration, preset, requests, replicas, max_batch, token_budget, seed, catalog_files,
                  force, fmt) -> None:
     """Simulate one deployment: TTFT, TPOT, E2E (mean and percentiles) and token throughput.
@@ -73,6 +76,8 @@ def estimate_cmd(model, gpu, tp, pp, precision, input_tokens, output_tokens, cac
     kw = dict(model=model, gpu=gpu, tp=tp, pp=pp, precision=precision, input_tokens=input_tokens,
               output_tokens=output_tokens, cached_tokens=cached_tokens, concurrency=concurrency, rate=rate, max_load=max_load,
               requests=requests, replicas=replicas, engine=engine, catalog=list(catalog_files))
+    if range_ratio != 1.0:
+        kw["range_ratio"] = range_ratio
     if mode is not None or ttft_p99 is not None or tpot_p99 is not None:
         kw.update(mode=mode, ttft_p99=ttft_p99, tpot_p99=tpot_p99)
     if min_duration is not None:
