@@ -14,7 +14,7 @@ from .prefix_cache import CacheConfig, PrefixCache
 from .scenario import EngineSettings, Scenario
 from .servicetime import StepCoeffs
 from .sim import RngStreams, Simulation
-from .gateway import Gateway, parse_policies
+from .gateway import Gateway, PolicyView, parse_policies
 from . import presets
 from .populations import Population, SessionRecorder
 from .sources import SOURCES
@@ -147,7 +147,8 @@ def build(scenario: Scenario, seed: int | None = None, *, catalog: Catalog | Non
         user_base += max(pc.size, 1)
         tenant_base += pc.tenants
     if scenario.policies:
-        sim.gateway = Gateway(sim, parse_policies(scenario.policies))
+        view = PolicyView(start=scenario.start, rng=rng, fleet=cluster)
+        sim.gateway = Gateway(parse_policies(scenario.policies), view, clock=lambda: env.now, end=sim.end)
     rid = 0
     for pool, p in zip(pools, scenario.pools.values()):
         for _ in pool.replicas:

@@ -41,7 +41,8 @@ class Client:
 
     def __init__(self, sim, policy: RetryPolicy, rng, *, timeout_s: float, model: str | None, tenant: int, user: int,
                  population: int, stats: CallStats, abandon_ttft_s: float = 0.0, abandon_prob: float = 0.0,
-                 priority: int = 0, cache_ttl_s: float | None = None) -> None:
+                 priority: int = 0, cache_ttl_s: float | None = None, tier: str | None = None,
+                 plan: str | None = None) -> None:
         self.sim = sim
         self.env = sim.env
         self.policy = policy
@@ -56,6 +57,7 @@ class Client:
         self.abandon_prob = abandon_prob
         self.priority = priority
         self.cache_ttl_s = cache_ttl_s      # the prompt-cache TTL this client asks for (None: the engine's)
+        self.tier, self.plan = tier, plan   # stamped on every request: the gateway's policies read them there
         #: a U(0, 1) draw from this client's stream: blocks of 256 drawn when the last one runs out
         self.u = chain.from_iterable(_uniform_blocks(rng)).__next__
         # the base policy's hooks do nothing: skip the calls (most presets keep them)
@@ -81,6 +83,7 @@ class Client:
             req.shared_key = shared_key
             req.shared_len = shared_len
             req.cache_ttl = self.cache_ttl_s
+            req.tier, req.plan = self.tier, self.plan
             stats.attempts += 1
             draw = u()          # drawn whether or not the policy throttles: the stream stays aligned
             if self._throttles and policy.local_reject(env.now, draw):

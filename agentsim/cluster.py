@@ -219,6 +219,12 @@ class Cluster:
             self._cands_cache[key] = cands
         return cands
 
+    def load(self, model: str | None) -> "FleetLoad | None":
+        """How loaded the up replicas serving ``model`` are (None when none is up): the question a
+        gateway policy may ask of the fleet, answered here so no policy reads replica internals."""
+        cands = self.candidates(model)
+        return FleetLoad(cands) if cands else None
+
     def route(self, req: Request, model: str | None = None) -> None:
         cands = self.candidates(model)
         if not cands:
@@ -278,3 +284,21 @@ def replica_energy_j(replica: Replica, pool: Pool, downtime: float, now: float) 
     busy, energy = replica.accounted(now)
     idle = max(0.0, now - busy - downtime)
     return energy + pool.idle_power_w * idle
+
+
+class FleetLoad:
+    """Load of a set of up replicas, each figure computed when asked (shedding asks one or two)."""
+
+    __slots__ = ("_replicas",)
+
+    def __init__(self, replicas: list) -> None:
+        self._replicas = replicas
+
+    @property
+    def outstanding_per_replica(self) -> float:
+        """Queued plus running requests per up replica."""
+        return sum(r.outstanding for r in self._replicas) / len(self._replicas)
+
+    def queue_delay_s(self) -> float:
+        """Estimated queueing delay at the least-loaded replica: its queued prompt tokens at its prefill rate."""
+        return min(sum(q.prompt_len for q in r.waiting) * r.c.t_token for r in self._replicas)

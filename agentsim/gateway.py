@@ -9,6 +9,9 @@ change to the engine or the agents.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import datetime
 from typing import Any
 
 from pydantic import ValidationError
@@ -36,21 +39,38 @@ def parse_policies(items: list[dict[str, Any]]) -> list:
     return out
 
 
+@dataclass(frozen=True)
+class PolicyView:
+    """All a policy may see of the run besides the request: read-only, given at construction.
+
+    ``start`` is the wall-clock time at t = 0 (peak hours, calendar days); ``rng(name)`` a named
+    random stream; ``fleet`` answers load questions about the replicas that serve a model
+    (:meth:`agentsim.cluster.Cluster.load`); ``peak`` is the chain's peak-hour throttle (None without
+    one), which the limit policies scale by. Policies never reach the simulation itself.
+    """
+    start: datetime
+    rng: Callable[[str], Any]
+    fleet: Any
+    peak: Any = None
+
+
 class Gateway:
-    """Runs the chain; rejected requests end at once, admitted ones go to the cluster."""
+    """Runs the chain; rejected requests end at once (``end``), admitted ones go to the cluster."""
 
-    def __init__(self, sim, params_list: list) -> None:
-        self.sim = sim
-        self.policies = [POLICIES[p.name](p, sim) for p in params_list]
+    def __init__(self, params_list: list, view: PolicyView, clock: Callable[[], float],
+                 end: Callable[[Request, str], None]) -> None:
+        self.clock, self.end = clock, end
+        # the peak-hour throttle first: the other policies are given it in their view
+        peak = next((POLICIES[p.name](p, view) for p in params_list if p.name == "peak_throttle"), None)
+        view = replace(view, peak=peak)
+        self.policies = [peak if p.name == "peak_throttle" and peak is not None and p is peak.p
+                         else POLICIES[p.name](p, view) for p in params_list]
         self.rejected = 0
-        self.model: str | None = None
-        #: the peak-hour throttle other policies consult (None when the chain has none)
-        self.peak = next((p for p in self.policies if p.name == "peak_throttle"), None)
+        self.peak = peak
 
-    def submit(self, req: Request, model: str | None) -> bool:
+    def submit(self, req: Request) -> bool:
         """True if admitted (routed), False if rejected (already ended)."""
-        now = self.sim.env.now
-        self.model = model          # the model this request asks for (policies that measure the fleet use it)
+        now = self.clock()
         for i, policy in enumerate(self.policies):
             verdict = policy.admit(req, now)
             if verdict is not None:
@@ -59,11 +79,11 @@ class Gateway:
                 outcome, retry_after = verdict
                 req.retry_after = retry_after
                 self.rejected += 1
-                self.sim.end(req, outcome)
+                self.end(req, outcome)
                 return False
         return True
 
     def on_done(self, req: Request) -> None:
-        now = self.sim.env.now
+        now = self.clock()
         for policy in self.policies:
             policy.on_done(req, now)

@@ -130,7 +130,7 @@ class Population:
         return Client(self.sim, self.policy, self._client_rng, timeout_s=self.timeout_s, model=self.model,
                       tenant=tenant, user=user, population=self.index, stats=self.stats,
                       abandon_ttft_s=p.abandon_ttft_s, abandon_prob=p.abandon_prob, priority=self.priority,
-                      cache_ttl_s=p.cache_ttl_s)
+                      cache_ttl_s=p.cache_ttl_s, tier=self.cfg.tier, plan=self.cfg.plan)
 
     def open_session(self, sid: int, parent: int, tenant: int, user: int, kind: int) -> SessionState:
         s = SessionState(sid, parent, tenant, user, self.env.now, kind)

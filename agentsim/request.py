@@ -28,7 +28,7 @@ class Request:
         "cache_ttl", "priority", "max_tokens",
         "arrival", "ready", "admitted", "first_token", "finish", "outcome", "replica",
         "cached_gpu", "cached_host", "prefill_tokens", "preemptions", "on_done",
-        "attempt", "call", "trigger", "retry_after", "population",
+        "attempt", "call", "trigger", "retry_after", "population", "tier", "plan", "model",
         # engine state
         "prompt_len", "out_left", "pf_done", "v_join", "b", "finish_v", "seq", "running", "removed", "kv", "load",
     )
@@ -62,6 +62,9 @@ class Request:
         self.trigger = 0           # what caused the call: see TRIGGERS
         self.retry_after = math.nan  # seconds, set by a gateway policy that rejects
         self.population = population
+        self.tier = None           # the sender's API tier / consumer plan (stamped by its client) and the
+        self.plan = None           # model it asks for: what gateway policies decide on
+        self.model = None
         self.prompt_len = prompt
         self.out_left = output
         self.pf_done = 0

@@ -174,7 +174,8 @@ class Simulation:
     def submit(self, req: Request, model: str | None = None) -> None:
         """A request enters the provider: gateway policies, then the router."""
         self.open[req.rid] = req
-        if self.gateway is not None and not self.gateway.submit(req, model):
+        req.model = model
+        if self.gateway is not None and not self.gateway.submit(req):
             return
         self.cluster.route(req, model)
         if req.replica >= 0:

@@ -135,11 +135,14 @@ class Driver:
         req = sim.new_request(prompt, max_tokens, tenant=tenant, user=user, population=pop, prefix_len=prefix_len,
                               priority=prio)
         req.max_tokens = max_tokens
+        if pop >= 0:   # what the population's client stamps on its requests
+            req.tier, req.plan = sim.populations[pop].cfg.tier, sim.populations[pop].cfg.plan
         if route:
             sim.submit(req, model)
         else:
             sim.open[req.rid] = req
-            sim.gateway.submit(req, model)
+            req.model = model
+            sim.gateway.submit(req)
         return req
 
     def finish(self, req, output: int, cached: int = 0, outcome: str = "completed") -> None:

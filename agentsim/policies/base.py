@@ -20,9 +20,9 @@ class Policy:
         model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
         name: str
 
-    def __init__(self, params, sim) -> None:
+    def __init__(self, params, view) -> None:
         self.p = params
-        self.sim = sim
+        self.view = view      # agentsim.gateway.PolicyView: the run as far as a policy may see it
 
     def admit(self, req: Request, now: float):
         return None

@@ -34,9 +34,9 @@ class Chaos(Policy):
                     raise ValueError(f"window [{a}, {b}] must satisfy 0 <= start < end")
             return self
 
-    def __init__(self, params, sim) -> None:
-        super().__init__(params, sim)
-        self.rng = sim.rng("chaos")
+    def __init__(self, params, view) -> None:
+        super().__init__(params, view)
+        self.rng = view.rng("chaos")
         self._buf: list = []
         self._i = 0
         self.retry_after = params.retry_after_s if params.retry_after_s > 0 else math.nan

@@ -39,9 +39,9 @@ class PeakThrottle(Policy):
             zone(self.timezone, where="timezone")
             return self
 
-    def __init__(self, params, sim) -> None:
-        super().__init__(params, sim)
-        self.schedule = Schedule(sim.scenario.start, params.days, params.start_hour, params.end_hour,
+    def __init__(self, params, view) -> None:
+        super().__init__(params, view)
+        self.schedule = Schedule(view.start, params.days, params.start_hour, params.end_hour,
                                  params.timezone)
 
     def active(self, now: float) -> bool:

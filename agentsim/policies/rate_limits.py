@@ -35,17 +35,13 @@ class RateLimits(Policy):
                 tier(v, where="")
             return v
 
-    def __init__(self, params, sim) -> None:
-        super().__init__(params, sim)
+    def __init__(self, params, view) -> None:
+        super().__init__(params, view)
         self.buckets: dict[int, tuple] = {}     # tenant -> (tier name, rpm, itpm, otpm, tpm buckets or None)
         self.charged: dict[int, tuple] = {}     # request id -> (itpm charge, otpm/tpm charge)
 
     def _tier_name(self, req) -> str | None:
-        if req.population >= 0:
-            name = self.sim.populations[req.population].cfg.tier
-            if name is not None:
-                return name
-        return self.p.default_tier
+        return req.tier if req.tier is not None else self.p.default_tier
 
     def _state(self, req, name: str):
         st = self.buckets.get(req.tenant)
@@ -58,12 +54,12 @@ class RateLimits(Policy):
         return st
 
     def _scale(self, now: float) -> float:
-        peak = self.sim.gateway.peak if self.sim.gateway is not None else None
+        peak = self.view.peak
         return peak.limit_scale(now) if peak is not None else 1.0
 
     def _refill(self, bucket, now: float) -> None:
         """Refill at the limit scale in force over each part of the gap (not the scale at its end)."""
-        peak = self.sim.gateway.peak if self.sim.gateway is not None else None
+        peak = self.view.peak
         if peak is None:
             bucket.refill(now)
         elif now > bucket.t:

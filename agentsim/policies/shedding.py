@@ -31,24 +31,22 @@ class OverloadShedding(Policy):
                 raise ValueError("give max_outstanding_per_replica or max_queue_delay_s (both are 0)")
             return self
 
-    def __init__(self, params, sim) -> None:
-        super().__init__(params, sim)
+    def __init__(self, params, view) -> None:
+        super().__init__(params, view)
         self.shed = 0
 
     def admit(self, req, now):
         p = self.p
-        cands = self.sim.cluster.candidates(self.sim.gateway.model)
-        if not cands:
+        load = self.view.fleet.load(req.model)
+        if load is None:
             return None
         share = p.class_headroom[min(max(req.priority, 0), len(p.class_headroom) - 1)]
         if p.max_outstanding_per_replica:
-            load = sum(r.outstanding for r in cands) / len(cands)
-            if load >= p.max_outstanding_per_replica * share:
+            if load.outstanding_per_replica >= p.max_outstanding_per_replica * share:
                 self.shed += 1
                 return "529_overload", float("nan")
         if p.max_queue_delay_s:
-            delay = min(sum(q.prompt_len for q in r.waiting) * r.c.t_token for r in cands)
-            if delay >= p.max_queue_delay_s * share:
+            if load.queue_delay_s() >= p.max_queue_delay_s * share:
                 self.shed += 1
                 return "529_overload", float("nan")
         return None

@@ -28,8 +28,8 @@ class SpendCap(Policy):
             prices(v, where="")
             return v
 
-    def __init__(self, params, sim) -> None:
-        super().__init__(params, sim)
+    def __init__(self, params, view) -> None:
+        super().__init__(params, view)
         self.prices = prices(params.prices)
         self.spend: dict[int, float] = {}
         self.month: dict[int, tuple[int, int]] = {}
@@ -37,14 +37,12 @@ class SpendCap(Policy):
     def _cap(self, req) -> float:
         if self.p.cap_usd is not None:
             return self.p.cap_usd
-        if req.population >= 0:
-            name = self.sim.populations[req.population].cfg.tier
-            if name is not None:
-                return tier(name).spend_cap_usd or math.inf
+        if req.tier is not None:
+            return tier(req.tier).spend_cap_usd or math.inf
         return math.inf
 
     def _month(self, now: float) -> tuple[int, int]:
-        d = self.sim.scenario.start + timedelta(seconds=now)
+        d = self.view.start + timedelta(seconds=now)
         return d.year, d.month
 
     def _spent(self, tenant: int, now: float) -> float:

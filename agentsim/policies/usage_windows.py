@@ -32,20 +32,17 @@ class UsageWindows(Policy):
             prices(v, where="")
             return v
 
-    def __init__(self, params, sim) -> None:
-        super().__init__(params, sim)
+    def __init__(self, params, view) -> None:
+        super().__init__(params, view)
         self.prices = prices(params.prices)
         self.users: dict[int, tuple] = {}   # user -> (plan, 5 h window, weekly window)
 
     def _user(self, req):
         st = self.users.get(req.user)
         if st is None:
-            if req.population < 0:
+            if req.plan is None:
                 return None
-            name = self.sim.populations[req.population].cfg.plan
-            if name is None:
-                return None
-            st = self.users[req.user] = (plan(name), RollingUsage(FIVE_HOURS_S), RollingUsage(WEEK_S))
+            st = self.users[req.user] = (plan(req.plan), RollingUsage(FIVE_HOURS_S), RollingUsage(WEEK_S))
         return st
 
     def admit(self, req, now):
@@ -70,7 +67,7 @@ class UsageWindows(Policy):
         p, w5, w7 = st
         cached = req.cached_gpu + req.cached_host
         usage = self.prices.usd(req.prompt - cached, cached, req.output)
-        peak = self.sim.gateway.peak
+        peak = self.view.peak
         if peak is not None:
             usage *= peak.usage_weight(now, p)
         w5.add(now, usage)
