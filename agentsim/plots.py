@@ -15,6 +15,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from .atomic import write_atomic  # noqa: E402
+
 LATENCIES = (("ttft_s", "Time to first token"), ("tpot_s", "Time per output token"), ("e2e_s", "End-to-end latency"))
 #: the scenario field holding each latency's SLO threshold (drawn on its CDF)
 SLO_OF = {"ttft_s": "slo_ttft_s", "tpot_s": "slo_tpot_s"}
@@ -352,13 +354,8 @@ def save_all(res, out_dir: str | Path) -> list[Path]:
             stale.unlink(missing_ok=True)     # a figure of an earlier run in this folder would mislead
             continue
         fig = fn(res)
-        tmp = out / f".{name}.png.tmp"
         try:
-            fig.savefig(tmp, dpi=110, format="png")
-            tmp.replace(out / f"{name}.png")
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+            write_atomic(out / f"{name}.png", lambda f: fig.savefig(f, dpi=110, format="png"))
         finally:
             plt.close(fig)
         paths.append(out / f"{name}.png")

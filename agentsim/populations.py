@@ -13,6 +13,7 @@ change to a profile leaves every other draw — and so every other session — a
 """
 from __future__ import annotations
 
+import math
 from array import array
 from collections import deque
 
@@ -21,7 +22,7 @@ from simpy.events import NORMAL, Event
 
 from .client import CallStats, Client
 from .clock import weekday_hour
-from .diurnal import WeeklyProfile
+from .diurnal import WeeklyProfile, nhpp_next
 from .distributions import Dist, Sampler
 from .profiles import get_profile
 from .retry import make_retry_policy
@@ -179,13 +180,9 @@ class Population:
             self.env.process(self._autoscaler())
 
     def _schedule_next(self, t: float) -> None:
-        rng, lam_max = self._arrival_rng, self._rate * self.weekly.peak
-        if lam_max <= 0:
+        t = nhpp_next(t, self._rate, self.weekly, self._arrival_rng)
+        if t == math.inf:
             return
-        while True:  # thinning against the profile's peak
-            t += rng.exponential(1.0 / lam_max)
-            if rng.random() * self.weekly.peak <= self.weekly.at(t):
-                break
         ev = Event(self.env)
         ev._ok, ev._value = True, None
         ev.callbacks.append(self._arrive)
@@ -198,11 +195,9 @@ class Population:
 
     # -- fleets -----------------------------------------------------------------------------------
     def _schedule_task(self, t: float) -> None:
-        rng, lam_max = self._arrival_rng, self._task_rate * self.weekly.peak
-        while True:
-            t += rng.exponential(1.0 / lam_max)
-            if rng.random() * self.weekly.peak <= self.weekly.at(t):
-                break
+        t = nhpp_next(t, self._task_rate, self.weekly, self._arrival_rng)
+        if t == math.inf:
+            return
         ev = Event(self.env)
         ev._ok, ev._value = True, None
         ev.callbacks.append(self._task_arrives)

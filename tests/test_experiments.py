@@ -174,3 +174,17 @@ def test_default_size(tmp_path, name):
     res = mod.run(tmp_path)
     assert (tmp_path / "summary.md").exists() and res["answer"]
     assert res["cpu_s"] < 2 * 300, "the default size should run in under 5 minutes on two cores"
+
+
+def test_same_results_on_any_executor(tmp_path):
+    """Same seeds, same numbers: in this process and on a process pool (the executor only places tasks)."""
+    mod = load("energy")
+    outputs = []
+    for workers in (0, 2):
+        out = tmp_path / f"w{workers}"
+        mod.run(out, scale=0.25, replications=2, workers=workers, generations=("H100",), loads=(4, 64))
+        data = json.loads((out / "results.json").read_text())
+        for machine in ("runtime_s", "cpu_s", "settings"):
+            data.pop(machine)
+        outputs.append((data, {f.name: f.read_bytes() for f in sorted(out.glob("*.csv"))}))
+    assert outputs[0][1] and outputs[0] == outputs[1]

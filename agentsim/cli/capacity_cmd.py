@@ -52,9 +52,8 @@ def capacity_cmd(scenario, slos, vary, goal, low, high, step, replications, seed
                        progress=progress, connect_timeout=connect_timeout)
         d = res.as_dict()
         if out:
-            from ..sweep import _atomic
-            text = dumps(_jsonclean(d))
-            _atomic(out.write_path / "capacity.json", lambda f: f.write(text.encode()))
+            from ..atomic import write_atomic
+            write_atomic(out.write_path / "capacity.json", dumps(_jsonclean(d)))
             out.commit()
     except KeyboardInterrupt:
         interrupted(out)

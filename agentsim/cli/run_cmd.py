@@ -137,7 +137,7 @@ def run(scenario, seed, replications, out_dir, overwrite, overrides, step_mode, 
                 kept += 1
         summary = results[0].summary() if replications == 1 else ResultSet(results).summary()
         if out and replications > 1:
-            _write_atomic(out.write_path / "summary.json", summary)
+            write_json(out.write_path / "summary.json", summary)
         if out:
             out.commit()
     except KeyboardInterrupt:
@@ -172,7 +172,7 @@ def _run_sliced(sc, seed, replications, slices, slice_sample, address, workers, 
         for note in notes:
             click.echo(f"note: {note.message}", err=True)
         if out:
-            _write_atomic(out.write_path / "summary.json", summary)
+            write_json(out.write_path / "summary.json", summary)
             out.commit()
     except KeyboardInterrupt:
         where = out.abandon(keep=True) if out else None
@@ -214,17 +214,11 @@ def _write_replication(res, out: Path, index: int | None, figures: bool) -> None
         raise
 
 
-def _write_atomic(path: Path, data: dict) -> None:
+def write_json(path: Path, data: dict) -> None:
+    """``data`` as strict JSON (NaN -> null) in ``path``, atomically."""
+    from ..atomic import write_atomic
     from ..jsonout import dumps
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_text(dumps(data))
-        tmp.replace(path)
-    except BaseException as e:
-        tmp.unlink(missing_ok=True)
-        if isinstance(e, OSError):
-            raise InputError(f"output directory {path.parent}: not writable ({e.strerror})") from None
-        raise
+    write_atomic(path, dumps(data))
 
 
 @cli.group("scenario")

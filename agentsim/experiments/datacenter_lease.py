@@ -145,7 +145,7 @@ def measure(sc: dict, seed: int) -> dict:
 
 
 def run(out_dir, scale: float = 1.0, seed: int = 1, replications: int | None = None, workers: int | None = None,
-        *, users_grid=USERS_GRID, check_existing: bool = True) -> dict:
+        *, address: str | None = None, users_grid=USERS_GRID, check_existing: bool = True) -> dict:
     check_args(scale, replications, seed)
     t0 = time.perf_counter()
     R = replications or REPLICATIONS
@@ -154,7 +154,7 @@ def run(out_dir, scale: float = 1.0, seed: int = 1, replications: int | None = N
     N = max(1, round(SLICES / scale))
     ss = seeds(seed, R)
     tasks = [sliced_task(lease_scenario(N, u), N, s) for u in users_grid for s in ss]
-    results = run_tasks(measure, tasks, workers, label="datacenter_lease (lease)")
+    results = run_tasks(measure, tasks, workers, label="datacenter_lease (lease)", address=address)
     rows = []
     for k, (u, s) in enumerate([(u, s) for u in users_grid for s in ss]):
         r = results[k]
@@ -198,7 +198,7 @@ def run(out_dir, scale: float = 1.0, seed: int = 1, replications: int | None = N
         variants = (("existing", existing_scenario(N)),
                     ("existing_plus_lease", existing_scenario(N, extra_users=extra, with_lease=True)))
         ctasks = [sliced_task(sc, N, s) for _, sc in variants for s in ss]
-        cres = run_tasks(measure, ctasks, workers, label="datacenter_lease (existing fleet)")
+        cres = run_tasks(measure, ctasks, workers, label="datacenter_lease (existing fleet)", address=address)
         for j, (name, sc) in enumerate(variants):
             rr = cres[j * R:(j + 1) * R]
             check[name] = {"attainment": stat([r["attainment"] for r in rr]),

@@ -90,7 +90,7 @@ def _idle_w(res) -> float:
 
 
 def run(out_dir, scale: float = 1.0, seed: int = 1, replications: int | None = None, workers: int | None = None,
-        *, generations=tuple(GENERATIONS), loads=LOADS) -> dict:
+        *, address: str | None = None, generations=tuple(GENERATIONS), loads=LOADS) -> dict:
     check_args(scale, replications, seed)
     t0 = time.perf_counter()
     R = replications or REPLICATIONS
@@ -99,7 +99,7 @@ def run(out_dir, scale: float = 1.0, seed: int = 1, replications: int | None = N
     ss = seeds(seed, R)
     cells = [(g, L) for g in generations for L in loads]
     tasks = [(scenario(g, L, scale), s) for g, L in cells for s in ss]
-    results = run_tasks(measure, tasks, workers, label="energy")
+    results = run_tasks(measure, tasks, workers, label="energy", address=address)
     by = {c: results[i * R:(i + 1) * R] for i, c in enumerate(cells)}
     keys = ("joules_per_token", "tokens_per_s_per_mw", "facility_w_per_gpu", "output_tokens_per_s_per_gpu",
             "slo_attainment", "ttft_p90_s", "busy")

@@ -163,7 +163,7 @@ ROWS = (  # key, label, unit, digits
 
 
 def run(out_dir, scale: float = 1.0, seed: int = 1, replications: int | None = None, workers: int | None = None,
-        *, duration_s: float = 86400.0) -> dict:
+        *, address: str | None = None, duration_s: float = 86400.0) -> dict:
     check_args(scale, replications, seed)
     t0 = time.perf_counter()
     R = replications or REPLICATIONS
@@ -171,7 +171,7 @@ def run(out_dir, scale: float = 1.0, seed: int = 1, replications: int | None = N
     rep = Report("limits_doubling", QUESTION)
     ss = seeds(seed, R)
     tasks = [(scenario(scale, after, duration_s), s) for after in (False, True) for s in ss]
-    results = run_tasks(measure, tasks, workers, label="limits_doubling")
+    results = run_tasks(measure, tasks, workers, label="limits_doubling", address=address)
     before, after = results[:R], results[R:]
     metrics = {}
     table = []

@@ -88,7 +88,7 @@ ROWS = (("goodput_rps", "goodput (req/s within SLO)", 3), ("slo_attainment", "SL
 
 
 def run(out_dir, scale: float = 1.0, seed: int = 1, replications: int | None = None, workers: int | None = None,
-        *, routers=ROUTERS, loads=LOADS, duration_s: float = 4 * 3600.0) -> dict:
+        *, address: str | None = None, routers=ROUTERS, loads=LOADS, duration_s: float = 4 * 3600.0) -> dict:
     check_args(scale, replications, seed)
     t0 = time.perf_counter()
     R = replications or REPLICATIONS
@@ -97,7 +97,7 @@ def run(out_dir, scale: float = 1.0, seed: int = 1, replications: int | None = N
     ss = seeds(seed, R)
     cells = [(r, L) for L in loads for r in routers]
     tasks = [(scenario(scale, r, L, duration_s), s) for r, L in cells for s in ss]
-    results = run_tasks(measure, tasks, workers, label="mixed_fleet_routing")
+    results = run_tasks(measure, tasks, workers, label="mixed_fleet_routing", address=address)
     by = {c: results[i * R:(i + 1) * R] for i, c in enumerate(cells)}
     metrics: dict = {}
     sections = []

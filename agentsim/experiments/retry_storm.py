@@ -115,7 +115,7 @@ def collapse_time_min(series: np.ndarray, baseline: float, outage_min: float) ->
 
 
 def run(out_dir, scale: float = 1.0, seed: int = 1, replications: int | None = None, workers: int | None = None,
-        *, policies=POLICIES, triggers=TRIGGERS_MIN) -> dict:
+        *, address: str | None = None, policies=POLICIES, triggers=TRIGGERS_MIN) -> dict:
     check_args(scale, replications, seed)
     t0 = time.perf_counter()
     R = replications or REPLICATIONS
@@ -124,7 +124,7 @@ def run(out_dir, scale: float = 1.0, seed: int = 1, replications: int | None = N
     ss = seeds(seed, R)
     cells = [("control", 0)] + [(p, d) for d in triggers for p in policies]
     tasks = [(scenario(scale, policies[0] if p == "control" else p, d), s) for p, d in cells for s in ss]
-    results = run_tasks(measure, tasks, workers, label="retry_storm")
+    results = run_tasks(measure, tasks, workers, label="retry_storm", address=address)
     by = {cell: results[i * R:(i + 1) * R] for i, cell in enumerate(cells)}
 
     table, metrics = [], {}

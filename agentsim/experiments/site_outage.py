@@ -138,7 +138,7 @@ METRICS = (("failure_rate", "session failure rate", 3), ("abandon_rate", "sessio
 
 
 def run(out_dir, scale: float = 1.0, seed: int = 1, replications: int | None = None,
-        workers: int | None = None, *, loads=LOADS, duration_s: float = DURATION_S) -> dict:
+        workers: int | None = None, *, address: str | None = None, loads=LOADS, duration_s: float = DURATION_S) -> dict:
     check_args(scale, replications, seed)
     t0 = time.perf_counter()
     R = replications or REPLICATIONS
@@ -151,7 +151,7 @@ def run(out_dir, scale: float = 1.0, seed: int = 1, replications: int | None = N
         from ..errors import InputError
         raise InputError(f"duration_s must leave time after the outage (> {OUTAGE[1] + 2 * BIN_S:g} s), got {duration_s}")
     tasks = [(scenario(scale, o, load=L, duration_s=duration_s), s) for L, o in cells for s in ss]
-    results = run_tasks(measure, tasks, workers, label="site_outage")
+    results = run_tasks(measure, tasks, workers, label="site_outage", address=address)
     by = {c: results[i * R:(i + 1) * R] for i, c in enumerate(cells)}
     metrics: dict = {}
     parts = []

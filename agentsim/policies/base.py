@@ -5,10 +5,14 @@ from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
-from ..request import OUTCOMES, Request
+from ..request import Request
 
-#: outcomes a policy may return
-REJECTIONS = tuple(o for o in OUTCOMES if o not in ("completed", "in_flight", "cancelled", "timed_out"))
+#: refusals: outcomes of a request turned away before any replica ran it (what ``Result`` counts
+#: as rejections). Its home belongs beside OUTCOMES in agentsim/request.py; until it moves there,
+#: result.py should import it from here rather than keep its own copy.
+REJECTIONS: tuple[str, ...] = ("429_limit", "429_window", "429_spend_cap", "529_overload", "request_too_large")
+#: outcomes a policy may return: a refusal, or (the chaos policy) a replica failure
+POLICY_OUTCOMES: tuple[str, ...] = REJECTIONS + ("replica_failed",)
 
 
 class Policy:
