@@ -79,6 +79,20 @@ def run_tasks(fn, tasks: list[tuple], workers: int | None = None, label: str = "
     return [r for r, _ in timed]
 
 
+def run_arms(measure, arms: dict, seeds_: list[int], workers: int | None = None, address: str | None = None,
+             label: str = "") -> dict:
+    """An experiment's simulations as data: every arm (key -> scenario dict) × seed through
+    ``measure(scenario, seed)``; ``{key: [measure's result per seed]}``.
+
+    Every arm runs with the same seeds (common random numbers), so differences between arms are
+    paired; tasks are submitted arm by arm, seed by seed, and come back in that order.
+    """
+    keys = list(arms)
+    results = run_tasks(measure, [(arms[k], s) for k in keys for s in seeds_], workers, label=label, address=address)
+    n = len(seeds_)
+    return {k: results[i * n:(i + 1) * n] for i, k in enumerate(keys)}
+
+
 #: CPU seconds spent in simulation tasks by this process's run_tasks calls (for runtime reports)
 CPU_SECONDS = [0.0]
 

@@ -290,8 +290,15 @@ def run(out_dir, scale: float = 1.0, seed: int = 1, replications: int | None = N
 
 
 def _figures(out: Path, t: pd.DataFrame, results, users, nameplate_mw, N, users_grid, ss, users_power) -> list:
+    """The figures, one function each: ``[(path, caption)]``."""
+    return [_figure_capacity_and_power(out, t, results, users, nameplate_mw, N, users_grid, ss, users_power),
+            _figure_pool_utilisation(out, t)]
+
+
+def _figure_capacity_and_power(out: Path, t: pd.DataFrame, results, users, nameplate_mw, N, users_grid, ss, users_power) -> tuple:
+    """Figure ``capacity_and_power``: (its path, its caption)."""
     import matplotlib.pyplot as plt
-    paths = []
+
     fig, axes = plt.subplots(1, 3, figsize=(18, 4.8))
     ax = axes[0]
     rows = []
@@ -345,9 +352,15 @@ def _figures(out: Path, t: pd.DataFrame, results, users, nameplate_mw, N, users_
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    paths.append((save_figure(fig, out, "capacity_and_power", pd.DataFrame(rows)),
-                  "SLO attainment and facility power of the lease vs fleet-wide coding-agent users; the draw over "
-                  "time near capacity."))
+    return (save_figure(fig, out, "capacity_and_power", pd.DataFrame(rows)),
+            "SLO attainment and facility power of the lease vs fleet-wide coding-agent users; the draw over "
+            "time near capacity.")
+
+
+def _figure_pool_utilisation(out: Path, t: pd.DataFrame) -> tuple:
+    """Figure ``pool_utilisation``: (its path, its caption)."""
+    import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(9, 4.6))
     rows = []
     for c in [c for c in t.columns if c.startswith("util.")]:
@@ -360,9 +373,8 @@ def _figures(out: Path, t: pd.DataFrame, results, users, nameplate_mw, N, users_
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    paths.append((save_figure(fig, out, "pool_utilisation", pd.DataFrame(rows)),
-                  "Busy share of each GPU generation's pool as the user count grows."))
-    return paths
+    return (save_figure(fig, out, "pool_utilisation", pd.DataFrame(rows)),
+            "Busy share of each GPU generation's pool as the user count grows.")
 
 
 def main(argv: list[str] | None = None) -> dict:

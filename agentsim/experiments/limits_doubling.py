@@ -234,8 +234,16 @@ def run(out_dir, scale: float = 1.0, seed: int = 1, replications: int | None = N
 
 
 def _figures(out: Path, before, after, sc, metrics) -> list:
+    """The figures, one function each: ``[(path, caption)]``."""
+    return [_figure_hourly(out, before, after),
+            _figure_peak_ttft_cdf(out, before, after, sc),
+            _figure_relative_change(out, metrics)]
+
+
+def _figure_hourly(out: Path, before, after) -> tuple:
+    """Figure ``hourly``: (its path, its caption)."""
     import matplotlib.pyplot as plt
-    paths = []
+
     hours = np.arange(len(before[0]["hourly"]["completed"]))
     fig, axes = plt.subplots(2, 2, figsize=(14, 8.5), sharex=True)
     rows = []
@@ -260,8 +268,14 @@ def _figures(out: Path, before, after, sc, metrics) -> list:
         ax.set_xlabel("hour of the day (UTC, Monday)")
     fig.suptitle("Before (pre-6-May plans, peak throttle on) vs after (doubled 5-h limits, no throttle); 95 % CI bands")
     fig.tight_layout()
-    paths.append((save_figure(fig, out, "hourly", pd.DataFrame(rows)),
-                  "Hourly served tokens, requests sent, 429 usage-window rejections and busy GPUs, before vs after."))
+    return (save_figure(fig, out, "hourly", pd.DataFrame(rows)),
+            "Hourly served tokens, requests sent, 429 usage-window rejections and busy GPUs, before vs after.")
+
+
+def _figure_peak_ttft_cdf(out: Path, before, after, sc) -> tuple:
+    """Figure ``peak_ttft_cdf``: (its path, its caption)."""
+    import matplotlib.pyplot as plt
+
     # peak-hour TTFT CDF
     fig, ax = plt.subplots(figsize=(8, 4.8))
     rows = []
@@ -278,8 +292,14 @@ def _figures(out: Path, before, after, sc, metrics) -> list:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    paths.append((save_figure(fig, out, "peak_ttft_cdf", pd.DataFrame(rows)),
-                  "CDF of TTFT for requests arriving in the peak-throttle hours (a sample of each replication)."))
+    return (save_figure(fig, out, "peak_ttft_cdf", pd.DataFrame(rows)),
+            "CDF of TTFT for requests arriving in the peak-throttle hours (a sample of each replication).")
+
+
+def _figure_relative_change(out: Path, metrics) -> tuple:
+    """Figure ``relative_change``: (its path, its caption)."""
+    import matplotlib.pyplot as plt
+
     # relative changes with CIs
     keys = ("requests", "completed", "output_tokens", "coder_completed", "busy_gpu_hours", "energy_mwh",
             "peak_ttft_p90_s", "peak_tpot_p90_s")
@@ -296,9 +316,8 @@ def _figures(out: Path, before, after, sc, metrics) -> list:
     ax.set_title("Effect of doubling the 5-h limits and dropping the peak throttle")
     ax.grid(alpha=0.3, axis="x")
     fig.tight_layout()
-    paths.append((save_figure(fig, out, "relative_change", pd.DataFrame(rows)),
-                  "Paired relative change of demand, GPU-hours, energy and peak-hour latency."))
-    return paths
+    return (save_figure(fig, out, "relative_change", pd.DataFrame(rows)),
+            "Paired relative change of demand, GPU-hours, energy and peak-hour latency.")
 
 
 def main(argv: list[str] | None = None) -> dict:

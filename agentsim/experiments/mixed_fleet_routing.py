@@ -168,8 +168,16 @@ def run(out_dir, scale: float = 1.0, seed: int = 1, replications: int | None = N
 
 
 def _figures(out: Path, by, routers, loads, metrics, base) -> list:
+    """The figures, one function each: ``[(path, caption)]``."""
+    return [_figure_routers(out, routers, loads, metrics),
+            _figure_ttft_cdf(out, by, routers, loads),
+            _figure_pools(out, by, routers, loads, metrics)]
+
+
+def _figure_routers(out: Path, routers, loads, metrics) -> tuple:
+    """Figure ``routers``: (its path, its caption)."""
     import matplotlib.pyplot as plt
-    paths = []
+
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
     rows = []
     width = 0.8 / len(loads)
@@ -191,8 +199,14 @@ def _figures(out: Path, by, routers, loads, metrics, base) -> list:
     axes[0].legend(fontsize=8)
     fig.suptitle("Routers on a mixed H100/H200/GB200 fleet (mean, 95 % CI)")
     fig.tight_layout()
-    paths.append((save_figure(fig, out, "routers", pd.DataFrame(rows)),
-                  "Goodput, SLO attainment and TTFT p90 per router and load."))
+    return (save_figure(fig, out, "routers", pd.DataFrame(rows)),
+            "Goodput, SLO attainment and TTFT p90 per router and load.")
+
+
+def _figure_ttft_cdf(out: Path, by, routers, loads) -> tuple:
+    """Figure ``ttft_cdf``: (its path, its caption)."""
+    import matplotlib.pyplot as plt
+
     L = loads[-1]
     fig, ax = plt.subplots(figsize=(8, 4.8))
     rows = []
@@ -209,7 +223,14 @@ def _figures(out: Path, by, routers, loads, metrics, base) -> list:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    paths.append((save_figure(fig, out, "ttft_cdf", pd.DataFrame(rows)), f"TTFT CDF per router at {L:g}× load."))
+    return (save_figure(fig, out, "ttft_cdf", pd.DataFrame(rows)), f"TTFT CDF per router at {L:g}× load.")
+
+
+def _figure_pools(out: Path, by, routers, loads, metrics) -> tuple:
+    """Figure ``pools``: (its path, its caption)."""
+    import matplotlib.pyplot as plt
+
+    L = loads[-1]
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.6))
     rows = []
     pools = sorted({p for m in metrics.values() for p in m["pool_share"]})
@@ -225,9 +246,8 @@ def _figures(out: Path, by, routers, loads, metrics, base) -> list:
         ax.grid(alpha=0.3, axis="y")
         ax.legend(fontsize=8)
     fig.tight_layout()
-    paths.append((save_figure(fig, out, "pools", pd.DataFrame(rows)),
-                  "Where each router sends requests and how busy each generation's pool is."))
-    return paths
+    return (save_figure(fig, out, "pools", pd.DataFrame(rows)),
+            "Where each router sends requests and how busy each generation's pool is.")
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -245,8 +245,15 @@ def run(out_dir, scale: float = 1.0, seed: int = 1, replications: int | None = N
 
 
 def _figures(out: Path, by, loads) -> list:
+    """The figures, one function each: ``[(path, caption)]``."""
+    return [_figure_timeline(out, by, loads),
+            _figure_sessions(out, by, loads)]
+
+
+def _figure_timeline(out: Path, by, loads) -> tuple:
+    """Figure ``timeline``: (its path, its caption)."""
     import matplotlib.pyplot as plt
-    paths = []
+
     first = by[(loads[0], False)]
     n = len(first[0]["series"]["goodput_rps"])
     t = START_HOUR + (np.arange(n) + 1) * BIN_S / 3600
@@ -279,9 +286,15 @@ def _figures(out: Path, by, loads) -> list:
         axes[-1][j].set_xlabel("hour (UTC)")
     fig.suptitle(f"Site outage {OUTAGE_UTC} UTC vs the same day without it (mean, 95 % CI band)")
     fig.tight_layout(rect=(0, 0, 1, 0.975))
-    paths.append((save_figure(fig, out, "timeline", pd.DataFrame(rows)),
-                  "Goodput, failed attempts, TTFT p90 and chat abandonments per 15 min, with and without the outage, "
-                  "per load."))
+    return (save_figure(fig, out, "timeline", pd.DataFrame(rows)),
+            "Goodput, failed attempts, TTFT p90 and chat abandonments per 15 min, with and without the outage, "
+            "per load.")
+
+
+def _figure_sessions(out: Path, by, loads) -> tuple:
+    """Figure ``sessions``: (its path, its caption)."""
+    import matplotlib.pyplot as plt
+
     fig, axes = plt.subplots(len(loads), 2, figsize=(12, 4.2 * len(loads)), squeeze=False)
     rows = []
     for k, L in enumerate(loads):
@@ -304,9 +317,8 @@ def _figures(out: Path, by, loads) -> list:
             ax.grid(alpha=0.3, axis="y")
             ax.legend(fontsize=8)
     fig.tight_layout()
-    paths.append((save_figure(fig, out, "sessions", pd.DataFrame(rows)),
-                  "Share of sessions that failed or were abandoned, and completion time, by profile (95 % CI)."))
-    return paths
+    return (save_figure(fig, out, "sessions", pd.DataFrame(rows)),
+            "Share of sessions that failed or were abandoned, and completion time, by profile (95 % CI).")
 
 
 def main(argv: list[str] | None = None) -> dict:
