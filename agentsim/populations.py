@@ -179,14 +179,19 @@ class Population:
                 self._schedule_task(0.0)
             self.env.process(self._autoscaler())
 
-    def _schedule_next(self, t: float) -> None:
-        t = nhpp_next(t, self._rate, self.weekly, self._arrival_rng)
+    def _schedule_arrival(self, t: float, rate: float, callback) -> None:
+        """Call ``callback`` at the next arrival after ``t`` of this population's weekly-profiled
+        Poisson process at ``rate`` (nothing at rate 0); one event, no process."""
+        t = nhpp_next(t, rate, self.weekly, self._arrival_rng)
         if t == math.inf:
             return
         ev = Event(self.env)
         ev._ok, ev._value = True, None
-        ev.callbacks.append(self._arrive)
+        ev.callbacks.append(callback)
         self.env.schedule(ev, NORMAL, t - self.env.now)
+
+    def _schedule_next(self, t: float) -> None:
+        self._schedule_arrival(t, self._rate, self._arrive)
 
     def _arrive(self, ev) -> None:
         user = int(self.users[self._arrival_rng.integers(len(self.users))])
@@ -195,13 +200,7 @@ class Population:
 
     # -- fleets -----------------------------------------------------------------------------------
     def _schedule_task(self, t: float) -> None:
-        t = nhpp_next(t, self._task_rate, self.weekly, self._arrival_rng)
-        if t == math.inf:
-            return
-        ev = Event(self.env)
-        ev._ok, ev._value = True, None
-        ev.callbacks.append(self._task_arrives)
-        self.env.schedule(ev, NORMAL, t - self.env.now)
+        self._schedule_arrival(t, self._task_rate, self._task_arrives)
 
     def _task_arrives(self, ev) -> None:
         self.backlog.append(self.env.now)
