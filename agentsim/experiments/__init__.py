@@ -3,10 +3,12 @@
 Every experiment is a module ``agentsim.experiments.<name>`` with
 
 * ``QUESTION`` — the question, one sentence;
-* ``run(out_dir, scale=1.0, seed=1, replications=None, workers=None) -> dict`` — simulate, write
-  ``summary.md`` (the answer with 95 % confidence intervals, method, settings), ``results.json``
-  (the same numbers, machine-readable) and figures (``<figure>.png`` with the plotted data
-  beside it as ``<figure>.csv``) into ``out_dir``; return the results dict;
+* ``run(out_dir, scale=1.0, seed=1, replications=None, workers=None, *, address=None) -> dict`` —
+  simulate (its arms × seeds through :func:`run_arms`, on a process pool or the Dask cluster at
+  ``address``), write ``summary.md`` (the answer with 95 % confidence intervals, method,
+  settings), ``results.json`` (the same numbers, machine-readable) and figures (``<figure>.png``
+  with the plotted data beside it as ``<figure>.csv``, one function per figure) into
+  ``out_dir``; return the results dict;
 * ``main(argv)`` — the command line (``python experiments/<name>.py`` and
   ``agentsim experiment <name>`` both end here).
 
