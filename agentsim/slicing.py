@@ -184,11 +184,7 @@ def merge(records: list[tuple[dict, dict]], count: int | None = None) -> dict:
     tot = lambda key: sum(r[key] for r in recs)  # noqa: E731
     pooled = all(r["pooled"] for r in recs)
     out: dict = {"requests": scale(tot("requests")), "completed": scale(tot("completed"))}
-    outcomes: dict[str, float] = {}
-    for r in recs:
-        for o, c in r["outcomes"].items():
-            outcomes[o] = outcomes.get(o, 0) + c
-    out["outcomes"] = {o: scale(c) for o, c in sorted(outcomes.items(), key=lambda kv: -kv[1])}
+    out["outcomes"] = _summed_counts([r["outcomes"] for r in recs], scale)
     out.update(_merge_latencies(records, pooled))
     q = [r["lat"]["queue"] for r in recs]
     out["queue_s"] = _div(sum(x["sum"] for x in q), sum(x["n"] for x in q))
@@ -275,14 +271,19 @@ def _merge_power(recs: list[dict], scale, f: float) -> dict:
     return out
 
 
+def _summed_counts(counts: list[dict], scale) -> dict:
+    """Counts by name (outcomes) summed over the slices and scaled, the most frequent first."""
+    total: dict[str, float] = {}
+    for c in counts:
+        for name, k in c.items():
+            total[name] = total.get(name, 0) + k
+    return {name: scale(k) for name, k in sorted(total.items(), key=lambda kv: -kv[1])}
+
+
 def _merge_sessions(sess: list[dict], arrays: list, pooled: bool, scale) -> dict:
     tot = lambda key: sum(s[key] for s in sess)  # noqa: E731
     out: dict = {"sessions": scale(tot("sessions")), "sessions_ended": scale(tot("sessions_ended"))}
-    outcomes: dict[str, float] = {}
-    for s in sess:
-        for o, c in s["session_outcomes"].items():
-            outcomes[o] = outcomes.get(o, 0) + c
-    out["session_outcomes"] = {o: scale(c) for o, c in sorted(outcomes.items(), key=lambda kv: -kv[1])}
+    out["session_outcomes"] = _summed_counts([s["session_outcomes"] for s in sess], scale)
     out["session_failure_rate"] = _div(tot("failed"), tot("sessions_ended"))
     out["session_duration_s"] = _div(tot("done_sum"), tot("done_n"))
     if pooled and all(a is not None for a in arrays):

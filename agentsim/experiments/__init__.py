@@ -348,6 +348,13 @@ def check_args(scale: float, replications: int | None, seed: int) -> None:
         raise InputError(f"--seed must be >= 0, got {seed}")
 
 
+def main_for(module_name: str):
+    """The ``main(argv)`` of experiment module ``module_name``: its command line (see :func:`cli_main`)."""
+    def main(argv: list[str] | None = None) -> dict:
+        return cli_main(sys.modules[module_name], argv)
+    return main
+
+
 def cli_main(module, argv: list[str] | None = None) -> dict:
     """Parse ``argv`` for ``module`` (an experiment), run it and print where the summary went."""
     name = module.__name__.rsplit(".", 1)[-1]

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import (Report, check_args, cli_main, crossing, default_scenario, md_table, run_tasks, save_figure, seeds,
+from . import (Report, check_args, crossing, default_scenario, main_for, md_table, run_tasks, save_figure, seeds,
                simulate_one, stat)
 
 QUESTION = ("How many more coding-agent users does a leased Colossus-1-like data center (≈150k H100, 50k H200, "
@@ -419,9 +419,7 @@ def _figure_pool_utilisation(out: Path, t: pd.DataFrame) -> tuple:
             "Busy share of each GPU generation's pool as the user count grows.")
 
 
-def main(argv: list[str] | None = None) -> dict:
-    import sys
-    return cli_main(sys.modules[__name__], argv)
+main = main_for(__name__)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import Report, check_args, cli_main, crossing, md_table, ratio, run_arms, save_figure, seeds, simulate_one, stat
+from . import Report, check_args, crossing, main_for, md_table, ratio, run_arms, save_figure, seeds, simulate_one, stat
 
 QUESTION = "How many joules per token, and how many tokens per megawatt, does each GPU generation deliver, by load?"
 FULL_SCALE = 4.0
@@ -271,9 +271,7 @@ def _figure_at_capacity(out: Path, generations, cap) -> tuple:
             "Each generation at its SLO capacity: energy per token and tokens per MW (95 % CI).")
 
 
-def main(argv: list[str] | None = None) -> dict:
-    import sys
-    return cli_main(sys.modules[__name__], argv)
+main = main_for(__name__)
 
 
 if __name__ == "__main__":

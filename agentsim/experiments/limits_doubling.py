@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from ..stats import NONNEGATIVE, mean_band
-from . import (Report, check_args, cli_main, default_scenario, md_table, paired, ratio, run_arms, save_figure,
+from . import (Report, check_args, default_scenario, main_for, md_table, paired, ratio, run_arms, save_figure,
                scale_system, seeds, simulate_one, stat)
 
 QUESTION = ("What does doubling the five-hour usage limits and dropping the peak-hour throttle do to demand, "
@@ -348,9 +348,7 @@ def _figure_relative_change(out: Path, metrics) -> tuple:
             "Paired relative change of demand, GPU-hours, energy and peak-hour latency.")
 
 
-def main(argv: list[str] | None = None) -> dict:
-    import sys
-    return cli_main(sys.modules[__name__], argv)
+main = main_for(__name__)
 
 
 if __name__ == "__main__":

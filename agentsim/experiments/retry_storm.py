@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from ..stats import NONNEGATIVE, mean_band
-from . import (Report, check_args, cli_main, md_table, paired, proportion, ratio, run_arms, save_figure, seeds,
+from . import (Report, check_args, main_for, md_table, paired, proportion, ratio, run_arms, save_figure, seeds,
                simulate_one, stat)
 
 QUESTION = ("On a saturated cluster, when does goodput collapse under SDK, watchdog and budgeted retry policies, "
@@ -352,9 +352,7 @@ def _figure_amplification(out: Path, by: dict, policies, triggers, t_min) -> tup
             "Offered attempts, shed requests and prefill work over time, per policy (longest trigger).")
 
 
-def main(argv: list[str] | None = None) -> dict:
-    import sys
-    return cli_main(sys.modules[__name__], argv)
+main = main_for(__name__)
 
 
 if __name__ == "__main__":

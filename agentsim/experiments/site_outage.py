@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from ..stats import NONNEGATIVE, mean_band
-from . import (Report, check_args, cli_main, default_scenario, md_table, paired, ratio, run_arms, save_figure,
+from . import (Report, check_args, default_scenario, main_for, md_table, paired, ratio, run_arms, save_figure,
                scale_system, seeds, simulate_one, stat)
 
 QUESTION = ("When a site is lost mid-day, how much do agents' failure rate and task completion time rise, and "
@@ -333,9 +333,7 @@ def _figure_sessions(out: Path, by, loads) -> tuple:
             "Share of sessions that failed or were abandoned, and completion time, by profile (95 % CI).")
 
 
-def main(argv: list[str] | None = None) -> dict:
-    import sys
-    return cli_main(sys.modules[__name__], argv)
+main = main_for(__name__)
 
 
 if __name__ == "__main__":
