@@ -165,7 +165,8 @@ def run(out_dir, scale: float = 1.0, seed: int = 1, replications: int | None = N
     usd_mtok = stat([p["usd_per_m_tokens"] for p in per_rep])
     jpt = stat([p["joules_per_token"] for p in per_rep])
     gpus, usd_h, nameplate_mw, cost = _lease_cost(per_rep)
-    check = _existing_fleet_check(users, N, ss, workers, address) if check_existing and math.isfinite(users.mean) else {}
+    check = (_existing_fleet_check(users, N, ss, workers, address)
+             if check_existing and math.isfinite(users.mean) else {})
     figs = {"users": users, "users_power": users_power, "mw_mean": mw_mean, "mw_peak": mw_peak, "mw_5min": mw_5min,
             "usd_mtok": usd_mtok, "jpt": jpt}
     lease = {"gpus": gpus, "usd_h": usd_h, "nameplate_mw": nameplate_mw, "cost": cost}
@@ -337,7 +338,8 @@ def _figures(out: Path, t: pd.DataFrame, results, users, nameplate_mw, N, users_
             _figure_pool_utilisation(out, t)]
 
 
-def _figure_capacity_and_power(out: Path, t: pd.DataFrame, results, users, nameplate_mw, N, users_grid, ss, users_power) -> tuple:
+def _figure_capacity_and_power(out: Path, t: pd.DataFrame, results, users, nameplate_mw, N, users_grid, ss,
+                               users_power) -> tuple:
     """Figure ``capacity_and_power``: (its path, its caption)."""
     import matplotlib.pyplot as plt
 

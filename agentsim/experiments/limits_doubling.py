@@ -219,8 +219,9 @@ def _sections(rep: Report, metrics: dict, table: list, sc0: dict, R: int, scale:
         "with the throttle disabled.",
         "- Users start the day with empty usage windows (no history from the previous days), so limit hits are "
         "a lower bound in the morning hours.",
-        f"- Calibration note: a simulated coding session uses {metrics['coder_session_input_tokens']['before'].fmt(3)} input "
-        f"tokens and {metrics['coder_session_usd']['before'].fmt(3, 'USD')} of list-price usage on average, counting the "
+        f"- Calibration note: a simulated coding session uses "
+        f"{metrics['coder_session_input_tokens']['before'].fmt(3)} input tokens and "
+        f"{metrics['coder_session_usd']['before'].fmt(3, 'USD')} of list-price usage on average, counting the "
         "sessions that ended within the day (long, heavy-tailed sessions still running at the end are left out, so "
         "this understates the mean). TraceLab's mean is 12.9 M tokens ≈ $9.70 per session (workloads-policies.md "
         "§6.1/§6.5); where simulated usage per user is lower, the plans' limits bind less than in practice.",
