@@ -344,22 +344,7 @@ def _figure_capacity_and_power(out: Path, t: pd.DataFrame, results, users, namep
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(18, 4.8))
-    ax = axes[0]
-    rows = []
-    for r, g in t.groupby("replication"):
-        ax.plot(g["users"] / 1e6, g["attainment"], marker="o", label=f"replication {r}")
-        rows += [{"panel": "attainment", "replication": int(r), "users": u, "value": v}
-                 for u, v in zip(g["users"], g["attainment"])]
-    ax.axhline(SLO_TARGET, color="red", ls=":", label=f"SLO target {SLO_TARGET:.0%}")
-    if math.isfinite(users.mean):
-        ax.axvline(users.mean / 1e6, color="black", lw=1, label=f"capacity {users.mean / 1e6:.2f} M")
-        if math.isfinite(users.low):
-            ax.axvspan(users.low / 1e6, users.high / 1e6, color="black", alpha=0.08, label="95 % CI")
-    ax.set_xlabel("coding-agent users on the lease (millions, fleet-wide)")
-    ax.set_ylabel("SLO attainment (TTFT ≤ 5 s, TPOT ≤ 0.15 s)")
-    ax.set_title("Users the lease serves at the SLO (weekday peak)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    rows = _attainment_panel(axes[0], t, users)
     ax = axes[1]
     m = t.groupby("users")[["mw_busiest_hour", "mw_window"]].agg(["mean", "min", "max"])
     for col, label, style in (("mw_busiest_hour", "busiest hour", "-o"), ("mw_window", "measured-window mean", "--o")):
@@ -399,6 +384,26 @@ def _figure_capacity_and_power(out: Path, t: pd.DataFrame, results, users, namep
     return (save_figure(fig, out, "capacity_and_power", pd.DataFrame(rows)),
             "SLO attainment and facility power of the lease vs fleet-wide coding-agent users; the draw over "
             "time near capacity.")
+
+
+def _attainment_panel(ax, t: pd.DataFrame, users) -> list[dict]:
+    """SLO attainment against users per replication, the target and the capacity with its CI; the rows drawn."""
+    rows = []
+    for r, g in t.groupby("replication"):
+        ax.plot(g["users"] / 1e6, g["attainment"], marker="o", label=f"replication {r}")
+        rows += [{"panel": "attainment", "replication": int(r), "users": u, "value": v}
+                 for u, v in zip(g["users"], g["attainment"])]
+    ax.axhline(SLO_TARGET, color="red", ls=":", label=f"SLO target {SLO_TARGET:.0%}")
+    if math.isfinite(users.mean):
+        ax.axvline(users.mean / 1e6, color="black", lw=1, label=f"capacity {users.mean / 1e6:.2f} M")
+        if math.isfinite(users.low):
+            ax.axvspan(users.low / 1e6, users.high / 1e6, color="black", alpha=0.08, label="95 % CI")
+    ax.set_xlabel("coding-agent users on the lease (millions, fleet-wide)")
+    ax.set_ylabel("SLO attainment (TTFT ≤ 5 s, TPOT ≤ 0.15 s)")
+    ax.set_title("Users the lease serves at the SLO (weekday peak)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return rows
 
 
 def _figure_pool_utilisation(out: Path, t: pd.DataFrame) -> tuple:
