@@ -168,9 +168,9 @@ def capacity(scenario, slos, vary: str, *, goal: str | None = None, low: float |
              address: str | None = None, workers: int | None = None, out_dir: str | Path | None = None,
              progress: bool = True, connect_timeout: float = 10.0) -> CapacityResult:
     """Search ``vary`` for the smallest (``goal='min'``) or largest (``'max'``) value meeting ``slos``."""
-    from .api import ci
-    from .stats import summary_range
-    from .sweep import Pool, check_path, flatten, load_point, plan_rows
+    from .grid import check_path
+    from .stats import mean_interval, summary_range
+    from .sweep import Pool, flatten, load_point, plan_rows
     slos = [s if isinstance(s, Slo) else parse_slo(s) for s in ([slos] if isinstance(slos, (str, Slo)) else slos)]
     if not slos:
         raise InputError("capacity needs at least one --slo, e.g. --slo 'ttft_p99_s<=2'")
@@ -183,18 +183,7 @@ def capacity(scenario, slos, vary: str, *, goal: str | None = None, low: float |
     goal = goal or infer_goal(vary)
     if goal not in ("min", "max"):
         raise InputError(f"--goal must be min or max, got {goal!r}")
-    integer = not isinstance(current, float) and all(isinstance(x, int) or x is None or float(x).is_integer()
-                                                     for x in (low, high, step))
-    step = step if step is not None else 1
-    if step <= 0:
-        raise InputError(f"--step must be > 0, got {step}")
-    low = low if low is not None else step
-    if high is not None and high < low:
-        raise InputError(f"--high ({high:g}) is below --low ({low:g})")
-    cast = (lambda x: int(round(x))) if integer else float  # noqa: E731
-    grid = lambda k: cast(low + k * step)  # noqa: E731
-    k_of = lambda v: max(0, int(round((v - low) / step)))  # noqa: E731
-    k_high = k_of(high) if high is not None else MAX_STEPS
+    axis = _Axis(current, low, high, step)
     check_metrics(slos, known_metrics(base))
     seed = base.seed if seed is None else seed
     seeds = [seed + i for i in range(replications)]
@@ -207,14 +196,15 @@ def capacity(scenario, slos, vary: str, *, goal: str | None = None, low: float |
             pool.connect()
 
         def probe(k: int) -> Probe:
+            """The SLO figures at grid step ``k`` (each value simulated once)."""
             if k in cache:
                 return cache[k]
-            v = grid(k)
+            v = axis.value(k)
             sc = load_point(scenario, list(overrides) + [f"{vary}={v!r}"])
             rows = plan_rows(sc, {vary: v}, seeds, slices, slice_sample)
             pool.run([t for r in rows for t in r.tasks], desc=f"{vary}={v}")
             figs = [flatten(r.summary(pool)) for r in rows]
-            stats = {m: ci([f.get(m, math.nan) for f in figs], valid=summary_range(m)) for m in metrics}
+            stats = {m: mean_interval([f.get(m, math.nan) for f in figs], valid=summary_range(m)) for m in metrics}
             p = Probe(v, all(s.holds(stats[s.metric][0]) for s in slos), stats, [r.key for r in rows])
             cache[k] = p
             result.probes.append(p)
@@ -222,8 +212,37 @@ def capacity(scenario, slos, vary: str, *, goal: str | None = None, low: float |
 
         # p(k) = "past the answer": the SLO holds (resource) or fails (load); monotone False..True in k
         past = (lambda k: probe(k).holds) if goal == "min" else (lambda k: not probe(k).holds)  # noqa: E731
-        first, last_before = _first_true(past, k_of(current) if current is not None else 0, k_high)
-    if goal == "min":
+        first, last_before = _first_true(past, axis.k_of(current) if current is not None else 0, axis.k_high)
+    _answer(result, axis, first, last_before)
+    return result
+
+
+class _Axis:
+    """The searched values: ``low + k·step`` for k = 0 … ``k_high``, integers when all bounds are."""
+
+    def __init__(self, current, low: float | None, high: float | None, step: float | None) -> None:
+        self.integer = not isinstance(current, float) and all(isinstance(x, int) or x is None or float(x).is_integer()
+                                                              for x in (low, high, step))
+        self.step = step if step is not None else 1
+        if self.step <= 0:
+            raise InputError(f"--step must be > 0, got {self.step}")
+        self.low = low if low is not None else self.step
+        if high is not None and high < self.low:
+            raise InputError(f"--high ({high:g}) is below --low ({self.low:g})")
+        self.k_high = self.k_of(high) if high is not None else MAX_STEPS
+
+    def value(self, k: int):
+        v = self.low + k * self.step
+        return int(round(v)) if self.integer else float(v)
+
+    def k_of(self, v: float) -> int:
+        return max(0, int(round((v - self.low) / self.step)))
+
+
+def _answer(result: CapacityResult, axis: _Axis, first: int | None, last_before: int | None) -> None:
+    """Set ``result``'s answer, neighbour and note from where the search found the SLO change."""
+    grid = axis.value
+    if result.goal == "min":
         if first is None:
             result.note = f"the SLO does not hold at {grid(last_before)} (the largest value tried)"
         else:
@@ -239,7 +258,6 @@ def capacity(scenario, slos, vary: str, *, goal: str | None = None, low: float |
             result.neighbour = grid(first) if first is not None else None
             if first is None:
                 result.note = f"the SLO still holds at {grid(last_before)} (the largest value tried)"
-    return result
 
 
 def _first_true(p, start: int, k_high: int) -> tuple[int | None, int | None]:

@@ -48,8 +48,13 @@ class WeeklyProfile:
         return float(self.hourly[int(((t + self.offset_s) % WEEK_S) // 3600.0)])
 
 
-def nhpp_next(t: float, base_rate: float, profile: WeeklyProfile, rng, u_buf) -> float:
-    """Next arrival after ``t`` of a Poisson process with rate base_rate·profile(t) (thinning)."""
+def nhpp_next(t: float, base_rate: float, profile: WeeklyProfile, rng) -> float:
+    """Next arrival after ``t`` of a Poisson process with rate ``base_rate·profile.at(t)``; ``inf`` at rate 0.
+
+    Thinning (Lewis–Shedler): candidates at the peak rate, each kept with probability
+    ``at(t) / peak``. Two draws per candidate, exponential then uniform, from ``rng``: the one
+    place arrivals are drawn this way, so every population's arrival stream is the same process.
+    """
     lam_max = base_rate * profile.peak
     if lam_max <= 0:
         return float("inf")

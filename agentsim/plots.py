@@ -15,6 +15,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from .atomic import write_atomic  # noqa: E402
+
 LATENCIES = (("ttft_s", "Time to first token"), ("tpot_s", "Time per output token"), ("e2e_s", "End-to-end latency"))
 #: the scenario field holding each latency's SLO threshold (drawn on its CDF)
 SLO_OF = {"ttft_s": "slo_ttft_s", "tpot_s": "slo_tpot_s"}
@@ -177,53 +179,14 @@ def timeseries(res) -> plt.Figure:
     p_div, p_unit = power_unit(float(ts["power_w"].max()) if len(ts) else 0.0)
     groups = list(ts.groupby("pool", observed=True)) if len(ts) else []
     for ax, (col, title) in zip(axes, TIMESERIES):
-        label = title.format(iv=iv) + (f" ({p_unit})" if col == "power_w" else "")
-        for pool, grp in groups:
-            grp.name = pool
-            y = _pool_series(res, col, grp) / (p_div if col == "power_w" else 1)
-            _interval_steps(ax, grp["time_s"], y, interval, t_div, label=str(pool))
-        ax.set_ylabel(label)
-        ax.set_title(label)
-        ax.grid(alpha=0.3)
-        if col in ("arrivals", "completed", "queued", "replicas_up"):
-            ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-        if col in ("kv_used_frac", "busy_frac"):
-            ax.set_ylim(-0.02, 1.02)
-        if col in ("arrivals", "completed", "queued", "running_per_replica", "power_w", "replicas_up"):
-            top = max((float(np.nanmax(ln.get_ydata())) for ln in ax.get_lines() if len(ln.get_ydata())), default=0)
-            ax.set_ylim(0, max(1.0, 1.05 * top if np.isfinite(top) else 1.0))   # all zeros: 0-1, not 0-0.05
-        if groups:
-            ax.legend(fontsize=8)
+        _pool_panel(ax, res, col, title, groups, interval, iv, t_div, p_div, p_unit)
     k = len(TIMESERIES)
     if "rejections" in extra:
-        ax = axes[k]
+        _rejections_panel(axes[k], rej, interval, iv, t_div)
         k += 1
-        for outcome in rej.columns:
-            _interval_steps(ax, rej.index, rej[outcome].to_numpy(), interval, t_div, label=outcome)
-        ax.set_title(f"outcomes other than completed, per {iv} (by arrival)")
-        ax.set_ylabel(f"requests per {iv}")
-        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_ylim(bottom=0)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
     if "facility" in extra:
-        ax = axes[k]
+        _facility_panel(axes[k], res, ts, interval, t_div)
         k += 1
-        fac = ts.groupby("time_s", observed=True)["facility_power_w"].sum()
-        f_div, f_unit = power_unit(float(fac.max()))
-        _interval_steps(ax, fac.index, fac.to_numpy() / f_div, interval, t_div, color="black", label="facility draw")
-        limit_mw = max((s.get("facility_mw", 0) for s in res.meta.get("sites", {}).values()), default=0)
-        peak_mw = float(fac.max()) / 1e6
-        if limit_mw and peak_mw >= 0.05 * limit_mw:
-            ax.axhline(limit_mw * 1e6 / f_div, color="red", ls="--", label=f"facility limit {limit_mw:g} MW")
-        elif limit_mw:
-            ax.text(0.02, 0.04, f"facility limit {limit_mw:g} MW; peak draw {peak_mw * 1e6 / f_div:.3g} {f_unit} "
-                    f"({100 * peak_mw / limit_mw:.2g} % of the limit)", transform=ax.transAxes, fontsize=8)
-        ax.set_ylim(bottom=0)
-        ax.legend(fontsize=8, loc="lower right")
-        ax.set_title(f"facility power ({f_unit}, incl. other IT and PUE)")
-        ax.set_ylabel(f_unit)
-        ax.grid(alpha=0.3)
     for ax in axes[k:]:
         ax.remove()
     for ax in axes[:k]:
@@ -233,6 +196,59 @@ def timeseries(res) -> plt.Figure:
     fig.suptitle(f"Time series per pool, sampled every {iv}")
     fig.tight_layout()
     return fig
+
+
+def _pool_panel(ax, res, col: str, title: str, groups, interval: float, iv: str, t_div: float, p_div: float,
+                p_unit: str) -> None:
+    """One per-pool series (a line per pool) with the axis limits its kind of value needs."""
+    label = title.format(iv=iv) + (f" ({p_unit})" if col == "power_w" else "")
+    for pool, grp in groups:
+        grp.name = pool
+        y = _pool_series(res, col, grp) / (p_div if col == "power_w" else 1)
+        _interval_steps(ax, grp["time_s"], y, interval, t_div, label=str(pool))
+    ax.set_ylabel(label)
+    ax.set_title(label)
+    ax.grid(alpha=0.3)
+    if col in ("arrivals", "completed", "queued", "replicas_up"):
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    if col in ("kv_used_frac", "busy_frac"):
+        ax.set_ylim(-0.02, 1.02)
+    if col in ("arrivals", "completed", "queued", "running_per_replica", "power_w", "replicas_up"):
+        top = max((float(np.nanmax(ln.get_ydata())) for ln in ax.get_lines() if len(ln.get_ydata())), default=0)
+        ax.set_ylim(0, max(1.0, 1.05 * top if np.isfinite(top) else 1.0))   # all zeros: 0-1, not 0-0.05
+    if groups:
+        ax.legend(fontsize=8)
+
+
+def _rejections_panel(ax, rej, interval: float, iv: str, t_div: float) -> None:
+    """Outcomes other than completed over time, by arrival."""
+    for outcome in rej.columns:
+        _interval_steps(ax, rej.index, rej[outcome].to_numpy(), interval, t_div, label=outcome)
+    ax.set_title(f"outcomes other than completed, per {iv} (by arrival)")
+    ax.set_ylabel(f"requests per {iv}")
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+
+
+def _facility_panel(ax, res, ts, interval: float, t_div: float) -> None:
+    """Facility power over time against the sites' limit (a line when the draw comes near it, else a note)."""
+    fac = ts.groupby("time_s", observed=True)["facility_power_w"].sum()
+    f_div, f_unit = power_unit(float(fac.max()))
+    _interval_steps(ax, fac.index, fac.to_numpy() / f_div, interval, t_div, color="black", label="facility draw")
+    limit_mw = max((s.get("facility_mw", 0) for s in res.meta.get("sites", {}).values()), default=0)
+    peak_mw = float(fac.max()) / 1e6
+    if limit_mw and peak_mw >= 0.05 * limit_mw:
+        ax.axhline(limit_mw * 1e6 / f_div, color="red", ls="--", label=f"facility limit {limit_mw:g} MW")
+    elif limit_mw:
+        ax.text(0.02, 0.04, f"facility limit {limit_mw:g} MW; peak draw {peak_mw * 1e6 / f_div:.3g} {f_unit} "
+                f"({100 * peak_mw / limit_mw:.2g} % of the limit)", transform=ax.transAxes, fontsize=8)
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title(f"facility power ({f_unit}, incl. other IT and PUE)")
+    ax.set_ylabel(f_unit)
+    ax.grid(alpha=0.3)
 
 
 def rejections_over_time(res):
@@ -352,13 +368,8 @@ def save_all(res, out_dir: str | Path) -> list[Path]:
             stale.unlink(missing_ok=True)     # a figure of an earlier run in this folder would mislead
             continue
         fig = fn(res)
-        tmp = out / f".{name}.png.tmp"
         try:
-            fig.savefig(tmp, dpi=110, format="png")
-            tmp.replace(out / f"{name}.png")
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+            write_atomic(out / f"{name}.png", lambda f: fig.savefig(f, dpi=110, format="png"))
         finally:
             plt.close(fig)
         paths.append(out / f"{name}.png")

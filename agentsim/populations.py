@@ -13,6 +13,7 @@ change to a profile leaves every other draw — and so every other session — a
 """
 from __future__ import annotations
 
+import math
 from array import array
 from collections import deque
 
@@ -21,7 +22,7 @@ from simpy.events import NORMAL, Event
 
 from .client import CallStats, Client
 from .clock import weekday_hour
-from .diurnal import WeeklyProfile
+from .diurnal import WeeklyProfile, nhpp_next
 from .distributions import Dist, Sampler
 from .profiles import get_profile
 from .retry import make_retry_policy
@@ -178,18 +179,19 @@ class Population:
                 self._schedule_task(0.0)
             self.env.process(self._autoscaler())
 
-    def _schedule_next(self, t: float) -> None:
-        rng, lam_max = self._arrival_rng, self._rate * self.weekly.peak
-        if lam_max <= 0:
+    def _schedule_arrival(self, t: float, rate: float, callback) -> None:
+        """Call ``callback`` at the next arrival after ``t`` of this population's weekly-profiled
+        Poisson process at ``rate`` (nothing at rate 0); one event, no process."""
+        t = nhpp_next(t, rate, self.weekly, self._arrival_rng)
+        if t == math.inf:
             return
-        while True:  # thinning against the profile's peak
-            t += rng.exponential(1.0 / lam_max)
-            if rng.random() * self.weekly.peak <= self.weekly.at(t):
-                break
         ev = Event(self.env)
         ev._ok, ev._value = True, None
-        ev.callbacks.append(self._arrive)
+        ev.callbacks.append(callback)
         self.env.schedule(ev, NORMAL, t - self.env.now)
+
+    def _schedule_next(self, t: float) -> None:
+        self._schedule_arrival(t, self._rate, self._arrive)
 
     def _arrive(self, ev) -> None:
         user = int(self.users[self._arrival_rng.integers(len(self.users))])
@@ -198,15 +200,7 @@ class Population:
 
     # -- fleets -----------------------------------------------------------------------------------
     def _schedule_task(self, t: float) -> None:
-        rng, lam_max = self._arrival_rng, self._task_rate * self.weekly.peak
-        while True:
-            t += rng.exponential(1.0 / lam_max)
-            if rng.random() * self.weekly.peak <= self.weekly.at(t):
-                break
-        ev = Event(self.env)
-        ev._ok, ev._value = True, None
-        ev.callbacks.append(self._task_arrives)
-        self.env.schedule(ev, NORMAL, t - self.env.now)
+        self._schedule_arrival(t, self._task_rate, self._task_arrives)
 
     def _task_arrives(self, ev) -> None:
         self.backlog.append(self.env.now)

@@ -13,6 +13,7 @@ import json
 import math
 from pathlib import Path
 
+from .atomic import write_atomic
 from .plots import save_all, skipped
 from .result import Result
 
@@ -153,9 +154,9 @@ def write_report(run_dir: str | Path) -> tuple[Path, Path]:
     for n, why in left_out.items():
         md += [f"Not drawn: {n.replace('_', ' ')} — {why}.", ""]
     md_path = d / "report.md"
-    _atomic(md_path, "\n".join(md))
+    write_atomic(md_path, "\n".join(md))
     html_path = d / "report.html"
-    _atomic(html_path, _html(name, desc, intro, _slo_text(meta), summary, with_ci, _pool_rows(res, summary),
+    write_atomic(html_path, _html(name, desc, intro, _slo_text(meta), summary, with_ci, _pool_rows(res, summary),
                              figs, left_out))
     return md_path, html_path
 
@@ -197,11 +198,3 @@ def _html(name: str, desc: str, intro: str, slo: str, summary: dict, with_ci: bo
     return "\n".join(parts)
 
 
-def _atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_text(text)
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

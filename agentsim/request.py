@@ -10,6 +10,11 @@ OUTCOMES: tuple[str, ...] = (
 )
 
 
+#: refusals: outcomes of a request turned away before any replica ran it (what ``Result`` counts as
+#: rejections; gateway policies return them)
+REJECTIONS: tuple[str, ...] = ("429_limit", "429_window", "429_spend_cap", "529_overload", "request_too_large")
+
+
 #: why a call was made (the ``trigger`` column): the first step of a human turn, a step after tool
 #: results, a sub-agent's step, a compaction, or a plain stream request
 TRIGGERS: tuple[str, ...] = ("request", "user", "tool", "subagent", "compaction")

@@ -24,12 +24,11 @@ from .cluster import replica_energy_j
 from .errors import InputError
 from .opmodel import data_info
 from .jsonout import dumps, jsonable
-from .request import OUTCOMES, TRIGGERS
+from .request import OUTCOMES, REJECTIONS, TRIGGERS
 from .sessions import SESSION_OUTCOMES
 
 PERCENTILES = (50, 90, 99)
 #: the outcomes a gateway policy returns
-REJECTIONS = ("429_limit", "429_window", "429_spend_cap", "529_overload", "request_too_large")
 #: per-pool summary keys that come from :meth:`Result.capacity_utilisation` once it has run
 CAPACITY_KEYS = ("capacity_utilisation", "batch_occupancy", "kv_occupancy", "served_output_tokens_per_s",
                  "capacity_output_tokens_per_s", "max_load_tpot_s", "max_load_batch")

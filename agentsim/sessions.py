@@ -62,84 +62,144 @@ def _slowest(latency, k: int) -> float:
     return wait
 
 
+#: what a step tells its turn: go on to the next step, run this step again, or restart the task
+NEXT, AGAIN, RESTART = "next", "again", "restart"
+
+
+class _Session:
+    """What the sub-generators of one session share: its parts, its context and its give-up counts."""
+
+    __slots__ = ("pop", "state", "client", "sid", "key", "shared", "context", "reuse", "tries", "regenerated",
+                 "requeues")
+
+    def __init__(self, pop, state: SessionState, client, sid: int) -> None:
+        self.pop, self.state, self.client, self.sid, self.key = pop, state, client, sid, (pop.index, sid)
+        self.shared = self.context = self.reuse = 0
+        self.tries = self.requeues = 0          # kept across steps and restarts, as the profile counts them
+        self.regenerated = False
+
+
 def session(pop, sid: int, user: int):
-    """An interactive session, a chat conversation or an autonomous task (one process)."""
-    p, S, env = pop.profile, pop.samplers, pop.env
+    """An interactive session, a chat conversation or an autonomous task (one process).
+
+    Attempts at the whole task (:func:`_attempt`) until one ends the session; a give-up may
+    restart the task up to ``task_requeues`` times.
+    """
     tenant = pop.tenant_of(user)
-    state = pop.open_session(sid, -1, tenant, user, kind=0)
-    client = pop.make_client(tenant, user)
-    key = (pop.index, sid)
-    requeues = tries = 0
-    regenerated = False
-    outcome = "completed"
-    turns = int(S.turns())
-    while True:                                 # one pass = one attempt at the whole task
-        context = int(S.initial_context())
-        shared = min(p.shared_prefix_tokens, context)
-        reuse = shared          # leading tokens of `context` that the session's cache entry holds
-        restart = False
-        for turn in range(turns):
-            state.turns = max(state.turns, turn + 1)
-            steps = int(S.steps_per_turn())
-            new = int(S.first_message() if turn == 0 else S.user_message())
-            trigger = USER
-            step = 0
-            while step < steps:
-                compacting = context + new > p.compact_at * p.context_window
-                if compacting:      # one call that turns the context into a summary
-                    prompt, out, why = context, int(S.compact_summary()), COMPACTION
-                else:
-                    prompt, out, why = context + new, int(S.output_tokens()), trigger
-                req = yield from client.call(prompt, out, session=sid, prefix_key=key, prefix_len=reuse,
-                                             shared_key=pop.shared_key, shared_len=shared, max_tokens=p.max_tokens,
-                                             trigger=why)
-                _count(state, req)
-                if req.outcome != "completed":
-                    state.failed_calls += 1
-                    action = yield from _give_up(pop, client, req, tries, regenerated)
-                    if action == "retry":
-                        tries += 1
-                        continue
-                    if action == "regenerate":
-                        regenerated = True
-                        continue
-                    if action == "wait":
-                        state.idle_excess += max(0.0, req.retry_after - ENGAGED_GAP_CAP_S)
-                        continue
-                    if action == "restart" and requeues < p.task_requeues:
-                        requeues += 1
-                        restart = True
-                        break
-                    outcome = {"abandon": "abandoned", "end": "completed", "limited": "limited"}.get(action, "failed")
-                    return pop.close_session(state, outcome)
-                tries = 0
-                if compacting:      # the cached entry holds the old context: only the system prompt matches
-                    state.compactions += 1
-                    context, reuse = shared + out, shared
-                    continue
-                context = reuse = prompt + out
-                step += 1
-                if step < steps:
-                    returns = 0
-                    k = int(S.tool_calls())
-                    if k > 0:
-                        wait = _slowest(S.tool_latency, k)
-                        if wait > 0:
-                            yield env.timeout(wait)
-                    if p.subagent_prob > 0 and client.u() < p.subagent_prob:
-                        returns = yield from fan_out(pop, state, int(S.subagent_count()))
-                    new = int(S.new_context()) + returns
-                    trigger = TOOL
-            if restart:
-                break
-            if turn < turns - 1:
-                think = S.think_time()
-                if think > p.long_think_s and client.u() < p.long_think_end_prob:
-                    return pop.close_session(state, "completed")
-                state.idle_excess += max(0.0, think - ENGAGED_GAP_CAP_S)
-                yield env.timeout(think)
-        if not restart:
-            return pop.close_session(state, outcome)
+    run = _Session(pop, pop.open_session(sid, -1, tenant, user, kind=0), pop.make_client(tenant, user), sid)
+    turns = int(pop.samplers.turns())
+    while True:
+        outcome = yield from _attempt(run, turns)
+        if outcome != RESTART:
+            return pop.close_session(run.state, outcome)
+
+
+def _attempt(run: _Session, turns: int):
+    """Generator: one attempt at the whole task, from a fresh context; the session's outcome or RESTART.
+
+    Turns of steps (:func:`_turn`), the human thinking between them; a long think may end the session.
+    """
+    p, S, state = run.pop.profile, run.pop.samplers, run.state
+    run.context = int(S.initial_context())
+    run.shared = min(p.shared_prefix_tokens, run.context)
+    run.reuse = run.shared      # leading tokens of the context that the session's cache entry holds
+    for turn in range(turns):
+        state.turns = max(state.turns, turn + 1)
+        outcome = yield from _turn(run, turn)
+        if outcome is not None:
+            return outcome
+        if turn < turns - 1:
+            think = S.think_time()
+            if think > p.long_think_s and run.client.u() < p.long_think_end_prob:
+                return "completed"
+            state.idle_excess += max(0.0, think - ENGAGED_GAP_CAP_S)
+            yield run.pop.env.timeout(think)
+    return "completed"
+
+
+def _turn(run: _Session, turn: int):
+    """Generator: a human message and the agent's steps, tools between them; None when the turn is
+    done, else what ended the attempt (an outcome or RESTART)."""
+    S = run.pop.samplers
+    steps = int(S.steps_per_turn())
+    new = int(S.first_message() if turn == 0 else S.user_message())
+    trigger = USER
+    step = 0
+    while step < steps:
+        result = yield from _step(run, new, trigger)
+        if result == AGAIN:
+            continue
+        if result != NEXT:
+            return result
+        step += 1
+        if step < steps:
+            new = yield from _tools(run)
+            trigger = TOOL
+    return None
+
+
+def _step(run: _Session, new: int, trigger: int):
+    """Generator: one LLM call of the agent — or, when the context is full, the compaction that
+    makes room first. NEXT when the step is done, AGAIN to call again (after a compaction or a
+    recoverable give-up), else RESTART or the session's outcome."""
+    p, S, state = run.pop.profile, run.pop.samplers, run.state
+    compacting = run.context + new > p.compact_at * p.context_window
+    if compacting:      # one call that turns the context into a summary
+        prompt, out, why = run.context, int(S.compact_summary()), COMPACTION
+    else:
+        prompt, out, why = run.context + new, int(S.output_tokens()), trigger
+    req = yield from run.client.call(prompt, out, session=run.sid, prefix_key=run.key, prefix_len=run.reuse,
+                                     shared_key=run.pop.shared_key, shared_len=run.shared, max_tokens=p.max_tokens,
+                                     trigger=why)
+    _count(state, req)
+    if req.outcome != "completed":
+        state.failed_calls += 1
+        return (yield from _after_give_up(run, req))
+    run.tries = 0
+    if compacting:      # the cached entry holds the old context: only the system prompt matches
+        state.compactions += 1
+        run.context, run.reuse = run.shared + out, run.shared
+        return AGAIN
+    run.context = run.reuse = prompt + out
+    return NEXT
+
+
+def _after_give_up(run: _Session, req):
+    """Generator: the give-up path — AGAIN (retry, regenerate or a freed window), RESTART the task
+    while requeues are left, else the session's outcome."""
+    action = yield from _give_up(run.pop, run.client, req, run.tries, run.regenerated)
+    if action == "retry":
+        run.tries += 1
+        return AGAIN
+    if action == "regenerate":
+        run.regenerated = True
+        return AGAIN
+    if action == "wait":
+        run.state.idle_excess += max(0.0, req.retry_after - ENGAGED_GAP_CAP_S)
+        return AGAIN
+    if action == "restart" and run.requeues < run.pop.profile.task_requeues:
+        run.requeues += 1
+        return RESTART
+    return {"abandon": "abandoned", "end": "completed", "limited": "limited"}.get(action, "failed")
+
+
+def _tools(run: _Session):
+    """Generator: the tools after a step, and perhaps sub-agents; the new tokens of the next step."""
+    pop, p = run.pop, run.pop.profile
+    yield from _tool_calls(pop)
+    returns = 0
+    if p.subagent_prob > 0 and run.client.u() < p.subagent_prob:
+        returns = yield from fan_out(pop, run.state, int(pop.samplers.subagent_count()))
+    return int(pop.samplers.new_context()) + returns
+
+
+def _tool_calls(pop):
+    """Generator: a step's parallel tool calls (their number drawn), waiting for the slowest."""
+    k = int(pop.samplers.tool_calls())
+    if k > 0:
+        wait = _slowest(pop.samplers.tool_latency, k)
+        if wait > 0:
+            yield pop.env.timeout(wait)
 
 
 def _give_up(pop, client, req, tries: int, regenerated: bool):
@@ -185,7 +245,7 @@ def fan_out(pop, parent: SessionState, n: int):
 
 def subagent(pop, parent: SessionState):
     """A sub-agent: a fresh context, a few steps with tools, a summary back to its parent."""
-    p, S, env = pop.profile, pop.samplers, pop.env
+    p, S = pop.profile, pop.samplers
     sid = pop.new_session_id()
     state = pop.open_session(sid, parent.sid, parent.tenant, parent.user, kind=1)
     client = pop.make_client(parent.tenant, parent.user)
@@ -208,11 +268,7 @@ def subagent(pop, parent: SessionState):
             return 0
         context = prompt + out
         if step < steps - 1:
-            k = int(S.tool_calls())
-            if k > 0:
-                wait = _slowest(S.tool_latency, k)
-                if wait > 0:
-                    yield env.timeout(wait)
+            yield from _tool_calls(pop)
             new = int(S.new_context())
     pop.close_session(state, "completed")
     return int(S.subagent_returns())

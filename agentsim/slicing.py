@@ -185,23 +185,8 @@ def merge(records: list[tuple[dict, dict]], count: int | None = None) -> dict:
     tot = lambda key: sum(r[key] for r in recs)  # noqa: E731
     pooled = all(r["pooled"] for r in recs)
     out: dict = {"requests": scale(tot("requests")), "completed": scale(tot("completed"))}
-    outcomes: dict[str, float] = {}
-    for r in recs:
-        for o, c in r["outcomes"].items():
-            outcomes[o] = outcomes.get(o, 0) + c
-    out["outcomes"] = {o: scale(c) for o, c in sorted(outcomes.items(), key=lambda kv: -kv[1])}
-    for name in LATENCIES:
-        lat = [r["lat"][name] for r in recs]
-        nn = sum(x["n"] for x in lat)
-        if pooled:
-            x = np.concatenate([a[name] for _, a in records])
-            out[f"{name}_s"] = float(x.mean()) if len(x) else math.nan
-            for p in PERCENTILES:
-                out[f"{name}_p{p}_s"] = float(np.percentile(x, p)) if len(x) else math.nan
-        else:
-            out[f"{name}_s"] = _div(sum(x["sum"] for x in lat), nn)
-            for p in PERCENTILES:
-                out[f"{name}_p{p}_s"] = _weighted([x[f"p{p}"] for x in lat], [x["n"] for x in lat])
+    out["outcomes"] = _summed_counts([r["outcomes"] for r in recs], scale)
+    out.update(_merge_latencies(records, pooled))
     for part in SPLIT:   # the TTFT split's means (older records lack frontend/prefill)
         q = [r["lat"][part] for r in recs if part in r["lat"]]
         out[f"{part}_s"] = _div(sum(x["sum"] for x in q), sum(x["n"] for x in q))
@@ -216,32 +201,8 @@ def merge(records: list[tuple[dict, dict]], count: int | None = None) -> dict:
     out["cost_usd"] = scale(cost)
     out["usd_per_m_tokens"] = _div(cost, all_out + tot("all_in_tokens")) * 1e6
     out["usd_per_m_output_tokens"] = _div(cost, all_out) * 1e6
-    pools: dict[str, dict] = {}
-    support: dict[str, str | None] = {}      # a pool's step-model label is the same in every slice
-    for r in recs:
-        for name, p in r["pools"].items():
-            acc = pools.setdefault(name, {"replicas": 0, "busy": 0.0, "gpus": 0, "cost_usd": 0.0,
-                                          "preemptions": 0, "energy_j": 0.0})
-            for key in acc:
-                acc[key] += p[key]
-            support[name] = p.get("support")
-    duration = max(recs[0]["duration_s"], 1e-12)
-    out["pools"] = {name: {"busy_share": _div(p["busy"], p["replicas"]),
-                           "mean_power_w": scale(p["energy_j"]) / duration, "gpus": scale(p["gpus"]),
-                           "cost_usd": scale(p["cost_usd"]), "preemptions": scale(p["preemptions"]),
-                           "support": support[name]}
-                    for name, p in pools.items()}
-    if any("power" in r for r in recs):
-        series: dict[float, float] = {}
-        for r in recs:
-            for t, w in zip(r.get("power", {}).get("t", []), r.get("power", {}).get("w", [])):
-                series[t] = series.get(t, 0.0) + w
-        w = np.asarray([series[t] for t in sorted(series)])
-        out["facility_power_mean_w"] = scale(float(w.mean()))
-        out["facility_power_peak_w"] = scale(float(w.max()))
-        # K of N slices: the scaled sum carries sqrt(N/K) times the fleet's relative noise, so its
-        # maximum overstates the fleet's peak (the mean is unbiased); say so rather than hide it
-        out["facility_power_peak_method"] = "summed" if f == 1 else "scaled sample (biased high)"
+    out["pools"] = _merge_pools(recs, scale)
+    out.update(_merge_power(recs, scale, f))
     sess = [r["sessions"] for r in recs if r.get("sessions") is not None]
     if sess:
         out.update(_merge_sessions(sess, [a.get("session_duration") for _, a in records], pooled, scale))
@@ -254,14 +215,77 @@ def merge(records: list[tuple[dict, dict]], count: int | None = None) -> dict:
     return out
 
 
+def _merge_latencies(records: list[tuple[dict, dict]], pooled: bool) -> dict:
+    """Mean and percentiles of each latency: from the pooled arrays when every slice kept them,
+    else the slices' percentiles weighted by their counts."""
+    recs = [r for r, _ in records]
+    out: dict = {}
+    for name in LATENCIES:
+        lat = [r["lat"][name] for r in recs]
+        nn = sum(x["n"] for x in lat)
+        if pooled:
+            x = np.concatenate([a[name] for _, a in records])
+            out[f"{name}_s"] = float(x.mean()) if len(x) else math.nan
+            for p in PERCENTILES:
+                out[f"{name}_p{p}_s"] = float(np.percentile(x, p)) if len(x) else math.nan
+        else:
+            out[f"{name}_s"] = _div(sum(x["sum"] for x in lat), nn)
+            for p in PERCENTILES:
+                out[f"{name}_p{p}_s"] = _weighted([x[f"p{p}"] for x in lat], [x["n"] for x in lat])
+    return out
+
+
+def _merge_pools(recs: list[dict], scale) -> dict:
+    """Per pool: busy share over all its replicas, and its power, GPUs, cost and preemptions scaled."""
+    pools: dict[str, dict] = {}
+    support: dict[str, str | None] = {}      # a pool's step-model label is the same in every slice
+    for r in recs:
+        for name, p in r["pools"].items():
+            acc = pools.setdefault(name, {"replicas": 0, "busy": 0.0, "gpus": 0, "cost_usd": 0.0,
+                                          "preemptions": 0, "energy_j": 0.0})
+            for key in acc:
+                acc[key] += p[key]
+            support[name] = p.get("support")
+    duration = max(recs[0]["duration_s"], 1e-12)
+    return {name: {"busy_share": _div(p["busy"], p["replicas"]),
+                   "mean_power_w": scale(p["energy_j"]) / duration, "gpus": scale(p["gpus"]),
+                   "cost_usd": scale(p["cost_usd"]), "preemptions": scale(p["preemptions"]),
+                   "support": support[name]}
+            for name, p in pools.items()}
+
+
+def _merge_power(recs: list[dict], scale, f: float) -> dict:
+    """The fleet's facility power: the slices' series summed per sample time, scaled (none
+    when no slice sampled power)."""
+    if not any("power" in r for r in recs):
+        return {}
+    out: dict = {}
+    series: dict[float, float] = {}
+    for r in recs:
+        for t, w in zip(r.get("power", {}).get("t", []), r.get("power", {}).get("w", [])):
+            series[t] = series.get(t, 0.0) + w
+    w = np.asarray([series[t] for t in sorted(series)])
+    out["facility_power_mean_w"] = scale(float(w.mean()))
+    out["facility_power_peak_w"] = scale(float(w.max()))
+    # K of N slices: the scaled sum carries sqrt(N/K) times the fleet's relative noise, so its
+    # maximum overstates the fleet's peak (the mean is unbiased); say so rather than hide it
+    out["facility_power_peak_method"] = "summed" if f == 1 else "scaled sample (biased high)"
+    return out
+
+
+def _summed_counts(counts: list[dict], scale) -> dict:
+    """Counts by name (outcomes) summed over the slices and scaled, the most frequent first."""
+    total: dict[str, float] = {}
+    for c in counts:
+        for name, k in c.items():
+            total[name] = total.get(name, 0) + k
+    return {name: scale(k) for name, k in sorted(total.items(), key=lambda kv: -kv[1])}
+
+
 def _merge_sessions(sess: list[dict], arrays: list, pooled: bool, scale) -> dict:
     tot = lambda key: sum(s[key] for s in sess)  # noqa: E731
     out: dict = {"sessions": scale(tot("sessions")), "sessions_ended": scale(tot("sessions_ended"))}
-    outcomes: dict[str, float] = {}
-    for s in sess:
-        for o, c in s["session_outcomes"].items():
-            outcomes[o] = outcomes.get(o, 0) + c
-    out["session_outcomes"] = {o: scale(c) for o, c in sorted(outcomes.items(), key=lambda kv: -kv[1])}
+    out["session_outcomes"] = _summed_counts([s["session_outcomes"] for s in sess], scale)
     out["session_failure_rate"] = _div(tot("failed"), tot("sessions_ended"))
     out["session_duration_s"] = _div(tot("done_sum"), tot("done_n"))
     if pooled and all(a is not None for a in arrays):

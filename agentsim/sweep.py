@@ -31,129 +31,27 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 from collections import deque
-import difflib
 import hashlib
 import itertools
 import json
 import math
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from . import scenario as scn
+from .atomic import write_atomic
 from .errors import InputError
+from .executor import Executor, default_workers
+from .grid import check_path, parse_grid, value
 
 TABLE = "sweep.parquet"
 TASKS = "tasks"
 #: figures left out of tables: they measure the machine, not the system
 MACHINE_FIGURES = ("sim_wall_s",)
-#: free-form tables below which paths are not checked here (the scenario's validation checks them)
-FREE = (("pools", "*", "engine"), ("populations", "*", "params"), ("policies", "*"))
-
-
-# -- grid parsing and path checks -----------------------------------------------------------------
-def split_values(text: str) -> list[str]:
-    """``a,b,{x=1,y=2},[1,2],"c,d"`` → its top-level comma-separated items."""
-    items, depth, quote, cur = [], 0, "", []
-    for ch in text:
-        if quote:
-            if ch == quote:
-                quote = ""
-        elif ch in "\"'":
-            quote = ch
-        elif ch in "[{(":
-            depth += 1
-        elif ch in "]})":
-            depth -= 1
-        elif ch == "," and depth == 0:
-            items.append("".join(cur).strip())
-            cur = []
-            continue
-        cur.append(ch)
-    items.append("".join(cur).strip())
-    return items
-
-
-def parse_grid(specs) -> list[tuple[str, list[str]]]:
-    """``["PATH=v1,v2", ...]`` (or ``(path, [values])`` pairs) → ``[(path, [value texts])]``."""
-    out: list[tuple[str, list[str]]] = []
-    for spec in specs:
-        if isinstance(spec, str):
-            path, sep, text = spec.partition("=")
-            path = path.strip()
-            if not sep or not path or not text.strip():
-                raise InputError(f"--grid {spec!r}: expected PATH=V1,V2,..., e.g. pools.h100.replicas=2,4,8")
-            values = split_values(text)
-            if any(v == "" for v in values):
-                raise InputError(f"--grid {spec!r}: an empty value (two commas in a row?)")
-        else:
-            path, values = spec
-            values = [v if isinstance(v, str) else json.dumps(v) for v in values]
-            if not values:
-                raise InputError(f"--grid {path!r}: no values")
-        if any(p == path for p, _ in out):
-            raise InputError(f"--grid {path!r} is given twice; give all its values in one --grid")
-        out.append((path, values))
-    return out
-
-
-def value(text: str) -> Any:
-    """A grid or ``--set`` value as the scenario will read it."""
-    return scn._value(text)
-
-
-def check_path(data: dict, path: str, where: str) -> Any:
-    """The value at dotted ``path`` of a validated scenario's dump; an InputError if no such field.
-
-    Below the free-form tables (``pools.X.engine``, ``populations.X.params``, ``policies.N``)
-    only engine settings are checked here: the scenario's own validation checks the rest.
-    Returns the current value (None when it is not set in a free-form table).
-    """
-    from .scenario import EngineSettings
-    keys = path.split(".")
-    if not path or any(k == "" for k in keys):
-        raise InputError(f"{where} {path!r}: not a field path (expected e.g. pools.h100.replicas)")
-    node: Any = data
-    for i, k in enumerate(keys):
-        done = keys[:i]
-        if _free(done):
-            if done[0] == "pools" and k not in EngineSettings.model_fields:
-                near = difflib.get_close_matches(k, list(EngineSettings.model_fields), n=1)
-                raise InputError(f"{where} {path!r}: {k!r} is not an engine setting"
-                                 + (f"; did you mean {near[0]!r}?" if near else "")
-                                 + f" (allowed: {', '.join(EngineSettings.model_fields)})")
-            if isinstance(node, dict) and k in node:
-                node = node[k]
-                continue
-            return None
-        if isinstance(node, list):
-            try:
-                node = node[int(k)]
-            except (ValueError, IndexError):
-                raise InputError(f"{where} {path!r}: {'.'.join(done)} is a list of {len(node)}; "
-                                 f"{k!r} is not an index of it") from None
-            continue
-        if not isinstance(node, dict):
-            raise InputError(f"{where} {path!r}: {'.'.join(done)} is a value, not a table")
-        if k not in node:
-            names = list(node)
-            near = difflib.get_close_matches(k, names, n=1, cutoff=0.5)
-            at = f" in {'.'.join(done)}" if done else ""
-            raise InputError(f"{where} {path!r}: unknown field {k!r}{at}"
-                             + (f"; did you mean {near[0]!r}?" if near else "")
-                             + f" (known: {', '.join(map(str, names)) or 'none'})")
-        node = node[k]
-    return node
-
-
-def _free(keys: list[str]) -> bool:
-    return any(len(keys) >= len(pat) and all(p == "*" or p == k for p, k in zip(pat, keys))
-               for pat in FREE)
 
 
 # -- tasks, keys and the store ---------------------------------------------------------------------
@@ -241,109 +139,37 @@ class TaskStore:
     def put(self, key: str, payload: dict, arrays: dict) -> None:
         payload = dict(payload, arrays=bool(arrays))
         if arrays:
-            _atomic(self.dir / f"{key}.npz", lambda f: np.savez(f, **arrays))
-        text = json.dumps(payload)
-        _atomic(self.dir / f"{key}.json", lambda f: f.write(text.encode()))
+            write_atomic(self.dir / f"{key}.npz", lambda f: np.savez(f, **arrays))
+        write_atomic(self.dir / f"{key}.json", json.dumps(payload))
 
     def keys(self) -> set[str]:
         return {p.stem for p in self.dir.glob("*.json")}
 
 
-def _atomic(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise InputError(f"output directory {path.parent}: not writable ({e.strerror})") from None
-
-
 def write_parquet_atomic(df: pd.DataFrame, path: Path) -> None:
-    _atomic(path, lambda f: df.to_parquet(f, index=False))
+    write_atomic(path, lambda f: df.to_parquet(f, index=False))
 
 
-# -- executors -------------------------------------------------------------------------------------
-class InlineExecutor(cf.Executor):
-    """Runs each task in this process when it is submitted (``workers = 0``)."""
-
-    def submit(self, fn, /, *args, **kwargs):
-        f: cf.Future = cf.Future()
-        try:
-            f.set_result(fn(*args, **kwargs))
-        except Exception as e:  # noqa: BLE001 - handed to the caller through the future
-            f.set_exception(e)
-        return f
-
-
-def _ignore_sigint() -> None:
-    """Pool workers leave Ctrl-C to the parent, which cancels the sweep and keeps what finished."""
-    import signal
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-def dask_client(address: str, connect_timeout: float = 10.0):
-    """A ``distributed.Client`` for the scheduler at ``address``; an InputError if unreachable."""
-    try:
-        from distributed import Client
-    except ImportError:
-        raise InputError(f"--address {address}: Dask is not installed (pip install 'agentsim[dask]')") from None
-    try:
-        return Client(address, timeout=connect_timeout, set_as_default=False)
-    except Exception as e:  # noqa: BLE001 - any failure to connect is the user's address
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise InputError(f"--address {address}: no Dask scheduler reachable within {connect_timeout:g} s "
-                         f"({msg})") from None
-
-
+# -- running tasks on the executor -----------------------------------------------------------------
 class Pool:
     """Runs tasks on an executor, opened on first use, keeping results in an optional store."""
 
     def __init__(self, executor: cf.Executor | None = None, address: str | None = None, workers: int | None = None,
                  out_dir: str | Path | None = None, progress: bool = True, connect_timeout: float = 10.0) -> None:
-        if workers is not None and workers < 0:
-            raise InputError(f"--workers must be >= 0, got {workers}")
-        self._given = executor
-        self.address, self.workers, self.connect_timeout = address, workers, connect_timeout
+        self.executor = Executor(executor, address, workers, connect_timeout)
+        self.workers = workers
         self.store = TaskStore(out_dir) if out_dir is not None else None
         self.progress = progress
-        self._executor: cf.Executor | None = executor
-        self._client = None
         self.ran = 0
         self.reused = 0
         self._memo: dict[str, tuple[dict, dict]] = {}
 
     def connect(self) -> None:
         """Open the executor now (a Dask address is checked here, before any work)."""
-        if self._executor is not None:
-            return
-        if self.address:
-            self._client = dask_client(self.address, self.connect_timeout)
-            self._executor = self._client.get_executor(pure=False)
-        elif self.workers == 0:
-            self._executor = InlineExecutor()
-        else:
-            import multiprocessing as mp
-            method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
-            self._executor = cf.ProcessPoolExecutor(max_workers=self.workers or os.cpu_count() or 1,
-                                                    mp_context=mp.get_context(method), initializer=_ignore_sigint)
+        self.executor.open()
 
     def close(self, interrupted: bool = False) -> None:
-        ex, self._executor = self._executor, None
-        if ex is not None and ex is not self._given:
-            if isinstance(ex, cf.ProcessPoolExecutor) and interrupted:
-                procs = list((getattr(ex, "_processes", None) or {}).values())
-                ex.shutdown(wait=False, cancel_futures=True)
-                for p in procs:   # the workers this pool started: do not wait for their running tasks
-                    p.terminate()
-            elif isinstance(ex, cf.ProcessPoolExecutor):
-                ex.shutdown(wait=not interrupted, cancel_futures=True)
-            else:      # Dask's ClientExecutor: its futures were cancelled by run()
-                ex.shutdown(wait=not interrupted)
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+        self.executor.close(interrupted)
 
     def __enter__(self) -> "Pool":
         return self
@@ -370,20 +196,19 @@ class Pool:
         self.reused += done
         if not todo:
             return
-        self.connect()
+        executor = self.executor.open()
         from tqdm import tqdm
         bar = tqdm(total=done + len(todo), initial=done, unit="run", desc=desc, file=sys.stderr, leave=False,
                    disable=None if self.progress else True, dynamic_ncols=True)
         futures: dict = {}
         pending = deque(todo.values())
-        window = 1 if isinstance(self._executor, InlineExecutor) else (
-            len(pending) if self._client is not None or self._given is not None
-            else 4 * (self.workers or os.cpu_count() or 1))
+        window = 1 if self.executor.inline else (
+            len(pending) if self.executor.remote else 4 * (self.workers or default_workers()))
         try:
             while pending or futures:
                 while pending and len(futures) < window:
                     key, data, seed, detail = pending.popleft()
-                    futures[self._executor.submit(run_task, data, seed, detail)] = key
+                    futures[executor.submit(run_task, data, seed, detail)] = key
                 finished, _ = cf.wait(futures, return_when=cf.FIRST_COMPLETED)
                 for fut in sorted(finished, key=lambda f: futures[f]):
                     key = futures.pop(fut)
@@ -547,8 +372,7 @@ def make_table(rows: list[Row], summaries: list[dict], slices: int = 1) -> pd.Da
 
 def point_means(result: SweepResult, metrics: list[str]) -> list[dict]:
     """Per grid point: the grid values and each metric's mean (and 95 % CI half-width when R > 1)."""
-    from .api import ci
-    from .stats import summary_range
+    from .stats import mean_interval, summary_range
     t = result.table
     paths = [p for p, _ in result.grid]
     out = []
@@ -558,7 +382,7 @@ def point_means(result: SweepResult, metrics: list[str]) -> list[dict]:
         for m in metrics:
             if m not in part:
                 continue
-            mean, lo, hi = ci(part[m].tolist(), valid=summary_range(m))
+            mean, lo, hi = mean_interval(part[m].tolist(), valid=summary_range(m))
             row[m] = mean
             if result.replications > 1:
                 row[f"{m}_ci"] = (hi - lo) / 2 if not math.isnan(hi) else math.nan

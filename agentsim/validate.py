@@ -83,155 +83,21 @@ from __future__ import annotations
 
 import math
 import time
-from functools import lru_cache
 
 import numpy as np
 import pandas as pd
 
 from . import theory as th
-from .catalog import data_path, load_catalog
-from .deployment import Deployment
+from .estimators import BATCHES, LEVEL, batch_means, number_seen_at_arrival, occupancy, ratio_batch_means, t_interval
 from .request import OUTCOMES
-from .servicetime import StepCoeffs
+from .validation_systems import PS_GPU, UNLIMITED, beta_s, geometric, poisson, scenario, simulate, step_s, uniform_int
 
-LEVEL = 0.99
 MAX_REL_HALF_WIDTH = 0.03
-BATCHES = 30
 WARMUP_FRACTION = 0.05
 COLUMNS = ("check", "expected", "simulated", "ci_low", "ci_high", "bound", "passed")
-MODEL = "validation-tiny"
-CONST_GPU = "ValidationConst"
-PS_GPU = "ValidationPS"
-UNLIMITED = 1 << 20
 #: one fixed seed per check (changing a seed is a deliberate act: re-check the row's margin)
 SEEDS = {"mmc": 101, "md1": 102, "mginf": 103, "ps": 104, "mva": 105, "mva_c4": 106, "erlang_b": 107,
          "mmck": 108, "retry": 109, "token_bucket": 110, "response_time_law": 111}
-
-
-def catalog_file() -> str:
-    return str(data_path("validation/catalog.toml"))
-
-
-@lru_cache(maxsize=4)
-def coeffs(gpu: str) -> StepCoeffs:
-    cat = load_catalog((catalog_file(),))
-    return StepCoeffs.of(Deployment.from_catalog(cat, MODEL, gpu))
-
-
-def step_s() -> float:
-    """δ: one step of the constant-step GPU (one decode at a short context)."""
-    return coeffs(CONST_GPU).step_time(decodes=1, decode_context=1)
-
-
-def beta_s() -> float:
-    """β: seconds one request adds to a step of the processor-sharing GPU."""
-    c = coeffs(PS_GPU)
-    return (c.F(2) - c.F(1)) + (c.H(2) - c.H(1))      # one more request in a step: its token and its logits
-
-
-# -- scenarios ------------------------------------------------------------------------------------------
-def geometric(mean: float) -> dict:
-    """Output lengths O ~ Geometric on 1, 2, ... with E[O] = mean."""
-    return {"kind": "geometric", "mean": mean - 1, "offset": 1}
-
-
-def uniform_int(low: int, high: int) -> dict:
-    """Output lengths uniform on the integers low..high."""
-    return {"kind": "uniform", "low": low - 0.5, "high": high + 0.5, "round": "round"}
-
-
-def scenario(stream: dict, *, gpu: str = CONST_GPU, max_batch: int = 1, duration_s: float = 1e8,
-             policies: list | None = None, sample_s: float | None = None, populations: dict | None = None) -> dict:
-    """One replica of the tiny model on an idealised GPU, fed by ``stream`` (a dict)."""
-    sc = {"name": "validation", "duration_s": duration_s, "sample_s": sample_s or duration_s,
-          "catalog": [catalog_file()],
-          "engine": {"max_batch": max_batch, "token_budget": UNLIMITED, "retention": "none"},
-          "pools": {"v": {"gpu": gpu, "model": MODEL}},
-          "streams": {"s": stream} if stream else {},
-          "slo_ttft_s": 1e9, "slo_tpot_s": 1e9}
-    if policies:
-        sc["policies"] = policies
-    if populations:
-        sc["populations"] = populations
-    return sc
-
-
-def poisson(rate: float, count: int, output) -> dict:
-    return {"kind": "poisson", "rate": rate, "count": count, "input_tokens": 1, "output_tokens": output}
-
-
-def simulate(sc: dict, seed: int):
-    from .api import simulate as _simulate
-    return _simulate(sc, seed=seed)
-
-
-# -- estimators -----------------------------------------------------------------------------------------
-def t_interval(batch_values, level: float = LEVEL) -> tuple[float, float, float]:
-    """Mean and Student-t interval of (approximately) independent values."""
-    from .stats import mean_interval
-    return mean_interval(batch_values, level)
-
-
-def batch_means(values, k: int = BATCHES, level: float = LEVEL) -> tuple[float, float, float]:
-    """Point estimate (the grand mean) and the batch-means t-interval of a sequence of
-    observations in time order, cut into ``k`` consecutive batches of equal size."""
-    x = np.asarray(values, dtype=float)
-    n = len(x) // k * k
-    if n < 2 * k:
-        raise ValueError(f"{len(x)} observations are too few for {k} batches")
-    b = x[:n].reshape(k, -1).mean(axis=1)
-    _, lo, hi = t_interval(b, level)
-    m = float(x[:n].mean())
-    return m, m - (hi - lo) / 2, m + (hi - lo) / 2
-
-
-def ratio_batch_means(num, den, k: int = BATCHES, level: float = LEVEL) -> tuple[float, float, float]:
-    """Σnum/Σden with a batch-means interval of the per-batch ratios (batches given as arrays)."""
-    num, den = np.asarray(num, float), np.asarray(den, float)
-    r = num / den
-    _, lo, hi = t_interval(r, level)
-    m = float(num.sum() / den.sum())
-    return m, m - (hi - lo) / 2, m + (hi - lo) / 2
-
-
-def number_seen_at_arrival(arrival, finish) -> np.ndarray:
-    """N(aᵢ−): requests in the system just before each arrival (itself excluded; a request that
-    finishes exactly at aᵢ has left)."""
-    a = np.asarray(arrival, float)
-    f = np.asarray(finish, float)
-    f = np.where(np.isnan(f), np.inf, f)
-    sa, sf = np.sort(a), np.sort(f)
-    return np.searchsorted(sa, a, side="left") - np.searchsorted(sf, a, side="right")
-
-
-def occupancy(arrival, finish, edges, kmax: int) -> np.ndarray:
-    """Time spent with N = 0, 1, ..., kmax and with N > kmax (the last column) in each interval
-    [edges[j], edges[j+1]), where N(t) = #{i: aᵢ <= t < fᵢ} (an unfinished request: fᵢ = ∞).
-
-    Returns an array of shape (len(edges) − 1, kmax + 2) of durations.
-    """
-    a = np.asarray(arrival, float)
-    f = np.asarray(finish, float)
-    f = np.where(np.isnan(f), np.inf, f)
-    times = np.concatenate([a, f])
-    delta = np.concatenate([np.ones(len(a)), -np.ones(len(f))])
-    order = np.lexsort((delta, times))          # at a tie, departures (−1) first
-    t, d = times[order], delta[order]
-    n_after = np.cumsum(d)
-    seg_start = np.concatenate([[-np.inf], t])
-    seg_end = np.concatenate([t, [np.inf]])
-    seg_n = np.concatenate([[0], n_after]).astype(int)
-    seg_n = np.minimum(seg_n, kmax + 1)
-    edges = np.asarray(edges, float)
-    out = np.zeros((len(edges) - 1, kmax + 2))
-    for j in range(len(edges) - 1):
-        lo, hi = edges[j], edges[j + 1]
-        i0 = np.searchsorted(seg_end, lo, side="right")
-        i1 = np.searchsorted(seg_start, hi, side="left")
-        s = np.clip(seg_start[i0:i1], lo, hi)
-        e = np.clip(seg_end[i0:i1], lo, hi)
-        np.add.at(out[j], seg_n[i0:i1], e - s)
-    return out
 
 
 def _window(df: pd.DataFrame) -> pd.DataFrame:

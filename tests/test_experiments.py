@@ -174,3 +174,24 @@ def test_default_size(tmp_path, name):
     res = mod.run(tmp_path)
     assert (tmp_path / "summary.md").exists() and res["answer"]
     assert res["cpu_s"] < 2 * 300, "the default size should run in under 5 minutes on two cores"
+
+
+def test_same_results_on_any_executor(tmp_path):
+    """Same seeds, same numbers: in this process, on a process pool and on Dask (the executor only
+    places tasks)."""
+    distributed = pytest.importorskip("distributed")
+    mod = load("energy")
+
+    def outputs(out: Path, **where) -> tuple:
+        mod.run(out, scale=0.25, replications=2, generations=("H100",), loads=(4, 64), **where)
+        data = json.loads((out / "results.json").read_text())
+        for machine in ("runtime_s", "cpu_s", "settings"):
+            data.pop(machine)
+        return data, {f.name: f.read_bytes() for f in sorted(out.glob("*.csv"))}
+
+    inline = outputs(tmp_path / "inline", workers=0)
+    pool = outputs(tmp_path / "pool", workers=2)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as c:
+        dask = outputs(tmp_path / "dask", address=c.scheduler_address)
+        assert c.scheduler.transition_counter > 0, "the Dask run did not go through the cluster"
+    assert inline[1] and inline == pool == dask

@@ -35,7 +35,7 @@ from agentsim.catalog import load_catalog
 from agentsim.deployment import Deployment
 from agentsim.limits import tier
 from agentsim.request import OUTCOMES
-from agentsim.validate import CONST_GPU, MODEL, PS_GPU, catalog_file
+from agentsim.validation_systems import CONST_GPU, MODEL, PS_GPU, catalog_file
 
 SETTINGS = dict(deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow,
                                                                        HealthCheck.data_too_large])

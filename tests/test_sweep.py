@@ -21,8 +21,9 @@ import pytest
 
 from agentsim.api import simulate
 from agentsim.errors import InputError
-from agentsim.sweep import (InlineExecutor, TABLE, TASKS, check_path, flatten, load_point, parse_grid, split_values,
-                            sweep, task_key)
+from agentsim.executor import InlineExecutor
+from agentsim.grid import check_path, parse_grid, split_values
+from agentsim.sweep import TABLE, TASKS, flatten, load_point, sweep, task_key
 from cli_helper import cli
 
 # Two pools, a randomised router, a Poisson stream and a fleet of coding agents (sessions, prefix

@@ -360,7 +360,11 @@ def test_interrupt_while_a_figure_is_written_leaves_no_tmp_file(tiny, tmp_path, 
     def half_written(self, fname, *a, **kw):
         calls.append(fname)
         if len(calls) == 2:                                  # the second figure: half its bytes, then Ctrl-C
-            Path(fname).write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 100)
+            half = b"\x89PNG\r\n\x1a\n" + b"\0" * 100
+            if hasattr(fname, "write"):                      # the open temporary file of an atomic write
+                fname.write(half)
+            else:
+                Path(fname).write_bytes(half)
             raise KeyboardInterrupt
         return real(self, fname, *a, **kw)
     monkeypatch.setattr(matplotlib.figure.Figure, "savefig", half_written)

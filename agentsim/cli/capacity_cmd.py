@@ -8,7 +8,7 @@ import click
 
 from ..jsonout import dumps
 from .common import Finite, _fmt, cli, emit, format_option
-from .sweep_cmd import _clean, executor_options, interrupted, open_out, precheck
+from .sweep_cmd import _clean, executor_options, open_out, precheck, writing
 
 
 @cli.command("capacity")
@@ -45,23 +45,16 @@ def capacity_cmd(scenario, slos, vary, goal, low, high, step, replications, seed
     parsed = [parse_slo(s) for s in slos]   # a bad SLO fails before anything runs
     precheck(scenario, overrides, slices, force)
     out = open_out(out_dir, "capacity", overwrite)
-    try:
+    with writing(out):
         res = capacity(scenario, parsed, vary, goal=goal, low=low, high=high, step=step, replications=replications,
                        seed=seed, overrides=list(overrides), slices=slices, slice_sample=slice_sample,
                        address=address, workers=workers, out_dir=out.write_path if out else None,
                        progress=progress, connect_timeout=connect_timeout)
         d = res.as_dict()
         if out:
-            from ..sweep import _atomic
-            text = dumps(_jsonclean(d))
-            _atomic(out.write_path / "capacity.json", lambda f: f.write(text.encode()))
+            from ..atomic import write_atomic
+            write_atomic(out.write_path / "capacity.json", dumps(_jsonclean(d)))
             out.commit()
-    except KeyboardInterrupt:
-        interrupted(out)
-    except BaseException:
-        if out:
-            out.abandon(keep=False)
-        raise
     if fmt == "json":
         click.echo(dumps(_jsonclean(d)))
     else:

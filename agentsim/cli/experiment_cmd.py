@@ -52,13 +52,16 @@ def _command(name: str) -> click.Command:
     @click.option("--seed", type=click.IntRange(min=0), default=1, show_default=True, help="Base seed.")
     @click.option("--workers", type=click.IntRange(min=0), default=None,
                   help="Worker processes (default: all cores; 0 = run in this process).")
-    def cmd(out, overwrite, scale, full, replications, seed, workers) -> None:
+    @click.option("--address", default=None, metavar="ADDR",
+                  help="Run on the Dask distributed cluster whose scheduler is at ADDR (e.g. tcp://host:8786); "
+                       "default: a local process pool. Same seeds, same results, on any executor.")
+    def cmd(out, overwrite, scale, full, replications, seed, workers, address) -> None:
         from pathlib import Path
         from ..outdir import OutDir
         target = OutDir(out or str(Path("results") / name), "experiment", overwrite)
         try:
             res = mod.run(str(target.write_path), scale=mod.FULL_SCALE if full else scale, seed=seed,
-                          replications=replications, workers=workers)
+                          replications=replications, workers=workers, address=address)
             target.commit()
         except BaseException:
             target.abandon(keep=True)

@@ -73,10 +73,10 @@ def replay_cmd(trace, trace_format, scenario, overrides, unbounded_cache, durati
     summary["trace_format"] = figures["trace_format"]
     summary["trace_file"] = figures["trace_file"]
     if out:
-        from .run_cmd import _write_atomic
+        from .run_cmd import write_json
         try:
             res.save(out.write_path)
-            _write_atomic(out.write_path / "summary.json", summary)
+            write_json(out.write_path / "summary.json", summary)
             out.commit()
         except BaseException:
             out.abandon(keep=False)

@@ -96,6 +96,26 @@ def run(scenario, seed, replications, out_dir, overwrite, overrides, step_mode, 
     sc = load_scenario(scenario or DEFAULT_PRESET, list(overrides))
     seed = sc.seed if seed is None else seed
     is_sliced = slices > 1 or slice_sample is not None or address
+    _check_before_running(sc, overrides, replications, slices, slice_sample, is_sliced, step_mode,
+                          check_invariants, force)
+    kind = "sliced" if is_sliced else "replications" if replications > 1 else "run"
+    out = OutDir(out_dir, kind, overwrite) if out_dir else None
+    if is_sliced:
+        _run_sliced(sc, seed, replications, slices, slice_sample, address, workers, out, progress, fmt)
+        return
+    summary = _run_replications(sc, seed, replications, out, step_mode, check_invariants, progress, figures)
+    if fmt == "json":
+        emit(summary, "json")
+    else:
+        emit(summary_rows(summary), "table")
+        if out:
+            click.echo(f"results written to {out.path}", err=True)
+
+
+def _check_before_running(sc, overrides, replications: int, slices: int, slice_sample, is_sliced: bool,
+                          step_mode: bool, check_invariants: bool, force: bool) -> None:
+    """Refuse flags that do not go together, a scenario that cannot run and work above the limits;
+    print the scenario's warnings. Nothing has been written yet."""
     if is_sliced:
         if step_mode or check_invariants:
             raise InputError("--slices / --address run on an executor: --step-mode and --check-invariants are not "
@@ -113,11 +133,12 @@ def run(scenario, seed, replications, out_dir, overwrite, overrides, step_mode, 
     if not is_sliced:       # replications are kept in memory until the summary over them
         work = work.times(replications)
     check_work(work, force, what="one slice of this run" if slices > 1 else "this run")
-    kind = "sliced" if is_sliced else "replications" if replications > 1 else "run"
-    out = OutDir(out_dir, kind, overwrite) if out_dir else None
-    if is_sliced:
-        _run_sliced(sc, seed, replications, slices, slice_sample, address, workers, out, progress, fmt)
-        return
+
+
+def _run_replications(sc, seed: int, replications: int, out, step_mode: bool, check_invariants: bool,
+                      progress: bool, figures: bool) -> dict:
+    """Run the replications one after the other, writing each as it finishes; the summary (over
+    them, with CIs, when more than one). Ctrl-C keeps the finished ones and exits 130."""
     results = []
     kept = 0
     try:
@@ -137,7 +158,7 @@ def run(scenario, seed, replications, out_dir, overwrite, overrides, step_mode, 
                 kept += 1
         summary = results[0].summary() if replications == 1 else ResultSet(results).summary()
         if out and replications > 1:
-            _write_atomic(out.write_path / "summary.json", summary)
+            write_json(out.write_path / "summary.json", summary)
         if out:
             out.commit()
     except KeyboardInterrupt:
@@ -152,12 +173,7 @@ def run(scenario, seed, replications, out_dir, overwrite, overrides, step_mode, 
         if out:
             out.abandon(keep=False)
         raise
-    if fmt == "json":
-        emit(summary, "json")
-    else:
-        emit(summary_rows(summary), "table")
-        if out:
-            click.echo(f"results written to {out.path}", err=True)
+    return summary
 
 
 def _run_sliced(sc, seed, replications, slices, slice_sample, address, workers, out, progress, fmt) -> None:
@@ -172,7 +188,7 @@ def _run_sliced(sc, seed, replications, slices, slice_sample, address, workers, 
         for note in notes:
             click.echo(f"note: {note.message}", err=True)
         if out:
-            _write_atomic(out.write_path / "summary.json", summary)
+            write_json(out.write_path / "summary.json", summary)
             out.commit()
     except KeyboardInterrupt:
         where = out.abandon(keep=True) if out else None
@@ -214,17 +230,11 @@ def _write_replication(res, out: Path, index: int | None, figures: bool) -> None
         raise
 
 
-def _write_atomic(path: Path, data: dict) -> None:
+def write_json(path: Path, data: dict) -> None:
+    """``data`` as strict JSON (NaN -> null) in ``path``, atomically."""
+    from ..atomic import write_atomic
     from ..jsonout import dumps
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_text(dumps(data))
-        tmp.replace(path)
-    except BaseException as e:
-        tmp.unlink(missing_ok=True)
-        if isinstance(e, OSError):
-            raise InputError(f"output directory {path.parent}: not writable ({e.strerror})") from None
-        raise
+    write_atomic(path, dumps(data))
 
 
 @cli.group("scenario")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
@@ -86,6 +87,20 @@ def interrupted(out) -> None:
     sys.exit(130)
 
 
+@contextmanager
+def writing(out):
+    """Guard a run that writes into ``out``: Ctrl-C keeps the finished tasks and exits 130 (a rerun
+    resumes), any other error drops a staged output so DIR stays as it was."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        interrupted(out)
+    except BaseException:
+        if out:
+            out.abandon(keep=False)
+        raise
+
+
 def _clean(v):
     if isinstance(v, float) and (math.isnan(v) or math.isinf(v)):
         return None
@@ -118,18 +133,12 @@ def sweep_cmd(scenario, grid, replications, seed, overrides, out_dir, overwrite,
     from ..sweep import point_means, sweep
     precheck(scenario, overrides, slices, force)
     out = open_out(out_dir, "sweep", overwrite)
-    try:
+    with writing(out):
         res = sweep(scenario, list(grid), replications=replications, seed=seed, overrides=list(overrides),
                     slices=slices, slice_sample=slice_sample, address=address, workers=workers,
                     out_dir=out.write_path if out else None, progress=progress, connect_timeout=connect_timeout)
         if out:
             out.commit()
-    except KeyboardInterrupt:
-        interrupted(out)
-    except BaseException:
-        if out:
-            out.abandon(keep=False)
-        raise
     if fmt == "json":
         rows = [{k: _clean(v) for k, v in r.items()} for r in res.table.to_dict("records")]
         from ..jsonout import dumps

@@ -3,10 +3,12 @@
 Every experiment is a module ``agentsim.experiments.<name>`` with
 
 * ``QUESTION`` — the question, one sentence;
-* ``run(out_dir, scale=1.0, seed=1, replications=None, workers=None) -> dict`` — simulate, write
-  ``summary.md`` (the answer with 95 % confidence intervals, method, settings), ``results.json``
-  (the same numbers, machine-readable) and figures (``<figure>.png`` with the plotted data
-  beside it as ``<figure>.csv``) into ``out_dir``; return the results dict;
+* ``run(out_dir, scale=1.0, seed=1, replications=None, workers=None, *, address=None) -> dict`` —
+  simulate (its arms × seeds through :func:`run_arms`, on a process pool or the Dask cluster at
+  ``address``), write ``summary.md`` (the answer with 95 % confidence intervals, method,
+  settings), ``results.json`` (the same numbers, machine-readable) and figures (``<figure>.png``
+  with the plotted data beside it as ``<figure>.csv``, one function per figure) into
+  ``out_dir``; return the results dict;
 * ``main(argv)`` — the command line (``python experiments/<name>.py`` and
   ``agentsim experiment <name>`` both end here).
 
@@ -16,26 +18,26 @@ replications — each experiment says which); ``--full`` is each experiment's ``
 Replications use seeds ``seed, seed + 1, …``; variants of one experiment share those seeds
 (common random numbers), so their differences are paired and their intervals narrow.
 
-This module holds what every experiment shares: the registry, a process-pool map over
-simulation tasks, confidence intervals (independent and paired), atomic writing of the summary,
-the results and the figures, and the command-line parser.
+This module holds what every experiment shares: the registry, a map over simulation tasks on
+the shared executor (:mod:`agentsim.executor`: a process pool or Dask, same results on either),
+confidence intervals (independent and paired), the summary, the results and the figures
+(written atomically), and the command-line parser.
 """
 from __future__ import annotations
 
 import argparse
-import concurrent.futures as cf
 import importlib
 import math
-import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from ..atomic import write_atomic
 from ..errors import InputError, unknown_name
+from ..executor import run_all
 from ..jsonout import dumps
 from ..stats import ANY, NONNEGATIVE, mean_interval, proportion_interval
 
@@ -61,32 +63,36 @@ def seeds(seed: int, replications: int) -> list[int]:
     return [seed + i for i in range(replications)]
 
 
-def default_workers() -> int:
-    return max(1, os.cpu_count() or 1)
-
-
-def run_tasks(fn, tasks: list[tuple], workers: int | None = None, label: str = "") -> list:
-    """``[fn(*t) for t in tasks]``, on a local process pool of ``workers`` (0 or 1: in this process).
+def run_tasks(fn, tasks: list[tuple], workers: int | None = None, label: str = "", address: str | None = None) -> list:
+    """``[fn(*t) for t in tasks]`` on the shared executor (:mod:`agentsim.executor`): a local process
+    pool of ``workers`` (0 or 1: in this process), or the Dask cluster at ``address``.
 
     ``fn`` must be a module-level function (workers import it by name). Results come back in task
-    order and do not depend on the number of workers: each task is a pure function of its
-    arguments (scenario and seed).
+    order and do not depend on the executor: each task is a pure function of its arguments
+    (scenario and seed).
     """
-    workers = default_workers() if workers is None else workers
     t0 = time.perf_counter()
-    if workers <= 1 or len(tasks) <= 1:
-        timed = [_timed(fn, *t) for t in tasks]
-    else:
-        import multiprocessing as mp
-        method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
-        with cf.ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=mp.get_context(method)) as ex:
-            timed = list(ex.map(_timed, [fn] * len(tasks), *zip(*tasks)))
+    timed = run_all(_timed, [(fn, *t) for t in tasks], workers=workers, address=address)
     cpu = sum(c for _, c in timed)
     CPU_SECONDS[0] += cpu
     if label:
         print(f"  {label}: {len(tasks)} runs in {time.perf_counter() - t0:.0f} s wall, {cpu:.0f} s CPU",
               file=sys.stderr)
     return [r for r, _ in timed]
+
+
+def run_arms(measure, arms: dict, seeds_: list[int], workers: int | None = None, address: str | None = None,
+             label: str = "") -> dict:
+    """An experiment's simulations as data: every arm (key -> scenario dict) × seed through
+    ``measure(scenario, seed)``; ``{key: [measure's result per seed]}``.
+
+    Every arm runs with the same seeds (common random numbers), so differences between arms are
+    paired; tasks are submitted arm by arm, seed by seed, and come back in that order.
+    """
+    keys = list(arms)
+    results = run_tasks(measure, [(arms[k], s) for k in keys for s in seeds_], workers, label=label, address=address)
+    n = len(seeds_)
+    return {k: results[i * n:(i + 1) * n] for i, k in enumerate(keys)}
 
 
 #: CPU seconds spent in simulation tasks by this process's run_tasks calls (for runtime reports)
@@ -215,24 +221,6 @@ def crossing(xs, ys, target: float) -> float:
 
 
 # -- writing ---------------------------------------------------------------------------------------------
-def write_atomic(path: str | Path, data: str | bytes) -> Path:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def jsonable(o):
     if isinstance(o, Stat):
         return o.as_dict()
@@ -347,6 +335,7 @@ def parser(name: str, question: str, full_scale: float) -> argparse.ArgumentPars
     p.add_argument("--replications", "-r", type=int, default=None, help="replications (seeds seed, seed+1, ...)")
     p.add_argument("--seed", type=int, default=1, help="base seed")
     p.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores; 0 = none)")
+    p.add_argument("--address", default=None, help="run on the Dask cluster whose scheduler is at ADDRESS")
     return p
 
 
@@ -359,6 +348,13 @@ def check_args(scale: float, replications: int | None, seed: int) -> None:
         raise InputError(f"--seed must be >= 0, got {seed}")
 
 
+def main_for(module_name: str):
+    """The ``main(argv)`` of experiment module ``module_name``: its command line (see :func:`cli_main`)."""
+    def main(argv: list[str] | None = None) -> dict:
+        return cli_main(sys.modules[module_name], argv)
+    return main
+
+
 def cli_main(module, argv: list[str] | None = None) -> dict:
     """Parse ``argv`` for ``module`` (an experiment), run it and print where the summary went."""
     name = module.__name__.rsplit(".", 1)[-1]
@@ -366,7 +362,8 @@ def cli_main(module, argv: list[str] | None = None) -> dict:
     scale = module.FULL_SCALE if args.full else args.scale
     out = args.out or str(Path("results") / name)
     try:
-        res = module.run(out, scale=scale, seed=args.seed, replications=args.replications, workers=args.workers)
+        res = module.run(out, scale=scale, seed=args.seed, replications=args.replications, workers=args.workers,
+                         address=args.address)
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None

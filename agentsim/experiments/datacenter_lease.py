@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import (Report, check_args, cli_main, crossing, default_scenario, md_table, run_tasks, save_figure, seeds,
+from . import (Report, check_args, crossing, default_scenario, main_for, md_table, run_tasks, save_figure, seeds,
                simulate_one, stat)
 
 QUESTION = ("How many more coding-agent users does a leased Colossus-1-like data center (≈150k H100, 50k H200, "
@@ -145,7 +145,7 @@ def measure(sc: dict, seed: int) -> dict:
 
 
 def run(out_dir, scale: float = 1.0, seed: int = 1, replications: int | None = None, workers: int | None = None,
-        *, users_grid=USERS_GRID, check_existing: bool = True) -> dict:
+        *, address: str | None = None, users_grid=USERS_GRID, check_existing: bool = True) -> dict:
     check_args(scale, replications, seed)
     t0 = time.perf_counter()
     R = replications or REPLICATIONS
@@ -154,7 +154,38 @@ def run(out_dir, scale: float = 1.0, seed: int = 1, replications: int | None = N
     N = max(1, round(SLICES / scale))
     ss = seeds(seed, R)
     tasks = [sliced_task(lease_scenario(N, u), N, s) for u in users_grid for s in ss]
-    results = run_tasks(measure, tasks, workers, label="datacenter_lease (lease)")
+    results = run_tasks(measure, tasks, workers, label="datacenter_lease (lease)", address=address)
+    t = _grid_table(results, users_grid, ss, N)
+    per_rep = _per_replication(t)
+    users = stat([p["users"] for p in per_rep])
+    users_power = stat([p["users_at_facility_mw"] for p in per_rep])
+    mw_mean = stat([p["mw_window"] for p in per_rep])
+    mw_peak = stat([p["mw_busiest_hour"] for p in per_rep])
+    mw_5min = stat([p["mw_max_interval"] for p in per_rep])
+    usd_mtok = stat([p["usd_per_m_tokens"] for p in per_rep])
+    jpt = stat([p["joules_per_token"] for p in per_rep])
+    gpus, usd_h, nameplate_mw, cost = _lease_cost(per_rep)
+    check = (_existing_fleet_check(users, N, ss, workers, address)
+             if check_existing and math.isfinite(users.mean) else {})
+    figs = {"users": users, "users_power": users_power, "mw_mean": mw_mean, "mw_peak": mw_peak, "mw_5min": mw_5min,
+            "usd_mtok": usd_mtok, "jpt": jpt}
+    lease = {"gpus": gpus, "usd_h": usd_h, "nameplate_mw": nameplate_mw, "cost": cost}
+    rep.answer = _answer(N, per_rep, check, figs, lease)
+    _sections(rep, t, N, users_grid, per_rep, check, figs, lease)
+    for path, caption in _figures(out, t, results, users, nameplate_mw, N, users_grid, ss, users_power):
+        rep.figure(path, caption)
+    rep.results = {"users_at_slo": users, "users_at_facility_mw": users_power, "facility_mw_busiest_hour": mw_peak,
+                   "facility_mw_window_mean": mw_mean, "facility_mw_max_5min_scaled": mw_5min,
+                   "nameplate_mw": nameplate_mw, "facility_mw": FACILITY_MW, "joules_per_token": jpt,
+                   "usd_per_m_tokens": usd_mtok, "cost": cost, "per_replication": per_rep, "existing_check": check,
+                   "slices": N, "gpus": gpus, "replications": R, "seeds": ss}
+    rep.settings = {"scale": scale, "replications": R, "seed": seed, "slices": N,
+                    "users_grid": list(users_grid), "slo": f"attainment >= {SLO_TARGET}", "window": START}
+    return rep.write(out, time.perf_counter() - t0)
+
+
+def _grid_table(results: list[dict], users_grid, ss: list[int], N: int) -> pd.DataFrame:
+    """One row per replication × user count: attainment, latency, fleet power (slice × N), cost, utilisation."""
     rows = []
     for k, (u, s) in enumerate([(u, s) for u in users_grid for s in ss]):
         r = results[k]
@@ -164,7 +195,11 @@ def run(out_dir, scale: float = 1.0, seed: int = 1, replications: int | None = N
                      "mw_max_interval": r["power_w_max_interval"] * N / 1e6,
                      "usd_per_m_tokens": r["usd_per_m_tokens"], "joules_per_token": r["joules_per_token"],
                      **{f"util.{p}": v for p, v in r["utilisation"].items()}})
-    t = pd.DataFrame(rows).sort_values(["replication", "users"])
+    return pd.DataFrame(rows).sort_values(["replication", "users"])
+
+
+def _per_replication(t: pd.DataFrame) -> list[dict]:
+    """Per replication: the users at which attainment falls through the target, and the figures there."""
     per_rep = []
     for r, g in t.groupby("replication"):
         u = crossing(g["users"], g["attainment"], SLO_TARGET)
@@ -177,13 +212,11 @@ def run(out_dir, scale: float = 1.0, seed: int = 1, replications: int | None = N
                         "mw_window": at("mw_window"), "mw_busiest_hour": at("mw_busiest_hour"),
                         "mw_max_interval": at("mw_max_interval"), "usd_per_m_tokens": at("usd_per_m_tokens"),
                         "joules_per_token": at("joules_per_token")})
-    users = stat([p["users"] for p in per_rep])
-    users_power = stat([p["users_at_facility_mw"] for p in per_rep])
-    mw_mean = stat([p["mw_window"] for p in per_rep])
-    mw_peak = stat([p["mw_busiest_hour"] for p in per_rep])
-    mw_5min = stat([p["mw_max_interval"] for p in per_rep])
-    usd_mtok = stat([p["usd_per_m_tokens"] for p in per_rep])
-    jpt = stat([p["joules_per_token"] for p in per_rep])
+    return per_rep
+
+
+def _lease_cost(per_rep: list[dict]) -> tuple[dict, float, float, dict]:
+    """The lease's GPUs, cost per hour, nameplate facility MW, and its cost per day, term and added user."""
     from ..catalog import load_catalog
     cat = load_catalog()
     gpus = {k: v[4] // (v[2] * v[3]) * v[2] * v[3] for k, v in LEASE.items()}
@@ -191,23 +224,34 @@ def run(out_dir, scale: float = 1.0, seed: int = 1, replications: int | None = N
     nameplate_mw = sum(gpus[k] * cat.gpu(LEASE[k][0]).server_w_per_gpu for k in LEASE) * 1.10 * 1.25 / 1e6
     cost = {"usd_per_hour": usd_h, "usd_per_day": usd_h * 24, "usd_per_lease_term": usd_h * 24 * LEASE_DAYS,
             "usd_per_added_user_month": stat([usd_h * 730 / p["users"] if p["users"] else math.nan for p in per_rep])}
-    # added to an existing fleet
+    return gpus, usd_h, nameplate_mw, cost
+
+
+def _existing_fleet_check(users, N: int, ss: list[int], workers, address) -> dict:
+    """The default fleet × N alone, and with the lease and its capacity in coding users added."""
+    R = len(ss)
     check = {}
-    if check_existing and math.isfinite(users.mean):
-        extra = math.floor(users.mean / 1e5) * 1e5
-        variants = (("existing", existing_scenario(N)),
-                    ("existing_plus_lease", existing_scenario(N, extra_users=extra, with_lease=True)))
-        ctasks = [sliced_task(sc, N, s) for _, sc in variants for s in ss]
-        cres = run_tasks(measure, ctasks, workers, label="datacenter_lease (existing fleet)")
-        for j, (name, sc) in enumerate(variants):
-            rr = cres[j * R:(j + 1) * R]
-            check[name] = {"attainment": stat([r["attainment"] for r in rr]),
-                           "ttft_p90_s": stat([r["ttft_p90_s"] for r in rr]),
-                           "users": float(sum(p["size"] for p in sc["populations"].values())),
-                           "coders": float(sc["populations"]["coders"]["size"]),
-                           "extra_coders": extra if name != "existing" else 0.0,
-                           "gpus": sum(p["replicas"] * p["tp"] * p["pp"] for p in sc["pools"].values())}
-    # answer
+    extra = math.floor(users.mean / 1e5) * 1e5
+    variants = (("existing", existing_scenario(N)),
+                ("existing_plus_lease", existing_scenario(N, extra_users=extra, with_lease=True)))
+    ctasks = [sliced_task(sc, N, s) for _, sc in variants for s in ss]
+    cres = run_tasks(measure, ctasks, workers, label="datacenter_lease (existing fleet)", address=address)
+    for j, (name, sc) in enumerate(variants):
+        rr = cres[j * R:(j + 1) * R]
+        check[name] = {"attainment": stat([r["attainment"] for r in rr]),
+                       "ttft_p90_s": stat([r["ttft_p90_s"] for r in rr]),
+                       "users": float(sum(p["size"] for p in sc["populations"].values())),
+                       "coders": float(sc["populations"]["coders"]["size"]),
+                       "extra_coders": extra if name != "existing" else 0.0,
+                       "gpus": sum(p["replicas"] * p["tp"] * p["pp"] for p in sc["pools"].values())}
+    return check
+
+
+def _answer(N: int, per_rep: list[dict], check: dict, figs: dict, lease: dict) -> str:
+    """Users at the SLO, the existing-fleet check, and the lease's power and cost at that load."""
+    users, users_power, mw_mean, mw_peak, usd_mtok = (figs[k] for k in ("users", "users_power", "mw_mean", "mw_peak",
+                                                                        "usd_mtok"))
+    gpus, usd_h, nameplate_mw, cost = (lease[k] for k in ("gpus", "usd_h", "nameplate_mw", "cost"))
     per_slice = ", ".join(f"{max(1, round(gpus[k] / (LEASE[k][2] * LEASE[k][3]) / N))} {k}" for k in LEASE)
     parts = [f"A 1/{N} slice of the lease ({per_slice} replicas) scaled ×{N} serves {users.fmt(3)} coding-agent "
              f"users (Max 5x) at the weekday peak ({START[11:16]}–{int(START[11:13]) + DURATION_S / 3600:.0f}:00 UTC) "
@@ -232,7 +276,15 @@ def run(out_dir, scale: float = 1.0, seed: int = 1, replications: int | None = N
                  + f"It costs ${usd_h / 1e6:.2f} M per hour at catalog prices (${cost['usd_per_lease_term'] / 1e9:.2f} bn "
                  f"for a {LEASE_DAYS}-day term): {cost['usd_per_added_user_month'].fmt(3)} USD per added user-month, "
                  f"{usd_mtok.fmt(3)} USD per million tokens (input + output) served at the peak.")
-    rep.answer = " ".join(parts)
+    return " ".join(parts)
+
+
+def _sections(rep: Report, t: pd.DataFrame, N: int, users_grid, per_rep: list[dict], check: dict, figs: dict,
+              lease: dict) -> None:
+    """Users at the SLO, the existing-fleet check, power and cost, and the method."""
+    users, mw_mean, mw_peak, mw_5min, usd_mtok, jpt = (figs[k] for k in ("users", "mw_mean", "mw_peak", "mw_5min",
+                                                                         "usd_mtok", "jpt"))
+    gpus, usd_h, nameplate_mw, cost = (lease[k] for k in ("gpus", "usd_h", "nameplate_mw", "cost"))
     trows = [[int(r["replication"]), f"{r['users'] / 1e6:.2f} M", f"{r['attainment']:.3f}", f"{r['ttft_p90_s']:.3g}",
               f"{r['tpot_p90_s']:.3g}", f"{r['mw_busiest_hour']:.0f}", f"{r['mw_window']:.0f}",
               ", ".join(f"{c[11:]} {r[c]:.2f}" for c in t.columns if c.startswith("util."))]
@@ -278,37 +330,21 @@ def run(out_dir, scale: float = 1.0, seed: int = 1, replications: int | None = N
         "limits, prefixes pinned for an hour, 2 TB host KV per replica); session-affinity routing.",
         "- The existing-fleet check runs the default scenario × N (site `existing`) alone and with the lease added "
         "behind the same router, the lease's capacity (rounded down to 0.1 M) added to its coding users."])
-    for path, caption in _figures(out, t, results, users, nameplate_mw, N, users_grid, ss, users_power):
-        rep.figure(path, caption)
-    rep.results = {"users_at_slo": users, "users_at_facility_mw": users_power, "facility_mw_busiest_hour": mw_peak, "facility_mw_window_mean": mw_mean,
-                   "facility_mw_max_5min_scaled": mw_5min, "nameplate_mw": nameplate_mw, "facility_mw": FACILITY_MW,
-                   "joules_per_token": jpt, "usd_per_m_tokens": usd_mtok, "cost": cost, "per_replication": per_rep,
-                   "existing_check": check, "slices": N, "gpus": gpus, "replications": R, "seeds": ss}
-    rep.settings = {"scale": scale, "replications": R, "seed": seed, "slices": N,
-                    "users_grid": list(users_grid), "slo": f"attainment >= {SLO_TARGET}", "window": START}
-    return rep.write(out, time.perf_counter() - t0)
 
 
 def _figures(out: Path, t: pd.DataFrame, results, users, nameplate_mw, N, users_grid, ss, users_power) -> list:
+    """The figures, one function each: ``[(path, caption)]``."""
+    return [_figure_capacity_and_power(out, t, results, users, nameplate_mw, N, users_grid, ss, users_power),
+            _figure_pool_utilisation(out, t)]
+
+
+def _figure_capacity_and_power(out: Path, t: pd.DataFrame, results, users, nameplate_mw, N, users_grid, ss,
+                               users_power) -> tuple:
+    """Figure ``capacity_and_power``: (its path, its caption)."""
     import matplotlib.pyplot as plt
-    paths = []
+
     fig, axes = plt.subplots(1, 3, figsize=(18, 4.8))
-    ax = axes[0]
-    rows = []
-    for r, g in t.groupby("replication"):
-        ax.plot(g["users"] / 1e6, g["attainment"], marker="o", label=f"replication {r}")
-        rows += [{"panel": "attainment", "replication": int(r), "users": u, "value": v}
-                 for u, v in zip(g["users"], g["attainment"])]
-    ax.axhline(SLO_TARGET, color="red", ls=":", label=f"SLO target {SLO_TARGET:.0%}")
-    if math.isfinite(users.mean):
-        ax.axvline(users.mean / 1e6, color="black", lw=1, label=f"capacity {users.mean / 1e6:.2f} M")
-        if math.isfinite(users.low):
-            ax.axvspan(users.low / 1e6, users.high / 1e6, color="black", alpha=0.08, label="95 % CI")
-    ax.set_xlabel("coding-agent users on the lease (millions, fleet-wide)")
-    ax.set_ylabel("SLO attainment (TTFT ≤ 5 s, TPOT ≤ 0.15 s)")
-    ax.set_title("Users the lease serves at the SLO (weekday peak)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    rows = _attainment_panel(axes[0], t, users)
     ax = axes[1]
     m = t.groupby("users")[["mw_busiest_hour", "mw_window"]].agg(["mean", "min", "max"])
     for col, label, style in (("mw_busiest_hour", "busiest hour", "-o"), ("mw_window", "measured-window mean", "--o")):
@@ -345,9 +381,35 @@ def _figures(out: Path, t: pd.DataFrame, results, users, nameplate_mw, N, users_
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    paths.append((save_figure(fig, out, "capacity_and_power", pd.DataFrame(rows)),
-                  "SLO attainment and facility power of the lease vs fleet-wide coding-agent users; the draw over "
-                  "time near capacity."))
+    return (save_figure(fig, out, "capacity_and_power", pd.DataFrame(rows)),
+            "SLO attainment and facility power of the lease vs fleet-wide coding-agent users; the draw over "
+            "time near capacity.")
+
+
+def _attainment_panel(ax, t: pd.DataFrame, users) -> list[dict]:
+    """SLO attainment against users per replication, the target and the capacity with its CI; the rows drawn."""
+    rows = []
+    for r, g in t.groupby("replication"):
+        ax.plot(g["users"] / 1e6, g["attainment"], marker="o", label=f"replication {r}")
+        rows += [{"panel": "attainment", "replication": int(r), "users": u, "value": v}
+                 for u, v in zip(g["users"], g["attainment"])]
+    ax.axhline(SLO_TARGET, color="red", ls=":", label=f"SLO target {SLO_TARGET:.0%}")
+    if math.isfinite(users.mean):
+        ax.axvline(users.mean / 1e6, color="black", lw=1, label=f"capacity {users.mean / 1e6:.2f} M")
+        if math.isfinite(users.low):
+            ax.axvspan(users.low / 1e6, users.high / 1e6, color="black", alpha=0.08, label="95 % CI")
+    ax.set_xlabel("coding-agent users on the lease (millions, fleet-wide)")
+    ax.set_ylabel("SLO attainment (TTFT ≤ 5 s, TPOT ≤ 0.15 s)")
+    ax.set_title("Users the lease serves at the SLO (weekday peak)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return rows
+
+
+def _figure_pool_utilisation(out: Path, t: pd.DataFrame) -> tuple:
+    """Figure ``pool_utilisation``: (its path, its caption)."""
+    import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(9, 4.6))
     rows = []
     for c in [c for c in t.columns if c.startswith("util.")]:
@@ -360,14 +422,11 @@ def _figures(out: Path, t: pd.DataFrame, results, users, nameplate_mw, N, users_
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    paths.append((save_figure(fig, out, "pool_utilisation", pd.DataFrame(rows)),
-                  "Busy share of each GPU generation's pool as the user count grows."))
-    return paths
+    return (save_figure(fig, out, "pool_utilisation", pd.DataFrame(rows)),
+            "Busy share of each GPU generation's pool as the user count grows.")
 
 
-def main(argv: list[str] | None = None) -> dict:
-    import sys
-    return cli_main(sys.modules[__name__], argv)
+main = main_for(__name__)
 
 
 if __name__ == "__main__":

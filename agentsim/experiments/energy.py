@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import Report, check_args, cli_main, crossing, md_table, ratio, run_tasks, save_figure, seeds, simulate_one, stat
+from . import Report, check_args, crossing, main_for, md_table, ratio, run_arms, save_figure, seeds, simulate_one, stat
 
 QUESTION = "How many joules per token, and how many tokens per megawatt, does each GPU generation deliver, by load?"
 FULL_SCALE = 4.0
@@ -90,7 +90,7 @@ def _idle_w(res) -> float:
 
 
 def run(out_dir, scale: float = 1.0, seed: int = 1, replications: int | None = None, workers: int | None = None,
-        *, generations=tuple(GENERATIONS), loads=LOADS) -> dict:
+        *, address: str | None = None, generations=tuple(GENERATIONS), loads=LOADS) -> dict:
     check_args(scale, replications, seed)
     t0 = time.perf_counter()
     R = replications or REPLICATIONS
@@ -98,55 +98,31 @@ def run(out_dir, scale: float = 1.0, seed: int = 1, replications: int | None = N
     rep = Report("energy", QUESTION)
     ss = seeds(seed, R)
     cells = [(g, L) for g in generations for L in loads]
-    tasks = [(scenario(g, L, scale), s) for g, L in cells for s in ss]
-    results = run_tasks(measure, tasks, workers, label="energy")
-    by = {c: results[i * R:(i + 1) * R] for i, c in enumerate(cells)}
+    by = run_arms(measure, {(g, L): scenario(g, L, scale) for g, L in cells}, ss, workers, address, label="energy")
     keys = ("joules_per_token", "tokens_per_s_per_mw", "facility_w_per_gpu", "output_tokens_per_s_per_gpu",
             "slo_attainment", "ttft_p90_s", "busy")
     grid = {f"{g}@{L}": {k: stat([r[k] for r in by[(g, L)]]) for k in keys} for g, L in cells}
-    # capacity point per seed: highest users/GPU with attainment >= target (log-linear interpolation)
-    cap = {}
-    for g in generations:
-        caps, jpt, tpm, tpg = [], [], [], []
-        for i in range(R):
-            att = [by[(g, L)][i]["slo_attainment"] for L in loads]
-            x = crossing(np.log(loads), att, SLO_TARGET)
-            if math.isnan(x):
-                caps.append(math.nan)
-                jpt.append(math.nan)
-                tpm.append(math.nan)
-                tpg.append(math.nan)
-                continue
-            x = min(x, math.log(loads[-1]))
-            caps.append(math.exp(x))
-            interp = lambda key: float(np.interp(x, np.log(loads), [by[(g, L)][i][key] for L in loads]))  # noqa: E731
-            jpt.append(float(np.exp(np.interp(x, np.log(loads), np.log([by[(g, L)][i]["joules_per_token"]
-                                                                          for L in loads])))))
-            tpm.append(1e6 / jpt[-1])
-            tpg.append(interp("output_tokens_per_s_per_gpu"))
-        cap[g] = {"users_per_gpu": stat(caps), "joules_per_token": stat(jpt), "tokens_per_s_per_mw": stat(tpm),
-                  "output_tokens_per_s_per_gpu": stat(tpg),
-                  "capped": any(c >= loads[-1] * (1 - 1e-9) for c in caps if math.isfinite(c)),
-                  "_jpt": jpt}
+    cap = _capacity_points(by, generations, loads, R)
     ref = generations[0]
-    for g in generations:
-        cap[g][f"joules_per_token_vs_{ref}"] = ratio(cap[ref]["_jpt"], cap[g]["_jpt"])
     best = min(generations, key=lambda g: cap[g]["joules_per_token"].mean
                if math.isfinite(cap[g]["joules_per_token"].mean) else math.inf)
-    lo, hi = loads[0], loads[-1]
+    lo = loads[0]
     idle = {g: stat([r["idle_w_per_gpu"] / r["facility_w_per_gpu"] for r in by[(g, lo)]]) for g in generations}
-    rep.answer = (
-        "At each generation's SLO capacity (≥ 90 % of requests within TTFT 5 s / TPOT 0.15 s), the facility "
-        "spends " + "; ".join(
-            f"{g} {cap[g]['joules_per_token'].fmt(3, 'J')} per output token "
-            f"({cap[g]['tokens_per_s_per_mw'].fmt(3)} output tokens/s per MW, at "
-            f"{'≥ ' if cap[g]['capped'] else ''}{cap[g]['users_per_gpu'].fmt(3)} users/GPU)" for g in generations)
-        + f". Most efficient: {best}, {cap[best][f'joules_per_token_vs_{ref}'].fmt(3)}× the energy per token of "
-        f"{ref}. Load matters as much as the chip: from {lo} to {hi} users/GPU J/token falls "
-        + ", ".join(f"{g} {grid[f'{g}@{lo}']['joules_per_token'].mean / grid[f'{g}@{hi}']['joules_per_token'].mean:.1f}×"
-                    for g in generations)
-        + f"; at {lo} users/GPU the idle floor is "
-        + ", ".join(f"{g} {idle[g].mean:.0%}" for g in generations) + " of the draw.")
+    rep.answer = _answer(grid, cap, idle, generations, loads, best, ref)
+    _sections(rep, grid, cap, generations, loads, ref, R, scale)
+    for path, caption in _figures(out, by, generations, loads, grid, cap):
+        rep.figure(path, caption)
+    rep.results = {"capacity_point": {g: {k: v for k, v in cap[g].items() if not k.startswith("_")}
+                                      for g in generations},
+                   "grid": grid, "most_efficient": best, "idle_share_at_lowest_load": idle, "replications": R,
+                   "seeds": ss}
+    rep.settings = {"scale": scale, "replications": R, "seed": seed, "generations": list(generations),
+                    "users_per_gpu": list(loads), "gpus_per_generation": GPUS * scale}
+    return rep.write(out, time.perf_counter() - t0)
+
+
+def _sections(rep: Report, grid: dict, cap: dict, generations, loads, ref: str, R: int, scale: float) -> None:
+    """The capacity table, the table by load, and the method."""
     rows = []
     for g in generations:
         c = cap[g]
@@ -180,20 +156,67 @@ def run(out_dir, scale: float = 1.0, seed: int = 1, replications: int | None = N
         "while up; facility = servers × (1 + other IT) × PUE. Output tokens/s per MW = 10⁶ / (J per output token).",
         "- Precisions follow deployment practice (FP8 on Hopper/CDNA3/B200, FP4 on GB200); B200 FP8 vs H200 FP8 "
         "isolates the generation, GB200 FP4 adds the precision step."])
-    for path, caption in _figures(out, by, generations, loads, grid, cap):
-        rep.figure(path, caption)
-    rep.results = {"capacity_point": {g: {k: v for k, v in cap[g].items() if not k.startswith("_")}
-                                      for g in generations},
-                   "grid": grid, "most_efficient": best, "idle_share_at_lowest_load": idle, "replications": R,
-                   "seeds": ss}
-    rep.settings = {"scale": scale, "replications": R, "seed": seed, "generations": list(generations),
-                    "users_per_gpu": list(loads), "gpus_per_generation": GPUS * scale}
-    return rep.write(out, time.perf_counter() - t0)
+
+
+def _answer(grid: dict, cap: dict, idle: dict, generations, loads, best: str, ref: str) -> str:
+    """Energy per token at each generation's SLO capacity, the best one, and how load changes it."""
+    lo, hi = loads[0], loads[-1]
+    return (
+        "At each generation's SLO capacity (≥ 90 % of requests within TTFT 5 s / TPOT 0.15 s), the facility "
+        "spends " + "; ".join(
+            f"{g} {cap[g]['joules_per_token'].fmt(3, 'J')} per output token "
+            f"({cap[g]['tokens_per_s_per_mw'].fmt(3)} output tokens/s per MW, at "
+            f"{'≥ ' if cap[g]['capped'] else ''}{cap[g]['users_per_gpu'].fmt(3)} users/GPU)" for g in generations)
+        + f". Most efficient: {best}, {cap[best][f'joules_per_token_vs_{ref}'].fmt(3)}× the energy per token of "
+        f"{ref}. Load matters as much as the chip: from {lo} to {hi} users/GPU J/token falls "
+        + ", ".join(f"{g} {grid[f'{g}@{lo}']['joules_per_token'].mean / grid[f'{g}@{hi}']['joules_per_token'].mean:.1f}×"
+                    for g in generations)
+        + f"; at {lo} users/GPU the idle floor is "
+        + ", ".join(f"{g} {idle[g].mean:.0%}" for g in generations) + " of the draw.")
+
+
+def _capacity_points(by: dict, generations, loads, R: int) -> dict:
+    """Per generation: its SLO capacity per seed, and J/token, tokens/s/MW and tokens/s/GPU there."""
+    # capacity point per seed: highest users/GPU with attainment >= target (log-linear interpolation)
+    cap = {}
+    for g in generations:
+        caps, jpt, tpm, tpg = [], [], [], []
+        for i in range(R):
+            att = [by[(g, L)][i]["slo_attainment"] for L in loads]
+            x = crossing(np.log(loads), att, SLO_TARGET)
+            if math.isnan(x):
+                caps.append(math.nan)
+                jpt.append(math.nan)
+                tpm.append(math.nan)
+                tpg.append(math.nan)
+                continue
+            x = min(x, math.log(loads[-1]))
+            caps.append(math.exp(x))
+            interp = lambda key: float(np.interp(x, np.log(loads), [by[(g, L)][i][key] for L in loads]))  # noqa: E731
+            jpt.append(float(np.exp(np.interp(x, np.log(loads), np.log([by[(g, L)][i]["joules_per_token"]
+                                                                          for L in loads])))))
+            tpm.append(1e6 / jpt[-1])
+            tpg.append(interp("output_tokens_per_s_per_gpu"))
+        cap[g] = {"users_per_gpu": stat(caps), "joules_per_token": stat(jpt), "tokens_per_s_per_mw": stat(tpm),
+                  "output_tokens_per_s_per_gpu": stat(tpg),
+                  "capped": any(c >= loads[-1] * (1 - 1e-9) for c in caps if math.isfinite(c)),
+                  "_jpt": jpt}
+    ref = generations[0]
+    for g in generations:
+        cap[g][f"joules_per_token_vs_{ref}"] = ratio(cap[ref]["_jpt"], cap[g]["_jpt"])
+    return cap
 
 
 def _figures(out: Path, by, generations, loads, grid, cap) -> list:
+    """The figures, one function each: ``[(path, caption)]``."""
+    return [_figure_energy_by_load(out, generations, loads, grid),
+            _figure_at_capacity(out, generations, cap)]
+
+
+def _figure_energy_by_load(out: Path, generations, loads, grid) -> tuple:
+    """Figure ``energy_by_load``: (its path, its caption)."""
     import matplotlib.pyplot as plt
-    paths = []
+
     fig, axes = plt.subplots(2, 2, figsize=(13, 9))
     rows = []
     for ax, key, title, log in ((axes[0][0], "joules_per_token", "facility J per output token", True),
@@ -221,9 +244,15 @@ def _figures(out: Path, by, generations, loads, grid, cap) -> list:
         ax.legend(fontsize=8)
     fig.suptitle("Energy by GPU generation and load (DeepSeek-V3, coding agents; mean, 95 % CI band)")
     fig.tight_layout()
-    paths.append((save_figure(fig, out, "energy_by_load", pd.DataFrame(rows)),
-                  "J per output token, tokens/s per MW, draw per GPU and SLO attainment vs users per GPU (bands: 95 % "
-                  "CI; on log axes cut at a tenth of the mean)."))
+    return (save_figure(fig, out, "energy_by_load", pd.DataFrame(rows)),
+            "J per output token, tokens/s per MW, draw per GPU and SLO attainment vs users per GPU (bands: 95 % "
+            "CI; on log axes cut at a tenth of the mean).")
+
+
+def _figure_at_capacity(out: Path, generations, cap) -> tuple:
+    """Figure ``at_capacity``: (its path, its caption)."""
+    import matplotlib.pyplot as plt
+
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.4))
     rows = []
     for ax, key, title in ((axes[0], "joules_per_token", "J per output token at SLO capacity"),
@@ -238,14 +267,11 @@ def _figures(out: Path, by, generations, loads, grid, cap) -> list:
         ax.set_title(title)
         ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()
-    paths.append((save_figure(fig, out, "at_capacity", pd.DataFrame(rows)),
-                  "Each generation at its SLO capacity: energy per token and tokens per MW (95 % CI)."))
-    return paths
+    return (save_figure(fig, out, "at_capacity", pd.DataFrame(rows)),
+            "Each generation at its SLO capacity: energy per token and tokens per MW (95 % CI).")
 
 
-def main(argv: list[str] | None = None) -> dict:
-    import sys
-    return cli_main(sys.modules[__name__], argv)
+main = main_for(__name__)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from ..stats import NONNEGATIVE, mean_band
-from . import (Report, check_args, cli_main, default_scenario, md_table, paired, ratio, run_tasks, save_figure,
+from . import (Report, check_args, default_scenario, main_for, md_table, paired, ratio, run_arms, save_figure,
                scale_system, seeds, simulate_one, stat)
 
 QUESTION = ("What does doubling the five-hour usage limits and dropping the peak-hour throttle do to demand, "
@@ -65,37 +65,20 @@ def measure(sc: dict, seed: int) -> dict:
     df = df[df["arrival_s"] >= warm]
     coder = df["population"].astype(str).str.startswith("coders")
     done = df[df["outcome"] == "completed"]
-    hours = np.arange(0, sc["duration_s"] + 1, 3600.0)
-    hist = lambda x, w=None: np.histogram(x, hours, weights=w)[0].astype(float)  # noqa: E731
     peak = df[(df["arrival_s"] >= PEAK[0]) & (df["arrival_s"] < PEAK[1])]
     peak_done = peak[peak["outcome"] == "completed"]
     dur_h = sc["duration_s"] / 3600
     pools = res.pools
     pct = lambda x, q: float(np.percentile(x, q)) if len(x) else math.nan  # noqa: E731
-    rng = np.random.default_rng(0)
-    ttft_peak = peak_done["ttft_s"].to_numpy()
-    sample = np.sort(rng.choice(ttft_peak, size=min(CDF_SAMPLE, len(ttft_peak)), replace=False)) if len(ttft_peak) else ttft_peak
     ss = res.sessions
     top = ss[(ss["kind"] == "session") & (ss["start_s"] >= warm)] if len(ss) else ss
     coder_sessions = top[top["population"].astype(str).str.startswith("coders")] if len(top) else top
     coder_req = df[coder]
     users_limited = coder_req.loc[coder_req["outcome"] == "429_window", "user"].nunique()
-    from ..limits import prices
-    price = prices("sonnet")
     cs = coder_sessions[coder_sessions["outcome"] != "in_flight"] if len(coder_sessions) else coder_sessions
-    session_usd = float(np.mean([price.usd(i - c, c, o) for i, c, o in
-                                 zip(cs["input_tokens"], cs["cached_tokens"], cs["output_tokens"])])) if len(cs) else math.nan
     users_active = coder_req["user"].nunique()
     return {
-        "hourly": {
-            "completed": hist(done["finish_s"]),
-            "output_tokens": hist(done["finish_s"], done["output_tokens"]),
-            "coder_output_tokens": hist(done.loc[coder[done.index], "finish_s"],
-                                        done.loc[coder[done.index], "output_tokens"]),
-            "attempts": hist(df["arrival_s"]),
-            "window_429": hist(df.loc[df["outcome"] == "429_window", "arrival_s"]),
-            "busy_gpus": _busy_gpus(res, hours),
-        },
+        "hourly": _hourly(res, df, done, coder, sc["duration_s"]),
         "requests": float(len(df)),
         "completed": float(len(done)),
         "coder_requests": float(coder.sum()),
@@ -119,10 +102,39 @@ def measure(sc: dict, seed: int) -> dict:
         "coder_sessions_limited_share": float((coder_sessions["outcome"] == "limited").mean())
         if len(coder_sessions) else math.nan,
         "coder_sessions_completed": float((coder_sessions["outcome"] == "completed").sum()) if len(coder_sessions) else 0.0,
-        "coder_session_usd": session_usd,
+        "coder_session_usd": _session_usd(cs),
         "coder_session_input_tokens": float(cs["input_tokens"].mean()) if len(cs) else math.nan,
-        "peak_ttft_sample": sample,
+        "peak_ttft_sample": _sample(peak_done["ttft_s"].to_numpy()),
     }
+
+
+def _hourly(res, df, done, coder, duration_s: float) -> dict:
+    """Hourly series: completions, output tokens (all, coding agents), attempts, 429s and busy GPUs."""
+    hours = np.arange(0, duration_s + 1, 3600.0)
+    hist = lambda x, w=None: np.histogram(x, hours, weights=w)[0].astype(float)  # noqa: E731
+    return {
+        "completed": hist(done["finish_s"]),
+        "output_tokens": hist(done["finish_s"], done["output_tokens"]),
+        "coder_output_tokens": hist(done.loc[coder[done.index], "finish_s"],
+                                    done.loc[coder[done.index], "output_tokens"]),
+        "attempts": hist(df["arrival_s"]),
+        "window_429": hist(df.loc[df["outcome"] == "429_window", "arrival_s"]),
+        "busy_gpus": _busy_gpus(res, hours),
+    }
+
+
+def _sample(ttft: np.ndarray) -> np.ndarray:
+    """At most CDF_SAMPLE values, sorted, drawn without replacement by a fixed-seed generator."""
+    rng = np.random.default_rng(0)
+    return np.sort(rng.choice(ttft, size=min(CDF_SAMPLE, len(ttft)), replace=False)) if len(ttft) else ttft
+
+
+def _session_usd(cs) -> float:
+    """Mean list-price cost (Sonnet prices) of the ended coding sessions ``cs``."""
+    from ..limits import prices
+    price = prices("sonnet")
+    return float(np.mean([price.usd(i - c, c, o) for i, c, o in
+                          zip(cs["input_tokens"], cs["cached_tokens"], cs["output_tokens"])])) if len(cs) else math.nan
 
 
 def _busy_gpus(res, hours) -> np.ndarray:
@@ -163,16 +175,61 @@ ROWS = (  # key, label, unit, digits
 
 
 def run(out_dir, scale: float = 1.0, seed: int = 1, replications: int | None = None, workers: int | None = None,
-        *, duration_s: float = 86400.0) -> dict:
+        *, address: str | None = None, duration_s: float = 86400.0) -> dict:
     check_args(scale, replications, seed)
     t0 = time.perf_counter()
     R = replications or REPLICATIONS
     out = Path(out_dir)
     rep = Report("limits_doubling", QUESTION)
     ss = seeds(seed, R)
-    tasks = [(scenario(scale, after, duration_s), s) for after in (False, True) for s in ss]
-    results = run_tasks(measure, tasks, workers, label="limits_doubling")
-    before, after = results[:R], results[R:]
+    arms = {after: scenario(scale, after, duration_s) for after in (False, True)}
+    sc0 = arms[False]
+    by = run_arms(measure, arms, ss, workers, address, label="limits_doubling")
+    before, after = by[False], by[True]
+    metrics, table = _metrics(before, after)
+    rep.answer = _answer(metrics)
+    _sections(rep, metrics, table, sc0, R, scale)
+    for path, caption in _figures(out, before, after, sc0, metrics):
+        rep.figure(path, caption)
+    rep.results = {"metrics": metrics, "replications": R, "seeds": ss}
+    rep.settings = {"scale": scale, "replications": R, "seed": seed, "duration_s": duration_s,
+                    "plan_mix": dict(PLAN_MIX)}
+    return rep.write(out, time.perf_counter() - t0)
+
+
+def _sections(rep: Report, metrics: dict, table: list, sc0: dict, R: int, scale: float) -> None:
+    """The results table and the method (the fleet and users as the 'before' scenario ``sc0`` has them)."""
+    rep.section("Results", [
+        f"One simulated weekday (Monday, from 00:00 UTC; the first {sc0['warmup_s'] / 60:.0f} min are "
+        f"warm-up), {R} paired replications (same seeds before and after). Change = after − before; relative = "
+        "mean of the per-seed ratio after / before − 1. 95 % Student-t intervals.", ""]
+        + md_table(["metric", "before (pre-6-May plans, throttle on)", "after (doubled 5-h, no throttle)",
+                    "change", "relative change"], table))
+    rep.section("Method", [
+        "- Fleet and traffic: the default scenario (H100/H200/GB200 pools in Colossus-1 proportions serving "
+        "DeepSeek-V3; interactive coding agents, an autonomous API-agent fleet and chat users with Azure-2024 "
+        "diurnal profiles), "
+        f"scaled ×{scale:g}: {sum(p['replicas'] for p in sc0['pools'].values())} replicas, "
+        f"{sum(p['size'] for p in sc0['populations'].values()):,} users.",
+        "- Coding users by plan: " + ", ".join(f"{int(s * 100)} % {p}" for p, s in PLAN_MIX)
+        + " [assumption]; chat users on Pro. Usage is list-price dollars (cache reads 0.1×); a user at a limit "
+          "waits up to 1 h for the window to free, then the session ends (`limited`).",
+        "- Before: plans `pro`, `max5`, `max20` (5-h budgets $6/$30/$120, weekly $70/$250/$800, peak weight "
+        "1.5×) with `peak_throttle` enabled; after: the `*_post_2026_05_06` plans (5-h budgets doubled, weight 1) "
+        "with the throttle disabled.",
+        "- Users start the day with empty usage windows (no history from the previous days), so limit hits are "
+        "a lower bound in the morning hours.",
+        f"- Calibration note: a simulated coding session uses "
+        f"{metrics['coder_session_input_tokens']['before'].fmt(3)} input tokens and "
+        f"{metrics['coder_session_usd']['before'].fmt(3, 'USD')} of list-price usage on average, counting the "
+        "sessions that ended within the day (long, heavy-tailed sessions still running at the end are left out, so "
+        "this understates the mean). TraceLab's mean is 12.9 M tokens ≈ $9.70 per session (workloads-policies.md "
+        "§6.1/§6.5); where simulated usage per user is lower, the plans' limits bind less than in practice.",
+        "- GPU busy-hours = Σ pools busy share × GPUs × hours (a replica is busy while any step runs)."])
+
+
+def _metrics(before: list[dict], after: list[dict]) -> tuple[dict, list]:
+    """Each ROWS figure before and after, their paired difference and ratio; the results table's rows."""
     metrics = {}
     table = []
     for key, label, _, digits in ROWS:
@@ -182,10 +239,15 @@ def run(out_dir, scale: float = 1.0, seed: int = 1, replications: int | None = N
         table.append([label, stat(a).fmt(digits), stat(b).fmt(digits), d.fmt(digits),
                       f"{(rel.mean - 1):+.1%} ({(rel.low - 1):+.1%} to {(rel.high - 1):+.1%})"
                       if math.isfinite(rel.low) else f"{rel.mean - 1:+.1%}" if math.isfinite(rel.mean) else "n/a"])
+    return metrics, table
+
+
+def _answer(metrics: dict) -> str:
+    """Demand, GPU-hours, energy, peak latency and limits: before and after, paired."""
     m = metrics
     pct = lambda k: m[k]["ratio"]  # noqa: E731
     f = lambda s: f"{s.mean - 1:+.1%} (95 % CI {s.low - 1:+.1%} to {s.high - 1:+.1%})"  # noqa: E731
-    rep.answer = (
+    return (
         f"Doubling the five-hour limits and dropping the peak throttle changes served output tokens by "
         f"{f(pct('output_tokens'))} and requests sent by {f(pct('requests'))}; coding-agent requests served "
         f"{f(pct('coder_completed'))}. GPU busy-hours change by {f(pct('busy_gpu_hours'))} "
@@ -198,44 +260,19 @@ def run(out_dir, scale: float = 1.0, seed: int = 1, replications: int | None = N
         f"{m['rate_429_window_peak']['after'].fmt(3)}); coding users who hit a limit: "
         f"{m['coder_users_limited_share']['before'].fmt(3)} → {m['coder_users_limited_share']['after'].fmt(3)}; "
         f"529 overload share {m['rate_529']['before'].fmt(3)} → {m['rate_529']['after'].fmt(3)}.")
-    rep.section("Results", [
-        f"One simulated weekday (Monday, from 00:00 UTC; the first {tasks[0][0]['warmup_s'] / 60:.0f} min are "
-        f"warm-up), {R} paired replications (same seeds before and after). Change = after − before; relative = "
-        "mean of the per-seed ratio after / before − 1. 95 % Student-t intervals.", ""]
-        + md_table(["metric", "before (pre-6-May plans, throttle on)", "after (doubled 5-h, no throttle)",
-                    "change", "relative change"], table))
-    rep.section("Method", [
-        "- Fleet and traffic: the default scenario (H100/H200/GB200 pools in Colossus-1 proportions serving "
-        "DeepSeek-V3; interactive coding agents, an autonomous API-agent fleet and chat users with Azure-2024 "
-        "diurnal profiles), "
-        f"scaled ×{scale:g}: {sum(p['replicas'] for p in tasks[0][0]['pools'].values())} replicas, "
-        f"{sum(p['size'] for p in tasks[0][0]['populations'].values()):,} users.",
-        "- Coding users by plan: " + ", ".join(f"{int(s * 100)} % {p}" for p, s in PLAN_MIX)
-        + " [assumption]; chat users on Pro. Usage is list-price dollars (cache reads 0.1×); a user at a limit "
-          "waits up to 1 h for the window to free, then the session ends (`limited`).",
-        "- Before: plans `pro`, `max5`, `max20` (5-h budgets $6/$30/$120, weekly $70/$250/$800, peak weight "
-        "1.5×) with `peak_throttle` enabled; after: the `*_post_2026_05_06` plans (5-h budgets doubled, weight 1) "
-        "with the throttle disabled.",
-        "- Users start the day with empty usage windows (no history from the previous days), so limit hits are "
-        "a lower bound in the morning hours.",
-        f"- Calibration note: a simulated coding session uses {m['coder_session_input_tokens']['before'].fmt(3)} input "
-        f"tokens and {m['coder_session_usd']['before'].fmt(3, 'USD')} of list-price usage on average, counting the "
-        "sessions that ended within the day (long, heavy-tailed sessions still running at the end are left out, so "
-        "this understates the mean). TraceLab's mean is 12.9 M tokens ≈ $9.70 per session (workloads-policies.md "
-        "§6.1/§6.5); where simulated usage per user is lower, the plans' limits bind less than in practice.",
-        "- GPU busy-hours = Σ pools busy share × GPUs × hours (a replica is busy while any step runs)."])
-    figs = _figures(out, before, after, tasks[0][0], metrics)
-    for path, caption in figs:
-        rep.figure(path, caption)
-    rep.results = {"metrics": metrics, "replications": R, "seeds": ss}
-    rep.settings = {"scale": scale, "replications": R, "seed": seed, "duration_s": duration_s,
-                    "plan_mix": dict(PLAN_MIX)}
-    return rep.write(out, time.perf_counter() - t0)
 
 
 def _figures(out: Path, before, after, sc, metrics) -> list:
+    """The figures, one function each: ``[(path, caption)]``."""
+    return [_figure_hourly(out, before, after),
+            _figure_peak_ttft_cdf(out, before, after, sc),
+            _figure_relative_change(out, metrics)]
+
+
+def _figure_hourly(out: Path, before, after) -> tuple:
+    """Figure ``hourly``: (its path, its caption)."""
     import matplotlib.pyplot as plt
-    paths = []
+
     hours = np.arange(len(before[0]["hourly"]["completed"]))
     fig, axes = plt.subplots(2, 2, figsize=(14, 8.5), sharex=True)
     rows = []
@@ -260,8 +297,14 @@ def _figures(out: Path, before, after, sc, metrics) -> list:
         ax.set_xlabel("hour of the day (UTC, Monday)")
     fig.suptitle("Before (pre-6-May plans, peak throttle on) vs after (doubled 5-h limits, no throttle); 95 % CI bands")
     fig.tight_layout()
-    paths.append((save_figure(fig, out, "hourly", pd.DataFrame(rows)),
-                  "Hourly served tokens, requests sent, 429 usage-window rejections and busy GPUs, before vs after."))
+    return (save_figure(fig, out, "hourly", pd.DataFrame(rows)),
+            "Hourly served tokens, requests sent, 429 usage-window rejections and busy GPUs, before vs after.")
+
+
+def _figure_peak_ttft_cdf(out: Path, before, after, sc) -> tuple:
+    """Figure ``peak_ttft_cdf``: (its path, its caption)."""
+    import matplotlib.pyplot as plt
+
     # peak-hour TTFT CDF
     fig, ax = plt.subplots(figsize=(8, 4.8))
     rows = []
@@ -278,8 +321,14 @@ def _figures(out: Path, before, after, sc, metrics) -> list:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    paths.append((save_figure(fig, out, "peak_ttft_cdf", pd.DataFrame(rows)),
-                  "CDF of TTFT for requests arriving in the peak-throttle hours (a sample of each replication)."))
+    return (save_figure(fig, out, "peak_ttft_cdf", pd.DataFrame(rows)),
+            "CDF of TTFT for requests arriving in the peak-throttle hours (a sample of each replication).")
+
+
+def _figure_relative_change(out: Path, metrics) -> tuple:
+    """Figure ``relative_change``: (its path, its caption)."""
+    import matplotlib.pyplot as plt
+
     # relative changes with CIs
     keys = ("requests", "completed", "output_tokens", "coder_completed", "busy_gpu_hours", "energy_mwh",
             "peak_ttft_p90_s", "peak_tpot_p90_s")
@@ -296,14 +345,11 @@ def _figures(out: Path, before, after, sc, metrics) -> list:
     ax.set_title("Effect of doubling the 5-h limits and dropping the peak throttle")
     ax.grid(alpha=0.3, axis="x")
     fig.tight_layout()
-    paths.append((save_figure(fig, out, "relative_change", pd.DataFrame(rows)),
-                  "Paired relative change of demand, GPU-hours, energy and peak-hour latency."))
-    return paths
+    return (save_figure(fig, out, "relative_change", pd.DataFrame(rows)),
+            "Paired relative change of demand, GPU-hours, energy and peak-hour latency.")
 
 
-def main(argv: list[str] | None = None) -> dict:
-    import sys
-    return cli_main(sys.modules[__name__], argv)
+main = main_for(__name__)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import (Report, check_args, cli_main, default_scenario, md_table, paired, ratio, run_tasks, save_figure,
+from . import (Report, check_args, default_scenario, main_for, md_table, paired, ratio, run_arms, save_figure,
                scale_system, seeds, simulate_one, stat)
 
 QUESTION = ("On a mixed fleet of GPU generations, how much better do speed-aware and session-affinity routing "
@@ -88,7 +88,7 @@ ROWS = (("goodput_rps", "goodput (req/s within SLO)", 3), ("slo_attainment", "SL
 
 
 def run(out_dir, scale: float = 1.0, seed: int = 1, replications: int | None = None, workers: int | None = None,
-        *, routers=ROUTERS, loads=LOADS, duration_s: float = 4 * 3600.0) -> dict:
+        *, address: str | None = None, routers=ROUTERS, loads=LOADS, duration_s: float = 4 * 3600.0) -> dict:
     check_args(scale, replications, seed)
     t0 = time.perf_counter()
     R = replications or REPLICATIONS
@@ -96,12 +96,27 @@ def run(out_dir, scale: float = 1.0, seed: int = 1, replications: int | None = N
     rep = Report("mixed_fleet_routing", QUESTION)
     ss = seeds(seed, R)
     cells = [(r, L) for L in loads for r in routers]
-    tasks = [(scenario(scale, r, L, duration_s), s) for r, L in cells for s in ss]
-    results = run_tasks(measure, tasks, workers, label="mixed_fleet_routing")
-    by = {c: results[i * R:(i + 1) * R] for i, c in enumerate(cells)}
+    arms = {(r, L): scenario(scale, r, L, duration_s) for r, L in cells}
+    by = run_arms(measure, arms, ss, workers, address, label="mixed_fleet_routing")
+    base = routers[0]
+    metrics, sections = _metrics(by, routers, loads, base)
+    best = {L: max(routers, key=lambda r: metrics[f"{r}@{L:g}x"]["goodput_rps"].mean) for L in loads}
+    rep.answer = _answer(by, metrics, best, routers, loads, base)
+    _sections(rep, sections, metrics, routers, loads, base, R, arms[cells[0]], scale, duration_s)
+    for path, caption in _figures(out, by, routers, loads, metrics, base):
+        rep.figure(path, caption)
+    rep.results = {"metrics": metrics, "best_router": {f"{L:g}x": best[L] for L in loads}, "replications": R,
+                   "seeds": ss}
+    rep.settings = {"scale": scale, "replications": R, "seed": seed, "routers": list(routers), "loads": list(loads),
+                    "window_start": START, "duration_s": duration_s}
+    return rep.write(out, time.perf_counter() - t0)
+
+
+def _metrics(by: dict, routers, loads, base: str) -> tuple[dict, list]:
+    """Per router and load: the figures, goodput against ``base`` (ratio and paired difference) and
+    where requests went; and the rows of each load's results table."""
     metrics: dict = {}
     sections = []
-    base = routers[0]
     for L in loads:
         rows = []
         for r in routers:
@@ -115,7 +130,11 @@ def run(out_dir, scale: float = 1.0, seed: int = 1, replications: int | None = N
             metrics[f"{r}@{L:g}x"] = m
             rows.append([r] + [m[k].fmt(d) for k, _, d in ROWS[:7]] + [m["goodput_vs_" + base].fmt(3)])
         sections.append((f"Load {L:g}× the default users", rows))
-    best = {L: max(routers, key=lambda r: metrics[f"{r}@{L:g}x"]["goodput_rps"].mean) for L in loads}
+    return metrics, sections
+
+
+def _answer(by: dict, metrics: dict, best: dict, routers, loads, base: str) -> str:
+    """Goodput per router at each load, the best one against the runner-up, and why affinity matters."""
     parts = []
     for L in loads:
         g = {r: metrics[f"{r}@{L:g}x"] for r in routers}
@@ -136,7 +155,12 @@ def run(out_dir, scale: float = 1.0, seed: int = 1, replications: int | None = N
             f"Speed-awareness alone is not enough for agents: without affinity a session's long context is "
             f"re-prefilled wherever it lands (hit rate {metrics[f'speed_aware@{L:g}x']['prefix_hit_rate'].fmt(3)} "
             f"vs {metrics[f'session_affinity@{L:g}x']['prefix_hit_rate'].fmt(3)} with affinity at {L:g}×).")
-    rep.answer = " ".join(parts)
+    return " ".join(parts)
+
+
+def _sections(rep: Report, sections: list, metrics: dict, routers, loads, base: str, R: int, sc0: dict,
+              scale: float, duration_s: float) -> None:
+    """A results table per load, sessions/energy/cost, and the method (the fleet as ``sc0`` has it)."""
     header = ["router"] + [lab for _, lab, _ in ROWS[:7]] + [f"goodput / {base}"]
     for title, rows in sections:
         rep.section(f"Results — {title}", [f"Means over {R} paired replications, 95 % Student-t intervals."]
@@ -149,7 +173,6 @@ def run(out_dir, scale: float = 1.0, seed: int = 1, replications: int | None = N
                          + [", ".join(f"{p} {v:.0%}" for p, v in m["pool_share"].items())])
     rep.section("Sessions, energy, cost and where requests go",
                 md_table(["load", "router"] + [lab for _, lab, _ in ROWS[7:]] + ["share of requests by pool"], extra))
-    sc0 = tasks[0][0]
     fleet = ", ".join(f"{k} {v['replicas']}× {v['gpu']} (tp {v['tp']}, pp {v['pp']}, {v['precision']})"
                       for k, v in sc0["pools"].items())
     rep.section("Method", [
@@ -158,18 +181,19 @@ def run(out_dir, scale: float = 1.0, seed: int = 1, replications: int | None = N
         f"factor; a window from {START[11:16]} UTC of {duration_s / 3600:g} h on a Monday, the first hour warm-up; "
         "gateway as in the default scenario (shedding at 96 outstanding per replica, plan and tier limits).",
         "- Same seeds for every router (common random numbers): differences are paired per seed."])
-    for path, caption in _figures(out, by, routers, loads, metrics, base):
-        rep.figure(path, caption)
-    rep.results = {"metrics": metrics, "best_router": {f"{L:g}x": best[L] for L in loads}, "replications": R,
-                   "seeds": ss}
-    rep.settings = {"scale": scale, "replications": R, "seed": seed, "routers": list(routers), "loads": list(loads),
-                    "window_start": START, "duration_s": duration_s}
-    return rep.write(out, time.perf_counter() - t0)
 
 
 def _figures(out: Path, by, routers, loads, metrics, base) -> list:
+    """The figures, one function each: ``[(path, caption)]``."""
+    return [_figure_routers(out, routers, loads, metrics),
+            _figure_ttft_cdf(out, by, routers, loads),
+            _figure_pools(out, by, routers, loads, metrics)]
+
+
+def _figure_routers(out: Path, routers, loads, metrics) -> tuple:
+    """Figure ``routers``: (its path, its caption)."""
     import matplotlib.pyplot as plt
-    paths = []
+
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
     rows = []
     width = 0.8 / len(loads)
@@ -191,8 +215,14 @@ def _figures(out: Path, by, routers, loads, metrics, base) -> list:
     axes[0].legend(fontsize=8)
     fig.suptitle("Routers on a mixed H100/H200/GB200 fleet (mean, 95 % CI)")
     fig.tight_layout()
-    paths.append((save_figure(fig, out, "routers", pd.DataFrame(rows)),
-                  "Goodput, SLO attainment and TTFT p90 per router and load."))
+    return (save_figure(fig, out, "routers", pd.DataFrame(rows)),
+            "Goodput, SLO attainment and TTFT p90 per router and load.")
+
+
+def _figure_ttft_cdf(out: Path, by, routers, loads) -> tuple:
+    """Figure ``ttft_cdf``: (its path, its caption)."""
+    import matplotlib.pyplot as plt
+
     L = loads[-1]
     fig, ax = plt.subplots(figsize=(8, 4.8))
     rows = []
@@ -209,7 +239,14 @@ def _figures(out: Path, by, routers, loads, metrics, base) -> list:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    paths.append((save_figure(fig, out, "ttft_cdf", pd.DataFrame(rows)), f"TTFT CDF per router at {L:g}× load."))
+    return (save_figure(fig, out, "ttft_cdf", pd.DataFrame(rows)), f"TTFT CDF per router at {L:g}× load.")
+
+
+def _figure_pools(out: Path, by, routers, loads, metrics) -> tuple:
+    """Figure ``pools``: (its path, its caption)."""
+    import matplotlib.pyplot as plt
+
+    L = loads[-1]
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.6))
     rows = []
     pools = sorted({p for m in metrics.values() for p in m["pool_share"]})
@@ -225,14 +262,11 @@ def _figures(out: Path, by, routers, loads, metrics, base) -> list:
         ax.grid(alpha=0.3, axis="y")
         ax.legend(fontsize=8)
     fig.tight_layout()
-    paths.append((save_figure(fig, out, "pools", pd.DataFrame(rows)),
-                  "Where each router sends requests and how busy each generation's pool is."))
-    return paths
+    return (save_figure(fig, out, "pools", pd.DataFrame(rows)),
+            "Where each router sends requests and how busy each generation's pool is.")
 
 
-def main(argv: list[str] | None = None) -> dict:
-    import sys
-    return cli_main(sys.modules[__name__], argv)
+main = main_for(__name__)
 
 
 if __name__ == "__main__":

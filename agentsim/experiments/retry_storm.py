@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from ..stats import NONNEGATIVE, mean_band
-from . import (Report, check_args, cli_main, md_table, paired, proportion, ratio, run_tasks, save_figure, seeds,
+from . import (Report, check_args, main_for, md_table, paired, proportion, ratio, run_arms, save_figure, seeds,
                simulate_one, stat)
 
 QUESTION = ("On a saturated cluster, when does goodput collapse under SDK, watchdog and budgeted retry policies, "
@@ -115,7 +115,7 @@ def collapse_time_min(series: np.ndarray, baseline: float, outage_min: float) ->
 
 
 def run(out_dir, scale: float = 1.0, seed: int = 1, replications: int | None = None, workers: int | None = None,
-        *, policies=POLICIES, triggers=TRIGGERS_MIN) -> dict:
+        *, address: str | None = None, policies=POLICIES, triggers=TRIGGERS_MIN) -> dict:
     check_args(scale, replications, seed)
     t0 = time.perf_counter()
     R = replications or REPLICATIONS
@@ -123,47 +123,63 @@ def run(out_dir, scale: float = 1.0, seed: int = 1, replications: int | None = N
     rep = Report("retry_storm", QUESTION)
     ss = seeds(seed, R)
     cells = [("control", 0)] + [(p, d) for d in triggers for p in policies]
-    tasks = [(scenario(scale, policies[0] if p == "control" else p, d), s) for p, d in cells for s in ss]
-    results = run_tasks(measure, tasks, workers, label="retry_storm")
-    by = {cell: results[i * R:(i + 1) * R] for i, cell in enumerate(cells)}
-
+    by = run_arms(measure, {(p, d): scenario(scale, policies[0] if p == "control" else p, d) for p, d in cells}, ss,
+                  workers, address, label="retry_storm")
     table, metrics = [], {}
     for (p, d), runs in by.items():
-        base = [r["baseline"]["goodput_rps"] for r in runs]
-        post = [r["post"]["goodput_rps"] for r in runs]
-        rec = ratio(base, post)
-        times = [collapse_time_min(r["series"]["goodput_rps"], r["baseline"]["goodput_rps"], d) for r in runs]
-        ctime = stat(times)
-        stuck = sum(1 for b, q in zip(base, post) if not (b > 0 and q / b >= RECOVERED))
         key = f"{p}@{d}min" if d else "control"
-        m = {"policy": p, "trigger_min": d, "baseline_goodput_rps": stat(base), "post_goodput_rps": stat(post),
-             "post_over_baseline": rec, "recovered_share": 1 - stuck / len(runs),
-             "collapsed": {"count": stuck, "of": len(runs), "share": proportion(stuck, len(runs))[0],
-                           "ci_low": proportion(stuck, len(runs))[1], "ci_high": proportion(stuck, len(runs))[2]},
-             "dropped_below_half": sum(1 for x in times if math.isfinite(x)),
-             "collapse_after_min": ctime,
-             "attempts_per_call_post": stat([r["post"]["attempts_per_call"] for r in runs]),
-             "attempts_per_call_baseline": stat([r["baseline"]["attempts_per_call"] for r in runs]),
-             "prefill_per_request_post": stat([r["post"]["prefill_per_request"] for r in runs]),
-             "prefill_per_request_baseline": stat([r["baseline"]["prefill_per_request"] for r in runs]),
-             "prefix_hit_rate_post": stat([r["post"]["prefix_hit_rate"] for r in runs]),
-             "ttft_p90_post_s": stat([r["post"]["ttft_p90_s"] for r in runs]),
-             "session_failure_rate_after_trigger": stat([r["sessions_failed_after_trigger"] for r in runs])}
-        metrics[key] = m
-        c = m["collapsed"]
-        table.append([LABELS[p] if p != "control" else LABELS["control"], d or "-", m["baseline_goodput_rps"].fmt(3),
-                      m["post_goodput_rps"].fmt(3), rec.fmt(2),
-                      f"{c['count']}/{c['of']} ({c['ci_low']:.0%}–{c['ci_high']:.0%})",
-                      m["attempts_per_call_post"].fmt(3), m["prefill_per_request_post"].fmt(3),
-                      m["session_failure_rate_after_trigger"].fmt(2)])
+        metrics[key] = _cell_metrics(p, d, runs)
+        table.append(_table_row(metrics[key]))
     # paired comparisons against the SDK at the longest trigger
     dmax = max(triggers)
-    comps = {}
-    for p in policies[1:]:
-        a = [r["post"]["goodput_rps"] for r in by[(policies[0], dmax)]]
-        b = [r["post"]["goodput_rps"] for r in by[(p, dmax)]]
-        comps[p] = paired(a, b)
-    control = metrics["control"]
+    comps = {p: paired([r["post"]["goodput_rps"] for r in by[(policies[0], dmax)]],
+                       [r["post"]["goodput_rps"] for r in by[(p, dmax)]]) for p in policies[1:]}
+    rep.answer = _answer(metrics, policies, triggers, R)
+    _sections(rep, table, comps, R, scale, triggers)
+    t_min = (np.arange(len(by[cells[0]][0]["series"]["goodput_rps"])) + 1) * BIN_S / 60
+    for path, caption in _figures(out, by, policies, triggers, t_min, metrics):
+        rep.figure(path, caption)
+    rep.results = {"metrics": metrics, "paired_vs_sdk": comps, "replications": R, "seeds": ss}
+    rep.settings = {"scale": scale, "replications": R, "seed": seed, "policies": list(policies),
+                    "triggers_min": list(triggers), "replicas": max(1, round(10 * scale)) + max(1, round(6 * scale)),
+                    "users": max(1, round(400 * scale))}
+    return rep.write(out, time.perf_counter() - t0)
+
+
+def _cell_metrics(p: str, d: int, runs: list[dict]) -> dict:
+    """One cell's figures over its replications: goodput before and after, recovery, collapse, retries."""
+    base = [r["baseline"]["goodput_rps"] for r in runs]
+    post = [r["post"]["goodput_rps"] for r in runs]
+    times = [collapse_time_min(r["series"]["goodput_rps"], r["baseline"]["goodput_rps"], d) for r in runs]
+    stuck = sum(1 for b, q in zip(base, post) if not (b > 0 and q / b >= RECOVERED))
+    return {"policy": p, "trigger_min": d, "baseline_goodput_rps": stat(base), "post_goodput_rps": stat(post),
+            "post_over_baseline": ratio(base, post), "recovered_share": 1 - stuck / len(runs),
+            "collapsed": {"count": stuck, "of": len(runs), "share": proportion(stuck, len(runs))[0],
+                          "ci_low": proportion(stuck, len(runs))[1], "ci_high": proportion(stuck, len(runs))[2]},
+            "dropped_below_half": sum(1 for x in times if math.isfinite(x)),
+            "collapse_after_min": stat(times),
+            "attempts_per_call_post": stat([r["post"]["attempts_per_call"] for r in runs]),
+            "attempts_per_call_baseline": stat([r["baseline"]["attempts_per_call"] for r in runs]),
+            "prefill_per_request_post": stat([r["post"]["prefill_per_request"] for r in runs]),
+            "prefill_per_request_baseline": stat([r["baseline"]["prefill_per_request"] for r in runs]),
+            "prefix_hit_rate_post": stat([r["post"]["prefix_hit_rate"] for r in runs]),
+            "ttft_p90_post_s": stat([r["post"]["ttft_p90_s"] for r in runs]),
+            "session_failure_rate_after_trigger": stat([r["sessions_failed_after_trigger"] for r in runs])}
+
+
+def _table_row(m: dict) -> list:
+    """The results table's row of one cell."""
+    p, c = m["policy"], m["collapsed"]
+    return [LABELS[p] if p != "control" else LABELS["control"], m["trigger_min"] or "-",
+            m["baseline_goodput_rps"].fmt(3), m["post_goodput_rps"].fmt(3), m["post_over_baseline"].fmt(2),
+            f"{c['count']}/{c['of']} ({c['ci_low']:.0%}–{c['ci_high']:.0%})",
+            m["attempts_per_call_post"].fmt(3), m["prefill_per_request_post"].fmt(3),
+            m["session_failure_rate_after_trigger"].fmt(2)]
+
+
+def _answer(metrics: dict, policies, triggers, R: int) -> str:
+    """The answer: stable without a trigger, what each trigger leaves behind, and what sustains it."""
+    control, dmax = metrics["control"], max(triggers)
 
     def stuck_text(m) -> str:
         c = m["collapsed"]
@@ -203,7 +219,11 @@ def run(out_dir, scale: float = 1.0, seed: int = 1, replications: int | None = N
                  "context; and retries: attempts per call in the last hour are "
                  + ", ".join(f"{LABELS[p]} {metrics[f'{p}@{dmax}min']['attempts_per_call_post'].fmt(3)}"
                              for p in policies) + ".")
-    rep.answer = " ".join(parts)
+    return " ".join(parts)
+
+
+def _sections(rep: Report, table: list, comps: dict, R: int, scale: float, triggers) -> None:
+    """The results table, the paired differences and the method."""
     rep.section("Results", [
         "Goodput = completions within TTFT ≤ 5 s and TPOT ≤ 0.15 s per second. Baseline = the 30 min before the "
         f"trigger; post = the last hour ({POST[0] / 60:.0f}–{POST[1] / 60:.0f} min). Means over {R} paired "
@@ -226,16 +246,6 @@ def run(out_dir, scale: float = 1.0, seed: int = 1, replications: int | None = N
         "behave identically).",
         "- Collapse time: minutes from the trigger to the first 5-min bin below half the baseline goodput.",
         "- Common random numbers: every cell uses the same seeds, so arrivals and task sizes match across cells."])
-    # figures
-    t_min = (np.arange(len(by[cells[0]][0]["series"]["goodput_rps"])) + 1) * BIN_S / 60
-    figs = _figures(out, by, policies, triggers, t_min, metrics)
-    for path, caption in figs:
-        rep.figure(path, caption)
-    rep.results = {"metrics": metrics, "paired_vs_sdk": comps, "replications": R, "seeds": ss}
-    rep.settings = {"scale": scale, "replications": R, "seed": seed, "policies": list(policies),
-                    "triggers_min": list(triggers), "replicas": max(1, round(10 * scale)) + max(1, round(6 * scale)),
-                    "users": max(1, round(400 * scale))}
-    return rep.write(out, time.perf_counter() - t0)
 
 
 def _band(runs, key):
@@ -244,9 +254,16 @@ def _band(runs, key):
 
 
 def _figures(out: Path, by: dict, policies, triggers, t_min, metrics) -> list:
+    """The figures, one function each: ``[(path, caption)]``."""
+    return [_figure_goodput_timeseries(out, by, policies, triggers, t_min),
+            _figure_recovery(out, policies, triggers, metrics),
+            _figure_amplification(out, by, policies, triggers, t_min)]
+
+
+def _figure_goodput_timeseries(out: Path, by: dict, policies, triggers, t_min) -> tuple:
+    """Figure ``goodput_timeseries``: (its path, its caption)."""
     import matplotlib.pyplot as plt
-    paths = []
-    # 1. goodput over time
+
     fig, axes = plt.subplots(1, len(triggers), figsize=(7 * len(triggers), 4.6), sharey=True, squeeze=False)
     rows = []
     for ax, d in zip(axes[0], triggers):
@@ -269,8 +286,14 @@ def _figures(out: Path, by: dict, policies, triggers, t_min, metrics) -> list:
     axes[0][-1].legend(fontsize=8, loc="lower left")
     fig.suptitle("Goodput before, during and after the trigger (mean of replications, 95 % CI band)")
     fig.tight_layout()
-    paths.append((save_figure(fig, out, "goodput_timeseries", pd.DataFrame(rows)),
-                  "Goodput per 5-min bin by retry policy; red: the outage; grey dashed: the control without trigger."))
+    return (save_figure(fig, out, "goodput_timeseries", pd.DataFrame(rows)),
+            "Goodput per 5-min bin by retry policy; red: the outage; grey dashed: the control without trigger.")
+
+
+def _figure_recovery(out: Path, policies, triggers, metrics) -> tuple:
+    """Figure ``recovery``: (its path, its caption)."""
+    import matplotlib.pyplot as plt
+
     # 2. recovery bars
     fig, ax = plt.subplots(figsize=(10, 5.2))
     rows = []
@@ -296,8 +319,14 @@ def _figures(out: Path, by: dict, policies, triggers, t_min, metrics) -> list:
     ax.grid(alpha=0.3, axis="y")
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=5)
     fig.tight_layout()
-    paths.append((save_figure(fig, out, "recovery", pd.DataFrame(rows)),
-                  "Post-trigger goodput as a share of the pre-trigger level, per policy and trigger length."))
+    return (save_figure(fig, out, "recovery", pd.DataFrame(rows)),
+            "Post-trigger goodput as a share of the pre-trigger level, per policy and trigger length.")
+
+
+def _figure_amplification(out: Path, by: dict, policies, triggers, t_min) -> tuple:
+    """Figure ``amplification``: (its path, its caption)."""
+    import matplotlib.pyplot as plt
+
     # 3. what sustains it: attempts and prefill work over time (longest trigger)
     d = max(triggers)
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.4))
@@ -319,14 +348,11 @@ def _figures(out: Path, by: dict, policies, triggers, t_min, metrics) -> list:
     axes[0].legend(fontsize=8)
     fig.suptitle(f"What sustains the collapse ({d}-min trigger): retries and re-prefill work")
     fig.tight_layout()
-    paths.append((save_figure(fig, out, "amplification", pd.DataFrame(rows)),
-                  "Offered attempts, shed requests and prefill work over time, per policy (longest trigger)."))
-    return paths
+    return (save_figure(fig, out, "amplification", pd.DataFrame(rows)),
+            "Offered attempts, shed requests and prefill work over time, per policy (longest trigger).")
 
 
-def main(argv: list[str] | None = None) -> dict:
-    import sys
-    return cli_main(sys.modules[__name__], argv)
+main = main_for(__name__)
 
 
 if __name__ == "__main__":

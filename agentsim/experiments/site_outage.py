@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from ..stats import NONNEGATIVE, mean_band
-from . import (Report, check_args, cli_main, default_scenario, md_table, paired, ratio, run_tasks, save_figure,
+from . import (Report, check_args, default_scenario, main_for, md_table, paired, ratio, run_arms, save_figure,
                scale_system, seeds, simulate_one, stat)
 
 QUESTION = ("When a site is lost mid-day, how much do agents' failure rate and task completion time rise, and "
@@ -138,7 +138,7 @@ METRICS = (("failure_rate", "session failure rate", 3), ("abandon_rate", "sessio
 
 
 def run(out_dir, scale: float = 1.0, seed: int = 1, replications: int | None = None,
-        workers: int | None = None, *, loads=LOADS, duration_s: float = DURATION_S) -> dict:
+        workers: int | None = None, *, address: str | None = None, loads=LOADS, duration_s: float = DURATION_S) -> dict:
     check_args(scale, replications, seed)
     t0 = time.perf_counter()
     R = replications or REPLICATIONS
@@ -146,70 +146,18 @@ def run(out_dir, scale: float = 1.0, seed: int = 1, replications: int | None = N
     rep = Report("site_outage", QUESTION)
     ss = seeds(seed, R)
     cells = [(L, o) for L in loads for o in (False, True)]
-    sc_duration = duration_s
     if duration_s < OUTAGE[1] + 2 * BIN_S:
         from ..errors import InputError
         raise InputError(f"duration_s must leave time after the outage (> {OUTAGE[1] + 2 * BIN_S:g} s), got {duration_s}")
-    tasks = [(scenario(scale, o, load=L, duration_s=duration_s), s) for L, o in cells for s in ss]
-    results = run_tasks(measure, tasks, workers, label="site_outage")
-    by = {c: results[i * R:(i + 1) * R] for i, c in enumerate(cells)}
+    arms = {(L, o): scenario(scale, o, load=L, duration_s=duration_s) for L, o in cells}
+    by = run_arms(measure, arms, ss, workers, address, label="site_outage")
     metrics: dict = {}
     parts = []
     for L in loads:
         base, hit = by[(L, False)], by[(L, True)]
-        M = {}
-        rows = []
-        for key, label, d in METRICS:
-            a, b = [r[key] for r in base], [r[key] for r in hit]
-            M[key] = {"baseline": stat(a), "outage": stat(b), "change": paired(a, b), "ratio": ratio(a, b)}
-            rows.append([label, stat(a).fmt(d), stat(b).fmt(d), paired(a, b).fmt(d)])
-        recs = [recovery_min(h["series"]["goodput_rps"], b["series"]["goodput_rps"]) for b, h in zip(base, hit)]
-        never = sum(1 for x in recs if math.isnan(x))
-        M["recovery_min"] = stat(recs)
-        M["recovery_never"] = never
-        profs = sorted({p for r in base + hit for p in r["by_profile"]})
-        prof_rows = []
-        for p in profs:
-            a = [r["by_profile"].get(p, {}).get("failure_rate", math.nan) for r in base]
-            b = [r["by_profile"].get(p, {}).get("failure_rate", math.nan) for r in hit]
-            da = [r["by_profile"].get(p, {}).get("duration_mean_s", math.nan) for r in base]
-            db = [r["by_profile"].get(p, {}).get("duration_mean_s", math.nan) for r in hit]
-            M[f"failure_rate.{p}"] = {"baseline": stat(a), "outage": stat(b), "change": paired(a, b)}
-            M[f"duration_mean_s.{p}"] = {"baseline": stat(da), "outage": stat(db), "change": paired(da, db)}
-            prof_rows.append([p, stat(a).fmt(3), stat(b).fmt(3), stat(da).fmt(3), stat(db).fmt(3)])
-        outcomes = sorted({o for r in base + hit for o in r["outage_outcomes"]})
-        oc_rows = [[o, stat([r["outage_outcomes"].get(o, 0) for r in base]).fmt(3),
-                    stat([r["outage_outcomes"].get(o, 0) for r in hit]).fmt(3)] for o in outcomes]
+        M, rows, prof_rows, oc_rows = _load_metrics(base, hit)
         metrics[f"{L:g}x"] = M
-        fr, du = M["failure_rate"], M["duration_mean_s"]
-        rec = M["recovery_min"]
-        ended = sum(r["sessions_ended"] for r in hit)
-        fails = (f"no agent session fails (0 of {ended:,} ended sessions over {R} replications, as without the "
-                 f"outage: clients wait out the queue instead of failing)" if fr["outage"].mean == 0
-                 and fr["baseline"].mean == 0 else
-                 f"sessions fail at {fr['outage'].fmt(3)} (baseline {fr['baseline'].fmt(3)}; paired change "
-                 f"{fr['change'].fmt(3)})")
-        chat = "chat_user"
-        ab = {k: stat([r["by_profile"].get(chat, {}).get("abandon_rate", math.nan) for r in runs])
-              for k, runs in (("baseline", base), ("outage", hit))}
-        M[f"abandon_rate.{chat}"] = ab
-        parts.append(
-            f"At {L:g}× the default load, of the sessions that start in the hour before or during the outage "
-            f"{fails}; chat users give up on {ab['outage'].fmt(3)} of their conversations (baseline "
-            f"{ab['baseline'].fmt(3)}); "
-            f"sessions take {du['outage'].fmt(3, 's')} on average (baseline {du['baseline'].fmt(3, 's')}; p90 "
-            f"{M['duration_p90_s']['baseline'].fmt(3, 's')} → {M['duration_p90_s']['outage'].fmt(3, 's')}). While "
-            f"the site is down, {M['outage_failed_share']['outage'].fmt(3)} of attempts fail (replica failure, 529 "
-            f"or timeout), calls take {M['outage_attempts_per_call']['outage'].fmt(3)} attempts and goodput falls from "
-            f"{M['goodput_outage_rps']['baseline'].fmt(3, 'req/s')} to "
-            f"{M['goodput_outage_rps']['outage'].fmt(3, 'req/s')}. "
-            + (f"Goodput is back within {100 - RECOVERED * 100:.0f} % of the baseline {rec.fmt(2, 'min')} after "
-               "the site returns (15-min bins)." if never == 0 else
-               f"Goodput does not come back within {100 - RECOVERED * 100:.0f} % of the baseline by the end of the "
-               f"run ({(sc_duration - OUTAGE[1]) / 3600:g} h after the site returns) in any replication."
-               if never == R else
-               f"Goodput is back within {100 - RECOVERED * 100:.0f} % of the baseline after {rec.fmt(2, 'min')} "
-               f"in {R - never} of {R} replications and not by the end of the run in {never}."))
+        parts.append(_load_answer(L, M, hit, R, duration_s))
         rep.section(f"Results at {L:g}× the default load", [
             f"Sessions starting {AROUND[0] / 3600 + START_HOUR:.0f}:00–{AROUND[1] / 3600 + START_HOUR:.0f}:00 UTC "
             f"(the hour before and the outage), {R} paired replications, 95 % intervals.", ""]
@@ -220,7 +168,77 @@ def run(out_dir, scale: float = 1.0, seed: int = 1, replications: int | None = N
             + ["Attempts that ended during the outage window, by outcome (mean per replication):", ""]
             + md_table(["outcome", "baseline", "outage"], oc_rows))
     rep.answer = " ".join(parts)
-    sc0 = tasks[R][0]
+    _method(rep, arms[cells[1]], scale, duration_s)     # the first load with the outage
+    for path, caption in _figures(out, by, loads):
+        rep.figure(path, caption)
+    rep.results = {"metrics": metrics, "replications": R, "seeds": ss}
+    rep.settings = {"scale": scale, "replications": R, "seed": seed, "loads": list(loads), "outage_utc": OUTAGE_UTC,
+                    "window_start_utc": START, "duration_s": duration_s}
+    return rep.write(out, time.perf_counter() - t0)
+
+
+def _load_metrics(base: list[dict], hit: list[dict]) -> tuple[dict, list, list, list]:
+    """One load's figures without (``base``) and with (``hit``) the outage, paired by seed; and the
+    rows of its three tables (metrics, by profile, outcomes during the outage)."""
+    M: dict = {}
+    rows = []
+    for key, label, d in METRICS:
+        a, b = [r[key] for r in base], [r[key] for r in hit]
+        M[key] = {"baseline": stat(a), "outage": stat(b), "change": paired(a, b), "ratio": ratio(a, b)}
+        rows.append([label, stat(a).fmt(d), stat(b).fmt(d), paired(a, b).fmt(d)])
+    recs = [recovery_min(h["series"]["goodput_rps"], b["series"]["goodput_rps"]) for b, h in zip(base, hit)]
+    M["recovery_min"] = stat(recs)
+    M["recovery_never"] = sum(1 for x in recs if math.isnan(x))
+    profs = sorted({p for r in base + hit for p in r["by_profile"]})
+    prof_rows = []
+    for p in profs:
+        a = [r["by_profile"].get(p, {}).get("failure_rate", math.nan) for r in base]
+        b = [r["by_profile"].get(p, {}).get("failure_rate", math.nan) for r in hit]
+        da = [r["by_profile"].get(p, {}).get("duration_mean_s", math.nan) for r in base]
+        db = [r["by_profile"].get(p, {}).get("duration_mean_s", math.nan) for r in hit]
+        M[f"failure_rate.{p}"] = {"baseline": stat(a), "outage": stat(b), "change": paired(a, b)}
+        M[f"duration_mean_s.{p}"] = {"baseline": stat(da), "outage": stat(db), "change": paired(da, db)}
+        prof_rows.append([p, stat(a).fmt(3), stat(b).fmt(3), stat(da).fmt(3), stat(db).fmt(3)])
+    outcomes = sorted({o for r in base + hit for o in r["outage_outcomes"]})
+    oc_rows = [[o, stat([r["outage_outcomes"].get(o, 0) for r in base]).fmt(3),
+                stat([r["outage_outcomes"].get(o, 0) for r in hit]).fmt(3)] for o in outcomes]
+    chat = "chat_user"
+    M[f"abandon_rate.{chat}"] = {k: stat([r["by_profile"].get(chat, {}).get("abandon_rate", math.nan) for r in runs])
+                                 for k, runs in (("baseline", base), ("outage", hit))}
+    return M, rows, prof_rows, oc_rows
+
+
+def _load_answer(L: float, M: dict, hit: list[dict], R: int, sc_duration: float) -> str:
+    """The answer at one load: session failures and times, the outage window, and recovery."""
+    fr, du = M["failure_rate"], M["duration_mean_s"]
+    rec, never, ab = M["recovery_min"], M["recovery_never"], M["abandon_rate.chat_user"]
+    ended = sum(r["sessions_ended"] for r in hit)
+    fails = (f"no agent session fails (0 of {ended:,} ended sessions over {R} replications, as without the "
+             f"outage: clients wait out the queue instead of failing)" if fr["outage"].mean == 0
+             and fr["baseline"].mean == 0 else
+             f"sessions fail at {fr['outage'].fmt(3)} (baseline {fr['baseline'].fmt(3)}; paired change "
+             f"{fr['change'].fmt(3)})")
+    return (
+        f"At {L:g}× the default load, of the sessions that start in the hour before or during the outage "
+        f"{fails}; chat users give up on {ab['outage'].fmt(3)} of their conversations (baseline "
+        f"{ab['baseline'].fmt(3)}); "
+        f"sessions take {du['outage'].fmt(3, 's')} on average (baseline {du['baseline'].fmt(3, 's')}; p90 "
+        f"{M['duration_p90_s']['baseline'].fmt(3, 's')} → {M['duration_p90_s']['outage'].fmt(3, 's')}). While "
+        f"the site is down, {M['outage_failed_share']['outage'].fmt(3)} of attempts fail (replica failure, 529 "
+        f"or timeout), calls take {M['outage_attempts_per_call']['outage'].fmt(3)} attempts and goodput falls from "
+        f"{M['goodput_outage_rps']['baseline'].fmt(3, 'req/s')} to "
+        f"{M['goodput_outage_rps']['outage'].fmt(3, 'req/s')}. "
+        + (f"Goodput is back within {100 - RECOVERED * 100:.0f} % of the baseline {rec.fmt(2, 'min')} after "
+           "the site returns (15-min bins)." if never == 0 else
+           f"Goodput does not come back within {100 - RECOVERED * 100:.0f} % of the baseline by the end of the "
+           f"run ({(sc_duration - OUTAGE[1]) / 3600:g} h after the site returns) in any replication."
+           if never == R else
+           f"Goodput is back within {100 - RECOVERED * 100:.0f} % of the baseline after {rec.fmt(2, 'min')} "
+           f"in {R - never} of {R} replications and not by the end of the run in {never}."))
+
+
+def _method(rep: Report, sc0: dict, scale: float, duration_s: float) -> None:
+    """The method section (the fleet as the outage scenario ``sc0`` has it)."""
     fleet = ", ".join(f"{k} {v['replicas']}" for k, v in sc0["pools"].items())
     rep.section("Method", [
         f"- Fleet: the default scenario's pools split over two sites ({fleet} replicas), one session-affinity "
@@ -236,17 +254,18 @@ def run(out_dir, scale: float = 1.0, seed: int = 1, replications: int | None = N
         "chat users who gave up waiting. Outcomes during the outage count the attempts that ended in it "
         "(in-flight failures included).",
         "- Same seeds with and without the outage: differences are paired."])
-    for path, caption in _figures(out, by, loads):
-        rep.figure(path, caption)
-    rep.results = {"metrics": metrics, "replications": R, "seeds": ss}
-    rep.settings = {"scale": scale, "replications": R, "seed": seed, "loads": list(loads), "outage_utc": OUTAGE_UTC,
-                    "window_start_utc": START, "duration_s": duration_s}
-    return rep.write(out, time.perf_counter() - t0)
 
 
 def _figures(out: Path, by, loads) -> list:
+    """The figures, one function each: ``[(path, caption)]``."""
+    return [_figure_timeline(out, by, loads),
+            _figure_sessions(out, by, loads)]
+
+
+def _figure_timeline(out: Path, by, loads) -> tuple:
+    """Figure ``timeline``: (its path, its caption)."""
     import matplotlib.pyplot as plt
-    paths = []
+
     first = by[(loads[0], False)]
     n = len(first[0]["series"]["goodput_rps"])
     t = START_HOUR + (np.arange(n) + 1) * BIN_S / 3600
@@ -279,9 +298,15 @@ def _figures(out: Path, by, loads) -> list:
         axes[-1][j].set_xlabel("hour (UTC)")
     fig.suptitle(f"Site outage {OUTAGE_UTC} UTC vs the same day without it (mean, 95 % CI band)")
     fig.tight_layout(rect=(0, 0, 1, 0.975))
-    paths.append((save_figure(fig, out, "timeline", pd.DataFrame(rows)),
-                  "Goodput, failed attempts, TTFT p90 and chat abandonments per 15 min, with and without the outage, "
-                  "per load."))
+    return (save_figure(fig, out, "timeline", pd.DataFrame(rows)),
+            "Goodput, failed attempts, TTFT p90 and chat abandonments per 15 min, with and without the outage, "
+            "per load.")
+
+
+def _figure_sessions(out: Path, by, loads) -> tuple:
+    """Figure ``sessions``: (its path, its caption)."""
+    import matplotlib.pyplot as plt
+
     fig, axes = plt.subplots(len(loads), 2, figsize=(12, 4.2 * len(loads)), squeeze=False)
     rows = []
     for k, L in enumerate(loads):
@@ -304,14 +329,11 @@ def _figures(out: Path, by, loads) -> list:
             ax.grid(alpha=0.3, axis="y")
             ax.legend(fontsize=8)
     fig.tight_layout()
-    paths.append((save_figure(fig, out, "sessions", pd.DataFrame(rows)),
-                  "Share of sessions that failed or were abandoned, and completion time, by profile (95 % CI)."))
-    return paths
+    return (save_figure(fig, out, "sessions", pd.DataFrame(rows)),
+            "Share of sessions that failed or were abandoned, and completion time, by profile (95 % CI).")
 
 
-def main(argv: list[str] | None = None) -> dict:
-    import sys
-    return cli_main(sys.modules[__name__], argv)
+main = main_for(__name__)
 
 
 if __name__ == "__main__":

@@ -5,10 +5,9 @@ from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
-from ..request import OUTCOMES, Request
-
-#: outcomes a policy may return
-REJECTIONS = tuple(o for o in OUTCOMES if o not in ("completed", "in_flight", "cancelled", "timed_out"))
+from ..request import REJECTIONS, Request
+#: outcomes a policy may return: a refusal, or (the chaos policy) a replica failure
+POLICY_OUTCOMES: tuple[str, ...] = REJECTIONS + ("replica_failed",)
 
 
 class Policy:

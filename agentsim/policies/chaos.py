@@ -5,7 +5,7 @@ import math
 
 from pydantic import Field, model_validator
 
-from .base import REJECTIONS, Policy
+from .base import POLICY_OUTCOMES, Policy
 
 
 class Chaos(Policy):
@@ -19,7 +19,7 @@ class Chaos(Policy):
 
     class Params(Policy.Params):
         name: str = "chaos"
-        outcome: str = Field("529_overload", description=f"outcome to return: {', '.join(REJECTIONS)}")
+        outcome: str = Field("529_overload", description=f"outcome to return: {', '.join(POLICY_OUTCOMES)}")
         probability: float = Field(0.0, ge=0, le=1, description="chance that a request is failed")
         windows: list[tuple[float, float]] = Field(default_factory=list,
                                                    description="[start_s, end_s] pairs; empty = always")
@@ -27,8 +27,9 @@ class Chaos(Policy):
 
         @model_validator(mode="after")
         def _check(self):
-            if self.outcome not in REJECTIONS:
-                raise ValueError(f"outcome {self.outcome!r} is not a rejection outcome; allowed: {', '.join(REJECTIONS)}")
+            if self.outcome not in POLICY_OUTCOMES:
+                raise ValueError(f"outcome {self.outcome!r} is not a rejection outcome; allowed: "
+                                 f"{', '.join(POLICY_OUTCOMES)}")
             for a, b in self.windows:
                 if not 0 <= a < b:
                     raise ValueError(f"window [{a}, {b}] must satisfy 0 <= start < end")
