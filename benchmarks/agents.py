@@ -40,8 +40,8 @@ from pathlib import Path
 import numpy as np
 import simpy
 
-from agentsim.api import load_scenario
-from agentsim.build import build
+from agentsim.run.api import load_scenario
+from agentsim.run.build import build
 
 TARGET_CALLS_PER_S = 20_000
 SEED = 1

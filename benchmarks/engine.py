@@ -42,8 +42,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from engine_harness import (ArrivalChain, Workload, coeffs, deployment, events_scheduled,  # noqa: E402
                             poisson_workload, saturation_rate)
 
-from agentsim.engine import EngineConfig, Replica  # noqa: E402
-from agentsim.engine_reference import SteppingReplica  # noqa: E402
+from agentsim.serving.engine import EngineConfig, Replica  # noqa: E402
+from agentsim.serving.engine_reference import SteppingReplica  # noqa: E402
 
 DEP = "llama8b-h100"
 TARGETS = {"a": 30_000, "b": 25_000}     # req/s, one core

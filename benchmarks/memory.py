@@ -59,8 +59,8 @@ output_tokens = {{ kind = "lognormal", median = 16, sigma = 0.5, min = 1, max = 
 # Runs in the child: ``agentsim run`` in-process, with a hook that measures the records.
 CHILD = r"""
 import contextlib, json, sys
-import agentsim.result as R
-from agentsim.metrics import FLOAT_COLUMNS, INT_COLUMNS
+import agentsim.results.result as R
+from agentsim.results.metrics import FLOAT_COLUMNS, INT_COLUMNS
 stats = {}
 _orig = R.Result.from_simulation.__func__
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
-from agentsim.deployment import Deployment
+from agentsim.model.deployment import Deployment
 
 ACT_BYTES = 2.0  # activations travel in 16-bit
 
@@ -254,4 +254,4 @@ def _evaluate(k: _Coeffs, pt, pa, pk, nd, ctx, sm, outs: list[np.ndarray], scrat
 
 
 # the closed form is shared with the current model (same class, nothing to compare)
-from agentsim.servicetime import Stretch  # noqa: E402,F401
+from agentsim.model.servicetime import Stretch  # noqa: E402,F401

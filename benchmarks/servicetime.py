@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from agentsim import Deployment, StepCoeffs, load_catalog, step_cost, step_times
-from agentsim.servicetime import prefill_attention_pairs
+from agentsim.model.servicetime import prefill_attention_pairs
 
 sys.path.insert(0, str(Path(__file__).parent))
 import roofline_v1  # noqa: E402  (the previous step model, kept only as this benchmark's baseline)

@@ -1,5 +1,5 @@
-"""Drive an engine replica (fast :class:`~agentsim.engine.Replica` or the step-by-step
-:class:`~agentsim.engine_reference.SteppingReplica`) through a fixed workload.
+"""Drive an engine replica (fast :class:`~agentsim.serving.engine.Replica` or the step-by-step
+:class:`~agentsim.serving.engine_reference.SteppingReplica`) through a fixed workload.
 
 Used by the engine tests and ``benchmarks/engine.py``. Workloads are plain numpy arrays drawn up
 front, so every engine sees the identical input.
@@ -21,12 +21,12 @@ import numpy as np
 import simpy
 from simpy.events import NORMAL, Event
 
-from agentsim.catalog import load_catalog
-from agentsim.deployment import Deployment
-from agentsim.engine import EngineConfig, Replica
-from agentsim.engine_reference import SteppingReplica
-from agentsim.request import Request
-from agentsim.servicetime import StepCoeffs
+from agentsim.model.catalog import load_catalog
+from agentsim.model.deployment import Deployment
+from agentsim.serving.engine import EngineConfig, Replica
+from agentsim.serving.engine_reference import SteppingReplica
+from agentsim.serving.request import Request
+from agentsim.model.servicetime import StepCoeffs
 
 #: named deployments used across the engine tests: (model, gpu, keyword arguments)
 DEPLOYMENTS: dict[str, tuple[str, str, dict]] = {

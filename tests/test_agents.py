@@ -24,11 +24,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agentsim.api import simulate
+from agentsim.run.api import simulate
 from agentsim.cli import main as cli_main
-from agentsim.errors import InputError
-from agentsim.profiles import get_profile
-from agentsim.retry import RETRY_POLICIES, bounds, make_retry_policy
+from agentsim.util.errors import InputError
+from agentsim.workload.profiles import get_profile
+from agentsim.workload.retry import RETRY_POLICIES, bounds, make_retry_policy
 
 PROPS = settings(deadline=None, derandomize=True, max_examples=40, suppress_health_check=list(HealthCheck))
 PROFILES = ("interactive_coding_agent", "autonomous_api_agent", "chat_user")
@@ -444,7 +444,7 @@ def test_a_failed_compaction_call_is_a_failed_call():
 
 # -- a bug found on the way: the host tier's accounting of shared prefixes -----------------------------
 def test_host_tier_accounting_with_a_shared_prefix():
-    from agentsim.prefix_cache import CacheConfig, PrefixCache
+    from agentsim.serving.prefix_cache import CacheConfig, PrefixCache
     c = PrefixCache(CacheConfig(retention="lru", ttl_s=300.0, host_tokens=100))
     shared = ("system", 0)
     c.put_shared(shared, 40, 0.0, free=1_000)

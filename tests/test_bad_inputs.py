@@ -285,7 +285,7 @@ CASES = {
 def test_bad_input_is_one_line_exit_2_and_touches_nothing(work, monkeypatch, case):
     args, needles, absent, set_first = case
     monkeypatch.chdir(work)
-    from agentsim.sim import Simulation
+    from agentsim.run.sim import Simulation
 
     def must_not_run(self, progress=None):
         raise AssertionError("simulated before rejecting the input")
@@ -378,7 +378,7 @@ def test_an_interrupted_staged_run_leaves_the_old_one_and_keeps_the_new_part(tmp
     out = tmp_path / "out"
     assert cli("run", str(scn), "--no-progress", "--no-figures", "--out", str(out))[0] == 0
     before = snapshot(out)
-    from agentsim.sim import Simulation
+    from agentsim.run.sim import Simulation
     real, calls = Simulation.run, [0]
 
     def second_interrupted(self, progress=None):
@@ -394,10 +394,10 @@ def test_an_interrupted_staged_run_leaves_the_old_one_and_keeps_the_new_part(tmp
 
 
 def test_force_lifts_the_work_limit(tmp_path, monkeypatch):
-    from agentsim import workload
+    from agentsim.run import checks
     scn = tmp_path / "tiny.toml"
     scn.write_text(TINY.replace("duration_s = 20", "duration_s = 5"))
-    monkeypatch.setattr(workload, "MAX_MEMORY_BYTES", 1e3)
+    monkeypatch.setattr(checks, "MAX_MEMORY_BYTES", 1e3)
     code, _, err = cli("run", str(scn), "--no-progress")
     assert code == 2 and "too big" in err and "--force" in err
     code, out, err = cli("run", str(scn), "--no-progress", "--force", "--format", "json")
@@ -406,9 +406,9 @@ def test_force_lifts_the_work_limit(tmp_path, monkeypatch):
 
 def test_no_preset_and_no_big_fleet_is_refused():
     """Shipped presets, and a sliced 220k-GPU fleet with a million users, pass the work check."""
-    from agentsim.api import load_scenario, preset_names
-    from agentsim.scenario import parse
-    from agentsim.workload import estimate_work
+    from agentsim.run.api import load_scenario, preset_names
+    from agentsim.run.scenario import parse
+    from agentsim.run.checks import estimate_work
     for name in preset_names():
         assert not estimate_work(load_scenario(name)).too_big, name
     fleet = {"duration_s": 86400, "warmup_s": 1800,
@@ -427,7 +427,7 @@ def test_no_preset_and_no_big_fleet_is_refused():
 
 
 def test_a_preset_name_wins_over_a_folder_of_that_name(tmp_path, monkeypatch):
-    from agentsim.api import load_scenario, preset_path, resolve
+    from agentsim.run.api import load_scenario, preset_path, resolve
     (tmp_path / "default").mkdir()
     (tmp_path / "default" / "x.toml").write_text("name = 'not the preset'\n")
     monkeypatch.chdir(tmp_path)
@@ -438,7 +438,7 @@ def test_a_preset_name_wins_over_a_folder_of_that_name(tmp_path, monkeypatch):
 
 
 def test_tail_beyond_kv_is_a_warning_with_the_share(tmp_path, monkeypatch):
-    from agentsim.sim import Simulation
+    from agentsim.run.sim import Simulation
     scn = tmp_path / "tiny.toml"
     scn.write_text(TINY.replace("duration_s = 20", "duration_s = 2"))
     code, out, err = cli("run", str(scn), "--no-progress", "--format", "json",
@@ -451,8 +451,8 @@ def test_tail_beyond_kv_is_a_warning_with_the_share(tmp_path, monkeypatch):
 
 
 def test_result_save_refuses_a_non_empty_folder_unless_overwrite(work, tmp_path):
-    from agentsim.errors import InputError
-    from agentsim.result import Result
+    from agentsim.util.errors import InputError
+    from agentsim.results.result import Result
     res = Result.load(work / "single")
     target = tmp_path / "t"
     target.mkdir()

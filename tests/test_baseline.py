@@ -27,7 +27,7 @@ CASES = {
 
 def fingerprint(preset: str, seed: int, overrides: list[str]) -> dict[str, str]:
     """sha256 of each result table (as CSV: every float at round-trip precision) and of the summary."""
-    from agentsim.api import simulate
+    from agentsim.run.api import simulate
     res = simulate(preset, seed=seed, overrides=overrides)
     out = {}
     for name in ("requests", "sessions", "pools", "timeseries"):

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from agentsim.block_cache import BlockPrefixCache
-from agentsim.prefix_cache import CacheConfig, PrefixCache
+from agentsim.serving.block_cache import BlockPrefixCache
+from agentsim.serving.prefix_cache import CacheConfig, PrefixCache
 
 
 @pytest.mark.parametrize("ttl, alive_at, dead_at", [(None, 300.0, 300.5), (3600.0, 3600.0, 3600.5), (60.0, 60.0, 60.5)])

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from agentsim.errors import InputError
-from agentsim.estimate import estimate
+from agentsim.util.errors import InputError
+from agentsim.studies.estimate import estimate
 
 BASE = dict(model="Llama-3.1-8B", gpu="H100-SXM", output_tokens=2, concurrency=1, requests=20)
 
@@ -31,7 +31,7 @@ def test_cached_tokens_must_leave_a_token_to_compute():
 
 def test_a_streams_cached_prefix_is_not_prefilled():
     """Every request prefills its prompt minus the drawn prefix (capped at the prompt minus one)."""
-    from agentsim.api import simulate
+    from agentsim.run.api import simulate
     sc = {"name": "cached", "duration_s": 30, "sample_s": 30,
           "pools": {"a": {"gpu": "H100-SXM", "model": "Llama-3.1-8B", "replicas": 1}},
           "streams": {"s": {"kind": "poisson", "rate": 2, "input_tokens": {"kind": "uniform", "low": 500, "high": 900},

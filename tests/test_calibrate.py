@@ -14,12 +14,12 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from agentsim import calibrate as cal
-from agentsim.catalog import data_path, load_catalog
+from agentsim.studies import calibrate as cal
+from agentsim.model.catalog import data_path, load_catalog
 from agentsim.cli import main
-from agentsim.errors import InputError
-from agentsim.estimate import estimate, steady_output_rate
-from agentsim.hardware import Efficiency
+from agentsim.util.errors import InputError
+from agentsim.studies.estimate import estimate, steady_output_rate
+from agentsim.model.hardware import Efficiency
 
 SINGLE_STREAM_METRICS = {"ttft", "itl", "tpot", "tpot_p50", "decode_rate_per_user"}
 JSON_KEYS = {"model", "gpu", "metric", "measured", "predicted", "rel_error", "loo_error", "scored", "in_fit",
@@ -130,7 +130,7 @@ def test_printed_command_reproduces_each_load_prediction(result, capsys):
     for r in rows:
         assert "--engine trtllm" in r["command"] and "--max-batch" not in r["command"]
         from types import SimpleNamespace
-        from agentsim.calibrate_load import LOAD_METRICS
+        from agentsim.studies.calibrate_load import LOAD_METRICS
         point = SimpleNamespace(input_tokens=r["input_tokens"], output_tokens=r["output_tokens"], n_gpus=r["n_gpus"])
         value = LOAD_METRICS[r["metric"]][1](_run_command(r["command"], capsys), point)   # the conversion it prints
         assert math.isclose(value, r["predicted"], rel_tol=1e-3), (r["row"], value, r["predicted"])
@@ -223,7 +223,7 @@ def test_gpu_assumption_reported(result):
 
 
 def test_predictor_registry_is_the_extension_point(monkeypatch):
-    from agentsim import calibrate_load
+    from agentsim.studies import calibrate_load
     monkeypatch.setattr(calibrate_load, "predict_load", lambda dep, p, overheads: p.value)
     monkeypatch.setattr(calibrate_load, "load_setup", lambda dep, p: None)
     res = cal.calibrate(cal.load_points(data_path("calibration.csv")), load_catalog((), calibrated=False))
@@ -344,7 +344,7 @@ def test_holdout_column_matches_the_rule():
     points = shipped_points()
     held = {p.row for p in points if p.holdout}
     assert held == cal.holdout_rows(points), \
-        "stale: python -c \"from agentsim.calibrate import write_holdout_column as w; w('agentsim/data/calibration.csv')\""
+        "stale: python -c \"from agentsim.studies.calibrate import write_holdout_column as w; w('agentsim/data/calibration.csv')\""
     load = [p for p in points if cal.is_load_point(p)]
     assert not any(p.holdout for p in points if not cal.is_load_point(p))  # single-stream points stay in
     assert all(p.concurrency == 1 for p in points if not cal.is_load_point(p))
@@ -453,7 +453,7 @@ def test_bad_holdout_value_is_one_line_input_error(tmp_path, value, capsys):
 
 def test_per_gpu_load_metrics_convert_the_steady_output_rate():
     """InferenceX-style per-GPU figures: total (input + output) or output tokens/s over the GPUs."""
-    from agentsim.calibrate_load import LOAD_METRICS
+    from agentsim.studies.calibrate_load import LOAD_METRICS
     p = cal.Point("x", 1, "s", "m", "g", "FP8", 8, 8, "vLLM", "concurrency 64", 64, 3072, 1024,
                   "total_throughput_per_gpu", 1.0, "tokens/s")
     key, convert, how = LOAD_METRICS["total_throughput_per_gpu"]

@@ -24,11 +24,11 @@ from pathlib import Path
 
 import pytest
 
-from agentsim.capacity import Slo, _first_true, capacity, infer_goal, parse_slo
-from agentsim.errors import InputError
+from agentsim.studies.capacity import Slo, _first_true, capacity, infer_goal, parse_slo
+from agentsim.util.errors import InputError
 
 try:
-    from agentsim.theory import mmc as _mmc
+    from agentsim.studies.theory import mmc as _mmc
 
     def erlang_wq(lam: float, mu: float, c: int) -> float:
         return _mmc(lam, mu, c).Wq
@@ -183,7 +183,7 @@ def test_unmet_slo_exit_1(mmc):
 def test_capacity_is_confident_and_tight_with_more_replications(mmc):
     """10 replications of 3000 s: the intervals separate at the answer, and every probe's mean wait
     is within 10 % of Erlang C's Wq plus the step-boundary wait tau/2 · P(no wait)."""
-    from agentsim.theory import mmc as erlang
+    from agentsim.studies.theory import mmc as erlang
     res = capacity(mmc, [f"queue_s<={BOUND}"], "pools.m.engine.max_batch", low=9, high=16, replications=10,
                    workers=2, overrides=["duration_s=3000"], progress=False)
     assert (res.answer, res.neighbour) == (12, 11) and res.confident

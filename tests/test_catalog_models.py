@@ -11,7 +11,7 @@ import math
 import pytest
 
 from agentsim import Deployment, InputError, load_catalog
-from agentsim.catalog import data_path
+from agentsim.model.catalog import data_path
 
 KIB = 1024
 

@@ -13,11 +13,11 @@ import pandas as pd
 import pytest
 
 import agentsim
-from agentsim import scenario as scn
-from agentsim.api import simulate
-from agentsim.build import build
-from agentsim.cluster import ROUTERS, make_router
-from agentsim.request import OUTCOMES, Request
+from agentsim.run import scenario as scn
+from agentsim.run.api import simulate
+from agentsim.run.build import build
+from agentsim.serving.cluster import ROUTERS, make_router
+from agentsim.serving.request import OUTCOMES, Request
 
 CAT = agentsim.load_catalog()
 
@@ -34,9 +34,9 @@ class Stub:
         self.waiting = ()
         self.pending = 0
         if Stub._coeffs is None:
-            from agentsim.catalog import load_catalog
-            from agentsim.deployment import Deployment
-            from agentsim.servicetime import StepCoeffs
+            from agentsim.model.catalog import load_catalog
+            from agentsim.model.deployment import Deployment
+            from agentsim.model.servicetime import StepCoeffs
             Stub._coeffs = StepCoeffs.of(Deployment.from_catalog(load_catalog(), "Llama-3-8B", "H100-SXM"))
         self.c = Stub._coeffs
         self.cache = None               # a PrefixCache when a test gives it one
@@ -235,7 +235,7 @@ def test_session_affinity_in_a_run():
 def test_speed_aware_goes_back_to_the_cached_prefix():
     """A replica holding the call's prefix on its GPU needs only the new tokens prefilled: it wins
     over an idle twin, though not once the entry has expired or when it is much busier."""
-    from agentsim.prefix_cache import CacheConfig, PrefixCache
+    from agentsim.serving.prefix_cache import CacheConfig, PrefixCache
     sa = router("speed_aware")
     r = Request(0, 0.0, 50_000, 200, session=1, prefix_key=("s", 1), prefix_len=49_000)
     for cached_at in (0, 1):

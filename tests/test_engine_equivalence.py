@@ -17,9 +17,9 @@ from engine_harness import (DEPLOYMENTS, StepLog, Workload, arrival_for_ready, c
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from agentsim.engine import EPS, EngineConfig, Replica
-from agentsim.engine_reference import SteppingReplica
-from agentsim.request import Request
+from agentsim.serving.engine import EPS, EngineConfig, Replica
+from agentsim.serving.engine_reference import SteppingReplica
+from agentsim.serving.request import Request
 
 ENGINES = (Replica, SteppingReplica)
 DEPS = sorted(DEPLOYMENTS)

@@ -20,8 +20,8 @@ from __future__ import annotations
 import pytest
 from engine_harness import coeffs, deployment, events_scheduled, poisson_workload, run, saturation_rate
 
-from agentsim.engine import EngineConfig, Replica
-from agentsim.engine_reference import SteppingReplica
+from agentsim.serving.engine import EngineConfig, Replica
+from agentsim.serving.engine_reference import SteppingReplica
 
 DEP = "llama8b-h100"
 N = 5_000
@@ -102,7 +102,7 @@ def test_moving_a_timer_or_rearming_it_gives_the_same_bits(monkeypatch):
     every timestamp and the event-id count are the same, cancellations (cuts) included."""
     import numpy as np
 
-    import agentsim.engine as engine
+    import agentsim.serving.engine as engine
     cfg = EngineConfig(kv_capacity=deployment(DEP).kv_capacity_tokens)
     wl = poisson_workload(4, 1500, 20.0, 1024, 128)
     rng = np.random.default_rng(4)

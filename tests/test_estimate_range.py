@@ -6,8 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from agentsim.api import simulate
-from agentsim.estimate import estimate_scenario
+from agentsim.run.api import simulate
+from agentsim.studies.estimate import estimate_scenario
 
 from cli_helper import cli
 

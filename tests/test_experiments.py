@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from agentsim.experiments import EXPERIMENTS, Stat, crossing, load, paired, ratio, stat
+from agentsim.studies.experiments import EXPERIMENTS, Stat, crossing, load, paired, ratio, stat
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKERS = 2
@@ -159,7 +159,7 @@ def test_datacenter_lease_tiny(tmp_path):
 
 
 def test_bad_arguments(tmp_path):
-    from agentsim.errors import InputError
+    from agentsim.util.errors import InputError
     with pytest.raises(InputError, match="scale"):
         load("energy").run(tmp_path, scale=0)
     with pytest.raises(InputError, match="replications"):

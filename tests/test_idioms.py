@@ -6,9 +6,9 @@ import stat
 
 import pytest
 
-from agentsim.atomic import write_atomic
-from agentsim.errors import InputError
-from agentsim.executor import Executor, InlineExecutor, run_all
+from agentsim.util.atomic import write_atomic
+from agentsim.util.errors import InputError
+from agentsim.studies.executor import Executor, InlineExecutor, run_all
 
 
 def test_write_atomic_text_bytes_and_writer(tmp_path):
@@ -67,8 +67,8 @@ def test_executor_refuses_negative_workers_and_opens_inline_for_zero():
 
 
 def test_refusals_are_outcomes_and_the_chaos_policy_may_also_fail_a_replica():
-    from agentsim.policies import POLICY_OUTCOMES, REJECTIONS
-    from agentsim.request import OUTCOMES
+    from agentsim.provider.policies import POLICY_OUTCOMES, REJECTIONS
+    from agentsim.serving.request import OUTCOMES
     assert set(REJECTIONS) < set(POLICY_OUTCOMES) <= set(OUTCOMES)
     assert set(POLICY_OUTCOMES) - set(REJECTIONS) == {"replica_failed"}
     assert not {"completed", "in_flight", "cancelled", "timed_out"} & set(POLICY_OUTCOMES)
@@ -76,6 +76,7 @@ def test_refusals_are_outcomes_and_the_chaos_policy_may_also_fail_a_replica():
 
 def test_refusals_have_one_home():
     """Result counts, and policies return, the one tuple defined beside OUTCOMES."""
-    from agentsim import request, result
-    from agentsim.policies import REJECTIONS
+    from agentsim.serving import request
+    from agentsim.results import result
+    from agentsim.provider.policies import REJECTIONS
     assert result.REJECTIONS is REJECTIONS is request.REJECTIONS

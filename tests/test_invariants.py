@@ -28,14 +28,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agentsim import theory as th
-from agentsim.api import load_scenario
-from agentsim.build import build
-from agentsim.catalog import load_catalog
-from agentsim.deployment import Deployment
-from agentsim.limits import tier
-from agentsim.request import OUTCOMES
-from agentsim.validation_systems import CONST_GPU, MODEL, PS_GPU, catalog_file
+from agentsim.studies import theory as th
+from agentsim.run.api import load_scenario
+from agentsim.run.build import build
+from agentsim.model.catalog import load_catalog
+from agentsim.model.deployment import Deployment
+from agentsim.provider.limits import tier
+from agentsim.serving.request import OUTCOMES
+from agentsim.studies.validation_systems import CONST_GPU, MODEL, PS_GPU, catalog_file
 
 SETTINGS = dict(deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow,
                                                                        HealthCheck.data_too_large])
@@ -323,7 +323,7 @@ def test_agents_with_retries_conserve_requests(seed, p, workers, duration):
     """A fleet of agents under injected failures: every attempt has one outcome, attempts of a
     call are numbered 0..n−1, a call has at most one completed attempt (the last), and nothing
     happens out of causal order."""
-    from agentsim.validate import retry_population
+    from agentsim.studies.validate import retry_population
     sc = {"name": "agents", "duration_s": duration, "sample_s": duration, "catalog": [catalog_file()],
           "engine": {"max_batch": 8}, "pools": {"p": {"gpu": CONST_GPU, "model": MODEL}},
           "policies": [{"name": "chaos", "probability": p, "outcome": "529_overload"}],
@@ -400,7 +400,7 @@ def test_itpm_charges_requests_without_a_prefix_key():
 
 
 def test_cancel_in_overhead_delay_leaves_no_phantom_load():
-    from agentsim.validate import retry_population
+    from agentsim.studies.validate import retry_population
     pop = retry_population(2, 3)
     pop["timeout_s"] = 0.002            # below the 5 ms request overhead of Hopper: every attempt times out pending
     sc = {"name": "phantom", "duration_s": 2.0, "sample_s": 2.0,

@@ -38,17 +38,17 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from agentsim import limits
-from agentsim.build import build
+from agentsim.provider import limits
+from agentsim.run.build import build
 from agentsim.cli import main as cli_main
-from agentsim.clock import Schedule
-from agentsim.errors import InputError
-from agentsim.limits import Plan, RollingUsage, Tier, TokenBucket, plan, prices, tier
-from agentsim.policies import POLICIES
-from agentsim.policies import rate_limits as rate_limits_mod
-from agentsim.policies.rate_limits import RETRY_AFTER_CAP_S
-from agentsim.policies.usage_windows import FIVE_HOURS_S, WEEK_S
-from agentsim.scenario import parse
+from agentsim.provider.clock import Schedule
+from agentsim.util.errors import InputError
+from agentsim.provider.limits import Plan, RollingUsage, Tier, TokenBucket, plan, prices, tier
+from agentsim.provider.policies import POLICIES
+from agentsim.provider.policies import rate_limits as rate_limits_mod
+from agentsim.provider.policies.rate_limits import RETRY_AFTER_CAP_S
+from agentsim.provider.policies.usage_windows import FIVE_HOURS_S, WEEK_S
+from agentsim.run.scenario import parse
 
 PROPS = settings(deadline=None, derandomize=True, max_examples=150, suppress_health_check=list(HealthCheck))
 PROPS_SIM = settings(deadline=None, derandomize=True, max_examples=80, suppress_health_check=list(HealthCheck))

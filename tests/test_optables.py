@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agentsim import opfit, optables
-from agentsim.catalog import load_catalog
+from agentsim.model import opfit, optables
+from agentsim.model.catalog import load_catalog
 from agentsim.cli import main
-from agentsim.errors import InputError
-from agentsim.opgrid import Curve, Grid
-from agentsim.opmodel import OpModel
+from agentsim.util.errors import InputError
+from agentsim.model.opgrid import Curve, Grid
+from agentsim.model.opmodel import OpModel
 
 FIXTURE = Path(__file__).parent / "fixtures" / "optables" / "systems" / "data"
 CAT = load_catalog()

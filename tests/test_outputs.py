@@ -20,10 +20,11 @@ import pytest  # noqa: E402
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from agentsim import plots, stats  # noqa: E402
-from agentsim.api import ResultSet, _mean_with_ci, ci, simulate  # noqa: E402
-from agentsim.jsonout import dumps  # noqa: E402
-from agentsim.result import MISSING_IDS  # noqa: E402
+from agentsim.results import plots  # noqa: E402
+from agentsim.util import stats
+from agentsim.run.api import ResultSet, _mean_with_ci, ci, simulate  # noqa: E402
+from agentsim.util.jsonout import dumps  # noqa: E402
+from agentsim.results.result import MISSING_IDS  # noqa: E402
 from cli_helper import cli
 
 STREAMS = """\
@@ -212,9 +213,9 @@ def test_repr_is_short(res, reps):
 
 
 def test_capacity_utilisation_is_served_over_max_load_and_cached(res):
-    from agentsim import utilisation
+    from agentsim.studies import utilisation
     utilisation.max_load.cache_clear()
-    cap = res.capacity_utilisation()["a"]
+    cap = utilisation.capacity_utilisation(res)["a"]
     runs = utilisation.max_load.cache_info().misses              # max-load estimates it took (TPOT bisection)
     assert 1 <= runs <= 12
     again = utilisation.capacity_utilisation(res)["a"]          # a second computation hits the cache only
@@ -324,7 +325,7 @@ def test_no_session_or_retry_figure_without_sessions_or_retries(res, tmp_path):
 
 
 def test_report_of_a_stream_only_run_says_which_figures_are_left_out(res, tmp_path):
-    from agentsim.report import write_report
+    from agentsim.results.report import write_report
     d = tmp_path / "run"
     res.save(d)
     md_path, html_path = write_report(d)
@@ -353,8 +354,8 @@ def test_a_run_shorter_than_its_sampling_interval_states_the_real_interval(strea
 
 
 def test_a_pool_that_served_nothing_has_zero_capacity_utilisation(res):
-    from agentsim import utilisation
-    from agentsim.result import Result
+    from agentsim.studies import utilisation
+    from agentsim.results.result import Result
     idle = Result(requests=res.requests[res.requests["outcome"] != "completed"], timeseries=res.timeseries,
                   pools=res.pools, meta={k: v for k, v in res.meta.items() if k != "capacity"}, sessions=res.sessions)
     cap = utilisation.capacity_utilisation(idle)["a"]
@@ -363,8 +364,8 @@ def test_a_pool_that_served_nothing_has_zero_capacity_utilisation(res):
 
 
 def test_capacity_is_measured_at_the_tpot_slo(res):
-    from agentsim import utilisation
-    from agentsim.result import Result
+    from agentsim.studies import utilisation
+    from agentsim.results.result import Result
     free = utilisation.capacity_utilisation(res)["a"]
     # a TPOT SLO tighter than the max-load run's TPOT at the KV-capped batch: the batch comes down
     # until the max-load TPOT meets it, and the pool can carry less

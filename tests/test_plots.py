@@ -1,6 +1,6 @@
 """Figures and reports show the Result's data, not just a file that exists.
 
-Every function in :data:`agentsim.plots.FIGURES` is run on one small run that has something to
+Every function in :data:`agentsim.results.plots.FIGURES` is run on one small run that has something to
 show in every panel: two pools of different GPUs (an outage takes one down for a while), two
 populations (a fleet of coding agents, open chat users) so sessions and logical calls exist, a
 ``chaos`` policy failing 20 % of attempts so calls are retried, a warm-up, and a facility limit
@@ -34,10 +34,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from agentsim import plots  # noqa: E402
-from agentsim.api import simulate  # noqa: E402
-from agentsim.report import SECTIONS  # noqa: E402
-from agentsim.result import Result  # noqa: E402
+from agentsim.results import plots  # noqa: E402
+from agentsim.run.api import simulate  # noqa: E402
+from agentsim.results.report import SECTIONS  # noqa: E402
+from agentsim.results.result import Result  # noqa: E402
 from cli_helper import cli
 
 SCENARIO = """\
@@ -396,7 +396,7 @@ def report(run_dir):
 
 
 def _fmt(v) -> str:
-    from agentsim.report import _fmt as report_fmt
+    from agentsim.results.report import _fmt as report_fmt
     return report_fmt(v)
 
 
@@ -419,7 +419,8 @@ def test_report_md_has_every_section_with_the_summary_values(report, run_dir, re
     assert {k: int(v) for k, v in outcomes.items()} == summary["outcomes"]
     pools_md = sections["Pools"]
     # each pool's deployment and its capacity utilisation, occupancies, busy share, power, cost
-    cap = res.capacity_utilisation()          # the saved run had none: the report computed it
+    from agentsim import capacity_utilisation
+    cap = capacity_utilisation(res)           # the same figures the report computed for the saved run
     for r in run_dir_pools(run_dir):
         p = {**summary["pools"][r["pool"]], **cap[r["pool"]]}
         row = (f"| {r['pool']} | {r['gpu']} | {r['model']} | {r['precision']} | {r['tp']} x {r['pp']} | "
@@ -435,7 +436,7 @@ def test_report_md_has_every_section_with_the_summary_values(report, run_dir, re
     assert links == [(n, f"figures/{n}.png") for n in FIGURE_NAMES]
     for _, href in links:
         assert is_complete_png(run_dir / href)
-    from agentsim.report import CAPTIONS
+    from agentsim.results.report import CAPTIONS
     for n in FIGURE_NAMES:
         assert CAPTIONS[n] in md
     names = os.listdir(run_dir)

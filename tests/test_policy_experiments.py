@@ -24,8 +24,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from agentsim.build import build
-from agentsim.scenario import parse
+from agentsim.run.build import build
+from agentsim.run.scenario import parse
 
 PEAK_START_S, PEAK_END_S = 2 * 3600.0, 8 * 3600.0     # 12:00–18:00 UTC for a run starting 10:00 UTC
 

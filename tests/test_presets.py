@@ -13,15 +13,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from engine_harness import coeffs, mismatches, poisson_workload, rel_close, run_both
 
-from agentsim import presets
-from agentsim.api import simulate
-from agentsim.build import build, default_limits
-from agentsim.catalog import data_path, load_catalog
+from agentsim.model import presets
+from agentsim.run.api import simulate
+from agentsim.run.build import build, default_limits
+from agentsim.model.catalog import data_path, load_catalog
 from agentsim.cli import main
-from agentsim.engine import EngineConfig
-from agentsim.errors import InputError
-from agentsim.estimate import estimate, estimate_scenario
-from agentsim.scenario import parse
+from agentsim.serving.engine import EngineConfig
+from agentsim.util.errors import InputError
+from agentsim.studies.estimate import estimate, estimate_scenario
+from agentsim.run.scenario import parse
 
 SHAPE = dict(model="Llama-3.1-8B", gpu="H100-SXM", precision="fp8", input_tokens=700, output_tokens=90)
 #: the values a preset must carry (each with a source)
@@ -172,8 +172,8 @@ def test_unchunked_prompt_runs_whole_in_its_own_step(cls):
     after exactly one 5000-token prefill step) and the second waits for the next step; chunked, the
     second's 3192-token chunk shares (and lengthens) the first step."""
     from engine_harness import Workload, run
-    from agentsim.engine import Replica
-    from agentsim.engine_reference import SteppingReplica
+    from agentsim.serving.engine import Replica
+    from agentsim.serving.engine_reference import SteppingReplica
     co = coeffs("llama8b-h100", 0.0)
     wl = Workload(np.zeros(2), np.array([5000, 5000]), np.array([4, 4]))
     alone = co.step_time(5000, 5000 * 5000 / 2, 5000, 0, 0, 1)

@@ -2,7 +2,7 @@
 
 * Per preset: the number of retries, the delay before retry n (the documented formula, and the
   ``retry.bounds`` helper), retry-after handling, which outcomes are retried, ``max_wait_s``.
-* Budgets, driven the way :class:`agentsim.client.Client` drives them: the AWS retry quota,
+* Budgets, driven the way :class:`agentsim.workload.client.Client` drives them: the AWS retry quota,
   gRPC retry throttling, the Envoy retry budget and SRE adaptive throttling.
 * End to end: attempts and the gaps between them in the requests table stay within the policy.
 * Retry amplification (queueing-des-style.md §A.10): with the ``chaos`` gateway policy failing
@@ -19,9 +19,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agentsim.api import simulate
-from agentsim.errors import InputError
-from agentsim.retry import (RETRY_POLICIES, RETRYABLE, THROTTLE, AWSFullJitter, EnvoyBudget, GRPCDefault,
+from agentsim.run.api import simulate
+from agentsim.util.errors import InputError
+from agentsim.workload.retry import (RETRY_POLICIES, RETRYABLE, THROTTLE, AWSFullJitter, EnvoyBudget, GRPCDefault,
                             SREAdaptiveThrottle, bounds, make_retry_policy)
 
 FAST = settings(deadline=None, derandomize=True, max_examples=60,

@@ -22,8 +22,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from agentsim.api import simulate
-from agentsim.estimate import estimate
+from agentsim.run.api import simulate
+from agentsim.studies.estimate import estimate
 
 MODEL, PRECISION = "Llama-3-70B", "fp8"
 POOLS = {"h100": ("H100-SXM", 4, 4), "h200": ("H200", 2, 2), "b200": ("B200", 2, 2)}   # gpu, tp, replicas

@@ -18,9 +18,9 @@ import pytest
 from scipy import stats
 
 import agentsim
-from agentsim.api import simulate
-from agentsim.request import OUTCOMES
-from agentsim.result import Result
+from agentsim.run.api import simulate
+from agentsim.serving.request import OUTCOMES
+from agentsim.results.result import Result
 from cli_helper import cli
 
 SCENARIO = """\
@@ -123,8 +123,8 @@ def test_manifest_has_seed_version_and_scenario(tables, scenario_file):
     _, _, manifest = tables
     assert manifest["seed"] == SEED
     assert manifest["agentsim_version"] == agentsim.__version__
-    sc = agentsim.scenario.load(scenario_file)
-    assert agentsim.scenario.parse(manifest["scenario"]) == sc
+    sc = agentsim.run.scenario.load(scenario_file)
+    assert agentsim.run.scenario.parse(manifest["scenario"]) == sc
     assert manifest["scenario"]["name"] == "small-run"
     assert manifest["duration_s"] == 60 and manifest["warmup_s"] == 10
     assert manifest["events"] > 0 and manifest["sim_wall_s"] >= 0

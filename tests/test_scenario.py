@@ -1,6 +1,6 @@
 """Scenario files: loading, ``--set`` overrides, validation and the one-line errors of the CLI.
 
-Every bad input must surface as :class:`agentsim.errors.InputError` (library) or as exit code 2
+Every bad input must surface as :class:`agentsim.util.errors.InputError` (library) or as exit code 2
 with one line on stderr naming the field, the value given and what is allowed (CLI).
 """
 from __future__ import annotations
@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 
 import agentsim
-from agentsim import scenario as scn
-from agentsim.api import load_scenario, preset_names, preset_path
-from agentsim.build import build
+from agentsim.run import scenario as scn
+from agentsim.run.api import load_scenario, preset_names, preset_path
+from agentsim.run.build import build
 from agentsim.cli import main as cli_main
-from agentsim.errors import InputError
+from agentsim.util.errors import InputError
 
 SMALL = """\
 name = "small"

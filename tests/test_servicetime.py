@@ -12,8 +12,8 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from agentsim import Deployment, InputError, StepCoeffs, Stretch, load_catalog, step_cost, step_times
-from agentsim.opmodel import OpModel
-from agentsim.servicetime import N_MAX, T_MAX, Affine, prefill_attention_pairs
+from agentsim.model.opmodel import OpModel
+from agentsim.model.servicetime import N_MAX, T_MAX, Affine, prefill_attention_pairs
 
 CAT = load_catalog()
 PROPS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -22,10 +22,11 @@ import math
 import numpy as np
 import pytest
 
-from agentsim.api import simulate
-from agentsim.errors import InputError
-from agentsim.slicing import merge, run_sliced, slice_indices, slice_record, slice_seed
-from agentsim.sweep import sweep
+from agentsim.run.api import simulate
+from agentsim.util.errors import InputError
+from agentsim.studies.slicing import merge, slice_indices, slice_record, slice_seed
+from agentsim.studies.sweep import run_sliced
+from agentsim.studies.sweep import sweep
 
 from test_sweep import RICH  # noqa: E402  (tests/ is on sys.path: conftest.py)
 

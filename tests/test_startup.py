@@ -76,11 +76,11 @@ def test_import_agentsim_is_cheap_and_offers_the_entry_points():
     assert out.strip() == "[]"
     for name in agentsim.__all__:
         assert getattr(agentsim, name) is not None
-    from agentsim.api import simulate
-    from agentsim.catalog import Catalog
-    from agentsim.result import Result
-    from agentsim.scenario import Scenario
-    from agentsim.servicetime import step_times
+    from agentsim.run.api import simulate
+    from agentsim.model.catalog import Catalog
+    from agentsim.results.result import Result
+    from agentsim.run.scenario import Scenario
+    from agentsim.model.servicetime import step_times
     assert (agentsim.simulate, agentsim.Scenario, agentsim.Result) == (simulate, Scenario, Result)
     assert (agentsim.Catalog, agentsim.step_times) == (Catalog, step_times)
     assert set(agentsim.__all__) <= set(dir(agentsim))
@@ -89,10 +89,10 @@ def test_import_agentsim_is_cheap_and_offers_the_entry_points():
 
 
 def test_agentsim_estimate_is_one_callable_object():
-    """``agentsim.estimate`` is both the function's export and the submodule's name: callable either way."""
-    code = ("import agentsim.estimate as m, agentsim; from agentsim import estimate as f; "
-            "print(m is f is agentsim.estimate, sorted(f(model='llama-3.1-8b', gpu='h100', input_tokens=64, "
-            "output_tokens=8, concurrency=1, requests=5))[:2], callable(agentsim.estimate.estimate_scenario))")
+    """``agentsim.studies.estimate`` is both the function's export and the submodule's name: callable either way."""
+    code = ("import agentsim.studies.estimate as m, agentsim; from agentsim import estimate as f; "
+            "print(m is f is agentsim.studies.estimate, sorted(f(model='llama-3.1-8b', gpu='h100', input_tokens=64, "
+            "output_tokens=8, concurrency=1, requests=5))[:2], callable(agentsim.studies.estimate.estimate_scenario))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True).stdout
     assert out.strip() == "True ['e2e_p50_s', 'e2e_p90_s'] True"
 

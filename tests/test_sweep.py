@@ -19,11 +19,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from agentsim.api import simulate
-from agentsim.errors import InputError
-from agentsim.executor import InlineExecutor
-from agentsim.grid import check_path, parse_grid, split_values
-from agentsim.sweep import TABLE, TASKS, flatten, load_point, sweep, task_key
+from agentsim.run.api import simulate
+from agentsim.util.errors import InputError
+from agentsim.studies.executor import InlineExecutor
+from agentsim.studies.grid import check_path, parse_grid, split_values
+from agentsim.studies.sweep import TABLE, TASKS, flatten, load_point, sweep, task_key
 from cli_helper import cli
 
 # Two pools, a randomised router, a Poisson stream and a fleet of coding agents (sessions, prefix
@@ -255,7 +255,7 @@ def test_catalog_from_environment_travels_with_the_scenario(toy, tmp_path, monke
     res = sweep(tmp_path / "s.toml", ["duration_s=100"], workers=0, progress=False)
     assert res.table["requests"].iloc[0] > 0
     monkeypatch.delenv("AGENTSIM_CATALOG")
-    from agentsim.sweep import plan_rows
+    from agentsim.studies.sweep import plan_rows
     row = plan_rows(load_point(toy, []), {}, [1])[0]
     assert str(toy.parent / "toy.toml") in row.tasks[0][1]["catalog"]
 

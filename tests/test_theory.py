@@ -1,4 +1,4 @@
-"""agentsim.theory against the worked values of queueing-des-style.md §A and against itself
+"""agentsim.studies.theory against the worked values of queueing-des-style.md §A and against itself
 (independent forms of the same quantity: direct sums, CTMCs, brute force)."""
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agentsim import theory as th
+from agentsim.studies import theory as th
 
 SETTINGS = settings(derandomize=True, deadline=None, max_examples=100)
 

@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import pytest
 
-from agentsim.api import simulate
+from agentsim.run.api import simulate
 
 TARGETS = {   # name: (target, low, high, unit)
     "miss_rate": (0.05, 0.04, 0.06, "%"),

@@ -15,12 +15,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from agentsim.block_cache import BLOCK_TOKENS, BlockPrefixCache
-from agentsim.catalog import load_catalog
-from agentsim.deployment import Deployment
-from agentsim.errors import InputError
-from agentsim.prefix_cache import CacheConfig
-from agentsim.traces import (default_scenario, ideal_block_hit_rate, read_azure, read_mooncake, read_trace,
+from agentsim.serving.block_cache import BLOCK_TOKENS, BlockPrefixCache
+from agentsim.model.catalog import load_catalog
+from agentsim.model.deployment import Deployment
+from agentsim.util.errors import InputError
+from agentsim.serving.prefix_cache import CacheConfig
+from agentsim.run.traces import (default_scenario, ideal_block_hit_rate, read_azure, read_mooncake, read_trace,
                              read_tracelab, replay)
 from cli_helper import cli
 
@@ -129,7 +129,7 @@ def test_mooncake_reader_parses_exactly(mooncake_file):
 
 
 def test_ideal_hit_rate_counts_leading_runs_only():
-    from agentsim.traces import TraceRequest
+    from agentsim.run.traces import TraceRequest
     reqs = [TraceRequest(0, 1024, 1, (1, 2)), TraceRequest(1, 1536, 1, (9, 2, 3)), TraceRequest(2, 1000, 1, (1, 2))]
     # r1 shares block 2 but not its first block: no hit; r2 reuses both blocks, capped at 1000 tokens
     assert ideal_block_hit_rate(reqs) == pytest.approx(1000 / (1024 + 1536 + 1000))

@@ -32,7 +32,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from agentsim.result import Result
+from agentsim.results.result import Result
 from cli_helper import cli
 
 AGENTSIM = str(Path(sys.executable).with_name("agentsim"))
@@ -221,7 +221,7 @@ def test_permission_denied_output_directory_exits_2(tiny, tmp_path, reps):
 
 
 def test_unwritable_output_directory_is_reported_before_simulating(tiny, tmp_path, monkeypatch):
-    from agentsim.sim import Simulation
+    from agentsim.run.sim import Simulation
     target = _unwritable_dir(tmp_path)
 
     def must_not_run(self, progress=None):
@@ -432,9 +432,9 @@ def test_recorder_keeps_8_bytes_per_column_per_request_and_no_objects(tmp_path):
     import sys as _sys
     from array import array
 
-    from agentsim import scenario as scn
-    from agentsim.build import build
-    from agentsim.metrics import FLOAT_COLUMNS, INT_COLUMNS
+    from agentsim.run import scenario as scn
+    from agentsim.run.build import build
+    from agentsim.results.metrics import FLOAT_COLUMNS, INT_COLUMNS
     n = 5_000
     text = TINY.replace("duration_s = 20", "duration_s = 100").replace("rate = 5", "rate = 100") \
         .replace("[streams.chat]", "[streams.chat]\ncount = 5000")
@@ -464,8 +464,8 @@ def test_building_the_result_costs_at_most_one_extra_copy_of_the_table(tmp_path)
     import gc
     import tracemalloc
 
-    from agentsim import scenario as scn
-    from agentsim.build import build
+    from agentsim.run import scenario as scn
+    from agentsim.run.build import build
     n = 20_000
     p = tmp_path / "mem.toml"
     p.write_text(TINY.replace("duration_s = 20", "duration_s = 200").replace("rate = 5", "rate = 150")

@@ -1,4 +1,4 @@
-"""The engine against queueing theory (agentsim.validate), in two tiers.
+"""The engine against queueing theory (agentsim.studies.validate), in two tiers.
 
 * CI: every check once with its fixed seed — each theoretical value inside its 99 % interval
   widened by the stated discretisation bound, each interval's half-width at most 3 % of the
@@ -16,7 +16,7 @@ from concurrent.futures import ProcessPoolExecutor
 
 import pytest
 
-from agentsim import validate as v
+from agentsim.studies import validate as v
 from agentsim.cli import main as cli_main
 
 

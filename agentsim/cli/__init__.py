@@ -1,6 +1,6 @@
 """The ``agentsim`` command line: one module per command, imported when its command runs (see ``lazy``).
 
-Bad input anywhere below raises :class:`agentsim.errors.InputError`; :func:`main` prints it as
+Bad input anywhere below raises :class:`agentsim.util.errors.InputError`; :func:`main` prints it as
 one line and exits 2, so users never see a traceback for a mistake of theirs.
 """
 from __future__ import annotations
@@ -9,7 +9,7 @@ import sys
 
 import click
 
-from ..errors import InputError
+from ..util.errors import InputError
 from .common import cli
 
 

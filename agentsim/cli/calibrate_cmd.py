@@ -25,9 +25,9 @@ from pathlib import Path
 
 import click
 
-from .. import calibrate as cal
-from ..catalog import data_path, env_catalog_files, load_catalog
-from ..errors import InputError
+from ..studies import calibrate as cal
+from ..model.catalog import data_path, env_catalog_files, load_catalog
+from ..util.errors import InputError
 from .common import _fmt, catalog_option, cli, emit, format_option, render_table
 
 
@@ -114,8 +114,8 @@ def tier_blocks(meta: dict) -> str:
 @format_option
 def calibrate(data_file, write_file, refit, ops_file, tiers, catalog_files, fmt) -> None:
     """The calibration report (op fit, whole steps, measured points); --refit refits the step model."""
-    from .. import opfit
-    from ..opmodel import DATA, OpModel
+    from ..model import opfit
+    from ..model.opmodel import DATA, OpModel
 
     tiers = set(tiers or ("a", "b", "c"))
     if ops_file and not refit:

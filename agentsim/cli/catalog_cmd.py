@@ -7,7 +7,7 @@ from .common import catalog_option, cli, emit, format_option, get_catalog
 
 
 def gpu_rows(cat) -> list[dict]:
-    from ..opmodel import OpModel
+    from ..model.opmodel import OpModel
 
     om = OpModel.load()
     rows = []
@@ -49,9 +49,9 @@ def support_rows(cat) -> list[dict]:
     """Every GPU x model x precision with the smallest tensor-parallel size that fits, and its label:
     measured (the GPU's own op tables), transferred (the closest fitted GPU's, rescaled by datasheet
     peaks) or extrapolated (the model's shapes outside the measured sizes)."""
-    from ..deployment import Deployment
-    from ..errors import InputError
-    from ..servicetime import StepCoeffs
+    from ..model.deployment import Deployment
+    from ..util.errors import InputError
+    from ..model.servicetime import StepCoeffs
 
     rows = []
     for gname, g in cat.gpus.items():

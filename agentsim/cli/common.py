@@ -9,7 +9,7 @@ import click
 from .lazy import LazyGroup
 
 if TYPE_CHECKING:
-    from ..catalog import Catalog
+    from ..model.catalog import Catalog
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -41,13 +41,13 @@ def progress_option(f):
 
 
 def force_option(f):
-    """``--force``: run even when the work estimate is above the limits (agentsim.workload)."""
+    """``--force``: run even when the work estimate is above the limits (agentsim.run.checks)."""
     return click.option("--force", is_flag=True,
                         help="Run even if the estimated work (requests, events, memory) is above the limits.")(f)
 
 
 def out_options(help_text: str):
-    """``--out DIR`` and ``--overwrite`` (see agentsim.outdir for what may be written where)."""
+    """``--out DIR`` and ``--overwrite`` (see agentsim.util.outdir for what may be written where)."""
     def deco(f):
         f = click.option("--overwrite", is_flag=True,
                          help="Replace a non-empty --out DIR that is not a previous output of this command "
@@ -91,7 +91,7 @@ class Finite(click.ParamType):
 
 
 def get_catalog(catalog_files: tuple[str, ...]) -> Catalog:
-    from ..catalog import env_catalog_files, load_catalog  # local: pydantic and the catalog cost `--help` ~0.1 s
+    from ..model.catalog import env_catalog_files, load_catalog  # local: pydantic and the catalog cost `--help` ~0.1 s
     return load_catalog(env_catalog_files() + tuple(catalog_files))
 
 
@@ -135,7 +135,7 @@ def _numeric(s: str) -> bool:
 def emit(rows, fmt: str, columns: list[str] | None = None) -> None:
     """Print ``rows`` (a list of dicts, or a dict for JSON objects) as a table or JSON."""
     if fmt == "json":
-        from ..jsonout import dumps
+        from ..util.jsonout import dumps
         click.echo(dumps(rows))          # strict JSON: NaN and inf are null, never bare NaN
     elif isinstance(rows, dict):
         click.echo(render_table([{"key": k, "value": v} for k, v in rows.items()]))

@@ -13,19 +13,19 @@ class _ExperimentGroup(click.Group):
     """``agentsim experiment list`` and one subcommand per experiment, listed from the registry."""
 
     def list_commands(self, ctx):
-        from ..experiments import names
+        from ..studies.experiments import names
         return ["list"] + names()
 
     def get_command(self, ctx, name):
         if name == "list":
             return _list
-        from ..experiments import EXPERIMENTS
+        from ..studies.experiments import EXPERIMENTS
         if name not in EXPERIMENTS:
             return None
         return _command(name)
 
     def resolve_command(self, ctx, args):
-        from ..experiments import EXPERIMENTS, load
+        from ..studies.experiments import EXPERIMENTS, load
         name = args[0] if args else None
         if name is not None and name != "list" and name not in EXPERIMENTS and not name.startswith("-"):
             load(name)      # raises an InputError naming the known experiments
@@ -33,7 +33,7 @@ class _ExperimentGroup(click.Group):
 
 
 def _command(name: str) -> click.Command:
-    from ..experiments import load
+    from ..studies.experiments import load
     mod = load(name)
     doc = (mod.__doc__ or "").strip().splitlines()[0]
     short = doc.partition(": ")[2] or doc
@@ -57,7 +57,7 @@ def _command(name: str) -> click.Command:
                        "default: a local process pool. Same seeds, same results, on any executor.")
     def cmd(out, overwrite, scale, full, replications, seed, workers, address) -> None:
         from pathlib import Path
-        from ..outdir import OutDir
+        from ..util.outdir import OutDir
         target = OutDir(out or str(Path("results") / name), "experiment", overwrite)
         try:
             res = mod.run(str(target.write_path), scale=mod.FULL_SCALE if full else scale, seed=seed,
@@ -74,7 +74,7 @@ def _command(name: str) -> click.Command:
 @click.command("list")
 def _list() -> None:
     """List the experiments and the question each answers."""
-    from ..experiments import load, names
+    from ..studies.experiments import load, names
     for name in names():
         click.echo(f"{name}: {load(name).QUESTION}")
 

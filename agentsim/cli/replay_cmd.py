@@ -6,10 +6,10 @@ from pathlib import Path
 
 import click
 
-from ..outdir import OutDir
-from ..errors import InputError
-from ..scenario import MAX_DURATION_S, with_blame
-from ..traces import TRACE_FORMATS, read_trace, replay
+from ..util.outdir import OutDir
+from ..util.errors import InputError
+from ..run.scenario import MAX_DURATION_S, with_blame
+from ..run.traces import TRACE_FORMATS, read_trace, replay
 from .common import Finite, cli, emit, force_option, format_option, out_options, progress_option
 
 TRACE_KEYS = ("trace_requests", "ideal_hit_rate", "hit_rate")
@@ -45,8 +45,8 @@ def replay_cmd(trace, trace_format, scenario, overrides, unbounded_cache, durati
     cache of 512-token blocks, from the hash ids; tracelab: the planned prefix share; azure:
     none) and hit_rate (cached share of the input tokens of completed requests).
     """
-    from ..traces import prepare_scenario
-    from ..workload import Work, check_work, max_kv_capacity
+    from ..run.traces import prepare_scenario
+    from ..run.checks import Work, check_work, max_kv_capacity
     tr = read_trace(trace, trace_format)
     sc = prepare_scenario(tr, scenario, list(overrides), unbounded_cache=unbounded_cache, duration_s=duration_s)
     try:

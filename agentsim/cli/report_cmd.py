@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from ..errors import InputError
+from ..util.errors import InputError
 from .common import cli
 
 TABLES = ("requests.parquet", "timeseries.parquet", "pools.parquet", "sessions.parquet")
@@ -61,8 +61,8 @@ def check_files(d: Path) -> None:
 def plot(run_dir: str) -> None:
     """Write the standard figures of a saved run to RUN_DIR/figures/*.png (replications: to
     RUN_DIR/rep-NNN/figures)."""
-    from ..plots import save_all
-    from ..result import Result
+    from ..results.plots import save_all
+    from ..results.result import Result
     d = _run_dir(run_dir)
     check_files(d)
     for r in result_dirs(d):
@@ -74,8 +74,9 @@ def plot(run_dir: str) -> None:
 @click.argument("run_dir")
 def report(run_dir: str) -> None:
     """Write RUN_DIR/report.md and RUN_DIR/report.html (summary tables and figures)."""
-    from ..report import write_report
+    from ..results.report import write_report
     d = _run_dir(run_dir)
     check_files(d)
-    for path in write_report(d):
+    from ..studies.utilisation import capacity_utilisation
+    for path in write_report(d, capacity=capacity_utilisation):
         click.echo(str(path))

@@ -8,12 +8,13 @@ from pathlib import Path
 
 import click
 
-from ..api import load_scenario, replication_seeds, ResultSet
-from ..build import build
-from ..errors import InputError
-from ..outdir import OutDir
-from ..scenario import MAX_SLICES, with_blame
-from ..workload import check_runnable, check_work, estimate_work
+from ..run.api import load_scenario, replication_seeds, ResultSet
+from ..run.build import build
+from ..util.errors import InputError
+from ..util.outdir import OutDir
+from ..run.scenario import MAX_SLICES, with_blame
+from ..run.checks import check_runnable, check_work, estimate_work
+from ..studies.utilisation import capacity_utilisation
 from .common import (MAX_WORKERS, cli, emit, force_option, format_option, out_options,
                      progress_option)
 
@@ -23,7 +24,7 @@ HEADLINE = ("requests", "completed", "ttft_s", "ttft_p99_s", "tpot_s", "tpot_p99
             "prefix_hit_rate", "preemptions", "joules_per_token", "usd_per_m_tokens", "cost_usd",
             "facility_power_mean_w", "facility_power_peak_w", "sim_wall_s", "events_per_request")
 
-#: per-pool rows of the summary table: capacity utilisation (agentsim.utilisation) first, then the
+#: per-pool rows of the summary table: capacity utilisation (agentsim.studies.utilisation) first, then the
 #: occupancies that say which limit binds, then busy share (time executing a step) and power
 POOL_ROWS = ("capacity_utilisation", "batch_occupancy", "kv_occupancy", "busy_share", "mean_power_w")
 
@@ -75,7 +76,7 @@ def _progress_bar(duration: float, label: str):
               "figures (PNG) to DIR/figures.")
 @click.option("--slices", type=click.IntRange(min=1, max=MAX_SLICES), default=1, show_default=True,
               help="Run the fleet as N slices in parallel (tenants hashed to slices, every pool at 1/N) and merge "
-                   "them into one fleet summary (agentsim.slicing).")
+                   "them into one fleet summary (agentsim.studies.slicing).")
 @click.option("--slice-sample", type=click.IntRange(min=1, max=MAX_SLICES), default=None, metavar="K",
               help="With --slices: run K of the N slices (drawn per replication) and scale sums by N/K.")
 @click.option("--address", default=None, metavar="ADDR",
@@ -151,7 +152,7 @@ def _run_replications(sc, seed: int, replications: int, out, step_mode: bool, ch
             finally:
                 if bar is not None:
                     bar.close()
-            res.capacity_utilisation()      # into meta: summary, summary.json and the report carry it
+            capacity_utilisation(res)       # into meta: summary, summary.json and the report carry it
             results.append(res)
             if out:
                 _write_replication(res, out.write_path, i if replications > 1 else None, figures)
@@ -177,7 +178,7 @@ def _run_replications(sc, seed: int, replications: int, out, step_mode: bool, ch
 
 
 def _run_sliced(sc, seed, replications, slices, slice_sample, address, workers, out, progress, fmt) -> None:
-    from ..slicing import run_sliced
+    from ..studies.sweep import run_sliced
     import warnings
     try:
         with warnings.catch_warnings(record=True) as notes:
@@ -210,7 +211,7 @@ def _write_replication(res, out: Path, index: int | None, figures: bool) -> None
     """Write one result: into ``out`` itself (one run), or staged in ``out/.rep-NNN.partial`` and
     renamed to ``out/rep-NNN`` in one step, so a replication directory is complete or absent."""
     import shutil
-    from ..plots import save_all
+    from ..results.plots import save_all
     if index is None:
         res.save(out)
         if figures:
@@ -232,8 +233,8 @@ def _write_replication(res, out: Path, index: int | None, figures: bool) -> None
 
 def write_json(path: Path, data: dict) -> None:
     """``data`` as strict JSON (NaN -> null) in ``path``, atomically."""
-    from ..atomic import write_atomic
-    from ..jsonout import dumps
+    from ..util.atomic import write_atomic
+    from ..util.jsonout import dumps
     write_atomic(path, dumps(data))
 
 
@@ -245,15 +246,15 @@ def scenario_group() -> None:
 @scenario_group.command("schema")
 def scenario_schema() -> None:
     """Print the JSON schema of scenario files (every field, its type, default and meaning)."""
-    from ..scenario import schema
+    from ..run.scenario import schema
     click.echo(json.dumps(schema(), indent=2))
 
 
 @scenario_group.command("list")
 def scenario_list() -> None:
     """List the shipped presets."""
-    from ..api import preset_names, preset_path
-    from ..scenario import read_toml
+    from ..run.api import preset_names, preset_path
+    from ..run.scenario import read_toml
     for name in preset_names():
         click.echo(f"{name}: {read_toml(preset_path(name)).get('description', '')}")
 
@@ -262,5 +263,5 @@ def scenario_list() -> None:
 @click.argument("name")
 def scenario_show(name: str) -> None:
     """Print a preset's TOML (copy it to start your own)."""
-    from ..api import preset_path
+    from ..run.api import preset_path
     click.echo(preset_path(name).read_text())

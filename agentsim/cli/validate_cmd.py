@@ -1,6 +1,6 @@
 """``agentsim validate``: the engine in its textbook limits against queueing theory.
 
-Runs the checks of :mod:`agentsim.validate` (fixed seeds, 99 % batch-means intervals, a stated
+Runs the checks of :mod:`agentsim.studies.validate` (fixed seeds, 99 % batch-means intervals, a stated
 discretisation bound per row) and prints one row per compared quantity; exits 1 if any fails.
 """
 from __future__ import annotations
@@ -9,7 +9,7 @@ import sys
 
 import click
 
-from ..validate import CHECKS, COLUMNS, run
+from ..studies.validate import CHECKS, COLUMNS, run
 from .common import cli, emit, format_option
 
 

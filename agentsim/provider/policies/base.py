@@ -1,0 +1,35 @@
+"""The policy interface of the gateway chain (see agentsim/gateway.py)."""
+from __future__ import annotations
+
+from typing import ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+from ...serving.request import REJECTIONS, Request
+#: outcomes a policy may return: a refusal, or (the chaos policy) a replica failure
+POLICY_OUTCOMES: tuple[str, ...] = REJECTIONS + ("replica_failed",)
+
+
+class Policy:
+    """Base class: a policy admits (returns None) or rejects (returns (outcome, retry_after))."""
+
+    name: ClassVar[str] = "policy"
+
+    class Params(BaseModel):
+        model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+        name: str
+
+    def __init__(self, params, view) -> None:
+        self.p = params
+        self.view = view      # agentsim.provider.gateway.PolicyView: the run as far as a policy may see it
+
+    def admit(self, req: Request, now: float):
+        return None
+
+    def release(self, req: Request, now: float) -> None:
+        """A later policy rejected ``req`` after this one admitted it: undo any charge."""
+
+    def on_done(self, req: Request, now: float) -> None:
+        """``req`` (admitted by the whole chain) ended with ``req.outcome``."""
+
+

@@ -1,0 +1,336 @@
+"""What a run returns: flat tables as DataFrames, a summary, and atomic save/load.
+
+``Result.requests`` has one row per request (outcome in the shared vocabulary, timestamps, token
+counts by source, derived latencies, a ``warmup`` flag for the rows ``summary()`` leaves out);
+``Result.timeseries`` one row per pool per sampling interval; ``Result.pools`` one row per pool
+with energy and cost. ``summary()`` gives the headline figures under the same names as
+``agentsim estimate``'s JSON. Missing values are NaN everywhere (ids with no value included:
+see :data:`MISSING_IDS`), never -1.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..serving.cluster import replica_energy_j
+from ..util.errors import InputError
+from ..model.opmodel import data_info
+from ..util.jsonout import dumps, jsonable
+from ..serving.request import OUTCOMES, REJECTIONS, TRIGGERS
+from ..workload.sessions import SESSION_OUTCOMES
+
+PERCENTILES = (50, 90, 99)
+#: the outcomes a gateway policy returns
+#: per-pool summary keys that come from :meth:`Result.capacity_utilisation` once it has run
+CAPACITY_KEYS = ("capacity_utilisation", "batch_occupancy", "kv_occupancy", "served_output_tokens_per_s",
+                 "capacity_output_tokens_per_s", "max_load_tpot_s", "max_load_batch")
+
+
+#: integer id columns where the engine writes -1 for "none": the tables hold NaN there instead
+#: (requests: not part of a logical call, no session/user/tenant — stream traffic —, never placed
+#: on a replica; sessions: a top-level session has no parent). One convention: missing is NaN.
+MISSING_IDS = ("call_id", "session", "user", "tenant", "replica")
+
+
+def _missing_as_nan(df: pd.DataFrame, columns) -> None:
+    """Replace the engine's -1 sentinels by NaN in ``columns`` (which become float64)."""
+    for c in columns:
+        if c in df:
+            a = df[c].to_numpy()
+            df[c] = np.where(a < 0, np.nan, a.astype(np.float64))
+
+
+def _latency_stats(name: str, x: np.ndarray) -> dict:
+    x = x[np.isfinite(x)]
+    out = {f"{name}_s": float(x.mean()) if len(x) else math.nan}
+    for p in PERCENTILES:
+        out[f"{name}_p{p}_s"] = float(np.percentile(x, p)) if len(x) else math.nan
+    return out
+
+
+def derive(df: pd.DataFrame) -> pd.DataFrame:
+    """Add the latency columns every analysis wants (NaN where a timestamp is missing)."""
+    return _derive_inplace(df.copy())
+
+
+def _derive_inplace(df: pd.DataFrame) -> pd.DataFrame:
+    # TTFT split: front end (arrival -> ready: HTTP, tokenise), queue (ready -> admitted), prefill
+    # (admitted -> first token: the prompt's steps, shared with the batch); the three add up to ttft_s
+    df["frontend_s"] = df["ready_s"] - df["arrival_s"]
+    df["queue_s"] = df["admitted_s"] - df["ready_s"]
+    df["prefill_s"] = df["first_token_s"] - df["admitted_s"]
+    df["ttft_s"] = df["first_token_s"] - df["arrival_s"]
+    df["e2e_s"] = df["finish_s"] - df["arrival_s"]
+    decode = (df["output_tokens"] - 1).where(df["output_tokens"] > 1)
+    df["tpot_s"] = (df["finish_s"] - df["first_token_s"]) / decode
+    df.loc[df["outcome"] != "completed", ["e2e_s", "tpot_s"]] = np.nan
+    return df
+
+
+@dataclass
+class Result:
+    requests: pd.DataFrame
+    timeseries: pd.DataFrame
+    pools: pd.DataFrame
+    meta: dict = field(default_factory=dict)
+    sessions: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+    # -- construction --------------------------------------------------------------------------------
+    @classmethod
+    def from_simulation(cls, sim) -> "Result":
+        pool_names = [p.name for p in sim.cluster.pools]
+        pop_names = [p.name for p in sim.populations] or ["-"]
+        codes = {"outcome": list(OUTCOMES), "pool": pool_names, "trigger": list(TRIGGERS), "population": pop_names,
+                 "stream": sim.stream_names or ["-"]}
+        # one gather per column in request_id order, coded columns straight to categoricals: the
+        # table is built once (the recorder's arrays + one copy at the peak, not five)
+        cols = sim.recorder.columns()
+        order = np.argsort(cols["request_id"], kind="stable")
+        data = {}
+        for c in list(cols):
+            a = cols.pop(c)
+            if c == "stream" and not sim.stream_names:
+                data[c] = pd.Categorical.from_codes(np.zeros(len(a), np.int8), categories=["-"])
+            elif c in codes:
+                data[c] = pd.Categorical.from_codes(a[order], categories=codes[c])
+            else:
+                data[c] = a[order]
+        del order
+        df = pd.DataFrame(data, copy=False)
+        del data
+        site_of = {p.name: p.site for p in sim.cluster.pools}
+        df["site"] = df["pool"].map(site_of).astype("category")
+        _missing_as_nan(df, MISSING_IDS)
+        df["warmup"] = df["arrival_s"].to_numpy() < sim.scenario.warmup_s
+        df = _derive_inplace(df)
+        ts = pd.DataFrame(sim.sampler.columns()) if sim.sampler is not None else pd.DataFrame()
+        sessions = pd.DataFrame(sim.session_recorder.columns()) if sim.session_recorder is not None else pd.DataFrame()
+        if len(sessions):
+            sessions["outcome"] = pd.Categorical.from_codes(sessions["outcome"].to_numpy(),
+                                                            categories=list(SESSION_OUTCOMES))
+            sessions["population"] = pd.Categorical.from_codes(sessions["population"].to_numpy(), categories=pop_names)
+            sessions["kind"] = np.where(sessions["kind"].to_numpy() == 1, "subagent", "session")
+            sessions["profile"] = sessions["population"].map(
+                {p.name: p.cfg.profile for p in sim.populations}).astype("category")
+            sessions["duration_s"] = sessions["end_s"] - sessions["start_s"]
+            _missing_as_nan(sessions, ("parent_id",))
+            sessions = sessions.sort_values("session_id", kind="stable").reset_index(drop=True)
+        if len(ts):
+            ts["pool"] = pd.Categorical.from_codes(ts["pool"].astype(int).to_numpy(), categories=pool_names)
+        sc = sim.scenario
+        now = sim.env.now
+        rows = []
+        rid = 0
+        for p in sim.cluster.pools:
+            energy = busy = down = 0.0
+            for r in p.replicas:
+                d = sim.cluster.replica_downtime(rid)
+                energy += replica_energy_j(r, p, d, now)
+                busy += r.accounted(now)[0]
+                down += d
+                rid += 1
+            n = len(p.replicas)
+            rows.append({
+                "pool": p.name, "site": p.site, "gpu": p.deployment.gpu.name, "model": p.deployment.model.name,
+                "tp": p.deployment.tp, "pp": p.deployment.pp, "precision": p.deployment.precision,
+                "kernels": p.deployment.engine, "support": p.coeffs.label,
+                "replicas": n, "gpus": p.n_gpus, "kv_capacity_tokens": p.config.kv_capacity,
+                "max_batch": p.config.max_batch, "token_budget": p.config.token_budget,
+                "busy_frac": busy / (n * now) if now > 0 else 0.0, "down_frac": down / (n * now) if now > 0 else 0.0,
+                "energy_j": energy, "facility_energy_j": energy * p.facility_factor(),
+                "usd_per_gpu_hour": p.usd_per_gpu_hour, "cost_usd": p.n_gpus * p.usd_per_gpu_hour * now / 3600,
+                "preemptions": sum(r.preemptions for r in p.replicas),
+            })
+        meta = {"scenario": sc.model_dump(mode="json"), "seed": sim.seed, "duration_s": sc.duration_s,
+                "warmup_s": sc.warmup_s, "sim_wall_s": sim.wall_s, "events": sim.events,
+                "slo_ttft_s": sc.slo_ttft_s, "slo_tpot_s": sc.slo_tpot_s,
+                "sites": {k: v.model_dump() for k, v in sc.sites.items()}, "step_model": data_info()}
+        meta["populations"] = {p.name: {"profile": p.cfg.profile, "retry_policy": p.policy.name,
+                                        "sessions_started": p.sessions_started, "calls": p.stats.calls,
+                                        "attempts": p.stats.attempts, "retries": p.stats.retries,
+                                        "gave_up": p.stats.gave_up, "abandoned": p.stats.abandoned,
+                                        "local_rejects": p.stats.local_rejects,
+                                        "workers": [list(x) for x in p.worker_series]} for p in sim.populations}
+        return cls(requests=df, timeseries=ts, pools=pd.DataFrame(rows), meta=meta, sessions=sessions)
+
+    # -- summary -------------------------------------------------------------------------------------
+    def summary(self) -> dict:
+        """Headline figures (after warm-up). Keys are documented in the README; each pool's
+        capacity utilisation and occupancies appear once :meth:`capacity_utilisation` has run."""
+        df = self.requests
+        warm = self.meta.get("warmup_s", 0.0)
+        df = df[df["arrival_s"] >= warm]
+        done = df[df["outcome"] == "completed"]
+        end = self.meta.get("duration_s", 0.0)
+        if len(done):
+            end = min(end, float(np.nanmax(df["finish_s"].to_numpy()))) if len(df) else end
+        span = max(end - warm, 1e-12)
+        out: dict = {"requests": int(len(df)), "completed": int(len(done))}
+        out["outcomes"] = {o: int(n) for o, n in df["outcome"].value_counts().items() if n}
+        for name in ("ttft", "tpot", "e2e"):
+            out.update(_latency_stats(name, done[f"{name}_s"].to_numpy()))
+        for part in ("frontend_s", "queue_s", "prefill_s"):   # the mean TTFT split
+            out[part] = float(done[part].mean()) if len(done) else math.nan
+        out_tokens = float(done["output_tokens"].sum())
+        in_tokens = float(done["input_tokens"].sum())
+        out["output_tokens_per_s"] = out_tokens / span
+        out["input_tokens_per_s"] = in_tokens / span
+        out["requests_per_s"] = len(done) / span
+        ok = done[(done["ttft_s"] <= self.meta.get("slo_ttft_s", math.inf))
+                  & ~(done["tpot_s"] > self.meta.get("slo_tpot_s", math.inf))]
+        out["goodput_rps"] = len(ok) / span
+        out["slo_attainment"] = len(ok) / len(df) if len(df) else math.nan
+        out["prefix_hit_rate"] = float((done["cached_gpu_tokens"].sum() + done["cached_host_tokens"].sum())
+                                       / in_tokens) if in_tokens else math.nan
+        out["preemptions"] = int(df["preemptions"].sum())
+        pools = self.pools
+        energy = float(pools["facility_energy_j"].sum()) if len(pools) else 0.0
+        cost = float(pools["cost_usd"].sum()) if len(pools) else 0.0
+        all_out = float(self.requests.loc[self.requests["outcome"] == "completed", "output_tokens"].sum())
+        out["energy_j"] = energy
+        out["joules_per_token"] = energy / all_out if all_out else math.nan
+        out["cost_usd"] = cost
+        all_tokens = all_out + float(self.requests.loc[self.requests["outcome"] == "completed", "input_tokens"].sum())
+        out["usd_per_m_tokens"] = cost / all_tokens * 1e6 if all_tokens else math.nan
+        out["usd_per_m_output_tokens"] = cost / all_out * 1e6 if all_out else math.nan
+        cap = self.meta.get("capacity", {})
+        out["pools"] = {r["pool"]: {"busy_share": r["busy_frac"], "mean_power_w": r["energy_j"] / max(self.meta.get(
+            "duration_s", 1.0), 1e-12), "gpus": int(r["gpus"]), "cost_usd": r["cost_usd"],
+            "preemptions": int(r["preemptions"]), "support": r.get("support"),
+            **{k: cap[r["pool"]][k] for k in CAPACITY_KEYS if k in cap.get(r["pool"], {})}}
+            for r in pools.to_dict("records")}
+        if len(self.timeseries):
+            ts = self.timeseries
+            by_t = ts.groupby("time_s", observed=True)["facility_power_w"].sum()
+            out["facility_power_mean_w"] = float(by_t.mean())
+            out["facility_power_peak_w"] = float(by_t.max())
+        out.update(self.session_summary())
+        out["sim_wall_s"] = float(self.meta.get("sim_wall_s", math.nan))
+        out["events"] = int(self.meta.get("events", -1))
+        out["events_per_request"] = out["events"] / len(self.requests) if len(self.requests) else math.nan
+        return out
+
+    def capacity_utilisation(self) -> dict[str, dict]:
+        """Per pool: capacity utilisation, batch and KV occupancy and busy share, as computed by
+        :func:`agentsim.capacity_utilisation` (a study: one max-load estimate per deployment; the
+        run's command and the report compute it). A run it was never computed for says so."""
+        if "capacity" not in self.meta:
+            raise ValueError("capacity utilisation was not computed for this run: "
+                             "agentsim.capacity_utilisation(result) computes it (one max-load estimate per deployment)")
+        return self.meta["capacity"]
+
+    def __repr__(self) -> str:
+        """A few lines: what was run and what came out (the tables are attributes)."""
+        sc = self.meta.get("scenario", {})
+        rq = self.requests
+        done = int((rq["outcome"] == "completed").sum()) if len(rq) else 0
+        pools = ", ".join(f"{r['pool']} ({r['replicas']}x {r['gpu']} {r['model']})"
+                          for r in self.pools.to_dict("records")) if len(self.pools) else "-"
+        return (f"<Result {sc.get('name', '?')!r} seed={self.meta.get('seed')} "
+                f"duration={self.meta.get('duration_s', 0):g} s warmup={self.meta.get('warmup_s', 0):g} s>\n"
+                f"  requests: {len(rq):,} rows ({done:,} completed); sessions: {len(self.sessions):,} rows; "
+                f"timeseries: {len(self.timeseries):,} rows\n"
+                f"  pools: {pools}\n"
+                f"  .summary() for the headline figures; .requests / .sessions / .timeseries / .pools are DataFrames")
+
+    def rejections(self, by="tenant", interval_s: float | None = None) -> pd.DataFrame:
+        """Rejected requests counted by outcome (columns) per ``by`` (a column name or a list:
+        tenant, population, user, …) and, with ``interval_s``, per arrival-time bin (index level
+        ``time_s`` = bin start). ``by=None`` and no interval: one row of totals."""
+        df = self.requests
+        rej = df[df["outcome"].isin(REJECTIONS)]
+        keys = [] if by is None else ([by] if isinstance(by, str) else list(by))
+        if interval_s:
+            rej = rej.assign(time_s=np.floor(rej["arrival_s"].to_numpy() / interval_s) * interval_s)
+            keys.append("time_s")
+        if not keys:
+            return rej["outcome"].value_counts().reindex(list(REJECTIONS), fill_value=0).to_frame().T
+        out = rej.groupby(keys + ["outcome"], observed=True, dropna=False).size().unstack("outcome", fill_value=0)
+        return out.reindex(columns=list(REJECTIONS), fill_value=0).astype(int)
+
+    def session_summary(self) -> dict:
+        """Session-level figures: completion time, failure rate, retries per call (top-level sessions)."""
+        ss = self.sessions
+        if not len(ss):
+            if not self.meta.get("populations"):
+                return {}
+            ss = pd.DataFrame({c: pd.Series(dtype=float) for c in ("kind", "start_s", "outcome", "duration_s",
+                                                                    "calls", "failed_calls", "retries", "attempts")})
+        top = ss[(ss["kind"] == "session") & (ss["start_s"] >= self.meta.get("warmup_s", 0.0))]
+        ended = top[top["outcome"] != "in_flight"]
+        out = {"sessions": int(len(top)), "sessions_ended": int(len(ended))}
+        out["session_outcomes"] = {o: int(n) for o, n in top["outcome"].value_counts().items() if n}
+        out["session_failure_rate"] = float((ended["outcome"] == "failed").mean()) if len(ended) else math.nan
+        done = ended[ended["outcome"] == "completed"]["duration_s"].to_numpy()
+        out["session_duration_s"] = float(done.mean()) if len(done) else math.nan
+        out["session_duration_p50_s"] = float(np.percentile(done, 50)) if len(done) else math.nan
+        out["session_duration_p90_s"] = float(np.percentile(done, 90)) if len(done) else math.nan
+        calls = float(ss["calls"].sum() + ss["failed_calls"].sum())
+        out["retries_per_call"] = float(ss["retries"].sum()) / calls if calls else math.nan
+        out["attempts_per_call"] = float(ss["attempts"].sum()) / calls if calls else math.nan
+        return out
+
+    # -- persistence ---------------------------------------------------------------------------------
+    def save(self, out_dir: str | Path, overwrite: bool = False) -> Path:
+        """Write Parquet tables, summary.json and manifest.json atomically into ``out_dir``.
+
+        Files go to a temporary folder beside ``out_dir`` first and are moved in one by one with
+        ``os.replace``; an interrupted save leaves no half-written file behind. An existing
+        non-empty ``out_dir`` is refused (nothing is silently overwritten) unless ``overwrite``.
+        """
+        from .. import __version__
+        out = Path(out_dir)
+        if not overwrite and out.is_dir() and any(out.iterdir()):
+            raise InputError(f"output directory {out}: not empty; pass overwrite=True to replace its result files")
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=".agentsim-", dir=out))
+        except OSError as e:
+            raise InputError(f"output directory {out}: not writable ({e.strerror})") from None
+        try:
+            self.requests.to_parquet(tmp / "requests.parquet", index=False)
+            self.timeseries.to_parquet(tmp / "timeseries.parquet", index=False)
+            self.pools.to_parquet(tmp / "pools.parquet", index=False)
+            self.sessions.to_parquet(tmp / "sessions.parquet", index=False)
+            (tmp / "summary.json").write_text(dumps(self.summary()))
+            manifest = {"agentsim_version": __version__, **{k: v for k, v in self.meta.items()}}
+            (tmp / "manifest.json").write_text(dumps(manifest))
+            moved = []
+            try:
+                # manifest.json last: a directory with a manifest holds a complete result
+                for f in sorted(tmp.iterdir(), key=lambda f: (f.name == "manifest.json", f.name)):
+                    os.replace(f, out / f.name)
+                    moved.append(out / f.name)
+            except BaseException:
+                for m in moved:
+                    m.unlink(missing_ok=True)
+                raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return out
+
+    @classmethod
+    def load(cls, out_dir: str | Path) -> "Result":
+        d = Path(out_dir)
+        try:
+            meta = json.loads((d / "manifest.json").read_text())
+            req = pd.read_parquet(d / "requests.parquet")
+            ts = pd.read_parquet(d / "timeseries.parquet")
+            pools = pd.read_parquet(d / "pools.parquet")
+            sessions = pd.read_parquet(d / "sessions.parquet") if (d / "sessions.parquet").exists() else pd.DataFrame()
+        except FileNotFoundError as e:
+            raise InputError(f"result directory {d}: missing {Path(e.filename).name} (not an agentsim run?)") from None
+        return cls(requests=req, timeseries=ts, pools=pools, meta=meta, sessions=sessions)
+
+
+def _jsonable(o):
+    """Kept for callers: see :func:`agentsim.util.jsonout.jsonable`."""
+    return jsonable(o)

@@ -1,0 +1,164 @@
+"""``build(scenario, seed)``: the one place that wires a simulation together."""
+from __future__ import annotations
+
+import simpy
+
+from ..model.catalog import Catalog, env_catalog_files, load_catalog
+from ..serving.cluster import Cluster, Pool, fault_process, make_router, outage_process
+from ..model.deployment import Deployment
+from ..serving.engine import EngineConfig, Replica
+from ..serving.engine_reference import SteppingReplica
+from ..util.errors import InputError
+from ..results.metrics import Recorder, Sampler
+from ..serving.prefix_cache import CacheConfig, PrefixCache
+from .scenario import EngineSettings, Scenario
+from ..model.servicetime import StepCoeffs
+from .sim import RngStreams, Simulation
+from ..provider.gateway import Gateway, PolicyView, parse_policies
+from ..model import presets
+from ..workload.populations import Population, SessionRecorder
+from ..workload.sources import SOURCES
+
+
+def default_limits(dep: Deployment) -> tuple[int, int]:
+    """vLLM V1 defaults (hardware-roofline.md §3.1): (max_batch, token_budget)."""
+    big = dep.gpu.hbm_gb >= 70 and dep.gpu.generation != "ampere"
+    return (1024, 8192) if big else (256, 2048)
+
+
+def engine_config(dep: Deployment, s: EngineSettings, streams: list | None = None) -> EngineConfig:
+    """Limits: explicit settings, else the preset's (which may depend on ``streams``; None: lengths
+    vary, as with agent populations), else vLLM V1's."""
+    if s.preset is not None:
+        max_batch, budget, _ = presets.preset_limits(s.preset, dep, streams, s)
+        return EngineConfig(kv_capacity=dep.kv_capacity_tokens, max_batch=max_batch, token_budget=budget,
+                            admission=s.admission, chunked_prefill=s.chunked_prefill)
+    max_batch, budget = default_limits(dep)
+    return EngineConfig(kv_capacity=dep.kv_capacity_tokens, max_batch=s.max_batch or max_batch,
+                        token_budget=s.token_budget or budget, admission=s.admission,
+                        chunked_prefill=s.chunked_prefill)
+
+
+def pool_deployment(catalog: Catalog, p, settings: EngineSettings) -> tuple[Deployment, EngineSettings]:
+    """A pool's deployment and its engine settings, the preset (if any) applied to both."""
+    settings = presets.settings(settings, p.precision)
+    dep = Deployment.from_catalog(catalog, p.model, p.gpu, tp=p.tp, pp=p.pp, precision=p.precision,
+                                  kv_dtype=settings.kv_dtype, mem_util=settings.mem_util,
+                                  reserve_gb_per_gpu=settings.reserve_gb_per_gpu, engine=settings.kernels)
+    if settings.preset is not None:
+        dep = presets.with_overheads(dep, settings.preset, catalog)
+    return dep, settings
+
+
+def cache_config(dep: Deployment, s: EngineSettings) -> CacheConfig:
+    host_tokens = int(s.host_kv_gb * 1e9 / (dep.kv_bytes_per_token_per_gpu * dep.n_gpus))
+    return CacheConfig(retention=s.retention, ttl_s=s.prefix_ttl_s, host_tokens=host_tokens)
+
+
+def make_cache(kind: str, cfg: CacheConfig):
+    """A replica's prefix cache: per-key session entries, or shared 512-token blocks."""
+    if kind == "blocks":
+        from ..serving.block_cache import BlockPrefixCache
+        return BlockPrefixCache(cfg)
+    return PrefixCache(cfg)
+
+
+def sliced(scenario: Scenario) -> Scenario:
+    """The scenario as one 1/count slice sees it: every pool, stream and fleet at its share.
+
+    Open populations keep their size: their users are filtered by tenant hash at run time
+    (:meth:`agentsim.workload.populations.Population.slice_users`).
+    """
+    n = scenario.slice.count
+    if n == 1:
+        return scenario
+    share = lambda x: max(1, round(x / n)) if x else 0  # noqa: E731
+    pools = {k: p.model_copy(update={"replicas": share(p.replicas)}) for k, p in scenario.pools.items()}
+    streams = {k: s.model_copy(update={"rate": s.rate / n, "concurrency": share(s.concurrency),
+                                       "count": share(s.count)}) for k, s in scenario.streams.items()}
+    pops = {k: p if p.kind == "open" else p.model_copy(update={
+        "size": share(p.size), "workers": min(share(p.size), share(p.workers)),
+        "workers_min": min(share(p.size), share(p.workers_min)), "task_rate": p.task_rate / n})
+        for k, p in scenario.populations.items()}
+    return scenario.model_copy(update={"pools": pools, "streams": streams, "populations": pops})
+
+
+def build(scenario: Scenario, seed: int | None = None, *, catalog: Catalog | None = None, step_mode: bool = False,
+          check_invariants: bool = False) -> Simulation:
+    """Wire ``scenario`` for one run with ``seed`` (default: the scenario's)."""
+    seed = scenario.seed if seed is None else seed
+    scenario = sliced(scenario)
+    catalog = catalog or load_catalog(env_catalog_files() + tuple(scenario.catalog))
+    env = simpy.Environment()
+    rng = RngStreams(seed, salt=scenario.slice.index)
+    sim = Simulation(scenario, seed, env, rng)
+    replica_cls = SteppingReplica if step_mode else Replica
+    pools: list[Pool] = []
+    pool_of_replica: list[int] = []
+    for i, (name, p) in enumerate(scenario.pools.items()):
+        try:
+            dep, settings = pool_deployment(catalog, p, scenario.pool_engine(name))
+            cfg = engine_config(dep, settings, None if scenario.populations else list(scenario.streams.values()))
+            ccfg = cache_config(dep, settings)
+        except InputError as e:
+            raise InputError(f"pools.{name}: {e}") from None
+        coeffs = StepCoeffs.of(dep)
+        pool = Pool(name=name, index=i, site=p.site, facility_multiplier=(1 + scenario.sites[p.site].other_it_fraction) * scenario.sites[p.site].pue, deployment=dep, coeffs=coeffs,
+                    config=cfg, usd_per_gpu_hour=p.usd_per_gpu_hour if p.usd_per_gpu_hour is not None
+                    else dep.gpu.usd_per_gpu_hour)
+        for _ in range(p.replicas):
+            rid = len(pool_of_replica)
+            cache = make_cache(settings.prefix_cache, ccfg)
+            pool.replicas.append(replica_cls(env, coeffs, cfg, index=rid, on_done=sim.done,
+                                             cache=cache, check_invariants=check_invariants))
+            pool_of_replica.append(i)
+        pools.append(pool)
+    router = make_router(scenario.router.policy, rng("routing"), scenario.router)
+    sim.cluster = cluster = Cluster(env, pools, router, sim.done)
+    sim.recorder = Recorder(pool_of_replica)
+    sim.pool_counts = [[0, 0, 0] for _ in pools]
+    sim.sampler = Sampler(env, cluster, scenario.sample_s, sim)
+    models = {p.deployment.model.name for p in pools}
+    for j, (name, st) in enumerate(scenario.streams.items()):
+        model = None
+        if st.model is not None:
+            try:
+                model = catalog.model(st.model).name
+            except InputError as e:
+                raise InputError(f"streams.{name}.model: {e}") from None
+            if model not in models:
+                raise InputError(f"streams.{name}.model {st.model!r}: no pool serves it (pools serve {', '.join(sorted(models))})")
+        st = st.model_copy(update={"model": model})
+        sim.sources.append(SOURCES[st.kind](sim, name, j, st, rng(f"arrivals/{name}"), rng(f"sizes/{name}")))
+        sim.stream_names.append(name)
+    sim.session_recorder = SessionRecorder()
+    user_base = tenant_base = 0
+    for j, (name, pc) in enumerate(scenario.populations.items()):
+        model = None
+        if pc.model is not None:
+            try:
+                model = catalog.model(pc.model).name
+            except InputError as e:
+                raise InputError(f"populations.{name}.model: {e}") from None
+            if model not in models:
+                raise InputError(f"populations.{name}.model {pc.model!r}: no pool serves it "
+                                 f"(pools serve {', '.join(sorted(models))})")
+        sim.populations.append(Population(sim, j, name, pc, model, user_base=user_base, tenant_base=tenant_base))
+        user_base += max(pc.size, 1)
+        tenant_base += pc.tenants
+    if scenario.policies:
+        view = PolicyView(start=scenario.start, rng=rng, fleet=cluster)
+        sim.gateway = Gateway(parse_policies(scenario.policies), view, clock=lambda: env.now, end=sim.end)
+    rid = 0
+    for pool, p in zip(pools, scenario.pools.values()):
+        for _ in pool.replicas:
+            if p.faults.mtbf_h > 0:
+                env.process(fault_process(env, cluster, rid, p.faults.mtbf_h * 3600, p.faults.mttr_h * 3600,
+                                          rng(f"faults/{rid}")))
+            rid += 1
+    for o in scenario.outages:
+        kind, _, target = o.target.partition(":")
+        rids = [r.index for pool in pools if (pool.name if kind == "pool" else pool.site) == target
+                for r in pool.replicas]
+        env.process(outage_process(env, cluster, rids, o.start_s, min(o.end_s, scenario.duration_s * 2)))
+    return sim

@@ -1,0 +1,460 @@
+"""Scenarios as validated data: pydantic models, TOML loading and ``--set`` overrides.
+
+A scenario names everything a run needs: sites, pools of replicas (GPU, model, precision,
+tp/pp, count), engine limits and policies, the router, faults and outages, and the request
+streams. Every field has a default where one makes sense and a description (``agentsim scenario
+schema`` prints them all). Paths such as ``pools.h100.replicas`` name fields everywhere: in
+``--set``, in sweeps and in capacity searches. This is the only module that reads scenario files.
+"""
+from __future__ import annotations
+
+import difflib
+import json
+import re
+from datetime import datetime
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ..provider.clock import DEFAULT_START
+from ..workload.distributions import Dist
+from ..util.errors import InputError, not_utf8
+
+# -- bounds: agentsim.util.bounds (re-exported here for the schema and the CLI) ---------------------
+from ..util.bounds import (MAX_DURATION_S, MAX_RATE, MAX_REQUESTS, MAX_REPLICAS, MAX_USERS, MAX_COUNT, MAX_TOKENS, MAX_TTL_S, MAX_HOST_KV_GB, MAX_SLO_S, MAX_SLICES, MAX_SEED)  # noqa: E402,F401
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bools_for_numbers(cls, v: Any, info) -> Any:
+        """TOML ``true`` is not a count: pydantic would take it as 1."""
+        if isinstance(v, bool) and cls.model_fields[info.field_name].annotation in (int, float, int | None,
+                                                                                      float | None):
+            raise ValueError(f"expected a number, got {v!r}")
+        return v
+
+
+# -- building blocks ------------------------------------------------------------------------------
+class EngineSettings(Model):
+    """Scheduler and cache settings of a replica (vLLM V1-like defaults, or an engine preset's)."""
+
+    preset: Literal["vllm", "sglang", "trtllm"] | None = Field(
+        None, description="engine preset (data/presets.toml): fills max_batch, token_budget, kv_dtype, kernels and "
+                          "the time outside the GPU where not set here; none = vLLM V1 limits with the GPU "
+                          "generation's overheads")
+    max_batch: int | None = Field(None, ge=1, le=MAX_COUNT, description="max running requests; default 1024 on >=70 GB "
+                                                          "non-A100 GPUs, else 256 (vLLM max_num_seqs)")
+    token_budget: int | None = Field(None, ge=1, le=MAX_TOKENS, description="tokens per step (chunked prefill); default "
+                                                             "8192 on >=70 GB non-A100 GPUs, else 2048")
+    admission: str = Field("fcfs", description="admission order: fcfs | priority")
+    chunked_prefill: bool = Field(True, description="split a prompt over steps to fill the token budget; false: a "
+                                                    "prompt waits for a step with room for all of it (TensorRT-LLM)")
+    retention: str = Field("lru", description="prefix-cache retention: lru | pin_session | none")
+    prefix_cache: Literal["session", "blocks"] = Field(
+        "session", description="session: one entry per prefix key (a session's context); blocks: 512-token "
+                               "block hashes shared across requests (trace replay with hash ids)")
+    prefix_ttl_s: float = Field(300.0, ge=0, le=MAX_TTL_S, description="prefix-cache TTL (s) after last use")
+    host_kv_gb: float = Field(0.0, ge=0, le=MAX_HOST_KV_GB, description="host-memory KV tier per replica (GB); 0 = none")
+    mem_util: float = Field(0.90, gt=0, le=1, description="share of HBM for weights + KV")
+    reserve_gb_per_gpu: float = Field(2.0, ge=0, le=1e4, description="HBM kept for activations / CUDA graphs")
+    kv_dtype: Literal["bf16", "fp8"] = Field("bf16", description="KV cache element type")
+    kernels: Literal["vllm", "sglang", "trtllm"] = Field(
+        "vllm", description="whose measured kernel tables price the steps (aiconfigurator-core op tables: "
+                            "vLLM, SGLang or TensorRT-LLM kernels)")
+
+
+class Site(Model):
+    pue: float = Field(1.2, ge=1, le=10, description="facility power usage effectiveness")
+    other_it_fraction: float = Field(0.0, ge=0, le=10, description="non-server IT load (network, storage) as a share "
+                                                              "of server power")
+    facility_mw: float = Field(0.0, ge=0, le=1e6, description="facility power limit (MW) to compare the draw with; 0 = none")
+
+
+class Faults(Model):
+    mtbf_h: float = Field(0.0, ge=0, le=1e7, description="mean time between replica failures (hours); 0 = none")
+    mttr_h: float = Field(1.0, gt=0, le=1e7, description="mean time to repair (hours)")
+
+
+class Pool(Model):
+    """Replicas of one deployment on one GPU type at one site."""
+
+    gpu: str = Field(description="catalog GPU name or alias")
+    model: str = Field(description="catalog model name or alias (or frontier-moe-<T>-a<A>)")
+    replicas: int = Field(1, ge=1, le=MAX_REPLICAS, description="number of replicas")
+    tp: int = Field(1, ge=1, le=1024, description="tensor-parallel degree (within a node)")
+    pp: int = Field(1, ge=1, le=1024, description="pipeline stages (across nodes)")
+    precision: Literal["bf16", "fp8", "fp4"] = Field("bf16", description="weights and activations")
+    site: str = Field("default", description="site name (see [sites])")
+    usd_per_gpu_hour: float | None = Field(None, ge=0, le=1e4, description="override the catalog price")
+    engine: dict[str, Any] = Field(default_factory=dict, description="overrides of [engine] for this pool")
+    faults: Faults = Field(default_factory=Faults)
+
+
+class Router(Model):
+    policy: str = Field("least_outstanding", description="round_robin | least_outstanding | power_of_two | "
+                                                          "speed_aware | session_affinity")
+    affinity_load_bound: float = Field(1.25, ge=1, le=1e3, description="session_affinity: leave the home replica when "
+                                                                "its load exceeds this x the mean (+1)")
+
+
+class Outage(Model):
+    target: str = Field(description="'pool:<name>' or 'site:<name>'")
+    start_s: float = Field(ge=0, le=MAX_DURATION_S, description="when the outage begins (s from the start)")
+    end_s: float = Field(gt=0, le=MAX_DURATION_S, description="when the target is back (s from the start)")
+
+    @model_validator(mode="after")
+    def _order(self) -> "Outage":
+        if self.end_s <= self.start_s:
+            raise ValueError(f"end_s ({self.end_s}) must be after start_s ({self.start_s})")
+        if not (self.target.startswith("pool:") or self.target.startswith("site:")):
+            raise ValueError(f"target must be 'pool:<name>' or 'site:<name>', got {self.target!r}")
+        return self
+
+
+class Stream(Model):
+    """An engine-level request stream (agent sessions come with populations)."""
+
+    kind: Literal["poisson", "concurrency", "all_at_once", "replay"] = Field(
+        "poisson", description="poisson: `rate`; concurrency: `concurrency` closed-loop clients; all_at_once: "
+                               "`count` requests at t=0; replay: timestamps and sizes from `file`")
+    rate: float = Field(0.0, ge=0, le=MAX_RATE, description="poisson: requests per second")
+    concurrency: int = Field(0, ge=0, le=MAX_COUNT, description="concurrency: clients, each sends its next request when "
+                                                  "the last one ends")
+    think_s: Dist | None = Field(None, description="concurrency: pause between a client's requests")
+    count: int = Field(0, ge=0, le=MAX_REQUESTS, description="requests to send (0 = until the end of the run); all_at_once: required")
+    input_tokens: Dist = Field(default_factory=lambda: Dist(kind="constant", value=1024))
+    output_tokens: Dist = Field(default_factory=lambda: Dist(kind="constant", value=128))
+    cached_tokens: Dist | None = Field(
+        None, description="prefix tokens of each prompt already in the replica's KV cache when it arrives (attended, "
+                          "not recomputed: an agent's cached context); capped at the prompt minus one")
+    model: str | None = Field(None, description="only pools serving this model receive the stream (default: all)")
+    file: str | None = Field(None, description="replay: CSV with columns arrival_s,input_tokens,output_tokens")
+    priority: int = Field(0, ge=-MAX_COUNT, le=MAX_COUNT, description="admission priority (lower goes first with admission=priority)")
+
+    @model_validator(mode="after")
+    def _needs(self) -> "Stream":
+        need = {"poisson": ("rate", self.rate > 0), "concurrency": ("concurrency", self.concurrency > 0),
+                "all_at_once": ("count", self.count > 0), "replay": ("file", bool(self.file))}
+        field, ok = need[self.kind]
+        if not ok:
+            raise ValueError(f"a {self.kind} stream needs {field}")
+        return self
+
+
+class Population(Model):
+    """Users or workers of one session profile, with their plan or tier and their client."""
+
+    profile: str = Field(description="interactive_coding_agent | autonomous_api_agent | chat_user")
+    size: int = Field(ge=0, le=MAX_USERS, description="open: users whose sessions arrive over the day; fleet: max workers")
+    kind: Literal["open", "fleet"] = Field("open", description="open: sessions arrive as a non-homogeneous "
+                                                              "Poisson process; fleet: workers run tasks back "
+                                                              "to back and scale with the backlog")
+    arrival: str = Field("flat", description="diurnal profile: azure2024_coding | azure2024_conv | servegen_api | "
+                                             "flat | custom (then give weekday and weekend)")
+    weekday: list[float] | None = Field(None, description="custom profile: 24 hourly multipliers (UTC)")
+    weekend: list[float] | None = Field(None, description="custom profile: 24 hourly multipliers (UTC)")
+    start_weekday: int | None = Field(None, ge=0, le=6, description="weekday at t = 0 (0 = Monday); default: "
+                                                                     "from the scenario's start")
+    start_hour: float | None = Field(None, ge=0, lt=24, description="UTC hour at t = 0; default: from the "
+                                                                     "scenario's start")
+    tenants: int = Field(1, ge=1, le=MAX_USERS, description="users are spread over this many tenants (orgs) round robin")
+    plan: str | None = Field(None, description="subscription plan preset of its users (policies enforce it)")
+    tier: str | None = Field(None, description="API tier preset of its tenants (policies enforce it)")
+    retry_policy: str | None = Field(None, description="override the profile's client retry policy")
+    retry_max_wait_s: float | None = Field(None, gt=0, le=MAX_DURATION_S, description="give up on a call after this long retrying")
+    timeout_s: float | None = Field(None, gt=0, le=MAX_DURATION_S, description="override the profile's request timeout")
+    params: dict[str, Any] = Field(default_factory=dict, description="overrides of the profile's parameters")
+    model: str | None = Field(None, description="only pools serving this model get its calls (default: all)")
+    priority: int | None = Field(None, ge=0, le=MAX_COUNT, description="admission priority of its requests (lower first; "
+                                                         "default: its tier's priority class, else 0)")
+    workers: int = Field(1, ge=0, le=MAX_USERS, description="fleet: workers at the start")
+    workers_min: int = Field(0, ge=0, le=MAX_USERS, description="fleet: never scale below this")
+    task_rate: float = Field(0.0, ge=0, le=MAX_RATE, description="fleet: tasks per second into the backlog (times the "
+                                                    "diurnal profile); 0 = closed loop, a task always waits")
+    scale_interval_s: float = Field(60.0, gt=0, le=MAX_DURATION_S, description="fleet: autoscaler period")
+    scale_up_backlog: float = Field(2.0, gt=0, le=1e6, description="fleet: add workers while backlog > this x workers")
+
+    @model_validator(mode="after")
+    def _check(self) -> "Population":
+        from ..workload.diurnal import profile_names
+        from ..workload.profiles import get_profile
+        from ..workload.retry import RETRY_POLICIES
+        get_profile(self.profile, self.params, where="profile")
+        names = profile_names()
+        if self.arrival == "custom":
+            for f in ("weekday", "weekend"):
+                v = getattr(self, f)
+                if v is None or len(v) != 24 or any(x < 0 for x in v):
+                    raise ValueError(f"a custom arrival profile needs {f} = 24 non-negative numbers")
+        elif self.arrival not in names:
+            raise ValueError(f"arrival {self.arrival!r} unknown; allowed: {', '.join(names)}, custom")
+        if self.retry_policy is not None and self.retry_policy not in RETRY_POLICIES:
+            near = difflib.get_close_matches(self.retry_policy, list(RETRY_POLICIES), n=1)
+            raise ValueError(f"retry_policy {self.retry_policy!r} unknown"
+                             + (f" (did you mean {near[0]!r}?)" if near else "")
+                             + f"; allowed: {', '.join(RETRY_POLICIES)}")
+        from ..provider.limits import plan, tier
+        if self.tier is not None:
+            tier(self.tier, where="tier")
+        if self.plan is not None:
+            plan(self.plan, where="plan")
+        if self.kind == "fleet" and self.workers > self.size:
+            raise ValueError(f"fleet workers ({self.workers}) exceed size ({self.size}, the maximum)")
+        if self.workers_min > self.size:
+            raise ValueError(f"workers_min ({self.workers_min}) exceeds size ({self.size})")
+        return self
+
+
+class Slice(Model):
+    """Run one 1/count slice of the fleet and its users (DESIGN §9)."""
+
+    count: int = Field(1, ge=1, le=MAX_SLICES, description="number of slices the fleet is cut into")
+    index: int = Field(0, ge=0, description="which slice this run is (0 .. count-1)")
+
+    @model_validator(mode="after")
+    def _check(self) -> "Slice":
+        if self.index >= self.count:
+            raise ValueError(f"index ({self.index}) must be below count ({self.count})")
+        return self
+
+
+class Scenario(Model):
+    """Everything one run needs. Units: seconds, tokens, USD, W."""
+
+    name: str = Field("scenario", description="a label for reports")
+    start: datetime = Field(DEFAULT_START, description="wall-clock time at t = 0 (ISO 8601 with offset); "
+                                                        "drives diurnal profiles and peak hours")
+    description: str = Field("", description="free text")
+    duration_s: float = Field(3600.0, gt=0, le=MAX_DURATION_S, description="simulated time (s); requests still running then are "
+                                                        "recorded as in_flight")
+    warmup_s: float = Field(0.0, ge=0, le=MAX_DURATION_S, description="requests arriving before this are left out of summaries")
+    seed: int = Field(1, ge=0, le=MAX_SEED, description="base seed (overridden by --seed)")
+    sample_s: float = Field(60.0, gt=0, le=MAX_DURATION_S, description="interval of the time series (s)")
+    catalog: list[str] = Field(default_factory=list, description="extra catalog TOML files (relative to the scenario)")
+    engine: EngineSettings = Field(default_factory=EngineSettings)
+    sites: dict[str, Site] = Field(default_factory=lambda: {"default": Site()})
+    pools: dict[str, Pool] = Field(description="replica pools by name")
+    router: Router = Field(default_factory=Router)
+    outages: list[Outage] = Field(default_factory=list)
+    streams: dict[str, Stream] = Field(default_factory=dict, description="request streams by name")
+    populations: dict[str, Population] = Field(default_factory=dict, description="agent and chat populations")
+    policies: list[dict[str, Any]] = Field(default_factory=list, description="gateway policy chain, in order: "
+                                                                            "each {name = ..., params...}")
+    slice: Slice = Field(default_factory=Slice, description="run a 1/count slice: tenants hashed to slices, "
+                                                            "each pool and stream scaled to its share")
+    slo_ttft_s: float = Field(2.0, gt=0, le=MAX_SLO_S, description="TTFT bound for goodput")
+    slo_tpot_s: float = Field(0.1, gt=0, le=MAX_SLO_S, description="TPOT bound for goodput")
+
+    @model_validator(mode="after")
+    def _refs(self) -> "Scenario":
+        if not self.pools:
+            raise ValueError("a scenario needs at least one pool")
+        if self.warmup_s >= self.duration_s:
+            raise ValueError(f"warmup_s ({self.warmup_s:g}) must be below duration_s ({self.duration_s:g}): "
+                             "nothing after the warm-up would be measured")
+        for name, pool in self.pools.items():
+            if pool.site not in self.sites:
+                raise ValueError(f"pools.{name}.site {pool.site!r} is not in [sites] ({', '.join(self.sites)})")
+            unknown = set(pool.engine) - set(EngineSettings.model_fields)
+            if unknown:
+                bad = sorted(unknown)[0]
+                near = difflib.get_close_matches(bad, list(EngineSettings.model_fields), n=1)
+                raise ValueError(f"pools.{name}.engine.{bad} is not an engine setting"
+                                 + (f" (did you mean {near[0]!r}?)" if near else ""))
+            try:
+                EngineSettings(**{**self.engine.model_dump(), **pool.engine})
+            except ValidationError as e:
+                er = e.errors()[0]
+                raise ValueError(f"pools.{name}.engine.{'.'.join(map(str, er['loc']))}: "
+                                 f"{er['msg']} (got {er.get('input')!r})") from None
+        from ..provider.gateway import parse_policies
+        try:
+            parse_policies(self.policies)
+        except InputError as e:
+            raise ValueError(str(e)) from None
+        for i, o in enumerate(self.outages):
+            kind, _, target = o.target.partition(":")
+            table = self.pools if kind == "pool" else self.sites
+            if target not in table:
+                raise ValueError(f"outages[{i}].target {o.target!r}: no such {kind} ({', '.join(table)})")
+            if o.start_s >= self.duration_s:
+                raise ValueError(f"outages[{i}] starts at {o.start_s} s, after the run ends ({self.duration_s} s)")
+        return self
+
+    @field_validator("start")
+    @classmethod
+    def _aware(cls, v: datetime) -> datetime:
+        if v.tzinfo is None:
+            raise ValueError("start needs a UTC offset, e.g. 2026-06-01T00:00:00Z")
+        return v
+
+    def pool_engine(self, name: str) -> EngineSettings:
+        """The engine settings of one pool: [engine] with the pool's overrides."""
+        # exclude_unset: a preset fills only the fields nobody set, so which ones were set must survive
+        return EngineSettings(**{**self.engine.model_dump(exclude_unset=True), **self.pools[name].engine})
+
+
+# -- loading and overrides ------------------------------------------------------------------------
+def _model_at(loc: tuple, root: type[BaseModel]) -> type[BaseModel] | None:
+    """The pydantic model class that owns the field at ``loc`` (for 'did you mean')."""
+    cls: Any = root
+    for part in loc[:-1]:
+        if isinstance(part, int) or cls is None:
+            continue
+        fields = getattr(cls, "model_fields", None)
+        if fields is None:
+            continue
+        if part in fields:
+            ann = fields[part].annotation
+            args = getattr(ann, "__args__", ())
+            cls = next((a for a in (ann, *args) if isinstance(a, type) and issubclass(a, BaseModel)), None)
+            if cls is None and args:  # dict[str, Model] / list[Model]
+                cls = next((a for a in args if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        # a dict key (pool name): stay on the value model
+    return cls
+
+
+TABLES = {"pools": "pool", "streams": "stream", "populations": "population", "sites": "site"}
+
+
+def _set_paths(overrides) -> list[tuple[str, str]]:
+    """``(item, path)`` of each ``--set PATH=VALUE``, last first (a later one wins)."""
+    return [(item, item.partition("=")[0].strip()) for item in reversed(list(overrides))]
+
+
+def blame(message: str, overrides=()) -> str | None:
+    """The ``--set`` item a message is about (its path is the message's field, above or below it)."""
+    message = re.sub(r"\[(\d+)\]", r".\1", message)      # policies[3] is the --set path policies.3
+    head = message.split(":", 1)[0].split(" ", 1)[0]
+    for item, p in _set_paths(overrides):
+        if head == p or head.startswith(p + ".") or head.startswith(p + "[") or p.startswith(head + "."):
+            return item
+    for item, p in _set_paths(overrides):
+        if re.search(rf"(?<![\w.]){re.escape(p)}(?![\w])", message):
+            return item
+    return None
+
+
+def with_blame(message: str, where: str, overrides=()) -> str:
+    """``message`` as the user caused it: ``--set 'X=V': ...`` for an override, else ``WHERE: ...``."""
+    item = blame(message, overrides)
+    return f"--set {item!r}: {message}" if item else (f"{where}: {message}" if where else message)
+
+
+def explain(err: ValidationError, where: str, root: type[BaseModel] = Scenario, overrides=(),
+            base: dict | None = None) -> str:
+    """One message naming each bad field, its value and what is allowed.
+
+    A field an override set is blamed on that ``--set`` (not on the scenario file), and a
+    ``--set`` naming a pool, stream, population or site the scenario does not have says so.
+    """
+    out = []
+    new_entries: set[tuple[str, str]] = set()
+    for e in err.errors():
+        loc = tuple(e["loc"])
+        path = ".".join(str(p) for p in loc)
+        msg = e["msg"].removeprefix("Value error, ")
+        if (base is not None and e["type"] == "missing" and len(loc) >= 3 and loc[0] in TABLES
+                and loc[1] not in (base.get(loc[0]) or {})):
+            item = next((i for i, p in _set_paths(overrides) if p.startswith(f"{loc[0]}.{loc[1]}.")), None)
+            if item is not None:
+                if (loc[0], loc[1]) not in new_entries:
+                    new_entries.add((loc[0], loc[1]))
+                    have = ", ".join(base.get(loc[0]) or {}) or "none"
+                    out.append(f"--set {item!r}: there is no {TABLES[loc[0]]} {loc[1]!r} in {where} "
+                               f"({loc[0]}: {have}); a new one needs {loc[2]} and the other required fields")
+                continue
+        if e["type"] == "extra_forbidden":
+            owner = _model_at(loc, root)
+            names = list(owner.model_fields) if owner is not None else []
+            near = difflib.get_close_matches(str(loc[-1]), names, n=1, cutoff=0.5)
+            hint = f"; did you mean {near[0]!r}?" if near else ""
+            text = f"unknown field {path!r}{hint} (allowed here: {', '.join(names)})"
+            item = blame(path, overrides)
+            out.append(f"--set {item!r}: {text}" if item else f"{where}: {text}")
+            continue
+        got = e.get("input")
+        shown = "" if isinstance(got, dict) or got is None else f" (got {got!r})"
+        text = f"{path}: {msg}{shown}" if path else msg
+        out.append(with_blame(text, where, overrides))
+    return "; ".join(out)
+
+
+def parse(data: dict, where: str = "scenario", *, overrides=(), base: dict | None = None) -> Scenario:
+    """Validate ``data`` (``base`` with ``overrides`` applied, when given: errors then name them)."""
+    try:
+        return Scenario.model_validate(data)
+    except ValidationError as e:
+        raise InputError(explain(e, where, overrides=overrides, base=base)) from None
+
+
+def read_toml(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise InputError(f"scenario file {path}: not found") from None
+    except IsADirectoryError:
+        raise InputError(f"scenario file {path}: is a directory") from None
+    except tomllib.TOMLDecodeError as e:
+        raise InputError(f"scenario file {path}: not valid TOML ({e})") from None
+    except UnicodeDecodeError as e:
+        raise InputError(f"scenario file {path}: {not_utf8(e)}") from None
+
+
+def load(path: str | Path, overrides: list[str] = ()) -> Scenario:
+    """Read a scenario file, apply ``path.to.field=value`` overrides, validate."""
+    original = read_toml(path)
+    base = Path(path).parent
+    data = apply_overrides(original, overrides)
+    data["catalog"] = [str((base / c).resolve()) if not Path(c).is_absolute() else c for c in data.get("catalog", [])]
+    for s in data.get("streams", {}).values():
+        if isinstance(s, dict) and s.get("file") and not Path(s["file"]).is_absolute():
+            s["file"] = str((base / s["file"]).resolve())
+    return parse(data, where=str(path), overrides=overrides, base=original)
+
+
+def _value(text: str) -> Any:
+    """A ``--set`` value: TOML/JSON literal if it parses, else a string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError:
+            return text
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Set ``a.b.c=value`` paths in a nested dict (copying, never mutating the input)."""
+    import copy
+    data = copy.deepcopy(data)
+    for item in overrides:
+        path, sep, text = item.partition("=")
+        if not sep or not path.strip():
+            raise InputError(f"--set {item!r}: expected PATH=VALUE, e.g. pools.h100.replicas=8")
+        keys = path.strip().split(".")
+        node = data
+        for k in keys[:-1]:
+            if isinstance(node, list):
+                try:
+                    node = node[int(k)]
+                except (ValueError, IndexError):
+                    raise InputError(f"--set {item!r}: {k!r} is not an index of the list at that path") from None
+                continue
+            node = node.setdefault(k, {})
+            if not isinstance(node, (dict, list)):
+                raise InputError(f"--set {item!r}: {k!r} is a value, not a table")
+        node[keys[-1]] = _value(text)
+    return data
+
+
+def schema() -> dict:
+    """The JSON schema of a scenario file, with every field's description."""
+    return Scenario.model_json_schema()

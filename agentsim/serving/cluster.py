@@ -1,0 +1,303 @@
+"""Pools of replicas on sites, routing between them, faults, and power and cost accounting.
+
+A pool is a set of identical replicas (one deployment) at one site. The router picks a replica
+for each request among the pools that serve its model; routers are small objects chosen by name
+(:data:`ROUTERS`). Faults take replicas down (MTBF/MTTR per pool, scheduled outages of a pool or
+a whole site); whatever they held fails back to its client as ``replica_failed``.
+
+Power: a replica draws ``n_gpus·server_w_per_gpu·(idle + (1 - idle)·busy share)`` while up (the
+engine integrates this step by step), nothing while down; a site adds its other IT load and
+multiplies by its PUE.
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from operator import attrgetter
+
+import numpy as np
+
+from ..model.deployment import Deployment
+from .engine import EngineConfig, Replica
+from ..util.errors import unknown_name
+from .request import Request
+from ..model.servicetime import StepCoeffs
+
+
+@dataclass
+class Pool:
+    name: str
+    index: int
+    site: str
+    facility_multiplier: float   # facility power per server watt at this pool's site: (1 + other IT) x PUE
+    deployment: Deployment
+    coeffs: StepCoeffs
+    config: EngineConfig
+    usd_per_gpu_hour: float
+    replicas: list = field(default_factory=list)
+
+    @property
+    def n_gpus(self) -> int:
+        return self.deployment.n_gpus * len(self.replicas)
+
+    @property
+    def idle_power_w(self) -> float:
+        """Server wall power of one idle replica."""
+        return self.coeffs.power_w * self.coeffs.idle_fraction
+
+    def facility_factor(self) -> float:
+        return self.facility_multiplier
+
+
+# -- routers -------------------------------------------------------------------------------------
+class RoundRobin:
+    def __init__(self, rng, cfg) -> None:
+        self._n = itertools.count()
+
+    def __call__(self, cands: list, req: Request):
+        return cands[next(self._n) % len(cands)]
+
+
+class LeastOutstanding:
+    """Fewest requests queued or running (ties: the lowest index)."""
+
+    def __init__(self, rng, cfg) -> None:
+        pass
+
+    def __call__(self, cands: list, req: Request):
+        best = cands[0]
+        best_n = best.outstanding
+        for r in cands:
+            n = r.outstanding
+            if n < best_n:
+                best, best_n = r, n
+        return best
+
+
+class PowerOfTwo:
+    """Two replicas drawn at random (routing stream); the less loaded wins."""
+
+    def __init__(self, rng, cfg) -> None:
+        self.rng = rng
+        self._buf = np.empty(0)
+        self._i = 0
+
+    def __call__(self, cands: list, req: Request):
+        if len(cands) == 1:
+            return cands[0]
+        if self._i + 2 > len(self._buf):
+            self._buf = self.rng.random(4096)
+            self._i = 0
+        a = cands[int(self._buf[self._i] * len(cands))]
+        b = cands[int(self._buf[self._i + 1] * len(cands))]
+        self._i += 2
+        return a if a.outstanding <= b.outstanding else b
+
+
+class SpeedAware:
+    """Lowest expected finish time from the service-time model — the choice for a mixed fleet.
+
+    Expected finish = the prefills queued ahead (each about one prefill of this size) + this
+    request's own prefill step + its decode steps at batch + 1, each slowed by the prefill chunks
+    the running and queued requests will add over its lifetime (spread over its output tokens;
+    for calls that reuse a prefix, chunks the size of this call's uncached part).
+    On a replica whose GPU cache holds the request's prefix, its own prefill is only the new tokens
+    (so a session's next call goes back to its cache unless that replica is busier by more).
+    """
+
+    def __init__(self, rng, cfg) -> None:
+        pass
+
+    def __call__(self, cands: list, req: Request):
+        best, best_t = cands[0], float("inf")
+        P, O = req.prompt, req.output
+        ctx = P + O / 2
+        key = req.prefix_key
+        # the prompts others will bring: like this one's uncached part when calls reuse a prefix
+        typ = max(1, P - req.prefix_len) if key is not None else P
+        done = P - typ
+        steps: dict = {}    # replicas of one pool at one batch size share their step times
+        seen = set()        # (pool, batch, queue) already scored: a later twin cannot win the tie
+        cached = key is not None
+        for r in cands:
+            c = r.c
+            n = r.n_running
+            q = len(r.waiting) + r.pending
+            hit = 0
+            if cached:
+                cache = r.cache
+                if cache is not None:
+                    hit = cache.gpu_hit(key, r.env.now)
+            if not hit:
+                sig = (id(c), n, q)
+                if sig in seen:
+                    continue
+                seen.add(sig)
+            s = steps.get((id(c), n))
+            if s is None:
+                prefill = c.step_time(P, P * P / 2, P, n, n * ctx, n + 1)
+                decode = c.step_time(decodes=n + 1, decode_context=(n + 1) * ctx)
+                base = c.step_time(decodes=n, decode_context=n * ctx)
+                extra = c.step_time(typ, typ * done + typ * typ / 2, P, n, n * ctx, n + 1) - base
+                s = steps[id(c), n] = prefill, decode, extra
+            prefill, decode, extra = s
+            own = prefill
+            if hit:
+                hit = min(hit, req.prefix_len, P - 1)
+                new = P - hit
+                own = c.step_time(new, new * hit + new * new / 2, P, n, n * ctx, n + 1)
+            t = q * prefill + own + (O - 1) * (decode + (n + q + 1) * extra / O)
+            if t < best_t:
+                best, best_t = r, t
+        return best
+
+
+_outstanding = attrgetter("outstanding")
+
+
+class SessionAffinity:
+    """Keep a session on one replica (prefix-cache hits) unless it is overloaded.
+
+    A session's home is the replica with the lowest expected finish time (speed-aware, so a mixed
+    fleet's faster pools get their share) when it first appears; it moves the same way when its
+    home holds more than ``bound × mean + 1`` requests or is down.
+    """
+
+    def __init__(self, rng, cfg) -> None:
+        self.bound = cfg.affinity_load_bound
+        self.home: dict = {}
+        self._least = SpeedAware(rng, cfg)
+
+    def __call__(self, cands: list, req: Request):
+        key = req.prefix_key if req.prefix_key is not None else req.session
+        home = self.home.get(key)
+        if home is not None and home in cands:
+            n = home.outstanding      # the mean is >= 0, so n <= 1 never needs it (O(replicas) per request)
+            if n <= 1 or n <= self.bound * sum(map(_outstanding, cands)) / len(cands) + 1:
+                return home
+        home = self._least(cands, req)
+        self.home[key] = home
+        return home
+
+
+ROUTERS = {"round_robin": RoundRobin, "least_outstanding": LeastOutstanding, "power_of_two": PowerOfTwo,
+           "speed_aware": SpeedAware, "session_affinity": SessionAffinity}
+
+
+def make_router(name: str, rng, cfg):
+    try:
+        return ROUTERS[name](rng, cfg)
+    except KeyError:
+        raise unknown_name("router", name, ROUTERS, where="router.policy") from None
+
+
+# -- the cluster -----------------------------------------------------------------------------------
+class Cluster:
+    """All pools, the router and the health of every replica."""
+
+    def __init__(self, env, pools: list[Pool], router, on_done) -> None:
+        self.env = env
+        self.pools = pools
+        self.router = router
+        self.on_done = on_done
+        self.replicas = [r for p in pools for r in p.replicas]
+        self._by_model: dict[str, list[Pool]] = {}
+        for p in pools:
+            self._by_model.setdefault(p.deployment.model.name, []).append(p)
+        self._down: dict[int, int] = {}          # replica id -> reasons it is down
+        self.down_since: dict[int, float] = {}
+        self.down_time = [0.0] * len(self.replicas)
+        self._cands_cache: dict = {}
+
+    def candidates(self, model: str | None) -> list:
+        key = model
+        cands = self._cands_cache.get(key)
+        if cands is None:
+            pools = self.pools if model is None else self._by_model.get(model, [])
+            cands = [r for p in pools for r in p.replicas if r.up]
+            self._cands_cache[key] = cands
+        return cands
+
+    def load(self, model: str | None) -> "FleetLoad | None":
+        """How loaded the up replicas serving ``model`` are (None when none is up): the question a
+        gateway policy may ask of the fleet, answered here so no policy reads replica internals."""
+        cands = self.candidates(model)
+        return FleetLoad(cands) if cands else None
+
+    def route(self, req: Request, model: str | None = None) -> None:
+        cands = self.candidates(model)
+        if not cands:
+            req.finish = self.env.now
+            req.outcome = "replica_failed"
+            self.on_done(req)
+            return
+        self.router(cands, req).submit(req)
+
+    def take_down(self, rid: int) -> None:
+        n = self._down.get(rid, 0)
+        self._down[rid] = n + 1
+        if n == 0:
+            self.down_since[rid] = self.env.now
+            self._cands_cache.clear()
+            self.replicas[rid].fail()
+
+    def bring_up(self, rid: int) -> None:
+        n = self._down.get(rid, 0)
+        if n <= 0:
+            return
+        self._down[rid] = n - 1
+        if n == 1:
+            self.down_time[rid] += self.env.now - self.down_since.pop(rid)
+            self._cands_cache.clear()
+            self.replicas[rid].repair()
+
+    def replica_downtime(self, rid: int) -> float:
+        t = self.down_time[rid]
+        if rid in self.down_since:
+            t += self.env.now - self.down_since[rid]
+        return t
+
+
+def fault_process(env, cluster: Cluster, rid: int, mtbf_s: float, mttr_s: float, rng):
+    """Alternating exponential up and repair times of one replica (its own RNG stream)."""
+    while True:
+        yield env.timeout(rng.exponential(mtbf_s))
+        cluster.take_down(rid)
+        yield env.timeout(rng.exponential(mttr_s))
+        cluster.bring_up(rid)
+
+
+def outage_process(env, cluster: Cluster, rids: list[int], start: float, end: float):
+    """A scheduled outage of a pool or a site."""
+    yield env.timeout(start)
+    for rid in rids:
+        cluster.take_down(rid)
+    yield env.timeout(end - start)
+    for rid in rids:
+        cluster.bring_up(rid)
+
+
+def replica_energy_j(replica: Replica, pool: Pool, downtime: float, now: float) -> float:
+    """Server energy of one replica so far: engine steps (the one in progress prorated) + idle
+    time while up (a down replica draws nothing)."""
+    busy, energy = replica.accounted(now)
+    idle = max(0.0, now - busy - downtime)
+    return energy + pool.idle_power_w * idle
+
+
+class FleetLoad:
+    """Load of a set of up replicas, each figure computed when asked (shedding asks one or two)."""
+
+    __slots__ = ("_replicas",)
+
+    def __init__(self, replicas: list) -> None:
+        self._replicas = replicas
+
+    @property
+    def outstanding_per_replica(self) -> float:
+        """Queued plus running requests per up replica."""
+        return sum(r.outstanding for r in self._replicas) / len(self._replicas)
+
+    def queue_delay_s(self) -> float:
+        """Estimated queueing delay at the least-loaded replica: its queued prompt tokens at its prefill rate."""
+        return min(sum(q.prompt_len for q in r.waiting) * r.c.t_token for r in self._replicas)

@@ -1,0 +1,259 @@
+"""The step-by-step reference replica: one event per step, plain per-request loops.
+
+It implements the semantics documented in ``engine.py`` the obvious way — every step rebuilds
+the batch from the list of running requests and sums their contexts — so it shares no
+bookkeeping with the event-skipping :class:`~agentsim.serving.engine.Replica`. Tests hold the two to the
+same per-request timestamps (1e-9 relative); benchmarks measure what event skipping saves.
+"""
+from __future__ import annotations
+
+import math
+
+from simpy.events import NORMAL, Event
+
+from .engine import ADMISSION_POLICIES, EPS, EngineConfig
+from .prefix_cache import PrefixCache, reserve
+from .request import Request
+from ..model.servicetime import StepCoeffs
+
+
+class SteppingReplica:
+    """Same interface as :class:`~agentsim.serving.engine.Replica`; ``req.kv`` is the KV it holds."""
+
+    def __init__(self, env, coeffs: StepCoeffs, config: EngineConfig, *, index: int = 0, on_done=None,
+                 cache: PrefixCache | None = None, check_invariants: bool = False) -> None:
+        self.env, self.c, self.cfg, self.index, self.on_done = env, coeffs, config, index, on_done
+        self.cache = cache if cache is not None and cache.enabled else None
+        self.waiting = ADMISSION_POLICIES[config.admission]()
+        self.running: list[Request] = []   # admission order
+        self.up = True
+        self._timer = None
+        self._t0 = 0.0
+        self._plan_data = None
+        self._to_cancel: list = []
+        self.pending = 0
+        self.steps = self.stretches = self.tokens_out = self.preemptions = 0
+        self.busy_time = self.energy_j = 0.0
+
+    @property
+    def outstanding(self) -> int:
+        return len(self.waiting) + len(self.running) + self.pending
+
+    @property
+    def n_running(self) -> int:
+        return len(self.running)
+
+    @property
+    def kv_used(self) -> int:
+        return sum(r.kv for r in self.running)
+
+    def submit(self, req: Request) -> None:
+        req.replica = self.index
+        if not self.up:
+            return self._end(req, "replica_failed")
+        if req.prompt + req.output > self.cfg.kv_capacity:
+            return self._end(req, "request_too_large")
+        if self.c.request_overhead > 0:
+            ev = Event(self.env)
+            ev._ok, ev._value = True, req
+            ev.callbacks.append(self._on_ready)
+            self.pending += 1
+            self.env.schedule(ev, NORMAL, self.c.request_overhead)
+        else:
+            self._enqueue(req)
+
+    def _on_ready(self, ev) -> None:
+        req = ev._value
+        if req.removed:
+            return          # cancelled during its overhead delay (cancel() already uncounted it)
+        self.pending -= 1
+        if self.up:
+            self._enqueue(req)
+        else:
+            self._end(req, "replica_failed")
+
+    def accounted(self, now: float) -> tuple[float, float]:
+        """(busy seconds, server joules) so far, the step in progress prorated to ``now``."""
+        dur = now - self._t0
+        if self._timer is None or dur <= 0:
+            return self.busy_time, self.energy_j
+        decoders, chunks, step = self._plan_data
+        tokens = len(decoders) + sum(ch for _, ch in chunks)
+        comm = self.c.comm_fixed + self.c.comm_token * tokens if self.c.comm_fixed else 0.0
+        kernel = (step - self.c.step_overhead(len(decoders)) - comm) * min(1.0, dur / step)
+        c = self.c
+        return self.busy_time + dur, self.energy_j + c.power_w * (c.idle_fraction * dur + (1 - c.idle_fraction) * kernel)
+
+    def fail(self) -> None:
+        self.up = False
+        if self._timer is not None:
+            self.busy_time, self.energy_j = self.accounted(self.env.now)
+        victims = self.running + list(self.waiting)
+        self.running = []
+        self.waiting = ADMISSION_POLICIES[self.cfg.admission]()
+        self._timer = None
+        if self.cache is not None:
+            self.cache.clear()
+        for r in victims:
+            r.running = False
+            self._end(r, "replica_failed")
+
+    def repair(self) -> None:
+        self.up = True
+
+    def cancel(self, req: Request, outcome: str = "cancelled") -> None:
+        if req.finish == req.finish or req.removed:
+            return
+        if req.running:
+            self._to_cancel.append((req, outcome))
+            if self.env.now - self._t0 <= EPS * max(1.0, self.env.now):
+                self._step(self._t0)   # at the boundary: re-plan the step without it
+            return
+        req.removed = True
+        was_head = bool(self.waiting) and self.waiting[0] is req
+        if req in self.waiting:
+            self.waiting.remove(req)
+        else:
+            self.pending -= 1
+        self._end(req, outcome)
+        if was_head and self.waiting and self._timer is not None \
+                and self.env.now - self._t0 <= EPS * max(1.0, self.env.now):
+            self._step(self._t0)
+
+    def _end(self, req: Request, outcome: str) -> None:
+        req.outcome = outcome
+        if math.isnan(req.finish):
+            req.finish = self.env.now
+        if self.on_done is not None:
+            self.on_done(req)
+
+    def _enqueue(self, req: Request) -> None:
+        now = self.env.now
+        req.ready = now
+        self.waiting.append(req)
+        if self._timer is None:
+            self._step(now)
+        elif self.waiting[0] is req and now - self._t0 <= EPS * max(1.0, now):
+            decoders = sum(1 for r in self.running if r.pf_done >= r.prompt_len)
+            if len(self.running) < self.cfg.max_batch and self.kv_used + decoders + req.prompt_len <= self.cfg.kv_capacity:
+                self._step(self._t0)   # it arrived at the boundary: re-plan the step that starts there
+
+    def _step(self, t: float) -> None:
+        """Plan the one step that starts at ``t``."""
+        cap, cache = self.cfg.kv_capacity, self.cache
+        for req, outcome in self._to_cancel:
+            if req.running:
+                self.running.remove(req)
+                req.running = False
+                req.removed = True
+                self._end(req, outcome)
+        self._to_cancel.clear()
+        while True:
+            cached = cache.gpu_used if cache is not None else 0
+            over = self.kv_used + sum(1 for r in self.running if r.pf_done >= r.prompt_len) + cached - cap
+            if over <= 0:
+                break
+            if cached:
+                cache.evict(over, t, force=True)
+            else:
+                self._preempt(self.running[-1])
+        decoders = [r for r in self.running if r.pf_done >= r.prompt_len]
+        while self.waiting and len(self.running) < self.cfg.max_batch:
+            req = self.waiting[0]
+            if not reserve(cache, req, self.kv_used, len(decoders), cap, t, not self.running):
+                break
+            self.waiting.popleft()
+            if math.isnan(req.admitted):
+                req.admitted = t
+            req.running = True
+            if req.preemptions == 0:
+                req.pf_done = min(req.cached_gpu + req.cached_host, req.prompt_len - 1)
+                req.load = req.cached_host
+            else:
+                req.pf_done = req.load = 0
+            req.kv = req.prompt_len
+            self.running.append(req)
+        self._t0 = t
+        self.stretches += 1
+        prefilling = [r for r in self.running if r.pf_done < r.prompt_len]
+        if not decoders and not prefilling:
+            self._timer = None
+            return
+        left = self.cfg.token_budget - len(decoders)
+        chunks = []
+        for r in prefilling:
+            if left <= 0:
+                break
+            need = r.prompt_len - r.pf_done
+            if need > left and not self.cfg.chunked_prefill and (chunks or r.prompt_len <= self.cfg.token_budget):
+                break   # unchunked: a prompt waits for a step with room for all of it (one longer than the budget is chunked)
+            ch = min(need, left)
+            chunks.append((r, ch))
+            left -= ch
+        done = sum(1 for r, ch in chunks if r.pf_done + ch >= r.prompt_len)
+        context = sum(r.kv + 1 for r in decoders)
+        dur = self.c.step_time(sum(ch for _, ch in chunks), sum(ch * r.pf_done + ch * ch / 2 for r, ch in chunks),
+                               sum(r.pf_done + ch for r, ch in chunks), len(decoders), context, len(decoders) + done)
+        dur += sum(r.load for r, _ in chunks) * self.c.t_host_load
+        self._plan_data = (decoders, chunks, dur)
+        ev = Event(self.env)
+        ev._ok, ev._value = True, None
+        ev.callbacks.append(self._on_timer)
+        self._timer = ev
+        self.env.schedule(ev, NORMAL, max(0.0, t + dur - self.env.now))
+
+    def _on_timer(self, ev: Event) -> None:
+        if ev is not self._timer:
+            return
+        now = self.env.now
+        decoders, chunks, dur = self._plan_data
+        self.steps += 1
+        self.busy_time += now - self._t0
+        tokens = len(decoders) + sum(ch for _, ch in chunks)
+        comm = self.c.comm_fixed + self.c.comm_token * tokens if self.c.comm_fixed else 0.0
+        self.energy_j += self.c.power_w * (self.c.idle_fraction * (now - self._t0)
+                                           + (1 - self.c.idle_fraction) * (dur - self.c.step_overhead(len(decoders)) - comm))
+        finished = []
+        for r in decoders:
+            r.kv += 1
+            r.out_left -= 1
+            self.tokens_out += 1
+            if r.out_left == 0:
+                finished.append(r)
+        for r, ch in chunks:
+            r.pf_done += ch
+            r.prefill_tokens += ch
+            r.load = 0
+            if r.pf_done >= r.prompt_len:
+                self.tokens_out += 1
+                if math.isnan(r.first_token):
+                    r.first_token = now
+                r.out_left -= 1
+                if r.out_left == 0:
+                    finished.append(r)
+        for r in sorted(finished, key=lambda r: r.rid):
+            self._retire(r, now)
+        self._step(now)
+
+    def _retire(self, r: Request, t: float) -> None:
+        self.running.remove(r)
+        cache = self.cache
+        if cache is not None:
+            cache.put(r.prefix_key, r.kv, t, r.cache_ttl)
+            if r.shared_key is not None:
+                cache.put_shared(r.shared_key, r.shared_len, t, self.cfg.kv_capacity - self.kv_used - cache.gpu_used,
+                                 r.cache_ttl)
+        r.running = False
+        r.finish = t
+        self._end(r, "completed")
+
+    def _preempt(self, victim: Request) -> None:
+        self.running.remove(victim)
+        victim.running = False
+        if victim.pf_done >= victim.prompt_len:
+            victim.prompt_len = victim.kv + 1
+        victim.pf_done = 0
+        victim.kv = 0
+        victim.preemptions += 1
+        self.preemptions += 1
+        self.waiting.appendleft(victim)

@@ -1,0 +1,432 @@
+"""datacenter_lease: what does leasing a Colossus-1-like data center buy?
+
+The lease: ~150 k H100, ~50 k H200 and ~30 k GB200 GPUs (hardware-roofline.md §2.1) in one
+300 MW facility (PUE 1.25, 10 % other IT load), serving DeepSeek-V3 (the open stand-in for a
+frontier MoE) as the default scenario deploys it: H100 FP8 tp 8 × pp 2 (9,375 replicas), H200
+FP8 tp 8 (6,250), GB200 FP4 tp 4 (7,500). It is far too big to simulate whole, so the
+experiment runs a **1/N slice** (N = 625 at scale 1: 15 + 10 + 12 replicas, exact) with the
+users hashed to slices (``agentsim.run.build.sliced``), and scales it back up; each replication draws
+its slice and seed as ``agentsim.studies.sweep`` does (``agentsim.studies.slicing``), so the intervals include
+slice-to-slice variation.
+
+1. **Users at the SLO.** Coding-agent users (Max 5x after 6 May 2026) are swept over a grid of
+   fleet-wide counts during the weekday peak (16:00–19:00 UTC, the first hour warm-up); the
+   capacity is where SLO attainment (requests completed within TTFT 5 s and TPOT 0.15 s, among
+   those not refused by the plan's usage limits) falls through 90 %, interpolated per
+   replication.
+2. **Added to an existing fleet.** The existing fleet is the default scenario's fleet and users
+   scaled to the same slice (N × 240 GPUs, N × 5,540 users); the lease is added to it behind one
+   router with the capacity found in 1 added to its coding-agent users, and the SLO is checked on
+   the combined fleet (and on the existing fleet alone).
+3. **Power and cost.** The lease's facility draw at capacity (its busiest hour and the mean
+   over the measured window, scaled to the whole fleet) against 300 MW and against nameplate; its cost at catalog
+   prices per hour, per 180-day lease term, per added user-month and per million tokens.
+
+Scale: ``scale`` K runs slices of 1/(625/K) of the fleet (bigger slices: less rounding and
+noise); ``FULL_SCALE`` = 5 (N = 125).
+"""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import Report, check_args, crossing, default_scenario, main_for, md_table, run_tasks, save_figure, seeds, simulate_one, stat
+
+QUESTION = ("How many more coding-agent users does a leased Colossus-1-like data center (≈150k H100, 50k H200, "
+            "30k GB200) serve at an SLO on top of an existing fleet, at what power against its 300 MW, and at what cost?")
+FULL_SCALE = 5.0
+REPLICATIONS = 3
+SLICES = 625
+LEASE = {"h100": ("H100-SXM", "fp8", 8, 2, 150_000), "h200": ("H200", "fp8", 8, 1, 50_000),
+         "gb200": ("GB200", "fp4", 4, 1, 30_000)}
+USERS_GRID = (3.0e6, 4.0e6, 5.0e6, 6.0e6)
+SLO_TARGET = 0.90
+START = "2026-06-01T17:00:00Z"
+DURATION_S = 3 * 3600.0
+WARMUP_S = 3600.0
+FACILITY_MW = 300.0
+LEASE_DAYS = 180
+PLAN = "max5_post_2026_05_06"
+
+
+def lease_pools(site: str = "memphis") -> dict:
+    return {f"lease_{k}": {"gpu": gpu, "model": "DeepSeek-V3", "precision": prec, "tp": tp, "pp": pp,
+                           "replicas": n // (tp * pp), "site": site} for k, (gpu, prec, tp, pp, n) in LEASE.items()}
+
+
+def base(slices: int) -> dict:
+    """What the lease and the combined scenarios share: engine, gateway, window, slicing."""
+    d = default_scenario()
+    return {"name": "datacenter_lease", "start": START, "duration_s": DURATION_S, "warmup_s": WARMUP_S,
+            "sample_s": 300.0, "seed": 1, "slo_ttft_s": d["slo_ttft_s"], "slo_tpot_s": d["slo_tpot_s"],
+            "policies": d["policies"], "engine": d["engine"], "router": d["router"]}
+
+
+def lease_scenario(slices: int, users: float) -> dict:
+    """The lease alone at memphis, serving ``users`` coding-agent users (fleet-wide)."""
+    sc = base(slices)
+    coders = default_scenario()["populations"]["coders"]
+    sc.update(sites={"memphis": {"pue": 1.25, "other_it_fraction": 0.10, "facility_mw": FACILITY_MW}},
+              pools=lease_pools(), populations={"coders": dict(coders, size=int(users), plan=PLAN)})
+    return sc
+
+
+def existing_scenario(slices: int, extra_users: float = 0.0, with_lease: bool = False) -> dict:
+    """The default scenario's fleet and users × ``slices`` (one slice of it is the default), plus the
+    lease and ``extra_users`` coding-agent users."""
+    d = default_scenario()
+    sc = base(slices)
+    sites = {"existing": dict(d["sites"]["memphis"], facility_mw=0.0)}
+    pools = {f"existing_{k}": dict(p, replicas=p["replicas"] * slices, site="existing") for k, p in d["pools"].items()}
+    pops = {}
+    for k, p in d["populations"].items():
+        p = dict(p, size=p["size"] * slices)
+        if p.get("kind") == "fleet":
+            # the slice divides fleets back by N; tenants stay as they are, so a slice's fleet meets the same
+            # per-tenant tier limits as the default scenario's
+            p.update(workers=p["workers"] * slices, workers_min=p["workers_min"] * slices,
+                     task_rate=p["task_rate"] * slices)
+        pops[k] = p
+    pops["coders"]["size"] = int(pops["coders"]["size"] + extra_users)
+    if with_lease:
+        sites["memphis"] = {"pue": 1.25, "other_it_fraction": 0.10, "facility_mw": FACILITY_MW}
+        pools.update(lease_pools())
+    sc.update(sites=sites, pools=pools, populations=pops)
+    return sc
+
+
+def sliced_task(sc: dict, slices: int, seed: int) -> tuple[dict, int]:
+    """The task of one replication: the slice ``agentsim.studies.sweep`` would run for base seed ``seed``
+    (index drawn by :func:`agentsim.studies.slicing.slice_indices`, seed by :func:`slice_seed`)."""
+    from ..slicing import slice_indices, slice_seed
+    i = slice_indices(slices, 1, seed)[0]
+    return dict(sc, slice={"count": slices, "index": i}), slice_seed(seed, slices, i)
+
+
+def measure(sc: dict, seed: int) -> dict:
+    """One slice: SLO attainment (plan refusals excluded), power over the measured window and its
+    busiest hour, utilisation and unit costs. Additive figures are per slice (the caller scales)."""
+    res = simulate_one(sc, seed)
+    df = res.requests
+    warm, end = sc["warmup_s"], sc["duration_s"]
+    df = df[df["arrival_s"] >= warm]
+    served = df[~df["outcome"].isin(["429_window", "429_limit", "429_spend_cap"])]
+    done = served[served["outcome"] == "completed"]
+    ok = done[(done["ttft_s"] <= sc["slo_ttft_s"]) & ~(done["tpot_s"] > sc["slo_tpot_s"])]
+    ts = res.timeseries
+    fac = ts.groupby("time_s", observed=True)["facility_power_w"].sum()
+    t = fac.index.to_numpy(dtype=float)
+    w = fac.to_numpy(dtype=float)
+    inwin = t > warm + 1e-9                      # samples covering intervals after the warm-up
+    hours = np.floor((t[inwin] - 1e-9) / 3600.0)
+    hourly = pd.Series(w[inwin]).groupby(hours).mean()
+    pools = res.pools
+    span = end - warm
+    tokens = float(done["input_tokens"].sum() + done["output_tokens"].sum())
+    pool_cost = float(pools["cost_usd"].sum()) * span / end
+    return {"attainment": len(ok) / len(served) if len(served) else math.nan,
+            "ttft_p90_s": float(np.percentile(done["ttft_s"], 90)) if len(done) else math.nan,
+            "tpot_p90_s": float(np.nanpercentile(done["tpot_s"], 90)) if len(done) else math.nan,
+            "power_w_window": float(w[inwin].mean()) if inwin.any() else math.nan,
+            "power_w_busiest_hour": float(hourly.max()) if len(hourly) else math.nan,
+            "power_w_max_interval": float(w[inwin].max()) if inwin.any() else math.nan,
+            "power_series_w": w, "power_series_t": t,
+            "usd_per_m_tokens": pool_cost / tokens * 1e6 if tokens else math.nan,
+            "joules_per_token": float(pools["facility_energy_j"].sum()) / float(
+                res.requests.loc[res.requests["outcome"] == "completed", "output_tokens"].sum() or math.nan),
+            "utilisation": dict(zip(pools["pool"], pools["busy_frac"].astype(float))),
+            "coders_in_slice": int(len(set(df.loc[df["population"].astype(str) == "coders", "user"]))),
+            "requests": int(len(df))}
+
+
+def run(out_dir, scale: float = 1.0, seed: int = 1, replications: int | None = None, workers: int | None = None,
+        *, address: str | None = None, users_grid=USERS_GRID, check_existing: bool = True) -> dict:
+    check_args(scale, replications, seed)
+    t0 = time.perf_counter()
+    R = replications or REPLICATIONS
+    out = Path(out_dir)
+    rep = Report("datacenter_lease", QUESTION)
+    N = max(1, round(SLICES / scale))
+    ss = seeds(seed, R)
+    tasks = [sliced_task(lease_scenario(N, u), N, s) for u in users_grid for s in ss]
+    results = run_tasks(measure, tasks, workers, label="datacenter_lease (lease)", address=address)
+    t = _grid_table(results, users_grid, ss, N)
+    per_rep = _per_replication(t)
+    users = stat([p["users"] for p in per_rep])
+    users_power = stat([p["users_at_facility_mw"] for p in per_rep])
+    mw_mean = stat([p["mw_window"] for p in per_rep])
+    mw_peak = stat([p["mw_busiest_hour"] for p in per_rep])
+    mw_5min = stat([p["mw_max_interval"] for p in per_rep])
+    usd_mtok = stat([p["usd_per_m_tokens"] for p in per_rep])
+    jpt = stat([p["joules_per_token"] for p in per_rep])
+    gpus, usd_h, nameplate_mw, cost = _lease_cost(per_rep)
+    check = (_existing_fleet_check(users, N, ss, workers, address)
+             if check_existing and math.isfinite(users.mean) else {})
+    figs = {"users": users, "users_power": users_power, "mw_mean": mw_mean, "mw_peak": mw_peak, "mw_5min": mw_5min,
+            "usd_mtok": usd_mtok, "jpt": jpt}
+    lease = {"gpus": gpus, "usd_h": usd_h, "nameplate_mw": nameplate_mw, "cost": cost}
+    rep.answer = _answer(N, per_rep, check, figs, lease)
+    _sections(rep, t, N, users_grid, per_rep, check, figs, lease)
+    for path, caption in _figures(out, t, results, users, nameplate_mw, N, users_grid, ss, users_power):
+        rep.figure(path, caption)
+    rep.results = {"users_at_slo": users, "users_at_facility_mw": users_power, "facility_mw_busiest_hour": mw_peak,
+                   "facility_mw_window_mean": mw_mean, "facility_mw_max_5min_scaled": mw_5min,
+                   "nameplate_mw": nameplate_mw, "facility_mw": FACILITY_MW, "joules_per_token": jpt,
+                   "usd_per_m_tokens": usd_mtok, "cost": cost, "per_replication": per_rep, "existing_check": check,
+                   "slices": N, "gpus": gpus, "replications": R, "seeds": ss}
+    rep.settings = {"scale": scale, "replications": R, "seed": seed, "slices": N,
+                    "users_grid": list(users_grid), "slo": f"attainment >= {SLO_TARGET}", "window": START}
+    return rep.write(out, time.perf_counter() - t0)
+
+
+def _grid_table(results: list[dict], users_grid, ss: list[int], N: int) -> pd.DataFrame:
+    """One row per replication × user count: attainment, latency, fleet power (slice × N), cost, utilisation."""
+    rows = []
+    for k, (u, s) in enumerate([(u, s) for u in users_grid for s in ss]):
+        r = results[k]
+        rows.append({"replication": ss.index(s), "users": float(u), "attainment": r["attainment"],
+                     "ttft_p90_s": r["ttft_p90_s"], "tpot_p90_s": r["tpot_p90_s"],
+                     "mw_window": r["power_w_window"] * N / 1e6, "mw_busiest_hour": r["power_w_busiest_hour"] * N / 1e6,
+                     "mw_max_interval": r["power_w_max_interval"] * N / 1e6,
+                     "usd_per_m_tokens": r["usd_per_m_tokens"], "joules_per_token": r["joules_per_token"],
+                     **{f"util.{p}": v for p, v in r["utilisation"].items()}})
+    return pd.DataFrame(rows).sort_values(["replication", "users"])
+
+
+def _per_replication(t: pd.DataFrame) -> list[dict]:
+    """Per replication: the users at which attainment falls through the target, and the figures there."""
+    per_rep = []
+    for r, g in t.groupby("replication"):
+        u = crossing(g["users"], g["attainment"], SLO_TARGET)
+        capped = math.isinf(u)
+        u = min(u, g["users"].max()) if math.isfinite(u) or capped else u
+        at = lambda col: float(np.interp(u, g["users"], g[col])) if math.isfinite(u) else math.nan  # noqa: E731
+        up = crossing(g["users"], -g["mw_busiest_hour"], -FACILITY_MW)   # where the busiest hour reaches 300 MW
+        per_rep.append({"replication": int(r), "users": u, "capped": capped, "below_grid": math.isnan(u),
+                        "users_at_facility_mw": up,
+                        "mw_window": at("mw_window"), "mw_busiest_hour": at("mw_busiest_hour"),
+                        "mw_max_interval": at("mw_max_interval"), "usd_per_m_tokens": at("usd_per_m_tokens"),
+                        "joules_per_token": at("joules_per_token")})
+    return per_rep
+
+
+def _lease_cost(per_rep: list[dict]) -> tuple[dict, float, float, dict]:
+    """The lease's GPUs, cost per hour, nameplate facility MW, and its cost per day, term and added user."""
+    from ...model.catalog import load_catalog
+    cat = load_catalog()
+    gpus = {k: v[4] // (v[2] * v[3]) * v[2] * v[3] for k, v in LEASE.items()}
+    usd_h = sum(gpus[k] * cat.gpu(LEASE[k][0]).usd_per_gpu_hour for k in LEASE)
+    nameplate_mw = sum(gpus[k] * cat.gpu(LEASE[k][0]).server_w_per_gpu for k in LEASE) * 1.10 * 1.25 / 1e6
+    cost = {"usd_per_hour": usd_h, "usd_per_day": usd_h * 24, "usd_per_lease_term": usd_h * 24 * LEASE_DAYS,
+            "usd_per_added_user_month": stat([usd_h * 730 / p["users"] if p["users"] else math.nan for p in per_rep])}
+    return gpus, usd_h, nameplate_mw, cost
+
+
+def _existing_fleet_check(users, N: int, ss: list[int], workers, address) -> dict:
+    """The default fleet × N alone, and with the lease and its capacity in coding users added."""
+    R = len(ss)
+    check = {}
+    extra = math.floor(users.mean / 1e5) * 1e5
+    variants = (("existing", existing_scenario(N)),
+                ("existing_plus_lease", existing_scenario(N, extra_users=extra, with_lease=True)))
+    ctasks = [sliced_task(sc, N, s) for _, sc in variants for s in ss]
+    cres = run_tasks(measure, ctasks, workers, label="datacenter_lease (existing fleet)", address=address)
+    for j, (name, sc) in enumerate(variants):
+        rr = cres[j * R:(j + 1) * R]
+        check[name] = {"attainment": stat([r["attainment"] for r in rr]),
+                       "ttft_p90_s": stat([r["ttft_p90_s"] for r in rr]),
+                       "users": float(sum(p["size"] for p in sc["populations"].values())),
+                       "coders": float(sc["populations"]["coders"]["size"]),
+                       "extra_coders": extra if name != "existing" else 0.0,
+                       "gpus": sum(p["replicas"] * p["tp"] * p["pp"] for p in sc["pools"].values())}
+    return check
+
+
+def _answer(N: int, per_rep: list[dict], check: dict, figs: dict, lease: dict) -> str:
+    """Users at the SLO, the existing-fleet check, and the lease's power and cost at that load."""
+    users, users_power, mw_mean, mw_peak, usd_mtok = (figs[k] for k in ("users", "users_power", "mw_mean", "mw_peak",
+                                                                        "usd_mtok"))
+    gpus, usd_h, nameplate_mw, cost = (lease[k] for k in ("gpus", "usd_h", "nameplate_mw", "cost"))
+    per_slice = ", ".join(f"{max(1, round(gpus[k] / (LEASE[k][2] * LEASE[k][3]) / N))} {k}" for k in LEASE)
+    parts = [f"A 1/{N} slice of the lease ({per_slice} replicas) scaled ×{N} serves {users.fmt(3)} coding-agent "
+             f"users (Max 5x) at the weekday peak ({START[11:16]}–{int(START[11:13]) + DURATION_S / 3600:.0f}:00 UTC) "
+             f"with ≥ {SLO_TARGET:.0%} of requests within TTFT 5 s and TPOT 0.15 s"
+             + (" — at least: the SLO still held at the largest grid point in some replications"
+                if any(p["capped"] for p in per_rep) else "") + "."]
+    if check:
+        e, c = check["existing"], check["existing_plus_lease"]
+        verdict = ("holds" if c["attainment"].low >= SLO_TARGET else "is missed" if c["attainment"].high < SLO_TARGET
+                   else "is borderline")
+        parts.append(f"Added to an existing fleet ({N}× the default scenario: {e['gpus']:,} GPUs serving "
+                     f"{e['users']:,.0f} users at attainment {e['attainment'].fmt(3)}), the lease with "
+                     f"{c['extra_coders']:,.0f} more coding users behind one router gives attainment "
+                     f"{c['attainment'].fmt(3)} — the SLO {verdict}"
+                     + (", so the increment is at least the lease's own capacity." if verdict == "holds" else "."))
+    parts.append(f"At that load the lease draws {mw_peak.fmt(3, 'MW')} in the busiest hour "
+                 f"({mw_mean.fmt(3, 'MW')} averaged over the measured window) — {mw_peak.mean / FACILITY_MW:.0%} of its "
+                 f"{FACILITY_MW:g} MW; at nameplate (every server at full power) it would need {nameplate_mw:.0f} MW. "
+                 + (f"So power binds before latency: the busiest hour reaches {FACILITY_MW:g} MW at "
+                    f"{users_power.fmt(3)} users, the capacity within the facility's supply. "
+                    if mw_peak.mean > FACILITY_MW and math.isfinite(users_power.mean) else "")
+                 + f"It costs ${usd_h / 1e6:.2f} M per hour at catalog prices (${cost['usd_per_lease_term'] / 1e9:.2f} bn "
+                 f"for a {LEASE_DAYS}-day term): {cost['usd_per_added_user_month'].fmt(3)} USD per added user-month, "
+                 f"{usd_mtok.fmt(3)} USD per million tokens (input + output) served at the peak.")
+    return " ".join(parts)
+
+
+def _sections(rep: Report, t: pd.DataFrame, N: int, users_grid, per_rep: list[dict], check: dict, figs: dict,
+              lease: dict) -> None:
+    """Users at the SLO, the existing-fleet check, power and cost, and the method."""
+    users, mw_mean, mw_peak, mw_5min, usd_mtok, jpt = (figs[k] for k in ("users", "mw_mean", "mw_peak", "mw_5min",
+                                                                         "usd_mtok", "jpt"))
+    gpus, usd_h, nameplate_mw, cost = (lease[k] for k in ("gpus", "usd_h", "nameplate_mw", "cost"))
+    trows = [[int(r["replication"]), f"{r['users'] / 1e6:.2f} M", f"{r['attainment']:.3f}", f"{r['ttft_p90_s']:.3g}",
+              f"{r['tpot_p90_s']:.3g}", f"{r['mw_busiest_hour']:.0f}", f"{r['mw_window']:.0f}",
+              ", ".join(f"{c[11:]} {r[c]:.2f}" for c in t.columns if c.startswith("util."))]
+             for _, r in t.iterrows()]
+    rep.section("Users at the SLO (the lease alone)", [
+        "Per replication: one slice (index and seed drawn per replication as `agentsim.studies.sweep` does; the same for "
+        f"every user count: common random numbers), {len(users_grid)} fleet-wide user counts. Attainment = requests "
+        "completed within both SLOs / requests not refused by the plan's usage limits, after the warm-up; capacity "
+        "interpolated linearly where it falls through the target.", ""]
+        + md_table(["rep", "users", "SLO attainment", "TTFT p90 (s)", "TPOT p90 (s)", "MW busiest hour",
+                    "MW window mean", "busy share by pool"], trows)
+        + md_table(["replication", "users at SLO", "MW busiest hour", "MW window mean", "USD per M tokens",
+                    f"users when the busiest hour reaches {FACILITY_MW:g} MW"],
+                   [[p["replication"], f"{p['users'] / 1e6:.2f} M" + (" (≥)" if p["capped"] else ""),
+                     f"{p['mw_busiest_hour']:.0f}", f"{p['mw_window']:.0f}", f"{p['usd_per_m_tokens']:.3g}",
+                     f"{p['users_at_facility_mw'] / 1e6:.2f} M" if math.isfinite(p["users_at_facility_mw"]) else
+                     ("never on the grid" if math.isinf(p["users_at_facility_mw"]) else "below the grid")]
+                    for p in per_rep]))
+    if check:
+        rep.section("Added to the existing fleet", md_table(
+            ["fleet", "GPUs", "coding users", "all users", "SLO attainment", "TTFT p90 (s)"],
+            [[k, f"{v['gpus']:,}", f"{v['coders']:,.0f}", f"{v['users']:,.0f}", v["attainment"].fmt(3),
+              v["ttft_p90_s"].fmt(3)] for k, v in check.items()]))
+    rep.section("Power and cost", [
+        f"- GPUs: {', '.join(f'{gpus[k]:,} {LEASE[k][0]}' for k in LEASE)} = {sum(gpus.values()):,}.",
+        f"- Facility draw at capacity: busiest hour {mw_peak.fmt(3, 'MW')}, measured-window mean "
+        f"{mw_mean.fmt(3, 'MW')} (servers × 1.10 other IT × PUE 1.25); nameplate {nameplate_mw:.0f} MW; facility "
+        f"{FACILITY_MW:g} MW. The largest single 5-min interval of a slice, scaled ×{N}, reads {mw_5min.fmt(3, 'MW')} — "
+        "an overestimate of the fleet's 5-min peak, since a slice's fluctuations do not add up across slices.",
+        f"- Energy: {jpt.fmt(3, 'J')} per output token.",
+        f"- Cost at catalog on-demand prices: ${usd_h:,.0f} per hour, ${cost['usd_per_day']:,.0f} per day, "
+        f"${cost['usd_per_lease_term']:,.0f} per {LEASE_DAYS}-day term; per added user-month (730 h) "
+        f"{cost['usd_per_added_user_month'].fmt(3)} USD; {usd_mtok.fmt(3)} USD per million tokens (input + output) "
+        "at the peak load."])
+    rep.section("Method", [
+        f"- Slicing (DESIGN §9): the whole fleet and user base are declared; each run simulates slice i of {N} "
+        "(pools at 1/N by `agentsim.run.build.sliced`, users whose hash falls in the slice) and additive figures are "
+        f"scaled ×{N}; each replication draws its slice and seed with `agentsim.studies.slicing`. `--scale 2` halves N; the "
+        "answer should move less than its interval.",
+        f"- Window: Monday {START[11:16]}–{int(START[11:13]) + DURATION_S / 3600:.0f}:00 UTC (coding-agent peak, "
+        "2.5–2.8× the weekly mean rate), the first hour warm-up; users start with empty usage windows.",
+        "- Gateway and engine as in the default scenario (overload shedding at 96 outstanding per replica, plan "
+        "limits, prefixes pinned for an hour, 2 TB host KV per replica); session-affinity routing.",
+        "- The existing-fleet check runs the default scenario × N (site `existing`) alone and with the lease added "
+        "behind the same router, the lease's capacity (rounded down to 0.1 M) added to its coding users."])
+
+
+def _figures(out: Path, t: pd.DataFrame, results, users, nameplate_mw, N, users_grid, ss, users_power) -> list:
+    """The figures, one function each: ``[(path, caption)]``."""
+    return [_figure_capacity_and_power(out, t, results, users, nameplate_mw, N, users_grid, ss, users_power),
+            _figure_pool_utilisation(out, t)]
+
+
+def _figure_capacity_and_power(out: Path, t: pd.DataFrame, results, users, nameplate_mw, N, users_grid, ss,
+                               users_power) -> tuple:
+    """Figure ``capacity_and_power``: (its path, its caption)."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(18, 4.8))
+    rows = _attainment_panel(axes[0], t, users)
+    ax = axes[1]
+    m = t.groupby("users")[["mw_busiest_hour", "mw_window"]].agg(["mean", "min", "max"])
+    for col, label, style in (("mw_busiest_hour", "busiest hour", "-o"), ("mw_window", "measured-window mean", "--o")):
+        ax.plot(m.index / 1e6, m[(col, "mean")], style, label=f"{label} (mean; band: min–max of replications)")
+        ax.fill_between(m.index / 1e6, m[(col, "min")], m[(col, "max")], alpha=0.15)
+        rows += [{"panel": col, "replication": -1, "users": u, "value": v} for u, v in m[(col, "mean")].items()]
+    ax.axhline(FACILITY_MW, color="red", ls="-", label=f"facility {FACILITY_MW:g} MW")
+    ax.axhline(nameplate_mw, color="red", ls=":", label=f"nameplate {nameplate_mw:.0f} MW")
+    if math.isfinite(users.mean):
+        ax.axvline(users.mean / 1e6, color="black", lw=1, label="capacity at the SLO")
+    if math.isfinite(users_power.mean):
+        ax.axvline(users_power.mean / 1e6, color="red", lw=1, ls="--",
+                   label=f"busiest hour reaches {FACILITY_MW:g} MW ({users_power.mean / 1e6:.2f} M)")
+    ax.set_xlabel("coding-agent users on the lease (millions)")
+    ax.set_ylabel("facility power, fleet-wide (MW)")
+    ax.set_title("Facility draw of the lease vs its 300 MW")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    ax = axes[2]
+    R = len(ss)
+    k = len(users_grid) - 1 if len(users_grid) < 2 else int(np.argmin(np.abs(np.asarray(users_grid) - users.mean))) \
+        if math.isfinite(users.mean) else len(users_grid) - 1
+    for i in range(R):
+        r = results[k * R + i]
+        hrs = np.asarray(r["power_series_t"]) / 3600 + int(START[11:13])
+        ax.step(hrs, np.asarray(r["power_series_w"]) * N / 1e6, where="pre", label=f"replication {i}")
+        rows += [{"panel": "series_mw", "replication": i, "users": users_grid[k], "value": w * N / 1e6,
+                  "hour_utc": h} for h, w in zip(hrs, r["power_series_w"])]
+    ax.axhline(FACILITY_MW, color="red", ls="-", label=f"facility {FACILITY_MW:g} MW")
+    ax.axvspan(int(START[11:13]), int(START[11:13]) + WARMUP_S / 3600, color="grey", alpha=0.1, label="warm-up")
+    ax.set_xlabel("hour (UTC)")
+    ax.set_ylabel("one slice's 5-min draw × N (MW)")
+    ax.set_title(f"Draw over time at {users_grid[k] / 1e6:g} M users (a slice scaled ×{N})")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return (save_figure(fig, out, "capacity_and_power", pd.DataFrame(rows)),
+            "SLO attainment and facility power of the lease vs fleet-wide coding-agent users; the draw over "
+            "time near capacity.")
+
+
+def _attainment_panel(ax, t: pd.DataFrame, users) -> list[dict]:
+    """SLO attainment against users per replication, the target and the capacity with its CI; the rows drawn."""
+    rows = []
+    for r, g in t.groupby("replication"):
+        ax.plot(g["users"] / 1e6, g["attainment"], marker="o", label=f"replication {r}")
+        rows += [{"panel": "attainment", "replication": int(r), "users": u, "value": v}
+                 for u, v in zip(g["users"], g["attainment"])]
+    ax.axhline(SLO_TARGET, color="red", ls=":", label=f"SLO target {SLO_TARGET:.0%}")
+    if math.isfinite(users.mean):
+        ax.axvline(users.mean / 1e6, color="black", lw=1, label=f"capacity {users.mean / 1e6:.2f} M")
+        if math.isfinite(users.low):
+            ax.axvspan(users.low / 1e6, users.high / 1e6, color="black", alpha=0.08, label="95 % CI")
+    ax.set_xlabel("coding-agent users on the lease (millions, fleet-wide)")
+    ax.set_ylabel("SLO attainment (TTFT ≤ 5 s, TPOT ≤ 0.15 s)")
+    ax.set_title("Users the lease serves at the SLO (weekday peak)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return rows
+
+
+def _figure_pool_utilisation(out: Path, t: pd.DataFrame) -> tuple:
+    """Figure ``pool_utilisation``: (its path, its caption)."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 4.6))
+    rows = []
+    for c in [c for c in t.columns if c.startswith("util.")]:
+        m = t.groupby("users")[c].mean()
+        ax.plot(m.index / 1e6, m.to_numpy(), marker="o", label=c[5:])
+        rows += [{"pool": c[5:], "users": u, "utilisation": v} for u, v in m.items()]
+    ax.set_xlabel("coding-agent users on the lease (millions)")
+    ax.set_ylabel("busy share (mean of replications)")
+    ax.set_title("Which generation carries the load (session-affinity routing, speed-aware homes)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return (save_figure(fig, out, "pool_utilisation", pd.DataFrame(rows)),
+            "Busy share of each GPU generation's pool as the user count grows.")
+
+
+main = main_for(__name__)
+
+
+if __name__ == "__main__":
+    main()
