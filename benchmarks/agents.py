@@ -80,7 +80,7 @@ def one_run(spec: dict, prof: cProfile.Profile | None = None) -> dict:
             "sessions": int((ss["kind"] == "session").sum()),
             "subagents": int((ss["kind"] == "subagent").sum()), "calls": int(rq["call_id"].nunique()),
             "attempts": int(len(rq)), "completed": int((rq["outcome"] == "completed").sum()),
-            "events": int(res.meta["events"]), "utilisation": {k: round(v["utilisation"], 3)
+            "events": int(res.meta["events"]), "busy_share": {k: round(v["busy_share"], 3)
                                                                 for k, v in res.summary()["pools"].items()}}
 
 
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"agents benchmark: {first['sessions']:,} coding-agent sessions (+{first['subagents']:,} sub-agents), "
           f"{first['calls']:,} LLM calls, {first['attempts']:,} attempts ({first['completed']:,} completed), "
           f"{first['events']:,} events ({first['events'] / first['calls']:.1f}/call); 64 replicas "
-          f"(32 H100 TP4, 16 H200 TP2, 16 B200 TP2), utilisation {first['utilisation']}")
+          f"(32 H100 TP4, 16 H200 TP2, 16 B200 TP2), busy share {first['busy_share']}")
     print(f"median of {args.runs} run(s), python {sys.version.split()[0]}, simpy {simpy.__version__}, "
           f"numpy {np.__version__}, load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     print("| " + " | ".join(h.ljust(w) for h, w in zip(head, widths)) + " |")

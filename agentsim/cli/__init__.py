@@ -6,6 +6,7 @@ one line and exits 2, so users never see a traceback for a mistake of theirs.
 from __future__ import annotations
 
 import sys
+import warnings
 
 import click
 
@@ -13,7 +14,19 @@ from ..util.errors import InputError
 from .common import cli
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings meant for the user (an old scenario schema, ...) as one ``warning:`` line, not a source trace."""
+    if issubclass(category, UserWarning) and not issubclass(category, DeprecationWarning):
+        click.echo(f"warning: {message}", err=True)
+    else:
+        _default_showwarning(message, category, filename, lineno, file, line)
+
+
+_default_showwarning = warnings.showwarning
+
+
 def main(argv: list[str] | None = None) -> None:
+    warnings.showwarning = _show_warning
     try:
         cli.main(args=argv, prog_name="agentsim", standalone_mode=False)
     except InputError as e:

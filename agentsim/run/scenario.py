@@ -13,6 +13,7 @@ import json
 import re
 from datetime import datetime
 import tomllib
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -223,9 +224,22 @@ class Slice(Model):
         return self
 
 
+#: the scenario file format this release reads; files state theirs as ``schema_version`` (missing =
+#: this one). What an older version must change (none so far: version 2 only added fields).
+SCHEMA_VERSION = 2
+SCHEMA_CHANGES = {1: "nothing to change: version 2 only adds fields (engine.preset, engine.chunked_prefill, "
+                     "streams.X.cached_tokens); set schema_version = 2"}
+
+
+class ScenarioVersionWarning(UserWarning):
+    """A scenario file written for an older schema: read as is, with what to change."""
+
+
 class Scenario(Model):
     """Everything one run needs. Units: seconds, tokens, USD, W."""
 
+    schema_version: int = Field(SCHEMA_VERSION, ge=1, le=SCHEMA_VERSION,
+                                description=f"the file format it was written for (this release reads 1 to {SCHEMA_VERSION})")
     name: str = Field("scenario", description="a label for reports")
     start: datetime = Field(DEFAULT_START, description="wall-clock time at t = 0 (ISO 8601 with offset); "
                                                         "drives diurnal profiles and peak hours")
@@ -252,6 +266,9 @@ class Scenario(Model):
 
     @model_validator(mode="after")
     def _refs(self) -> "Scenario":
+        if self.schema_version < SCHEMA_VERSION:
+            warnings.warn(f"scenario schema_version {self.schema_version}: {SCHEMA_CHANGES[self.schema_version]}",
+                          ScenarioVersionWarning, stacklevel=2)
         if not self.pools:
             raise ValueError("a scenario needs at least one pool")
         if self.warmup_s >= self.duration_s:
