@@ -84,8 +84,12 @@ def sliced(scenario: Scenario) -> Scenario:
 
 
 def build(scenario: Scenario, seed: int | None = None, *, catalog: Catalog | None = None, step_mode: bool = False,
-          check_invariants: bool = False) -> Simulation:
-    """Wire ``scenario`` for one run with ``seed`` (default: the scenario's)."""
+          check_invariants: bool = False, sources: dict | None = None) -> Simulation:
+    """Wire ``scenario`` for one run with ``seed`` (default: the scenario's).
+
+    ``sources`` adds request sources the scenario cannot describe (a trace replay): stream name ->
+    ``factory(sim, stream_index)``. The Simulation is complete when this returns: nothing patches it.
+    """
     seed = scenario.seed if seed is None else seed
     scenario = sliced(scenario)
     catalog = catalog or load_catalog(env_catalog_files() + tuple(scenario.catalog))
@@ -161,4 +165,7 @@ def build(scenario: Scenario, seed: int | None = None, *, catalog: Catalog | Non
         rids = [r.index for pool in pools if (pool.name if kind == "pool" else pool.site) == target
                 for r in pool.replicas]
         env.process(outage_process(env, cluster, rids, o.start_s, min(o.end_s, scenario.duration_s * 2)))
+    for name, factory in (sources or {}).items():     # last: their events follow everything above
+        sim.stream_names.append(name)
+        sim.sources.append(factory(sim, len(sim.stream_names) - 1))
     return sim

@@ -275,13 +275,17 @@ def replay(trace: Trace, scenario=None, *, seed: int | None = None, overrides=()
     """
     from .build import build
     sc = prepare_scenario(trace, scenario, overrides, unbounded_cache=unbounded_cache, duration_s=duration_s)
-    sim = build(sc, seed, check_invariants=check_invariants, step_mode=step_mode)
-    drain = _Drain(sim)
     cls = SessionReplay if trace.format == "tracelab" else OpenLoopReplay
-    sim.stream_names.append("trace")
-    source = cls(sim, trace, len(sim.stream_names) - 1, drain=drain)
-    drain.sources.append(source)
-    sim.sources.append(source)
+    drains = []
+
+    def trace_source(sim, index):
+        drain = _Drain(sim)
+        source = cls(sim, trace, index, drain=drain)
+        drain.sources.append(source)
+        drains.append(drain)
+        return source
+
+    sim = build(sc, seed, check_invariants=check_invariants, step_mode=step_mode, sources={"trace": trace_source})
     res = sim.run(progress)
     res.meta["duration_s"] = float(sim.env.now)
     res.meta["trace"] = trace_summary(res, trace)
