@@ -161,6 +161,7 @@ def test_refit_reproduces_the_shipped_fit(tmp_path):
     """``calibrate --refit`` is deterministic: the tables it reads hash to the shipped data hash, and a
     refit of one GPU's tables gives the shipped grids."""
     arrays, _ = opfit.fit_all(CAT, gpus=("H100-SXM",), engines=("vllm",))
-    shipped = np.load(Path(opfit.__file__).parent / "data" / "opmodel.npz")
+    from agentsim.model.opmodel import DATA
+    shipped = np.load(DATA)
     key = "vllm|H100-SXM|gemm|bfloat16/values"
     np.testing.assert_array_equal(arrays[key], shipped[key])

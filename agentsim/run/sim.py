@@ -187,6 +187,11 @@ class Simulation:
         req.finish = self.env.now
         self._finish(req)
 
+    def end_unsent(self, req: Request, outcome: str) -> None:
+        """End a request its client never sent (a local throttle): recorded like any other."""
+        self.open[req.rid] = req
+        self.end(req, outcome)
+
     def done(self, req: Request) -> None:
         """A request that passed the gateway ends (from a replica or the router)."""
         if self.gateway is not None:

@@ -42,6 +42,7 @@ from ..model.servicetime import StepCoeffs, prefill_attention_pairs, step_times
 from .calibration_points import (HOLDOUT_SEED, HOLDOUT_VALUES, METRIC_UNITS, PRECISION_MAP,  # noqa: F401
                                  REQUIRED, Point, Unscored, engine_of, holdout_rows, is_load_point,
                                  load_points, measurement_key, write_holdout_column)
+from . import calibrate_load as load_tier   # called through the module: the load tier's extension point
 from .calibrate_load import (LOAD_REQUESTS, LOAD_SEED, LOAD_WAVES, LoadSetup, is_simulated,  # noqa: F401
                              load_setup, predict_load, simulate_load_point)
 
@@ -222,7 +223,7 @@ def calibrate(points: list[Point], cat: Catalog) -> Calibration:
         deps[i] = _with(deps[i], fit.fitted if fit else {})
         overheads = {k: getattr(deps[i].efficiency, k) for k in presets.OVERHEADS}
         try:
-            pred[i] = loo[i] = predict_load(deps[i], points[i], overheads)  # never fitted: already held out
+            pred[i] = loo[i] = load_tier.predict_load(deps[i], points[i], overheads)  # never fitted: already held out
         except Unscored as e:
             reasons[i] = str(e)
     in_fit = {i for idx in by_preset.values() for i in idx}
@@ -236,7 +237,7 @@ def _row(cat: Catalog, p: Point, dep: Deployment | None, pred, loo, reason, in_f
     setup = None
     if dep is not None and reason is None and is_simulated(p):
         try:
-            setup = load_setup(dep, p)
+            setup = load_tier.load_setup(dep, p)
         except Unscored:  # a replaced predictor scored what load_setup cannot express
             pass
     return {"tier": "c", "row": p.row, "model": dep.model.name if dep else p.model, "gpu": dep.gpu.name if dep else p.gpu,

@@ -88,8 +88,7 @@ class Client:
             draw = u()          # drawn whether or not the policy throttles: the stream stays aligned
             if self._throttles and policy.local_reject(env.now, draw):
                 stats.local_rejects += 1
-                sim.open[req.rid] = req
-                sim.end(req, "cancelled")
+                sim.end_unsent(req, "cancelled")
                 outcome = "cancelled"
             else:
                 done = Event(env)
