@@ -11,21 +11,18 @@ import math
 from pathlib import Path
 
 from simpy.core import StopSimulation
-from simpy.events import NORMAL, Event
+from simpy.events import Event
 
 from ..util.errors import InputError
 from ..serving.request import TRIGGERS
 from ..workload.trace_readers import Trace, TraceSession
+from ..util.events import call_later
 
 REQUEST, USER, TOOL = (TRIGGERS.index(t) for t in ("request", "user", "tool"))
 
 
 def _at(env, delay: float, callback) -> None:
-    ev = Event(env)
-    ev._ok = True
-    ev._value = None
-    ev.callbacks.append(callback)
-    env.schedule(ev, NORMAL, max(0.0, delay))
+    call_later(env, max(0.0, delay), callback)
 
 
 class _Drain:

@@ -18,6 +18,7 @@ import simpy
 from ..serving.cluster import Cluster
 from ..results.metrics import Recorder, Sampler
 from ..serving.request import Request
+from ..util.events import events_scheduled
 
 
 class RngStreams:
@@ -246,4 +247,4 @@ class Simulation:
     @property
     def events(self) -> int:
         """SimPy events scheduled so far (the deterministic cost measure)."""
-        return int(repr(self.env._eid)[6:-1])  # itertools.count(n) -> n
+        return events_scheduled(self.env)

@@ -11,10 +11,11 @@ from __future__ import annotations
 import math
 from itertools import chain
 
-from simpy.events import NORMAL, Event
+from simpy.events import Event
 
 from ..serving.request import Request
 from .retry import EnvoyBudget, RetryPolicy
+from ..util.events import call_later
 
 
 def _overrides(policy: RetryPolicy, hook: str) -> bool:
@@ -125,15 +126,10 @@ class Client:
 
     def _watch(self, req: Request, after: float, outcome: str, before_first_token: bool = False) -> None:
         """Cancel ``req`` with ``outcome`` if it is still open ``after`` seconds from now."""
-        ev = Event(self.env)
-        ev._ok = True
-        ev._value = None
-
         def fire(_ev, req=req) -> None:
             if req.finish == req.finish:
                 return
             if before_first_token and req.first_token == req.first_token:
                 return
             self.sim.cancel(req, outcome)
-        ev.callbacks.append(fire)
-        self.env.schedule(ev, NORMAL, after)
+        call_later(self.env, after, fire)

@@ -18,7 +18,7 @@ from array import array
 from collections import deque
 
 import numpy as np
-from simpy.events import NORMAL, Event
+from simpy.events import Event
 
 from .client import CallStats, Client
 from ..provider.clock import weekday_hour
@@ -27,6 +27,7 @@ from .distributions import Dist, Sampler
 from .profiles import get_profile
 from .retry import make_retry_policy
 from .sessions import SESSION_OUTCOMES, SessionState, session
+from ..util.events import call_later
 
 INTEGER_FIELDS = {"turns", "initial_context", "first_message", "user_message", "steps_per_turn", "output_tokens",
                   "new_context", "compact_summary", "tool_calls", "subagent_count", "subagent_task", "subagent_steps",
@@ -185,10 +186,7 @@ class Population:
         t = nhpp_next(t, rate, self.weekly, self._arrival_rng)
         if t == math.inf:
             return
-        ev = Event(self.env)
-        ev._ok, ev._value = True, None
-        ev.callbacks.append(callback)
-        self.env.schedule(ev, NORMAL, t - self.env.now)
+        call_later(self.env, t - self.env.now, callback)
 
     def _schedule_next(self, t: float) -> None:
         self._schedule_arrival(t, self._rate, self._arrive)

@@ -10,12 +10,12 @@ import csv
 from pathlib import Path
 
 import numpy as np
-from simpy.events import NORMAL, Event
 
 from ..util.errors import InputError, not_utf8
 from ..serving.request import Request
 from .distributions import draw, draw_tokens
 from ..util.bounds import MAX_DURATION_S
+from ..util.events import call_later
 
 BATCH = 1024
 #: a closed-loop client waits at least this long after a failed request: resubmitting at once to
@@ -24,11 +24,7 @@ FAILURE_PAUSE_S = 1.0
 
 
 def _schedule(env, delay: float, callback, value=None) -> None:
-    ev = Event(env)
-    ev._ok = True
-    ev._value = value
-    ev.callbacks.append(callback)
-    env.schedule(ev, NORMAL, delay)
+    call_later(env, delay, callback, value)
 
 
 class Source:
