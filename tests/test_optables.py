@@ -115,7 +115,8 @@ def test_split_holds_out_a_fifth_and_the_family():
     op = opfit.OP_CLASSES["gemm"]
     df = opfit.load_prepared("H100-SXM", op, FIXTURE)
     held = opfit.split(df, op)
-    fam = opfit._gemm_family(df)
+    from agentsim.model.opclasses import _gemm_family
+    fam = _gemm_family(df)
     assert fam.any() and held[fam].all()                   # every Llama-3.1-70B shape held out
     share = held[~fam].mean()
     assert 0.12 < share < 0.28                             # ~20 % of the rest (binomial, n ~ 400)
