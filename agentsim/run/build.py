@@ -89,6 +89,8 @@ def build(scenario: Scenario, seed: int | None = None, *, catalog: Catalog | Non
 
     ``sources`` adds request sources the scenario cannot describe (a trace replay): stream name ->
     ``factory(sim, stream_index)``. The Simulation is complete when this returns: nothing patches it.
+    The parts are wired in a fixed order (pools, router, streams, populations, gateway, failures,
+    extra sources): SimPy orders same-time events by when they were scheduled.
     """
     seed = scenario.seed if seed is None else seed
     scenario = sliced(scenario)
@@ -96,7 +98,29 @@ def build(scenario: Scenario, seed: int | None = None, *, catalog: Catalog | Non
     env = simpy.Environment()
     rng = RngStreams(seed, salt=scenario.slice.index)
     sim = Simulation(scenario, seed, env, rng)
-    replica_cls = SteppingReplica if step_mode else Replica
+    pools, pool_of_replica = _pools(scenario, catalog, sim, SteppingReplica if step_mode else Replica,
+                                    check_invariants)
+    router = make_router(scenario.router.policy, rng("routing"), scenario.router)
+    sim.cluster = cluster = Cluster(env, pools, router, sim.done)
+    sim.recorder = Recorder(pool_of_replica)
+    sim.pool_counts = [[0, 0, 0] for _ in pools]
+    sim.sampler = Sampler(env, cluster, scenario.sample_s, sim)
+    served = {p.deployment.model.name for p in pools}
+    _streams(scenario, catalog, sim, served)
+    sim.session_recorder = SessionRecorder()
+    _populations(scenario, catalog, sim, served)
+    if scenario.policies:
+        view = PolicyView(start=scenario.start, rng=rng, fleet=cluster)
+        sim.gateway = Gateway(parse_policies(scenario.policies), view, clock=lambda: env.now, end=sim.end)
+    _failures(scenario, env, cluster, pools, rng)
+    for name, factory in (sources or {}).items():     # last: their events follow everything above
+        sim.stream_names.append(name)
+        sim.sources.append(factory(sim, len(sim.stream_names) - 1))
+    return sim
+
+
+def _pools(scenario: Scenario, catalog: Catalog, sim: Simulation, replica_cls, check_invariants: bool):
+    """Each pool's deployment, engine limits, step tables and replicas; and the pool of every replica."""
     pools: list[Pool] = []
     pool_of_replica: list[int] = []
     for i, (name, p) in enumerate(scenario.pools.items()):
@@ -107,52 +131,52 @@ def build(scenario: Scenario, seed: int | None = None, *, catalog: Catalog | Non
         except InputError as e:
             raise InputError(f"pools.{name}: {e}") from None
         coeffs = StepCoeffs.of(dep)
-        pool = Pool(name=name, index=i, site=p.site, facility_multiplier=(1 + scenario.sites[p.site].other_it_fraction) * scenario.sites[p.site].pue, deployment=dep, coeffs=coeffs,
-                    config=cfg, usd_per_gpu_hour=p.usd_per_gpu_hour if p.usd_per_gpu_hour is not None
-                    else dep.gpu.usd_per_gpu_hour)
+        site = scenario.sites[p.site]
+        pool = Pool(name=name, index=i, site=p.site, facility_multiplier=(1 + site.other_it_fraction) * site.pue,
+                    deployment=dep, coeffs=coeffs, config=cfg,
+                    usd_per_gpu_hour=p.usd_per_gpu_hour if p.usd_per_gpu_hour is not None else dep.gpu.usd_per_gpu_hour)
         for _ in range(p.replicas):
             rid = len(pool_of_replica)
             cache = make_cache(settings.prefix_cache, ccfg)
-            pool.replicas.append(replica_cls(env, coeffs, cfg, index=rid, on_done=sim.done,
+            pool.replicas.append(replica_cls(sim.env, coeffs, cfg, index=rid, on_done=sim.done,
                                              cache=cache, check_invariants=check_invariants))
             pool_of_replica.append(i)
         pools.append(pool)
-    router = make_router(scenario.router.policy, rng("routing"), scenario.router)
-    sim.cluster = cluster = Cluster(env, pools, router, sim.done)
-    sim.recorder = Recorder(pool_of_replica)
-    sim.pool_counts = [[0, 0, 0] for _ in pools]
-    sim.sampler = Sampler(env, cluster, scenario.sample_s, sim)
-    models = {p.deployment.model.name for p in pools}
+    return pools, pool_of_replica
+
+
+def _served_model(catalog: Catalog, wanted: str | None, served: set[str], where: str) -> str | None:
+    """The catalog name of the model a stream or population asks for, which some pool must serve."""
+    if wanted is None:
+        return None
+    try:
+        model = catalog.model(wanted).name
+    except InputError as e:
+        raise InputError(f"{where}.model: {e}") from None
+    if model not in served:
+        raise InputError(f"{where}.model {wanted!r}: no pool serves it (pools serve {', '.join(sorted(served))})")
+    return model
+
+
+def _streams(scenario: Scenario, catalog: Catalog, sim: Simulation, served: set[str]) -> None:
     for j, (name, st) in enumerate(scenario.streams.items()):
-        model = None
-        if st.model is not None:
-            try:
-                model = catalog.model(st.model).name
-            except InputError as e:
-                raise InputError(f"streams.{name}.model: {e}") from None
-            if model not in models:
-                raise InputError(f"streams.{name}.model {st.model!r}: no pool serves it (pools serve {', '.join(sorted(models))})")
-        st = st.model_copy(update={"model": model})
-        sim.sources.append(SOURCES[st.kind](sim, name, j, st, rng(f"arrivals/{name}"), rng(f"sizes/{name}")))
+        st = st.model_copy(update={"model": _served_model(catalog, st.model, served, f"streams.{name}")})
+        sim.sources.append(SOURCES[st.kind](sim, name, j, st, sim.rng(f"arrivals/{name}"), sim.rng(f"sizes/{name}")))
         sim.stream_names.append(name)
-    sim.session_recorder = SessionRecorder()
+
+
+def _populations(scenario: Scenario, catalog: Catalog, sim: Simulation, served: set[str]) -> None:
+    """Populations with their users and tenants numbered globally, one block after another."""
     user_base = tenant_base = 0
     for j, (name, pc) in enumerate(scenario.populations.items()):
-        model = None
-        if pc.model is not None:
-            try:
-                model = catalog.model(pc.model).name
-            except InputError as e:
-                raise InputError(f"populations.{name}.model: {e}") from None
-            if model not in models:
-                raise InputError(f"populations.{name}.model {pc.model!r}: no pool serves it "
-                                 f"(pools serve {', '.join(sorted(models))})")
+        model = _served_model(catalog, pc.model, served, f"populations.{name}")
         sim.populations.append(Population(sim, j, name, pc, model, user_base=user_base, tenant_base=tenant_base))
         user_base += max(pc.size, 1)
         tenant_base += pc.tenants
-    if scenario.policies:
-        view = PolicyView(start=scenario.start, rng=rng, fleet=cluster)
-        sim.gateway = Gateway(parse_policies(scenario.policies), view, clock=lambda: env.now, end=sim.end)
+
+
+def _failures(scenario: Scenario, env, cluster: Cluster, pools: list[Pool], rng) -> None:
+    """Random replica faults (per pool MTBF/MTTR) and the scenario's scheduled outages."""
     rid = 0
     for pool, p in zip(pools, scenario.pools.values()):
         for _ in pool.replicas:
@@ -165,7 +189,3 @@ def build(scenario: Scenario, seed: int | None = None, *, catalog: Catalog | Non
         rids = [r.index for pool in pools if (pool.name if kind == "pool" else pool.site) == target
                 for r in pool.replicas]
         env.process(outage_process(env, cluster, rids, o.start_s, min(o.end_s, scenario.duration_s * 2)))
-    for name, factory in (sources or {}).items():     # last: their events follow everything above
-        sim.stream_names.append(name)
-        sim.sources.append(factory(sim, len(sim.stream_names) - 1))
-    return sim
