@@ -3,9 +3,10 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ...serving.request import REJECTIONS, Request
+from ..limits import prices
 #: outcomes a policy may return: a refusal, or (the chaos policy) a replica failure
 POLICY_OUTCOMES: tuple[str, ...] = REJECTIONS + ("replica_failed",)
 
@@ -33,3 +34,12 @@ class Policy:
         """``req`` (admitted by the whole chain) ended with ``req.outcome``."""
 
 
+class PricedParams(Policy.Params):
+    """Parameters of a policy that prices tokens (spend caps, usage windows): a known price list."""
+    prices: str = Field("sonnet", description="price list that turns tokens into USD (see data/limits.toml)")
+
+    @field_validator("prices")
+    @classmethod
+    def _known(cls, v):
+        prices(v, where="")
+        return v

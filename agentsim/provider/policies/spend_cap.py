@@ -8,25 +8,18 @@ from __future__ import annotations
 import math
 from datetime import timedelta
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from ..limits import prices, tier
-from .base import Policy
+from .base import Policy, PricedParams
 
 
 class SpendCap(Policy):
     name = "spend_cap"
 
-    class Params(Policy.Params):
-        prices: str = Field("sonnet", description="price list for spend (see data/limits.toml)")
+    class Params(PricedParams):
         cap_usd: float | None = Field(None, ge=0, description="cap for every tenant (default: its tier's cap)")
         start_spend_usd: float = Field(0.0, ge=0, description="spend already used this month at t = 0")
-
-        @field_validator("prices")
-        @classmethod
-        def _known(cls, v):
-            prices(v, where="")
-            return v
 
     def __init__(self, params, view) -> None:
         super().__init__(params, view)

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import math
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from ..limits import RollingUsage, plan, prices
-from .base import Policy
+from .base import Policy, PricedParams
 
 FIVE_HOURS_S = 5 * 3600.0
 WEEK_S = 7 * 86400.0
@@ -22,15 +22,8 @@ WEEK_S = 7 * 86400.0
 class UsageWindows(Policy):
     name = "usage_windows"
 
-    class Params(Policy.Params):
-        prices: str = Field("sonnet", description="price list that weighs usage (see data/limits.toml)")
+    class Params(PricedParams):
         budget_scale: float = Field(1.0, gt=0, description="multiply every plan's 5-hour budget (e.g. 2 = doubled)")
-
-        @field_validator("prices")
-        @classmethod
-        def _known(cls, v):
-            prices(v, where="")
-            return v
 
     def __init__(self, params, view) -> None:
         super().__init__(params, view)
