@@ -223,9 +223,9 @@ def test_gpu_assumption_reported(result):
 
 
 def test_predictor_registry_is_the_extension_point(monkeypatch):
-    from agentsim.studies import calibrate_load
-    monkeypatch.setattr(calibrate_load, "predict_load", lambda dep, p, overheads: p.value)
-    monkeypatch.setattr(calibrate_load, "load_setup", lambda dep, p: None)
+    # calibrate binds both names at import (from .calibrate_load import ...): patch them where they are called
+    monkeypatch.setattr(cal, "predict_load", lambda dep, p, overheads: p.value)
+    monkeypatch.setattr(cal, "load_setup", lambda dep, p: None)
     res = cal.calibrate(cal.load_points(data_path("calibration.csv")), load_catalog((), calibrated=False))
     rows = [r for r in res.rows if r["metric"] == "output_throughput"]
     assert rows and all(r["scored"] and abs(r["rel_error"]) < 1e-9 for r in rows)
