@@ -286,7 +286,7 @@ class Result:
         ``os.replace``; an interrupted save leaves no half-written file behind. An existing
         non-empty ``out_dir`` is refused (nothing is silently overwritten) unless ``overwrite``.
         """
-        from .. import __version__
+        from .. import __version__  # local: agentsim.__version__ reads the package metadata (~10 ms) on first use
         out = Path(out_dir)
         if not overwrite and out.is_dir() and any(out.iterdir()):
             raise InputError(f"output directory {out}: not empty; pass overwrite=True to replace its result files")
