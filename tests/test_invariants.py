@@ -265,7 +265,8 @@ def test_same_seed_same_tables(sc, seed):
 
 
 @settings(max_examples=60, **SETTINGS)
-@given(N=st.integers(1, 6), Z=st.one_of(st.just(0.0), st.floats(0.0, 3.0)), gpu=st.sampled_from([CONST_GPU, PS_GPU, "H100-SXM"]),
+@given(N=st.integers(1, 6), Z=st.one_of(st.just(0.0), st.floats(0.0, 3.0)),
+       gpu=st.sampled_from([CONST_GPU, PS_GPU, "H100-SXM"]),
        max_batch=st.integers(1, 4), duration=st.floats(0.5, 30), seed=st.integers(0, 1000),
        out=st.integers(1, 300))
 def test_response_time_law_identity(N, Z, gpu, max_batch, duration, seed, out):

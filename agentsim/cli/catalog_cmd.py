@@ -50,8 +50,8 @@ def support_rows(cat) -> list[dict]:
     """Every GPU x model x precision with the smallest tensor-parallel size that fits, and its label:
     measured (the GPU's own op tables), transferred (the closest fitted GPU's, rescaled by datasheet
     peaks) or extrapolated (the model's shapes outside the measured sizes)."""
-    from ..model.deployment import Deployment  # local: they load numpy (~110 ms) with the step model; catalog models needs neither
-    from ..model.servicetime import StepCoeffs  # local: they load numpy (~110 ms) with the step model; catalog models needs neither
+    from ..model.deployment import Deployment  # local: numpy (~110 ms); catalog models needs none
+    from ..model.servicetime import StepCoeffs  # local: numpy (~110 ms); catalog models needs none
 
     rows = []
     for gname, g in cat.gpus.items():

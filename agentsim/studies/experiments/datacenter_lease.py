@@ -340,7 +340,7 @@ def _figures(out: Path, t: pd.DataFrame, results, users, nameplate_mw, N, users_
 def _figure_capacity_and_power(out: Path, t: pd.DataFrame, results, users, nameplate_mw, N, users_grid, ss,
                                users_power) -> tuple:
     """Figure ``capacity_and_power``: (its path, its caption)."""
-    import matplotlib.pyplot as plt  # local: matplotlib.pyplot costs ~500 ms; the pool workers that import this module only simulate
+    import matplotlib.pyplot as plt  # local: pyplot costs ~0.5 s; pool workers only simulate
 
     fig, axes = plt.subplots(1, 3, figsize=(18, 4.8))
     rows = _attainment_panel(axes[0], t, users)
@@ -407,7 +407,7 @@ def _attainment_panel(ax, t: pd.DataFrame, users) -> list[dict]:
 
 def _figure_pool_utilisation(out: Path, t: pd.DataFrame) -> tuple:
     """Figure ``pool_utilisation``: (its path, its caption)."""
-    import matplotlib.pyplot as plt  # local: matplotlib.pyplot costs ~500 ms; the pool workers that import this module only simulate
+    import matplotlib.pyplot as plt  # local: pyplot costs ~0.5 s; pool workers only simulate
 
     fig, ax = plt.subplots(figsize=(9, 4.6))
     rows = []

@@ -215,7 +215,7 @@ def _figures(out: Path, by, generations, loads, grid, cap) -> list:
 
 def _figure_energy_by_load(out: Path, generations, loads, grid) -> tuple:
     """Figure ``energy_by_load``: (its path, its caption)."""
-    import matplotlib.pyplot as plt  # local: matplotlib.pyplot costs ~500 ms; the pool workers that import this module only simulate
+    import matplotlib.pyplot as plt  # local: pyplot costs ~0.5 s; pool workers only simulate
 
     fig, axes = plt.subplots(2, 2, figsize=(13, 9))
     rows = []
@@ -251,7 +251,7 @@ def _figure_energy_by_load(out: Path, generations, loads, grid) -> tuple:
 
 def _figure_at_capacity(out: Path, generations, cap) -> tuple:
     """Figure ``at_capacity``: (its path, its caption)."""
-    import matplotlib.pyplot as plt  # local: matplotlib.pyplot costs ~500 ms; the pool workers that import this module only simulate
+    import matplotlib.pyplot as plt  # local: pyplot costs ~0.5 s; pool workers only simulate
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.4))
     rows = []

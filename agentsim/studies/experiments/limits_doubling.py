@@ -270,7 +270,7 @@ def _figures(out: Path, before, after, sc, metrics) -> list:
 
 def _figure_hourly(out: Path, before, after) -> tuple:
     """Figure ``hourly``: (its path, its caption)."""
-    import matplotlib.pyplot as plt  # local: matplotlib.pyplot costs ~500 ms; the pool workers that import this module only simulate
+    import matplotlib.pyplot as plt  # local: pyplot costs ~0.5 s; pool workers only simulate
 
     hours = np.arange(len(before[0]["hourly"]["completed"]))
     fig, axes = plt.subplots(2, 2, figsize=(14, 8.5), sharex=True)
@@ -302,7 +302,7 @@ def _figure_hourly(out: Path, before, after) -> tuple:
 
 def _figure_peak_ttft_cdf(out: Path, before, after, sc) -> tuple:
     """Figure ``peak_ttft_cdf``: (its path, its caption)."""
-    import matplotlib.pyplot as plt  # local: matplotlib.pyplot costs ~500 ms; the pool workers that import this module only simulate
+    import matplotlib.pyplot as plt  # local: pyplot costs ~0.5 s; pool workers only simulate
 
     # peak-hour TTFT CDF
     fig, ax = plt.subplots(figsize=(8, 4.8))
@@ -326,7 +326,7 @@ def _figure_peak_ttft_cdf(out: Path, before, after, sc) -> tuple:
 
 def _figure_relative_change(out: Path, metrics) -> tuple:
     """Figure ``relative_change``: (its path, its caption)."""
-    import matplotlib.pyplot as plt  # local: matplotlib.pyplot costs ~500 ms; the pool workers that import this module only simulate
+    import matplotlib.pyplot as plt  # local: pyplot costs ~0.5 s; pool workers only simulate
 
     # relative changes with CIs
     keys = ("requests", "completed", "output_tokens", "coder_completed", "busy_gpu_hours", "energy_mwh",

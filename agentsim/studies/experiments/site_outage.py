@@ -263,7 +263,7 @@ def _figures(out: Path, by, loads) -> list:
 
 def _figure_timeline(out: Path, by, loads) -> tuple:
     """Figure ``timeline``: (its path, its caption)."""
-    import matplotlib.pyplot as plt  # local: matplotlib.pyplot costs ~500 ms; the pool workers that import this module only simulate
+    import matplotlib.pyplot as plt  # local: pyplot costs ~0.5 s; pool workers only simulate
 
     first = by[(loads[0], False)]
     n = len(first[0]["series"]["goodput_rps"])
@@ -304,7 +304,7 @@ def _figure_timeline(out: Path, by, loads) -> tuple:
 
 def _figure_sessions(out: Path, by, loads) -> tuple:
     """Figure ``sessions``: (its path, its caption)."""
-    import matplotlib.pyplot as plt  # local: matplotlib.pyplot costs ~500 ms; the pool workers that import this module only simulate
+    import matplotlib.pyplot as plt  # local: pyplot costs ~0.5 s; pool workers only simulate
 
     fig, axes = plt.subplots(len(loads), 2, figsize=(12, 4.2 * len(loads)), squeeze=False)
     rows = []
