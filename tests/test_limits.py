@@ -40,6 +40,7 @@ from pydantic import ValidationError
 from agentsim.provider import limits
 from agentsim.run.build import build
 from agentsim.cli import main as cli_main
+from cli_helper import cli
 from agentsim.provider.clock import Schedule
 from agentsim.util.errors import InputError
 from agentsim.provider.limits import Plan, RollingUsage, Tier, TokenBucket, plan, prices, tier
@@ -1212,9 +1213,9 @@ def bad_toml(tmp_path):
 
 
 def _run_cli(capsys, args) -> tuple[int, str]:
-    with pytest.raises(SystemExit) as exc:
-        cli_main(["run", *args, "--no-progress", "--format", "json"])
-    return exc.value.code, capsys.readouterr().err
+    """``agentsim run ARGS`` in-process (tests/cli_helper.py): (exit code, stderr)."""
+    code, _, err = cli("run", *args, "--no-progress", "--format", "json")
+    return code, err
 
 
 @pytest.mark.parametrize("override,needles", BAD, ids=[b[0] for b in BAD])
