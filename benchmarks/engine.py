@@ -18,6 +18,11 @@ interleaved and the table shows the median (and min–max). Events are SimPy's e
 every event scheduled, and each cut's move of a timer to an earlier end (it draws an id, as the
 re-arm that it replaces did, though nothing stale pops any more).
 
+Targets not met yet are recorded here, not parked in the tests: the events-per-request gap
+between (c) and (a) (target: at most 0.5; the engine gives about 5.68 vs 3.66) is printed with
+the targets and written as ``events_per_req_gap_c_minus_a`` in ``--json``; tests/test_engine_events.py
+keeps the deterministic gates that hold (a's ceiling, no growth with output length, c's current level).
+
     python benchmarks/engine.py            # full size, median of 3 (about 2 min)
     python benchmarks/engine.py --quick    # 20x smaller, a few seconds
 """
@@ -186,9 +191,12 @@ def main(argv: list[str] | None = None) -> int:
          fast["c"]["events_per_req"] <= fast["a"]["events_per_req"] + MAX_EXTRA_EVENTS_C),
     ]
     print("targets: " + "; ".join(f"{name}: {'PASS' if ok else 'MISS'}" for name, ok in checks))
+    gap = fast["c"]["events_per_req"] - fast["a"]["events_per_req"]
+    print(f"events/req gap (c) - (a): {gap:.2f} (target <= {MAX_EXTRA_EVENTS_C:g})")
 
     if args.json:
         args.json.write_text(json.dumps({"saturation_c": sat, "rate_c": rate_c, "rows": rows,
+                                         "events_per_req_gap_c_minus_a": gap,
                                          "targets": {n: ok for n, ok in checks}}, indent=2))
     if args.profile:
         case = next(c for c in todo if c.key == args.profile and c.engine is Replica)

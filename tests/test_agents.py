@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agentsim.run.api import simulate
-from agentsim.cli import main as cli_main
+from cli_helper import cli
 from agentsim.util.errors import InputError
 from agentsim.workload.profiles import get_profile
 from agentsim.workload.retry import RETRY_POLICIES, bounds, make_retry_policy
@@ -355,9 +355,9 @@ def bad_toml(tmp_path):
 
 
 def _run_cli(capsys, args) -> tuple[int, str]:
-    with pytest.raises(SystemExit) as exc:
-        cli_main(["run", *args, "--no-progress", "--format", "json"])
-    return exc.value.code, capsys.readouterr().err
+    """``agentsim run ARGS`` in-process (tests/cli_helper.py): (exit code, stderr)."""
+    code, _, err = cli("run", *args, "--no-progress", "--format", "json")
+    return code, err
 
 
 @pytest.mark.parametrize("override,needles", BAD, ids=[b[0].split("=", 1)[0] + "=" + b[0].split("=", 1)[1][:24]

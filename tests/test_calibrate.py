@@ -16,7 +16,7 @@ import pytest
 
 from agentsim.studies import calibrate as cal
 from agentsim.model.catalog import data_path, load_catalog
-from agentsim.cli import main
+from cli_helper import cli
 from agentsim.util.errors import InputError
 from agentsim.studies.estimate import estimate, steady_output_rate
 from agentsim.model.hardware import Efficiency
@@ -38,13 +38,9 @@ def result() -> cal.Calibration:
 
 
 def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
-    try:
-        main(args)
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
+    """``agentsim ARGS`` in-process (tests/cli_helper.py): (exit code, stdout, stderr)."""
+    capsys.readouterr()
+    return cli(*args)
 
 
 def test_fit_meets_acceptance_on_single_stream_points(result):
@@ -223,7 +219,7 @@ def test_gpu_assumption_reported(result):
 
 
 def test_predictor_registry_is_the_extension_point(monkeypatch):
-    from agentsim.studies import calibrate_load
+    from agentsim.studies import calibrate_load   # the load tier's extension point: calibrate calls through it
     monkeypatch.setattr(calibrate_load, "predict_load", lambda dep, p, overheads: p.value)
     monkeypatch.setattr(calibrate_load, "load_setup", lambda dep, p: None)
     res = cal.calibrate(cal.load_points(data_path("calibration.csv")), load_catalog((), calibrated=False))

@@ -16,10 +16,6 @@ from agentsim.model.catalog import data_path
 KIB = 1024
 
 
-@pytest.fixture(scope="module")
-def cat():
-    return load_catalog()
-
 
 # -- parameter counts ----------------------------------------------------------------------------
 

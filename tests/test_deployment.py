@@ -6,15 +6,11 @@ import re
 
 import pytest
 
-from agentsim import Deployment, InputError, load_catalog
+from agentsim import Deployment, InputError
 
 LLAMA3_8B_PARAMS = 32 * (4096 * 4096 + 2 * 4096 * 1024 + 4096 * 4096 + 3 * 4096 * 14336) + 2 * 128256 * 4096
 LLAMA3_70B_PARAMS = 80 * (8192 * 8192 + 2 * 8192 * 1024 + 8192 * 8192 + 3 * 8192 * 28672) + 2 * 128256 * 8192
 
-
-@pytest.fixture(scope="module")
-def cat():
-    return load_catalog()
 
 
 def _gb_figures(msg: str) -> list[float]:

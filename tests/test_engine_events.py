@@ -26,7 +26,6 @@ from agentsim.serving.engine_reference import SteppingReplica
 DEP = "llama8b-h100"
 N = 5_000
 MAX_EVENTS_A = 5.0          # target: <= 5 events/request on (a)
-MAX_EXTRA_C = 0.5           # target: (c) at most 0.5 more than (a)
 MAX_CHANGE_2X_OUTPUT = 0.05
 
 
@@ -63,18 +62,9 @@ def test_events_do_not_grow_with_output_length(fast):
 
 
 def test_events_per_request_c_regression_ceiling(fast):
-    """Holds the current engine's level (5.7 on (c)) until the target below is met."""
+    """Holds the current engine's level (5.7 on (c)). The target, (c) within 0.5 of (a), is not met
+    yet (5.68 vs 3.66): benchmarks/engine.py records that gap with its other targets."""
     assert fast["c"] <= 6.0, fast
-
-
-@pytest.mark.xfail(strict=True, reason="engine misses this target: (c) 5.68 vs (a) 3.66 events/request. Per request "
-                   "on (c): 1 arrival + 1 request-overhead event + 0.88 cut re-arms + 0.98 one-step prefill stretches "
-                   "+ 1.82 decode stretches; (a) shares prefill steps and finishes between requests. Tried: no "
-                   "overhead event plus the prefill step merged into the next stretch gave (c) 3.79 vs (a) 2.57, "
-                   "still 1.2 apart, and ran 25 % slower, so not kept (see the issue note). Drop this marker once "
-                   "it passes")
-def test_events_per_request_c_close_to_a(fast):
-    assert fast["c"] <= fast["a"] + MAX_EXTRA_C, fast
 
 
 def test_cuts_leave_no_stale_timer():

@@ -20,7 +20,6 @@ What the issue's acceptance asks, and where it is checked:
 
 The gateway is driven directly (``sim.gateway.submit`` / ``sim.done`` on a built but not running
 simulation; ``env.run(until=t)`` only moves the clock), so each property sees exact times.
-Tests marked ``xfail(strict=True)`` pin bugs (see their reasons); they flip to failures once fixed.
 """
 from __future__ import annotations
 
@@ -41,6 +40,7 @@ from pydantic import ValidationError
 from agentsim.provider import limits
 from agentsim.run.build import build
 from agentsim.cli import main as cli_main
+from cli_helper import cli
 from agentsim.provider.clock import Schedule
 from agentsim.util.errors import InputError
 from agentsim.provider.limits import Plan, RollingUsage, Tier, TokenBucket, plan, prices, tier
@@ -488,7 +488,7 @@ def test_waiting_the_retry_after_lets_the_same_request_in(case):
     assert seen_429
     assert 0 < r.retry_after <= RETRY_AFTER_CAP_S
     if r.retry_after < RETRY_AFTER_CAP_S:
-        d.at(d.now + r.retry_after + 1e-6)     # (exactly retry_after: see the xfail below)
+        d.at(d.now + r.retry_after)            # exactly retry_after later: admitted (no rounding slack)
         again = d.send(prompt, mt)
         assert admitted(again), (again.outcome, again.retry_after)
 
@@ -1114,7 +1114,6 @@ def test_rejections_are_recorded_by_outcome_per_tenant_and_over_time():
               "bots": {"profile": "autonomous_api_agent", "kind": "fleet", "size": 20, "workers": 20, "tenants": 2,
                        "tier": "anthropic_2025_tier2"},
               # tier 1 (cap 100 USD) started at 99 USD: 429_spend_cap; priority class 3, shed first
-              # (open, not a fleet: a fleet turned away at once spins, see the xfail below)
               "capped": {"profile": "autonomous_api_agent", "size": 20, "tenants": 1, "tier": "anthropic_2025_tier1",
                          "params": {"max_tokens": 2_000, "sessions_per_user_day": 100}}}}
     sc["policies"][1]["start_spend_usd"] = 99.0
@@ -1214,9 +1213,9 @@ def bad_toml(tmp_path):
 
 
 def _run_cli(capsys, args) -> tuple[int, str]:
-    with pytest.raises(SystemExit) as exc:
-        cli_main(["run", *args, "--no-progress", "--format", "json"])
-    return exc.value.code, capsys.readouterr().err
+    """``agentsim run ARGS`` in-process (tests/cli_helper.py): (exit code, stderr)."""
+    code, _, err = cli("run", *args, "--no-progress", "--format", "json")
+    return code, err
 
 
 @pytest.mark.parametrize("override,needles", BAD, ids=[b[0] for b in BAD])

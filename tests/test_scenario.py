@@ -17,7 +17,7 @@ import agentsim
 from agentsim.run import scenario as scn
 from agentsim.run.api import load_scenario, preset_names, preset_path
 from agentsim.run.build import build
-from agentsim.cli import main as cli_main
+from cli_helper import cli
 from agentsim.util.errors import InputError
 
 SMALL = """\
@@ -68,15 +68,9 @@ def load_and_build(path, overrides=()):
 
 
 def run_cli(args, capsys) -> tuple[int, str, str]:
-    """``agentsim ARGS`` in-process: (exit code, stdout, stderr). Other exceptions propagate (= a traceback)."""
+    """``agentsim ARGS`` in-process (tests/cli_helper.py): (exit code, stdout, stderr)."""
     capsys.readouterr()
-    try:
-        cli_main(list(args))
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
+    return cli(*args)
 
 
 def assert_one_line_error(code: int, err: str, *needles: str) -> None:

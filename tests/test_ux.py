@@ -315,9 +315,9 @@ def test_sigint_right_after_the_first_replication_is_written(interruptible, tmp_
     line, rep-000 kept and loadable, no other replication, nothing temporary left.
 
     manifest.json is the first file moved in, so the signal lands somewhere in the rest of writing
-    rep-000: the other renames, the removal of the staging directory, or the figures. Where it
-    lands in the window of a known bug (the deterministic xfail tests below), this test reports
-    xfail and says what was left; everything else is asserted either way."""
+    rep-000: the other renames, the removal of the staging directory, or the figures. Wherever it
+    lands, rep-000 is whole and nothing temporary is left (the replication is staged and renamed in one
+    step, so there is no window left to excuse)."""
     out = tmp_path / "out"
     proc = _start(interruptible, out)
     _wait_for(proc, lambda: (out / "rep-000" / "manifest.json").exists())
@@ -327,14 +327,8 @@ def test_sigint_right_after_the_first_replication_is_written(interruptible, tmp_
     assert not (out / "summary.json").exists()
     assert [n for n in os.listdir(out) if not n.startswith(".")] == ["rep-000"]
     assert "1 finished replication(s) kept in" in line
-    known = []
-    if leftovers(out):
-        known.append(f"left {leftovers(out)}")
-    missing = RESULT_FILES - set(os.listdir(out / "rep-000"))
-    if missing:
-        known.append(f"rep-000 lacks {sorted(missing)}")
-    if known:
-        pytest.xfail("Ctrl-C landed in a known window: " + "; ".join(known))
+    assert not leftovers(out), leftovers(out)
+    assert RESULT_FILES <= set(os.listdir(out / "rep-000")), sorted(RESULT_FILES - set(os.listdir(out / "rep-000")))
     res = assert_complete_result(out / "rep-000")
     assert res.meta["seed"] == 3 and res.meta["scenario"]["name"] == "interruptible"
 

@@ -17,7 +17,7 @@ from concurrent.futures import ProcessPoolExecutor
 import pytest
 
 from agentsim.studies import validate as v
-from agentsim.cli import main as cli_main
+from cli_helper import cli
 
 
 @pytest.fixture(scope="module")
@@ -64,13 +64,9 @@ def test_interval_helpers():
 
 # -- the command ----------------------------------------------------------------------------------------
 def run_cli(capsys, *args):
-    try:
-        cli_main(["validate", *args])
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
+    """``agentsim validate ARGS`` in-process (tests/cli_helper.py): (exit code, stdout, stderr)."""
+    capsys.readouterr()
+    return cli("validate", *args)
 
 
 def test_cli_json_and_table_use_the_same_columns(capsys):

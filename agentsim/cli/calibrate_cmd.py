@@ -24,7 +24,10 @@ import json
 from pathlib import Path
 
 import click
+import numpy as np
 
+from ..model import opfit
+from ..model.opmodel import DATA, OpModel
 from ..studies import calibrate as cal
 from ..model.catalog import data_path, env_catalog_files, load_catalog
 from ..util.errors import InputError
@@ -68,7 +71,6 @@ def load_block(rows: list[dict]) -> str:
 
 def tier_blocks(meta: dict) -> str:
     """Tiers (a) and (b) of a fit's report as text: per engine and GPU, medians and the worst case."""
-    import numpy as np
 
     out = [f"step model: {meta['package']} {meta['version']} tables, data hash {meta['data_hash']}; "
            f"held out before fitting: a random {meta['holdout']['share']:.0%} of each table's rows (seed "
@@ -114,8 +116,6 @@ def tier_blocks(meta: dict) -> str:
 @format_option
 def calibrate(data_file, write_file, refit, ops_file, tiers, catalog_files, fmt) -> None:
     """The calibration report (op fit, whole steps, measured points); --refit refits the step model."""
-    from ..model import opfit
-    from ..model.opmodel import DATA, OpModel
 
     tiers = set(tiers or ("a", "b", "c"))
     if ops_file and not refit:

@@ -6,6 +6,8 @@ import sys
 
 import click
 
+from ..studies.capacity import capacity, parse_slo
+from ..util.atomic import write_atomic
 from ..util.jsonout import dumps
 from .common import Finite, _fmt, cli, emit, format_option
 from .sweep_cmd import _clean, executor_options, open_out, precheck, writing
@@ -41,7 +43,6 @@ def capacity_cmd(scenario, slos, vary, goal, low, high, step, replications, seed
     to the other side); "confident" means those intervals separate cleanly. Exit code 1 when no
     value in range meets the SLO.
     """
-    from ..studies.capacity import capacity, parse_slo
     parsed = [parse_slo(s) for s in slos]   # a bad SLO fails before anything runs
     precheck(scenario, overrides, slices, force)
     out = open_out(out_dir, "capacity", overwrite)
@@ -52,7 +53,6 @@ def capacity_cmd(scenario, slos, vary, goal, low, high, step, replications, seed
                        progress=progress, connect_timeout=connect_timeout)
         d = res.as_dict()
         if out:
-            from ..util.atomic import write_atomic
             write_atomic(out.write_path / "capacity.json", dumps(_jsonclean(d)))
             out.commit()
     if fmt == "json":

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import click
 
+from ..util.errors import InputError
 from .common import catalog_option, cli, emit, format_option, get_catalog
 
 
 def gpu_rows(cat) -> list[dict]:
-    from ..model.opmodel import OpModel
+    from ..model.opmodel import OpModel  # local: opmodel loads numpy (~110 ms); catalog models needs neither
 
     om = OpModel.load()
     rows = []
@@ -49,9 +50,8 @@ def support_rows(cat) -> list[dict]:
     """Every GPU x model x precision with the smallest tensor-parallel size that fits, and its label:
     measured (the GPU's own op tables), transferred (the closest fitted GPU's, rescaled by datasheet
     peaks) or extrapolated (the model's shapes outside the measured sizes)."""
-    from ..model.deployment import Deployment
-    from ..util.errors import InputError
-    from ..model.servicetime import StepCoeffs
+    from ..model.deployment import Deployment  # local: numpy (~110 ms); catalog models needs none
+    from ..model.servicetime import StepCoeffs  # local: numpy (~110 ms); catalog models needs none
 
     rows = []
     for gname, g in cat.gpus.items():

@@ -135,7 +135,7 @@ def _numeric(s: str) -> bool:
 def emit(rows, fmt: str, columns: list[str] | None = None) -> None:
     """Print ``rows`` (a list of dicts, or a dict for JSON objects) as a table or JSON."""
     if fmt == "json":
-        from ..util.jsonout import dumps
+        from ..util.jsonout import dumps  # local: json + jsonout cost ~2 ms that agentsim --help does not need
         click.echo(dumps(rows))          # strict JSON: NaN and inf are null, never bare NaN
     elif isinstance(rows, dict):
         click.echo(render_table([{"key": k, "value": v} for k, v in rows.items()]))

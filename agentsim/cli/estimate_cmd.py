@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import click
 
+from ..run.checks import check_runnable, check_work, estimate_work
 from ..util.errors import InputError
-from ..studies.estimate import estimate
-from ..run.scenario import MAX_COUNT, MAX_RATE, MAX_REPLICAS, MAX_REQUESTS, MAX_SEED, MAX_TOKENS
+from ..studies.estimate import estimate, estimate_scenario
+from ..run.scenario import MAX_COUNT, MAX_RATE, MAX_REPLICAS, MAX_REQUESTS, MAX_SEED, MAX_TOKENS, parse
 from .common import Finite, catalog_option, cli, emit, force_option, format_option
 
 #: the generated scenario's paths, in the words of the flags that set them (errors must not name
@@ -94,9 +95,6 @@ def estimate_cmd(model, gpu, tp, pp, precision, input_tokens, output_tokens, cac
 
 def _check(kw: dict, force: bool) -> None:
     """Refuse before simulating: requests no replica holds, or more work than the limits allow."""
-    from ..studies.estimate import estimate_scenario
-    from ..run.scenario import parse
-    from ..run.checks import check_runnable, check_work, estimate_work
     sc = parse(estimate_scenario(**{k: v for k, v in kw.items() if k != "min_duration_s"}))
     for note in check_runnable(sc):
         click.echo(f"warning: {in_flag_words(note)}", err=True)

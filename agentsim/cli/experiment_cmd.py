@@ -1,8 +1,12 @@
 """``agentsim experiment NAME|list``: run one of the shipped experiments (agentsim/experiments)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
+from ..studies.experiments import EXPERIMENTS, load, names
+from ..util.outdir import OutDir
 from .common import Finite, cli
 
 #: the largest --scale (the full-size runs are 4-5)
@@ -13,19 +17,16 @@ class _ExperimentGroup(click.Group):
     """``agentsim experiment list`` and one subcommand per experiment, listed from the registry."""
 
     def list_commands(self, ctx):
-        from ..studies.experiments import names
         return ["list"] + names()
 
     def get_command(self, ctx, name):
         if name == "list":
             return _list
-        from ..studies.experiments import EXPERIMENTS
         if name not in EXPERIMENTS:
             return None
         return _command(name)
 
     def resolve_command(self, ctx, args):
-        from ..studies.experiments import EXPERIMENTS, load
         name = args[0] if args else None
         if name is not None and name != "list" and name not in EXPERIMENTS and not name.startswith("-"):
             load(name)      # raises an InputError naming the known experiments
@@ -33,7 +34,6 @@ class _ExperimentGroup(click.Group):
 
 
 def _command(name: str) -> click.Command:
-    from ..studies.experiments import load
     mod = load(name)
     doc = (mod.__doc__ or "").strip().splitlines()[0]
     short = doc.partition(": ")[2] or doc
@@ -56,8 +56,6 @@ def _command(name: str) -> click.Command:
                   help="Run on the Dask distributed cluster whose scheduler is at ADDR (e.g. tcp://host:8786); "
                        "default: a local process pool. Same seeds, same results, on any executor.")
     def cmd(out, overwrite, scale, full, replications, seed, workers, address) -> None:
-        from pathlib import Path
-        from ..util.outdir import OutDir
         target = OutDir(out or str(Path("results") / name), "experiment", overwrite)
         try:
             res = mod.run(str(target.write_path), scale=mod.FULL_SCALE if full else scale, seed=seed,
@@ -74,7 +72,6 @@ def _command(name: str) -> click.Command:
 @click.command("list")
 def _list() -> None:
     """List the experiments and the question each answers."""
-    from ..studies.experiments import load, names
     for name in names():
         click.echo(f"{name}: {load(name).QUESTION}")
 

@@ -6,11 +6,13 @@ from pathlib import Path
 
 import click
 
+from ..run.checks import Work, check_work, max_kv_capacity
 from ..util.outdir import OutDir
 from ..util.errors import InputError
 from ..run.scenario import MAX_DURATION_S, with_blame
-from ..run.traces import TRACE_FORMATS, read_trace, replay
+from ..run.traces import TRACE_FORMATS, prepare_scenario, read_trace, replay
 from .common import Finite, cli, emit, force_option, format_option, out_options, progress_option
+from .run_cmd import _progress_bar, summary_rows, write_json
 
 TRACE_KEYS = ("trace_requests", "ideal_hit_rate", "hit_rate")
 
@@ -45,8 +47,6 @@ def replay_cmd(trace, trace_format, scenario, overrides, unbounded_cache, durati
     cache of 512-token blocks, from the hash ids; tracelab: the planned prefix share; azure:
     none) and hit_rate (cached share of the input tokens of completed requests).
     """
-    from ..run.traces import prepare_scenario
-    from ..run.checks import Work, check_work, max_kv_capacity
     tr = read_trace(trace, trace_format)
     sc = prepare_scenario(tr, scenario, list(overrides), unbounded_cache=unbounded_cache, duration_s=duration_s)
     try:
@@ -58,7 +58,6 @@ def replay_cmd(trace, trace_format, scenario, overrides, unbounded_cache, durati
     out = OutDir(out_dir, "replay", overwrite) if out_dir else None
     bar = None
     if progress:
-        from .run_cmd import _progress_bar
         bar, update = _progress_bar(tr.last_arrival_s, f"replay {Path(trace).name}")
     try:
         res = replay(tr, scenario, seed=seed, overrides=list(overrides), unbounded_cache=unbounded_cache,
@@ -73,7 +72,6 @@ def replay_cmd(trace, trace_format, scenario, overrides, unbounded_cache, durati
     summary["trace_format"] = figures["trace_format"]
     summary["trace_file"] = figures["trace_file"]
     if out:
-        from .run_cmd import write_json
         try:
             res.save(out.write_path)
             write_json(out.write_path / "summary.json", summary)
@@ -84,7 +82,6 @@ def replay_cmd(trace, trace_format, scenario, overrides, unbounded_cache, durati
     if fmt == "json":
         emit(summary, "json")
         return
-    from .run_cmd import summary_rows
     rows = [{"metric": k, "value": _value(summary[k])} for k in TRACE_KEYS] + summary_rows(summary)
     emit(rows, "table")
     if out:

@@ -10,7 +10,12 @@ import json
 from pathlib import Path
 
 import click
+import pyarrow.parquet as pq
 
+from ..results.plots import save_all
+from ..results.report import write_report
+from ..results.result import Result
+from ..studies.utilisation import capacity_utilisation
 from ..util.errors import InputError
 from .common import cli
 
@@ -35,7 +40,6 @@ def result_dirs(d: Path) -> list[Path]:
 
 def check_files(d: Path) -> None:
     """Read every file ``plot``/``report`` will read far enough to know it is whole."""
-    import pyarrow.parquet as pq
     for f in [d / "summary.json"] + [r / n for r in result_dirs(d) for n in ("manifest.json", "summary.json")]:
         if f.exists():
             try:
@@ -61,8 +65,6 @@ def check_files(d: Path) -> None:
 def plot(run_dir: str) -> None:
     """Write the standard figures of a saved run to RUN_DIR/figures/*.png (replications: to
     RUN_DIR/rep-NNN/figures)."""
-    from ..results.plots import save_all
-    from ..results.result import Result
     d = _run_dir(run_dir)
     check_files(d)
     for r in result_dirs(d):
@@ -74,9 +76,7 @@ def plot(run_dir: str) -> None:
 @click.argument("run_dir")
 def report(run_dir: str) -> None:
     """Write RUN_DIR/report.md and RUN_DIR/report.html (summary tables and figures)."""
-    from ..results.report import write_report
     d = _run_dir(run_dir)
     check_files(d)
-    from ..studies.utilisation import capacity_utilisation
     for path in write_report(d, capacity=capacity_utilisation):
         click.echo(str(path))

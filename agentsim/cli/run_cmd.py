@@ -3,16 +3,21 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
+import warnings
 from pathlib import Path
 
 import click
 
-from ..run.api import load_scenario, replication_seeds, ResultSet
+from ..run.api import ResultSet, load_scenario, preset_names, preset_path, replication_seeds
 from ..run.build import build
+from ..studies.sweep import run_sliced
+from ..util.atomic import write_atomic
 from ..util.errors import InputError
+from ..util.jsonout import dumps
 from ..util.outdir import OutDir
-from ..run.scenario import MAX_SLICES, with_blame
+from ..run.scenario import MAX_SLICES, read_toml, schema, with_blame
 from ..run.checks import check_runnable, check_work, estimate_work
 from ..studies.utilisation import capacity_utilisation
 from .common import (MAX_WORKERS, cli, emit, force_option, format_option, out_options,
@@ -52,7 +57,7 @@ def summary_rows(summary: dict) -> list[dict]:
 
 
 def _progress_bar(duration: float, label: str):
-    from tqdm import tqdm
+    from tqdm import tqdm  # local: tqdm costs ~50 ms and is only for a progress bar on a terminal
     bar = tqdm(total=round(duration), unit="sim-s", desc=label, file=sys.stderr, leave=False,
                disable=None, dynamic_ncols=True)
 
@@ -178,8 +183,6 @@ def _run_replications(sc, seed: int, replications: int, out, step_mode: bool, ch
 
 
 def _run_sliced(sc, seed, replications, slices, slice_sample, address, workers, out, progress, fmt) -> None:
-    from ..studies.sweep import run_sliced
-    import warnings
     try:
         with warnings.catch_warnings(record=True) as notes:
             warnings.simplefilter("always")
@@ -210,8 +213,7 @@ def _run_sliced(sc, seed, replications, slices, slice_sample, address, workers, 
 def _write_replication(res, out: Path, index: int | None, figures: bool) -> None:
     """Write one result: into ``out`` itself (one run), or staged in ``out/.rep-NNN.partial`` and
     renamed to ``out/rep-NNN`` in one step, so a replication directory is complete or absent."""
-    import shutil
-    from ..results.plots import save_all
+    from ..results.plots import save_all  # local: matplotlib (~500 ms) only when figures are asked for
     if index is None:
         res.save(out)
         if figures:
@@ -233,8 +235,6 @@ def _write_replication(res, out: Path, index: int | None, figures: bool) -> None
 
 def write_json(path: Path, data: dict) -> None:
     """``data`` as strict JSON (NaN -> null) in ``path``, atomically."""
-    from ..util.atomic import write_atomic
-    from ..util.jsonout import dumps
     write_atomic(path, dumps(data))
 
 
@@ -246,15 +246,12 @@ def scenario_group() -> None:
 @scenario_group.command("schema")
 def scenario_schema() -> None:
     """Print the JSON schema of scenario files (every field, its type, default and meaning)."""
-    from ..run.scenario import schema
     click.echo(json.dumps(schema(), indent=2))
 
 
 @scenario_group.command("list")
 def scenario_list() -> None:
     """List the shipped presets."""
-    from ..run.api import preset_names, preset_path
-    from ..run.scenario import read_toml
     for name in preset_names():
         click.echo(f"{name}: {read_toml(preset_path(name)).get('description', '')}")
 
@@ -263,5 +260,4 @@ def scenario_list() -> None:
 @click.argument("name")
 def scenario_show(name: str) -> None:
     """Print a preset's TOML (copy it to start your own)."""
-    from ..run.api import preset_path
     click.echo(preset_path(name).read_text())

@@ -11,6 +11,7 @@ import numpy as np
 
 from ..model.deployment import Deployment
 from ..model.servicetime import StepCoeffs, prefill_attention_pairs, step_cost
+from ..util.errors import InputError
 from .common import catalog_option, cli, emit, format_option, get_catalog
 
 DEFAULT_DEPLOYMENTS = (
@@ -59,7 +60,6 @@ def servicetime(deployments, batches, input_tokens, output_tokens, catalog_files
 
 
 def parse_deployment(cat, spec: str) -> Deployment:
-    from ..util.errors import InputError
     parts = spec.split(":")
     if not 3 <= len(parts) <= 4:
         raise InputError(f"--deployment {spec!r}: expected MODEL:GPU:TP[:PRECISION], e.g. Llama-3-70B:H100-SXM:4:fp8")

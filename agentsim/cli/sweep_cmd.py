@@ -8,8 +8,14 @@ from pathlib import Path
 
 import click
 
-from ..run.scenario import MAX_SLICES
-from .common import Finite, cli, emit, force_option, format_option, progress_option
+from ..run.api import load_scenario
+from ..run.checks import check_runnable, check_work, estimate_work
+from ..run.scenario import MAX_SLICES, with_blame
+from ..studies.sweep import TASKS, point_means, sweep
+from ..util.errors import InputError
+from ..util.jsonout import dumps
+from ..util.outdir import OutDir
+from .common import Finite, _fmt, cli, emit, force_option, format_option, progress_option
 
 TABLE_METRICS = ("requests", "ttft_p99_s", "tpot_p99_s", "e2e_s", "output_tokens_per_s", "goodput_rps",
                  "slo_attainment", "cost_usd")
@@ -54,10 +60,6 @@ def precheck(scenario, overrides, slices: int = 1, force: bool = False) -> None:
     """Refuse a base scenario with nothing to simulate, requests no replica holds or more work per
     run than the limits allow (unless ``force``), before any point runs; print its warnings.
     Each point is validated again when it runs."""
-    from ..run.api import load_scenario
-    from ..util.errors import InputError
-    from ..run.scenario import with_blame
-    from ..run.checks import check_runnable
     sc = load_scenario(scenario, list(overrides))
     try:
         notes = check_runnable(sc)
@@ -65,21 +67,18 @@ def precheck(scenario, overrides, slices: int = 1, force: bool = False) -> None:
         raise InputError(with_blame(str(e), "", overrides)) from None
     for note in notes:
         click.echo(f"warning: {note}", err=True)
-    from ..run.checks import check_work, estimate_work
     one = sc.model_copy(update={"slice": sc.slice.model_copy(update={"count": slices})}) if slices > 1 else sc
     check_work(estimate_work(one), force, what="one run of the base scenario")
 
 
 def open_out(out_dir, kind: str, overwrite: bool):
     """The checked output directory of a sweep or capacity search (None without --out)."""
-    from ..util.outdir import OutDir
     return OutDir(out_dir, kind, overwrite) if out_dir else None
 
 
 def interrupted(out) -> None:
     where = out.abandon(keep=True) if out is not None else None
     if where:
-        from ..studies.sweep import TASKS
         n = len(list((Path(where) / TASKS).glob("*.json")))
         click.echo(f"interrupted; {n} finished run(s) kept in {where}; rerun the same command to resume", err=True)
     else:
@@ -130,7 +129,6 @@ def sweep_cmd(scenario, grid, replications, seed, overrides, out_dir, overwrite,
     the scenario and seed) and every scalar summary figure. The printed table shows, per point,
     the mean over replications (± the 95 % CI half-width) of the headline figures.
     """
-    from ..studies.sweep import point_means, sweep
     precheck(scenario, overrides, slices, force)
     out = open_out(out_dir, "sweep", overwrite)
     with writing(out):
@@ -141,12 +139,10 @@ def sweep_cmd(scenario, grid, replications, seed, overrides, out_dir, overwrite,
             out.commit()
     if fmt == "json":
         rows = [{k: _clean(v) for k, v in r.items()} for r in res.table.to_dict("records")]
-        from ..util.jsonout import dumps
         click.echo(dumps(rows))
     else:
         rows = point_means(res, list(TABLE_METRICS))
         if replications > 1:   # "mean ±half-width" in one cell
-            from .common import _fmt
             rows = [{k: f"{_fmt(v)} ±{_fmt(r[k + '_ci'])}" if f"{k}_ci" in r else v
                      for k, v in r.items() if not k.endswith("_ci")} for r in rows]
         emit(rows, "table")

@@ -13,9 +13,11 @@ import matplotlib
 matplotlib.use("Agg", force=False)
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from ..util.atomic import write_atomic  # noqa: E402
+from ..util.stats import NONNEGATIVE, percentile_interval  # noqa: E402
 
 LATENCIES = (("ttft_s", "Time to first token"), ("tpot_s", "Time per output token"), ("e2e_s", "End-to-end latency"))
 #: the scenario field holding each latency's SLO threshold (drawn on its CDF)
@@ -81,7 +83,6 @@ def latency_cdfs(res) -> plt.Figure:
     """CDFs of TTFT, TPOT and E2E of completed requests (after warm-up), one line per pool; the
     SLO threshold as a dashed vertical line; p50 and p99 of all pools marked, with the 95 %
     order-statistic interval of each as a horizontal bar."""
-    from ..util.stats import NONNEGATIVE, percentile_interval
     done = completed(res)
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.4))
     for ax, (col, title) in zip(axes, LATENCIES):
@@ -253,7 +254,6 @@ def _facility_panel(ax, res, ts, interval: float, t_div: float) -> None:
 
 def rejections_over_time(res):
     """Requests per sampling interval by outcome (all outcomes but ``completed``)."""
-    import pandas as pd
     df = res.requests
     interval = _sample_s(res)
     bad = df[df["outcome"] != "completed"]

@@ -75,6 +75,93 @@ def _derive_inplace(df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
+def _request_table(sim, pool_names: list[str], pop_names: list[str]) -> pd.DataFrame:
+    """The recorder's columns as the requests table, in request_id order, with its derived columns."""
+    codes = {"outcome": list(OUTCOMES), "pool": pool_names, "trigger": list(TRIGGERS), "population": pop_names,
+             "stream": sim.stream_names or ["-"]}
+    # one gather per column in request_id order, coded columns straight to categoricals: the
+    # table is built once (the recorder's arrays + one copy at the peak, not five)
+    cols = sim.recorder.columns()
+    order = np.argsort(cols["request_id"], kind="stable")
+    data = {}
+    for c in list(cols):
+        a = cols.pop(c)
+        if c == "stream" and not sim.stream_names:
+            data[c] = pd.Categorical.from_codes(np.zeros(len(a), np.int8), categories=["-"])
+        elif c in codes:
+            data[c] = pd.Categorical.from_codes(a[order], categories=codes[c])
+        else:
+            data[c] = a[order]
+    del order
+    df = pd.DataFrame(data, copy=False)
+    del data
+    site_of = {p.name: p.site for p in sim.cluster.pools}
+    df["site"] = df["pool"].map(site_of).astype("category")
+    _missing_as_nan(df, MISSING_IDS)
+    df["warmup"] = df["arrival_s"].to_numpy() < sim.scenario.warmup_s
+    return _derive_inplace(df)
+
+
+def _session_table(sim, pop_names: list[str]) -> pd.DataFrame:
+    """The session recorder's columns as the sessions table (empty without a session recorder)."""
+    sessions = pd.DataFrame(sim.session_recorder.columns()) if sim.session_recorder is not None else pd.DataFrame()
+    if len(sessions):
+        sessions["outcome"] = pd.Categorical.from_codes(sessions["outcome"].to_numpy(),
+                                                        categories=list(SESSION_OUTCOMES))
+        sessions["population"] = pd.Categorical.from_codes(sessions["population"].to_numpy(), categories=pop_names)
+        sessions["kind"] = np.where(sessions["kind"].to_numpy() == 1, "subagent", "session")
+        sessions["profile"] = sessions["population"].map(
+            {p.name: p.cfg.profile for p in sim.populations}).astype("category")
+        sessions["duration_s"] = sessions["end_s"] - sessions["start_s"]
+        _missing_as_nan(sessions, ("parent_id",))
+        sessions = sessions.sort_values("session_id", kind="stable").reset_index(drop=True)
+    return sessions
+
+
+def _pool_rows(sim) -> list[dict]:
+    """One row per pool: its deployment, limits, busy and down shares, energy and cost at the run's end."""
+    now = sim.env.now
+    rows = []
+    rid = 0
+    for p in sim.cluster.pools:
+        energy = busy = down = 0.0
+        for r in p.replicas:
+            d = sim.cluster.replica_downtime(rid)
+            energy += replica_energy_j(r, p, d, now)
+            busy += r.accounted(now)[0]
+            down += d
+            rid += 1
+        n = len(p.replicas)
+        rows.append({
+            "pool": p.name, "site": p.site, "gpu": p.deployment.gpu.name, "model": p.deployment.model.name,
+            "tp": p.deployment.tp, "pp": p.deployment.pp, "precision": p.deployment.precision,
+            "kernels": p.deployment.engine, "support": p.coeffs.label,
+            "replicas": n, "gpus": p.n_gpus, "kv_capacity_tokens": p.config.kv_capacity,
+            "max_batch": p.config.max_batch, "token_budget": p.config.token_budget,
+            "busy_frac": busy / (n * now) if now > 0 else 0.0, "down_frac": down / (n * now) if now > 0 else 0.0,
+            "energy_j": energy, "facility_energy_j": energy * p.facility_factor(),
+            "usd_per_gpu_hour": p.usd_per_gpu_hour, "cost_usd": p.n_gpus * p.usd_per_gpu_hour * now / 3600,
+            "preemptions": sum(r.preemptions for r in p.replicas),
+        })
+    return rows
+
+
+def _run_meta(sim) -> dict:
+    """The run's metadata: scenario, seed, timings, SLOs, sites, step model and each population's counters."""
+    sc = sim.scenario
+    meta = {"scenario": sc.model_dump(mode="json"), "seed": sim.seed, "duration_s": sc.duration_s,
+            "warmup_s": sc.warmup_s, "sim_wall_s": sim.wall_s, "events": sim.events,
+            "slo_ttft_s": sc.slo_ttft_s, "slo_tpot_s": sc.slo_tpot_s,
+            "sites": {k: v.model_dump() for k, v in sc.sites.items()}, "step_model": data_info()}
+    meta["populations"] = {p.name: {"profile": p.cfg.profile, "retry_policy": p.policy.name,
+                                    "sessions_started": p.sessions_started, "calls": p.stats.calls,
+                                    "attempts": p.stats.attempts, "retries": p.stats.retries,
+                                    "gave_up": p.stats.gave_up, "abandoned": p.stats.abandoned,
+                                    "local_rejects": p.stats.local_rejects,
+                                    "workers": [list(x) for x in p.worker_series]} for p in sim.populations}
+    return meta
+
+
 @dataclass
 class Result:
     requests: pd.DataFrame
@@ -88,78 +175,13 @@ class Result:
     def from_simulation(cls, sim) -> "Result":
         pool_names = [p.name for p in sim.cluster.pools]
         pop_names = [p.name for p in sim.populations] or ["-"]
-        codes = {"outcome": list(OUTCOMES), "pool": pool_names, "trigger": list(TRIGGERS), "population": pop_names,
-                 "stream": sim.stream_names or ["-"]}
-        # one gather per column in request_id order, coded columns straight to categoricals: the
-        # table is built once (the recorder's arrays + one copy at the peak, not five)
-        cols = sim.recorder.columns()
-        order = np.argsort(cols["request_id"], kind="stable")
-        data = {}
-        for c in list(cols):
-            a = cols.pop(c)
-            if c == "stream" and not sim.stream_names:
-                data[c] = pd.Categorical.from_codes(np.zeros(len(a), np.int8), categories=["-"])
-            elif c in codes:
-                data[c] = pd.Categorical.from_codes(a[order], categories=codes[c])
-            else:
-                data[c] = a[order]
-        del order
-        df = pd.DataFrame(data, copy=False)
-        del data
-        site_of = {p.name: p.site for p in sim.cluster.pools}
-        df["site"] = df["pool"].map(site_of).astype("category")
-        _missing_as_nan(df, MISSING_IDS)
-        df["warmup"] = df["arrival_s"].to_numpy() < sim.scenario.warmup_s
-        df = _derive_inplace(df)
+        df = _request_table(sim, pool_names, pop_names)
         ts = pd.DataFrame(sim.sampler.columns()) if sim.sampler is not None else pd.DataFrame()
-        sessions = pd.DataFrame(sim.session_recorder.columns()) if sim.session_recorder is not None else pd.DataFrame()
-        if len(sessions):
-            sessions["outcome"] = pd.Categorical.from_codes(sessions["outcome"].to_numpy(),
-                                                            categories=list(SESSION_OUTCOMES))
-            sessions["population"] = pd.Categorical.from_codes(sessions["population"].to_numpy(), categories=pop_names)
-            sessions["kind"] = np.where(sessions["kind"].to_numpy() == 1, "subagent", "session")
-            sessions["profile"] = sessions["population"].map(
-                {p.name: p.cfg.profile for p in sim.populations}).astype("category")
-            sessions["duration_s"] = sessions["end_s"] - sessions["start_s"]
-            _missing_as_nan(sessions, ("parent_id",))
-            sessions = sessions.sort_values("session_id", kind="stable").reset_index(drop=True)
+        sessions = _session_table(sim, pop_names)
         if len(ts):
             ts["pool"] = pd.Categorical.from_codes(ts["pool"].astype(int).to_numpy(), categories=pool_names)
-        sc = sim.scenario
-        now = sim.env.now
-        rows = []
-        rid = 0
-        for p in sim.cluster.pools:
-            energy = busy = down = 0.0
-            for r in p.replicas:
-                d = sim.cluster.replica_downtime(rid)
-                energy += replica_energy_j(r, p, d, now)
-                busy += r.accounted(now)[0]
-                down += d
-                rid += 1
-            n = len(p.replicas)
-            rows.append({
-                "pool": p.name, "site": p.site, "gpu": p.deployment.gpu.name, "model": p.deployment.model.name,
-                "tp": p.deployment.tp, "pp": p.deployment.pp, "precision": p.deployment.precision,
-                "kernels": p.deployment.engine, "support": p.coeffs.label,
-                "replicas": n, "gpus": p.n_gpus, "kv_capacity_tokens": p.config.kv_capacity,
-                "max_batch": p.config.max_batch, "token_budget": p.config.token_budget,
-                "busy_frac": busy / (n * now) if now > 0 else 0.0, "down_frac": down / (n * now) if now > 0 else 0.0,
-                "energy_j": energy, "facility_energy_j": energy * p.facility_factor(),
-                "usd_per_gpu_hour": p.usd_per_gpu_hour, "cost_usd": p.n_gpus * p.usd_per_gpu_hour * now / 3600,
-                "preemptions": sum(r.preemptions for r in p.replicas),
-            })
-        meta = {"scenario": sc.model_dump(mode="json"), "seed": sim.seed, "duration_s": sc.duration_s,
-                "warmup_s": sc.warmup_s, "sim_wall_s": sim.wall_s, "events": sim.events,
-                "slo_ttft_s": sc.slo_ttft_s, "slo_tpot_s": sc.slo_tpot_s,
-                "sites": {k: v.model_dump() for k, v in sc.sites.items()}, "step_model": data_info()}
-        meta["populations"] = {p.name: {"profile": p.cfg.profile, "retry_policy": p.policy.name,
-                                        "sessions_started": p.sessions_started, "calls": p.stats.calls,
-                                        "attempts": p.stats.attempts, "retries": p.stats.retries,
-                                        "gave_up": p.stats.gave_up, "abandoned": p.stats.abandoned,
-                                        "local_rejects": p.stats.local_rejects,
-                                        "workers": [list(x) for x in p.worker_series]} for p in sim.populations}
-        return cls(requests=df, timeseries=ts, pools=pd.DataFrame(rows), meta=meta, sessions=sessions)
+        return cls(requests=df, timeseries=ts, pools=pd.DataFrame(_pool_rows(sim)), meta=_run_meta(sim),
+                   sessions=sessions)
 
     # -- summary -------------------------------------------------------------------------------------
     def summary(self) -> dict:
@@ -286,7 +308,7 @@ class Result:
         ``os.replace``; an interrupted save leaves no half-written file behind. An existing
         non-empty ``out_dir`` is refused (nothing is silently overwritten) unless ``overwrite``.
         """
-        from .. import __version__
+        from .. import __version__  # local: agentsim.__version__ reads the package metadata (~10 ms) on first use
         out = Path(out_dir)
         if not overwrite and out.is_dir() and any(out.iterdir()):
             raise InputError(f"output directory {out}: not empty; pass overwrite=True to replace its result files")

@@ -6,9 +6,13 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+import pandas as pd
+
 from . import scenario as scn
+from ..util.jsonout import flatten
+from ..util.stats import mean_interval, summary_range
 from .build import build
-from ..util.errors import InputError
+from ..util.errors import InputError, unknown_name
 from ..results.result import Result
 
 PRESETS_DIR = "scenarios"
@@ -22,7 +26,6 @@ def preset_names() -> list[str]:
 def preset_path(name: str) -> Path:
     path = Path(str(resources.files("agentsim") / PRESETS_DIR / f"{name}.toml"))
     if not path.exists():
-        from ..util.errors import unknown_name
         raise unknown_name("preset", name, preset_names())
     return path
 
@@ -63,7 +66,6 @@ def replication_seeds(seed: int, replications: int) -> list[int]:
 def ci(values, level: float = 0.95, valid: tuple[float, float] = (-math.inf, math.inf)) -> tuple[float, float, float]:
     """Mean and Student-t confidence interval of independent replications, clipped to ``valid``
     (see :mod:`agentsim.util.stats`, where every interval is computed)."""
-    from ..util.stats import mean_interval
     return mean_interval(values, level, valid)
 
 
@@ -71,7 +73,6 @@ def _mean_with_ci(sums: list[dict], with_ci: bool = True) -> dict:
     """Average numeric keys over replications (nested dicts recursively; a missing key is 0),
     adding ``_ci_low``/``_ci_high`` beside each top-level number, clipped to the key's valid range
     (:func:`agentsim.util.stats.summary_range`: shares in [0, 1], everything else >= 0)."""
-    from ..util.stats import summary_range
     out: dict = {}
     keys = list(dict.fromkeys(k for s in sums for k in s))
     for key in keys:
@@ -108,7 +109,6 @@ class ResultSet:
         return _mean_with_ci([r.summary() for r in self.results]) | {"replications": len(self.results)}
 
     def _stack(self, table: str):
-        import pandas as pd
         frames = [getattr(r, table).assign(replication=i, seed=r.meta.get("seed"))
                   for i, r in enumerate(self.results)]
         frames = [f for f in frames if len(f.columns) > 2]       # a run with no such table adds no rows
@@ -144,8 +144,6 @@ class ResultSet:
     def summary_frame(self):
         """One row per replication: its summary's figures (nested keys dotted, e.g.
         ``pools.h100.busy_share``), with ``replication`` and ``seed`` columns first."""
-        import pandas as pd
-        from ..util.jsonout import flatten
         rows = [{"replication": i, "seed": r.meta.get("seed"), **flatten(r.summary())}
                 for i, r in enumerate(self.results)]
         return pd.DataFrame(rows)

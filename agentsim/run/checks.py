@@ -22,7 +22,12 @@ from pathlib import Path
 
 import numpy as np
 
+from ..model.catalog import env_catalog_files, load_catalog
 from ..util.errors import InputError
+from ..workload.distributions import draw, draw_tokens
+from ..workload.profiles import get_profile
+from ..workload.sources import read_replay_csv
+from .build import pool_deployment, sliced
 
 #: peak bytes per simulated request (recorder columns, the Result's table and its one copy;
 #: tests/test_ux.py holds a million requests under 1 GB)
@@ -77,7 +82,6 @@ def _n(x: float) -> str:
 
 def _mean(d, n: int = 20_000) -> float:
     """Mean of a distribution after clipping (private RNG: the run's streams are untouched)."""
-    from ..workload.distributions import draw
     return float(draw(d, np.random.default_rng(0), n).mean())
 
 
@@ -118,8 +122,6 @@ def _profile_load(profile) -> tuple[float, float]:
 
 def estimate_work(sc) -> Work:
     """Requests, live clients and replicas of one run of ``sc`` (one slice if it is sliced)."""
-    from .build import sliced
-    from ..workload.profiles import get_profile
     s = sliced(sc)
     share = 1.0 / sc.slice.count
     dur = s.duration_s
@@ -172,7 +174,6 @@ def check_runnable(sc, catalog=None) -> list[str]:
     warnings = []
     for name, st in sc.streams.items():
         if st.kind == "replay":     # read (and so check) the file now, not when the run reaches it
-            from ..workload.sources import read_replay_csv
             read_replay_csv(st.file)
             continue
         low = _tokens_lowest(st.input_tokens) + _tokens_lowest(st.output_tokens)
@@ -185,7 +186,6 @@ def check_runnable(sc, catalog=None) -> list[str]:
             warnings.append(f"streams.{name}: about {share:.2%} of requests (prompt + output over the largest "
                             f"replica's {capacity} KV tokens) will end request_too_large")
     for name, p in sc.populations.items():
-        from ..workload.profiles import get_profile
         prof = get_profile(p.profile, p.params, where=f"populations.{name}")
         low = (min(_tokens_lowest(prof.initial_context), prof.context_window) + _tokens_lowest(prof.first_message)
                + _tokens_lowest(prof.output_tokens))
@@ -198,7 +198,6 @@ def check_runnable(sc, catalog=None) -> list[str]:
 
 def too_large_share(input_tokens, output_tokens, capacity: int, n: int = 50_000) -> float:
     """Share of requests whose prompt + output exceeds ``capacity`` (private RNG)."""
-    from ..workload.distributions import draw_tokens
     rng = np.random.default_rng(0)
     total = draw_tokens(input_tokens, rng, n) + draw_tokens(output_tokens, rng, n)
     return float((total > capacity).mean())
@@ -206,8 +205,6 @@ def too_large_share(input_tokens, output_tokens, capacity: int, n: int = 50_000)
 
 def max_kv_capacity(sc, catalog=None) -> int:
     """KV tokens of the largest replica of any pool (deployment errors name the pool)."""
-    from ..model.catalog import env_catalog_files, load_catalog
-    from .build import pool_deployment
     catalog = catalog or load_catalog(env_catalog_files() + tuple(sc.catalog))
     best = 0
     for name, p in sc.pools.items():

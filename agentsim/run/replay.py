@@ -13,9 +13,15 @@ from pathlib import Path
 from simpy.core import StopSimulation
 from simpy.events import Event
 
+from . import scenario as scn
+from ..model.catalog import load_catalog
+from ..model.deployment import Deployment
+from ..model.servicetime import StepCoeffs
 from ..util.errors import InputError
 from ..serving.request import TRIGGERS
 from ..workload.trace_readers import Trace, TraceSession
+from .api import load_scenario
+from .build import build
 from ..util.events import call_later
 
 REQUEST, USER, TOOL = (TRIGGERS.index(t) for t in ("request", "user", "tool"))
@@ -180,9 +186,6 @@ def default_scenario(trace: Trace, catalog=None) -> dict:
     * tracelab: TP 1 replicas (at most one per session), session-affinity routing (a session's
       rounds stay with its cache).
     """
-    from ..model.catalog import load_catalog
-    from ..model.deployment import Deployment
-    from ..model.servicetime import StepCoeffs
     catalog = catalog or load_catalog()
     span = max(trace.last_arrival_s, 1.0)
     if trace.format == "tracelab":
@@ -223,8 +226,6 @@ def prepare_scenario(trace: Trace, scenario=None, overrides=(), *, unbounded_cac
     setting of the ideal hit rate, where nothing cached is ever lost (GPU evictions go to host). ``duration_s`` (default: the trace's last arrival + 1
     day) only bounds the run: it ends when the trace's last request ends.
     """
-    from . import scenario as scn
-    from .api import load_scenario
     if scenario is None:
         data = default_scenario(trace)
     else:
@@ -270,7 +271,6 @@ def replay(trace: Trace, scenario=None, *, seed: int | None = None, overrides=()
     when the trace's last request ends (or at ``duration_s``); ``meta["duration_s"]`` is then
     the simulated time actually covered.
     """
-    from .build import build
     sc = prepare_scenario(trace, scenario, overrides, unbounded_cache=unbounded_cache, duration_s=duration_s)
     cls = SessionReplay if trace.format == "tracelab" else OpenLoopReplay
     drains = []

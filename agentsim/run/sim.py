@@ -17,6 +17,7 @@ import simpy
 
 from ..serving.cluster import Cluster
 from ..results.metrics import Recorder, Sampler
+from ..results.result import Result
 from ..serving.request import Request
 from ..util.events import events_scheduled
 
@@ -215,7 +216,6 @@ class Simulation:
 
     def run(self, progress=None) -> "Result":
         """Run to ``duration_s``; ``progress(sim_time)`` is called about 100 times if given."""
-        from ..results.result import Result
 
         for s in self.sources:
             s.start()

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..model import presets
+from ..run.scenario import parse
 from .calibration_points import Point, Unscored, engine_of
 from ..model.deployment import Deployment
 from ..util.errors import InputError
@@ -95,7 +96,6 @@ def load_setup(dep: Deployment, p: Point) -> LoadSetup:
 
     ``dep`` is the point's deployment under its engine's preset (:func:`agentsim.studies.calibrate.deployment`).
     """
-    from ..run.scenario import parse
     if p.input_tokens is None or p.output_tokens is None:
         raise Unscored(f"load point ({p.load}) without input/output lengths: the engine simulates fixed "
                        "lengths and needs both")

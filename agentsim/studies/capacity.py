@@ -29,12 +29,19 @@ ones dotted (``pools.h100.busy_share``, ``outcomes.529_overload``); every SLO mu
 """
 from __future__ import annotations
 
+import difflib
 import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..run.build import build
+from ..serving.request import OUTCOMES
 from ..util.errors import InputError
+from ..util.stats import mean_interval, summary_range
+from ..workload.sessions import SESSION_OUTCOMES
+from .grid import check_path
+from .sweep import Pool, flatten, load_point, plan_rows
 
 RESOURCE_FIELDS = ("replicas", "max_batch", "token_budget", "host_kv_gb")
 LOAD_FIELDS = ("size", "workers", "rate", "concurrency", "count", "task_rate")
@@ -77,10 +84,6 @@ def parse_slo(text: str) -> Slo:
 
 def known_metrics(sc) -> set[str]:
     """The summary keys (flattened) a run of ``sc`` reports: from a zero-length run."""
-    from ..run.build import build
-    from ..serving.request import OUTCOMES
-    from ..workload.sessions import SESSION_OUTCOMES
-    from .sweep import flatten
     keys = {f"outcomes.{o}" for o in OUTCOMES}
     if sc.populations:
         keys |= {f"session_outcomes.{o}" for o in SESSION_OUTCOMES}
@@ -90,7 +93,6 @@ def known_metrics(sc) -> set[str]:
 
 
 def check_metrics(slos: list[Slo], known: set[str]) -> None:
-    import difflib
     for s in slos:
         if s.metric not in known:
             near = difflib.get_close_matches(s.metric, sorted(known), n=1, cutoff=0.5)
@@ -168,9 +170,6 @@ def capacity(scenario, slos, vary: str, *, goal: str | None = None, low: float |
              address: str | None = None, workers: int | None = None, out_dir: str | Path | None = None,
              progress: bool = True, connect_timeout: float = 10.0) -> CapacityResult:
     """Search ``vary`` for the smallest (``goal='min'``) or largest (``'max'``) value meeting ``slos``."""
-    from .grid import check_path
-    from ..util.stats import mean_interval, summary_range
-    from .sweep import Pool, flatten, load_point, plan_rows
     slos = [s if isinstance(s, Slo) else parse_slo(s) for s in ([slos] if isinstance(slos, (str, Slo)) else slos)]
     if not slos:
         raise InputError("capacity needs at least one --slo, e.g. --slo 'ttft_p99_s<=2'")

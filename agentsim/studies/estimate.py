@@ -7,10 +7,15 @@ Its JSON keys are shared with ``summary.json`` wherever a figure is the same.
 from __future__ import annotations
 
 import math
+import sys
+import types
 
 import numpy as np
 
+from ..results.result import _latency_stats
 from ..run.api import simulate
+from ..run.build import build
+from ..run.scenario import parse
 from ..util.errors import InputError
 
 HORIZON_S = 1e7   # runs end when the last request does; this only bounds pathological inputs
@@ -206,8 +211,6 @@ def saturation_requests(**kw) -> int:
     With fewer, the first batch finishing together dominates the 10th–90th percentile window and
     the rate comes out up to twice too high.
     """
-    from ..run.build import build
-    from ..run.scenario import parse
     pool = build(parse(estimate_scenario(**{**kw, "requests": 1}))).cluster.pools[0]
     per_request = kw["input_tokens"] + kw["output_tokens"]
     batch = max(1, min(pool.config.max_batch, pool.config.kv_capacity // per_request))
@@ -218,7 +221,6 @@ def steady_latencies(done) -> dict:
     """TTFT and TPOT (mean, p50, p90, p99) of the completed requests that arrived in the steady window
     (between the 10th and 90th percentile completion): without the first wave, which a closed loop
     of N clients sends at once and which queues behind itself. NaN when none arrived there (all at once)."""
-    from ..results.result import _latency_stats
     t = np.sort(done["finish_s"].to_numpy())
     t = t[np.isfinite(t)]
     if len(t) >= 10:
@@ -264,8 +266,6 @@ def _make_callable() -> None:
     (``from agentsim.studies.estimate import ...``) sets ``agentsim.studies.estimate`` to the module: a callable
     module keeps ``agentsim.studies.estimate`` one object that works both ways, however it was imported.
     """
-    import sys
-    import types
 
     class CallableModule(types.ModuleType):
         def __call__(self, *args, **kw) -> dict:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..util.stats import mean_interval
+
 #: confidence level and number of batches of the validation's intervals
 LEVEL = 0.99
 BATCHES = 30
@@ -15,7 +17,6 @@ BATCHES = 30
 
 def t_interval(batch_values, level: float = LEVEL) -> tuple[float, float, float]:
     """Mean and Student-t interval of (approximately) independent values."""
-    from ..util.stats import mean_interval
     return mean_interval(batch_values, level)
 
 

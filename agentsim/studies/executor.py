@@ -17,7 +17,9 @@ what to cancel and keeps what finished.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import multiprocessing as mp
 import os
+import signal
 
 from ..util.errors import InputError
 
@@ -41,13 +43,11 @@ def default_workers() -> int:
 
 def _ignore_sigint() -> None:
     """Pool workers leave Ctrl-C to the parent, which cancels the work and keeps what finished."""
-    import signal
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def process_pool(workers: int) -> cf.ProcessPoolExecutor:
     """A local pool of ``workers`` processes started by ``forkserver`` (``spawn`` where missing)."""
-    import multiprocessing as mp
     method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
     return cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context(method),
                                   initializer=_ignore_sigint)
@@ -56,7 +56,7 @@ def process_pool(workers: int) -> cf.ProcessPoolExecutor:
 def dask_client(address: str, connect_timeout: float = 10.0):
     """A ``distributed.Client`` for the scheduler at ``address``; an InputError if unreachable."""
     try:
-        from distributed import Client
+        from distributed import Client  # local: optional dependency (the 'dask' extra), ~380 ms
     except ImportError:
         raise InputError(f"--address {address}: Dask is not installed (pip install 'agentsim[dask]')") from None
     try:

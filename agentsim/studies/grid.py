@@ -11,6 +11,7 @@ import json
 from typing import Any
 
 from ..run import scenario as scn
+from ..run.scenario import EngineSettings
 from ..util.errors import InputError
 
 #: free-form tables below which paths are not checked here (the scenario's validation checks them)
@@ -75,7 +76,6 @@ def check_path(data: dict, path: str, where: str) -> Any:
     only engine settings are checked here: the scenario's own validation checks the rest.
     Returns the current value (None when it is not set in a free-form table).
     """
-    from ..run.scenario import EngineSettings
     keys = path.split(".")
     if not path or any(k == "" for k in keys):
         raise InputError(f"{where} {path!r}: not a field path (expected e.g. pools.h100.replicas)")

@@ -37,6 +37,7 @@ import math
 import numpy as np
 
 from ..results.result import PERCENTILES, Result
+from ..util.errors import InputError
 
 #: a slice ships its latency arrays (for exact pooled percentiles) up to this many completed requests
 MAX_POOLED_ROWS = 2_000_000
@@ -56,7 +57,6 @@ def slice_indices(count: int, sample: int | None, seed: int) -> list[int]:
     if sample is None or sample >= count:
         return list(range(count))
     if sample < 1:
-        from ..util.errors import InputError
         raise InputError(f"slice sample must be >= 1, got {sample}")
     return sorted(int(i) for i in np.random.default_rng(seed).choice(count, size=sample, replace=False))
 

@@ -36,6 +36,7 @@ import itertools
 import json
 import math
 import sys
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,10 +44,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..model.catalog import env_catalog_files, load_catalog
 from ..run import scenario as scn
+from ..run.api import _mean_with_ci, load_scenario
+from ..run.build import build
 from ..util.atomic import write_atomic
 from ..util.jsonout import flatten
 from ..util.errors import InputError
+from ..util.stats import mean_interval, summary_range
 from .executor import Executor, default_workers
 from .grid import check_path, parse_grid, value
 from .slicing import merge, rounding_notes, slice_indices, slice_record, slice_seed
@@ -79,8 +84,6 @@ def run_task(data: dict, seed: int, detail: bool) -> tuple[dict, dict]:
     ``payload["summary"]`` is the summary; with ``detail`` (slices) also ``payload["slice"]``,
     the record :func:`agentsim.studies.slicing.merge` needs, and its latency arrays.
     """
-    from ..run.build import build
-    from ..model.catalog import load_catalog
     sc = scn.Scenario.model_validate(data)
     catalog = load_catalog(tuple(sc.catalog))
     res = build(sc, seed, catalog=catalog).run()
@@ -187,7 +190,7 @@ class Pool:
         if not todo:
             return
         executor = self.executor.open()
-        from tqdm import tqdm
+        from tqdm import tqdm  # local: tqdm costs ~50 ms and is only for a progress bar on a terminal
         bar = tqdm(total=done + len(todo), initial=done, unit="run", desc=desc, file=sys.stderr, leave=False,
                    disable=None if self.progress else True, dynamic_ncols=True)
         futures: dict = {}
@@ -243,7 +246,6 @@ class Row:
 
 def with_env_catalog(sc: scn.Scenario) -> scn.Scenario:
     """``AGENTSIM_CATALOG`` files of this process made part of the scenario (workers may lack it)."""
-    from ..model.catalog import env_catalog_files
     extra = [f for f in env_catalog_files() if f not in sc.catalog]
     return sc.model_copy(update={"catalog": [str(Path(f).resolve()) for f in extra] + list(sc.catalog)}) \
         if extra else sc
@@ -274,7 +276,6 @@ def plan_rows(sc: scn.Scenario, labels: dict, seeds: list[int], slices: int = 1,
 
 
 def load_point(scenario, overrides: list[str]) -> scn.Scenario:
-    from ..run.api import load_scenario
     return load_scenario(scenario, overrides)
 
 
@@ -292,7 +293,6 @@ class SweepResult:
 
     def summary(self, point: int = 0) -> dict:
         """The nested summary of one point, with 95 % CIs over its replications when R > 1."""
-        from ..run.api import _mean_with_ci
         rows = self.summaries[point * self.replications:(point + 1) * self.replications]
         if self.replications == 1:
             return rows[0]
@@ -359,7 +359,6 @@ def make_table(rows: list[Row], summaries: list[dict], slices: int = 1) -> pd.Da
 
 def point_means(result: SweepResult, metrics: list[str]) -> list[dict]:
     """Per grid point: the grid values and each metric's mean (and 95 % CI half-width when R > 1)."""
-    from ..util.stats import mean_interval, summary_range
     t = result.table
     paths = [p for p, _ in result.grid]
     out = []
@@ -388,7 +387,6 @@ def run_sliced(scenario, count: int, *, seed: int | None = None, replications: i
     ``replications`` > 1 every numeric key gets ``_ci_low`` / ``_ci_high`` (95 % Student-t over
     replications, as ``simulate``). ``out_dir`` keeps each slice's result for resuming.
     """
-    import warnings
     res = sweep(scenario, grid=[], replications=replications, seed=seed, overrides=list(overrides),
                 slices=count, slice_sample=sample, executor=executor, address=address, workers=workers,
                 out_dir=out_dir, progress=progress)

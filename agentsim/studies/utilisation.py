@@ -34,6 +34,7 @@ import math
 from functools import lru_cache
 
 from ..util.errors import InputError
+from .estimate import estimate
 
 
 def _round2(x: float) -> int:
@@ -48,7 +49,6 @@ def _round2(x: float) -> int:
 def max_load(gpu: str, model: str, tp: int, pp: int, precision: str, engine_json: str, catalog: tuple,
              input_tokens: int, output_tokens: int, cached_tokens: int = 0) -> dict:
     """One replica's saturation figures from ``estimate --max-load`` (cached per deployment and shape)."""
-    from .estimate import estimate
     out = estimate(model=model, gpu=gpu, tp=tp, pp=pp, precision=precision, input_tokens=input_tokens,
                    output_tokens=output_tokens, cached_tokens=cached_tokens, max_load=True, engine=json.loads(engine_json), catalog=list(catalog))
     return {"output_tokens_per_s": float(out["saturation_output_tokens_per_s"]),

@@ -88,6 +88,8 @@ import numpy as np
 import pandas as pd
 
 from . import theory as th
+from ..provider.limits import tier
+from ..util.errors import unknown_name
 from .estimators import BATCHES, LEVEL, batch_means, number_seen_at_arrival, occupancy, ratio_batch_means, t_interval
 from ..serving.request import OUTCOMES
 from .validation_systems import PS_GPU, UNLIMITED, beta_s, geometric, poisson, scenario, simulate, step_s, uniform_int
@@ -363,7 +365,6 @@ def check_retry(seed: int = SEEDS["retry"], level: float = LEVEL, scale: float =
 
 def check_token_bucket(seed: int = SEEDS["token_bucket"], level: float = LEVEL, scale: float = 1.0) -> list[dict]:
     """RPM token bucket (b = 10, r = 5/6 per s) under Poisson overload (λ = 20/s) for 600 s."""
-    from ..provider.limits import tier
     rpm = tier("anthropic_2025_tier1").rpm
     burst_s = 12.0
     r, b = rpm / 60.0, max(1.0, rpm * burst_s / 60.0)     # the RPM bucket is at least one request deep
@@ -391,7 +392,6 @@ CHECKS = {"mmc": check_mmc, "md1": check_md1, "mginf": check_mginf, "ps": check_
 
 def run(names=None, *, level: float = LEVEL, scale: float = 1.0, progress=None) -> list[dict]:
     """Run the named checks (default: all) and return their rows."""
-    from ..util.errors import unknown_name
     names = list(CHECKS) if not names else list(names)
     for name in names:
         if name not in CHECKS:

@@ -11,6 +11,7 @@ from functools import lru_cache
 from ..model.catalog import data_path, load_catalog
 from ..model.deployment import Deployment
 from ..model.servicetime import StepCoeffs
+from ..run.api import simulate as _simulate
 
 MODEL = "validation-tiny"
 CONST_GPU = "ValidationConst"
@@ -71,5 +72,4 @@ def poisson(rate: float, count: int, output) -> dict:
 
 
 def simulate(sc: dict, seed: int):
-    from ..run.api import simulate as _simulate
     return _simulate(sc, seed=seed)

@@ -18,6 +18,7 @@ as it was.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -54,7 +55,6 @@ def kind_of(path: Path) -> set[str]:
 
 
 def _single_kind(path: Path) -> str:
-    import json
     try:
         meta = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):

@@ -61,7 +61,7 @@ def _finite(values) -> np.ndarray:
 
 def t_halfwidth(sd: float | np.ndarray, n: int, level: float = LEVEL):
     """Half-width of the Student-t interval of a mean of ``n`` values with standard deviation ``sd``."""
-    from scipy import stats
+    from scipy import stats  # local: scipy.stats costs ~600 ms; import agentsim and estimate load none of it
     return stats.t.ppf((1 + level) / 2, n - 1) * sd / math.sqrt(n)
 
 
@@ -99,7 +99,7 @@ def proportion_interval(k: int, n: int, level: float = LEVEL) -> tuple[float, fl
     """A share ``k / n`` and its Wilson score interval (inside [0, 1] by construction)."""
     if n == 0:
         return math.nan, math.nan, math.nan
-    from scipy import stats
+    from scipy import stats  # local: scipy.stats costs ~600 ms; import agentsim and estimate load none of it
     z = float(stats.norm.ppf((1 + level) / 2))
     p = k / n
     c = (p + z * z / (2 * n)) / (1 + z * z / n)
@@ -123,7 +123,7 @@ def percentile_interval(values, q: float, level: float = LEVEL,
     if n == 0:
         return math.nan, math.nan, math.nan
     est = float(np.percentile(x, q))
-    from scipy import stats
+    from scipy import stats  # local: scipy.stats costs ~600 ms; import agentsim and estimate load none of it
     alpha = 1 - level
     lo_rank = int(stats.binom.ppf(alpha / 2, n, q / 100))        # 1-based rank of the lower bound
     hi_rank = int(stats.binom.ppf(1 - alpha / 2, n, q / 100)) + 1

@@ -22,6 +22,7 @@ from simpy.events import Event
 
 from .client import CallStats, Client
 from ..provider.clock import weekday_hour
+from ..provider.limits import tier
 from .diurnal import WeeklyProfile, nhpp_next
 from .distributions import Dist, Sampler
 from .profiles import get_profile
@@ -92,7 +93,6 @@ class Population:
         if cfg.priority is not None:
             self.priority = cfg.priority
         else:
-            from ..provider.limits import tier
             self.priority = tier(cfg.tier).priority if cfg.tier else 0
         self.profile = get_profile(cfg.profile, cfg.params, where=f"populations.{name}")
         rng = sim.rng

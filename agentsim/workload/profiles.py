@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ..model.catalog import data_path, format_validation_error
 from .distributions import Dist
 from ..util.errors import InputError, unknown_name
+from .retry import RETRY_POLICIES
 
 GIVE_UP = ("retry_step", "end_session", "fail_session")
 
@@ -77,7 +78,6 @@ class Profile(BaseModel):
     @field_validator("retry_policy")
     @classmethod
     def _known_retry_policy(cls, v: str) -> str:
-        from .retry import RETRY_POLICIES
         if v not in RETRY_POLICIES:
             raise ValueError(str(unknown_name("retry policy", v, RETRY_POLICIES)))
         return v

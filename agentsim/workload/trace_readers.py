@@ -33,7 +33,7 @@ from datetime import date
 from pathlib import Path
 
 from ..serving.block_cache import BLOCK_TOKENS
-from ..util.errors import InputError, not_utf8
+from ..util.errors import InputError, not_utf8, unknown_name
 
 TRACE_FORMATS = ("azure", "mooncake", "tracelab")
 AZURE_COLUMNS = ("TIMESTAMP", "ContextTokens", "GeneratedTokens")
@@ -141,7 +141,6 @@ def read_trace(path: str | Path, fmt: str) -> Trace:
     """Read and validate a trace file of format ``azure``, ``mooncake`` or ``tracelab``."""
     readers = {"azure": read_azure, "mooncake": read_mooncake, "tracelab": read_tracelab}
     if fmt not in readers:
-        from ..util.errors import unknown_name
         raise unknown_name("trace format", fmt, TRACE_FORMATS, where="--trace-format")
     try:
         return readers[fmt](path)

@@ -26,8 +26,11 @@ confidence intervals (independent and paired), the summary, the results and the 
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib
+import io
 import math
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -35,6 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ...run.api import load_scenario
+from ...run.build import build
 from ...util.atomic import write_atomic
 from ...util.errors import InputError, unknown_name
 from ..executor import run_all
@@ -107,21 +112,17 @@ def _timed(fn, *args):
 
 def simulate_one(scenario: dict, seed: int):
     """Build and run one scenario (a dict) with ``seed``; the Result."""
-    from ...run.api import load_scenario
-    from ...run.build import build
     return build(load_scenario(scenario), seed).run()
 
 
 def default_scenario() -> dict:
     """The shipped default scenario (Colossus-like mixed fleet, coders, API agents, chat) as a dict."""
-    from ...run.api import load_scenario
     return load_scenario("default").model_dump(mode="json")
 
 
 def scale_system(sc: dict, k: float) -> dict:
     """``sc`` with every pool's replicas and every population's users (and fleet workers) times
     ``k`` (rounded, at least 1): the same system, bigger or smaller."""
-    import copy
     sc = copy.deepcopy(sc)
     n = lambda x: max(1, round(x * k)) if x else 0  # noqa: E731
     for p in sc["pools"].values():
@@ -240,9 +241,8 @@ def jsonable(o):
 def save_figure(fig, out_dir: str | Path, name: str, data=None) -> Path:
     """Save ``fig`` as ``out_dir/name.png`` (atomically) and its plotted ``data`` (a DataFrame)
     as ``name.csv`` beside it; closes the figure."""
-    import io
 
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # local: pyplot costs ~0.5 s; pool workers only simulate
     out = Path(out_dir)
     buf = io.BytesIO()
     fig.savefig(buf, dpi=110, format="png")
@@ -295,7 +295,7 @@ class Report:
         md += [f"- `{k}`: {v}" for k, v in self.settings.items()]
         md += [f"- runtime: {runtime_s:.0f} s wall; {self.cpu_s:.0f} s CPU in simulations "
                f"(≈ {self.cpu_s / 2:.0f} s on two idle cores)", ""]
-        from ... import __version__
+        from ... import __version__  # local: agentsim.__version__ reads the package metadata (~10 ms) on first use
         commit = _git_commit()
         if commit:
             md.insert(-1, f"- agentsim {__version__}, commit {commit}")
@@ -311,7 +311,6 @@ class Report:
 
 def _git_commit() -> str | None:
     """The checkout's commit (with ``+dirty`` when files differ), if agentsim runs from a git checkout."""
-    import subprocess
     root = Path(__file__).resolve().parents[3]
     if not (root / ".git").exists():
         return None

@@ -35,6 +35,8 @@ import numpy as np
 import pandas as pd
 
 from . import Report, check_args, crossing, default_scenario, main_for, md_table, run_tasks, save_figure, seeds, simulate_one, stat
+from ...model.catalog import load_catalog
+from ..slicing import slice_indices, slice_seed
 
 QUESTION = ("How many more coding-agent users does a leased Colossus-1-like data center (≈150k H100, 50k H200, "
             "30k GB200) serve at an SLO on top of an existing fleet, at what power against its 300 MW, and at what cost?")
@@ -102,7 +104,6 @@ def existing_scenario(slices: int, extra_users: float = 0.0, with_lease: bool = 
 def sliced_task(sc: dict, slices: int, seed: int) -> tuple[dict, int]:
     """The task of one replication: the slice ``agentsim.studies.sweep`` would run for base seed ``seed``
     (index drawn by :func:`agentsim.studies.slicing.slice_indices`, seed by :func:`slice_seed`)."""
-    from ..slicing import slice_indices, slice_seed
     i = slice_indices(slices, 1, seed)[0]
     return dict(sc, slice={"count": slices, "index": i}), slice_seed(seed, slices, i)
 
@@ -216,7 +217,6 @@ def _per_replication(t: pd.DataFrame) -> list[dict]:
 
 def _lease_cost(per_rep: list[dict]) -> tuple[dict, float, float, dict]:
     """The lease's GPUs, cost per hour, nameplate facility MW, and its cost per day, term and added user."""
-    from ...model.catalog import load_catalog
     cat = load_catalog()
     gpus = {k: v[4] // (v[2] * v[3]) * v[2] * v[3] for k, v in LEASE.items()}
     usd_h = sum(gpus[k] * cat.gpu(LEASE[k][0]).usd_per_gpu_hour for k in LEASE)
@@ -340,7 +340,7 @@ def _figures(out: Path, t: pd.DataFrame, results, users, nameplate_mw, N, users_
 def _figure_capacity_and_power(out: Path, t: pd.DataFrame, results, users, nameplate_mw, N, users_grid, ss,
                                users_power) -> tuple:
     """Figure ``capacity_and_power``: (its path, its caption)."""
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # local: pyplot costs ~0.5 s; pool workers only simulate
 
     fig, axes = plt.subplots(1, 3, figsize=(18, 4.8))
     rows = _attainment_panel(axes[0], t, users)
@@ -407,7 +407,7 @@ def _attainment_panel(ax, t: pd.DataFrame, users) -> list[dict]:
 
 def _figure_pool_utilisation(out: Path, t: pd.DataFrame) -> tuple:
     """Figure ``pool_utilisation``: (its path, its caption)."""
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # local: pyplot costs ~0.5 s; pool workers only simulate
 
     fig, ax = plt.subplots(figsize=(9, 4.6))
     rows = []

@@ -26,6 +26,9 @@ import numpy as np
 import pandas as pd
 
 from . import Report, check_args, crossing, main_for, md_table, ratio, run_arms, save_figure, seeds, simulate_one, stat
+from ...model.catalog import load_catalog
+from ...model.deployment import Deployment
+from ...model.servicetime import StepCoeffs
 
 QUESTION = "How many joules per token, and how many tokens per megawatt, does each GPU generation deliver, by load?"
 FULL_SCALE = 4.0
@@ -80,9 +83,6 @@ def measure(sc: dict, seed: int) -> dict:
 
 def _idle_w(res) -> float:
     """Server power per GPU of an idle replica (from the catalog via the deployment)."""
-    from ...model.catalog import load_catalog
-    from ...model.deployment import Deployment
-    from ...model.servicetime import StepCoeffs
     p = res.meta["scenario"]["pools"]["g"]
     dep = Deployment.from_catalog(load_catalog(), p["model"], p["gpu"], tp=p["tp"], pp=p["pp"], precision=p["precision"])
     c = StepCoeffs.of(dep)
@@ -215,7 +215,7 @@ def _figures(out: Path, by, generations, loads, grid, cap) -> list:
 
 def _figure_energy_by_load(out: Path, generations, loads, grid) -> tuple:
     """Figure ``energy_by_load``: (its path, its caption)."""
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # local: pyplot costs ~0.5 s; pool workers only simulate
 
     fig, axes = plt.subplots(2, 2, figsize=(13, 9))
     rows = []
@@ -251,7 +251,7 @@ def _figure_energy_by_load(out: Path, generations, loads, grid) -> tuple:
 
 def _figure_at_capacity(out: Path, generations, cap) -> tuple:
     """Figure ``at_capacity``: (its path, its caption)."""
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # local: pyplot costs ~0.5 s; pool workers only simulate
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.4))
     rows = []

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ...provider.limits import prices
 from ...util.stats import NONNEGATIVE, mean_band
 from . import Report, check_args, default_scenario, main_for, md_table, paired, ratio, run_arms, save_figure, scale_system, seeds, simulate_one, stat
 
@@ -130,7 +131,6 @@ def _sample(ttft: np.ndarray) -> np.ndarray:
 
 def _session_usd(cs) -> float:
     """Mean list-price cost (Sonnet prices) of the ended coding sessions ``cs``."""
-    from ...provider.limits import prices
     price = prices("sonnet")
     return float(np.mean([price.usd(i - c, c, o) for i, c, o in
                           zip(cs["input_tokens"], cs["cached_tokens"], cs["output_tokens"])])) if len(cs) else math.nan
@@ -270,7 +270,7 @@ def _figures(out: Path, before, after, sc, metrics) -> list:
 
 def _figure_hourly(out: Path, before, after) -> tuple:
     """Figure ``hourly``: (its path, its caption)."""
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # local: pyplot costs ~0.5 s; pool workers only simulate
 
     hours = np.arange(len(before[0]["hourly"]["completed"]))
     fig, axes = plt.subplots(2, 2, figsize=(14, 8.5), sharex=True)
@@ -302,7 +302,7 @@ def _figure_hourly(out: Path, before, after) -> tuple:
 
 def _figure_peak_ttft_cdf(out: Path, before, after, sc) -> tuple:
     """Figure ``peak_ttft_cdf``: (its path, its caption)."""
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # local: pyplot costs ~0.5 s; pool workers only simulate
 
     # peak-hour TTFT CDF
     fig, ax = plt.subplots(figsize=(8, 4.8))
@@ -326,7 +326,7 @@ def _figure_peak_ttft_cdf(out: Path, before, after, sc) -> tuple:
 
 def _figure_relative_change(out: Path, metrics) -> tuple:
     """Figure ``relative_change``: (its path, its caption)."""
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # local: pyplot costs ~0.5 s; pool workers only simulate
 
     # relative changes with CIs
     keys = ("requests", "completed", "output_tokens", "coder_completed", "busy_gpu_hours", "energy_mwh",

@@ -191,7 +191,7 @@ def _figures(out: Path, by, routers, loads, metrics, base) -> list:
 
 def _figure_routers(out: Path, routers, loads, metrics) -> tuple:
     """Figure ``routers``: (its path, its caption)."""
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # local: pyplot costs ~0.5 s; pool workers only simulate
 
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
     rows = []
@@ -220,7 +220,7 @@ def _figure_routers(out: Path, routers, loads, metrics) -> tuple:
 
 def _figure_ttft_cdf(out: Path, by, routers, loads) -> tuple:
     """Figure ``ttft_cdf``: (its path, its caption)."""
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # local: pyplot costs ~0.5 s; pool workers only simulate
 
     L = loads[-1]
     fig, ax = plt.subplots(figsize=(8, 4.8))
@@ -243,7 +243,7 @@ def _figure_ttft_cdf(out: Path, by, routers, loads) -> tuple:
 
 def _figure_pools(out: Path, by, routers, loads, metrics) -> tuple:
     """Figure ``pools``: (its path, its caption)."""
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # local: pyplot costs ~0.5 s; pool workers only simulate
 
     L = loads[-1]
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.6))

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ...util.errors import InputError
 from ...util.stats import NONNEGATIVE, mean_band
 from . import Report, check_args, default_scenario, main_for, md_table, paired, ratio, run_arms, save_figure, scale_system, seeds, simulate_one, stat
 
@@ -146,7 +147,6 @@ def run(out_dir, scale: float = 1.0, seed: int = 1, replications: int | None = N
     ss = seeds(seed, R)
     cells = [(L, o) for L in loads for o in (False, True)]
     if duration_s < OUTAGE[1] + 2 * BIN_S:
-        from ...util.errors import InputError
         raise InputError(f"duration_s must leave time after the outage (> {OUTAGE[1] + 2 * BIN_S:g} s), got {duration_s}")
     arms = {(L, o): scenario(scale, o, load=L, duration_s=duration_s) for L, o in cells}
     by = run_arms(measure, arms, ss, workers, address, label="site_outage")
@@ -263,7 +263,7 @@ def _figures(out: Path, by, loads) -> list:
 
 def _figure_timeline(out: Path, by, loads) -> tuple:
     """Figure ``timeline``: (its path, its caption)."""
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # local: pyplot costs ~0.5 s; pool workers only simulate
 
     first = by[(loads[0], False)]
     n = len(first[0]["series"]["goodput_rps"])
@@ -304,7 +304,7 @@ def _figure_timeline(out: Path, by, loads) -> tuple:
 
 def _figure_sessions(out: Path, by, loads) -> tuple:
     """Figure ``sessions``: (its path, its caption)."""
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # local: pyplot costs ~0.5 s; pool workers only simulate
 
     fig, axes = plt.subplots(len(loads), 2, figsize=(12, 4.2 * len(loads)), squeeze=False)
     rows = []
