@@ -384,6 +384,15 @@ def test_rolling_usage_sum_and_time_until_below(adds, budget, window):
                 assert total_at(t + wait - 2e-6) >= budget - 1e-9        # and not noticeably before
 
 
+def test_usage_exactly_at_the_budget_is_not_below_it():
+    """The counterexample hypothesis found: after the 3.0 entry expires the usage equals the budget
+    (the running total's rounding had called it below); it is free only when the second one expires."""
+    w = RollingUsage(18000.0)
+    w.add(0.0, 3.0)
+    w.add(1.0, 1.00001)
+    assert w.time_until_below(1.00001, 1.0) == pytest.approx(18000.0, abs=1e-5)
+
+
 # =================================================================================================
 # rate_limits through the gateway
 # =================================================================================================

@@ -162,9 +162,12 @@ class RollingUsage:
         if self.total < budget:
             return 0.0
         remaining = self.total
+        # the running total drifts by a few ulps as entries come and go: "below" means below by more
+        # than that, so an entry whose expiry leaves usage exactly at the budget does not count
+        below = budget - 1e-12 * max(budget, self.total)
         for t, amount in self.entries:
             remaining -= amount
-            if remaining < budget:
+            if remaining < below:
                 # a hair past the entry's expiry, so that float rounding cannot leave it in
                 return max(0.0, t + self.window_s - now) + 1e-6
         return math.inf
