@@ -42,10 +42,15 @@ def _big(gpu) -> bool:
 
 
 def limits(name: str, dep) -> tuple[int, int]:
-    """(max_batch, token_budget) the preset sets on ``dep``'s GPU."""
+    """(max_batch, token_budget) the preset sets on ``dep``'s GPU.
+
+    With data-parallel attention each of the ``dp`` ranks schedules its own batch (vLLM runs one
+    engine core per DP rank; SGLang one scheduler per rank), so the replica's batch is dp times the
+    engine's; the token budget stays one rank's (the simulator prefills one chunk per step).
+    """
     p = preset(name)
     big = _big(dep.gpu)
-    batch = p["max_batch"] if big else p["max_batch_small"]
+    batch = (p["max_batch"] if big else p["max_batch_small"]) * dep.dp
     budget = p["token_budget"] if big else p["token_budget_small"]
     if "token_budget_huge" in p and dep.gpu.hbm_gb >= 160 * 1.073741824:  # SGLang's 160 GiB, in GB
         budget = p["token_budget_huge"]
