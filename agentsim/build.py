@@ -21,10 +21,10 @@ from .sources import SOURCES
 
 
 def default_limits(dep: Deployment) -> tuple[int, int]:
-    """vLLM V1 defaults (hardware-roofline.md §3.1): (max_batch, token_budget); max_batch per
-    data-parallel attention rank (one engine core each)."""
+    """vLLM V1 defaults (hardware-roofline.md §3.1): (max_batch, token_budget), per data-parallel
+    attention rank (vLLM runs one engine core per DP rank)."""
     big = dep.gpu.hbm_gb >= 70 and dep.gpu.generation != "ampere"
-    return (1024 * dep.dp, 8192) if big else (256 * dep.dp, 2048)
+    return (1024 * dep.dp, 8192 * dep.dp) if big else (256 * dep.dp, 2048 * dep.dp)
 
 
 def engine_config(dep: Deployment, s: EngineSettings, streams: list | None = None) -> EngineConfig:

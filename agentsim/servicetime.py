@@ -317,7 +317,15 @@ def build_tables(dep: Deployment, om: OpModel | None = None) -> Tables:
     n_all = np.arange(N_MAX + 1, dtype=float)
     nb = np.maximum.accumulate(_dense_table(pn, np.where(pn > 0, L * b * m_rank, 0.0), N_MAX))
     dec_b = np.divide(nb, n_all, out=np.zeros_like(nb), where=n_all > 0)
-    pa, pq = ops.prefill_attention(pt)
+    if dep.dp > 1:
+        # dp ranks each prefill their own chunk: a step's c prefill tokens are priced as the busiest
+        # rank's ceil(c/dp), its pairs as 1/dp of the step's (exact for the c·p part, which dominates
+        # agent prompts behind a cached prefix; the c²/2 part is over-counted dp times). A lone
+        # prompt's TTFT is understated: an engine chunks it on one rank (see README)
+        pa, pq = ops.prefill_attention(np.ceil(pt / dep.dp))
+        pq = pq / dep.dp
+    else:
+        pa, pq = ops.prefill_attention(pt)
     pf_a = _dense_table(pt, L * pa, T_MAX)
     pf_pair = _dense_table(pt, L * pq, T_MAX)
     label = "extrapolated" if ops.outside and ops.label == "measured" else ops.label
