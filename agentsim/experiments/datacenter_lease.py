@@ -2,9 +2,10 @@
 
 The lease: ~150 k H100, ~50 k H200 and ~30 k GB200 GPUs (hardware-roofline.md §2.1) in one
 300 MW facility (PUE 1.25, 10 % other IT load), serving DeepSeek-V3 (the open stand-in for a
-frontier MoE) as the default scenario deploys it: H100 FP8 tp 8 × pp 2 (9,375 replicas), H200
-FP8 tp 8 (6,250), GB200 FP4 tp 4 (7,500). It is far too big to simulate whole, so the
-experiment runs a **1/N slice** (N = 625 at scale 1: 15 + 10 + 12 replicas, exact) with the
+frontier MoE) as the default scenario deploys it (issue 16: data-parallel attention and expert
+parallelism): H100 FP8 dp 16 × ep 16 (9,375 replicas), H200 FP8 dp 8 × ep 8 (6,250), GB200 FP4
+dp 16 × ep 16 (1,875). It is far too big to simulate whole, so the
+experiment runs a **1/N slice** (N = 625 at scale 1: 15 + 10 + 3 replicas, exact) with the
 users hashed to slices (``agentsim.build.sliced``), and scales it back up; each replication draws
 its slice and seed as ``agentsim.sweep`` does (``agentsim.slicing``), so the intervals include
 slice-to-slice variation.
@@ -42,8 +43,9 @@ QUESTION = ("How many more coding-agent users does a leased Colossus-1-like data
 FULL_SCALE = 5.0
 REPLICATIONS = 3
 SLICES = 625
-LEASE = {"h100": ("H100-SXM", "fp8", 8, 2, 150_000), "h200": ("H200", "fp8", 8, 1, 50_000),
-         "gb200": ("GB200", "fp4", 4, 1, 30_000)}
+# (gpu, precision, GPUs per replica, GPUs): the default scenario's shapes, tp 1 x dp_attention = ep = size
+LEASE = {"h100": ("H100-SXM", "fp8", 16, 150_000), "h200": ("H200", "fp8", 8, 50_000),
+         "gb200": ("GB200", "fp4", 16, 30_000)}
 USERS_GRID = (3.0e6, 4.0e6, 5.0e6, 6.0e6)
 SLO_TARGET = 0.90
 START = "2026-06-01T17:00:00Z"
@@ -55,8 +57,8 @@ PLAN = "max5_post_2026_05_06"
 
 
 def lease_pools(site: str = "memphis") -> dict:
-    return {f"lease_{k}": {"gpu": gpu, "model": "DeepSeek-V3", "precision": prec, "tp": tp, "pp": pp,
-                           "replicas": n // (tp * pp), "site": site} for k, (gpu, prec, tp, pp, n) in LEASE.items()}
+    return {f"lease_{k}": {"gpu": gpu, "model": "DeepSeek-V3", "precision": prec, "tp": 1, "dp_attention": size,
+                           "ep": size, "replicas": n // size, "site": site} for k, (gpu, prec, size, n) in LEASE.items()}
 
 
 def base(slices: int) -> dict:
@@ -206,7 +208,7 @@ def run(out_dir, scale: float = 1.0, seed: int = 1, replications: int | None = N
                            "users": float(sum(p["size"] for p in sc["populations"].values())),
                            "coders": float(sc["populations"]["coders"]["size"]),
                            "extra_coders": extra if name != "existing" else 0.0,
-                           "gpus": sum(p["replicas"] * p["tp"] * p["pp"] for p in sc["pools"].values())}
+                           "gpus": sum(p["replicas"] * p["tp"] * p.get("pp", 1) * p.get("dp_attention", 1) for p in sc["pools"].values())}
     # answer
     per_slice = ", ".join(f"{max(1, round(gpus[k] / (LEASE[k][2] * LEASE[k][3]) / N))} {k}" for k in LEASE)
     parts = [f"A 1/{N} slice of the lease ({per_slice} replicas) scaled ×{N} serves {users.fmt(3)} coding-agent "
