@@ -188,7 +188,7 @@ def run(out_dir, scale: float = 1.0, seed: int = 1, replications: int | None = N
     jpt = stat([p["joules_per_token"] for p in per_rep])
     from ..catalog import load_catalog
     cat = load_catalog()
-    gpus = {k: v[4] // (v[2] * v[3]) * v[2] * v[3] for k, v in LEASE.items()}
+    gpus = {k: v[3] // v[2] * v[2] for k, v in LEASE.items()}
     usd_h = sum(gpus[k] * cat.gpu(LEASE[k][0]).usd_per_gpu_hour for k in LEASE)
     nameplate_mw = sum(gpus[k] * cat.gpu(LEASE[k][0]).server_w_per_gpu for k in LEASE) * 1.10 * 1.25 / 1e6
     cost = {"usd_per_hour": usd_h, "usd_per_day": usd_h * 24, "usd_per_lease_term": usd_h * 24 * LEASE_DAYS,
@@ -210,7 +210,7 @@ def run(out_dir, scale: float = 1.0, seed: int = 1, replications: int | None = N
                            "extra_coders": extra if name != "existing" else 0.0,
                            "gpus": sum(p["replicas"] * p["tp"] * p.get("pp", 1) * p.get("dp_attention", 1) for p in sc["pools"].values())}
     # answer
-    per_slice = ", ".join(f"{max(1, round(gpus[k] / (LEASE[k][2] * LEASE[k][3]) / N))} {k}" for k in LEASE)
+    per_slice = ", ".join(f"{max(1, round(gpus[k] / LEASE[k][2] / N))} {k}" for k in LEASE)
     parts = [f"A 1/{N} slice of the lease ({per_slice} replicas) scaled ×{N} serves {users.fmt(3)} coding-agent "
              f"users (Max 5x) at the weekday peak ({START[11:16]}–{int(START[11:13]) + DURATION_S / 3600:.0f}:00 UTC) "
              f"with ≥ {SLO_TARGET:.0%} of requests within TTFT 5 s and TPOT 0.15 s"
