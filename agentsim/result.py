@@ -76,6 +76,19 @@ def _derive_inplace(df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
+def median_context(done: pd.DataFrame) -> float:
+    """The median completed request's input tokens: the context an agent call carries."""
+    return float(np.median(done["input_tokens"].to_numpy())) if len(done) else math.nan
+
+
+def pool_shape(r: dict, median_ctx: float) -> dict:
+    """A pool's parallelism and KV capacity per replica, in tokens and in contexts of the median
+    request (how many such calls one replica holds at once; issue 16)."""
+    return {"parallelism": r.get("parallelism", f"tp{r['tp']}pp{r['pp']}"),
+            "kv_capacity_tokens": int(r["kv_capacity_tokens"]),
+            "kv_contexts": r["kv_capacity_tokens"] / median_ctx if median_ctx > 0 else math.nan}
+
+
 @dataclass
 class Result:
     requests: pd.DataFrame
@@ -205,16 +218,10 @@ class Result:
         out["usd_per_m_tokens"] = cost / all_tokens * 1e6 if all_tokens else math.nan
         out["usd_per_m_output_tokens"] = cost / all_out * 1e6 if all_out else math.nan
         cap = self.meta.get("capacity", {})
-        # KV capacity in contexts: how many of the population's median requests (input tokens: the
-        # context an agent call carries) one replica holds at once
-        median_ctx = float(np.median(done["input_tokens"].to_numpy())) if len(done) else math.nan
-        out["median_context_tokens"] = median_ctx
+        median_ctx = median_context(done)
         out["pools"] = {r["pool"]: {"busy_share": r["busy_frac"], "mean_power_w": r["energy_j"] / max(self.meta.get(
             "duration_s", 1.0), 1e-12), "gpus": int(r["gpus"]), "cost_usd": r["cost_usd"],
-            "preemptions": int(r["preemptions"]), "support": r.get("support"),
-            "parallelism": r.get("parallelism", f"tp{r['tp']}pp{r['pp']}"),
-            "kv_capacity_tokens": int(r["kv_capacity_tokens"]),
-            "kv_contexts": r["kv_capacity_tokens"] / median_ctx if median_ctx > 0 else math.nan,
+            "preemptions": int(r["preemptions"]), "support": r.get("support"), **pool_shape(r, median_ctx),
             **{k: cap[r["pool"]][k] for k in CAPACITY_KEYS if k in cap.get(r["pool"], {})}}
             for r in pools.to_dict("records")}
         if len(self.timeseries):
