@@ -100,7 +100,7 @@ def one_run(spec: dict, prof: cProfile.Profile | None = None) -> dict:
             "sessions": int((ss["kind"] == "session").sum()),
             "subagents": int((ss["kind"] == "subagent").sum()), "calls": int(rq["call_id"].nunique()),
             "attempts": int(len(rq)), "completed": int((rq["outcome"] == "completed").sum()),
-            "events": int(res.meta["events"]), "utilisation": {k: round(v["utilisation"], 3)
+            "events": int(res.meta["events"]), "utilisation": {k: round(v.get("busy_share", v.get("utilisation", 0.0)), 3)
                                                                 for k, v in res.summary()["pools"].items()}}
 
 
