@@ -46,7 +46,7 @@ SLICES = 625
 # (gpu, precision, GPUs per replica, GPUs): the default scenario's shapes, tp 1 x dp_attention = ep = size
 LEASE = {"h100": ("H100-SXM", "fp8", 16, 150_000), "h200": ("H200", "fp8", 8, 50_000),
          "gb200": ("GB200", "fp4", 16, 30_000)}
-USERS_GRID = (3.0e6, 4.0e6, 5.0e6, 6.0e6)
+USERS_GRID = (5.0e6, 6.0e6, 7.0e6, 8.0e6)   # brackets the EP/DP lease's crossing (one slice: 7 M -> 0.91, 9 M -> 0.71)
 SLO_TARGET = 0.90
 START = "2026-06-01T17:00:00Z"
 DURATION_S = 3 * 3600.0
