@@ -99,16 +99,16 @@ def test_alltoall_is_in_the_token_ops_and_priced_from_the_measured_curves(cat):
     # DeepEP on H200: tens to hundreds of microseconds per layer, growing with the bytes
     assert 20e-6 < a2a[0] < a2a[1] < 2e-3
     assert "all_to_all" not in ops.outside                   # 8 ranks fit one NVLink node
-    no_ep = _Ops(_dsv3(cat, "H200", tp=1, dp=8, ep=1, engine="vllm"), om)
-    with_ep = _token_ops(ops, t)
-    assert np.all(with_ep > 0)
+    # F(T) prices tp 8 with and without EP (EP adds the all-to-all and prices experts per rank)
+    no_ep = _token_ops(_Ops(_dsv3(cat, "H200", tp=8, dp=1, ep=1, engine="vllm"), om), t)
+    ep8 = _token_ops(_Ops(_dsv3(cat, "H200", tp=8, dp=1, ep=8, engine="vllm"), om), t)
+    assert np.all(ep8 > 0) and np.all(no_ep > 0)
     # beyond a node the bytes leaving it ride 50 GB/s scale-out links: extrapolated, and slower
     wide = _Ops(_dsv3(cat, "H100-SXM", tp=1, dp=16, ep=16, engine="vllm"), om)
     # 8192 tokens over 16 ranks: 512 per rank, 512 x 8 x 7168 x 2 bytes each way, half of it off-node
     assert wide.all_to_all(np.array([8192.0]))[0] >= 2 * 512 * 8 * 7168 * 2 * (8 / 16) / 50e9
     assert "all_to_all" in wide.outside
     assert build_tables(wide.dep).label in ("extrapolated", "transferred")
-    del no_ep
 
 
 def test_dp_attention_spreads_decodes_over_ranks(cat):
