@@ -46,7 +46,7 @@ def pool_deployment(catalog: Catalog, p, settings: EngineSettings) -> tuple[Depl
     dep = Deployment.from_catalog(catalog, p.model, p.gpu, tp=p.tp, pp=p.pp, precision=p.precision,
                                   kv_dtype=settings.kv_dtype, mem_util=settings.mem_util,
                                   reserve_gb_per_gpu=settings.reserve_gb_per_gpu, engine=settings.kernels,
-                                  ep=p.ep, dp=p.dp_attention)
+                                  ep=p.ep, dp=p.dp_attention, redundant_experts=p.redundant_experts)
     if settings.preset is not None:
         dep = presets.with_overheads(dep, settings.preset, catalog)
     return dep, settings

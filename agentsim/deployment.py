@@ -58,6 +58,7 @@ class Deployment:
     engine: str = "vllm"          # whose measured kernels price the steps
     ep: int = 1                   # expert-parallel ranks over the stage's tp x dp GPUs
     dp: int = 1                   # data-parallel attention ranks (each tp GPUs, its own KV)
+    redundant_experts: int = 0    # EPLB's extra expert replicas: ep divides n_experts + these
 
     def __post_init__(self) -> None:
         where = f"deployment {self.model.name} on {self.n_gpus}x {self.gpu.name}"
@@ -104,10 +105,18 @@ class Deployment:
             raise InputError(f"{where}: ep and dp_attention must be >= 1 (got ep={self.ep}, dp_attention={self.dp})")
         if self.ep > 1 and not m.is_moe:
             raise InputError(f"{where}: ep={self.ep} needs an MoE model; {m.name} is dense; allowed ep: 1")
-        if self.ep > 1 and m.n_experts % self.ep:
-            ok = [e for e in range(1, m.n_experts + 1) if not m.n_experts % e and not stage % e]
-            raise InputError(f"{where}: ep={self.ep} does not divide the model's {m.n_experts} experts; "
-                             f"allowed ep for tp x dp_attention = {stage}: {', '.join(map(str, ok))}")
+        if self.redundant_experts < 0 or (self.redundant_experts and self.ep == 1):
+            raise InputError(f"{where}: redundant_experts={self.redundant_experts} needs ep > 1 and must be >= 0 "
+                             "(EPLB replicates hot experts across expert-parallel ranks)")
+        slots = self.expert_slots
+        if self.ep > 1 and slots % self.ep:
+            ok = [e for e in range(1, slots + 1) if not slots % e and not stage % e]
+            extra = (f" + {self.redundant_experts} redundant = {slots} expert slots" if self.redundant_experts
+                     else " experts")
+            need = -slots % self.ep
+            raise InputError(f"{where}: ep={self.ep} does not divide the model's {m.n_experts}{extra}; "
+                             f"allowed ep for tp x dp_attention = {stage}: {', '.join(map(str, ok))} "
+                             f"(or redundant_experts = {self.redundant_experts + need}, EPLB's spare slots)")
         if stage % self.ep:
             ok = [e for e in range(1, stage + 1) if not stage % e and (not m.n_experts or not m.n_experts % e)]
             raise InputError(f"{where}: ep={self.ep} does not divide the stage's tp x dp_attention = "
@@ -117,16 +126,21 @@ class Deployment:
     def from_catalog(cls, catalog: Catalog, model: str, gpu: str, *, tp: int = 1, pp: int = 1,
                      precision: str = "bf16", kv_dtype: str = "bf16", mem_util: float = 0.90,
                      reserve_gb_per_gpu: float = 2.0, engine: str = "vllm", ep: int = 1,
-                     dp: int = 1) -> "Deployment":
+                     dp: int = 1, redundant_experts: int = 0) -> "Deployment":
         g = catalog.gpu(gpu)
         return cls(model=catalog.model(model), gpu=g, efficiency=catalog.efficiency(g), tp=tp, pp=pp,
                    precision=precision, kv_dtype=kv_dtype, mem_util=mem_util, reserve_gb_per_gpu=reserve_gb_per_gpu,
-                   engine=engine, ep=ep, dp=dp)
+                   engine=engine, ep=ep, dp=dp, redundant_experts=redundant_experts)
 
     @property
     def n_gpus(self) -> int:
         """GPUs of one replica: ``tp x dp`` per pipeline stage, ``pp`` stages."""
         return self.tp * self.dp * self.pp
+
+    @property
+    def expert_slots(self) -> int:
+        """Routed experts held across the EP ranks: the model's plus EPLB's redundant replicas."""
+        return self.model.n_experts + self.redundant_experts
 
     @property
     def moe_tp(self) -> int:
@@ -146,18 +160,21 @@ class Deployment:
 
     @cached_property
     def routed_weight_bytes(self) -> float:
-        """Bytes of the routed experts: the only weights divided over every GPU of a stage."""
-        return self.model.routed_expert_params * BYTES_PER_ELEMENT[self.precision]
+        """Bytes of the routed experts (redundant replicas included): the only weights divided over
+        every GPU of a stage."""
+        base = self.model.routed_expert_params * BYTES_PER_ELEMENT[self.precision]
+        return base * self.expert_slots / self.model.n_experts if self.redundant_experts else base
 
     @cached_property
     def weight_bytes_per_gpu(self) -> float:
         """Replicated weights (attention, dense layers, shared experts, embeddings) split over one
         attention rank's ``tp x pp`` GPUs, plus the routed experts split over all ``n_gpus``."""
         total = self.model.weight_bytes(self.precision)
-        if self.dp == 1:
+        if self.dp == 1 and not self.redundant_experts:
             return total / self.n_gpus
         routed = self.routed_weight_bytes
-        return (total - routed) / (self.tp * self.pp) + routed / self.n_gpus
+        base = self.model.routed_expert_params * BYTES_PER_ELEMENT[self.precision]
+        return (total - base) / (self.tp * self.pp) + routed / self.n_gpus
 
     def alltoall_bytes_per_step(self, tokens: float) -> float:
         """Bytes the MoE all-to-alls move across GPUs in a step of ``tokens`` (0 without EP).

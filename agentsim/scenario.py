@@ -108,6 +108,8 @@ class Pool(Model):
                                                    "(MoE models; must divide the experts and those GPUs)")
     dp_attention: int = Field(1, ge=1, le=1024, description="data-parallel attention ranks, each tp GPUs with its own "
                                                              "KV (a degree, not a flag); GPUs = tp x dp_attention x pp")
+    redundant_experts: int = Field(0, ge=0, le=4096, description="EPLB's redundant expert replicas (ep > 1): ep must "
+                                                                  "divide the experts plus these, e.g. 32 for 288 slots")
     precision: Literal["bf16", "fp8", "fp4"] = Field("bf16", description="weights and activations")
     site: str = Field("default", description="site name (see [sites])")
     usd_per_gpu_hour: float | None = Field(None, ge=0, le=1e4, description="override the catalog price")

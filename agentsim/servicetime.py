@@ -118,9 +118,10 @@ class _Ops:
         tt = np.maximum(t, 1)
         cat = "fp8" if dep.precision != "bf16" else "bfloat16"
         mtp = dep.moe_tp
+        slots = dep.expert_slots        # EPLB's redundant replicas: more, less loaded local experts
         eff = self._grid("moe", cat, tt, float(m.top_k), 3.0 * m.d_model * m.d_ff_expert / mtp,
-                         float(m.n_experts / dep.ep))
-        roof = opfit.moe_roofline(tt, m.d_model, m.d_ff_expert, m.top_k, m.n_experts, mtp, dep.ep, self.gpu, cat)
+                         float(slots / dep.ep))
+        roof = opfit.moe_roofline(tt, m.d_model, m.d_ff_expert, m.top_k, slots, mtp, dep.ep, self.gpu, cat)
         return np.where(t > 0, roof / np.exp(eff), 0.0)
 
     def all_to_all(self, t):
@@ -339,7 +340,7 @@ def _cached_tables(dep: Deployment) -> Tables:
     """Tables per distinct geometry (a scenario's pools, a sweep's points share them)."""
     key = (dep.model.model_dump_json(exclude={"sources", "description"}),
            dep.gpu.model_dump_json(exclude={"sources", "description"}), dep.tp, dep.pp, dep.precision, dep.kv_dtype,
-           dep.engine, dep.ep, dep.dp)
+           dep.engine, dep.ep, dep.dp, dep.redundant_experts)
     tables = _TABLES.get(key)
     if tables is None:
         if len(_TABLES) > 256:

@@ -133,3 +133,17 @@ def test_ep_one_dp_one_is_unchanged(cat):
     a = build_tables(_dsv3(cat, "H200", tp=8))
     b = build_tables(_dsv3(cat, "H200", tp=8, ep=1, dp=1))
     assert np.array_equal(a.fixed, b.fixed) and np.array_equal(a.dec_b, b.dec_b)
+
+
+def test_redundant_experts_make_sglangs_ep72_expressible(cat):
+    """SGLang's H100 decode: 72 ranks over 256 experts + 32 EPLB replicas = 288 slots, 4 per GPU."""
+    with pytest.raises(InputError, match=r"ep=72 does not divide the model's 256 experts.*redundant_experts = 32"):
+        _dsv3(cat, "H100-SXM", tp=1, dp=72, ep=72)
+    dep = _dsv3(cat, "H100-SXM", tp=1, dp=72, ep=72, redundant_experts=32)
+    assert dep.n_gpus == 72 and dep.expert_slots == 288
+    # routed bytes grow by 288/256; each GPU: the replicated 17.1 GB + 4 experts x 58 layers
+    per_gpu = REPLICATED + ROUTED * 288 / 256 / 72                                  # 27.33 GB
+    assert dep.weight_bytes_per_gpu == pytest.approx(per_gpu)
+    assert dep.weight_bytes_per_gpu == pytest.approx(REPLICATED + 4 * 58 * 3 * 7168 * 2048)
+    with pytest.raises(InputError, match="needs ep > 1"):
+        _dsv3(cat, "H200", tp=8, redundant_experts=8)
