@@ -20,8 +20,13 @@ median and min–max of three timings:
 LLM calls are logical calls (distinct ``call_id``: a call and its retries count once); attempts
 (rows of the requests table) are shown too. Events are SimPy's event-id counter.
 
+The ``--fleet deepseek-ep`` row (issue 16) runs the same sessions on the default scenario's
+DeepSeek-V3 shapes instead: 10 × H100 dp 16 × ep 16, 6 × H200 dp 8 × ep 8 and 2 × GB200 dp 16 × ep 16
+(FP8 weights on Hopper, FP4 on GB200, FP8 KV): 18 replicas of 8-16 GPUs with batches of thousands.
+
     python benchmarks/agents.py               # full size, median of 3 (a few minutes)
     python benchmarks/agents.py --quick       # 1,000 sessions
+    python benchmarks/agents.py --fleet deepseek-ep   # the same sessions on the EP/DP fleet
     python benchmarks/agents.py --profile     # also cProfile one run, by own time
 """
 from __future__ import annotations
@@ -47,14 +52,29 @@ TARGET_CALLS_PER_S = 20_000
 SEED = 1
 
 
-def scenario(sessions: int, seed: int = SEED) -> dict:
-    per_user_friday = 2.0 * 7 / 5      # 2 sessions/user/day, a week's worth on the one non-zero day
+FLEETS = {"llama70b": "64 replicas (32 H100 TP4, 16 H200 TP2, 16 B200 TP2)",
+          "deepseek-ep": "18 replicas (10 H100 dp16 x ep16, 6 H200 dp8 x ep8, 2 GB200 dp16 x ep16)"}
+
+
+def _pools(fleet: str) -> dict:
+    if fleet == "deepseek-ep":
+        ds = lambda gpu, prec, size, n: {"gpu": gpu, "model": "DeepSeek-V3", "precision": prec, "tp": 1,  # noqa: E731
+                                         "dp_attention": size, "ep": size, "replicas": n}
+        return {"h100": ds("H100-SXM", "fp8", 16, 10), "h200": ds("H200", "fp8", 8, 6), "gb200": ds("GB200", "fp4", 16, 2)}
     pool = lambda gpu, tp, n: {"gpu": gpu, "model": "Llama-3-70B", "precision": "fp8", "tp": tp,  # noqa: E731
                                "replicas": n}
+    return {"h100": pool("H100-SXM", 4, 32), "h200": pool("H200", 2, 16), "b200": pool("B200", 2, 16)}
+
+
+def scenario(sessions: int, seed: int = SEED, fleet: str = "llama70b") -> dict:
+    per_user_friday = 2.0 * 7 / 5      # 2 sessions/user/day, a week's worth on the one non-zero day
+    engine = {"retention": "pin_session", "prefix_ttl_s": 600.0, "host_kv_gb": 500.0}
+    if fleet == "deepseek-ep":
+        engine["kv_dtype"] = "fp8"
     return {
         "name": "agents-benchmark", "duration_s": 72 * 3600.0, "seed": seed, "sample_s": 600.0,
-        "engine": {"retention": "pin_session", "prefix_ttl_s": 600.0, "host_kv_gb": 500.0},
-        "pools": {"h100": pool("H100-SXM", 4, 32), "h200": pool("H200", 2, 16), "b200": pool("B200", 2, 16)},
+        "engine": engine,
+        "pools": _pools(fleet),
         "router": {"policy": "session_affinity"},
         "populations": {"coders": {"profile": "interactive_coding_agent", "size": round(sessions / per_user_friday),
                                    "arrival": "custom", "weekday": [1.0] * 24, "weekend": [0.0] * 24,
@@ -92,11 +112,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", action="store_true", help="cProfile one extra run and print the top functions")
     ap.add_argument("--json", type=Path, help="also write the results here")
     ap.add_argument("--pin", type=int, metavar="CPU", help="pin the process to this CPU")
+    ap.add_argument("--fleet", choices=sorted(FLEETS), default="llama70b",
+                    help="llama70b: the benchmark's workload; deepseek-ep: the default scenario's EP/DP shapes")
     args = ap.parse_args(argv)
     if args.pin is not None:
         os.sched_setaffinity(0, {args.pin})
     n = 1_000 if args.quick else args.sessions
-    spec = scenario(n)
+    spec = scenario(n, fleet=args.fleet)
     runs = [one_run(spec) for _ in range(args.runs)]
     first = runs[0]
     for r in runs[1:]:
@@ -118,8 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
     print(f"agents benchmark: {first['sessions']:,} coding-agent sessions (+{first['subagents']:,} sub-agents), "
           f"{first['calls']:,} LLM calls, {first['attempts']:,} attempts ({first['completed']:,} completed), "
-          f"{first['events']:,} events ({first['events'] / first['calls']:.1f}/call); 64 replicas "
-          f"(32 H100 TP4, 16 H200 TP2, 16 B200 TP2), busy share {first['busy_share']}")
+          f"{first['events']:,} events ({first['events'] / first['calls']:.1f}/call); {FLEETS[args.fleet]}, "
+          f"busy share {first['busy_share']}")
     print(f"median of {args.runs} run(s), python {sys.version.split()[0]}, simpy {simpy.__version__}, "
           f"numpy {np.__version__}, load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     print("| " + " | ".join(h.ljust(w) for h, w in zip(head, widths)) + " |")

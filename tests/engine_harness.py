@@ -34,6 +34,9 @@ DEPLOYMENTS: dict[str, tuple[str, str, dict]] = {
     "llama70b-4xh100-fp8": ("Llama-3-70B", "H100-SXM", {"tp": 4, "precision": "fp8", "kv_dtype": "fp8"}),
     "deepseekv3-8xh200-fp8": ("DeepSeek-V3", "H200", {"tp": 8, "precision": "fp8", "kv_dtype": "fp8"}),
     "mixtral-2xh100": ("Mixtral-8x7B", "H100-SXM", {"tp": 2}),
+    # issue 16: 16 H100s as 16 attention ranks, 256 experts over 16 EP ranks across two nodes
+    "deepseekv3-16xh100-dp16ep16": ("DeepSeek-V3", "H100-SXM", {"tp": 1, "dp": 16, "ep": 16, "precision": "fp8",
+                                                                "kv_dtype": "fp8"}),
 }
 
 

@@ -331,7 +331,7 @@ def test_report_of_a_stream_only_run_says_which_figures_are_left_out(res, tmp_pa
     md_path, html_path = write_report(d)
     md, page = md_path.read_text(), html_path.read_text()
     assert "Not drawn: session times" in md and "Not drawn: retries per call" in md
-    assert "H100-SXM" in md and "Llama-3-8B" in md and "1 x 1" in md
+    assert "H100-SXM" in md and "Llama-3-8B" in md and "| tp1 |" in md
     assert "time to first token ≤ 0.5 s" in md and "95 % CI" not in md
     assert page.count("data:image/png;base64,") == 2 and "figures/" not in page
 

@@ -423,8 +423,9 @@ def test_report_md_has_every_section_with_the_summary_values(report, run_dir, re
     cap = capacity_utilisation(res)           # the same figures the report computed for the saved run
     for r in run_dir_pools(run_dir):
         p = {**summary["pools"][r["pool"]], **cap[r["pool"]]}
-        row = (f"| {r['pool']} | {r['gpu']} | {r['model']} | {r['precision']} | {r['tp']} x {r['pp']} | "
-               f"{r['replicas']} ({r['gpus']}) | {_fmt(p['capacity_utilisation'])} | {_fmt(p['batch_occupancy'])} | "
+        row = (f"| {r['pool']} | {r['gpu']} | {r['model']} | {r['precision']} | {r['parallelism']} | "
+               f"{r['replicas']} ({r['gpus']}) | {_fmt(r['kv_capacity_tokens'])} | {_fmt(p['kv_contexts'])} | "
+               f"{p['support']} | {_fmt(p['capacity_utilisation'])} | {_fmt(p['batch_occupancy'])} | "
                f"{_fmt(p['kv_occupancy'])} | {_fmt(p['busy_share'])} | {_fmt(p['mean_power_w'])} | {_fmt(p['cost_usd'])} |")
         assert row in pools_md
     assert "Capacity utilisation =" in pools_md and "busy share" in pools_md

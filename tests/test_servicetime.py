@@ -29,6 +29,12 @@ def _catalog_deployments() -> list[Deployment]:
                         deps.append(Deployment.from_catalog(CAT, model, gpu, tp=tp, precision=precision))
                     except InputError:
                         pass
+    # expert parallelism and data-parallel attention (issue 16): in one node, across nodes, a rack
+    for gpu, precision, tp, dp, ep in (("H200", "fp8", 1, 8, 8), ("H100-SXM", "fp8", 1, 16, 16),
+                                       ("H200", "fp8", 8, 1, 8), ("GB200", "fp4", 1, 32, 32)):
+        deps.append(Deployment.from_catalog(CAT, "DeepSeek-V3", gpu, tp=tp, dp=dp, ep=ep, precision=precision,
+                                            kv_dtype="fp8"))
+    deps.append(Deployment.from_catalog(CAT, "Mixtral-8x7B", "H100-SXM", tp=2, dp=2, ep=4))
     return deps
 
 
@@ -44,6 +50,7 @@ def test_catalog_deployments_cover_the_interesting_cases():
     kinds = {(d.model.is_moe, d.model.attention, d.tp > 1, d.gpu.name in OpModel.load().gpus) for d in DEPS}
     assert (True, "mla", True, True) in kinds and (False, "gqa", False, True) in kinds
     assert (False, "gqa", False, False) in kinds          # a GPU without tables (transferred)
+    assert any(d.dp > 1 and d.ep > d.gpu.gpus_per_node for d in DEPS)   # EP across nodes
 
 
 def test_decode_batch1_llama_8b_h100_near_measured_kernels():

@@ -14,7 +14,8 @@ from .common import Finite, catalog_option, cli, emit, force_option, format_opti
 FLAG_OF = {"streams.load.rate": "--rate", "streams.load.concurrency": "--concurrency",
            "streams.load.count": "--requests", "streams.load.input_tokens": "--input-tokens", "streams.load.cached_tokens": "--cached-tokens",
            "streams.load.output_tokens": "--output-tokens", "pools.main.replicas": "--replicas",
-           "pools.main.tp": "--tp", "pools.main.pp": "--pp", "pools.main.gpu": "--gpu", "pools.main.model": "--model",
+           "pools.main.tp": "--tp", "pools.main.pp": "--pp", "pools.main.ep": "--ep",
+           "pools.main.dp_attention": "--dp-attention", "pools.main.gpu": "--gpu", "pools.main.model": "--model",
            "pools.main.precision": "--precision", "engine.max_batch": "--max-batch",
            "engine.token_budget": "--token-budget", "engine.preset": "--engine"}
 
@@ -33,6 +34,10 @@ def in_flag_words(message: str) -> str:
 @click.option("--gpu", required=True, help="Catalog GPU name or alias.")
 @click.option("--tp", type=click.IntRange(min=1, max=1024), default=1, show_default=True)
 @click.option("--pp", type=click.IntRange(min=1, max=1024), default=1, show_default=True)
+@click.option("--ep", type=click.IntRange(min=1, max=1024), default=1, show_default=True,
+              help="Expert-parallel ranks over the tp x dp-attention GPUs of a stage (MoE models).")
+@click.option("--dp-attention", type=click.IntRange(min=1, max=1024), default=1, show_default=True,
+              help="Data-parallel attention ranks of tp GPUs each, each with its own KV; GPUs = tp x dp x pp.")
 @click.option("--precision", type=click.Choice(["bf16", "fp8", "fp4"]), default="bf16", show_default=True)
 @click.option("--input-tokens", type=click.IntRange(min=1, max=MAX_TOKENS), required=True)
 @click.option("--output-tokens", type=click.IntRange(min=1, max=MAX_TOKENS), required=True)
@@ -64,7 +69,7 @@ def in_flag_words(message: str) -> str:
 @catalog_option
 @force_option
 @format_option
-def estimate_cmd(model, gpu, tp, pp, precision, input_tokens, output_tokens, cached_tokens, range_ratio, concurrency, rate, max_load,
+def estimate_cmd(model, gpu, tp, pp, ep, dp_attention, precision, input_tokens, output_tokens, cached_tokens, range_ratio, concurrency, rate, max_load,
                  mode, ttft_p99, tpot_p99, min_duration, preset, requests, replicas, max_batch, token_budget, seed, catalog_files,
                  force, fmt) -> None:
     """Simulate one deployment: TTFT, TPOT, E2E (mean and percentiles) and token throughput.
@@ -79,6 +84,8 @@ def estimate_cmd(model, gpu, tp, pp, precision, input_tokens, output_tokens, cac
               requests=requests, replicas=replicas, engine=engine, catalog=list(catalog_files))
     if range_ratio != 1.0:
         kw["range_ratio"] = range_ratio
+    if ep != 1 or dp_attention != 1:
+        kw.update(ep=ep, dp_attention=dp_attention)
     if mode is not None or ttft_p99 is not None or tpot_p99 is not None:
         kw.update(mode=mode, ttft_p99=ttft_p99, tpot_p99=tpot_p99)
     if min_duration is not None:

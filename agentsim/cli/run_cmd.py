@@ -31,7 +31,8 @@ HEADLINE = ("requests", "completed", "ttft_s", "ttft_p99_s", "tpot_s", "tpot_p99
 
 #: per-pool rows of the summary table: capacity utilisation (agentsim.studies.utilisation) first, then the
 #: occupancies that say which limit binds, then busy share (time executing a step) and power
-POOL_ROWS = ("capacity_utilisation", "batch_occupancy", "kv_occupancy", "busy_share", "mean_power_w")
+POOL_ROWS = ("parallelism", "kv_capacity_tokens", "kv_contexts", "support", "capacity_utilisation", "batch_occupancy",
+             "kv_occupancy", "busy_share", "mean_power_w")
 
 
 def summary_rows(summary: dict) -> list[dict]:

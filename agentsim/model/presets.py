@@ -42,14 +42,20 @@ def _big(gpu) -> bool:
 
 
 def limits(name: str, dep) -> tuple[int, int]:
-    """(max_batch, token_budget) the preset sets on ``dep``'s GPU."""
+    """(max_batch, token_budget) the preset sets on ``dep``'s GPU.
+
+    With data-parallel attention each of the ``dp`` ranks schedules its own batch and its own
+    prefill chunk (vLLM runs one engine core per DP rank; SGLang one scheduler per rank), so the
+    replica's batch and token budget are dp times the engine's (the step model spreads a step's
+    tokens over the ranks: :func:`agentsim.servicetime.build_tables`).
+    """
     p = preset(name)
     big = _big(dep.gpu)
-    batch = p["max_batch"] if big else p["max_batch_small"]
+    batch = (p["max_batch"] if big else p["max_batch_small"]) * dep.dp
     budget = p["token_budget"] if big else p["token_budget_small"]
     if "token_budget_huge" in p and dep.gpu.hbm_gb >= 160 * 1.073741824:  # SGLang's 160 GiB, in GB
         budget = p["token_budget_huge"]
-    return batch, budget
+    return batch, budget * dep.dp
 
 
 def kv_dtype(name: str, precision: str) -> str:

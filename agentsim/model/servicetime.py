@@ -41,6 +41,11 @@ from . import opfit
 
 T_MAX = 32768      # tokens per step with a table entry (larger steps: extended linearly)
 N_MAX = 4096       # decodes / sampled tokens per step with a table entry
+#: the all-to-all curves answer in ms, not s: the DeepEP tables' latency column is in microseconds
+#: while optables converts every table as if in ms. Read as seconds the H200 low-latency dispatch
+#: would have a 51 ms floor at 146 MB/s; read as ms it is 51 us at 146 GB/s, DeepEP's published
+#: scale (README: ~77 us low-latency dispatch at EP8, ~150 GB/s intranode normal kernels).
+A2A_CURVE_TO_S = 1e-3
 _CONTEXTS = np.unique(np.round(np.geomspace(16, 131072, 28)))   # where decode attention is fitted by a line
 
 
@@ -98,14 +103,60 @@ class _Ops:
         return np.where(m > 0, t, 0.0)
 
     def moe(self, t):
+        """Routed experts of a step of ``t`` tokens (the whole stage's, over every attention rank): the
+        measured grouped GEMMs at ``n_experts / ep`` local experts, each split over ``moe_tp`` GPUs.
+
+        The tables' ``num_tokens`` is what each EP rank holds before dispatch (``t / ep``), not the
+        group's total: on H100 the fp8 grid prices 4096 tokens at 5.3 ms with 256 local experts and
+        2.8 ms with 16, where a global reading would put 16 local experts' roofline at 0.25 ms;
+        per rank, each of the ep ranks computes ``num_tokens x top_k`` expert rows, as at ep = 1.
+        """
         m, dep = self.dep.model, self.dep
         t = np.asarray(t, dtype=float)
+        if dep.ep > 1:
+            t = t / dep.ep
         tt = np.maximum(t, 1)
         cat = "fp8" if dep.precision != "bf16" else "bfloat16"
-        eff = self._grid("moe", cat, tt, float(m.top_k), 3.0 * m.d_model * m.d_ff_expert / dep.tp,
-                         float(m.n_experts))
-        roof = opfit.moe_roofline(tt, m.d_model, m.d_ff_expert, m.top_k, m.n_experts, dep.tp, 1, self.gpu, cat)
+        mtp = dep.moe_tp
+        slots = dep.expert_slots        # EPLB's redundant replicas: more, less loaded local experts
+        eff = self._grid("moe", cat, tt, float(m.top_k), 3.0 * m.d_model * m.d_ff_expert / mtp,
+                         float(slots / dep.ep))
+        roof = opfit.moe_roofline(tt, m.d_model, m.d_ff_expert, m.top_k, slots, mtp, dep.ep, self.gpu, cat)
         return np.where(t > 0, roof / np.exp(eff), 0.0)
+
+    def all_to_all(self, t):
+        """Dispatch + combine of one MoE layer for a step of ``t`` tokens over ``ep`` ranks (``t/ep`` each).
+
+        Timed by the measured DeepEP curves (over the bytes ``tokens x top_k x d_model x 2``; the faster
+        of the high-throughput and low-latency kernels, as SGLang's ``--deepep-mode auto`` picks normal
+        dispatch for prefill and low-latency for decode). The tables are vLLM's; another engine borrows
+        them (``transferred``: SGLang and TensorRT-LLM use the same DeepEP kernels). A GPU without any
+        prices a roofline over its scale-up link (``transferred``). Ranks beyond one scale-up domain
+        send ``(ep - domain)/ep`` of the bytes over scale-out links, at least that roofline
+        (``extrapolated``: the tables are single-domain).
+        """
+        m, dep = self.dep.model, self.dep
+        per_rank = np.asarray(t, dtype=float) / dep.ep
+        x = per_rank * m.top_k * m.d_model * opfit.BF16
+        cats = set(self.om.categories(self.engine, self.fitted, "all_to_all"))
+        if not cats:
+            cats = {c for (e, g, o, c) in self.om.ops if o == "all_to_all" and g == self.fitted}
+            self.label = "transferred" if self.label == "measured" else self.label
+        modes = [b for b in ("deepep_ht", "deepep_ll") if {f"{b}/dispatch", f"{b}/combine"} <= cats]
+        if self.ideal or not modes:
+            if not self.ideal:
+                self.label = "transferred" if self.label == "measured" else self.label
+            t_layer = 2 * opfit.alltoall_roofline(m.d_model, per_rank, m.top_k, self.gpu)
+        else:
+            t_layer = A2A_CURVE_TO_S * np.min([self.om.op(self.engine, self.fitted, "all_to_all", f"{b}/dispatch")(x)
+                                               + self.om.op(self.engine, self.fitted, "all_to_all", f"{b}/combine")(x)
+                                               for b in modes], axis=0)
+        domain = dep.gpu.gpus_per_node
+        if dep.ep > domain:
+            self.outside.add("all_to_all")
+            across = 2 * x * (dep.ep - domain) / dep.ep / (dep.gpu.scaleout_gbps * 1e9) + 10e-6
+            t_layer = np.maximum(t_layer, across)
+        return np.where(per_rank > 0, t_layer, 0.0)
 
     def all_reduce(self, elements):
         """One all-reduce of ``elements`` bf16 activations across the tp group (the tables count elements)."""
@@ -186,9 +237,17 @@ class _Ops:
 
 
 def _token_ops(ops: _Ops, t: np.ndarray) -> np.ndarray:
-    """F(T): every op sized by the step's token count, over all layers, in seconds."""
+    """F(T): every op sized by the step's token count, over all layers, in seconds.
+
+    With ``dp`` attention ranks the step's tokens are spread evenly, ``T/dp`` per rank, and every op
+    but the routed experts runs per rank in parallel (attention GEMMs, dense layers and shared
+    experts are replicated per rank); the experts see all ``T`` tokens over ``ep`` ranks and pay
+    the dispatch/combine all-to-all. All of it depends on ``T`` only, so it stays in F(T).
+    """
     dep, m = ops.dep, ops.dep.model
     tp, d = dep.tp, m.d_model
+    t_all = t
+    t = t / dep.dp if dep.dp > 1 else t
     per_layer_attn_gemms = 0.0
     if m.attention != "mla":                      # MLA projections live in the measured MLA module
         per_layer_attn_gemms = (ops.gemm(t, (m.n_heads + 2 * m.n_kv_heads) * m.head_dim / tp, d)
@@ -196,10 +255,12 @@ def _token_ops(ops: _Ops, t: np.ndarray) -> np.ndarray:
     dense_mlp = ops.gemm(t, 2 * m.d_ff / tp, d) + ops.gemm(t, d, m.d_ff / tp)
     total = m.layers * per_layer_attn_gemms
     if m.is_moe:
-        moe_layer = ops.moe(t) + ops.gemm(t, m.n_experts, d)            # experts and the router
+        moe_layer = ops.moe(t_all) + ops.gemm(t, m.n_experts, d)            # experts and the router
         if m.n_shared_experts:
             f = m.n_shared_experts * m.d_ff_expert
             moe_layer = moe_layer + ops.gemm(t, 2 * f / tp, d) + ops.gemm(t, d, f / tp)
+        if dep.ep > 1:
+            moe_layer = moe_layer + ops.all_to_all(t_all)
         total = total + m.n_dense_layers * dense_mlp + m.moe_layers * moe_layer
     else:
         total = total + m.layers * dense_mlp
@@ -211,14 +272,16 @@ def _token_ops(ops: _Ops, t: np.ndarray) -> np.ndarray:
         total = total + 2 * m.layers * ops.all_reduce(t * d)
     if dep.pp > 1:
         total = total + (dep.pp - 1) * (10e-6 + t * d * 2.0 / (dep.gpu.scaleout_gbps * 1e9))
-    return np.where(t > 0, total, 0.0)
+    return np.where(t_all > 0, total, 0.0)
 
 
 def _head_ops(ops: _Ops, s: np.ndarray) -> np.ndarray:
-    """H(s): logits for ``s`` sampled tokens (vocabulary split over tp) and a pass over them."""
+    """H(s): logits for ``s`` sampled tokens (vocabulary split over tp, ``s/dp`` per attention rank)."""
     m, dep = ops.dep.model, ops.dep
+    s_all = s
+    s = s / dep.dp if dep.dp > 1 else s
     logits = ops.gemm(s, m.vocab / dep.tp, m.d_model)
-    return np.where(s > 0, logits + s * m.vocab * 4.0 / dep.gpu.hbm_bytes_per_s, 0.0)
+    return np.where(s_all > 0, logits + s * m.vocab * 4.0 / dep.gpu.hbm_bytes_per_s, 0.0)
 
 
 @dataclass(frozen=True)
@@ -244,15 +307,26 @@ def build_tables(dep: Deployment, om: OpModel | None = None) -> Tables:
     L = dep.model.layers
     fixed = np.maximum.accumulate(_dense_table(pt, _token_ops(ops, pt), T_MAX))
     head = np.maximum.accumulate(_dense_table(pn, _head_ops(ops, pn), N_MAX))
-    a, b = ops.decode_attention(np.maximum(pn, 1))
+    # dp attention ranks: the busiest holds ceil(n/dp) of the n decodes, at the batch's mean context
+    # (so its share of S is m/n); dp = 1 leaves m = n
+    m_rank = np.ceil(pn / dep.dp) if dep.dp > 1 else pn
+    a, b = ops.decode_attention(np.maximum(m_rank, 1))
     # A(n) and n·B(n) non-decreasing: one more decode at the batch's mean context never shortens a
     # step. B(n) itself falls with n (a lone sequence streams its KV with few thread blocks), so a
     # decode much shorter than the others can: the aggregate Σs does not say how it is spread.
     dec_a = np.maximum.accumulate(_dense_table(pn, np.where(pn > 0, L * a, 0.0), N_MAX))
     n_all = np.arange(N_MAX + 1, dtype=float)
-    nb = np.maximum.accumulate(_dense_table(pn, np.where(pn > 0, L * b * pn, 0.0), N_MAX))
+    nb = np.maximum.accumulate(_dense_table(pn, np.where(pn > 0, L * b * m_rank, 0.0), N_MAX))
     dec_b = np.divide(nb, n_all, out=np.zeros_like(nb), where=n_all > 0)
-    pa, pq = ops.prefill_attention(pt)
+    if dep.dp > 1:
+        # dp ranks each prefill their own chunk: a step's c prefill tokens are priced as the busiest
+        # rank's ceil(c/dp), its pairs as 1/dp of the step's (exact for the c·p part, which dominates
+        # agent prompts behind a cached prefix; the c²/2 part is over-counted dp times). A lone
+        # prompt's TTFT is understated: an engine chunks it on one rank (see README)
+        pa, pq = ops.prefill_attention(np.ceil(pt / dep.dp))
+        pq = pq / dep.dp
+    else:
+        pa, pq = ops.prefill_attention(pt)
     pf_a = _dense_table(pt, L * pa, T_MAX)
     pf_pair = _dense_table(pt, L * pq, T_MAX)
     label = "extrapolated" if ops.outside and ops.label == "measured" else ops.label
@@ -266,7 +340,7 @@ def _cached_tables(dep: Deployment) -> Tables:
     """Tables per distinct geometry (a scenario's pools, a sweep's points share them)."""
     key = (dep.model.model_dump_json(exclude={"sources", "description"}),
            dep.gpu.model_dump_json(exclude={"sources", "description"}), dep.tp, dep.pp, dep.precision, dep.kv_dtype,
-           dep.engine)
+           dep.engine, dep.ep, dep.dp, dep.redundant_experts)
     tables = _TABLES.get(key)
     if tables is None:
         if len(_TABLES) > 256:

@@ -41,7 +41,8 @@ SECTIONS = (
                          "cost_usd", "usd_per_m_tokens", "usd_per_m_output_tokens")),
 )
 #: the pools table: (header, how to read the value from the pool row and its summary entry)
-POOL_COLUMNS = ("pool", "GPU", "model", "precision", "tp x pp", "replicas (GPUs)", "capacity utilisation",
+POOL_COLUMNS = ("pool", "GPU", "model", "precision", "parallelism", "replicas (GPUs)", "KV tokens per replica",
+                "KV contexts per replica (median context)", "support", "capacity utilisation",
                 "batch occupancy", "KV occupancy", "busy share", "mean power (W)", "cost (USD)")
 
 
@@ -78,8 +79,10 @@ def _pool_rows(res: Result, summary: dict) -> list[list[str]]:
     out = []
     for r in res.pools.to_dict("records"):
         s = summary.get("pools", {}).get(r["pool"], {})
-        out.append([str(r["pool"]), str(r["gpu"]), str(r["model"]), str(r["precision"]), f"{r['tp']} x {r['pp']}",
-                    f"{r['replicas']} ({r['gpus']})", _fmt(s.get("capacity_utilisation")),
+        shape = r.get("parallelism") if isinstance(r.get("parallelism"), str) else f"tp{r['tp']}pp{r['pp']}"
+        out.append([str(r["pool"]), str(r["gpu"]), str(r["model"]), str(r["precision"]), shape,
+                    f"{r['replicas']} ({r['gpus']})", _fmt(r.get("kv_capacity_tokens")), _fmt(s.get("kv_contexts")),
+                    str(s.get("support", r.get("support", "-"))), _fmt(s.get("capacity_utilisation")),
                     _fmt(s.get("batch_occupancy")), _fmt(s.get("kv_occupancy")),
                     _fmt(s.get("busy_share", s.get("utilisation"))), _fmt(s.get("mean_power_w")),
                     _fmt(s.get("cost_usd"))])

@@ -134,8 +134,9 @@ def _pool_rows(sim) -> list[dict]:
         n = len(p.replicas)
         rows.append({
             "pool": p.name, "site": p.site, "gpu": p.deployment.gpu.name, "model": p.deployment.model.name,
-            "tp": p.deployment.tp, "pp": p.deployment.pp, "precision": p.deployment.precision,
-            "kernels": p.deployment.engine, "support": p.coeffs.label,
+            "tp": p.deployment.tp, "pp": p.deployment.pp, "ep": p.deployment.ep, "dp_attention": p.deployment.dp,
+            "parallelism": p.deployment.parallelism, "precision": p.deployment.precision,
+            "kv_dtype": p.deployment.kv_dtype, "kernels": p.deployment.engine, "support": p.coeffs.label,
             "replicas": n, "gpus": p.n_gpus, "kv_capacity_tokens": p.config.kv_capacity,
             "max_batch": p.config.max_batch, "token_budget": p.config.token_budget,
             "busy_frac": busy / (n * now) if now > 0 else 0.0, "down_frac": down / (n * now) if now > 0 else 0.0,
@@ -160,6 +161,19 @@ def _run_meta(sim) -> dict:
                                     "local_rejects": p.stats.local_rejects,
                                     "workers": [list(x) for x in p.worker_series]} for p in sim.populations}
     return meta
+
+
+def median_context(done: pd.DataFrame) -> float:
+    """The median completed request's input tokens: the context an agent call carries."""
+    return float(np.median(done["input_tokens"].to_numpy())) if len(done) else math.nan
+
+
+def pool_shape(r: dict, median_ctx: float) -> dict:
+    """A pool's parallelism and KV capacity per replica, in tokens and in contexts of the median
+    request (how many such calls one replica holds at once; issue 16)."""
+    return {"parallelism": r.get("parallelism", f"tp{r['tp']}pp{r['pp']}"),
+            "kv_capacity_tokens": int(r["kv_capacity_tokens"]),
+            "kv_contexts": r["kv_capacity_tokens"] / median_ctx if median_ctx > 0 else math.nan}
 
 
 @dataclass
@@ -224,9 +238,10 @@ class Result:
         out["usd_per_m_tokens"] = cost / all_tokens * 1e6 if all_tokens else math.nan
         out["usd_per_m_output_tokens"] = cost / all_out * 1e6 if all_out else math.nan
         cap = self.meta.get("capacity", {})
+        median_ctx = median_context(done)
         out["pools"] = {r["pool"]: {"busy_share": r["busy_frac"], "mean_power_w": r["energy_j"] / max(self.meta.get(
             "duration_s", 1.0), 1e-12), "gpus": int(r["gpus"]), "cost_usd": r["cost_usd"],
-            "preemptions": int(r["preemptions"]), "support": r.get("support"),
+            "preemptions": int(r["preemptions"]), "support": r.get("support"), **pool_shape(r, median_ctx),
             **{k: cap[r["pool"]][k] for k in CAPACITY_KEYS if k in cap.get(r["pool"], {})}}
             for r in pools.to_dict("records")}
         if len(self.timeseries):

@@ -21,9 +21,10 @@ from ..workload.sources import SOURCES
 
 
 def default_limits(dep: Deployment) -> tuple[int, int]:
-    """vLLM V1 defaults (hardware-roofline.md §3.1): (max_batch, token_budget)."""
+    """vLLM V1 defaults (hardware-roofline.md §3.1): (max_batch, token_budget), per data-parallel
+    attention rank (vLLM runs one engine core per DP rank)."""
     big = dep.gpu.hbm_gb >= 70 and dep.gpu.generation != "ampere"
-    return (1024, 8192) if big else (256, 2048)
+    return (1024 * dep.dp, 8192 * dep.dp) if big else (256 * dep.dp, 2048 * dep.dp)
 
 
 def engine_config(dep: Deployment, s: EngineSettings, streams: list | None = None) -> EngineConfig:
@@ -44,14 +45,15 @@ def pool_deployment(catalog: Catalog, p, settings: EngineSettings) -> tuple[Depl
     settings = presets.settings(settings, p.precision)
     dep = Deployment.from_catalog(catalog, p.model, p.gpu, tp=p.tp, pp=p.pp, precision=p.precision,
                                   kv_dtype=settings.kv_dtype, mem_util=settings.mem_util,
-                                  reserve_gb_per_gpu=settings.reserve_gb_per_gpu, engine=settings.kernels)
+                                  reserve_gb_per_gpu=settings.reserve_gb_per_gpu, engine=settings.kernels,
+                                  ep=p.ep, dp=p.dp_attention, redundant_experts=p.redundant_experts)
     if settings.preset is not None:
         dep = presets.with_overheads(dep, settings.preset, catalog)
     return dep, settings
 
 
 def cache_config(dep: Deployment, s: EngineSettings) -> CacheConfig:
-    host_tokens = int(s.host_kv_gb * 1e9 / (dep.kv_bytes_per_token_per_gpu * dep.n_gpus))
+    host_tokens = int(s.host_kv_gb * 1e9 / dep.kv_bytes_per_token)
     return CacheConfig(retention=s.retention, ttl_s=s.prefix_ttl_s, host_tokens=host_tokens)
 
 

@@ -89,11 +89,27 @@ class Pool(Model):
     replicas: int = Field(1, ge=1, le=MAX_REPLICAS, description="number of replicas")
     tp: int = Field(1, ge=1, le=1024, description="tensor-parallel degree (within a node)")
     pp: int = Field(1, ge=1, le=1024, description="pipeline stages (across nodes)")
+    ep: int = Field(1, ge=1, le=1024, description="expert-parallel ranks over each stage's tp x dp_attention GPUs "
+                                                   "(MoE models; must divide the experts and those GPUs)")
+    dp_attention: int = Field(1, ge=1, le=1024, description="data-parallel attention ranks, each tp GPUs with its own "
+                                                             "KV (a degree, not a flag); GPUs = tp x dp_attention x pp")
+    redundant_experts: int = Field(0, ge=0, le=4096, description="EPLB's redundant expert replicas (ep > 1): ep must "
+                                                                  "divide the experts plus these, e.g. 32 for 288 slots")
     precision: Literal["bf16", "fp8", "fp4"] = Field("bf16", description="weights and activations")
     site: str = Field("default", description="site name (see [sites])")
     usd_per_gpu_hour: float | None = Field(None, ge=0, le=1e4, description="override the catalog price")
     engine: dict[str, Any] = Field(default_factory=dict, description="overrides of [engine] for this pool")
     faults: Faults = Field(default_factory=Faults)
+
+
+    @field_validator("dp_attention", "ep", mode="before")
+    @classmethod
+    def _degree(cls, v):
+        """A bool would pass as 0/1: say that the field is a degree (SGLang's --dp, not a switch)."""
+        if isinstance(v, bool):
+            raise ValueError(f"is a degree (attention ranks / expert ranks), not a bool, got {v!r}; "
+                             "e.g. dp_attention = 8 for 8 ranks of tp GPUs each")
+        return v
 
 
 class Router(Model):

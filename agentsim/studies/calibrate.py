@@ -65,8 +65,9 @@ def legacy_deployment(cat: Catalog, p: Point) -> Deployment:
     except InputError as e:
         raise InputError(f"{p.where}: {e}") from None
     try:
-        return Deployment(model=model, gpu=gpu, efficiency=cat.efficiency(gpu), tp=p.tp, pp=p.n_gpus // p.tp,
-                          precision=PRECISION_MAP[p.precision.lower()], engine=engine_of(p.engine))
+        return Deployment(model=model, gpu=gpu, efficiency=cat.efficiency(gpu), tp=p.tp,
+                          pp=p.n_gpus // (p.tp * p.dp_attention), precision=PRECISION_MAP[p.precision.lower()],
+                          engine=engine_of(p.engine), ep=p.ep, dp=p.dp_attention)
     except InputError as e:
         raise Unscored(f"not a valid deployment: {e}") from None
 

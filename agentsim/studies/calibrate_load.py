@@ -44,6 +44,10 @@ LOAD_METRICS = {
     "tpot_p50": ("steady_tpot_p50_s", *_MS), "tpot_p90": ("steady_tpot_p90_s", *_MS),
     "tpot_p99": ("steady_tpot_p99_s", *_MS),
     "decode_rate_per_user": ("steady_tpot_s", lambda v, p: 1.0 / v, "1 / value"),
+    # a prefill phase measured alone (PD prefill nodes): requests of one output token
+    "prefill_throughput_per_node": ("steady_output_tokens_per_s",
+                                    lambda v, p: v * p.input_tokens / p.output_tokens / (p.n_gpus / 8),
+                                    "x input/output / (n_gpus / 8)"),
 }
 #: latency metrics of an offline run (every request at t=0) have no steady window: all requests count
 OFFLINE_KEYS = {k: k.removeprefix("steady_") for k, *_ in LOAD_METRICS.values() if k.startswith("steady_t")}
@@ -74,9 +78,10 @@ def _kwargs(dep: Deployment, p: Point, preset: str, max_load: bool, requests: in
     mode = {"mode": "offline"} if max_load else {"concurrency": p.concurrency}
     stated = {"range_ratio": p.range_ratio} if p.range_ratio < 1 else {}
     engine = {"preset": preset, **({"token_budget": p.token_budget} if p.token_budget else {})}
+    shape = {"ep": dep.ep, "dp_attention": dep.dp} if dep.ep > 1 or dep.dp > 1 else {}
     return dict(model=dep.model.name, gpu=dep.gpu.name, tp=dep.tp, pp=dep.pp, precision=dep.precision,
                 input_tokens=p.input_tokens, output_tokens=p.output_tokens, requests=requests,
-                engine=engine, **stated, **mode)
+                engine=engine, **shape, **stated, **mode)
 
 
 def command(kw: dict, key: str, how: str = "") -> str:
@@ -84,7 +89,8 @@ def command(kw: dict, key: str, how: str = "") -> str:
     q = lambda s: json.dumps(s) if re.search(r"[^A-Za-z0-9_.+-]", str(s)) else str(s)  # noqa: E731
     load = "--mode offline" if kw.get("mode") == "offline" else f"--concurrency {kw['concurrency']}"
     return (f"agentsim estimate --model {q(kw['model'])} --gpu {q(kw['gpu'])} --tp {kw['tp']} --pp {kw['pp']} "
-            f"--precision {kw['precision']} --input-tokens {kw['input_tokens']} --output-tokens {kw['output_tokens']} "
+            + (f"--ep {kw['ep']} --dp-attention {kw['dp_attention']} " if "ep" in kw else "")
+            + f"--precision {kw['precision']} --input-tokens {kw['input_tokens']} --output-tokens {kw['output_tokens']} "
             + (f"--range-ratio {kw['range_ratio']:g} " if "range_ratio" in kw else "")
             + (f"--token-budget {kw['engine']['token_budget']} " if "token_budget" in kw["engine"] else "")
             + f"--engine {kw['engine']['preset']} {load} --requests {kw['requests']} --seed {LOAD_SEED} "

@@ -23,7 +23,12 @@ METRIC_UNITS = {"ttft": "ms", "itl": "ms", "tpot": "ms", "tpot_p50": "ms",
                 # under-load statistics as sources name them (no predictor yet: reported "not scored")
                 "ttft_mean": "ms", "ttft_p50": "ms", "ttft_p99": "ms", "tpot_mean": "ms", "tpot_p99": "ms",
                 "itl_mean": "ms", "itl_p50": "ms",
-                "total_throughput_per_gpu": "tokens/s/GPU"}  # input + output tokens per second per GPU
+                "total_throughput_per_gpu": "tokens/s/GPU",  # input + output tokens per second per GPU
+                "output_throughput_per_gpu": "tokens/s/GPU",
+                # large-EP sources (issue 16) quote per 8-GPU node, each phase measured alone
+                "prefill_throughput_per_node": "input tokens/s per node (8 GPUs)",
+                "decode_throughput_per_node": "output tokens/s per node (8 GPUs)",
+                "decode_throughput_per_gpu": "output tokens/s/GPU"}
 PRECISION_MAP = {"fp16": "bf16", "bf16": "bf16", "fp8": "fp8", "fp4": "fp4"}
 REQUIRED = ("model", "precision", "gpu", "n_gpus", "tp", "engine", "batch_or_concurrency",
             "input_tokens", "output_tokens", "metric", "value", "unit")
@@ -60,6 +65,8 @@ class Point:
     range_ratio: float = 1.0       # the client drew lengths uniformly from [ratio x L, L] (--random-range-ratio)
     token_budget: int | None = None  # the engine's tokens per step (max_num_tokens), when the source sets it
     unmodelled: str = ""           # a stated setting the engine cannot express: the point is not scored
+    ep: int = 1                    # expert-parallel ranks (optional column; issue 16)
+    dp_attention: int = 1          # data-parallel attention ranks; pp = n_gpus / (tp x dp_attention)
 
 
 def load_points(path: str | os.PathLike) -> list[Point]:
@@ -111,8 +118,11 @@ def _parse_row(rec: dict, row: int, where: str) -> Point:
         if value not in allowed:
             raise InputError(f"{where}: field {field}: {value!r} not allowed; allowed: {', '.join(allowed)}")
     n_gpus, tp = _number(rec, "n_gpus", where, int), _number(rec, "tp", where, int)
-    if n_gpus % tp:
-        raise InputError(f"{where}: field n_gpus: {n_gpus} is not a multiple of tp={tp} (pp = n_gpus/tp)")
+    ep = _number(rec, "ep", where, int, optional=True) or 1
+    dp = _number(rec, "dp_attention", where, int, optional=True) or 1
+    if n_gpus % (tp * dp):
+        raise InputError(f"{where}: field n_gpus: {n_gpus} is not a multiple of tp x dp_attention = {tp * dp} "
+                         "(pp = n_gpus / (tp x dp_attention))")
     load, holdout = _text(rec, "batch_or_concurrency"), _text(rec, "holdout")
     if holdout.lower() not in HOLDOUT_VALUES:
         raise InputError(f"{where}: field holdout: {holdout!r} not allowed; allowed: true, false (empty or no "
@@ -129,7 +139,8 @@ def _parse_row(rec: dict, row: int, where: str) -> Point:
                  _text(rec, "engine"), load, _concurrency(load, where),
                  _number(rec, "input_tokens", where, int, optional=True),
                  _number(rec, "output_tokens", where, int, optional=True), metric, _number(rec, "value", where), unit,
-                 HOLDOUT_VALUES[holdout.lower()], 1.0 if ratio is None else ratio, budget, _text(rec, "unmodelled"))
+                 HOLDOUT_VALUES[holdout.lower()], 1.0 if ratio is None else ratio, budget, _text(rec, "unmodelled"),
+                 ep, dp)
 
 
 # -- the held-out third of the load points -------------------------------------------------------

@@ -29,8 +29,11 @@ def estimate_scenario(*, model: str, gpu: str, tp: int = 1, pp: int = 1, precisi
                       rate: float | None = None, max_load: bool = False, requests: int = 1000,
                       replicas: int = 1, engine: dict | None = None, catalog: list[str] = (),
                       mode: str | None = None, ttft_p99: float | None = None, tpot_p99: float | None = None,
-                      range_ratio: float = 1.0) -> dict:
+                      range_ratio: float = 1.0, ep: int = 1, dp_attention: int = 1) -> dict:
     """The scenario dict ``estimate`` simulates (exactly one of concurrency / rate / max_load / mode).
+
+    ``ep`` and ``dp_attention`` shape the deployment as :class:`agentsim.scenario.Pool` does (left out
+    of the pool when 1, so tensor-parallel scenarios are the same dicts as before).
 
     ``range_ratio`` < 1 draws each request's input and output lengths uniformly from the integers
     in ``[floor(ratio x L), L]``, as the benchmark clients' ``--random-range-ratio`` does (SGLang's
@@ -71,7 +74,8 @@ def estimate_scenario(*, model: str, gpu: str, tp: int = 1, pp: int = 1, precisi
         "name": "estimate", "duration_s": HORIZON_S, "sample_s": HORIZON_S, "catalog": list(catalog),
         "engine": dict(engine or {}),
         "pools": {"main": {"gpu": gpu, "model": model, "tp": tp, "pp": pp, "precision": precision,
-                           "replicas": replicas}},
+                           "replicas": replicas, **({"ep": ep} if ep != 1 else {}),
+                           **({"dp_attention": dp_attention} if dp_attention != 1 else {})}},
         "router": {"policy": "least_outstanding"},
         "streams": {"load": stream},
         "slo_ttft_s": 1e9, "slo_tpot_s": 1e9,

@@ -36,7 +36,7 @@ import math
 
 import numpy as np
 
-from ..results.result import PERCENTILES, Result
+from ..results.result import PERCENTILES, Result, median_context, pool_shape
 from ..util.errors import InputError
 
 #: a slice ships its latency arrays (for exact pooled percentiles) up to this many completed requests
@@ -113,7 +113,7 @@ def slice_record(res: Result, max_rows: int = MAX_POOLED_ROWS) -> tuple[dict, di
     rec["pools"] = {r["pool"]: {"replicas": int(r["replicas"]), "busy": float(r["busy_frac"]) * int(r["replicas"]),
                                 "gpus": int(r["gpus"]), "cost_usd": float(r["cost_usd"]),
                                 "preemptions": int(r["preemptions"]), "energy_j": float(r["energy_j"]),
-                                "support": r.get("support")}
+                                "support": r.get("support"), "shape": pool_shape(r, median_context(done))}
                     for r in pools.to_dict("records")}
     if len(res.timeseries):
         by_t = res.timeseries.groupby("time_s", observed=True)["facility_power_w"].sum()
@@ -166,6 +166,13 @@ def _weighted(values: list[float], weights: list[float]) -> float:
     v = np.asarray(values, float)
     keep = (w > 0) & ~np.isnan(v)
     return float((v[keep] * w[keep]).sum() / w[keep].sum()) if keep.any() else math.nan
+
+
+def _shape(per_slice: list[dict]) -> dict:
+    """A pool's shape over slices: the same parallelism and KV in each, KV contexts averaged."""
+    if not per_slice or not per_slice[0]:
+        return {}
+    return {**per_slice[0], "kv_contexts": float(np.mean([s["kv_contexts"] for s in per_slice]))}
 
 
 def merge(records: list[tuple[dict, dict]], count: int | None = None) -> dict:
@@ -238,6 +245,7 @@ def _merge_pools(recs: list[dict], scale) -> dict:
     """Per pool: busy share over all its replicas, and its power, GPUs, cost and preemptions scaled."""
     pools: dict[str, dict] = {}
     support: dict[str, str | None] = {}      # a pool's step-model label is the same in every slice
+    shapes: dict[str, list[dict]] = {}       # and its parallelism and KV; KV contexts: the slices' mean
     for r in recs:
         for name, p in r["pools"].items():
             acc = pools.setdefault(name, {"replicas": 0, "busy": 0.0, "gpus": 0, "cost_usd": 0.0,
@@ -245,11 +253,12 @@ def _merge_pools(recs: list[dict], scale) -> dict:
             for key in acc:
                 acc[key] += p[key]
             support[name] = p.get("support")
+            shapes.setdefault(name, []).append(p.get("shape", {}))
     duration = max(recs[0]["duration_s"], 1e-12)
     return {name: {"busy_share": _div(p["busy"], p["replicas"]),
                    "mean_power_w": scale(p["energy_j"]) / duration, "gpus": scale(p["gpus"]),
                    "cost_usd": scale(p["cost_usd"]), "preemptions": scale(p["preemptions"]),
-                   "support": support[name]}
+                   "support": support[name], **_shape(shapes[name])}
             for name, p in pools.items()}
 
 

@@ -47,10 +47,12 @@ def _round2(x: float) -> int:
 
 @lru_cache(maxsize=256)
 def max_load(gpu: str, model: str, tp: int, pp: int, precision: str, engine_json: str, catalog: tuple,
-             input_tokens: int, output_tokens: int, cached_tokens: int = 0) -> dict:
+             input_tokens: int, output_tokens: int, cached_tokens: int = 0, ep: int = 1, dp: int = 1) -> dict:
     """One replica's saturation figures from ``estimate --max-load`` (cached per deployment and shape)."""
+    shape = {"ep": ep, "dp_attention": dp} if ep > 1 or dp > 1 else {}
     out = estimate(model=model, gpu=gpu, tp=tp, pp=pp, precision=precision, input_tokens=input_tokens,
-                   output_tokens=output_tokens, cached_tokens=cached_tokens, max_load=True, engine=json.loads(engine_json), catalog=list(catalog))
+                   output_tokens=output_tokens, cached_tokens=cached_tokens, max_load=True, engine=json.loads(engine_json),
+                   catalog=list(catalog), **shape)
     return {"output_tokens_per_s": float(out["saturation_output_tokens_per_s"]),
             "requests_per_s": float(out["saturation_rps"]), "tpot_s": float(out["tpot_s"])}
 
@@ -64,9 +66,11 @@ def slo_batch(deployment: tuple, engine: dict, catalog: tuple, shape_in: int, sh
     The TTFT SLO is not applied: at max load every request is queued from t = 0 by construction.
     When even a batch of 1 misses the TPOT SLO, batch 1 is returned (its TPOT says so).
     """
+    base, shape = deployment[:5], deployment[5:]     # (gpu, model, tp, pp, precision) [+ (ep, dp)]
+
     def run(b: int) -> dict:
-        return max_load(*deployment, json.dumps({**engine, "max_batch": b}, sort_keys=True), catalog,
-                        shape_in, shape_out, shape_cached)
+        return max_load(*base, json.dumps({**engine, "max_batch": b}, sort_keys=True), catalog,
+                        shape_in, shape_out, shape_cached, *shape)
     hi_run = run(batch)
     if slo_tpot_s is None or not math.isfinite(slo_tpot_s) or hi_run["tpot_s"] <= slo_tpot_s or batch <= 1:
         return batch, hi_run
@@ -137,7 +141,8 @@ def _compute(res) -> dict[str, dict]:
             # the batch the KV cache allows at the pool's mean context (cached part included)
             context = _round2(float((mine["input_tokens"] + mine["output_tokens"]).mean()))
             kv_batch = max(1, int(p["kv_capacity_tokens"]) // context)
-            deployment = (str(p["gpu"]), str(p["model"]), int(p["tp"]), int(p["pp"]), str(p["precision"]))
+            deployment = (str(p["gpu"]), str(p["model"]), int(p["tp"]), int(p["pp"]), str(p["precision"]),
+                          int(p.get("ep", 1) or 1), int(p.get("dp_attention", 1) or 1))
             try:
                 batch, ml = slo_batch(deployment, engine, tuple(sc.get("catalog", ())), shape_in, shape_out,
                                       min(int(p["max_batch"]), kv_batch), res.meta.get("slo_tpot_s"), shape_cached)

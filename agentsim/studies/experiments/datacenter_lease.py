@@ -2,9 +2,10 @@
 
 The lease: ~150 k H100, ~50 k H200 and ~30 k GB200 GPUs (hardware-roofline.md §2.1) in one
 300 MW facility (PUE 1.25, 10 % other IT load), serving DeepSeek-V3 (the open stand-in for a
-frontier MoE) as the default scenario deploys it: H100 FP8 tp 8 × pp 2 (9,375 replicas), H200
-FP8 tp 8 (6,250), GB200 FP4 tp 4 (7,500). It is far too big to simulate whole, so the
-experiment runs a **1/N slice** (N = 625 at scale 1: 15 + 10 + 12 replicas, exact) with the
+frontier MoE) as the default scenario deploys it (issue 16: data-parallel attention and expert
+parallelism): H100 FP8 dp 16 × ep 16 (9,375 replicas), H200 FP8 dp 8 × ep 8 (6,250), GB200 FP4
+dp 16 × ep 16 (1,875). It is far too big to simulate whole, so the
+experiment runs a **1/N slice** (N = 625 at scale 1: 15 + 10 + 3 replicas, exact) with the
 users hashed to slices (``agentsim.run.build.sliced``), and scales it back up; each replication draws
 its slice and seed as ``agentsim.studies.sweep`` does (``agentsim.studies.slicing``), so the intervals include
 slice-to-slice variation.
@@ -43,9 +44,10 @@ QUESTION = ("How many more coding-agent users does a leased Colossus-1-like data
 FULL_SCALE = 5.0
 REPLICATIONS = 3
 SLICES = 625
-LEASE = {"h100": ("H100-SXM", "fp8", 8, 2, 150_000), "h200": ("H200", "fp8", 8, 1, 50_000),
-         "gb200": ("GB200", "fp4", 4, 1, 30_000)}
-USERS_GRID = (3.0e6, 4.0e6, 5.0e6, 6.0e6)
+# (gpu, precision, GPUs per replica, GPUs): the default scenario's shapes, tp 1 x dp_attention = ep = size
+LEASE = {"h100": ("H100-SXM", "fp8", 16, 150_000), "h200": ("H200", "fp8", 8, 50_000),
+         "gb200": ("GB200", "fp4", 16, 30_000)}
+USERS_GRID = (5.0e6, 6.0e6, 7.0e6, 8.0e6)   # brackets the EP/DP lease's crossing (one slice: 7 M -> 0.91, 9 M -> 0.71)
 SLO_TARGET = 0.90
 START = "2026-06-01T17:00:00Z"
 DURATION_S = 3 * 3600.0
@@ -56,8 +58,8 @@ PLAN = "max5_post_2026_05_06"
 
 
 def lease_pools(site: str = "memphis") -> dict:
-    return {f"lease_{k}": {"gpu": gpu, "model": "DeepSeek-V3", "precision": prec, "tp": tp, "pp": pp,
-                           "replicas": n // (tp * pp), "site": site} for k, (gpu, prec, tp, pp, n) in LEASE.items()}
+    return {f"lease_{k}": {"gpu": gpu, "model": "DeepSeek-V3", "precision": prec, "tp": 1, "dp_attention": size,
+                           "ep": size, "replicas": n // size, "site": site} for k, (gpu, prec, size, n) in LEASE.items()}
 
 
 def base(slices: int) -> dict:
@@ -218,7 +220,7 @@ def _per_replication(t: pd.DataFrame) -> list[dict]:
 def _lease_cost(per_rep: list[dict]) -> tuple[dict, float, float, dict]:
     """The lease's GPUs, cost per hour, nameplate facility MW, and its cost per day, term and added user."""
     cat = load_catalog()
-    gpus = {k: v[4] // (v[2] * v[3]) * v[2] * v[3] for k, v in LEASE.items()}
+    gpus = {k: v[3] // v[2] * v[2] for k, v in LEASE.items()}
     usd_h = sum(gpus[k] * cat.gpu(LEASE[k][0]).usd_per_gpu_hour for k in LEASE)
     nameplate_mw = sum(gpus[k] * cat.gpu(LEASE[k][0]).server_w_per_gpu for k in LEASE) * 1.10 * 1.25 / 1e6
     cost = {"usd_per_hour": usd_h, "usd_per_day": usd_h * 24, "usd_per_lease_term": usd_h * 24 * LEASE_DAYS,
@@ -242,7 +244,8 @@ def _existing_fleet_check(users, N: int, ss: list[int], workers, address) -> dic
                        "users": float(sum(p["size"] for p in sc["populations"].values())),
                        "coders": float(sc["populations"]["coders"]["size"]),
                        "extra_coders": extra if name != "existing" else 0.0,
-                       "gpus": sum(p["replicas"] * p["tp"] * p["pp"] for p in sc["pools"].values())}
+                       "gpus": sum(p["replicas"] * p["tp"] * p.get("pp", 1) * p.get("dp_attention", 1)
+                                   for p in sc["pools"].values())}
     return check
 
 
@@ -251,7 +254,7 @@ def _answer(N: int, per_rep: list[dict], check: dict, figs: dict, lease: dict) -
     users, users_power, mw_mean, mw_peak, usd_mtok = (figs[k] for k in ("users", "users_power", "mw_mean", "mw_peak",
                                                                         "usd_mtok"))
     gpus, usd_h, nameplate_mw, cost = (lease[k] for k in ("gpus", "usd_h", "nameplate_mw", "cost"))
-    per_slice = ", ".join(f"{max(1, round(gpus[k] / (LEASE[k][2] * LEASE[k][3]) / N))} {k}" for k in LEASE)
+    per_slice = ", ".join(f"{max(1, round(gpus[k] / LEASE[k][2] / N))} {k}" for k in LEASE)
     parts = [f"A 1/{N} slice of the lease ({per_slice} replicas) scaled ×{N} serves {users.fmt(3)} coding-agent "
              f"users (Max 5x) at the weekday peak ({START[11:16]}–{int(START[11:13]) + DURATION_S / 3600:.0f}:00 UTC) "
              f"with ≥ {SLO_TARGET:.0%} of requests within TTFT 5 s and TPOT 0.15 s"

@@ -172,7 +172,7 @@ def _sections(rep: Report, sections: list, metrics: dict, routers, loads, base: 
                          + [", ".join(f"{p} {v:.0%}" for p, v in m["pool_share"].items())])
     rep.section("Sessions, energy, cost and where requests go",
                 md_table(["load", "router"] + [lab for _, lab, _ in ROWS[7:]] + ["share of requests by pool"], extra))
-    fleet = ", ".join(f"{k} {v['replicas']}× {v['gpu']} (tp {v['tp']}, pp {v['pp']}, {v['precision']})"
+    fleet = ", ".join(f"{k} {v['replicas']}× {v['gpu']} (tp {v['tp']}, pp {v.get('pp', 1)}, dp {v.get('dp_attention', 1)}, ep {v.get('ep', 1)}, {v['precision']})"
                       for k, v in sc0["pools"].items())
     rep.section("Method", [
         f"- Fleet: {fleet} — the default scenario's Colossus-like mix, scaled ×{scale:g}.",
