@@ -23,6 +23,7 @@ from simpy.events import NORMAL, Event
 
 from agentsim.model.catalog import load_catalog
 from agentsim.model.deployment import Deployment
+from agentsim.serving.checked import CheckedReplica
 from agentsim.serving.engine import EngineConfig, Replica
 from agentsim.serving.engine_reference import SteppingReplica
 from agentsim.serving.request import Request
@@ -152,7 +153,9 @@ def run(cls, co: StepCoeffs, config: EngineConfig, workload: Workload | list[Req
     ``until``: stop the simulation there (default: run to the end).
     """
     env = simpy.Environment()
-    rep = cls(env, co, config, check_invariants=check_invariants, on_done=on_done)
+    if check_invariants and cls is Replica:
+        cls = CheckedReplica      # the fast replica with its books checked after every event
+    rep = cls(env, co, config, on_done=on_done)
     reqs = workload.requests() if isinstance(workload, Workload) else workload
     ArrivalChain(env, reqs, rep.submit)
     actions = list(at or ()) + [(t, lambda r, q=reqs[rid]: r.cancel(q)) for t, rid in (cancels or ())]

@@ -225,7 +225,7 @@ class StepCoeffs:
         if chunk:
             c = chunk if chunk <= T_MAX else T_MAX
             pa, pq = self.pf_a[c], self.pf_pair[c]
-            c0 = fixed + head + a + b * S + pa + pq * (chunk * p + chunk * chunk / 2)
+            c0 = fixed + head + a + b * S + pa + pq * pairs(chunk, p)
             c1 = b * n + pq * chunk * chunk
         else:
             c0 = fixed + head + a + b * S
@@ -262,10 +262,15 @@ class StepCost:
     energy_j: np.ndarray
 
 
+def pairs(chunk, cached):
+    """Attended (query, key) pairs of a causal chunk of ``chunk`` tokens after ``cached`` ones: the one
+    formula of prefill attention's work (scalars in the engines, arrays below)."""
+    return chunk * cached + chunk * chunk / 2
+
+
 def prefill_attention_pairs(chunk, cached):
-    """Attended (query, key) pairs of a causal chunk of ``chunk`` tokens after ``cached`` ones."""
-    chunk = np.asarray(chunk, dtype=float)
-    return chunk * np.asarray(cached, dtype=float) + chunk * chunk / 2
+    """:func:`pairs` over arrays of chunks."""
+    return pairs(np.asarray(chunk, dtype=float), np.asarray(cached, dtype=float))
 
 
 def _index(x: np.ndarray, top: int) -> tuple[np.ndarray, np.ndarray | None]:

@@ -7,6 +7,7 @@ from ..model.catalog import Catalog, env_catalog_files, load_catalog
 from ..serving.cluster import Cluster, Pool, fault_process, make_router, outage_process
 from ..model.deployment import Deployment
 from ..serving.engine import EngineConfig, Replica
+from ..serving.checked import CheckedReplica
 from ..serving.engine_reference import SteppingReplica
 from ..util.errors import InputError
 from ..results.metrics import Recorder, Sampler
@@ -100,8 +101,8 @@ def build(scenario: Scenario, seed: int | None = None, *, catalog: Catalog | Non
     env = simpy.Environment()
     rng = RngStreams(seed, salt=scenario.slice.index)
     sim = Simulation(scenario, seed, env, rng)
-    pools, pool_of_replica = _pools(scenario, catalog, sim, SteppingReplica if step_mode else Replica,
-                                    check_invariants)
+    replica_cls = SteppingReplica if step_mode else CheckedReplica if check_invariants else Replica
+    pools, pool_of_replica = _pools(scenario, catalog, sim, replica_cls)
     router = make_router(scenario.router.policy, rng("routing"), scenario.router)
     sim.cluster = cluster = Cluster(env, pools, router, sim.done)
     sim.recorder = Recorder(pool_of_replica)
@@ -121,7 +122,7 @@ def build(scenario: Scenario, seed: int | None = None, *, catalog: Catalog | Non
     return sim
 
 
-def _pools(scenario: Scenario, catalog: Catalog, sim: Simulation, replica_cls, check_invariants: bool):
+def _pools(scenario: Scenario, catalog: Catalog, sim: Simulation, replica_cls):
     """Each pool's deployment, engine limits, step tables and replicas; and the pool of every replica."""
     pools: list[Pool] = []
     pool_of_replica: list[int] = []
@@ -140,8 +141,7 @@ def _pools(scenario: Scenario, catalog: Catalog, sim: Simulation, replica_cls, c
         for _ in range(p.replicas):
             rid = len(pool_of_replica)
             cache = make_cache(settings.prefix_cache, ccfg)
-            pool.replicas.append(replica_cls(sim.env, coeffs, cfg, index=rid, on_done=sim.done,
-                                             cache=cache, check_invariants=check_invariants))
+            pool.replicas.append(replica_cls(sim.env, coeffs, cfg, index=rid, on_done=sim.done, cache=cache))
             pool_of_replica.append(i)
         pools.append(pool)
     return pools, pool_of_replica

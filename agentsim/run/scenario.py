@@ -1,5 +1,7 @@
 """Scenarios as validated data: pydantic models, TOML loading and ``--set`` overrides.
 
+Over 450 lines on purpose: the whole scenario schema in one file, every field of a scenario file in one place.
+
 A scenario names everything a run needs: sites, pools of replicas (GPU, model, precision,
 tp/pp, count), engine limits and policies, the router, faults and outages, and the request
 streams. Every field has a default where one makes sense and a description (``agentsim scenario

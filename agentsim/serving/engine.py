@@ -1,5 +1,7 @@
 """A serving replica with continuous batching and event skipping (DESIGN.md §4).
 
+Over 450 lines on purpose: the replica is one state machine whose parts share its private state.
+
 Semantics (shared with the step-by-step reference in ``engine_reference.py``):
 
 * **Steps.** Each step runs every decoding request (one token each) and then prefill chunks,
@@ -34,71 +36,31 @@ from __future__ import annotations
 import heapq
 import math
 from collections import deque
-from heapq import _siftdown, heappush
 
-from simpy.events import NORMAL, Event
+from simpy.events import Event
 
 from .prefix_cache import PrefixCache, reserve
 from .request import Request
 from .scheduling import ADMISSION_POLICIES, EPS, EngineConfig, PriorityQueue  # noqa: F401 (re-exported)
-from ..model.servicetime import StepCoeffs, Stretch
+from ..model.servicetime import StepCoeffs, Stretch, pairs
+from ..util.events import MOVE_MAX_QUEUE, _move_earlier, _push  # noqa: F401  (MOVE_MAX_QUEUE: tests read it here)
 
 
 def _by_rid(req: Request) -> int:
     return req.rid
 
 
-# -- the only code here that touches SimPy's internals -------------------------------------------
-def _push(env, callback, value, delay: float) -> tuple:
-    """Schedule an event calling ``callback(event)`` after ``delay`` s, exactly as
-    ``env.schedule(event, NORMAL, delay)`` would (same time, priority and id), without its call
-    overhead; returns the queue entry ``(time, priority, id, event)``."""
-    ev = Event(env)
-    ev._ok = True
-    ev._value = value
-    ev.callbacks.append(callback)
-    entry = (env._now + delay, NORMAL, next(env._eid), ev)
-    heappush(env._queue, entry)
-    return entry
-
-
-#: longest SimPy queue in which a timer is moved rather than re-armed: finding its entry scans the
-#: queue (~35 ns an entry), and past a few dozen entries one stale pop (~3 us) is cheaper
-MOVE_MAX_QUEUE = 32
-
-
-def _move_earlier(env, entry: tuple, delay: float) -> tuple | None:
-    """Move a pending event to ``now + delay`` if that is earlier than its time: its queue entry is
-    replaced in place by the entry ``env.schedule`` would push for it now (a new id, so same-time
-    events keep their order), and none is left behind to pop as a stale timer. Returns the new
-    entry, or None (not earlier, not in the queue, or the queue too long to search) and the caller
-    schedules anew."""
-    t = env._now + delay
-    queue = env._queue
-    if not t < entry[0] or len(queue) > MOVE_MAX_QUEUE:
-        return None
-    try:
-        i = queue.index(entry)     # identity matches first; entries' ids are unique
-    except ValueError:
-        return None
-    new = (t, NORMAL, next(env._eid), entry[3])
-    queue[i] = new
-    _siftdown(queue, 0, i)         # a smaller key only moves towards the root
-    return new
-
-
 class Replica:
     """One deployment serving requests; ``on_done(req)`` is called when a request leaves."""
 
     def __init__(self, env, coeffs: StepCoeffs, config: EngineConfig, *, index: int = 0, on_done=None,
-                 cache: PrefixCache | None = None, check_invariants: bool = False) -> None:
+                 cache: PrefixCache | None = None) -> None:
         self.env = env
         self.cache = cache if cache is not None and cache.enabled else None
         self.c = coeffs
         self.cfg = config
         self.index = index
         self.on_done = on_done
-        self.check_invariants = check_invariants
         self.cap = config.kv_capacity
         self.budget = config.token_budget
         self.max_batch = config.max_batch
@@ -196,8 +158,6 @@ class Replica:
         self._end(req, outcome)
         if was_head and self.waiting and self._timer is not None:
             self._maybe_cut(self.waiting[0], self.env.now)   # the next in line may fit now
-        if self.check_invariants:
-            self.check()
 
     # -- arrivals ----------------------------------------------------------------------------------
     def _on_ready(self, ev: Event) -> None:
@@ -222,8 +182,6 @@ class Replica:
             self._plan(now)
         elif self.waiting[0] is req:   # it heads the queue, so it could join at the next boundary
             self._maybe_cut(req, now)
-        if self.check_invariants:
-            self.check()
 
     def _maybe_cut(self, req: Request, now: float) -> None:
         """Shorten the stretch so ``req`` joins at the next step boundary, if it could join there."""
@@ -311,8 +269,6 @@ class Replica:
         finally:
             self._applying = False
         self._plan(now)
-        if self.check_invariants:
-            self.check()
 
     def _apply(self, k: int, t: float) -> None:
         """Account for ``k`` completed steps of the current stretch, ending at time ``t``.
@@ -552,7 +508,7 @@ class Replica:
             ch = r if r < left else left
             chunks.append((req, ch))
             pf_tokens += ch
-            attn += ch * req.pf_done + ch * ch / 2
+            attn += pairs(ch, req.pf_done)
             left -= ch
             if ch == r:
                 done += 1
@@ -564,26 +520,3 @@ class Replica:
         self._chunk = 0
         self._k = 1
         self._arm(t + dur)
-
-    # -- invariant checking mode ---------------------------------------------------------------------
-    def check(self) -> None:
-        """Conservation after every event (used by the tests): each request in exactly one place."""
-        waiting = list(self.waiting)
-        ids = [r.rid for r in waiting] + list(self.live)
-        assert len(ids) == len(set(ids)), "a request is in two places"
-        decoders = [r for r in self.live.values() if r.pf_done >= r.prompt_len]
-        prefill = [r for r in self.live.values() if r.pf_done < r.prompt_len]
-        assert len(decoders) == self.n_dec, (len(decoders), self.n_dec)
-        assert prefill == list(self.prefilling), "prefill queue out of sync"
-        assert sum(r.b for r in decoders) == self.sum_b
-        kv = sum(r.b + self.V - 1 for r in decoders) + sum(r.prompt_len for r in prefill)
-        assert kv == self.kv_used, (kv, self.kv_used)
-        cached = self.cache.gpu_used if self.cache is not None else 0
-        assert self.kv_used + cached <= self.cap, (self.kv_used, cached, self.cap)
-        if self.cache is not None:
-            assert cached == sum(t for t, _ in self.cache.gpu.values())
-            assert self.cache.host_used == sum(self.cache.host.values()) <= self.cache.cfg.host_tokens
-        assert len(self.live) <= self.max_batch
-        assert all(not r.running for r in waiting)
-        if self.waiting and self._timer is None:
-            raise AssertionError("work waits while the replica idles")

@@ -9,19 +9,20 @@ from __future__ import annotations
 
 import math
 
-from simpy.events import NORMAL, Event
+from simpy.events import Event
 
 from .engine import ADMISSION_POLICIES, EPS, EngineConfig
 from .prefix_cache import PrefixCache, reserve
 from .request import Request
-from ..model.servicetime import StepCoeffs
+from ..model.servicetime import StepCoeffs, pairs
+from ..util.events import call_later
 
 
 class SteppingReplica:
     """Same interface as :class:`~agentsim.serving.engine.Replica`; ``req.kv`` is the KV it holds."""
 
     def __init__(self, env, coeffs: StepCoeffs, config: EngineConfig, *, index: int = 0, on_done=None,
-                 cache: PrefixCache | None = None, check_invariants: bool = False) -> None:
+                 cache: PrefixCache | None = None) -> None:
         self.env, self.c, self.cfg, self.index, self.on_done = env, coeffs, config, index, on_done
         self.cache = cache if cache is not None and cache.enabled else None
         self.waiting = ADMISSION_POLICIES[config.admission]()
@@ -54,16 +55,13 @@ class SteppingReplica:
         if req.prompt + req.output > self.cfg.kv_capacity:
             return self._end(req, "request_too_large")
         if self.c.request_overhead > 0:
-            ev = Event(self.env)
-            ev._ok, ev._value = True, req
-            ev.callbacks.append(self._on_ready)
             self.pending += 1
-            self.env.schedule(ev, NORMAL, self.c.request_overhead)
+            call_later(self.env, self.c.request_overhead, self._on_ready, req)
         else:
             self._enqueue(req)
 
     def _on_ready(self, ev) -> None:
-        req = ev._value
+        req = ev.value
         if req.removed:
             return          # cancelled during its overhead delay (cancel() already uncounted it)
         self.pending -= 1
@@ -140,7 +138,27 @@ class SteppingReplica:
 
     def _step(self, t: float) -> None:
         """Plan the one step that starts at ``t``."""
-        cap, cache = self.cfg.kv_capacity, self.cache
+        self._drop_cancelled()
+        self._make_room(t)
+        decoders = [r for r in self.running if r.pf_done >= r.prompt_len]
+        self._admit(t, len(decoders))
+        self._t0 = t
+        self.stretches += 1
+        prefilling = [r for r in self.running if r.pf_done < r.prompt_len]
+        if not decoders and not prefilling:
+            self._timer = None
+            return
+        chunks = self._chunks(prefilling, len(decoders))
+        done = sum(1 for r, ch in chunks if r.pf_done + ch >= r.prompt_len)
+        context = sum(r.kv + 1 for r in decoders)
+        dur = self.c.step_time(sum(ch for _, ch in chunks), sum(pairs(ch, r.pf_done) for r, ch in chunks),
+                               sum(r.pf_done + ch for r, ch in chunks), len(decoders), context, len(decoders) + done)
+        dur += sum(r.load for r, _ in chunks) * self.c.t_host_load
+        self._plan_data = (decoders, chunks, dur)
+        self._timer = call_later(self.env, max(0.0, t + dur - self.env.now), self._on_timer)
+
+    def _drop_cancelled(self) -> None:
+        """Requests cancelled while running leave at this boundary."""
         for req, outcome in self._to_cancel:
             if req.running:
                 self.running.remove(req)
@@ -148,6 +166,10 @@ class SteppingReplica:
                 req.removed = True
                 self._end(req, outcome)
         self._to_cancel.clear()
+
+    def _make_room(self, t: float) -> None:
+        """Evict cached prefixes, then preempt the latest admitted, until this step's decode writes fit."""
+        cap, cache = self.cfg.kv_capacity, self.cache
         while True:
             cached = cache.gpu_used if cache is not None else 0
             over = self.kv_used + sum(1 for r in self.running if r.pf_done >= r.prompt_len) + cached - cap
@@ -157,10 +179,13 @@ class SteppingReplica:
                 cache.evict(over, t, force=True)
             else:
                 self._preempt(self.running[-1])
-        decoders = [r for r in self.running if r.pf_done >= r.prompt_len]
+
+    def _admit(self, t: float, n_decoders: int) -> None:
+        """Admit from the queue head (FCFS) while a slot is free and KV holds the prompt."""
+        cache = self.cache
         while self.waiting and len(self.running) < self.cfg.max_batch:
             req = self.waiting[0]
-            if not reserve(cache, req, self.kv_used, len(decoders), cap, t, not self.running):
+            if not reserve(cache, req, self.kv_used, n_decoders, self.cfg.kv_capacity, t, not self.running):
                 break
             self.waiting.popleft()
             if math.isnan(req.admitted):
@@ -173,13 +198,10 @@ class SteppingReplica:
                 req.pf_done = req.load = 0
             req.kv = req.prompt_len
             self.running.append(req)
-        self._t0 = t
-        self.stretches += 1
-        prefilling = [r for r in self.running if r.pf_done < r.prompt_len]
-        if not decoders and not prefilling:
-            self._timer = None
-            return
-        left = self.cfg.token_budget - len(decoders)
+
+    def _chunks(self, prefilling: list, n_decoders: int) -> list:
+        """This step's prefill chunks, FCFS within the token budget left by the decodes."""
+        left = self.cfg.token_budget - n_decoders
         chunks = []
         for r in prefilling:
             if left <= 0:
@@ -190,17 +212,7 @@ class SteppingReplica:
             ch = min(need, left)
             chunks.append((r, ch))
             left -= ch
-        done = sum(1 for r, ch in chunks if r.pf_done + ch >= r.prompt_len)
-        context = sum(r.kv + 1 for r in decoders)
-        dur = self.c.step_time(sum(ch for _, ch in chunks), sum(ch * r.pf_done + ch * ch / 2 for r, ch in chunks),
-                               sum(r.pf_done + ch for r, ch in chunks), len(decoders), context, len(decoders) + done)
-        dur += sum(r.load for r, _ in chunks) * self.c.t_host_load
-        self._plan_data = (decoders, chunks, dur)
-        ev = Event(self.env)
-        ev._ok, ev._value = True, None
-        ev.callbacks.append(self._on_timer)
-        self._timer = ev
-        self.env.schedule(ev, NORMAL, max(0.0, t + dur - self.env.now))
+        return chunks
 
     def _on_timer(self, ev: Event) -> None:
         if ev is not self._timer:
