@@ -113,7 +113,8 @@ def test_run_sliced_with_a_sample_and_bad_input(rich):
     with pytest.warns(UserWarning) as caught:
         s = run_sliced(rich, 4, sample=2, workers=0)
     assert sorted(str(w.message) for w in caught) == [
-        f"pools.{p}.replicas = 1 is not a multiple of 4 slices: the merged fleet has 4" for p in ("h100", "h200")]
+        f"pools.{p}.replicas = 1 is not a multiple of 4 slices: each slice runs 1 whole replica(s) of 1 GPUs, "
+        "so the merged fleet has 4 replicas (4 GPUs, not 1)" for p in ("h100", "h200")]
     assert (s["slices"], s["slices_run"]) == (4, 2) and s["requests"] > 0
     r = sweep(rich, [], slices=4, slice_sample=2, workers=0, progress=False)
     assert r.ran == 2 and r.table["slices_run"].iloc[0] == 2
@@ -140,3 +141,19 @@ def test_halving_the_slice_count_moves_headline_figures_less_than_their_cis(caps
     assert a["pools"]["a"]["gpus"] == b["pools"]["a"]["gpus"] == 8
     assert a["percentile_method"] == b["percentile_method"] == "pooled"
     assert np.isfinite([a[m] for m in SERVICE]).all()
+
+
+def test_slices_hold_whole_multi_node_replicas_and_say_how_they_round():
+    """A pool of 16-GPU dp x ep replicas sliced 4 ways: each slice runs whole replicas, and the note
+    states the merged fleet in replicas and GPUs (issue 16: no fraction of a replica)."""
+    from agentsim.run.build import sliced
+    from agentsim.run.scenario import parse
+    from agentsim.studies.slicing import rounding_notes
+    sc = parse({"pools": {"ep": {"gpu": "H200", "model": "DeepSeek-V3", "precision": "fp8", "tp": 1,
+                                  "dp_attention": 8, "ep": 8, "replicas": 10}},
+                "streams": {"s": {"kind": "poisson", "rate": 1.0}}})
+    part = sliced(sc.model_copy(update={"slice": sc.slice.model_copy(update={"count": 4})}))
+    assert part.pools["ep"].replicas == round(10 / 4) == 2
+    (note,) = rounding_notes(sc, 4)
+    assert "each slice runs 2 whole replica(s) of 8 GPUs" in note and "8 replicas (64 GPUs, not 80)" in note
+    assert rounding_notes(sc, 5) == []          # 10 replicas split evenly: nothing to say

@@ -65,8 +65,14 @@ def rounding_notes(scenario, count: int) -> list[str]:
     """Where N slices do not add up to the fleet: a pool (or concurrency, fleet size) not divisible by N
     is rounded per slice (at least 1), so the merged fleet is N x that share, not the original."""
     notes = []
-    parts = [(f"pools.{k}.replicas", p.replicas) for k, p in scenario.pools.items()]
-    parts += [(f"streams.{k}.concurrency", s.concurrency) for k, s in scenario.streams.items()]
+    for k, p in scenario.pools.items():   # a slice holds whole replicas, however many GPUs each spans
+        if p.replicas % count:
+            share = max(1, round(p.replicas / count))
+            gpus = p.tp * p.pp * p.dp_attention
+            notes.append(f"pools.{k}.replicas = {p.replicas} is not a multiple of {count} slices: each slice runs "
+                         f"{share} whole replica(s) of {gpus} GPUs, so the merged fleet has {count * share} "
+                         f"replicas ({count * share * gpus} GPUs, not {p.replicas * gpus})")
+    parts = [(f"streams.{k}.concurrency", s.concurrency) for k, s in scenario.streams.items()]
     parts += [(f"populations.{k}.size", p.size) for k, p in scenario.populations.items() if p.kind == "fleet"]
     for path, x in parts:
         if x and x % count:
