@@ -40,6 +40,7 @@ from collections import deque
 from simpy.events import Event
 
 from .prefix_cache import PrefixCache, reserve
+from .replica_base import ReplicaBase
 from .request import Request
 from .scheduling import ADMISSION_POLICIES, EPS, EngineConfig, PriorityQueue  # noqa: F401 (re-exported)
 from ..model.servicetime import StepCoeffs, Stretch, pairs
@@ -50,7 +51,7 @@ def _by_rid(req: Request) -> int:
     return req.rid
 
 
-class Replica:
+class Replica(ReplicaBase):
     """One deployment serving requests; ``on_done(req)`` is called when a request leaves."""
 
     def __init__(self, env, coeffs: StepCoeffs, config: EngineConfig, *, index: int = 0, on_done=None,
@@ -104,19 +105,6 @@ class Replica:
     def n_running(self) -> int:
         return len(self.live)
 
-    def submit(self, req: Request) -> None:
-        """A request arrives; it becomes schedulable after the per-request overhead."""
-        req.replica = self.index
-        if not self.up:
-            return self._end(req, "replica_failed")
-        if req.prompt + req.output > self.cap:
-            return self._end(req, "request_too_large")
-        if self.c.request_overhead > 0:
-            self.pending += 1
-            _push(self.env, self._on_ready, req, self.c.request_overhead)
-        else:
-            self._enqueue(req)
-
     def fail(self) -> None:
         """The replica goes down: everything queued or running fails back to its client."""
         self.up = False
@@ -133,9 +121,6 @@ class Replica:
         for r in victims:
             r.running = False
             self._end(r, "replica_failed")
-
-    def repair(self) -> None:
-        self.up = True
 
     def cancel(self, req: Request, outcome: str = "cancelled") -> None:
         """The client gives up on ``req`` (timeout, abandonment).
@@ -160,16 +145,6 @@ class Replica:
             self._maybe_cut(self.waiting[0], self.env.now)   # the next in line may fit now
 
     # -- arrivals ----------------------------------------------------------------------------------
-    def _on_ready(self, ev: Event) -> None:
-        req = ev._value
-        if req.removed:
-            return          # cancelled during its overhead delay (cancel() already uncounted it)
-        self.pending -= 1
-        if self.up:
-            self._enqueue(req)
-        else:
-            self._end(req, "replica_failed")
-
     def _enqueue(self, req: Request) -> None:
         now = self.env.now
         req.ready = now

@@ -13,12 +13,13 @@ from simpy.events import Event
 
 from .engine import ADMISSION_POLICIES, EPS, EngineConfig
 from .prefix_cache import PrefixCache, reserve
+from .replica_base import ReplicaBase
 from .request import Request
 from ..model.servicetime import StepCoeffs, pairs
 from ..util.events import call_later
 
 
-class SteppingReplica:
+class SteppingReplica(ReplicaBase):
     """Same interface as :class:`~agentsim.serving.engine.Replica`; ``req.kv`` is the KV it holds."""
 
     def __init__(self, env, coeffs: StepCoeffs, config: EngineConfig, *, index: int = 0, on_done=None,
@@ -48,28 +49,6 @@ class SteppingReplica:
     def kv_used(self) -> int:
         return sum(r.kv for r in self.running)
 
-    def submit(self, req: Request) -> None:
-        req.replica = self.index
-        if not self.up:
-            return self._end(req, "replica_failed")
-        if req.prompt + req.output > self.cfg.kv_capacity:
-            return self._end(req, "request_too_large")
-        if self.c.request_overhead > 0:
-            self.pending += 1
-            call_later(self.env, self.c.request_overhead, self._on_ready, req)
-        else:
-            self._enqueue(req)
-
-    def _on_ready(self, ev) -> None:
-        req = ev.value
-        if req.removed:
-            return          # cancelled during its overhead delay (cancel() already uncounted it)
-        self.pending -= 1
-        if self.up:
-            self._enqueue(req)
-        else:
-            self._end(req, "replica_failed")
-
     def accounted(self, now: float) -> tuple[float, float]:
         """(busy seconds, server joules) so far, the step in progress prorated to ``now``."""
         dur = now - self._t0
@@ -95,9 +74,6 @@ class SteppingReplica:
         for r in victims:
             r.running = False
             self._end(r, "replica_failed")
-
-    def repair(self) -> None:
-        self.up = True
 
     def cancel(self, req: Request, outcome: str = "cancelled") -> None:
         if req.finish == req.finish or req.removed:
