@@ -89,7 +89,6 @@ class Replica(ReplicaBase):
         self._mixed_dur = 0.0
         # counters
         self.steps = 0
-        self.stretches = 0
         self.busy_time = 0.0
         self.energy_j = 0.0
         self.tokens_out = 0
@@ -431,7 +430,6 @@ class Replica(ReplicaBase):
             self._admit(t)
         n = self.n_dec
         self._t0 = t
-        self.stretches += 1
         if n == 0 and not self.prefilling:
             self._timer = None
             self._law = None

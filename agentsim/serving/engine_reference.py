@@ -34,7 +34,7 @@ class SteppingReplica(ReplicaBase):
         self._plan_data = None
         self._to_cancel: list = []
         self.pending = 0
-        self.steps = self.stretches = self.tokens_out = self.preemptions = 0
+        self.steps = self.tokens_out = self.preemptions = 0
         self.busy_time = self.energy_j = 0.0
 
     @property
@@ -119,7 +119,6 @@ class SteppingReplica(ReplicaBase):
         decoders = [r for r in self.running if r.pf_done >= r.prompt_len]
         self._admit(t, len(decoders))
         self._t0 = t
-        self.stretches += 1
         prefilling = [r for r in self.running if r.pf_done < r.prompt_len]
         if not decoders and not prefilling:
             self._timer = None
