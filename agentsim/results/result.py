@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..serving.cluster import replica_energy_j
 from ..util.errors import InputError
 from ..model.opmodel import data_info
 from ..util.jsonout import dumps, jsonable
@@ -118,35 +117,6 @@ def _session_table(sim, pop_names: list[str]) -> pd.DataFrame:
     return sessions
 
 
-def _pool_rows(sim) -> list[dict]:
-    """One row per pool: its deployment, limits, busy and down shares, energy and cost at the run's end."""
-    now = sim.env.now
-    rows = []
-    rid = 0
-    for p in sim.cluster.pools:
-        energy = busy = down = 0.0
-        for r in p.replicas:
-            d = sim.cluster.replica_downtime(rid)
-            energy += replica_energy_j(r, p, d, now)
-            busy += r.accounted(now)[0]
-            down += d
-            rid += 1
-        n = len(p.replicas)
-        rows.append({
-            "pool": p.name, "site": p.site, "gpu": p.deployment.gpu.name, "model": p.deployment.model.name,
-            "tp": p.deployment.tp, "pp": p.deployment.pp, "ep": p.deployment.ep, "dp_attention": p.deployment.dp,
-            "parallelism": p.deployment.parallelism, "precision": p.deployment.precision,
-            "kv_dtype": p.deployment.kv_dtype, "kernels": p.deployment.engine, "support": p.coeffs.label,
-            "replicas": n, "gpus": p.n_gpus, "kv_capacity_tokens": p.config.kv_capacity,
-            "max_batch": p.config.max_batch, "token_budget": p.config.token_budget,
-            "busy_frac": busy / (n * now) if now > 0 else 0.0, "down_frac": down / (n * now) if now > 0 else 0.0,
-            "energy_j": energy, "facility_energy_j": energy * p.facility_factor(),
-            "usd_per_gpu_hour": p.usd_per_gpu_hour, "cost_usd": p.n_gpus * p.usd_per_gpu_hour * now / 3600,
-            "preemptions": sum(r.preemptions for r in p.replicas),
-        })
-    return rows
-
-
 def _run_meta(sim) -> dict:
     """The run's metadata: scenario, seed, timings, SLOs, sites, step model and each population's counters."""
     sc = sim.scenario
@@ -194,7 +164,7 @@ class Result:
         sessions = _session_table(sim, pop_names)
         if len(ts):
             ts["pool"] = pd.Categorical.from_codes(ts["pool"].astype(int).to_numpy(), categories=pool_names)
-        return cls(requests=df, timeseries=ts, pools=pd.DataFrame(_pool_rows(sim)), meta=_run_meta(sim),
+        return cls(requests=df, timeseries=ts, pools=pd.DataFrame(sim.cluster.report(sim.env.now)), meta=_run_meta(sim),
                    sessions=sessions)
 
     # -- summary -------------------------------------------------------------------------------------

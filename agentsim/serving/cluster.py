@@ -218,6 +218,34 @@ class Cluster:
             self._cands_cache[key] = cands
         return cands
 
+    def report(self, now: float) -> list[dict]:
+        """One row per pool at ``now``: its deployment, limits, busy and down shares, energy and cost
+        (what a Result's pool table is made of; read here so results never reach into replicas)."""
+        rows = []
+        rid = 0
+        for p in self.pools:
+            energy = busy = down = 0.0
+            for r in p.replicas:
+                d = self.replica_downtime(rid)
+                energy += replica_energy_j(r, p, d, now)
+                busy += r.accounted(now)[0]
+                down += d
+                rid += 1
+            n = len(p.replicas)
+            rows.append({
+                "pool": p.name, "site": p.site, "gpu": p.deployment.gpu.name, "model": p.deployment.model.name,
+                "tp": p.deployment.tp, "pp": p.deployment.pp, "ep": p.deployment.ep, "dp_attention": p.deployment.dp,
+                "parallelism": p.deployment.parallelism, "precision": p.deployment.precision,
+                "kv_dtype": p.deployment.kv_dtype, "kernels": p.deployment.engine, "support": p.coeffs.label,
+                "replicas": n, "gpus": p.n_gpus, "kv_capacity_tokens": p.config.kv_capacity,
+                "max_batch": p.config.max_batch, "token_budget": p.config.token_budget,
+                "busy_frac": busy / (n * now) if now > 0 else 0.0, "down_frac": down / (n * now) if now > 0 else 0.0,
+                "energy_j": energy, "facility_energy_j": energy * p.facility_factor(),
+                "usd_per_gpu_hour": p.usd_per_gpu_hour, "cost_usd": p.n_gpus * p.usd_per_gpu_hour * now / 3600,
+                "preemptions": sum(r.preemptions for r in p.replicas),
+            })
+        return rows
+
     def load(self, model: str | None) -> "FleetLoad | None":
         """How loaded the up replicas serving ``model`` are (None when none is up): the question a
         gateway policy may ask of the fleet, answered here so no policy reads replica internals."""
