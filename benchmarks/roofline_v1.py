@@ -3,7 +3,7 @@
 The service-time core: how long one engine step takes, in two forms of one model.
 
 A step mixes prefill chunks (``c_i`` new tokens after ``p_i`` cached ones) and decodes (one token
-each at context ``s_j``). Only aggregates matter (DESIGN.md §5, hardware-roofline.md §3.2)::
+each at context ``s_j``). Only aggregates matter (docs/DESIGN.md §5, hardware-roofline.md §3.2)::
 
     T       = Σc_i + n_dec                                   tokens through the weights
     compute = [2·P_active·T + attn·(Σ(c_i·p_i + c_i²/2) + Σs_j) + 2·d·V·sampled] / (tp·F·mfu)

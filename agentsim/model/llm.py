@@ -1,6 +1,6 @@
 """Model architectures and what follows from them: parameters, weight and KV bytes, FLOPs.
 
-Formulas: ``shared/reference/hardware-roofline.md`` §3.2 (dense SwiGLU, GQA, MoE, MLA). A model is
+Formulas: ``docs/reference/hardware-roofline.md`` §3.2 (dense SwiGLU, GQA, MoE, MLA). A model is
 data (``data/models.toml``); parametric "frontier" models are built from total/active sizes by
 :func:`frontier_model`, so closed models of unknown size can be swept as bands.
 """

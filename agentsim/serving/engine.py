@@ -1,4 +1,4 @@
-"""A serving replica with continuous batching and event skipping (DESIGN.md §4).
+"""A serving replica with continuous batching and event skipping (docs/DESIGN.md §4).
 
 Over 450 lines on purpose: the replica is one state machine whose parts share its private state.
 
