@@ -16,6 +16,7 @@ from typing import Callable
 import numpy as np
 
 from . import optables
+from ..util.atomic import write_atomic
 from ..util.errors import InputError
 from .hardware import GPU
 from .opclasses import (  # noqa: F401  (the rooflines and op classes, re-exported for the fit's callers)
@@ -210,14 +211,7 @@ def tier_a(ev, logo: dict) -> list[dict]:
 
 def write(arrays: dict, path) -> None:
     """Write the shipped fit atomically (a temporary sibling, then a rename)."""
-    import os
-    import tempfile
-
-    path = str(path)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".npz")
-    os.close(fd)
-    np.savez_compressed(tmp, **arrays)
-    os.replace(tmp, path)
+    write_atomic(path, lambda f: np.savez_compressed(f, **arrays))
 
 
 # -- tier (b): whole steps rebuilt from held-out rows ----------------------------------------------

@@ -25,7 +25,6 @@ import json
 import math
 import os
 import re
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -34,6 +33,7 @@ import numpy as np
 
 from ..model.catalog import Catalog
 from ..model.deployment import Deployment
+from ..util.atomic import write_atomic
 from ..util.errors import InputError
 from ..model.hardware import Efficiency
 from ..model import presets
@@ -290,13 +290,5 @@ def write_calibrated(fits: dict[str, GenerationFit], path: str | os.PathLike, da
              "(regenerate it).", ""]
     lines += _fit_lines("generations", fits, data_name, ["calibrated = true"])
     lines += _fit_lines("engines", preset_fits or {}, data_name, [])
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".calibrate.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write("\n".join(lines))
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a catalog file is meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    write_atomic(path, "\n".join(lines))
 

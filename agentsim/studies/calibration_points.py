@@ -10,12 +10,12 @@ import io
 import math
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from ..util.atomic import write_atomic
 from ..util.errors import InputError
 
 METRIC_UNITS = {"ttft": "ms", "itl": "ms", "tpot": "ms", "tpot_p50": "ms",
@@ -199,15 +199,7 @@ def write_holdout_column(path: str | os.PathLike) -> set[int]:
         rec += [""] * (len(header) - len(rec))
         rec[col] = "true" if i in held else "false"
         writer.writerow(rec)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".holdout.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(out.getvalue())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    write_atomic(path, out.getvalue())
     return held
 
 
