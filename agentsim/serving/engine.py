@@ -220,13 +220,13 @@ class Replica(ReplicaBase):
 
     # -- stretches ---------------------------------------------------------------------------------
     def _arm(self, t_end: float) -> None:
-        delay = t_end - self.env._now
+        delay = t_end - self.env.now
         self._entry = entry = _push(self.env, self._on_timer, None, delay if delay > 0.0 else 0.0)
         self._timer = entry[3]
 
     def _rearm(self, t_end: float) -> None:
         """The stretch was shortened: move its timer to the new, earlier end (no stale timer)."""
-        delay = t_end - self.env._now
+        delay = t_end - self.env.now
         entry = _move_earlier(self.env, self._entry, delay if delay > 0.0 else 0.0)
         if entry is None:
             self._arm(t_end)
@@ -236,7 +236,7 @@ class Replica(ReplicaBase):
     def _on_timer(self, ev: Event) -> None:
         if ev is not self._timer:
             return  # stale: a cut that could not move the timer re-armed the stretch
-        now = self.env._now
+        now = self.env.now
         self._applying = True        # _apply, inlined: this is the path of most events
         try:
             self._apply_steps(self._k, now)

@@ -30,7 +30,7 @@ class ReplicaBase:
             self._enqueue(req)
 
     def _on_ready(self, ev: Event) -> None:
-        req = ev._value
+        req = ev.value
         if req.removed:
             return          # cancelled during its overhead delay (cancel() already uncounted it)
         self.pending -= 1
