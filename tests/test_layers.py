@@ -78,3 +78,14 @@ def test_old_flat_paths_still_import_with_a_warning():
     assert old is catalog and catalog.__spec__.name == "agentsim.model.catalog"
     assert any(issubclass(w.category, DeprecationWarning) and "agentsim.model.catalog" in str(w.message) for w in caught)
     assert set(agentsim.MOVED) >= {"catalog", "engine", "scenario", "sweep", "policies", "experiments"}
+
+
+def test_simpy_private_attributes_only_in_their_one_home():
+    """Only agentsim/util/events.py touches SimPy below its public API (the engine's speed needs it)."""
+    import re
+    pattern = re.compile(r"\._now\b|\._value\b|\._ok\b|\b_eid\b|\._queue\b")
+    pkg = ROOT / "agentsim"
+    hits = [str(p.relative_to(ROOT)) for p in pkg.rglob("*.py")
+            if p.name != "events.py" and any(pattern.search(line) and "scn._value" not in line
+                                             for line in p.read_text().splitlines())]
+    assert hits == []

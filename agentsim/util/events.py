@@ -7,7 +7,7 @@ events with one callback, pushed exactly as ``env.schedule(event, NORMAL, delay)
 event saved. SimPy has no public "already succeeded, fire later" event, so ``_ok``/``_value`` are
 set here. The event-skipping engine's two hot-path helpers (:func:`_push`, :func:`_move_earlier`) are
 here too: they read SimPy's queue and id counter directly. No other module of agentsim touches a
-private SimPy attribute (``grep -rn "\._now\|\._value\|\._ok\|_eid\|\._queue" agentsim`` finds only this file).
+private SimPy attribute (``tests/test_layers.py`` greps the package for them).
 """
 from __future__ import annotations
 
