@@ -24,11 +24,23 @@ FLOAT_COLUMNS = ("arrival_s", "ready_s", "admitted_s", "first_token_s", "finish_
 class Recorder:
     """Appends one row per finished request (and, at the end, one per request still in flight)."""
 
-    def __init__(self, pool_of_replica: list[int]) -> None:
+    def __init__(self, pool_of_replica: list[int], n_pools: int) -> None:
         self.ints = {c: array("q") for c in INT_COLUMNS}
         self.floats = {c: array("d") for c in FLOAT_COLUMNS}
         self.pool_of_replica = pool_of_replica
         self.count = 0
+        #: per pool: [requests routed to it, completed there, ended otherwise] (the sampler's deltas)
+        self.pool_counts: list[list[int]] = [[0, 0, 0] for _ in range(n_pools)]
+
+    def routed(self, req: Request) -> None:
+        """``req`` reached a replica (counted for its pool's arrivals)."""
+        self.pool_counts[self.pool_of_replica[req.replica]][0] += 1
+
+    def ended(self, req: Request) -> None:
+        """Count ``req``'s end for its pool (if it reached one), then keep its row."""
+        if req.replica >= 0:
+            self.pool_counts[self.pool_of_replica[req.replica]][1 if req.outcome == "completed" else 2] += 1
+        self.record(req)
 
     def record(self, req: Request) -> None:
         i, f = self.ints, self.floats
@@ -71,8 +83,10 @@ class Sampler:
     COLUMNS = ("time_s", "pool", "arrivals", "completed", "failed", "queued", "running", "kv_used_frac",
                "busy_frac", "power_w", "facility_power_w", "replicas_up")
 
-    def __init__(self, env, cluster: Cluster, interval: float, sim) -> None:
-        self.env, self.cluster, self.interval, self.sim = env, cluster, interval, sim
+    def __init__(self, env, cluster: Cluster, interval: float, recorder: Recorder, quiescent) -> None:
+        """``quiescent()`` says when nothing is left to happen (the sampler then stops)."""
+        self.env, self.cluster, self.interval = env, cluster, interval
+        self.recorder, self.quiescent = recorder, quiescent
         self.rows: list[tuple] = []
         n = len(cluster.replicas)
         self._busy = [0.0] * n
@@ -87,7 +101,7 @@ class Sampler:
         while True:
             yield self.env.timeout(self.interval)
             self.sample()
-            if self.sim.quiescent():
+            if self.quiescent():
                 return  # nothing left to happen: let the run end early
 
     def sample(self) -> None:
@@ -111,7 +125,7 @@ class Sampler:
                 kv += r.kv_used
                 up += r.up
                 rid += 1
-            arrivals, completed, failed = self.sim.pool_counts[p.index]
+            arrivals, completed, failed = self.recorder.pool_counts[p.index]
             a0, c0, f0 = self._counts[p.index]
             self._counts[p.index] = (arrivals, completed, failed)
             n = len(p.replicas)

@@ -105,9 +105,8 @@ def build(scenario: Scenario, seed: int | None = None, *, catalog: Catalog | Non
     pools, pool_of_replica = _pools(scenario, catalog, sim, replica_cls)
     router = make_router(scenario.router.policy, rng("routing"), scenario.router)
     sim.cluster = cluster = Cluster(env, pools, router, sim.done)
-    sim.recorder = Recorder(pool_of_replica)
-    sim.pool_counts = [[0, 0, 0] for _ in pools]
-    sim.sampler = Sampler(env, cluster, scenario.sample_s, sim)
+    sim.recorder = Recorder(pool_of_replica, len(pools))
+    sim.sampler = Sampler(env, cluster, scenario.sample_s, sim.recorder, sim.quiescent)
     served = {p.deployment.model.name for p in pools}
     _streams(scenario, catalog, sim, served)
     sim.session_recorder = SessionRecorder()

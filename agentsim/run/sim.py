@@ -112,7 +112,6 @@ class Simulation:
         self.sampler: Sampler | None = None
         self.sources: list = []
         self.open: dict[int, Request] = {}
-        self.pool_counts: list[list[int]] = []
         self.stream_names: list[str] = []
         self.populations: list = []
         self.session_recorder = None
@@ -181,7 +180,7 @@ class Simulation:
             return
         self.cluster.route(req, model)
         if req.replica >= 0:
-            self.pool_counts[self.recorder.pool_of_replica[req.replica]][0] += 1
+            self.recorder.routed(req)
 
     def end(self, req: Request, outcome: str) -> None:
         """End a request that never reached a replica (a gateway rejection, a local throttle)."""
@@ -203,10 +202,7 @@ class Simulation:
     def _finish(self, req: Request) -> None:
         """Every request ends here exactly once, whatever its outcome."""
         del self.open[req.rid]
-        if req.replica >= 0:
-            counts = self.pool_counts[self.recorder.pool_of_replica[req.replica]]
-            counts[1 if req.outcome == "completed" else 2] += 1
-        self.recorder.record(req)
+        self.recorder.ended(req)
         if req.on_done is not None:
             req.on_done(req)
 
