@@ -34,27 +34,13 @@ import pytest
 
 from agentsim.results.result import Result
 from cli_helper import cli
+from test_bad_inputs import TINY  # noqa: E402  (tests/ is on sys.path: conftest.py)
 
 AGENTSIM = str(Path(sys.executable).with_name("agentsim"))
 
 # One replication simulates ~18,000 requests: about 1-2 s of CPU, figures another second.
-INTERRUPTIBLE = """\
-name = "interruptible"
-duration_s = 600
-seed = 3
-sample_s = 30
-
-[pools.h100]
-gpu = "H100-SXM"
-model = "Llama-3-8B"
-replicas = 2
-
-[streams.chat]
-kind = "poisson"
-rate = 30
-input_tokens = { kind = "lognormal", median = 512, sigma = 0.8, max = 4096 }
-output_tokens = { kind = "lognormal", median = 128, sigma = 0.6, max = 1024 }
-"""
+INTERRUPTIBLE = (TINY.replace('name = "tiny"', 'name = "interruptible"').replace("duration_s = 20", "duration_s = 600")
+                 .replace("rate = 5", "rate = 30"))
 
 TINY = INTERRUPTIBLE.replace("duration_s = 600", "duration_s = 20").replace("rate = 30", "rate = 5")
 
