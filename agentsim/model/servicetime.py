@@ -210,6 +210,19 @@ class StepCoeffs:
         """Scheduler time of a step with ``decodes`` running decodes (``overhead`` when per_seq is 0)."""
         return self.overhead + self.per_seq * decodes
 
+    def comm_time(self, tokens: int) -> float:
+        """Collective time of a step over ``tokens`` tokens (0 for a single-GPU deployment)."""
+        return self.comm_fixed + self.comm_token * tokens if self.comm_fixed else 0.0
+
+    def kernel_part(self, step: float, decodes: int, tokens: int) -> float:
+        """The GPU-busy part of a step of length ``step``: less its scheduler overhead and collectives."""
+        return step - self.step_overhead(decodes) - self.comm_time(tokens)
+
+    def energy(self, dur: float, kernel: float) -> float:
+        """Server joules over ``dur`` seconds of which ``kernel`` run kernels: idle power throughout,
+        the rest of full power while kernels run (the one kernel/overhead energy split)."""
+        return self.power_w * (self.idle_fraction * dur + (1 - self.idle_fraction) * kernel)
+
     def stretch(self, n: int, S: float, chunk: int, p: int) -> "Stretch":
         """The closed form of a run of steps: ``n`` decodes at total context ``S`` (+n per step) and a
         ``chunk`` of one prompt after ``p`` done tokens (+chunk per step); n sampled per step."""
@@ -329,7 +342,7 @@ def _one(c: StepCoeffs, pt, pa, nd, ctx, sm, parts: bool):
     time = kernel + overhead
     if not parts:
         return time
-    energy = c.power_w * kernel + c.power_w * c.idle_fraction * overhead
+    energy = c.energy(time, kernel)
     return StepCost(time, tokens, attention, head, energy)
 
 

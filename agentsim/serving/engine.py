@@ -104,44 +104,19 @@ class Replica(ReplicaBase):
     def n_running(self) -> int:
         return len(self.live)
 
-    def fail(self) -> None:
-        """The replica goes down: everything queued or running fails back to its client."""
-        self.up = False
-        self._close_stretch_accounting()
-        victims = list(self.live.values()) + list(self.waiting)
-        self.waiting = ADMISSION_POLICIES[self.cfg.admission]()
+    def _drop_running(self) -> list[Request]:
+        victims = list(self.live.values())
         self.prefilling.clear()
         self.live.clear()
         self.heap.clear()
         self.n_dec = self.sum_b = self.kv_used = 0
-        self._timer = None
-        if self.cache is not None:
-            self.cache.clear()   # GPU and host memory of a failed replica are lost
-        for r in victims:
-            r.running = False
-            self._end(r, "replica_failed")
+        return victims
 
-    def cancel(self, req: Request, outcome: str = "cancelled") -> None:
-        """The client gives up on ``req`` (timeout, abandonment).
+    def _cut_for_cancel(self) -> None:
+        self._cut_to_boundary(self.env.now)
 
-        A queued request leaves at once; a running one leaves at the end of the step in progress
-        (its KV is freed and nothing of it is cached).
-        """
-        if req.finish == req.finish or req.removed:   # already ended
-            return
-        if req.running:
-            self._to_cancel.append((req, outcome))
-            self._cut_to_boundary(self.env.now)
-            return
-        req.removed = True
-        was_head = bool(self.waiting) and self.waiting[0] is req
-        if req in self.waiting:
-            self.waiting.remove(req)
-        else:                         # still in its request-overhead delay
-            self.pending -= 1
-        self._end(req, outcome)
-        if was_head and self.waiting and self._timer is not None:
-            self._maybe_cut(self.waiting[0], self.env.now)   # the next in line may fit now
+    def _new_head(self) -> None:
+        self._maybe_cut(self.waiting[0], self.env.now)
 
     # -- arrivals ----------------------------------------------------------------------------------
     def _enqueue(self, req: Request) -> None:
@@ -268,7 +243,7 @@ class Replica(ReplicaBase):
         n = self.n_dec
         c = self._chunk
         busy = self._law.elapsed(k) - k * self._law.h
-        self.energy_j += self.c.power_w * (self.c.idle_fraction * dur + (1 - self.c.idle_fraction) * busy)
+        self.energy_j += self.c.energy(dur, busy)
         self.V += k
         self.kv_used += n * k
         self.tokens_out += n * k
@@ -280,8 +255,7 @@ class Replica(ReplicaBase):
 
     def _apply_mixed(self, t: float) -> None:
         chunks, sampled, busy = self._mixed
-        self.energy_j += self.c.power_w * (self.c.idle_fraction * self._mixed_dur
-                                           + (1 - self.c.idle_fraction) * busy)
+        self.energy_j += self.c.energy(self._mixed_dur, busy)
         n = self.n_dec
         self.V += 1
         self.kv_used += n
@@ -343,17 +317,6 @@ class Replica(ReplicaBase):
         req.finish = t
         self._end(req, "completed")
 
-    def _end(self, req: Request, outcome: str) -> None:
-        req.outcome = outcome
-        if math.isnan(req.finish):
-            req.finish = self.env.now
-        if self.on_done is not None:
-            self.on_done(req)
-
-    def _close_stretch_accounting(self) -> None:
-        if self._timer is not None:
-            self.busy_time, self.energy_j = self.accounted(self.env.now)
-
     def accounted(self, now: float) -> tuple[float, float]:
         """(busy seconds, server joules) so far, the stretch in progress prorated to ``now``."""
         busy, energy = self.busy_time, self.energy_j
@@ -370,8 +333,7 @@ class Replica(ReplicaBase):
             if j < self._k:
                 step = law.step(j)
                 kernel += (step - law.h) * min(1.0, (dur - done) / step)
-        c = self.c
-        return busy + dur, energy + c.power_w * (c.idle_fraction * dur + (1 - c.idle_fraction) * kernel)
+        return busy + dur, energy + self.c.energy(dur, kernel)
 
     def _preempt(self) -> None:
         """Free KV by recomputing the most recently admitted request later."""

@@ -56,50 +56,23 @@ class SteppingReplica(ReplicaBase):
             return self.busy_time, self.energy_j
         decoders, chunks, step = self._plan_data
         tokens = len(decoders) + sum(ch for _, ch in chunks)
-        comm = self.c.comm_fixed + self.c.comm_token * tokens if self.c.comm_fixed else 0.0
-        kernel = (step - self.c.step_overhead(len(decoders)) - comm) * min(1.0, dur / step)
-        c = self.c
-        return self.busy_time + dur, self.energy_j + c.power_w * (c.idle_fraction * dur + (1 - c.idle_fraction) * kernel)
+        kernel = self.c.kernel_part(step, len(decoders), tokens) * min(1.0, dur / step)
+        return self.busy_time + dur, self.energy_j + self.c.energy(dur, kernel)
 
-    def fail(self) -> None:
-        self.up = False
-        if self._timer is not None:
-            self.busy_time, self.energy_j = self.accounted(self.env.now)
-        victims = self.running + list(self.waiting)
-        self.running = []
-        self.waiting = ADMISSION_POLICIES[self.cfg.admission]()
-        self._timer = None
-        if self.cache is not None:
-            self.cache.clear()
-        for r in victims:
-            r.running = False
-            self._end(r, "replica_failed")
+    def _drop_running(self) -> list[Request]:
+        victims, self.running = self.running, []
+        return victims
 
-    def cancel(self, req: Request, outcome: str = "cancelled") -> None:
-        if req.finish == req.finish or req.removed:
-            return
-        if req.running:
-            self._to_cancel.append((req, outcome))
-            if self.env.now - self._t0 <= EPS * max(1.0, self.env.now):
-                self._step(self._t0)   # at the boundary: re-plan the step without it
-            return
-        req.removed = True
-        was_head = bool(self.waiting) and self.waiting[0] is req
-        if req in self.waiting:
-            self.waiting.remove(req)
-        else:
-            self.pending -= 1
-        self._end(req, outcome)
-        if was_head and self.waiting and self._timer is not None \
-                and self.env.now - self._t0 <= EPS * max(1.0, self.env.now):
+    def _at_boundary(self) -> bool:
+        return self.env.now - self._t0 <= EPS * max(1.0, self.env.now)
+
+    def _cut_for_cancel(self) -> None:
+        if self._at_boundary():
+            self._step(self._t0)   # at the boundary: re-plan the step without it
+
+    def _new_head(self) -> None:
+        if self._at_boundary():
             self._step(self._t0)
-
-    def _end(self, req: Request, outcome: str) -> None:
-        req.outcome = outcome
-        if math.isnan(req.finish):
-            req.finish = self.env.now
-        if self.on_done is not None:
-            self.on_done(req)
 
     def _enqueue(self, req: Request) -> None:
         now = self.env.now
@@ -197,9 +170,7 @@ class SteppingReplica(ReplicaBase):
         self.steps += 1
         self.busy_time += now - self._t0
         tokens = len(decoders) + sum(ch for _, ch in chunks)
-        comm = self.c.comm_fixed + self.c.comm_token * tokens if self.c.comm_fixed else 0.0
-        self.energy_j += self.c.power_w * (self.c.idle_fraction * (now - self._t0)
-                                           + (1 - self.c.idle_fraction) * (dur - self.c.step_overhead(len(decoders)) - comm))
+        self.energy_j += self.c.energy(now - self._t0, self.c.kernel_part(dur, len(decoders), tokens))
         finished = []
         for r in decoders:
             r.kv += 1

@@ -6,15 +6,21 @@ a request arrives, waits out its per-request overhead or is refused: that part i
 """
 from __future__ import annotations
 
+import math
+
 from simpy.events import Event
 
 from ..util.events import _push
 from .request import Request
+from .scheduling import ADMISSION_POLICIES
 
 
 class ReplicaBase:
     """Subclasses provide ``env``, ``c`` (StepCoeffs), ``cfg``, ``index``, ``up``, ``pending``,
-    ``_enqueue(req)`` and ``_end(req, outcome)``."""
+    ``waiting``, ``cache``, ``on_done``, ``_timer``, ``_to_cancel``, ``_enqueue(req)``,
+    ``accounted(now)`` and three hooks: ``_drop_running()`` (clear the running set, return it),
+    ``_cut_for_cancel()`` (a running request is to leave at the next boundary) and
+    ``_new_head()`` (the queue's head changed while a stretch runs)."""
 
     def submit(self, req: Request) -> None:
         """A request arrives; it becomes schedulable after the per-request overhead."""
@@ -41,3 +47,50 @@ class ReplicaBase:
 
     def repair(self) -> None:
         self.up = True
+
+    def fail(self) -> None:
+        """The replica goes down: everything queued or running fails back to its client."""
+        self.up = False
+        self._close_stretch_accounting()
+        victims = self._drop_running() + list(self.waiting)
+        self.waiting = ADMISSION_POLICIES[self.cfg.admission]()
+        self._timer = None
+        if self.cache is not None:
+            self.cache.clear()   # GPU and host memory of a failed replica are lost
+        for r in victims:
+            r.running = False
+            self._end(r, "replica_failed")
+
+    def cancel(self, req: Request, outcome: str = "cancelled") -> None:
+        """The client gives up on ``req`` (timeout, abandonment).
+
+        A queued request leaves at once; a running one leaves at the end of the step in progress
+        (its KV is freed and nothing of it is cached).
+        """
+        if req.finish == req.finish or req.removed:   # already ended
+            return
+        if req.running:
+            self._to_cancel.append((req, outcome))
+            self._cut_for_cancel()
+            return
+        req.removed = True
+        was_head = bool(self.waiting) and self.waiting[0] is req
+        if req in self.waiting:
+            self.waiting.remove(req)
+        else:                         # still in its request-overhead delay
+            self.pending -= 1
+        self._end(req, outcome)
+        if was_head and self.waiting and self._timer is not None:
+            self._new_head()          # the next in line may fit now
+
+    def _end(self, req: Request, outcome: str) -> None:
+        req.outcome = outcome
+        if math.isnan(req.finish):
+            req.finish = self.env.now
+        if self.on_done is not None:
+            self.on_done(req)
+
+    def _close_stretch_accounting(self) -> None:
+        """Fold the stretch in progress into the busy-time and energy counters (it stops here)."""
+        if self._timer is not None:
+            self.busy_time, self.energy_j = self.accounted(self.env.now)
