@@ -438,7 +438,7 @@ def test_recorder_keeps_8_bytes_per_column_per_request_and_no_objects(tmp_path):
 
 
 def test_building_the_result_costs_at_most_one_extra_copy_of_the_table(tmp_path):
-    """The deterministic form of the 1 GB target: while ``Result.from_simulation`` turns the records
+    """The deterministic form of the 1 GB target: while ``Result.from_records`` turns the records
     into the requests DataFrame, the memory it allocates on top (tracemalloc; numpy and pandas
     buffers are traced) stays within twice the finished table (the table plus one working copy)."""
     import gc
@@ -457,7 +457,7 @@ def test_building_the_result_costs_at_most_one_extra_copy_of_the_table(tmp_path)
     try:
         before = tracemalloc.get_traced_memory()[0]
         tracemalloc.reset_peak()
-        res = Result.from_simulation(sim)
+        res = Result.from_records(sim.records())
         peak = tracemalloc.get_traced_memory()[1] - before
     finally:
         tracemalloc.stop()

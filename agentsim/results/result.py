@@ -21,10 +21,10 @@ import numpy as np
 import pandas as pd
 
 from ..util.errors import InputError
-from ..model.opmodel import data_info
 from ..util.jsonout import dumps, jsonable
 from ..serving.request import OUTCOMES, REJECTIONS, TRIGGERS
 from ..workload.sessions import SESSION_OUTCOMES
+from .metrics import Recorder
 
 PERCENTILES = (50, 90, 99)
 #: the outcomes a gateway policy returns
@@ -74,18 +74,34 @@ def _derive_inplace(df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
-def _request_table(sim, pool_names: list[str], pop_names: list[str]) -> pd.DataFrame:
+@dataclass(frozen=True)
+class RunRecords:
+    """What a finished run hands the results layer: its recorders' columns, a cluster report and
+    the names the coded columns refer to. Nothing of the Simulation itself."""
+
+    recorder: Recorder                   # one row per request (columns() gathered once, in from_records)
+    samples: dict                        # the sampler's columns (empty without sampling)
+    sessions: dict                       # the session recorder's columns (empty without populations)
+    pool_report: list                    # one row per pool (Cluster.report)
+    pool_sites: dict                     # pool name -> site, in pool order
+    profiles: dict                       # population name -> profile, in population order
+    streams: list                        # stream names in stream order
+    warmup_s: float
+    meta: dict
+
+
+def _request_table(rec: RunRecords) -> pd.DataFrame:
     """The recorder's columns as the requests table, in request_id order, with its derived columns."""
-    codes = {"outcome": list(OUTCOMES), "pool": pool_names, "trigger": list(TRIGGERS), "population": pop_names,
-             "stream": sim.stream_names or ["-"]}
+    codes = {"outcome": list(OUTCOMES), "pool": list(rec.pool_sites), "trigger": list(TRIGGERS),
+             "population": list(rec.profiles) or ["-"], "stream": rec.streams or ["-"]}
     # one gather per column in request_id order, coded columns straight to categoricals: the
     # table is built once (the recorder's arrays + one copy at the peak, not five)
-    cols = sim.recorder.columns()
+    cols = rec.recorder.columns()
     order = np.argsort(cols["request_id"], kind="stable")
     data = {}
     for c in list(cols):
         a = cols.pop(c)
-        if c == "stream" and not sim.stream_names:
+        if c == "stream" and not rec.streams:
             data[c] = pd.Categorical.from_codes(np.zeros(len(a), np.int8), categories=["-"])
         elif c in codes:
             data[c] = pd.Categorical.from_codes(a[order], categories=codes[c])
@@ -94,43 +110,26 @@ def _request_table(sim, pool_names: list[str], pop_names: list[str]) -> pd.DataF
     del order
     df = pd.DataFrame(data, copy=False)
     del data
-    site_of = {p.name: p.site for p in sim.cluster.pools}
-    df["site"] = df["pool"].map(site_of).astype("category")
+    df["site"] = df["pool"].map(rec.pool_sites).astype("category")
     _missing_as_nan(df, MISSING_IDS)
-    df["warmup"] = df["arrival_s"].to_numpy() < sim.scenario.warmup_s
+    df["warmup"] = df["arrival_s"].to_numpy() < rec.warmup_s
     return _derive_inplace(df)
 
 
-def _session_table(sim, pop_names: list[str]) -> pd.DataFrame:
-    """The session recorder's columns as the sessions table (empty without a session recorder)."""
-    sessions = pd.DataFrame(sim.session_recorder.columns()) if sim.session_recorder is not None else pd.DataFrame()
+def _session_table(rec: RunRecords) -> pd.DataFrame:
+    """The session recorder's columns as the sessions table (empty without populations)."""
+    sessions = pd.DataFrame(rec.sessions)
     if len(sessions):
         sessions["outcome"] = pd.Categorical.from_codes(sessions["outcome"].to_numpy(),
                                                         categories=list(SESSION_OUTCOMES))
-        sessions["population"] = pd.Categorical.from_codes(sessions["population"].to_numpy(), categories=pop_names)
+        sessions["population"] = pd.Categorical.from_codes(sessions["population"].to_numpy(),
+                                                           categories=list(rec.profiles) or ["-"])
         sessions["kind"] = np.where(sessions["kind"].to_numpy() == 1, "subagent", "session")
-        sessions["profile"] = sessions["population"].map(
-            {p.name: p.cfg.profile for p in sim.populations}).astype("category")
+        sessions["profile"] = sessions["population"].map(rec.profiles).astype("category")
         sessions["duration_s"] = sessions["end_s"] - sessions["start_s"]
         _missing_as_nan(sessions, ("parent_id",))
         sessions = sessions.sort_values("session_id", kind="stable").reset_index(drop=True)
     return sessions
-
-
-def _run_meta(sim) -> dict:
-    """The run's metadata: scenario, seed, timings, SLOs, sites, step model and each population's counters."""
-    sc = sim.scenario
-    meta = {"scenario": sc.model_dump(mode="json"), "seed": sim.seed, "duration_s": sc.duration_s,
-            "warmup_s": sc.warmup_s, "sim_wall_s": sim.wall_s, "events": sim.events,
-            "slo_ttft_s": sc.slo_ttft_s, "slo_tpot_s": sc.slo_tpot_s,
-            "sites": {k: v.model_dump() for k, v in sc.sites.items()}, "step_model": data_info()}
-    meta["populations"] = {p.name: {"profile": p.cfg.profile, "retry_policy": p.policy.name,
-                                    "sessions_started": p.sessions_started, "calls": p.stats.calls,
-                                    "attempts": p.stats.attempts, "retries": p.stats.retries,
-                                    "gave_up": p.stats.gave_up, "abandoned": p.stats.abandoned,
-                                    "local_rejects": p.stats.local_rejects,
-                                    "workers": [list(x) for x in p.worker_series]} for p in sim.populations}
-    return meta
 
 
 def median_context(done: pd.DataFrame) -> float:
@@ -156,16 +155,14 @@ class Result:
 
     # -- construction --------------------------------------------------------------------------------
     @classmethod
-    def from_simulation(cls, sim) -> "Result":
-        pool_names = [p.name for p in sim.cluster.pools]
-        pop_names = [p.name for p in sim.populations] or ["-"]
-        df = _request_table(sim, pool_names, pop_names)
-        ts = pd.DataFrame(sim.sampler.columns()) if sim.sampler is not None else pd.DataFrame()
-        sessions = _session_table(sim, pop_names)
+    def from_records(cls, rec: RunRecords) -> "Result":
+        """The tables of a finished run (the run layer gathers ``rec``; this layer never sees the run)."""
+        df = _request_table(rec)
+        ts = pd.DataFrame(rec.samples)
         if len(ts):
-            ts["pool"] = pd.Categorical.from_codes(ts["pool"].astype(int).to_numpy(), categories=pool_names)
-        return cls(requests=df, timeseries=ts, pools=pd.DataFrame(sim.cluster.report(sim.env.now)), meta=_run_meta(sim),
-                   sessions=sessions)
+            ts["pool"] = pd.Categorical.from_codes(ts["pool"].astype(int).to_numpy(), categories=list(rec.pool_sites))
+        return cls(requests=df, timeseries=ts, pools=pd.DataFrame(rec.pool_report), meta=rec.meta,
+                   sessions=_session_table(rec))
 
     # -- summary -------------------------------------------------------------------------------------
     def summary(self) -> dict:

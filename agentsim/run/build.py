@@ -171,7 +171,9 @@ def _populations(scenario: Scenario, catalog: Catalog, sim: Simulation, served: 
     user_base = tenant_base = 0
     for j, (name, pc) in enumerate(scenario.populations.items()):
         model = _served_model(catalog, pc.model, served, f"populations.{name}")
-        sim.populations.append(Population(sim, j, name, pc, model, user_base=user_base, tenant_base=tenant_base))
+        sim.populations.append(Population(sim, j, name, pc, model, rng=sim.rng, start=scenario.start,
+                                          slice_=scenario.slice, recorder=sim.session_recorder,
+                                          user_base=user_base, tenant_base=tenant_base))
         user_base += max(pc.size, 1)
         tenant_base += pc.tenants
 

@@ -17,7 +17,8 @@ import simpy
 
 from ..serving.cluster import Cluster
 from ..results.metrics import Recorder, Sampler
-from ..results.result import Result
+from ..model.opmodel import data_info
+from ..results.result import Result, RunRecords
 from ..serving.request import Request
 from ..util.events import events_scheduled
 
@@ -238,7 +239,31 @@ class Simulation:
         self.open.clear()
         for p in self.populations:
             p.finish(self.env.now)
-        return Result.from_simulation(self)
+        return Result.from_records(self.records())
+
+    def records(self) -> RunRecords:
+        """The finished run's records for :meth:`Result.from_records`."""
+        return RunRecords(
+            recorder=self.recorder, samples=self.sampler.columns() if self.sampler is not None else {},
+            sessions=self.session_recorder.columns() if self.session_recorder is not None else {},
+            pool_report=self.cluster.report(self.env.now), pool_sites={p.name: p.site for p in self.cluster.pools},
+            profiles={p.name: p.cfg.profile for p in self.populations}, streams=list(self.stream_names),
+            warmup_s=self.scenario.warmup_s, meta=self.run_meta())
+
+    def run_meta(self) -> dict:
+        """The run's metadata: scenario, seed, timings, SLOs, sites, step model and each population's counters."""
+        sc = self.scenario
+        meta = {"scenario": sc.model_dump(mode="json"), "seed": self.seed, "duration_s": sc.duration_s,
+                "warmup_s": sc.warmup_s, "sim_wall_s": self.wall_s, "events": self.events,
+                "slo_ttft_s": sc.slo_ttft_s, "slo_tpot_s": sc.slo_tpot_s,
+                "sites": {k: v.model_dump() for k, v in sc.sites.items()}, "step_model": data_info()}
+        meta["populations"] = {p.name: {"profile": p.cfg.profile, "retry_policy": p.policy.name,
+                                        "sessions_started": p.sessions_started, "calls": p.stats.calls,
+                                        "attempts": p.stats.attempts, "retries": p.stats.retries,
+                                        "gave_up": p.stats.gave_up, "abandoned": p.stats.abandoned,
+                                        "local_rejects": p.stats.local_rejects,
+                                        "workers": [list(x) for x in p.worker_series]} for p in self.populations}
+        return meta
 
     @property
     def events(self) -> int:

@@ -40,12 +40,12 @@ class CallStats:
 class Client:
     """Sends attempts for one session (or one worker) with a shared retry policy."""
 
-    def __init__(self, sim, policy: RetryPolicy, rng, *, timeout_s: float, model: str | None, tenant: int, user: int,
+    def __init__(self, front, policy: RetryPolicy, rng, *, timeout_s: float, model: str | None, tenant: int, user: int,
                  population: int, stats: CallStats, abandon_ttft_s: float = 0.0, abandon_prob: float = 0.0,
                  priority: int = 0, cache_ttl_s: float | None = None, tier: str | None = None,
                  plan: str | None = None) -> None:
-        self.sim = sim
-        self.env = sim.env
+        self.front = front            # the run's request front door (new_request, submit, cancel, ...)
+        self.env = front.env
         self.policy = policy
         self.rng = rng
         self.timeout_s = timeout_s
@@ -68,13 +68,13 @@ class Client:
     def call(self, prompt: int, output: int, *, session: int, prefix_key, prefix_len: int, shared_key=None,
              shared_len: int = 0, max_tokens: int, trigger: int):
         """Generator: send attempts until one completes or the policy gives up; returns the last."""
-        sim, env, policy, stats, u = self.sim, self.env, self.policy, self.stats, self.u
-        call_id = sim.new_call_id()
+        front, env, policy, stats, u = self.front, self.env, self.policy, self.stats, self.u
+        call_id = front.new_call_id()
         stats.calls += 1
         started = env.now
         n = 0
         while True:
-            req = sim.new_request(prompt, output, session=session, tenant=self.tenant, user=self.user,
+            req = front.new_request(prompt, output, session=session, tenant=self.tenant, user=self.user,
                                   prefix_key=prefix_key, prefix_len=prefix_len, population=self.population,
                                   priority=self.priority)
             req.max_tokens = max_tokens
@@ -89,17 +89,17 @@ class Client:
             draw = u()          # drawn whether or not the policy throttles: the stream stays aligned
             if self._throttles and policy.local_reject(env.now, draw):
                 stats.local_rejects += 1
-                sim.end_unsent(req, "cancelled")
+                front.end_unsent(req, "cancelled")
                 outcome = "cancelled"
             else:
                 done = Event(env)
                 req.on_done = done.succeed
                 if self._hooks:
                     policy.on_attempt(env.now)
-                sim.submit(req, self.model)
+                front.submit(req, self.model)
                 if not done.triggered:
                     if self.timeout_s < math.inf:
-                        sim.add_deadline(req, env.now + self.timeout_s)
+                        front.add_deadline(req, env.now + self.timeout_s)
                     if self.abandon_ttft_s > 0 and u() < self.abandon_prob:
                         self._watch(req, self.abandon_ttft_s, "cancelled", before_first_token=True)
                 yield done
@@ -131,5 +131,5 @@ class Client:
                 return
             if before_first_token and req.first_token == req.first_token:
                 return
-            self.sim.cancel(req, outcome)
+            self.front.cancel(req, outcome)
         call_later(self.env, after, fire)

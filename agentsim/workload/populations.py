@@ -86,16 +86,19 @@ class SessionRecorder:
 class Population:
     """A population's runtime: its profile, samplers, shared retry policy and sessions."""
 
-    def __init__(self, sim, index: int, name: str, cfg, model: str | None, *, user_base: int = 0,
-                 tenant_base: int = 0) -> None:
-        self.sim, self.env, self.index, self.name, self.cfg, self.model = sim, sim.env, index, name, cfg, model
+    def __init__(self, front, index: int, name: str, cfg, model: str | None, *, rng, start, slice_,
+                 recorder: SessionRecorder, user_base: int = 0, tenant_base: int = 0) -> None:
+        """``front`` is the run's request front door (``env``, ``new_request``, ``submit``, ``cancel``,
+        ``new_call_id``, ``new_session_id``, ``add_deadline``, ``end_unsent``); ``rng`` names streams;
+        ``start`` is the wall clock at t = 0 and ``slice_`` the scenario's slice."""
+        self.front, self.env, self.index, self.name, self.cfg, self.model = front, front.env, index, name, cfg, model
+        self.slice, self.recorder = slice_, recorder
         self.user_base, self.tenant_base = user_base, tenant_base
         if cfg.priority is not None:
             self.priority = cfg.priority
         else:
             self.priority = tier(cfg.tier).priority if cfg.tier else 0
         self.profile = get_profile(cfg.profile, cfg.params, where=f"populations.{name}")
-        rng = sim.rng
         self.samplers = Samplers(self.profile, lambda field: rng(f"pop/{name}/{field}"))
         self._client_rng = rng(f"pop/{name}/client")
         self._arrival_rng = rng(f"pop/{name}/arrivals")
@@ -107,7 +110,7 @@ class Population:
         self.stats = CallStats()
         self.open: dict[int, SessionState] = {}
         self.sessions_started = 0
-        wd, hour = weekday_hour(sim.scenario.start)
+        wd, hour = weekday_hour(start)
         wd = wd if cfg.start_weekday is None else cfg.start_weekday
         hour = hour if cfg.start_hour is None else cfg.start_hour
         self.weekly = (WeeklyProfile(cfg.weekday, cfg.weekend, wd, hour)
@@ -121,7 +124,7 @@ class Population:
 
     # -- sessions ---------------------------------------------------------------------------------
     def new_session_id(self) -> int:
-        return self.sim.new_session_id()
+        return self.front.new_session_id()
 
     def tenant_of(self, user: int) -> int:
         """Global tenant id of a global user id (users spread over the tenants round robin)."""
@@ -129,7 +132,7 @@ class Population:
 
     def make_client(self, tenant: int, user: int) -> Client:
         p = self.profile
-        return Client(self.sim, self.policy, self._client_rng, timeout_s=self.timeout_s, model=self.model,
+        return Client(self.front, self.policy, self._client_rng, timeout_s=self.timeout_s, model=self.model,
                       tenant=tenant, user=user, population=self.index, stats=self.stats,
                       abandon_ttft_s=p.abandon_ttft_s, abandon_prob=p.abandon_prob, priority=self.priority,
                       cache_ttl_s=p.cache_ttl_s, tier=self.cfg.tier, plan=self.cfg.plan)
@@ -143,7 +146,7 @@ class Population:
         s.outcome = outcome
         s.end = self.env.now
         del self.open[s.sid]
-        self.sim.session_recorder.record(s, self.index, self.env.now)
+        self.recorder.record(s, self.index, self.env.now)
 
     def start_session(self, user: int) -> None:
         sid = self.new_session_id()
@@ -153,13 +156,13 @@ class Population:
     def finish(self, now: float) -> None:
         """Record the sessions still running at the end as ``in_flight``."""
         for s in sorted(self.open.values(), key=lambda s: s.sid):
-            self.sim.session_recorder.record(s, self.index, now)
+            self.recorder.record(s, self.index, now)
         self.open.clear()
 
     # -- arrivals ---------------------------------------------------------------------------------
     def slice_users(self) -> np.ndarray:
         """This slice's users (local indices): those whose tenant hashes to the slice."""  # noqa: D401
-        sl = self.sim.scenario.slice
+        sl = self.slice
         users = np.arange(self.cfg.size)
         if sl.count == 1:
             return users

@@ -30,9 +30,9 @@ def _schedule(env, delay: float, callback, value=None) -> None:
 class Source:
     """Common parts: sizes drawn in batches, ``submit(req, model)`` provided by the simulation."""
 
-    def __init__(self, sim, name: str, index: int, cfg, rng_arrivals, rng_sizes) -> None:
-        self.sim, self.name, self.index, self.cfg = sim, name, index, cfg
-        self.env = sim.env
+    def __init__(self, front, name: str, index: int, cfg, rng_arrivals, rng_sizes) -> None:
+        self.front, self.name, self.index, self.cfg = front, name, index, cfg   # front: new_request, submit
+        self.env = front.env
         self.rng_a, self.rng_s = rng_arrivals, rng_sizes
         self._inp = self._out = self._cached = np.empty(0, dtype=np.int64)
         self._j = 0
@@ -53,11 +53,11 @@ class Source:
         return int(self._inp[j]), int(self._out[j])
 
     def send(self, prompt: int, output: int, on_done=None) -> Request:
-        req = self.sim.new_request(prompt, output, stream=self.index, priority=self.cfg.priority, on_done=on_done)
+        req = self.front.new_request(prompt, output, stream=self.index, priority=self.cfg.priority, on_done=on_done)
         if self._last_cached:
             req.cached_gpu = min(self._last_cached, prompt - 1)
         self.sent += 1
-        self.sim.submit(req, self.cfg.model)
+        self.front.submit(req, self.cfg.model)
         return req
 
     def exhausted(self) -> bool:
