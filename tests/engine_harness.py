@@ -27,6 +27,7 @@ from agentsim.serving.checked import CheckedReplica
 from agentsim.serving.engine import EngineConfig, Replica
 from agentsim.serving.engine_reference import SteppingReplica
 from agentsim.serving.request import Request
+from agentsim.serving.speculation import Speculation
 from agentsim.model.servicetime import StepCoeffs
 
 #: named deployments used across the engine tests: (model, gpu, keyword arguments)
@@ -38,6 +39,8 @@ DEPLOYMENTS: dict[str, tuple[str, str, dict]] = {
     # issue 16: 16 H100s as 16 attention ranks, 256 experts over 16 EP ranks across two nodes
     "deepseekv3-16xh100-dp16ep16": ("DeepSeek-V3", "H100-SXM", {"tp": 1, "dp": 16, "ep": 16, "precision": "fp8",
                                                                 "kv_dtype": "fp8"}),
+    # issue 16: one MTP draft per step (each decode puts 2 tokens through the GEMMs and the budget)
+    "deepseekv3-8xh200-fp8-mtp1": ("DeepSeek-V3", "H200", {"tp": 8, "precision": "fp8", "kv_dtype": "fp8", "mtp": 1}),
 }
 
 
@@ -145,17 +148,24 @@ class ArrivalChain:
 
 
 def run(cls, co: StepCoeffs, config: EngineConfig, workload: Workload | list[Request], *,
-        check_invariants: bool = False, until: float | None = None, at=None, on_done=None, cancels=None):
+        check_invariants: bool = False, until: float | None = None, at=None, on_done=None, cancels=None,
+        speculation: tuple | None = None):
     """Run ``workload`` through one replica of class ``cls``; returns ``(requests, replica, env)``.
 
     ``at``: optional ``(time, callable(replica))`` actions (e.g. ``replica.fail``) run at those
     times; ``cancels``: optional ``(time, rid)`` pairs, ``replica.cancel(request)`` at that time.
-    ``until``: stop the simulation there (default: run to the end).
+    ``until``: stop the simulation there (default: run to the end). ``speculation``: ``(k, mean
+    acceptance, concentration, seed)`` gives the replica a :class:`Speculation` (each engine its own
+    generator from ``seed``: the same draws in submit order).
     """
     env = simpy.Environment()
     if check_invariants and cls is Replica:
         cls = CheckedReplica      # the fast replica with its books checked after every event
-    rep = cls(env, co, config, on_done=on_done)
+    spec = None
+    if speculation is not None:
+        k, mean, conc, seed = speculation
+        spec = Speculation(k, mean, conc, np.random.default_rng(seed))
+    rep = cls(env, co, config, on_done=on_done, speculation=spec)
     reqs = workload.requests() if isinstance(workload, Workload) else workload
     ArrivalChain(env, reqs, rep.submit)
     actions = list(at or ()) + [(t, lambda r, q=reqs[rid]: r.cancel(q)) for t, rid in (cancels or ())]

@@ -66,12 +66,13 @@ class Finite(click.ParamType):
 
     name = "float"
 
-    def __init__(self, low: float | None = None, high: float | None = None, low_open: bool = False) -> None:
-        self.low, self.high, self.low_open = low, high, low_open
+    def __init__(self, low: float | None = None, high: float | None = None, low_open: bool = False,
+                 high_open: bool = False) -> None:
+        self.low, self.high, self.low_open, self.high_open = low, high, low_open, high_open
 
     def _allowed(self) -> str:
         lo = "" if self.low is None else f"{self.low:g} {'<' if self.low_open else '<='} "
-        hi = "" if self.high is None else f" <= {self.high:g}"
+        hi = "" if self.high is None else f" {'<' if self.high_open else '<='} {self.high:g}"
         return f"a finite number {lo}x{hi}".replace("number x", "number") if not lo and not hi else \
             f"a finite number with {lo}x{hi}"
 
@@ -83,7 +84,7 @@ class Finite(click.ParamType):
                 x = float(value)
             except (TypeError, ValueError):
                 self.fail(f"{value!r} is not a number; allowed: {self._allowed()}.", param, ctx)
-        bad = not math.isfinite(x) or (self.high is not None and x > self.high) or (
+        bad = not math.isfinite(x) or (self.high is not None and (x >= self.high if self.high_open else x > self.high)) or (
             self.low is not None and (x <= self.low if self.low_open else x < self.low))
         if bad:
             self.fail(f"{value!r} is not {self._allowed()}.", param, ctx)

@@ -17,7 +17,8 @@ FLAG_OF = {"streams.load.rate": "--rate", "streams.load.concurrency": "--concurr
            "pools.main.tp": "--tp", "pools.main.pp": "--pp", "pools.main.ep": "--ep",
            "pools.main.dp_attention": "--dp-attention", "pools.main.gpu": "--gpu", "pools.main.model": "--model",
            "pools.main.precision": "--precision", "engine.max_batch": "--max-batch",
-           "engine.token_budget": "--token-budget", "engine.preset": "--engine"}
+           "engine.token_budget": "--token-budget", "engine.preset": "--engine",
+           "engine.speculative_tokens": "--speculative-tokens", "engine.acceptance": "--acceptance"}
 
 
 def in_flag_words(message: str) -> str:
@@ -65,19 +66,24 @@ def in_flag_words(message: str) -> str:
               help="Override the engine's max batch.")
 @click.option("--token-budget", type=click.IntRange(min=1, max=MAX_TOKENS), default=None,
               help="Override the per-step token budget.")
+@click.option("--speculative-tokens", type=click.IntRange(min=0, max=8), default=None,
+              help="Draft tokens verified per decode step (multi-token prediction / speculative decoding); 0 = off.")
+@click.option("--acceptance", type=Finite(0, 1, low_open=True, high_open=True), default=None,
+              help="Mean per-token acceptance of drafts (default 0.85: DeepSeek-V3's MTP).")
 @click.option("--seed", type=click.IntRange(min=0, max=MAX_SEED), default=1, show_default=True)
 @catalog_option
 @force_option
 @format_option
 def estimate_cmd(model, gpu, tp, pp, ep, dp_attention, precision, input_tokens, output_tokens, cached_tokens, range_ratio, concurrency, rate, max_load,
-                 mode, ttft_p99, tpot_p99, min_duration, preset, requests, replicas, max_batch, token_budget, seed, catalog_files,
-                 force, fmt) -> None:
+                 mode, ttft_p99, tpot_p99, min_duration, preset, requests, replicas, max_batch, token_budget, speculative_tokens,
+                 acceptance, seed, catalog_files, force, fmt) -> None:
     """Simulate one deployment: TTFT, TPOT, E2E (mean and percentiles) and token throughput.
 
     The run is checked first: a request no replica can hold is refused, and so is a run whose
     estimated work is above the limits (unless --force).
     """
-    engine = {k: v for k, v in (("preset", preset), ("max_batch", max_batch), ("token_budget", token_budget))
+    engine = {k: v for k, v in (("preset", preset), ("max_batch", max_batch), ("token_budget", token_budget),
+                                ("speculative_tokens", speculative_tokens), ("acceptance", acceptance))
               if v is not None}
     kw = dict(model=model, gpu=gpu, tp=tp, pp=pp, precision=precision, input_tokens=input_tokens,
               output_tokens=output_tokens, cached_tokens=cached_tokens, concurrency=concurrency, rate=rate, max_load=max_load,

@@ -59,6 +59,7 @@ class Deployment:
     ep: int = 1                   # expert-parallel ranks over the stage's tp x dp GPUs
     dp: int = 1                   # data-parallel attention ranks (each tp GPUs, its own KV)
     redundant_experts: int = 0    # EPLB's extra expert replicas: ep divides n_experts + these
+    mtp: int = 0                  # draft tokens per step (multi-token prediction / speculative decoding)
 
     def __post_init__(self) -> None:
         where = f"deployment {self.model.name} on {self.n_gpus}x {self.gpu.name}"
@@ -81,6 +82,8 @@ class Deployment:
             ok = [t for t in range(1, self.gpu.gpus_per_node + 1) if not _tp_problem(self.model, t)]
             raise InputError(f"{where}: tp={self.tp} {bad}; allowed tp: {', '.join(map(str, ok))}")
         self._check_ep_dp(where)
+        if not 0 <= self.mtp <= 8:
+            raise InputError(f"{where}: mtp (draft tokens per step) must be 0..8, got {self.mtp}")
         if self.pp > self.model.layers:
             raise InputError(f"{where}: pp={self.pp} exceeds the model's {self.model.layers} layers")
         if not 0 < self.mem_util <= 1:
@@ -126,11 +129,11 @@ class Deployment:
     def from_catalog(cls, catalog: Catalog, model: str, gpu: str, *, tp: int = 1, pp: int = 1,
                      precision: str = "bf16", kv_dtype: str = "bf16", mem_util: float = 0.90,
                      reserve_gb_per_gpu: float = 2.0, engine: str = "vllm", ep: int = 1,
-                     dp: int = 1, redundant_experts: int = 0) -> "Deployment":
+                     dp: int = 1, redundant_experts: int = 0, mtp: int = 0) -> "Deployment":
         g = catalog.gpu(gpu)
         return cls(model=catalog.model(model), gpu=g, efficiency=catalog.efficiency(g), tp=tp, pp=pp,
                    precision=precision, kv_dtype=kv_dtype, mem_util=mem_util, reserve_gb_per_gpu=reserve_gb_per_gpu,
-                   engine=engine, ep=ep, dp=dp, redundant_experts=redundant_experts)
+                   engine=engine, ep=ep, dp=dp, redundant_experts=redundant_experts, mtp=mtp)
 
     @property
     def n_gpus(self) -> int:
@@ -168,13 +171,17 @@ class Deployment:
     @cached_property
     def weight_bytes_per_gpu(self) -> float:
         """Replicated weights (attention, dense layers, shared experts, embeddings) split over one
-        attention rank's ``tp x pp`` GPUs, plus the routed experts split over all ``n_gpus``."""
+        attention rank's ``tp x pp`` GPUs, plus the routed experts split over all ``n_gpus``; with
+        MTP, one more decoder layer's worth (the draft module: one transformer block sharing the
+        embedding and head; DeepSeek-V3 lists 14 B MTP parameters, one layer of 671 B/61 is 11 B)."""
         total = self.model.weight_bytes(self.precision)
         if self.dp == 1 and not self.redundant_experts:
-            return total / self.n_gpus
-        routed = self.routed_weight_bytes
-        base = self.model.routed_expert_params * BYTES_PER_ELEMENT[self.precision]
-        return (total - base) / (self.tp * self.pp) + routed / self.n_gpus
+            w = total / self.n_gpus
+        else:
+            routed = self.routed_weight_bytes
+            base = self.model.routed_expert_params * BYTES_PER_ELEMENT[self.precision]
+            w = (total - base) / (self.tp * self.pp) + routed / self.n_gpus
+        return w * (1 + 1 / self.model.layers) if self.mtp else w
 
     def alltoall_bytes_per_step(self, tokens: float) -> float:
         """Bytes the MoE all-to-alls move across GPUs in a step of ``tokens`` (0 without EP).

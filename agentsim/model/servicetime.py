@@ -53,6 +53,7 @@ class Tables:
     pf_pair: np.ndarray     # Q(c)
     label: str
     outside: tuple[str, ...]
+    q: int = 1              # tokens each decode puts through the GEMMs: 1, or 1 + drafts verified (MTP)
 
 
 def build_tables(dep: Deployment, om: OpModel | None = None) -> Tables:
@@ -86,8 +87,30 @@ def build_tables(dep: Deployment, om: OpModel | None = None) -> Tables:
         pa, pq = ops.prefill_attention(pt)
     pf_a = _dense_table(pt, L * pa, T_MAX)
     pf_pair = _dense_table(pt, L * pq, T_MAX)
+    q = 1
+    if dep.mtp:
+        head, dec_a, dec_b, q = _with_drafts(ops, pn, head, dec_a, dec_b, dep.mtp, L)
     label = "extrapolated" if ops.outside and ops.label == "measured" else ops.label
-    return Tables(fixed, head, dec_a, dec_b, pf_a, pf_pair, label, tuple(sorted(ops.outside)))
+    return Tables(fixed, head, dec_a, dec_b, pf_a, pf_pair, label, tuple(sorted(ops.outside)), q)
+
+
+def _with_drafts(ops, pn, head, dec_a, dec_b, k: int, L: int):
+    """The decode tables of a step that verifies ``k`` drafts per sequence and drafts the next ``k``.
+
+    Verify: each decode puts ``q = k+1`` tokens through every GEMM (the engines index ``F`` at
+    ``prefill + q·decodes``) and the head samples ``q`` positions; its attention reads the same KV
+    once (memory-bound: the ``k`` extra queries are priced as free). Draft: ``k`` sequential passes
+    of the one-layer MTP module (a ``1/L`` share of the token-sized ops and of decode attention)
+    and its head, at ``n`` tokens each. Indexed by decodes ``n``, so the engines' lookups stay as
+    they are.
+    """
+    q = k + 1
+    draft_layer = _dense_table(pn, np.where(pn > 0, _token_ops(ops, np.maximum(pn, 1)), 0.0), N_MAX) / L
+    verify_head = _dense_table(pn, _head_ops(ops, pn * q), N_MAX)
+    head = np.maximum.accumulate(verify_head + k * (head + draft_layer))
+    scale = 1 + k / L
+    return head, dec_a * scale, dec_b * scale, q
+
 
 
 _TABLES: dict[tuple, Tables] = {}
@@ -97,7 +120,7 @@ def _cached_tables(dep: Deployment) -> Tables:
     """Tables per distinct geometry (a scenario's pools, a sweep's points share them)."""
     key = (dep.model.model_dump_json(exclude={"sources", "description"}),
            dep.gpu.model_dump_json(exclude={"sources", "description"}), dep.tp, dep.pp, dep.precision, dep.kv_dtype,
-           dep.engine, dep.ep, dep.dp, dep.redundant_experts)
+           dep.engine, dep.ep, dep.dp, dep.redundant_experts, dep.mtp)
     tables = _TABLES.get(key)
     if tables is None:
         if len(_TABLES) > 256:
@@ -119,7 +142,7 @@ class StepCoeffs:
 
     __slots__ = ("fixed", "head", "dec_a", "dec_b", "pf_a", "pf_pair", "f_slope", "h_slope", "a_slope", "b_slope",
                  "arrays", "overhead", "per_seq", "request_overhead", "t_host_load", "power_w", "idle_fraction", "comm_fixed",
-                 "comm_token", "label", "outside")
+                 "comm_token", "label", "outside", "q")
 
     def __init__(self, tables: Tables, *, overhead: float, request_overhead: float, t_host_load: float,
                  power_w: float, idle_fraction: float, per_seq: float = 0.0) -> None:
@@ -145,6 +168,7 @@ class StepCoeffs:
         self.comm_token = 0.0
         self.label = tables.label
         self.outside = tables.outside
+        self.q = tables.q
 
     @classmethod
     def of(cls, dep: Deployment) -> "StepCoeffs":
@@ -193,7 +217,7 @@ class StepCoeffs:
             a, b = self.dec_a[decodes], self.dec_b[decodes]
         else:
             a, b = self.decode_line(decodes)
-        t = prefill_tokens + decodes
+        t = prefill_tokens + decodes * self.q
         c = prefill_tokens if prefill_tokens <= T_MAX else T_MAX
         fixed = self.fixed[t] if t <= T_MAX else self.F(t)
         head = self.head[sampled] if sampled <= N_MAX else self.H(sampled)
@@ -233,7 +257,7 @@ class StepCoeffs:
         else:
             a, b = self.decode_line(n)
             head = self.H(n)
-        t = n + chunk
+        t = n * self.q + chunk
         fixed = self.fixed[t] if t <= T_MAX else self.F(t)
         if chunk:
             c = chunk if chunk <= T_MAX else T_MAX
@@ -315,7 +339,7 @@ def _one(c: StepCoeffs, pt, pa, nd, ctx, sm, parts: bool):
     pa = np.asarray(pa, dtype=float)
     tab = c.arrays
     shape = np.broadcast_shapes(pt.shape, nd.shape, ctx.shape, pa.shape, np.shape(sm) if sm is not None else ())
-    ti, to = _index(np.broadcast_to(pt + nd, shape), T_MAX)
+    ti, to = _index(np.broadcast_to(pt + nd * c.q, shape), T_MAX)
     ni, no = _index(np.broadcast_to(nd, shape), N_MAX)
     if sm is None:
         si, so = ni, no

@@ -4,6 +4,7 @@ from __future__ import annotations
 import simpy
 
 from ..model.catalog import Catalog, env_catalog_files, load_catalog
+from ..serving.speculation import Speculation
 from ..serving.cluster import Cluster, Pool, fault_process, make_router, outage_process
 from ..model.deployment import Deployment
 from ..serving.engine import EngineConfig, Replica
@@ -47,7 +48,8 @@ def pool_deployment(catalog: Catalog, p, settings: EngineSettings) -> tuple[Depl
     dep = Deployment.from_catalog(catalog, p.model, p.gpu, tp=p.tp, pp=p.pp, precision=p.precision,
                                   kv_dtype=settings.kv_dtype, mem_util=settings.mem_util,
                                   reserve_gb_per_gpu=settings.reserve_gb_per_gpu, engine=settings.kernels,
-                                  ep=p.ep, dp=p.dp_attention, redundant_experts=p.redundant_experts)
+                                  ep=p.ep, dp=p.dp_attention, redundant_experts=p.redundant_experts,
+                                  mtp=settings.speculative_tokens)
     if settings.preset is not None:
         dep = presets.with_overheads(dep, settings.preset, catalog)
     return dep, settings
@@ -140,7 +142,10 @@ def _pools(scenario: Scenario, catalog: Catalog, sim: Simulation, replica_cls):
         for _ in range(p.replicas):
             rid = len(pool_of_replica)
             cache = make_cache(settings.prefix_cache, ccfg)
-            pool.replicas.append(replica_cls(sim.env, coeffs, cfg, index=rid, on_done=sim.done, cache=cache))
+            spec = (Speculation(settings.speculative_tokens, settings.acceptance, settings.acceptance_concentration,
+                                sim.rng(f"speculation/{rid}")) if settings.speculative_tokens else None)
+            pool.replicas.append(replica_cls(sim.env, coeffs, cfg, index=rid, on_done=sim.done, cache=cache,
+                                             speculation=spec))
             pool_of_replica.append(i)
         pools.append(pool)
     return pools, pool_of_replica

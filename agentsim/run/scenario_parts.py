@@ -54,6 +54,12 @@ class EngineSettings(Model):
     kernels: Literal["vllm", "sglang", "trtllm"] = Field(
         "vllm", description="whose measured kernel tables price the steps (aiconfigurator-core op tables: "
                             "vLLM, SGLang or TensorRT-LLM kernels)")
+    speculative_tokens: int = Field(0, ge=0, le=8, description="draft tokens verified per decode step (multi-token "
+                                                               "prediction / speculative decoding); 0 = off")
+    acceptance: float = Field(0.85, gt=0, lt=1, description="mean per-token acceptance of drafts (DeepSeek-V3 MTP: "
+                                                            "0.85-0.90 for the second token)")
+    acceptance_concentration: float = Field(20.0, gt=0, le=1e6, description="Beta concentration of a request's "
+                                            "acceptance around the mean (higher = less spread between requests)")
 
 
 class Site(Model):

@@ -43,6 +43,7 @@ from .prefix_cache import PrefixCache, reserve
 from .replica_base import ReplicaBase
 from .request import Request
 from .scheduling import ADMISSION_POLICIES, EPS, EngineConfig, PriorityQueue  # noqa: F401 (re-exported)
+from .speculation import Speculation, surplus
 from ..model.servicetime import StepCoeffs, Stretch, pairs
 from ..util.events import MOVE_MAX_QUEUE, _move_earlier, _push  # noqa: F401  (MOVE_MAX_QUEUE: tests read it here)
 
@@ -55,8 +56,9 @@ class Replica(ReplicaBase):
     """One deployment serving requests; ``on_done(req)`` is called when a request leaves."""
 
     def __init__(self, env, coeffs: StepCoeffs, config: EngineConfig, *, index: int = 0, on_done=None,
-                 cache: PrefixCache | None = None) -> None:
+                 cache: PrefixCache | None = None, speculation: Speculation | None = None) -> None:
         self.env = env
+        self.spec = speculation
         self.cache = cache if cache is not None and cache.enabled else None
         self.c = coeffs
         self.cfg = config
@@ -276,10 +278,17 @@ class Replica(ReplicaBase):
                     req.kv = req.prompt_len
                     done.append(req)
                 else:
+                    if req.tps > 1.0:               # speculative decoding: the surplus is reserved now
+                        extra = surplus(req.out_left, req.tps)
+                        req.out_left -= extra
+                        self.kv_used += extra
+                        self.tokens_out += extra
+                    else:
+                        extra = 0
                     self._seq += 1
                     req.seq = self._seq
                     req.v_join = V
-                    req.b = req.prompt_len + 1 - V
+                    req.b = req.prompt_len + 1 + extra - V
                     req.finish_v = V + req.out_left
                     self.n_dec += 1
                     self.sum_b += req.b
@@ -346,7 +355,7 @@ class Replica(ReplicaBase):
             self.n_dec -= 1
             self.sum_b -= victim.b
             victim.seq = -1                             # its heap entry is now stale
-            victim.prompt_len += d + 1
+            victim.prompt_len = victim.b + self.V       # its KV (prompt, first token, surplus, d decoded) + 1
             victim.out_left -= d
         else:
             self.kv_used -= victim.prompt_len
@@ -398,7 +407,7 @@ class Replica(ReplicaBase):
             return
         c = self.c
         S = self.sum_b + n * self.V
-        left = self.budget - n
+        left = self.budget - n * c.q
         k_finish = self.heap[0][0] - self.V if n else 1 << 62
         free = self.cap - self.kv_used - (cache.gpu_used if cache is not None else 0)
         k_kv = free // n if n else 1 << 62   # steps until decode writes need cache eviction or preemption

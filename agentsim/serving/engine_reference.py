@@ -15,6 +15,7 @@ from .engine import ADMISSION_POLICIES, EPS, EngineConfig
 from .prefix_cache import PrefixCache, reserve
 from .replica_base import ReplicaBase
 from .request import Request
+from .speculation import Speculation, surplus
 from ..model.servicetime import StepCoeffs, pairs
 from ..util.events import call_later
 
@@ -23,7 +24,8 @@ class SteppingReplica(ReplicaBase):
     """Same interface as :class:`~agentsim.serving.engine.Replica`; ``req.kv`` is the KV it holds."""
 
     def __init__(self, env, coeffs: StepCoeffs, config: EngineConfig, *, index: int = 0, on_done=None,
-                 cache: PrefixCache | None = None) -> None:
+                 cache: PrefixCache | None = None, speculation: Speculation | None = None) -> None:
+        self.spec = speculation
         self.env, self.c, self.cfg, self.index, self.on_done = env, coeffs, config, index, on_done
         self.cache = cache if cache is not None and cache.enabled else None
         self.waiting = ADMISSION_POLICIES[config.admission]()
@@ -149,7 +151,7 @@ class SteppingReplica(ReplicaBase):
 
     def _chunks(self, prefilling: list, n_decoders: int) -> list:
         """This step's prefill chunks, FCFS within the token budget left by the decodes."""
-        left = self.cfg.token_budget - n_decoders
+        left = self.cfg.token_budget - n_decoders * self.c.q   # each decode verifies q tokens
         chunks = []
         for r in prefilling:
             if left <= 0:
@@ -189,6 +191,11 @@ class SteppingReplica(ReplicaBase):
                 r.out_left -= 1
                 if r.out_left == 0:
                     finished.append(r)
+                elif r.tps > 1.0:        # speculative decoding: the surplus is reserved as its decode starts
+                    extra = surplus(r.out_left, r.tps)
+                    r.kv += extra
+                    r.out_left -= extra
+                    self.tokens_out += extra
         for r in sorted(finished, key=lambda r: r.rid):
             self._retire(r, now)
         self._step(now)

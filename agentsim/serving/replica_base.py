@@ -17,7 +17,7 @@ from .scheduling import ADMISSION_POLICIES
 
 class ReplicaBase:
     """Subclasses provide ``env``, ``c`` (StepCoeffs), ``cfg``, ``index``, ``up``, ``pending``,
-    ``waiting``, ``cache``, ``on_done``, ``_timer``, ``_to_cancel``, ``_enqueue(req)``,
+    ``waiting``, ``cache``, ``on_done``, ``spec`` (a Speculation or None), ``_timer``, ``_to_cancel``, ``_enqueue(req)``,
     ``accounted(now)`` and three hooks: ``_drop_running()`` (clear the running set, return it),
     ``_cut_for_cancel()`` (a running request is to leave at the next boundary) and
     ``_new_head()`` (the queue's head changed while a stretch runs)."""
@@ -25,6 +25,8 @@ class ReplicaBase:
     def submit(self, req: Request) -> None:
         """A request arrives; it becomes schedulable after the per-request overhead."""
         req.replica = self.index
+        if self.spec is not None:
+            req.tps = self.spec.tokens_per_step()   # drawn on arrival: fixed for its whole decode
         if not self.up:
             return self._end(req, "replica_failed")
         if req.prompt + req.output > self.cfg.kv_capacity:

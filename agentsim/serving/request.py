@@ -36,6 +36,7 @@ class Request:
         "attempt", "call", "trigger", "retry_after", "population", "tier", "plan", "model",
         # engine state
         "prompt_len", "out_left", "pf_done", "v_join", "b", "finish_v", "seq", "running", "removed", "kv", "load",
+        "tps",
     )
 
     def __init__(self, rid: int, arrival: float, prompt: int, output: int, *, session: int = -1,
@@ -77,6 +78,7 @@ class Request:
         self.running = self.removed = False
         self.kv = 0
         self.load = 0   # host-tier tokens still to load before its first chunk
+        self.tps = 1.0  # tokens per decode step (speculative decoding draws it on arrival at a replica)
 
     def __repr__(self) -> str:  # pragma: no cover - debugging aid
         return (f"Request(rid={self.rid}, prompt={self.prompt}, output={self.output}, arrival={self.arrival:.6g}, "
