@@ -20,6 +20,7 @@ from ..util.paths import data_path  # noqa: F401  (re-exported)
 from ..util.errors import InputError, unknown_name
 from .hardware import GPU, Efficiency
 from .llm import ModelSpec, parse_frontier_name
+from .presets import OVERHEADS
 
 DATA_FILES = ("gpus.toml", "efficiency.toml", "models.toml", "aliases.toml", "calibrated.toml")
 
@@ -141,7 +142,6 @@ def _merge(doc: dict, path: Path, acc: dict) -> None:
 
 def _engine_entry(entry: dict, where: str) -> dict:
     """A preset's fitted overheads: known names, non-negative finite numbers (``sources`` kept)."""
-    from .presets import OVERHEADS
     out = {}
     for k, v in entry.items():
         if k == "sources":

@@ -10,6 +10,7 @@ Only used by ``agentsim calibrate`` (refit and report); needs pandas and the opt
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -19,6 +20,7 @@ from . import optables
 from ..util.atomic import write_atomic
 from ..util.errors import InputError
 from .hardware import GPU
+from .opgrid import Curve, Grid
 from .opclasses import (  # noqa: F401  (the rooflines and op classes, re-exported for the fit's callers)
     BF16, GEMM_BYTES, HOLDOUT_FAMILY, MLA, OP_CLASSES, OpClass, allreduce_roofline, alltoall_roofline,
     context_attention_roofline, gemm_roofline, generation_attention_roofline, mla_context_roofline,
@@ -45,8 +47,6 @@ def split(df, op: OpClass, seed: int = HOLDOUT_SEED) -> np.ndarray:
 
 def fit_op(df, op: OpClass, gpu: GPU, train: np.ndarray | None = None):
     """Grids (or curves, for collectives) per category from the training rows: ``{category: Grid}``."""
-    from .opgrid import Curve, Grid
-
     grids = {}
     if op.curve_x is not None:
         for cat, part in df.groupby(op.category(df), observed=True):
@@ -122,7 +122,7 @@ def fit_all(cat, gpus=FIT_GPUS, root=None, holdout: bool = True, engines=optable
     (measured: B200 decode attention of Llama-3.1-70B TP4, 4x off at 128k context when its rows are
     held out). With ``holdout=False`` only the shipped fit is made and no report is written.
     """
-    import pandas as pd
+    import pandas as pd   # local: pandas costs ~0.3 s to import and only the refit reads the tables
 
     arrays: dict[str, np.ndarray] = {}
     entries, paths, frames, fitted, tables, helds = [], [], [], {}, {}, {}
@@ -168,8 +168,6 @@ def fit_all(cat, gpus=FIT_GPUS, root=None, holdout: bool = True, engines=optable
 
 def nearest_other(cat, gname: str, candidates) -> str | None:
     """The fitted GPU a GPU without tables would borrow from: same generation first, then nearest peaks."""
-    import math
-
     g = cat.gpu(gname)
     others = [o for o in candidates if o != gname]
     if not others:

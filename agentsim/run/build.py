@@ -12,6 +12,7 @@ from ..serving.checked import CheckedReplica
 from ..serving.engine_reference import SteppingReplica
 from ..util.errors import InputError
 from ..results.metrics import Recorder, Sampler
+from ..serving.block_cache import BlockPrefixCache
 from ..serving.prefix_cache import CacheConfig, PrefixCache
 from .scenario import EngineSettings, Scenario
 from ..model.servicetime import StepCoeffs
@@ -63,7 +64,6 @@ def cache_config(dep: Deployment, s: EngineSettings) -> CacheConfig:
 def make_cache(kind: str, cfg: CacheConfig):
     """A replica's prefix cache: per-key session entries, or shared 512-token blocks."""
     if kind == "blocks":
-        from ..serving.block_cache import BlockPrefixCache
         return BlockPrefixCache(cfg)
     return PrefixCache(cfg)
 

@@ -8,6 +8,7 @@ schema`` prints them all). Paths such as ``pools.h100.replicas`` name fields eve
 """
 from __future__ import annotations
 
+import copy
 import difflib
 import json
 import re
@@ -20,6 +21,7 @@ from typing import Any
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from ..provider.clock import DEFAULT_START
+from ..provider.gateway import parse_policies
 from ..util.errors import InputError, not_utf8
 
 # -- bounds: agentsim.util.bounds (re-exported here for the schema and the CLI) ---------------------
@@ -93,7 +95,6 @@ class Scenario(Model):
                 er = e.errors()[0]
                 raise ValueError(f"pools.{name}.engine.{'.'.join(map(str, er['loc']))}: "
                                  f"{er['msg']} (got {er.get('input')!r})") from None
-        from ..provider.gateway import parse_policies
         try:
             parse_policies(self.policies)
         except InputError as e:
@@ -254,7 +255,6 @@ def _value(text: str) -> Any:
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
     """Set ``a.b.c=value`` paths in a nested dict (copying, never mutating the input)."""
-    import copy
     data = copy.deepcopy(data)
     for item in overrides:
         path, sep, text = item.partition("=")

@@ -10,7 +10,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from ..provider.limits import plan, tier
+from ..workload.diurnal import profile_names
 from ..workload.distributions import Dist
+from ..workload.profiles import get_profile
+from ..workload.retry import RETRY_POLICIES
 from ..util.bounds import (MAX_DURATION_S, MAX_RATE, MAX_REQUESTS, MAX_REPLICAS, MAX_USERS, MAX_COUNT, MAX_TOKENS, MAX_TTL_S, MAX_HOST_KV_GB, MAX_SLICES)
 
 
@@ -191,9 +195,6 @@ class Population(Model):
 
     @model_validator(mode="after")
     def _check(self) -> "Population":
-        from ..workload.diurnal import profile_names
-        from ..workload.profiles import get_profile
-        from ..workload.retry import RETRY_POLICIES
         get_profile(self.profile, self.params, where="profile")
         names = profile_names()
         if self.arrival == "custom":
@@ -208,7 +209,6 @@ class Population(Model):
             raise ValueError(f"retry_policy {self.retry_policy!r} unknown"
                              + (f" (did you mean {near[0]!r}?)" if near else "")
                              + f"; allowed: {', '.join(RETRY_POLICIES)}")
-        from ..provider.limits import plan, tier
         if self.tier is not None:
             tier(self.tier, where="tier")
         if self.plan is not None:
