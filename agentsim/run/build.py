@@ -8,6 +8,8 @@ from ..serving.speculation import Speculation
 from ..serving.cluster import Cluster, Pool, fault_process, make_router, outage_process
 from ..model.deployment import Deployment
 from ..serving.engine import EngineConfig, Replica
+from ..serving.routing_guard import guarded
+from ..serving.autoscale import PoolScaler, cold_start_s
 from ..serving.checked import CheckedReplica
 from ..serving.engine_reference import SteppingReplica
 from ..util.errors import InputError
@@ -78,7 +80,9 @@ def sliced(scenario: Scenario) -> Scenario:
     if n == 1:
         return scenario
     share = lambda x: max(1, round(x / n)) if x else 0  # noqa: E731
-    pools = {k: p.model_copy(update={"replicas": share(p.replicas)}) for k, p in scenario.pools.items()}
+    pools = {k: p.model_copy(update={"replicas": share(p.replicas), "autoscale": p.autoscale and p.autoscale.model_copy(
+        update={"min_replicas": share(p.autoscale.min_replicas), "max_replicas": share(p.autoscale.max_replicas)})})
+        for k, p in scenario.pools.items()}
     streams = {k: s.model_copy(update={"rate": s.rate / n, "concurrency": share(s.concurrency),
                                        "count": share(s.count)}) for k, s in scenario.streams.items()}
     pops = {k: p if p.kind == "open" else p.model_copy(update={
@@ -105,7 +109,8 @@ def build(scenario: Scenario, seed: int | None = None, *, catalog: Catalog | Non
     sim = Simulation(scenario, seed, env, rng)
     replica_cls = SteppingReplica if step_mode else CheckedReplica if check_invariants else Replica
     pools, pool_of_replica = _pools(scenario, catalog, sim, replica_cls)
-    router = make_router(scenario.router.policy, rng("routing"), scenario.router)
+    router = guarded(make_router(scenario.router.policy, rng("routing"), scenario.router), scenario.router,
+                     scenario.slo_ttft_s, env)
     sim.cluster = cluster = Cluster(env, pools, router, sim.done)
     sim.recorder = Recorder(pool_of_replica, len(pools))
     sim.sampler = Sampler(env, cluster, scenario.sample_s, sim.recorder, sim.quiescent)
@@ -117,6 +122,7 @@ def build(scenario: Scenario, seed: int | None = None, *, catalog: Catalog | Non
         view = PolicyView(start=scenario.start, rng=rng, fleet=cluster)
         sim.gateway = Gateway(parse_policies(scenario.policies), view, clock=lambda: env.now, end=sim.end)
     _failures(scenario, env, cluster, pools, rng)
+    sim.scalers = _scalers(scenario, env, cluster, pools)
     for name, factory in (sources or {}).items():     # last: their events follow everything above
         sim.stream_names.append(name)
         sim.sources.append(factory(sim, len(sim.stream_names) - 1))
@@ -139,7 +145,7 @@ def _pools(scenario: Scenario, catalog: Catalog, sim: Simulation, replica_cls):
         pool = Pool(name=name, index=i, site=p.site, facility_multiplier=(1 + site.other_it_fraction) * site.pue,
                     deployment=dep, coeffs=coeffs, config=cfg,
                     usd_per_gpu_hour=p.usd_per_gpu_hour if p.usd_per_gpu_hour is not None else dep.gpu.usd_per_gpu_hour)
-        for _ in range(p.replicas):
+        for _ in range(p.autoscale.max_replicas if p.autoscale else p.replicas):   # scaling: parked at the start
             rid = len(pool_of_replica)
             cache = make_cache(settings.prefix_cache, ccfg)
             spec = (Speculation(settings.speculative_tokens, settings.acceptance, settings.acceptance_concentration,
@@ -181,6 +187,19 @@ def _populations(scenario: Scenario, catalog: Catalog, sim: Simulation, served: 
                                           user_base=user_base, tenant_base=tenant_base))
         user_base += max(pc.size, 1)
         tenant_base += pc.tenants
+
+
+def _scalers(scenario: Scenario, env, cluster: Cluster, pools: list[Pool]) -> list[PoolScaler]:
+    """An autoscaler for each pool that asks for one (its replicas beyond the start parked now)."""
+    scalers = []
+    for pool, p in zip(pools, scenario.pools.values()):
+        a = p.autoscale
+        if a is not None:
+            cold = a.cold_start_s if a.cold_start_s is not None else cold_start_s(pool.deployment, a.weights_from,
+                                                                                  a.engine_start_s)
+            scalers.append(PoolScaler(env, cluster, pool.name, [r.index for r in pool.replicas], p.replicas, a, cold))
+            scalers[-1].start()
+    return scalers
 
 
 def _failures(scenario: Scenario, env, cluster: Cluster, pools: list[Pool], rng) -> None:

@@ -78,6 +78,37 @@ class Faults(Model):
     mttr_h: float = Field(1.0, gt=0, le=1e7, description="mean time to repair (hours)")
 
 
+class Autoscale(Model):
+    """Provider autoscaling of one pool (serving/autoscale.py): between min and max replicas on a
+    target, checked every period, with a cold start for each new replica and draining on scale-in."""
+
+    min_replicas: int = Field(1, ge=1, le=MAX_REPLICAS, description="never fewer replicas provisioned")
+    max_replicas: int = Field(ge=1, le=MAX_REPLICAS, description="never more replicas provisioned")
+    target: Literal["queue_delay_s", "kv_occupancy", "batch_occupancy"] = Field(
+        "queue_delay_s", description="what is held near target_value, averaged over the routable replicas: "
+                                     "queue_delay_s (how long each queue head has waited), kv_occupancy (KV in use "
+                                     "by running requests / capacity), batch_occupancy (running / max_batch, the "
+                                     "online stand-in for capacity utilisation)")
+    target_value: float = Field(gt=0, le=MAX_DURATION_S, description="the target's set point")
+    period_s: float = Field(60.0, gt=0, le=MAX_DURATION_S, description="how often the target is checked")
+    hysteresis: float = Field(0.2, ge=0, lt=1, description="no change while the target is within +-this share "
+                                                            "of target_value")
+    scale_in_stable_s: float = Field(300.0, ge=0, le=MAX_DURATION_S, description="drain a replica only after "
+                                     "every check for this long was below the band (Kubernetes' default 300 s)")
+    weights_from: Literal["page_cache", "local_nvme", "network"] = Field(
+        "local_nvme", description="where a new replica loads its weights from (data/coldstart.toml bandwidths)")
+    engine_start_s: float | None = Field(None, ge=0, le=MAX_DURATION_S, description="engine start after loading "
+                                         "(default: data/coldstart.toml)")
+    cold_start_s: float | None = Field(None, ge=0, le=MAX_DURATION_S, description="the whole cold start, overriding "
+                                       "weights / bandwidth + engine start")
+
+    @model_validator(mode="after")
+    def _order(self) -> "Autoscale":
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas ({self.min_replicas}) exceeds max_replicas ({self.max_replicas})")
+        return self
+
+
 class Pool(Model):
     """Replicas of one deployment on one GPU type at one site."""
 
@@ -97,7 +128,16 @@ class Pool(Model):
     usd_per_gpu_hour: float | None = Field(None, ge=0, le=1e4, description="override the catalog price")
     engine: dict[str, Any] = Field(default_factory=dict, description="overrides of [engine] for this pool")
     faults: Faults = Field(default_factory=Faults)
+    autoscale: Autoscale | None = Field(None, description="scale between min and max replicas (replicas = how "
+                                                          "many are provisioned at the start); none = fixed")
 
+    @model_validator(mode="after")
+    def _start_within_bounds(self) -> "Pool":
+        a = self.autoscale
+        if a is not None and not a.min_replicas <= self.replicas <= a.max_replicas:
+            raise ValueError(f"replicas ({self.replicas}) must be within autoscale.min_replicas "
+                             f"({a.min_replicas}) and autoscale.max_replicas ({a.max_replicas})")
+        return self
 
     @field_validator("dp_attention", "ep", mode="before")
     @classmethod
@@ -114,6 +154,14 @@ class Router(Model):
                                                           "speed_aware | session_affinity")
     affinity_load_bound: float = Field(1.25, ge=1, le=1e3, description="session_affinity: leave the home replica when "
                                                                 "its load exceeds this x the mean (+1)")
+    queue_guard: bool = Field(False, description="when the policy's pick has kept the head of its queue waiting "
+                                                 "over queue_limit_s, send the request to the replica (any pool) "
+                                                 "with the lowest expected finish counting each queue's observed "
+                                                 "wait (serving/routing_guard.py); false = the policy alone")
+    queue_limit_s: float | None = Field(None, ge=0, le=MAX_DURATION_S, description="queue_guard: the longest a "
+                                        "queue head may have waited at the pick (s); the trade-off between the "
+                                        "policy's objective (cache hits, fastest pool) and latency; "
+                                        "default: half of slo_ttft_s")
 
 
 class Outage(Model):

@@ -1,0 +1,113 @@
+"""The queue guard every shipped router runs behind: no generation idles while another queues past the SLO.
+
+Each router optimises one thing (see :data:`OBJECTIVES`); none of them, alone, looks at how long
+the replica it picks has already kept requests waiting. On a mixed fleet that lets one pool's
+queue grow past the TTFT SLO while another pool has replicas with nothing queued: session
+affinity keeps a session on its overloaded home for its prefix cache, speed-aware routing sends
+everything to the fastest generation (and, counting cache hits, back to where a session's prefix
+is), least-outstanding counts requests, not how long a request must wait for KV space.
+
+The guard asks one observable question of the router's pick: how long has the request at the
+head of its queue waited (``now - head.ready``; 0 with an empty queue) — the queue time an engine
+reports, whatever holds the queue up (prefill work, a full batch, KV held by pinned sessions).
+When that age exceeds ``limit_s`` the same router picks again among the replicas whose head has
+waited at most ``limit_s`` (any pool), so each router keeps its own objective among the replicas
+that can serve in time; when none can, the replica whose head has waited least gets the request.
+``limit_s`` is the trade-off: small spills early (latency; fewer prefix-cache hits, the older
+generations get work), large keeps each router's own choice longer (cache hits, the fastest or
+cheapest pool) and lets queues grow up to it. The check costs O(1) per request; scanning the
+candidates happens only for a request whose pick is over the limit.
+"""
+from __future__ import annotations
+
+import math
+
+from .request import Request
+
+#: what each shipped router optimises, alone (README "Routers"; the guard adds the queue bound)
+OBJECTIVES: dict[str, str] = {
+    "round_robin": "nothing: equal shares of requests per replica, blind to speed, load and cache",
+    "least_outstanding": "balance: fewest queued + running requests (latency on a fleet of one generation)",
+    "power_of_two": "balance at O(1) per request: the less loaded of two random replicas",
+    "speed_aware": "latency: lowest expected finish time from the service-time model, counting a GPU-cached prefix",
+    "session_affinity": "prefix-cache hits: a session stays on its replica (compute, energy and cost per "
+                        "token) until it holds more than affinity_load_bound x the mean",
+}
+
+
+def head_wait(replica, now: float) -> float:
+    """How long the request at the head of ``replica``'s queue has waited (0 when none waits)."""
+    waiting = replica.waiting
+    if not waiting:
+        return 0.0
+    return now - waiting[0].ready
+
+
+def expected_finish(r, req: Request, now: float) -> float:
+    """Expected time to finish ``req`` on replica ``r``: how long its queue head has waited (a lower
+    bound on what is still ahead, whatever holds the queue) + the queued prefills + its own prefill
+    (only the uncached part when ``r``'s GPU cache holds its prefix) + its decode at batch + 1, slowed
+    by the prefill chunks of the requests running and queued there —
+    :class:`~agentsim.serving.cluster.SpeedAware`'s estimate with the observed wait added."""
+    c = r.c
+    n = r.n_running
+    q = len(r.waiting) + r.pending
+    P, O = req.prompt, req.output
+    ctx = P + O / 2
+    prefill = c.step_time(P, P * P / 2, P, n, n * ctx, n + 1)
+    own = prefill
+    key = req.prefix_key
+    if key is not None and r.cache is not None:
+        hit = min(r.cache.gpu_hit(key, now), req.prefix_len, P - 1)
+        if hit > 0:
+            new = P - hit
+            own = c.step_time(new, new * hit + new * new / 2, P, n, n * ctx, n + 1)
+    decode = c.step_time(decodes=n + 1, decode_context=(n + 1) * ctx)
+    # the prefill chunks the running and queued requests will add over its decode (SpeedAware's term)
+    typ = max(1, P - req.prefix_len) if key is not None else P
+    base = c.step_time(decodes=n, decode_context=n * ctx)
+    extra = c.step_time(typ, typ * (P - typ) + typ * typ / 2, P, n, n * ctx, n + 1) - base
+    return head_wait(r, now) + q * prefill + own + (O - 1) * (decode + (n + q + 1) * extra / O)
+
+
+class QueueGuard:
+    """``router``, except that a pick whose queue head has waited over ``limit_s`` is re-made by
+    expected finish time with the observed waits counted (see the module docstring)."""
+
+    def __init__(self, router, limit_s: float, env) -> None:
+        if not (limit_s >= 0 and math.isfinite(limit_s)):
+            raise ValueError(f"limit_s must be a finite number >= 0, got {limit_s!r}")
+        self.router = router
+        self.limit_s = limit_s
+        self.env = env
+        self.spills = 0          # requests moved off the router's first pick
+
+    def __call__(self, cands: list, req: Request):
+        pick = self.router(cands, req)
+        now = self.env.now
+        if head_wait(pick, now) <= self.limit_s or len(cands) == 1:
+            return pick
+        best, best_t = pick, expected_finish(pick, req, now)
+        for r in cands:
+            t = expected_finish(r, req, now)
+            if t < best_t:
+                best, best_t = r, t
+        if best is not pick:
+            self.spills += 1
+            if req.prefix_key is not None:
+                req.cache_ttl = 0.0      # a one-off visit: its context is not pinned there (LRU only)
+        return best
+
+
+def guarded(router, cfg, slo_ttft_s: float, env):
+    """``router`` behind the queue guard the router settings ask for (``cfg.queue_guard``,
+    ``cfg.queue_limit_s``; default limit: half the TTFT SLO), or ``router`` itself when it is off
+    or there is no finite TTFT SLO to derive a limit from."""
+    if not cfg.queue_guard:
+        return router
+    limit = cfg.queue_limit_s
+    if limit is None:
+        if not math.isfinite(slo_ttft_s):
+            return router
+        limit = slo_ttft_s / 2
+    return QueueGuard(router, limit, env)
