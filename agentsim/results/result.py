@@ -24,6 +24,7 @@ from ..util.errors import InputError
 from ..util.jsonout import dumps, jsonable
 from ..serving.request import OUTCOMES, REJECTIONS, TRIGGERS
 from ..workload.sessions import SESSION_OUTCOMES
+from .models import model_summaries
 from .metrics import Recorder
 
 PERCENTILES = (50, 90, 99)
@@ -216,6 +217,9 @@ class Result:
             by_t = ts.groupby("time_s", observed=True)["facility_power_w"].sum()
             out["facility_power_mean_w"] = float(by_t.mean())
             out["facility_power_peak_w"] = float(by_t.max())
+        if len(pools) and pools["model"].nunique() > 1:     # a model mix: per-model figures (results/models.py)
+            out["models"] = model_summaries(self.requests, pools, warm, span, self.meta.get("slo_ttft_s", math.inf),
+                                            self.meta.get("slo_tpot_s", math.inf))
         out.update(self.session_summary())
         out["sim_wall_s"] = float(self.meta.get("sim_wall_s", math.nan))
         out["events"] = int(self.meta.get("events", -1))

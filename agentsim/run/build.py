@@ -10,6 +10,7 @@ from ..model.deployment import Deployment
 from ..serving.engine import EngineConfig, Replica
 from ..serving.routing_guard import guarded
 from ..serving.autoscale import PoolScaler, cold_start_s
+from ..serving.request import TRIGGERS
 from ..serving.checked import CheckedReplica
 from ..serving.engine_reference import SteppingReplica
 from ..util.errors import InputError
@@ -182,9 +183,11 @@ def _populations(scenario: Scenario, catalog: Catalog, sim: Simulation, served: 
     user_base = tenant_base = 0
     for j, (name, pc) in enumerate(scenario.populations.items()):
         model = _served_model(catalog, pc.model, served, f"populations.{name}")
+        calls = {TRIGGERS.index(k): _served_model(catalog, m, served, f"populations.{name}.call_models.{k}")
+                 for k, m in pc.call_models.items()}
         sim.populations.append(Population(sim, j, name, pc, model, rng=sim.rng, start=scenario.start,
                                           slice_=scenario.slice, recorder=sim.session_recorder,
-                                          user_base=user_base, tenant_base=tenant_base))
+                                          user_base=user_base, tenant_base=tenant_base, call_models=calls))
         user_base += max(pc.size, 1)
         tenant_base += pc.tenants
 

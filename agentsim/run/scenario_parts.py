@@ -232,6 +232,9 @@ class Population(Model):
     timeout_s: float | None = Field(None, gt=0, le=MAX_DURATION_S, description="override the profile's request timeout")
     params: dict[str, Any] = Field(default_factory=dict, description="overrides of the profile's parameters")
     model: str | None = Field(None, description="only pools serving this model get its calls (default: all)")
+    call_models: dict[Literal["user", "tool", "subagent", "compaction"], str] = Field(
+        default_factory=dict, description="the model each kind of call goes to, overriding model: e.g. "
+                                          "{ subagent = \"Llama-3-8B\" } puts sub-agents on a small model")
     priority: int | None = Field(None, ge=0, le=MAX_COUNT, description="admission priority of its requests (lower first; "
                                                          "default: its tier's priority class, else 0)")
     workers: int = Field(1, ge=0, le=MAX_USERS, description="fleet: workers at the start")
