@@ -154,6 +154,9 @@ class Router(Model):
                                                           "speed_aware | session_affinity")
     affinity_load_bound: float = Field(1.25, ge=1, le=1e3, description="session_affinity: leave the home replica when "
                                                                 "its load exceeds this x the mean (+1)")
+    release_moved_pins: bool = Field(True, description="when a session's call goes to another replica than its "
+                                     "last one, the last one drops the session's cache entry (a pin_session "
+                                     "entry would hold KV there for its whole TTL)")
     queue_guard: bool = Field(False, description="when the policy's pick has kept the head of its queue waiting "
                                                  "over queue_limit_s, send the request to the replica (any pool) "
                                                  "with the lowest expected finish counting each queue's observed "

@@ -99,10 +99,37 @@ class QueueGuard:
         return best
 
 
+class PinRelease:
+    """``router``, and when it sends a session's call to another replica than its last call, the
+    last replica drops the session's prefix entry if it pins (``pin_session`` retention; LRU caches
+    evict a stale copy before it blocks anything and keep it): pinned, that entry would
+    otherwise stay pinned for its TTL where the session no longer goes, holding KV that blocks the
+    queue there (routers that move sessions freely strand one pin per move)."""
+
+    def __init__(self, router) -> None:
+        self.router = router
+        self.last: dict = {}         # prefix key -> replica of its last call
+        self.released = 0            # entries dropped
+
+    def __call__(self, cands: list, req: Request):
+        pick = self.router(cands, req)
+        key = req.prefix_key
+        if key is not None:
+            last = self.last.get(key)
+            if last is not pick:
+                if last is not None and getattr(last.cache, "pinning", False) and hasattr(last.cache, "release"):
+                    self.released += last.cache.release(key) > 0
+                self.last[key] = pick
+        return pick
+
+
 def guarded(router, cfg, slo_ttft_s: float, env):
-    """``router`` behind the queue guard the router settings ask for (``cfg.queue_guard``,
-    ``cfg.queue_limit_s``; default limit: half the TTFT SLO), or ``router`` itself when it is off
-    or there is no finite TTFT SLO to derive a limit from."""
+    """``router`` with what the router settings add: stranded pins released when a session moves
+    (``cfg.release_moved_pins``), then the queue guard (``cfg.queue_guard``, ``cfg.queue_limit_s``;
+    default limit: half the TTFT SLO; off without a finite TTFT SLO to derive it from). A spill of
+    the guard is a one-off visit, not a move: it releases nothing."""
+    if cfg.release_moved_pins:
+        router = PinRelease(router)
     if not cfg.queue_guard:
         return router
     limit = cfg.queue_limit_s
