@@ -39,10 +39,11 @@ def window(res: Result, t0: float, t1: float) -> Result:
                   pools=res.pools, meta=meta, sessions=res.sessions)
 
 
-def peak_balance(res: Result, hours: int = 3) -> dict:
-    """At the peak: the window, SLO attainment, the fleet's capacity utilisation and each pool's as
-    a multiple of it (one max-load estimate per deployment, cached)."""
-    t0, t1 = peak_window(res, hours)
+def peak_balance(res: Result, hours: int = 3, window_s: tuple[float, float] | None = None) -> dict:
+    """At the peak (or in ``window_s``: compare two arms of a paired run over the same hours): the
+    window, SLO attainment, the fleet's capacity utilisation and each pool's as a multiple of it
+    (one max-load estimate per deployment, cached)."""
+    t0, t1 = window_s if window_s is not None else peak_window(res, hours)
     w = window(res, t0, t1)
     cu = capacity_utilisation(w)
     served = sum(v["served_output_tokens_per_s"] for v in cu.values())
