@@ -120,3 +120,14 @@ def test_bad_bounds_name_the_fields():
                                  "streams": {"s": {"rate": 1}}})
     with pytest.raises((InputError, ValueError), match=r"min_replicas \(3\) exceeds max_replicas \(2\)"):
         scenario(min_replicas=3, max_replicas=2)
+
+
+def test_every_cold_start_figure_has_a_source():
+    import tomllib
+    from agentsim.model.catalog import data_path
+    with open(data_path("coldstart.toml"), "rb") as f:
+        data = tomllib.load(f)
+    for table in data.values():
+        numbers = {k for k, v in table.items() if isinstance(v, (int, float))}
+        assert numbers and numbers == set(table["sources"]), table
+        assert all(len(table["sources"][k]) > 40 for k in numbers)
