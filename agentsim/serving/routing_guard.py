@@ -1,22 +1,25 @@
-"""The queue guard every shipped router runs behind: no generation idles while another queues past the SLO.
+"""The layers every shipped router runs behind (``guarded``): pin release and the queue guard.
 
-Each router optimises one thing (see :data:`OBJECTIVES`); none of them, alone, looks at how long
-the replica it picks has already kept requests waiting. On a mixed fleet that lets one pool's
-queue grow past the TTFT SLO while another pool has replicas with nothing queued: session
-affinity keeps a session on its overloaded home for its prefix cache, speed-aware routing sends
-everything to the fastest generation (and, counting cache hits, back to where a session's prefix
-is), least-outstanding counts requests, not how long a request must wait for KV space.
+Each router optimises one thing (:data:`OBJECTIVES`). Two things go wrong on a mixed fleet serving
+agents, whatever the router:
 
-The guard asks one observable question of the router's pick: how long has the request at the
-head of its queue waited (``now - head.ready``; 0 with an empty queue) — the queue time an engine
-reports, whatever holds the queue up (prefill work, a full batch, KV held by pinned sessions).
-When that age exceeds ``limit_s`` the same router picks again among the replicas whose head has
-waited at most ``limit_s`` (any pool), so each router keeps its own objective among the replicas
-that can serve in time; when none can, the replica whose head has waited least gets the request.
-``limit_s`` is the trade-off: small spills early (latency; fewer prefix-cache hits, the older
-generations get work), large keeps each router's own choice longer (cache hits, the fastest or
-cheapest pool) and lets queues grow up to it. The check costs O(1) per request; scanning the
-candidates happens only for a request whose pick is over the limit.
+* **Stranded pins.** Under ``pin_session`` retention a call leaves its session's context pinned on
+  the replica it ran on for the TTL. A router that sends the session's next call elsewhere strands
+  that pin; stranded pins fill the KV and queues wait for them to expire while the replica runs a
+  small batch — one generation sits nearly idle with a long queue. :class:`PinRelease` (on by
+  default, ``router.release_moved_pins``) makes the last replica drop the entry when a session
+  moves. On the default scenario it brought speed-aware routing's peak SLO attainment from 0.58 to
+  0.88 and left the default router's unchanged within its interval (README, "Routing").
+* **A long queue at the pick.** :class:`QueueGuard` (opt-in, ``router.queue_guard``) asks one
+  observable question of the pick: how long has the request at the head of its queue waited
+  (``now - head.ready``; 0 with an empty queue), the queue time an engine reports whatever holds
+  the queue up. Past ``limit_s`` the request goes to the replica with the lowest expected finish
+  time counting each queue's observed wait (:func:`expected_finish`). ``limit_s`` is the trade-off
+  between the policy's objective (cache hits, the fastest or cheapest pool) and latency. Off by
+  default: on agent traffic a spilled call recomputes its whole context elsewhere, and on the
+  default scenario the guard lowered SLO attainment (0.985 -> 0.929 over the day).
+
+The check costs O(1) per request; the candidates are scanned only for a pick over the limit.
 """
 from __future__ import annotations
 
