@@ -131,3 +131,29 @@ def test_every_cold_start_figure_has_a_source():
         numbers = {k for k, v in table.items() if isinstance(v, (int, float))}
         assert numbers and numbers == set(table["sources"]), table
         assert all(len(table["sources"][k]) > 40 for k in numbers)
+
+
+def test_capacity_utilisation_target_is_served_tokens_over_the_given_capacity():
+    from types import SimpleNamespace
+    from agentsim.serving.autoscale import PoolScaler
+    reps = [SimpleNamespace(tokens_out=0) for _ in range(3)]
+    cluster = SimpleNamespace(replicas=reps, park=lambda rid: None)
+    cfg = SimpleNamespace(target="capacity_utilisation", capacity_output_tokens_per_s=100.0, period_s=60.0)
+    s = PoolScaler(None, cluster, "p", [0, 1, 2], 3, cfg, 0.0)
+    reps[0].tokens_out, reps[1].tokens_out = 6000, 6000           # 12000 tokens in one period = 200 tok/s
+    assert s.metric(reps[:2], 60.0) == pytest.approx(200 / (100 * 2))
+    reps[2].tokens_out = 3000                                     # only what was served since the last check
+    assert s.metric(reps, 120.0) == pytest.approx(50 / (100 * 3))
+
+
+@pytest.mark.parametrize("capacity, scales", [(1e6, False), (1.0, True)])
+def test_capacity_utilisation_target_scales_on_served_load(capacity, scales):
+    sim, _ = run(scenario(duration_s=200.0, target="capacity_utilisation", target_value=0.7,
+                          capacity_output_tokens_per_s=capacity))
+    provisioned = [t for t, what, _ in sim.scalers[0].log if what == "provision"]
+    assert (provisioned[:2] == [60.0, 60.0]) if scales else not provisioned
+
+
+def test_capacity_target_needs_the_capacity():
+    with pytest.raises((InputError, ValueError), match="capacity_output_tokens_per_s"):
+        scenario(target="capacity_utilisation", target_value=0.7)

@@ -84,11 +84,15 @@ class Autoscale(Model):
 
     min_replicas: int = Field(1, ge=1, le=MAX_REPLICAS, description="never fewer replicas provisioned")
     max_replicas: int = Field(ge=1, le=MAX_REPLICAS, description="never more replicas provisioned")
-    target: Literal["queue_delay_s", "kv_occupancy", "batch_occupancy"] = Field(
-        "queue_delay_s", description="what is held near target_value, averaged over the routable replicas: "
-                                     "queue_delay_s (how long each queue head has waited), kv_occupancy (KV in use "
-                                     "by running requests / capacity), batch_occupancy (running / max_batch, the "
-                                     "online stand-in for capacity utilisation)")
+    target: Literal["queue_delay_s", "kv_occupancy", "batch_occupancy", "capacity_utilisation"] = Field(
+        "queue_delay_s", description="what is held near target_value, over the routable replicas: queue_delay_s "
+                                     "(how long each queue head has waited), kv_occupancy (KV in use by running "
+                                     "requests / capacity), batch_occupancy (running / max_batch), "
+                                     "capacity_utilisation (output tokens/s served over the last period / "
+                                     "capacity_output_tokens_per_s per routable replica)")
+    capacity_output_tokens_per_s: float | None = Field(
+        None, gt=0, le=1e9, description="capacity_utilisation: output tokens/s one replica carries (e.g. "
+                                        "`agentsim estimate --max-load` at the pool's request shape)")
     target_value: float = Field(gt=0, le=MAX_DURATION_S, description="the target's set point")
     period_s: float = Field(60.0, gt=0, le=MAX_DURATION_S, description="how often the target is checked")
     hysteresis: float = Field(0.2, ge=0, lt=1, description="no change while the target is within +-this share "
@@ -106,6 +110,9 @@ class Autoscale(Model):
     def _order(self) -> "Autoscale":
         if self.min_replicas > self.max_replicas:
             raise ValueError(f"min_replicas ({self.min_replicas}) exceeds max_replicas ({self.max_replicas})")
+        if self.target == "capacity_utilisation" and self.capacity_output_tokens_per_s is None:
+            raise ValueError("target capacity_utilisation needs capacity_output_tokens_per_s (output tokens/s one "
+                             "replica carries, e.g. from agentsim estimate --max-load)")
         return self
 
 

@@ -6,12 +6,15 @@ scaler reads its target, averaged over the pool's routable replicas:
 
 * ``queue_delay_s`` — how long the request at the head of each queue has waited (0 when none);
 * ``kv_occupancy`` — KV tokens held by running requests / the KV capacity;
-* ``batch_occupancy`` — running requests / ``max_batch`` (capacity utilisation itself is a study:
-  it needs max-load estimates no running engine has; this is its online stand-in).
+* ``batch_occupancy`` — running requests / ``max_batch``;
+* ``capacity_utilisation`` — output tokens/s the pool served since the last check over
+  ``capacity_output_tokens_per_s`` x the routable replicas (the capacity one replica carries is
+  given, e.g. from ``agentsim estimate --max-load``: a running engine cannot measure it).
 
 With ``ratio = value / target_value`` (Kubernetes' horizontal pod autoscaler rule): above
 ``1 + hysteresis`` it provisions up to ``ceil(n x ratio)`` replicas (``n`` = routable + starting),
-below ``1 - hysteresis`` it drains one once every check for ``scale_in_stable_s`` has been below
+below ``1 - hysteresis`` it drains one (none while a new one is starting) once every check for
+``scale_in_stable_s`` has been below
 (Kubernetes' scale-down stabilisation window; 0 = at once), within the band nothing changes;
 always within ``[min, max]``. A queue-delay target reads 0 whenever the pool keeps up, so it
 scales in until queues form again: the window sets how often that happens.
@@ -89,7 +92,9 @@ class PoolScaler:
         self.cluster = cluster
         self.cfg = cfg
         self.cold_s = cold_s
-        self.metric = TARGETS[cfg.target]
+        self.metric = TARGETS.get(cfg.target, self._capacity_utilisation)
+        self._tokens = 0                       # output tokens the pool had served at the last check
+        self._rids = list(rids)
         self.active = list(rids[:start])       # routable
         self.starting: list[int] = []          # provisioned, cold-starting
         self.draining: list[int] = []          # provisioned, finishing what they hold
@@ -117,9 +122,16 @@ class PoolScaler:
                 self.low_since = now
             for _ in range(min(want - n, len(self.parked))):
                 self._provision(self.parked.pop(0))
-            if want < n and self.active and now - self.low_since >= cfg.scale_in_stable_s:
+            # no scale-in while a scale-out is starting (want >= min then keeps a routable replica)
+            if want < n and not self.starting and now - self.low_since >= cfg.scale_in_stable_s:
                 self._drain(self.active.pop())
                 self.low_since = now                    # the next drain waits a whole window again
+
+    def _capacity_utilisation(self, replicas: list, now: float) -> float:
+        tokens = sum(self.cluster.replicas[rid].tokens_out for rid in self._rids)
+        served = (tokens - self._tokens) / self.cfg.period_s
+        self._tokens = tokens
+        return served / (self.cfg.capacity_output_tokens_per_s * len(replicas))
 
     def _provision(self, rid: int) -> None:
         self.cluster.unpark(rid)
