@@ -84,8 +84,10 @@ def test_script_help():
 def test_retry_storm_tiny(tmp_path):
     mod = load("retry_storm")
     res = mod.run(tmp_path, scale=0.1, replications=2, workers=WORKERS,
-                  policies=("anthropic_sdk", "claude_code_watchdog"), triggers=(30,))
-    data = check_outputs(tmp_path, res, ["goodput_timeseries", "recovery", "amplification"])
+                  policies=("anthropic_sdk", "claude_code_watchdog"), triggers=(30,), loads=(0.5, 1.0))
+    data = check_outputs(tmp_path, res, ["goodput_timeseries", "recovery", "amplification", "tipping"])
+    tip = data["tipping"]["anthropic_sdk"]
+    assert tip["loads"] == [0.5, 1.0] and tip["runs"] == [2, 2] and "Tipping point" in res["answer"]
     m = data["metrics"]["anthropic_sdk@30min"]
     ci_fields(m["post_over_baseline"])
     ts = pd.read_csv(tmp_path / "goodput_timeseries.csv")
@@ -93,6 +95,22 @@ def test_retry_storm_tiny(tmp_path):
     # retrying forever never sends fewer attempts per call than the SDK's two retries
     wd = data["metrics"]["claude_code_watchdog@30min"]["attempts_per_call_post"]["mean"]
     assert wd >= m["attempts_per_call_post"]["mean"] - 0.01
+
+
+def test_retry_storm_collapse_chance_rises_with_load():
+    """The named effect: at 0.25 scale, 5 x the users of 0.4 x collapse persistently more often after a
+    30-min trigger — the high load's Wilson interval lies above the low load's (6 paired seeds)."""
+    from agentsim.studies.experiments import run_arms
+    from agentsim.util.stats import proportion_interval, tipping_point
+    mod = load("retry_storm")
+    loads = (0.4, 2.0)
+    by = run_arms(mod.measure, {L: mod.scenario(0.25, "anthropic_sdk", 30, L) for L in loads}, list(range(1, 7)),
+                  WORKERS)
+    k = [sum(r["persistent_collapse"] for r in by[L]) for L in loads]
+    low, high = proportion_interval(k[0], 6), proportion_interval(k[1], 6)
+    assert high[1] > low[2], (k, low, high)
+    est, lo, hi = tipping_point(loads, k, [6, 6])
+    assert loads[0] <= lo <= est <= hi or hi == math.inf
 
 
 def test_limits_doubling_tiny(tmp_path):

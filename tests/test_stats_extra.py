@@ -1,0 +1,35 @@
+"""The statistics module's tipping point and warm-up rule, by hand."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from agentsim.util.stats import mser5, proportion_interval, tipping_point
+
+
+def test_tipping_point_interpolates_the_shares_and_inverts_the_wilson_bounds():
+    loads, k, n = [1.0, 2.0, 3.0], [0, 5, 10], [10, 10, 10]
+    est, lo, hi = tipping_point(loads, k, n)
+    assert est == 2.0                                   # the share reaches 0.5 exactly at load 2
+    up1, up2 = proportion_interval(0, 10)[2], proportion_interval(5, 10)[2]
+    assert lo == 1.0 + (0.5 - up1) / (up2 - up1)        # the upper bound crosses 0.5 between loads 1 and 2
+    lo2, lo3 = proportion_interval(5, 10)[1], proportion_interval(10, 10)[1]
+    assert hi == 2.0 + (0.5 - lo2) / (lo3 - lo2)        # the lower bound between loads 2 and 3
+    assert lo < est < hi
+
+
+def test_tipping_point_outside_the_sweep():
+    assert tipping_point([1, 2], [0, 0], [10, 10])[0] == math.inf
+    assert tipping_point([1, 2], [10, 10], [10, 10])[0] == -math.inf
+
+
+def test_mser5_cuts_a_transient_and_leaves_a_stationary_series():
+    rng = np.random.default_rng(1)
+    flat = rng.normal(10, 1, 500)
+    assert mser5(flat) <= 50                               # nothing much to cut (a little noise may be)
+    warm = flat.copy()
+    warm[:100] = np.linspace(0, 10, 100)                   # ramp from empty over the first 100 samples
+    cut = mser5(warm)
+    assert 60 <= cut <= 150 and cut % 5 == 0
+    assert mser5(flat[:40]) == 0                           # too short to tell
