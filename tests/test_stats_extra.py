@@ -33,3 +33,19 @@ def test_mser5_cuts_a_transient_and_leaves_a_stationary_series():
     cut = mser5(warm)
     assert 60 <= cut <= 150 and cut % 5 == 0
     assert mser5(flat[:40]) == 0                           # too short to tell
+
+
+def test_summary_states_the_warmup_rule_and_whether_the_run_is_steady():
+    """Diurnal input needs a whole period of warm-up; constant input what MSER-5 says."""
+    import pandas as pd
+
+    from agentsim.results.steady import warmup_advice, warmup_check
+    ts = pd.DataFrame({"time_s": np.repeat(np.arange(1, 201) * 60.0, 2), "pool": [0, 1] * 200,
+                       "completed": np.concatenate([np.linspace(0, 50, 80), np.full(320, 50.0)])})
+    flat = warmup_check({"warmup_s": 0.0, "scenario": {"populations": {"a": {"arrival": "flat"}}}}, ts)
+    assert flat["warmup_rule"].startswith("MSER-5") and flat["warmup_needed_s"] > 0 and not flat["steady_state"]
+    assert "warm-up" in warmup_advice(flat)
+    ok = warmup_check({"warmup_s": flat["warmup_needed_s"], "scenario": {}}, ts)
+    assert ok["steady_state"] and warmup_advice(ok) is None
+    day = warmup_check({"warmup_s": 1800.0, "scenario": {"populations": {"a": {"arrival": "azure2024_coding"}}}}, ts)
+    assert day["warmup_needed_s"] == 86400.0 and not day["steady_state"]

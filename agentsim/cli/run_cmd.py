@@ -20,6 +20,7 @@ from ..util.outdir import OutDir
 from ..run.scenario import MAX_SLICES, read_toml, schema, with_blame
 from ..run.checks import check_runnable, check_work, estimate_work
 from ..studies.utilisation import capacity_utilisation
+from ..results.steady import warmup_advice
 from .common import (MAX_WORKERS, cli, emit, force_option, format_option, out_options,
                      progress_option)
 
@@ -164,6 +165,9 @@ def _run_replications(sc, seed: int, replications: int, out, step_mode: bool, ch
                 _write_replication(res, out.write_path, i if replications > 1 else None, figures)
                 kept += 1
         summary = results[0].summary() if replications == 1 else ResultSet(results).summary()
+        advice = warmup_advice(summary)
+        if advice:
+            click.echo(f"warning: {advice}", err=True)
         if out and replications > 1:
             write_json(out.write_path / "summary.json", summary)
         if out:

@@ -25,6 +25,7 @@ from ..util.jsonout import dumps, jsonable
 from ..serving.request import OUTCOMES, REJECTIONS, TRIGGERS
 from ..workload.sessions import SESSION_OUTCOMES
 from .metrics import Recorder
+from .steady import warmup_check
 
 PERCENTILES = (50, 90, 99)
 #: the outcomes a gateway policy returns
@@ -217,6 +218,7 @@ class Result:
             out["facility_power_mean_w"] = float(by_t.mean())
             out["facility_power_peak_w"] = float(by_t.max())
         out.update(self.session_summary())
+        out.update(warmup_check(self.meta, self.timeseries))
         out["sim_wall_s"] = float(self.meta.get("sim_wall_s", math.nan))
         out["events"] = int(self.meta.get("events", -1))
         out["events_per_request"] = out["events"] / len(self.requests) if len(self.requests) else math.nan
