@@ -49,3 +49,20 @@ def test_summary_states_the_warmup_rule_and_whether_the_run_is_steady():
     assert ok["steady_state"] and warmup_advice(ok) is None
     day = warmup_check({"warmup_s": 1800.0, "scenario": {"populations": {"a": {"arrival": "azure2024_coding"}}}}, ts)
     assert day["warmup_needed_s"] == 86400.0 and not day["steady_state"]
+
+
+def test_planner_units_by_hand():
+    """Two pools at 1 and 3 MW over a 2-h window after 1 h of warm-up; 500 engaged hours."""
+    import pandas as pd
+
+    from agentsim.results.result import planner_units
+    t = np.arange(1, 13) * 900.0                                  # 3 h sampled every 15 min
+    ts = pd.DataFrame({"time_s": np.repeat(t, 2), "pool": [0, 1] * 12,
+                       "facility_power_w": np.tile([1e6, 3e6], 12) * np.repeat(np.where(t > 3600, 1.0, 9.0), 2)})
+    summary = {"output_tokens_per_s": 8000.0, "engaged_user_hours": 500.0, "cost_usd": 900.0}
+    u = planner_units(summary, ts, 3600.0, 3 * 3600.0, 3 * 3600.0)
+    assert u["facility_mw_mean"] == 4.0                           # the warm-up's 36 MW left out
+    assert u["output_tokens_per_s_per_mw"] == 2000.0
+    assert u["energy_per_engaged_hour_kwh"] == 4.0 * 1e3 * 2 / 500     # 8 MWh over 500 h
+    assert u["engaged_users_per_mw"] == 500 / 2 / 4.0
+    assert u["usd_per_engaged_hour"] == 900.0 * (2 / 3) / 500

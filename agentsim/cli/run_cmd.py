@@ -28,7 +28,9 @@ DEFAULT_PRESET = "default"
 HEADLINE = ("requests", "completed", "ttft_s", "ttft_p99_s", "tpot_s", "tpot_p99_s", "e2e_s", "e2e_p99_s",
             "frontend_s", "queue_s", "prefill_s", "output_tokens_per_s", "input_tokens_per_s", "goodput_rps", "slo_attainment",
             "prefix_hit_rate", "preemptions", "joules_per_token", "usd_per_m_tokens", "cost_usd",
-            "facility_power_mean_w", "facility_power_peak_w", "sim_wall_s", "events_per_request")
+            "facility_power_mean_w", "facility_power_peak_w", "facility_mw_mean", "output_tokens_per_s_per_mw",
+            "engaged_user_hours", "energy_per_engaged_hour_kwh", "engaged_users_per_mw", "usd_per_engaged_hour",
+            "sim_wall_s", "events_per_request")
 
 #: per-pool rows of the summary table: capacity utilisation (agentsim.studies.utilisation) first, then the
 #: occupancies that say which limit binds, then busy share (time executing a step) and power

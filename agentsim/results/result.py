@@ -133,6 +133,30 @@ def _session_table(rec: RunRecords) -> pd.DataFrame:
     return sessions
 
 
+def planner_units(summary: dict, timeseries: pd.DataFrame, warm_s: float, end_s: float, duration_s: float) -> dict:
+    """The figures a capacity planner plans in, over the measured window ``[warm_s, end_s]``:
+    the facility's mean MW there, output tokens per second per MW, and, for agent populations,
+    energy (kWh) and cost per engaged user-hour and engaged users per MW. Engaged hours are those
+    of the sessions that started in the window; cost is the run's, prorated to the window."""
+    out: dict = {}
+    if not len(timeseries):
+        return out
+    window = timeseries[timeseries["time_s"] > warm_s]
+    by_t = window.groupby("time_s", observed=True)["facility_power_w"].sum()
+    if not len(by_t):
+        return out
+    mw = float(by_t.mean()) / 1e6
+    out["facility_mw_mean"] = mw
+    out["output_tokens_per_s_per_mw"] = summary["output_tokens_per_s"] / mw if mw > 0 else math.nan
+    hours = summary.get("engaged_user_hours", math.nan)
+    if hours == hours and hours > 0:
+        window_h = max(end_s - warm_s, 1e-12) / 3600
+        out["energy_per_engaged_hour_kwh"] = mw * 1e3 * window_h / hours
+        out["engaged_users_per_mw"] = hours / window_h / mw if mw > 0 else math.nan
+        out["usd_per_engaged_hour"] = summary["cost_usd"] * (window_h * 3600 / max(duration_s, 1e-12)) / hours
+    return out
+
+
 def median_context(done: pd.DataFrame) -> float:
     """The median completed request's input tokens: the context an agent call carries."""
     return float(np.median(done["input_tokens"].to_numpy())) if len(done) else math.nan
@@ -218,6 +242,7 @@ class Result:
             out["facility_power_mean_w"] = float(by_t.mean())
             out["facility_power_peak_w"] = float(by_t.max())
         out.update(self.session_summary())
+        out.update(planner_units(out, self.timeseries, warm, end, self.meta.get("duration_s", end)))
         out.update(warmup_check(self.meta, self.timeseries))
         out["sim_wall_s"] = float(self.meta.get("sim_wall_s", math.nan))
         out["events"] = int(self.meta.get("events", -1))
@@ -282,6 +307,8 @@ class Result:
         calls = float(ss["calls"].sum() + ss["failed_calls"].sum())
         out["retries_per_call"] = float(ss["retries"].sum()) / calls if calls else math.nan
         out["attempts_per_call"] = float(ss["attempts"].sum()) / calls if calls else math.nan
+        out["engaged_user_hours"] = float(top["engaged_s"].sum()) / 3600 if "engaged_s" in top else math.nan
+        out["users"] = int(top["user"].nunique()) if "user" in top else 0
         return out
 
     # -- persistence ---------------------------------------------------------------------------------
