@@ -150,7 +150,7 @@ def test_site_outage_tiny(tmp_path):
 
 def test_energy_tiny(tmp_path):
     mod = load("energy")
-    res = mod.run(tmp_path, scale=0.25, replications=2, workers=WORKERS, generations=("H100", "GB200"),
+    res = mod.run(tmp_path, scale=0.25, replications=3, workers=WORKERS, generations=("H100", "GB200"),
                   loads=(4, 64, 256))
     data = check_outputs(tmp_path, res, ["energy_by_load", "at_capacity"])
     g = data["grid"]
@@ -160,6 +160,10 @@ def test_energy_tiny(tmp_path):
         assert g[f"{gen}@64"]["joules_per_token"]["mean"] < g[f"{gen}@4"]["joules_per_token"]["mean"]
     # Blackwell FP4 beats Hopper FP8 per token at the same (moderate) load
     assert g["GB200@64"]["joules_per_token"]["mean"] < g["H100@64"]["joules_per_token"]["mean"]
+    # the planner's unit: energy per engaged user-hour at each generation's SLO capacity, GB200 below H100
+    # (the paired per-seed ratio's 95 % interval lies below 1)
+    r = data["capacity_point"]["GB200"]["kwh_per_engaged_hour_vs_H100"]
+    assert r["ci_high"] < 1, r
 
 
 def test_datacenter_lease_tiny(tmp_path):
