@@ -66,3 +66,21 @@ def test_planner_units_by_hand():
     assert u["energy_per_engaged_hour_kwh"] == 4.0 * 1e3 * 2 / 500     # 8 MWh over 500 h
     assert u["engaged_users_per_mw"] == 500 / 2 / 4.0
     assert u["usd_per_engaged_hour"] == 900.0 * (2 / 3) / 500
+
+
+def test_replicate_until_stops_when_precise_and_is_deterministic():
+    from agentsim.studies.experiments import replicate_until, stat
+    calls = []
+
+    def run_seeds(ss):
+        calls.append(list(ss))
+        return [10.0 + (s % 3) for s in ss]          # values 10..12: a mean near 11, sd ~0.9
+
+    res, ss, est = replicate_until(run_seeds, stat, 1, start=3, step=2, cap=20, rel_halfwidth=0.05)
+    assert calls[0] == [1, 2, 3] and all(len(c) == 2 for c in calls[1:])
+    assert (est.high - est.low) / 2 <= 0.05 * est.mean            # stopped because precise ...
+    shorter = stat(res[:-2])
+    assert (shorter.high - shorter.low) / 2 > 0.05 * shorter.mean  # ... and not a round earlier
+    assert replicate_until(run_seeds, stat, 1, start=3, step=2, cap=20, rel_halfwidth=0.05)[1] == ss
+    _, capped, _ = replicate_until(run_seeds, stat, 1, start=3, step=2, cap=6, rel_halfwidth=1e-9)
+    assert capped == [1, 2, 3, 4, 5, 6]

@@ -100,6 +100,30 @@ def run_arms(measure, arms: dict, seeds_: list[int], workers: int | None = None,
     return {k: results[i * n:(i + 1) * n] for i, k in enumerate(keys)}
 
 
+def replicate_until(run_seeds, estimate, seed: int, *, start: int = 3, step: int = 2, cap: int = 9,
+                    rel_halfwidth: float = 0.10):
+    """Replications in rounds until the answer is precise enough: ``start`` seeds, then ``step`` more
+    at a time, until ``estimate(results)`` (a :class:`Stat`) has a 95 % half-width of at most
+    ``rel_halfwidth`` × its mean, or ``cap`` seeds have run. ``run_seeds(seeds)`` returns one result
+    per seed, in seed order.
+
+    Deterministic whatever order the executor finishes runs in: each round's seeds are fixed
+    (``seed, seed + 1, …``) and the stopping rule reads only the results of the seeds so far, in
+    seed order. Returns ``(results, seeds, stat)``.
+    """
+    results, ss = [], []
+    n = start
+    while True:
+        batch = seeds(seed + len(ss), n)
+        results += run_seeds(batch)
+        ss += batch
+        est = estimate(results)
+        half = (est.high - est.low) / 2 if math.isfinite(est.low) and math.isfinite(est.high) else math.inf
+        if half <= rel_halfwidth * abs(est.mean) or len(ss) >= cap:
+            return results, ss, est
+        n = min(step, cap - len(ss))
+
+
 #: CPU seconds spent in simulation tasks by this process's run_tasks calls (for runtime reports)
 CPU_SECONDS = [0.0]
 
