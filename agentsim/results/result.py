@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from ..util.errors import InputError
+from ..provider.limits import prices
 from ..util.jsonout import dumps, jsonable
 from ..serving.request import OUTCOMES, REJECTIONS, TRIGGERS
 from ..workload.sessions import SESSION_OUTCOMES
@@ -155,6 +156,13 @@ def planner_units(summary: dict, timeseries: pd.DataFrame, warm_s: float, end_s:
         out["engaged_users_per_mw"] = hours / window_h / mw if mw > 0 else math.nan
         out["usd_per_engaged_hour"] = summary["cost_usd"] * (window_h * 3600 / max(duration_s, 1e-12)) / hours
     return out
+
+
+def _root(sid: int, parent: dict, top: dict) -> int:
+    """The top-level session a sub-agent session belongs to."""
+    while not top.get(sid, True):
+        sid = int(parent[sid])
+    return sid
 
 
 def median_context(done: pd.DataFrame) -> float:
@@ -310,6 +318,28 @@ class Result:
         out["engaged_user_hours"] = float(top["engaged_s"].sum()) / 3600 if "engaged_s" in top else math.nan
         out["users"] = int(top["user"].nunique()) if "user" in top else 0
         return out
+
+    def session_costs(self, price_list: str = "opus", ended_only: bool = True) -> pd.Series:
+        """List-price cost (USD) of each top-level session with its sub-agents, by ``session_id``.
+
+        Tokens are the sessions' own counts (every attempt's input, cached and output tokens);
+        uncached input is priced as cache writes (agents cache their prompts), as the plans' usage
+        meter does. ``ended_only`` leaves out sessions still running at the end (censored)."""
+        ss = self.sessions
+        if not len(ss):
+            return pd.Series(dtype=float, name="usd")
+        p = prices(price_list)
+        usd = ((ss["input_tokens"] - ss["cached_tokens"]) * p.cache_write + ss["cached_tokens"] * p.cache_read
+               + ss["output_tokens"] * p.output) / 1e6
+        top = ss["kind"] == "session"
+        root = ss["session_id"].where(top, ss["parent_id"])
+        # sub-agents of sub-agents: follow parents up to a top-level session
+        parent = dict(zip(ss["session_id"], ss["parent_id"]))
+        kind = dict(zip(ss["session_id"], top))
+        root = [r if kind.get(r, True) else _root(r, parent, kind) for r in root.astype("int64")]
+        by_root = usd.groupby(np.asarray(root)).sum()
+        keep = ss.loc[top & ((ss["outcome"] != "in_flight") if ended_only else True), "session_id"]
+        return by_root.reindex(keep.to_numpy()).rename("usd")
 
     # -- persistence ---------------------------------------------------------------------------------
     def save(self, out_dir: str | Path, overwrite: bool = False) -> Path:
