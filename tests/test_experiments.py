@@ -36,6 +36,11 @@ def check_outputs(out: Path, res: dict, figures: list[str]) -> dict:
         assert len(df) > 0
         assert df.select_dtypes("number").notna().any().any(), f"{f}.csv has no numbers"
         assert f"]({f}.png)" in md
+    # every arm x seed as one tidy row: its description, its seed and its scalar figures
+    runs = pd.read_csv(out / "runs.csv")
+    assert data["runs_csv"] == "runs.csv" and len(runs) > 0 and "seed" in runs
+    assert set(runs["seed"]) == set(data.get("seeds", runs["seed"]))
+    assert len(runs) == len(runs.drop_duplicates([c for c in runs.columns[:runs.columns.get_loc("seed") + 1]]))
     return data
 
 

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import (Report, check_args, crossing, default_scenario, main_for, md_table, replicate_until, run_tasks, save_figure,
+from . import (Report, tidy, check_args, crossing, default_scenario, main_for, md_table, replicate_until, run_tasks, save_figure,
                seeds, simulate_one, stat)
 from ...model.catalog import load_catalog
 from ..slicing import slice_indices, slice_seed
@@ -176,6 +176,8 @@ def run(out_dir, scale: float = 1.0, seed: int = 1, replications: int | None = N
                                           rel_halfwidth=TARGET_HALFWIDTH)
     R = len(ss)
     results = _by_grid(per_seed)
+    rep.runs = tidy({u: [per_seed[j][i] for j in range(R)] for i, u in enumerate(users_grid)}, ss,
+                    lambda u: {"users": u, "slices": N})
     t = _grid_table(results, users_grid, ss, N)
     per_rep = _per_replication(t)
     users = stat([p["users"] for p in per_rep])

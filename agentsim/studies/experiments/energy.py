@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import Report, check_args, crossing, main_for, md_table, ratio, run_arms, save_figure, seeds, simulate_one, stat
+from . import Report, tidy, check_args, crossing, main_for, md_table, ratio, run_arms, save_figure, seeds, simulate_one, stat
 from ...model.catalog import load_catalog
 from ...model.deployment import Deployment
 from ...model.servicetime import StepCoeffs
@@ -100,6 +100,7 @@ def run(out_dir, scale: float = 1.0, seed: int = 1, replications: int | None = N
     ss = seeds(seed, R)
     cells = [(g, L) for g in generations for L in loads]
     by = run_arms(measure, {(g, L): scenario(g, L, scale) for g, L in cells}, ss, workers, address, label="energy")
+    rep.runs = tidy(by, ss, lambda k: {"generation": k[0], "users_per_gpu": k[1]})
     keys = ("joules_per_token", "tokens_per_s_per_mw", "facility_w_per_gpu", "output_tokens_per_s_per_gpu",
             "slo_attainment", "ttft_p90_s", "busy")
     grid = {f"{g}@{L}": {k: stat([r[k] for r in by[(g, L)]]) for k in keys} for g, L in cells}

@@ -29,7 +29,7 @@ import pandas as pd
 from ...provider.limits import prices
 from ...workload.profiles import get_profile
 from ...util.stats import NONNEGATIVE, mean_band
-from . import Report, check_args, default_scenario, main_for, md_table, paired, ratio, run_arms, save_figure, scale_system, seeds, simulate_one, stat
+from . import Report, tidy, check_args, default_scenario, main_for, md_table, paired, ratio, run_arms, save_figure, scale_system, seeds, simulate_one, stat
 
 QUESTION = ("What does doubling the five-hour usage limits and dropping the peak-hour throttle do to demand, "
             "GPU-hours, peak-hour latency and 429 rates?")
@@ -196,6 +196,9 @@ def run(out_dir, scale: float = 1.0, seed: int = 1, replications: int | None = N
     arms.update({(g, h): scenario(scale, True, duration_s, g, h) for g, h in elasticity})
     sc0 = arms[False]
     by = run_arms(measure, arms, ss, workers, address, label="limits_doubling")
+    rep.runs = tidy(by, ss, lambda k: {"arm": "after" if k is True else "before" if k is False else "after",
+                                       "growth": k[0] if isinstance(k, tuple) else 1.0,
+                                       "held_back": k[1] if isinstance(k, tuple) else 0.0})
     before, after = by[False], by[True]
     metrics, table = _metrics(before, after)
     elastic = {f"growth {g:g}, held back {h:g}": _metrics(before, by[(g, h)])[0] for g, h in elasticity}

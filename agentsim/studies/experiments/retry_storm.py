@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from ...util.stats import NONNEGATIVE, mean_band, tipping_point
-from . import Report, check_args, main_for, md_table, paired, proportion, ratio, run_arms, save_figure, seeds, simulate_one, stat
+from . import Report, tidy, check_args, main_for, md_table, paired, proportion, ratio, run_arms, save_figure, seeds, simulate_one, stat
 
 QUESTION = ("On a saturated cluster, when does goodput collapse under SDK, watchdog and budgeted retry policies, "
             "and does it stay collapsed after the trigger (a capacity loss) is removed?")
@@ -159,6 +159,7 @@ def run(out_dir, scale: float = 1.0, seed: int = 1, replications: int | None = N
                  for L in loads if not (L == 1.0 and TIPPING_TRIGGER_MIN in triggers)})
     by = run_arms(measure, arms, ss, workers, address, label="retry_storm")
     tipping = _tipping(by, policies, loads, scale)
+    rep.runs = tidy(by, ss, lambda k: {"policy": k[0], "trigger_min": k[1], "load": k[2] if len(k) > 2 else 1.0})
     table, metrics = [], {}
     for (p, d) in cells:
         runs = by[(p, d)]

@@ -27,7 +27,7 @@ import pandas as pd
 
 from ...util.errors import InputError
 from ...util.stats import NONNEGATIVE, mean_band
-from . import Report, check_args, default_scenario, main_for, md_table, paired, ratio, run_arms, save_figure, scale_system, seeds, simulate_one, stat
+from . import Report, tidy, check_args, default_scenario, main_for, md_table, paired, ratio, run_arms, save_figure, scale_system, seeds, simulate_one, stat
 
 QUESTION = ("When a site is lost mid-day, how much do agents' failure rate and task completion time rise, and "
             "how long does recovery take?")
@@ -172,6 +172,7 @@ def run(out_dir, scale: float = 1.0, seed: int = 1, replications: int | None = N
         raise InputError(f"duration_s must leave time after the outage (> {OUTAGE[1] + 2 * BIN_S:g} s), got {duration_s}")
     arms = {(L, o): scenario(scale, o, load=L, duration_s=duration_s) for L, o in cells}
     by = run_arms(measure, arms, ss, workers, address, label="site_outage")
+    rep.runs = tidy(by, ss, lambda k: {"load": k[0], "outage": k[1]})
     metrics: dict = {}
     parts = []
     for L in loads:
