@@ -16,7 +16,11 @@ candidates: retry amplification (attempts per call) and work amplification (pref
 completed request — a session whose pinned prefix expired or was evicted while it queued or
 backed off pays its whole context again).
 
-Scale: ``scale`` multiplies the replicas and the users (default 16 replicas, 400 users);
+The default load, 240 users, is where the control stays up: the tipping-point sweep put the
+SDK's 50 % chance of a persistent collapse at 280 users (interval 249–311), and at the earlier
+default of 400 users three of five control runs fell below 80 % without any trigger.
+
+Scale: ``scale`` multiplies the replicas and the users (default 16 replicas, 240 users);
 ``FULL_SCALE`` = 4 (64 replicas, 1,600 users).
 """
 from __future__ import annotations
@@ -47,7 +51,8 @@ BASELINE = (3600.0, 5400.0)              # the 30 min before the trigger
 POST = (DURATION_S - 3600.0, DURATION_S)  # the last hour
 RECOVERED = 0.8                          # post-trigger goodput >= 80 % of baseline
 #: the tipping-point sweep: users as multiples of the default population, one trigger length
-LOADS = (0.6, 0.8, 1.0, 1.2, 1.4)
+LOADS = (0.8, 1.0, 1.2, 1.4, 1.6)
+USERS = 240                              # the default population (load 1)
 TIPPING_TRIGGER_MIN = 30
 #: a persistent collapse: goodput below this share of the offered load ...
 COLLAPSE_SHARE = 0.5
@@ -56,7 +61,7 @@ COLLAPSE_HOLD_S = 1800.0
 
 
 def users(scale: float, load: float = 1.0) -> int:
-    return max(1, round(400 * scale * load))
+    return max(1, round(USERS * scale * load))
 
 
 def scenario(scale: float, policy: str, outage_min: float, load: float = 1.0) -> dict:
@@ -326,7 +331,7 @@ def _sections(rep: Report, table: list, comps: dict, R: int, scale: float, trigg
         f"- Fleet: pools `a` ({max(1, round(10 * scale))}) and `b` ({max(1, round(6 * scale))}) replicas of "
         "DeepSeek-V3 FP8 on 8×H200, session-affinity routing, prefixes pinned for 300 s (the API cache TTL), no host "
         "KV tier; gateway sheds (529) at 8 outstanding requests per replica.",
-        f"- Load: {max(1, round(400 * scale))} `autonomous_api_agent` users (20 tasks per user-day, flat), each "
+        f"- Load: {users(scale)} `autonomous_api_agent` users (20 tasks per user-day, flat), each "
         "task ~40 steps with tool calls; after the client gives up, the agent re-runs the step up to 3 times "
         "(full jitter, 30 s base) and then restarts the task once (the profile's defaults).",
         f"- Trigger: pool `b` down from {TRIGGER_AT_S / 60:.0f} min for " + " or ".join(map(str, triggers))
