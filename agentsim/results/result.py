@@ -97,8 +97,29 @@ def _request_table(sim, pool_names: list[str], pop_names: list[str]) -> pd.DataF
     site_of = {p.name: p.site for p in sim.cluster.pools}
     df["site"] = df["pool"].map(site_of).astype("category")
     _missing_as_nan(df, MISSING_IDS)
+    if sim.cluster.handoff is not None:
+        _handoff_columns(df, sim.cluster.handoff.records, pool_names, sim.recorder.pool_of_replica)
     df["warmup"] = df["arrival_s"].to_numpy() < sim.scenario.warmup_s
     return _derive_inplace(df)
+
+
+def _handoff_columns(df: pd.DataFrame, records: dict, pool_names: list[str], pool_of_replica: list[int]) -> None:
+    """Disaggregated runs only: each request's decode replica and pool, and its KV transfer's
+    seconds and bytes (NaN for requests that never reached a transfer)."""
+    rid = df["request_id"].to_numpy()
+    n = len(rid)
+    dec, secs, nbytes = np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan)
+    if records and n:
+        keys = np.fromiter(records.keys(), np.int64, len(records))
+        vals = np.array(list(records.values()), dtype=np.float64).reshape(-1, 3)
+        pos = np.searchsorted(rid, keys)      # the table is in request_id order
+        ok = (pos < n) & (rid[np.minimum(pos, n - 1)] == keys)
+        dec[pos[ok]], secs[pos[ok]], nbytes[pos[ok]] = vals[ok, 0], vals[ok, 1], vals[ok, 2]
+    codes = np.where(np.isnan(dec), -1, np.take(pool_of_replica, np.nan_to_num(dec).astype(np.int64)))
+    df["decode_pool"] = pd.Categorical.from_codes(codes, categories=pool_names)
+    df["decode_replica"] = dec
+    df["kv_transfer_s"] = secs
+    df["kv_transfer_bytes"] = nbytes
 
 
 def _session_table(sim, pop_names: list[str]) -> pd.DataFrame:

@@ -170,7 +170,7 @@ class Simulation:
     def cancel(self, req: Request, outcome: str) -> None:
         """The client gives up on a request that is still open (timeout, abandonment)."""
         if req.rid in self.open and req.replica >= 0:
-            self.cluster.replicas[req.replica].cancel(req, outcome)
+            self.cluster.cancel(req, outcome)
 
     def submit(self, req: Request, model: str | None = None) -> None:
         """A request enters the provider: gateway policies, then the router."""

@@ -35,6 +35,7 @@ class Pool:
     config: EngineConfig
     usd_per_gpu_hour: float
     replicas: list = field(default_factory=list)
+    role: str = "mixed"          # mixed | prefill | decode (serving/disagg.py)
 
     @property
     def n_gpus(self) -> int:
@@ -193,27 +194,41 @@ def make_router(name: str, rng, cfg):
 
 # -- the cluster -----------------------------------------------------------------------------------
 class Cluster:
-    """All pools, the router and the health of every replica."""
+    """All pools, the router and the health of every replica.
 
-    def __init__(self, env, pools: list[Pool], router, on_done) -> None:
+    With ``handoff`` (:class:`~agentsim.serving.disagg.Handoff`) pools may be disaggregated: requests
+    enter by mixed and prefill pools, and a request routed to a prefill replica takes the hand-off's
+    path; decode pools get requests only from it.
+    """
+
+    def __init__(self, env, pools: list[Pool], router, on_done, handoff=None) -> None:
         self.env = env
         self.pools = pools
         self.router = router
         self.on_done = on_done
         self.replicas = [r for p in pools for r in p.replicas]
         self._by_model: dict[str, list[Pool]] = {}
+        self._decoders: dict[str, list[Pool]] = {}
         for p in pools:
-            self._by_model.setdefault(p.deployment.model.name, []).append(p)
+            (self._decoders if p.role == "decode" else self._by_model).setdefault(p.deployment.model.name, []).append(p)
+        self._entry_pools = [p for p in pools if p.role != "decode"]
+        self.handoff = handoff
+        if handoff is not None:
+            handoff.bind(self)
         self._down: dict[int, int] = {}          # replica id -> reasons it is down
         self.down_since: dict[int, float] = {}
         self.down_time = [0.0] * len(self.replicas)
         self._cands_cache: dict = {}
 
-    def candidates(self, model: str | None) -> list:
-        key = model
+    def candidates(self, model: str | None, decode: bool = False) -> list:
+        """Up replicas a request for ``model`` (None: any) may enter by, or with ``decode`` those of its decode pools."""
+        key = ("decode", model) if decode else model
         cands = self._cands_cache.get(key)
         if cands is None:
-            pools = self.pools if model is None else self._by_model.get(model, [])
+            if decode:
+                pools = self._decoders.get(model, [])
+            else:
+                pools = self._entry_pools if model is None else self._by_model.get(model, [])
             cands = [r for p in pools for r in p.replicas if r.up]
             self._cands_cache[key] = cands
         return cands
@@ -244,6 +259,8 @@ class Cluster:
                 "usd_per_gpu_hour": p.usd_per_gpu_hour, "cost_usd": p.n_gpus * p.usd_per_gpu_hour * now / 3600,
                 "preemptions": sum(r.preemptions for r in p.replicas),
             })
+            if self.handoff is not None:      # a column only where disaggregation is configured
+                rows[-1]["role"] = p.role
         return rows
 
     def load(self, model: str | None) -> "FleetLoad | None":
@@ -259,7 +276,17 @@ class Cluster:
             req.outcome = "replica_failed"
             self.on_done(req)
             return
-        self.router(cands, req).submit(req)
+        replica = self.router(cands, req)
+        if self.handoff is not None and self.handoff.is_prefill(replica):
+            self.handoff.start(req, replica)
+        else:
+            replica.submit(req)
+
+    def cancel(self, req: Request, outcome: str) -> None:
+        """The client gives up on ``req``, which reached a replica."""
+        if self.handoff is not None and self.handoff.cancel(req, outcome):
+            return
+        self.replicas[req.replica].cancel(req, outcome)
 
     def take_down(self, rid: int) -> None:
         n = self._down.get(rid, 0)
@@ -268,6 +295,8 @@ class Cluster:
             self.down_since[rid] = self.env.now
             self._cands_cache.clear()
             self.replicas[rid].fail()
+            if self.handoff is not None:
+                self.handoff.replica_down(rid)
 
     def bring_up(self, rid: int) -> None:
         n = self._down.get(rid, 0)
