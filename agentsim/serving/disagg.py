@@ -1,5 +1,5 @@
 """Prefill/decode disaggregation: a request prefills on a prefill replica, its KV moves to a decode
-replica over the link between the two pools, and it decodes there (DESIGN.md §4.3).
+replica over the link between the two pools, and it decodes there (docs/DESIGN.md §7.1).
 
 The hand-off lives at the cluster level; the engines are unchanged. A disaggregated request runs as
 two *legs*, each a :class:`Request` of its own that a replica serves like any other:
