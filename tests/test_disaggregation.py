@@ -84,6 +84,19 @@ def test_no_request_lost_or_duplicated_and_kv_conserved(case):
     assert "pre" in pools and "dec" in pools
 
 
+def test_both_engines_agree_on_a_disaggregated_run():
+    """The hand-off is the cluster's: the step-by-step reference gives the same timestamps (1e-9)."""
+    stream = dict(kind="poisson", rate=4, count=80, input_tokens={"kind": "uniform", "low": 100, "high": 20000,
+                                                                   "round": "round"},
+                  output_tokens={"kind": "uniform", "low": 1, "high": 300, "round": "round"})
+    sc = pd_scenario(n_pre=2, n_dec=2, stream=stream, engine={"retention": "lru"})
+    fast, ref = simulate(sc, seed=3).requests, simulate(sc, seed=3, step_mode=True).requests
+    assert (fast["outcome"] == ref["outcome"]).all() and (fast["outcome"] == "completed").all()
+    assert fast["decode_replica"].equals(ref["decode_replica"])
+    for c in ("first_token_s", "finish_s", "kv_transfer_s"):
+        np.testing.assert_allclose(fast[c], ref[c], rtol=1e-9, atol=1e-9)
+
+
 def test_a_completed_request_decodes_with_its_prompt_resident():
     """All tokens out, the first from the prefill replica; the decode replica prefills nothing."""
     sim = build(load_scenario(pd_scenario()))
