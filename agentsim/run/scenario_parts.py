@@ -107,7 +107,7 @@ class Pool(Model):
 
 class Router(Model):
     policy: str = Field("least_outstanding", description="round_robin | least_outstanding | power_of_two | "
-                                                          "speed_aware | session_affinity")
+                                                          "speed_aware | session_affinity | prefix_aware")
     affinity_load_bound: float = Field(1.25, ge=1, le=1e3, description="session_affinity: leave the home replica when "
                                                                 "its load exceeds this x the mean (+1)")
 

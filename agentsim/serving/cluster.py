@@ -19,6 +19,7 @@ import numpy as np
 
 from ..model.deployment import Deployment
 from .engine import EngineConfig, Replica
+from .prefix_router import PrefixAware
 from ..util.errors import unknown_name
 from .request import Request
 from ..model.servicetime import StepCoeffs
@@ -182,7 +183,7 @@ class SessionAffinity:
 
 
 ROUTERS = {"round_robin": RoundRobin, "least_outstanding": LeastOutstanding, "power_of_two": PowerOfTwo,
-           "speed_aware": SpeedAware, "session_affinity": SessionAffinity}
+           "speed_aware": SpeedAware, "session_affinity": SessionAffinity, "prefix_aware": PrefixAware}
 
 
 def make_router(name: str, rng, cfg):

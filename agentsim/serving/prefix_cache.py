@@ -147,6 +147,19 @@ class PrefixCache(GpuTier):
         entry = self.gpu.get(key) if key is not None and self.enabled else None
         return entry[0] if entry is not None and now <= entry[1] else 0
 
+    def held(self, key, length: int, now: float) -> tuple[int, int]:
+        """(GPU, host) tokens of ``key``'s first ``length`` tokens held unexpired here; reads only
+        (a router's question: :class:`~agentsim.serving.prefix_router.PrefixAware`)."""
+        if not self.enabled or key is None or length <= 0:
+            return 0, 0
+        entry = self.gpu.get(key)
+        if entry is not None and now <= entry[1]:
+            return min(entry[0], length), 0
+        tokens = self.host.get(key)
+        if tokens is not None and now <= self.host_expiry[key]:
+            return 0, min(tokens, length)
+        return 0, 0
+
     def peek_gpu(self, key) -> int:
         """GPU tokens that :meth:`take` would release for ``key`` (0 if none)."""
         entry = self.gpu.get(key) if key is not None else None

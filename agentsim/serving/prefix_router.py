@@ -1,0 +1,88 @@
+"""``prefix_aware`` routing: the expected finish time at each replica, counting the prefix it holds.
+
+Production routers score replicas by the KV blocks of a request's prefix that each one holds
+(precise prefix scorers, as in llm-d's scheduler or Mooncake's conductor) together with their
+load. This router does that with agentsim's service-time model, so the two terms share one unit,
+seconds:
+
+    t(r) = q · prefill(r) + own(r) + (O − 1) · (decode(r) + (n + q + 1) · extra(r) / O)
+
+* ``own(r)``: this request's prefill at ``r``: only the tokens ``r`` does not hold. Its cache is
+  read, not touched (:meth:`~agentsim.serving.prefix_cache.PrefixCache.held`): GPU-tier tokens skip
+  prefill; host-tier tokens skip it too but cost a host-to-GPU load each (``t_host_load``); the
+  session's own prefix first, else the shared system prompt. Session entries or 512-token blocks
+  (``engine.prefix_cache = "blocks"``, whose leading run is counted) alike.
+* ``q · prefill``: the ``q`` requests queued ahead, each about one prefill of this prompt's size
+  uncached (what may be ahead is not known before admission; counting queued prompts as cheap,
+  cached ones, sent long cold prompts into queues and raised TTFT p99 by half on the coding
+  workload).
+* the decode term: ``O − 1`` decode steps at batch ``n + 1``, slowed by the prefill chunks the
+  running and queued requests add over its lifetime — as :class:`~agentsim.serving.cluster.SpeedAware`.
+
+Unlike ``session_affinity`` it needs no session table: a session goes back to wherever its KV is,
+on any tier, unless that replica's queue costs more than recomputing elsewhere; a session whose
+KV was evicted everywhere goes to the fastest replica.
+
+**Cost per decision**: for each candidate replica one cache read — a dict lookup for session
+entries, one per leading block for block caches (a 100 k-token prefix is ~200 lookups) — and one
+step-time evaluation when it holds part of the prefix; the three step times of a cache miss are
+computed once per (pool, batch size). So O(R) dict lookups and arithmetic for R candidates with
+session caches, O(R · B) with B blocks per prefix: ``benchmarks``-style timing on the 18-replica
+default fleet is in ``tests/test_prefix_routing.py``'s docstring.
+"""
+from __future__ import annotations
+
+from .request import Request
+
+
+class PrefixAware:
+    """Lowest expected finish time with each replica's held prefix (any tier) counted."""
+
+    def __init__(self, rng, cfg) -> None:
+        self.free_at: dict[int, float] = {}   # replica index -> when the prefills sent there should be done
+
+    def __call__(self, cands: list, req: Request):
+        P, O = req.prompt, req.output
+        ctx = P + O / 2
+        key, length = req.prefix_key, req.prefix_len
+        skey, slen = req.shared_key, req.shared_len
+        typ = max(1, P - length) if key is not None else P
+        done = P - typ
+        now = cands[0].env.now
+        steps: dict = {}    # replicas of one pool at one batch size share their step times
+        seen = set()        # (pool, batch, queue, wait) of a replica holding nothing, already scored
+        best, best_t, best_own = cands[0], float("inf"), 0.0
+        for r in cands:
+            c, n = r.c, r.n_running
+            q = len(r.waiting) + r.pending
+            g = h = 0
+            cache = r.cache
+            if cache is not None:
+                if key is not None:
+                    g, h = cache.held(key, length, now)
+                if not (g or h) and skey is not None:
+                    g, h = cache.held(skey, slen, now)
+            wait = self.free_at.get(r.index, 0.0) - now
+            if not (g or h):
+                sig = (id(c), n, q, wait if wait > 0 else 0.0)
+                if sig in seen:
+                    continue    # a later twin cannot win the tie
+                seen.add(sig)
+            s = steps.get((id(c), n))
+            if s is None:
+                base = c.step_time(decodes=n, decode_context=n * ctx)
+                queued = c.step_time(typ, typ * done + typ * typ / 2, P, n, n * ctx, n + 1)
+                s = steps[id(c), n] = (c.step_time(P, P * P / 2, P, n, n * ctx, n + 1),
+                                       c.step_time(decodes=n + 1, decode_context=(n + 1) * ctx), queued - base)
+            prefill, decode, extra = s
+            hit = min(g + h, P - 1)
+            own = prefill
+            if hit:
+                new = P - hit
+                own = c.step_time(new, new * hit + new * new / 2, P, n, n * ctx, n + 1) + min(h, hit) * c.t_host_load
+            t = (wait if wait > 0 else 0.0) + own + (O - 1) * (decode + (n + q + 1) * extra / O)
+            if t < best_t:
+                best, best_t, best_own = r, t, own
+        self.free_at[best.index] = max(now, self.free_at.get(best.index, 0.0)) + best_own
+        return best
+
