@@ -1,11 +1,15 @@
 """``build(scenario, seed)``: the one place that wires a simulation together."""
 from __future__ import annotations
 
+from functools import partial
+
 import simpy
 
 from ..model.catalog import Catalog, env_catalog_files, load_catalog
 from ..serving.cluster import Cluster, Pool, fault_process, make_router, outage_process
 from ..serving.disagg import Handoff
+from ..serving.kv_tier import KvTier
+from ..serving.cluster import kv_tier_bytes_per_token
 from ..model.deployment import Deployment
 from ..serving.engine import EngineConfig, Replica
 from ..serving.checked import CheckedReplica
@@ -104,9 +108,11 @@ def build(scenario: Scenario, seed: int | None = None, *, catalog: Catalog | Non
     sim = Simulation(scenario, seed, env, rng)
     replica_cls = SteppingReplica if step_mode else CheckedReplica if check_invariants else Replica
     handoff = _handoff(scenario, sim)
-    pools, pool_of_replica = _pools(scenario, catalog, sim, replica_cls, handoff)
+    t = scenario.kv_tier
+    kv_tier = KvTier(env, t.capacity_gb * 1e9, t.bandwidth_gbps * 1e9, t.latency_s) if t.capacity_gb > 0 else None
+    pools, pool_of_replica = _pools(scenario, catalog, sim, replica_cls, handoff, kv_tier)
     router = make_router(scenario.router.policy, rng("routing"), scenario.router)
-    sim.cluster = cluster = Cluster(env, pools, router, sim.done, handoff)
+    sim.cluster = cluster = Cluster(env, pools, router, sim.done, handoff, kv_tier)
     if handoff is not None:
         _check_roles(pools)
     sim.recorder = Recorder(pool_of_replica, len(pools))
@@ -173,7 +179,8 @@ def _check_roles(pools: list[Pool]) -> None:
                              f"(pools with role {other}: {', '.join(have) or 'none'}); add one or set role = 'mixed'")
 
 
-def _pools(scenario: Scenario, catalog: Catalog, sim: Simulation, replica_cls, handoff: Handoff | None = None):
+def _pools(scenario: Scenario, catalog: Catalog, sim: Simulation, replica_cls, handoff: Handoff | None = None,
+           kv_tier: KvTier | None = None):
     """Each pool's deployment, engine limits, step tables and replicas; and the pool of every replica."""
     pools: list[Pool] = []
     pool_of_replica: list[int] = []
@@ -190,7 +197,7 @@ def _pools(scenario: Scenario, catalog: Catalog, sim: Simulation, replica_cls, h
                     deployment=dep, coeffs=coeffs, config=cfg,
                     usd_per_gpu_hour=p.usd_per_gpu_hour if p.usd_per_gpu_hour is not None else dep.gpu.usd_per_gpu_hour,
                     role=p.role)
-        on_done = sim.done if p.role == "mixed" else handoff.leg_done   # legs of a disaggregated request
+        on_done = _on_done(p, name, dep, settings, sim, handoff, kv_tier)
         for _ in range(p.replicas):
             rid = len(pool_of_replica)
             cache = make_cache(settings.prefix_cache, ccfg)
@@ -198,6 +205,21 @@ def _pools(scenario: Scenario, catalog: Catalog, sim: Simulation, replica_cls, h
             pool_of_replica.append(i)
         pools.append(pool)
     return pools, pool_of_replica
+
+
+def _on_done(p, name: str, dep: Deployment, settings: EngineSettings, sim: Simulation, handoff, kv_tier):
+    """Where a pool's replicas report ending requests: the hand-off for legs of disaggregated
+    requests, the KV tier (which keeps their contexts, then ends them), or the simulation."""
+    if p.role != "mixed":
+        return handoff.leg_done
+    if kv_tier is None:
+        return sim.done
+    if settings.prefix_cache != "session" or settings.host_kv_gb <= 0 or settings.retention == "none":
+        raise InputError(f"pools.{name}: kv_tier.capacity_gb > 0 needs session prefix caching with a host tier "
+                         f"(engine.prefix_cache = 'session', engine.host_kv_gb > 0, retention not 'none'); got "
+                         f"prefix_cache {settings.prefix_cache!r}, host_kv_gb {settings.host_kv_gb:g}, "
+                         f"retention {settings.retention!r}")
+    return partial(kv_tier.ended, model=dep.model.name, bytes_per_token=kv_tier_bytes_per_token(dep), then=sim.done)
 
 
 def _served_model(catalog: Catalog, wanted: str | None, served: set[str], where: str) -> str | None:

@@ -25,7 +25,7 @@ from ..util.errors import InputError, not_utf8
 # -- bounds: agentsim.util.bounds (re-exported here for the schema and the CLI) ---------------------
 from ..util.bounds import (MAX_DURATION_S, MAX_RATE, MAX_REQUESTS, MAX_REPLICAS, MAX_USERS, MAX_COUNT, MAX_TOKENS, MAX_TTL_S, MAX_HOST_KV_GB, MAX_SLO_S, MAX_SLICES, MAX_SEED)  # noqa: E402,F401
 from .scenario_parts import (Model, EngineSettings, Site, Faults, Pool, Router, Outage, Stream,  # noqa: F401
-                             Population, Slice, Disaggregation)
+                             Population, Slice, Disaggregation, KvTierSettings)
 
 
 #: the scenario file format this release reads; files state theirs as ``schema_version`` (missing =
@@ -60,6 +60,8 @@ class Scenario(Model):
     router: Router = Field(default_factory=Router)
     disaggregation: Disaggregation = Field(default_factory=Disaggregation,
                                            description="KV hand-off settings for pools with role prefill / decode")
+    kv_tier: KvTierSettings = Field(default_factory=KvTierSettings,
+                                    description="a cluster-wide KV tier of session prefixes (off by default)")
     outages: list[Outage] = Field(default_factory=list)
     streams: dict[str, Stream] = Field(default_factory=dict, description="request streams by name")
     populations: dict[str, Population] = Field(default_factory=dict, description="agent and chat populations")

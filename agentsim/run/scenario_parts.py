@@ -125,6 +125,15 @@ class Disaggregation(Model):
                                             "P:D ratio as one sweepable field at equal GPU count; none = as written")
 
 
+class KvTierSettings(Model):
+    """A cluster-wide KV tier (CXL, SSD or pooled remote memory) that replicas load session prefixes from."""
+
+    capacity_gb: float = Field(0.0, ge=0, le=1e9, description="capacity (GB); 0 = no shared tier")
+    bandwidth_gbps: float = Field(50.0, gt=0, le=1e5, description="GB/s of one load into a replica (default: "
+                                  "one 400 Gb/s NIC; data/SOURCES.md)")
+    latency_s: float = Field(0.001, ge=0, le=60, description="fixed cost of one load (s)")
+
+
 class Outage(Model):
     target: str = Field(description="'pool:<name>' or 'site:<name>'")
     start_s: float = Field(ge=0, le=MAX_DURATION_S, description="when the outage begins (s from the start)")

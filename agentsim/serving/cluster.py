@@ -202,7 +202,7 @@ class Cluster:
     path; decode pools get requests only from it.
     """
 
-    def __init__(self, env, pools: list[Pool], router, on_done, handoff=None) -> None:
+    def __init__(self, env, pools: list[Pool], router, on_done, handoff=None, kv_tier=None) -> None:
         self.env = env
         self.pools = pools
         self.router = router
@@ -216,6 +216,8 @@ class Cluster:
         self.handoff = handoff
         if handoff is not None:
             handoff.bind(self)
+        self.kv_tier = kv_tier           # serving/kv_tier.py: mixed replicas load session prefixes from it
+        self._pool_of = [p for p in pools for _ in p.replicas]
         self._down: dict[int, int] = {}          # replica id -> reasons it is down
         self.down_since: dict[int, float] = {}
         self.down_time = [0.0] * len(self.replicas)
@@ -280,12 +282,25 @@ class Cluster:
         replica = self.router(cands, req)
         if self.handoff is not None and self.handoff.is_prefill(replica):
             self.handoff.start(req, replica)
+        elif self.kv_tier is not None:
+            self._submit_after_load(req, replica)
+        else:
+            replica.submit(req)
+
+    def _submit_after_load(self, req: Request, replica) -> None:
+        """Submit ``req``, first loading from the KV tier what ``replica`` lacks of its prefix."""
+        dep = self._pool_of[replica.index].deployment
+        seconds, tokens = self.kv_tier.plan(req, replica, dep.model.name, kv_tier_bytes_per_token(dep))
+        if tokens:
+            self.kv_tier.load(req, replica, seconds, tokens)
         else:
             replica.submit(req)
 
     def cancel(self, req: Request, outcome: str) -> None:
         """The client gives up on ``req``, which reached a replica."""
         if self.handoff is not None and self.handoff.cancel(req, outcome):
+            return
+        if self.kv_tier is not None and self.kv_tier.cancel(req, outcome, self.on_done):
             return
         self.replicas[req.replica].cancel(req, outcome)
 
@@ -298,6 +313,8 @@ class Cluster:
             self.replicas[rid].fail()
             if self.handoff is not None:
                 self.handoff.replica_down(rid)
+            if self.kv_tier is not None:
+                self.kv_tier.replica_down(rid, self.on_done)
 
     def bring_up(self, rid: int) -> None:
         n = self._down.get(rid, 0)
@@ -314,6 +331,11 @@ class Cluster:
         if rid in self.down_since:
             t += self.env.now - self.down_since[rid]
         return t
+
+
+def kv_tier_bytes_per_token(dep: Deployment) -> float:
+    """Bytes of one token's KV in the shared tier: the model's distinct KV (tp = 1) in the pool's KV dtype."""
+    return dep.model.kv_bytes_per_token(dep.kv_dtype, 1)
 
 
 def fault_process(env, cluster: Cluster, rid: int, mtbf_s: float, mttr_s: float, rng):

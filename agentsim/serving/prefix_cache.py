@@ -179,6 +179,16 @@ class PrefixCache(GpuTier):
         self.gpu[key] = (tokens, self.expiry(now, ttl))
         self.gpu_used += tokens
 
+    def stage(self, key, tokens: int, now: float, ttl: float | None = None) -> None:
+        """``tokens`` of ``key`` were loaded from outside (the cluster's KV tier) into the host tier;
+        a shorter GPU entry of the key gives way (a lookup would find it first)."""
+        if not self.enabled or key is None or tokens <= 0:
+            return
+        old = self.gpu.pop(key, None)
+        if old is not None:
+            self.gpu_used -= old[0]
+        self._to_host(key, tokens, self.expiry(now, ttl))
+
     # -- eviction ---------------------------------------------------------------------------------
     def evict(self, need: int, now: float, force: bool = False) -> int:
         """Free at least ``need`` GPU tokens (LRU; pinned entries only if ``force``); returns freed."""
