@@ -379,5 +379,7 @@ class FleetLoad:
         return sum(r.outstanding for r in self._replicas) / len(self._replicas)
 
     def queue_delay_s(self) -> float:
-        """Estimated queueing delay at the least-loaded replica: its queued prompt tokens at its prefill rate."""
-        return min(sum(q.prompt_len for q in r.waiting) * r.c.t_token for r in self._replicas)
+        """Estimated queueing delay at the least-loaded replica: the prefill time of its queued
+        prompts, each priced as one step of the service-time model (chunking overheads left out)."""
+        return min(sum(r.c.step_time(q.prompt_len, q.prompt_len * q.prompt_len / 2) for q in r.waiting)
+                   for r in self._replicas)
