@@ -84,6 +84,24 @@ def test_no_request_lost_or_duplicated_and_kv_conserved(case):
     assert "pre" in pools and "dec" in pools
 
 
+def test_agents_with_timeouts_and_failures_across_the_hand_off_end_once():
+    """The default fleet's H100 pool prefills and its GB200 pool decodes for coding agents with a
+    20 s timeout, both pools failing every ~6 minutes: hundreds of timeouts and dozens of failures
+    land on legs and transfers; every request still ends exactly once, its KV accounted."""
+    ov = ["duration_s=1800", "warmup_s=300", "pools.h100.role=prefill", "pools.gb200.role=decode",
+          "pools.h100.faults.mtbf_h=0.1", "pools.h100.faults.mttr_h=0.02", "pools.gb200.faults.mtbf_h=0.1",
+          "pools.gb200.faults.mttr_h=0.02", "populations.coders.timeout_s=20"]
+    sim = build(load_scenario("default", ov), 1, check_invariants=True)
+    rq = sim.run().requests
+    h = sim.cluster.handoff
+    assert sorted(rq["request_id"]) == list(range(sim._rid))
+    counts = rq["outcome"].value_counts()
+    assert counts["timed_out"] > 100 and counts["replica_failed"] > 10
+    assert set(h.flights) <= set(rq.loc[rq["outcome"] == "in_flight", "request_id"])
+    assert h.sent_tokens == h.arrived_tokens + h.dropped_tokens + sum(f.req.prompt for f in h.moving.values())
+    assert (rq.loc[rq["pool"] == "h100", "outcome"] == "completed").sum() > 300     # disaggregated, completed
+
+
 def test_both_engines_agree_on_a_disaggregated_run():
     """The hand-off is the cluster's: the step-by-step reference gives the same timestamps (1e-9)."""
     stream = dict(kind="poisson", rate=4, count=80, input_tokens={"kind": "uniform", "low": 100, "high": 20000,
