@@ -102,3 +102,42 @@ def test_loads_keep_the_engine_invariants_and_both_engines_agree():
     assert (fast["outcome"] == ref["outcome"]).all() and (fast["cached_host_tokens"] > 0).sum() > 50
     for c in ("first_token_s", "finish_s"):
         np.testing.assert_allclose(fast[c], ref[c], rtol=1e-9, atol=1e-9)
+
+
+def test_disaggregated_pools_load_from_and_write_to_the_tier_and_end_requests_once():
+    """Prefill legs load what their replica lacks; prefill and decode legs leave their KV in the tier;
+    with timeouts and failures on both pools, every request still ends exactly once."""
+    base = dict(gpu="H100-SXM", model="Llama-3.1-8B", faults={"mtbf_h": 0.1, "mttr_h": 0.02})
+    sc = scattered(2000.0, 3, pools={"pre": dict(base, replicas=3, role="prefill"),
+                                     "dec": dict(base, replicas=2, role="decode")},
+                   populations={"coders": {"profile": "interactive_coding_agent", "size": 600, "timeout_s": 20}})
+    sim = build(load_scenario(sc), 3, check_invariants=True)
+    rq = sim.run().requests
+    tier, h = sim.cluster.kv_tier, sim.cluster.handoff
+    assert sorted(rq["request_id"]) == list(range(sim._rid))
+    in_flight = set(rq.loc[rq["outcome"] == "in_flight", "request_id"])
+    assert tier.loads > 20 and len(tier.entries) > 20 and set(tier.loading) <= in_flight
+    assert set(h.flights) <= in_flight
+    counts = rq["outcome"].value_counts()
+    assert counts["completed"] > 300 and counts["timed_out"] + counts["replica_failed"] > 0
+
+
+@pytest.mark.parametrize("what", ["cancel", "fail"])
+def test_a_prefill_leg_loading_ends_its_request_once(what):
+    pools = {"pre": dict(gpu="H100-SXM", model="Llama-3.1-8B", role="prefill"),
+             "dec": dict(gpu="H100-SXM", model="Llama-3.1-8B", role="decode")}
+    sim = build(load_scenario(scattered(10.0, populations={}, pools=pools)), 1)
+    tier, h = sim.cluster.kv_tier, sim.cluster.handoff
+    tier.put("Llama-3.1-8B", ("s", 1), 45_000, 131_072)
+    req = sim.new_request(41_000, 10, prefix_key=("s", 1), prefix_len=40_000)
+    ended = []
+    req.on_done = ended.append
+    sim.submit(req)
+    assert req.rid in tier.loading and req.rid in h.flights     # the prefill leg waits for its load
+    if what == "cancel":
+        sim.cancel(req, "cancelled")
+    else:
+        sim.cluster.take_down(0)
+    sim.env.run(until=5)
+    assert ended == [req] and req.outcome == ("cancelled" if what == "cancel" else "replica_failed")
+    assert not tier.loading and not h.flights and h.sent_tokens == 0

@@ -210,15 +210,15 @@ def _pools(scenario: Scenario, catalog: Catalog, sim: Simulation, replica_cls, h
 def _on_done(p, name: str, dep: Deployment, settings: EngineSettings, sim: Simulation, handoff, kv_tier):
     """Where a pool's replicas report ending requests: the hand-off for legs of disaggregated
     requests, the KV tier (which keeps their contexts, then ends them), or the simulation."""
-    if p.role != "mixed":
-        return handoff.leg_done
-    if kv_tier is None:
-        return sim.done
+    if kv_tier is None or p.role == "decode":
+        return sim.done if p.role == "mixed" else handoff.leg_done
     if settings.prefix_cache != "session" or settings.host_kv_gb <= 0 or settings.retention == "none":
         raise InputError(f"pools.{name}: kv_tier.capacity_gb > 0 needs session prefix caching with a host tier "
                          f"(engine.prefix_cache = 'session', engine.host_kv_gb > 0, retention not 'none'); got "
                          f"prefix_cache {settings.prefix_cache!r}, host_kv_gb {settings.host_kv_gb:g}, "
                          f"retention {settings.retention!r}")
+    if p.role == "prefill":
+        return handoff.leg_done          # the hand-off keeps the legs' KV in the tier
     return partial(kv_tier.ended, model=dep.model.name, bytes_per_token=kv_tier_bytes_per_token(dep), then=sim.done)
 
 

@@ -282,25 +282,24 @@ class Cluster:
         replica = self.router(cands, req)
         if self.handoff is not None and self.handoff.is_prefill(replica):
             self.handoff.start(req, replica)
-        elif self.kv_tier is not None:
-            self._submit_after_load(req, replica)
         else:
-            replica.submit(req)
+            self.submit_to(req, replica, self.on_done)
 
-    def _submit_after_load(self, req: Request, replica) -> None:
-        """Submit ``req``, first loading from the KV tier what ``replica`` lacks of its prefix."""
-        dep = self._pool_of[replica.index].deployment
-        seconds, tokens = self.kv_tier.plan(req, replica, dep.model.name, kv_tier_bytes_per_token(dep))
-        if tokens:
-            self.kv_tier.load(req, replica, seconds, tokens)
-        else:
-            replica.submit(req)
+    def submit_to(self, req: Request, replica, end) -> None:
+        """Submit ``req`` to ``replica``, first loading from the KV tier (if any) what the replica lacks
+        of its prefix; ``end(req)`` if it ends during that load."""
+        if self.kv_tier is not None:
+            dep = self._pool_of[replica.index].deployment
+            seconds, tokens = self.kv_tier.plan(req, replica, dep.model.name, kv_tier_bytes_per_token(dep))
+            if tokens:
+                return self.kv_tier.load(req, replica, seconds, tokens, end)
+        replica.submit(req)
 
     def cancel(self, req: Request, outcome: str) -> None:
         """The client gives up on ``req``, which reached a replica."""
         if self.handoff is not None and self.handoff.cancel(req, outcome):
             return
-        if self.kv_tier is not None and self.kv_tier.cancel(req, outcome, self.on_done):
+        if self.kv_tier is not None and self.kv_tier.cancel(req, outcome):
             return
         self.replicas[req.replica].cancel(req, outcome)
 
@@ -314,7 +313,7 @@ class Cluster:
             if self.handoff is not None:
                 self.handoff.replica_down(rid)
             if self.kv_tier is not None:
-                self.kv_tier.replica_down(rid, self.on_done)
+                self.kv_tier.replica_down(rid)
 
     def bring_up(self, rid: int) -> None:
         n = self._down.get(rid, 0)

@@ -131,7 +131,7 @@ class Handoff:
         leg = prefill_leg(req)
         self.flights[req.rid] = Flight(req, leg, replica)
         req.replica = replica.index
-        replica.submit(leg)
+        self.cluster.submit_to(leg, replica, self.leg_done)      # after a load from the KV tier, if any
 
     def leg_done(self, leg: Request) -> None:
         """A replica of a prefill or decode pool ended ``leg`` (its ``on_done``)."""
@@ -143,12 +143,23 @@ class Handoff:
             req.ready, req.admitted, req.first_token = leg.ready, leg.admitted, leg.first_token
             req.cached_gpu, req.cached_host = leg.cached_gpu, leg.cached_host
             req.prefill_tokens, req.preemptions = leg.prefill_tokens, leg.preemptions
-            if leg.outcome == "completed" and req.output > 1:
-                return self._transfer(f)
+            if leg.outcome == "completed":
+                self._keep(f.src, req.prefix_key, leg.kv or req.prompt)
+                if req.output > 1:
+                    return self._transfer(f)
         else:
             req.preemptions += leg.preemptions
             req.prefill_tokens += max(0, leg.prefill_tokens - 1)   # beyond the first token's step: recomputes
+            if leg.outcome == "completed":
+                self._keep(f.dst, req.prefix_key, leg.kv or leg.prompt + leg.output)
         self._finish(f, leg.outcome, leg.finish)
+
+    def _keep(self, replica, key, tokens: int) -> None:
+        """Leave a finished leg's KV in the cluster's KV tier (if there is one) under the session key."""
+        tier = self.cluster.kv_tier
+        if tier is not None and key is not None:
+            dep = self.pool_of[replica.index].deployment
+            tier.put(dep.model.name, key, tokens, dep.model.kv_bytes_per_token(dep.kv_dtype, 1))
 
     def _transfer(self, f: Flight) -> None:
         req, now = f.req, self.env.now
@@ -198,6 +209,8 @@ class Handoff:
             return False
         if f.stage == TRANSFER:
             self._finish(f, outcome, self.env.now)
+        elif self.cluster.kv_tier is not None and self.cluster.kv_tier.cancel(f.leg, outcome):
+            pass                  # the prefill leg was loading its prefix: it ended there (leg_done)
         else:
             (f.src if f.stage == PREFILL else f.dst).cancel(f.leg, outcome)
         return True

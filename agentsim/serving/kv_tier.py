@@ -10,7 +10,9 @@ the GPU at admission as a host hit (one more copy than a GPUDirect load: conserv
 write-back and free (they overlap the next requests). Not modelled: bandwidth shared between
 concurrent loads.
 
-A cancel or a failure of the replica during a load ends the request like a transfer's
+Prefill replicas of disaggregated pools load the same way (the prefill leg waits for the load);
+prefill legs leave their prompt and decode legs the whole context under the session key. A cancel
+or a failure of the replica during a load ends the request like a transfer's
 (:mod:`~agentsim.serving.disagg`); the Cluster asks :meth:`KvTier.cancel` and :meth:`KvTier.replica_down`.
 """
 from __future__ import annotations
@@ -28,7 +30,7 @@ class KvTier:
         self.env, self.capacity, self.bytes_per_s, self.latency_s = env, capacity_bytes, bytes_per_s, latency_s
         self.entries: OrderedDict = OrderedDict()    # (model, key) -> (tokens, bytes); LRU first
         self.used = 0.0
-        self.loading: dict[int, tuple[Request, object]] = {}   # request id -> (request, replica)
+        self.loading: dict[int, tuple] = {}   # request id -> (request, replica, tokens, end)
         self.loads = self.loaded_tokens = self.evictions = 0
 
     # -- entries ----------------------------------------------------------------------------------------
@@ -75,10 +77,11 @@ class KvTier:
         self.entries.move_to_end((model, key))
         return self.latency_s + (want - g - h) * bytes_per_token / self.bytes_per_s, want
 
-    def load(self, req: Request, replica, seconds: float, tokens: int) -> None:
-        """Load ``tokens`` of ``req``'s prefix into ``replica``'s host tier, then submit it there."""
+    def load(self, req: Request, replica, seconds: float, tokens: int, end) -> None:
+        """Load ``tokens`` of ``req``'s prefix into ``replica``'s host tier, then submit it there;
+        ``end(req)`` if it ends during the load (the cluster's end, or the hand-off's for a leg)."""
         req.replica = replica.index
-        self.loading[req.rid] = (req, replica, tokens)
+        self.loading[req.rid] = (req, replica, tokens, end)
         _push(self.env, self._loaded, req, seconds)
 
     def _loaded(self, ev) -> None:
@@ -87,24 +90,27 @@ class KvTier:
         if got is None or got[0] is not req:
             return             # it ended during the load (a cancel, a failure)
         del self.loading[req.rid]
-        _, replica, tokens = got
+        _, replica, tokens, _ = got
         replica.cache.stage(req.prefix_key, tokens, self.env.now, req.cache_ttl)
         self.loads += 1
         self.loaded_tokens += tokens
         replica.submit(req)
 
-    def cancel(self, req: Request, outcome: str, end) -> bool:
-        """The client gives up on ``req``: True if it was loading (ended here through ``end``)."""
+    def cancel(self, req: Request, outcome: str) -> bool:
+        """The client gives up on ``req``: True if it was loading (then it ended here)."""
         got = self.loading.get(req.rid)
         if got is None or got[0] is not req:
             return False
+        self._end(got, outcome)
+        return True
+
+    def replica_down(self, rid: int) -> None:
+        """Replica ``rid`` failed: the loads into it fail back."""
+        for got in [v for v in self.loading.values() if v[1].index == rid]:
+            self._end(got, "replica_failed")
+
+    def _end(self, got: tuple, outcome: str) -> None:
+        req, _, _, end = got
         del self.loading[req.rid]
         req.outcome, req.finish = outcome, self.env.now
         end(req)
-        return True
-
-    def replica_down(self, rid: int, end) -> None:
-        for req, _, _ in [v for v in self.loading.values() if v[1].index == rid]:
-            del self.loading[req.rid]
-            req.outcome, req.finish = "replica_failed", self.env.now
-            end(req)
