@@ -80,6 +80,21 @@ def test_it_leaves_the_holder_when_waiting_there_costs_more_than_recomputing():
     assert router([r0, r1], req) is r0     # 100 new tokens there vs 2,100 here: r1's queue decides
 
 
+def test_tokens_already_resident_cost_nothing_to_prefill():
+    """A decode leg of a disaggregated request arrives with its prompt's KV (``cached_gpu``): only its
+    first token's step is work, so routing decode legs barely grows a replica's prefill backlog."""
+    from agentsim.serving.disagg import decode_leg
+    sim, (r0, r1) = two_replicas()
+    router = PrefixAware(None, None)
+    for _ in range(10):
+        router([r0, r1], decode_leg(sim.new_request(100_000, 50), 0.0))
+    resident = sum(router.free_at.values())
+    router = PrefixAware(None, None)
+    for _ in range(10):
+        router([r0, r1], sim.new_request(100_000, 50))
+    assert resident < 0.01 * sum(router.free_at.values())
+
+
 # -- block-hash traces ---------------------------------------------------------------------------------
 def synthetic_mooncake(path: Path, seed: int, conversations: int = 60) -> Path:
     """Conversations whose turns extend one chain of 512-token blocks (Mooncake's hash_ids), spread

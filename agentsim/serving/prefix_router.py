@@ -49,7 +49,8 @@ class PrefixAware:
         ctx = P + O / 2
         key, length = req.prefix_key, req.prefix_len
         skey, slen = req.shared_key, req.shared_len
-        typ = max(1, P - length) if key is not None else P
+        resident = req.cached_gpu        # already in the replica's KV wherever it goes (a decode leg: all of it)
+        typ = max(1, P - max(length if key is not None else 0, resident))
         done = P - typ
         now = cands[0].env.now
         steps: dict = {}    # replicas of one pool at one batch size share their step times
@@ -66,6 +67,8 @@ class PrefixAware:
                 if not (g or h) and skey is not None:
                     g, h = cache.held(skey, slen, now)
             wait = self.free_at.get(r.index, 0.0) - now
+            if resident > g + h:
+                g, h = resident, 0
             if not (g or h):
                 sig = (id(c), n, q, wait if wait > 0 else 0.0)
                 if sig in seen:
