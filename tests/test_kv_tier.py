@@ -141,3 +141,42 @@ def test_a_prefill_leg_loading_ends_its_request_once(what):
     sim.env.run(until=5)
     assert ended == [req] and req.outcome == ("cancelled" if what == "cancel" else "replica_failed")
     assert not tier.loading and not h.flights and h.sent_tokens == 0
+
+
+@st.composite
+def tiered_cases(draw):
+    base = dict(gpu="H100-SXM", model="Llama-3.1-8B")
+    mtbf = draw(st.sampled_from([0.0, 0.05]))
+    faults = {"mtbf_h": mtbf, "mttr_h": 0.01} if mtbf else {}
+    if draw(st.booleans()):
+        pools = {"pre": dict(base, replicas=draw(st.integers(1, 3)), role="prefill", faults=faults),
+                 "dec": dict(base, replicas=draw(st.integers(1, 2)), role="decode", faults=faults)}
+    else:
+        pools = {"m": dict(base, replicas=draw(st.integers(1, 4)), faults=faults)}
+    return scattered(draw(st.sampled_from([0.5, 5.0, 500.0])), draw(st.integers(0, 30)), pools=pools,
+                     duration_s=draw(st.sampled_from([600.0, 1800.0])),
+                     router={"policy": draw(st.sampled_from(["round_robin", "prefix_aware", "session_affinity"]))},
+                     engine={"host_kv_gb": draw(st.sampled_from([5.0, 200.0])), "retention": "lru",
+                             "prefix_ttl_s": 3600},
+                     populations={"coders": {"profile": "interactive_coding_agent", "size": draw(st.integers(50, 400)),
+                                             "timeout_s": draw(st.sampled_from([10.0, 600.0]))}})
+
+
+@given(tiered_cases())
+@settings(max_examples=15, **HYPO)
+def test_kv_is_conserved_across_replicas_hand_off_and_tier(case):
+    """Whatever the fleet, router, tier size, timeouts and failures: every request ends once; the tier
+    holds exactly its entries' bytes within capacity; every token a load brought is what the tier
+    held for that key; the hand-off's tokens are sent = arrived + dropped + on the wire; a request
+    never counts more cached tokens than its prompt; the engines' own checks hold after every event."""
+    sim = build(load_scenario(case), check_invariants=True)
+    rq = sim.run().requests
+    tier, h = sim.cluster.kv_tier, sim.cluster.handoff
+    assert sorted(rq["request_id"]) == list(range(sim._rid))
+    assert tier.used == pytest.approx(sum(b for _, b in tier.entries.values())) and tier.used <= tier.capacity
+    in_flight = set(rq.loc[rq["outcome"] == "in_flight", "request_id"])
+    assert set(tier.loading) <= in_flight
+    assert ((rq["cached_gpu_tokens"] + rq["cached_host_tokens"]) <= rq["input_tokens"]).all()
+    if h is not None:
+        assert h.sent_tokens == h.arrived_tokens + h.dropped_tokens + sum(f.req.prompt for f in h.moving.values())
+        assert set(h.flights) <= in_flight
