@@ -95,6 +95,25 @@ def test_tokens_already_resident_cost_nothing_to_prefill():
     assert resident < 0.01 * sum(router.free_at.values())
 
 
+def test_with_a_kv_tier_a_busy_holder_loses_to_a_replica_that_can_load_the_prefix():
+    """Replica 1 holds a 60 k-token prefix but is busy for 1 s; replica 0 holds nothing. Recomputing
+    61 k tokens costs more than that wait, so without a tier the call waits for replica 1; with the
+    prefix in the cluster's KV tier, replica 0 loads it (1 ms + 60 k x 131 kB / 50 GB/s = 0.16 s plus
+    the host-to-GPU copy) and wins."""
+    for tier_gb, expected in ((0.0, 1), (10.0, 0)):
+        sc = load_scenario(dict(name="t", duration_s=10, router={"policy": "prefix_aware"},
+                                engine={"host_kv_gb": 100.0}, kv_tier={"capacity_gb": tier_gb},
+                                pools={"a": dict(gpu="H100-SXM", model="Llama-3.1-8B", replicas=2)}))
+        sim = build(sc, 1)
+        r0, r1 = sim.cluster.replicas
+        r1.cache.put(("s", 1), 60_000, 0.0)
+        if tier_gb:
+            sim.cluster.kv_tier.put("Llama-3.1-8B", ("s", 1), 60_000, 131_072)
+        sim.cluster.router.free_at[1] = 1.0
+        req = sim.new_request(61_000, 10, prefix_key=("s", 1), prefix_len=60_000)
+        assert sim.cluster.router([r0, r1], req).index == expected, tier_gb
+
+
 # -- block-hash traces ---------------------------------------------------------------------------------
 def synthetic_mooncake(path: Path, seed: int, conversations: int = 60) -> Path:
     """Conversations whose turns extend one chain of 512-token blocks (Mooncake's hash_ids), spread

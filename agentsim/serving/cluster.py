@@ -218,10 +218,17 @@ class Cluster:
             handoff.bind(self)
         self.kv_tier = kv_tier           # serving/kv_tier.py: mixed replicas load session prefixes from it
         self._pool_of = [p for p in pools for _ in p.replicas]
+        if kv_tier is not None and hasattr(router, "attach_tier"):
+            router.attach_tier(kv_tier, self._tier_terms)
         self._down: dict[int, int] = {}          # replica id -> reasons it is down
         self.down_since: dict[int, float] = {}
         self.down_time = [0.0] * len(self.replicas)
         self._cands_cache: dict = {}
+
+    def _tier_terms(self, replica) -> tuple[str, float]:
+        """(model, KV tier bytes a token) of ``replica``'s deployment."""
+        dep = self._pool_of[replica.index].deployment
+        return dep.model.name, kv_tier_bytes_per_token(dep)
 
     def candidates(self, model: str | None, decode: bool = False) -> list:
         """Up replicas a request for ``model`` (None: any) may enter by, or with ``decode`` those of its decode pools."""

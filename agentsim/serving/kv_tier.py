@@ -62,9 +62,9 @@ class KvTier:
         return entry[0] if entry is not None else 0
 
     # -- loads ------------------------------------------------------------------------------------------
-    def plan(self, req: Request, replica, model: str, bytes_per_token: float) -> tuple[float, int]:
+    def cost(self, req: Request, replica, model: str, bytes_per_token: float) -> tuple[float, int]:
         """(seconds, tokens) to load what ``replica`` lacks of ``req``'s prefix from the tier ((0, 0):
-        nothing to load, or a replica without a session cache and host tier to load into)."""
+        nothing to load, or a replica without a session cache and host tier to load into). Reads only."""
         key = req.prefix_key
         entry = self.entries.get((model, key)) if key is not None else None
         cache = replica.cache
@@ -74,8 +74,14 @@ class KvTier:
         g, h = cache.held(key, want, self.env.now)
         if g + h >= want:
             return 0.0, 0
-        self.entries.move_to_end((model, key))
         return self.latency_s + (want - g - h) * bytes_per_token / self.bytes_per_s, want
+
+    def plan(self, req: Request, replica, model: str, bytes_per_token: float) -> tuple[float, int]:
+        """:meth:`cost`, the entry refreshed (it is about to be used)."""
+        seconds, tokens = self.cost(req, replica, model, bytes_per_token)
+        if tokens:
+            self.entries.move_to_end((model, req.prefix_key))
+        return seconds, tokens
 
     def load(self, req: Request, replica, seconds: float, tokens: int, end) -> None:
         """Load ``tokens`` of ``req``'s prefix into ``replica``'s host tier, then submit it there;

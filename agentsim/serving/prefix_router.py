@@ -11,7 +11,9 @@ seconds:
   read, not touched (:meth:`~agentsim.serving.prefix_cache.PrefixCache.held`): GPU-tier tokens skip
   prefill; host-tier tokens skip it too but cost a host-to-GPU load each (``t_host_load``); the
   session's own prefix first, else the shared system prompt. Session entries or 512-token blocks
-  (``engine.prefix_cache = "blocks"``, whose leading run is counted) alike.
+  (``engine.prefix_cache = "blocks"``, whose leading run is counted) alike. With a cluster KV tier
+  (:mod:`~agentsim.serving.kv_tier`) that holds more than the replica, what the cluster will do:
+  the load's seconds, then all of it as a host hit.
 * ``wait(r)``: the prefill work this router has sent to ``r`` and not yet seen done — each choice
   adds its ``own`` to the replica's backlog, which drains at one second per second. It counts the
   long cold prompt a replica has admitted and is still prefilling, which its queue does not show.
@@ -43,12 +45,35 @@ class PrefixAware:
 
     def __init__(self, rng, cfg) -> None:
         self.free_at: dict[int, float] = {}   # replica index -> when the prefills sent there should be done
+        self.tier = None
+        self.tier_terms = None
+
+    def attach_tier(self, tier, tier_terms) -> None:
+        """Count the cluster's KV tier too: ``tier_terms(replica)`` is (model, KV bytes a token)."""
+        self.tier, self.tier_terms = tier, tier_terms
+
+    def _held(self, r, req: Request, resident: int, now: float) -> tuple[int, int, float]:
+        """(GPU tokens, host tokens) of the prompt replica ``r`` will hold when the request starts,
+        and the seconds of loading them from the cluster's KV tier first (0 without one)."""
+        g = h = 0
+        cache = r.cache
+        if cache is not None:
+            if req.prefix_key is not None:
+                g, h = cache.held(req.prefix_key, req.prefix_len, now)
+            if not (g or h) and req.shared_key is not None:
+                g, h = cache.held(req.shared_key, req.shared_len, now)
+        if resident > g + h:
+            return resident, 0, 0.0
+        if self.tier is not None:
+            seconds, tokens = self.tier.cost(req, r, *self.tier_terms(r))
+            if tokens:
+                return 0, tokens, seconds     # as the cluster will do: load, then a host hit of all of it
+        return g, h, 0.0
 
     def __call__(self, cands: list, req: Request):
         P, O = req.prompt, req.output
         ctx = P + O / 2
         key, length = req.prefix_key, req.prefix_len
-        skey, slen = req.shared_key, req.shared_len
         resident = req.cached_gpu        # already in the replica's KV wherever it goes (a decode leg: all of it)
         typ = max(1, P - max(length if key is not None else 0, resident))
         done = P - typ
@@ -59,16 +84,8 @@ class PrefixAware:
         for r in cands:
             c, n = r.c, r.n_running
             q = len(r.waiting) + r.pending
-            g = h = 0
-            cache = r.cache
-            if cache is not None:
-                if key is not None:
-                    g, h = cache.held(key, length, now)
-                if not (g or h) and skey is not None:
-                    g, h = cache.held(skey, slen, now)
+            g, h, load = self._held(r, req, resident, now)
             wait = self.free_at.get(r.index, 0.0) - now
-            if resident > g + h:
-                g, h = resident, 0
             if not (g or h):
                 sig = (id(c), n, q, wait if wait > 0 else 0.0)
                 if sig in seen:
@@ -85,10 +102,11 @@ class PrefixAware:
             own = prefill
             if hit:
                 new = P - hit
-                own = c.step_time(new, new * hit + new * new / 2, P, n, n * ctx, n + 1) + min(h, hit) * c.t_host_load
+                own = (c.step_time(new, new * hit + new * new / 2, P, n, n * ctx, n + 1) + min(h, hit) * c.t_host_load
+                       + load)
             t = (wait if wait > 0 else 0.0) + own + (O - 1) * (decode + (n + q + 1) * extra / O)
             if t < best_t:
-                best, best_t, best_own = r, t, own
+                best, best_t, best_own = r, t, own - load    # the load is not the replica's work
         self.free_at[best.index] = max(now, self.free_at.get(best.index, 0.0)) + best_own
         return best
 
