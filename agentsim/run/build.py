@@ -6,10 +6,9 @@ from functools import partial
 import simpy
 
 from ..model.catalog import Catalog, env_catalog_files, load_catalog
-from ..serving.cluster import Cluster, Pool, fault_process, make_router, outage_process
+from ..serving.cluster import Cluster, Pool, fault_process, kv_tier_bytes_per_token, make_router, outage_process
 from ..serving.disagg import Handoff
 from ..serving.kv_tier import KvTier
-from ..serving.cluster import kv_tier_bytes_per_token
 from ..model.deployment import Deployment
 from ..serving.engine import EngineConfig, Replica
 from ..serving.checked import CheckedReplica
