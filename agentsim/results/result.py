@@ -206,6 +206,8 @@ class Result:
             out.update(_latency_stats(name, done[f"{name}_s"].to_numpy()))
         for part in ("frontend_s", "queue_s", "prefill_s"):   # the mean TTFT split
             out[part] = float(done[part].mean()) if len(done) else math.nan
+        if "kv_transfer_s" in done:                           # disaggregated runs only
+            out.update(_latency_stats("kv_transfer", done["kv_transfer_s"].to_numpy()))
         out_tokens = float(done["output_tokens"].sum())
         in_tokens = float(done["input_tokens"].sum())
         out["output_tokens_per_s"] = out_tokens / span
