@@ -261,6 +261,12 @@ def test_prefill_gpu_share_resplits_at_equal_gpu_count():
     assert (apportioned(sc).pools["pre"].replicas, apportioned(sc).pools["dec"].replicas) == (1, 7)
     sc = load_scenario(tradeoff_scenario(0.99))
     assert (apportioned(sc).pools["pre"].replicas, apportioned(sc).pools["dec"].replicas) == (7, 1)
+    sc = load_scenario(tradeoff_scenario(0.5625))       # 4.5 replicas of prefill: rounded half up
+    assert (apportioned(sc).pools["pre"].replicas, apportioned(sc).pools["dec"].replicas) == (5, 3)
+    mixed_sizes = tradeoff_scenario(0.5)                # 4 x 8-GPU prefill + 2 x 4-GPU decode: 40 GPUs
+    mixed_sizes["pools"]["pre"]["tp"], mixed_sizes["pools"]["dec"]["replicas"] = 8, 2
+    pools = apportioned(load_scenario(mixed_sizes)).pools
+    assert (pools["pre"].replicas, pools["dec"].replicas) == (3, 4)     # 20 / 8 = 2.5 -> 3: 24 + 16 GPUs
 
 
 @pytest.mark.parametrize("data, words", [

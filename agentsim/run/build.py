@@ -144,7 +144,7 @@ def apportioned(scenario: Scenario) -> Scenario:
     if total < gp + gd:
         raise InputError(f"disaggregation.prefill_gpu_share {share:g}: pools {pre} and {dec} have {total} GPUs, "
                          f"fewer than one replica of each ({gp} + {gd})")
-    n_pre = min(max(1, round(total * share / gp)), (total - gd) // gp)
+    n_pre = min(max(1, int(total * share / gp + 0.5)), (total - gd) // gp)     # half up: 2.5 replicas -> 3
     n_dec = max(1, (total - n_pre * gp) // gd)
     pools = dict(scenario.pools)
     pools[pre] = pools[pre].model_copy(update={"replicas": n_pre})
