@@ -26,7 +26,8 @@ from .common import (MAX_WORKERS, cli, emit, force_option, format_option, out_op
 
 DEFAULT_PRESET = "default"
 HEADLINE = ("requests", "completed", "ttft_s", "ttft_p99_s", "tpot_s", "tpot_p99_s", "e2e_s", "e2e_p99_s",
-            "frontend_s", "queue_s", "prefill_s", "output_tokens_per_s", "input_tokens_per_s", "goodput_rps", "slo_attainment",
+            "frontend_s", "queue_s", "prefill_s", "kv_transfer_s", "kv_transfer_p99_s", "output_tokens_per_s",
+            "input_tokens_per_s", "goodput_rps", "slo_attainment",
             "prefix_hit_rate", "preemptions", "joules_per_token", "usd_per_m_tokens", "cost_usd",
             "facility_power_mean_w", "facility_power_peak_w", "facility_mw_mean", "output_tokens_per_s_per_mw",
             "engaged_user_hours", "energy_per_engaged_hour_kwh", "engaged_users_per_mw", "usd_per_engaged_hour",

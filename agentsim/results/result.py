@@ -90,6 +90,7 @@ class RunRecords:
     streams: list                        # stream names in stream order
     warmup_s: float
     meta: dict
+    handoff: dict | None = None          # disaggregated runs: request id -> (decode replica, transfer s, bytes)
 
 
 def _request_table(rec: RunRecords) -> pd.DataFrame:
@@ -114,8 +115,29 @@ def _request_table(rec: RunRecords) -> pd.DataFrame:
     del data
     df["site"] = df["pool"].map(rec.pool_sites).astype("category")
     _missing_as_nan(df, MISSING_IDS)
+    if rec.handoff is not None:
+        _handoff_columns(df, rec.handoff, list(rec.pool_sites), rec.recorder.pool_of_replica)
     df["warmup"] = df["arrival_s"].to_numpy() < rec.warmup_s
     return _derive_inplace(df)
+
+
+def _handoff_columns(df: pd.DataFrame, records: dict, pool_names: list[str], pool_of_replica: list[int]) -> None:
+    """Disaggregated runs only: each request's decode replica and pool, and its KV transfer's
+    seconds and bytes (NaN for requests that never reached a transfer)."""
+    rid = df["request_id"].to_numpy()
+    n = len(rid)
+    dec, secs, nbytes = np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan)
+    if records and n:
+        keys = np.fromiter(records.keys(), np.int64, len(records))
+        vals = np.array(list(records.values()), dtype=np.float64).reshape(-1, 3)
+        pos = np.searchsorted(rid, keys)      # the table is in request_id order
+        ok = (pos < n) & (rid[np.minimum(pos, n - 1)] == keys)
+        dec[pos[ok]], secs[pos[ok]], nbytes[pos[ok]] = vals[ok, 0], vals[ok, 1], vals[ok, 2]
+    codes = np.where(np.isnan(dec), -1, np.take(pool_of_replica, np.nan_to_num(dec).astype(np.int64)))
+    df["decode_pool"] = pd.Categorical.from_codes(codes, categories=pool_names)
+    df["decode_replica"] = dec
+    df["kv_transfer_s"] = secs
+    df["kv_transfer_bytes"] = nbytes
 
 
 def _session_table(rec: RunRecords) -> pd.DataFrame:
@@ -215,6 +237,8 @@ class Result:
             out.update(_latency_stats(name, done[f"{name}_s"].to_numpy()))
         for part in ("frontend_s", "queue_s", "prefill_s"):   # the mean TTFT split
             out[part] = float(done[part].mean()) if len(done) else math.nan
+        if "kv_transfer_s" in done:                           # disaggregated runs only
+            out.update(_latency_stats("kv_transfer", done["kv_transfer_s"].to_numpy()))
         out_tokens = float(done["output_tokens"].sum())
         in_tokens = float(done["input_tokens"].sum())
         out["output_tokens_per_s"] = out_tokens / span
