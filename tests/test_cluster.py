@@ -523,3 +523,14 @@ def test_a_failure_keeps_the_energy_drawn_before_it():
     assert res.pools.loc[0, "energy_j"] >= idle_w * up_s                   # up time draws at least idle power
     first = res.timeseries.iloc[0]
     assert first["time_s"] == 10 and first["power_w"] > idle_w             # decoding from 0 to 10 s
+
+
+def test_shedding_on_queue_delay_runs_and_sheds_under_overload():
+    """``overload_shedding.max_queue_delay_s`` asks the fleet for its queueing delay (it raised an
+    AttributeError after the step model moved to op tables); an overloaded fleet sheds with it, an
+    idle one does not."""
+    policy = 'policies=[{name="overload_shedding", max_queue_delay_s=2.0}]'
+    hot = simulate("engine_mixed", seed=1, overrides=["duration_s=120", "warmup_s=10", "streams.chat.rate=200", policy])
+    cold = simulate("engine_mixed", seed=1, overrides=["duration_s=120", "warmup_s=10", "streams.chat.rate=1", policy])
+    assert (hot.requests["outcome"] == "529_overload").sum() > 0
+    assert (cold.requests["outcome"] == "529_overload").sum() == 0

@@ -110,3 +110,11 @@ def test_a_built_run_routes_through_the_layers():
     sim = build(sc, 1)
     assert isinstance(sim.cluster.router, QueueGuard) and isinstance(sim.cluster.router.router, PinRelease)
     assert sim.run().summary()["completed"] > 50
+
+
+def test_the_layers_let_the_wrapped_routers_state_through():
+    inner = Fixed()
+    inner.free_at = {1: 0.0}
+    layered = QueueGuard(PinRelease(inner), 1.0, SimpleNamespace(now=0.0))
+    layered.free_at[1] = 2.0
+    assert inner.free_at == {1: 2.0} and layered.pick is None

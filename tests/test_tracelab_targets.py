@@ -41,6 +41,7 @@ always-run test pools four seeds (~20 s); ``pytest -m slow`` pools six other see
 """
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from agentsim.run.api import simulate
@@ -58,6 +59,9 @@ OUTPUT_1_24 = {"kind": "lognormal", "median": 214, "sigma": 1.24, "round": "roun
 
 #: a fifth of the sessions on a 1 M context window (see the module docstring)
 SHARE_1M = 0.2
+#: TraceLab's session cost distribution at provider list prices (USD) and the price list it is read at
+COST_TARGETS = {"mean": 9.70, "p50": 0.61, "p90": 13.4, "p99": 178.0}
+COST_PRICES = "opus"
 
 #: prompt-cache TTLs (workloads-policies.md §1.6 / §6.1: Claude Code asks for a 1 h TTL on a
 #: subscription, 5 min on an API key) and the subscribers' share of sessions [D: fitted, see below]
@@ -113,13 +117,15 @@ def sums(res) -> dict:
         "other_failures": int((~rq["outcome"].isin(["completed", "in_flight", "timed_out"])).sum()),
         "utilisation": float(res.summary()["pools"]["h100"]["busy_share"]),
         "sim_wall_s": float(res.meta["sim_wall_s"]),
+        "session_usd": res.session_costs(COST_PRICES).tolist(),
     }
 
 
 def measure(*results) -> dict:
     """The six target figures (and context for the report), pooled over ``results``."""
     t = [sums(r) for r in results]
-    S = {k: sum(x[k] for x in t) for k in t[0]}
+    S = {k: sum(x[k] for x in t) for k in t[0] if k != "session_usd"}
+    S["session_usd"] = np.concatenate([x["session_usd"] for x in t])
     S["utilisation"] /= len(t)
     h = S["engaged_h"]
     return {
@@ -157,6 +163,11 @@ def table(m: dict, title: str) -> str:
                  f"and compactions {m['calls_per_user_turn_incl_subagents']:.2f}, failed attempts "
                  f"{m['failed_attempts']}, utilisation {100 * m['utilisation']:.0f} %, "
                  f"sim wall {m['sim_wall_s']:.1f} s)")
+    usd = m["session_usd"]
+    lines.append(f"  session cost at {COST_PRICES} list prices, {len(usd):,} ended sessions: mean ${usd.mean():.2f} "
+                 f"(TraceLab ${COST_TARGETS['mean']:.2f}), p50 ${np.percentile(usd, 50):.2f} "
+                 f"(${COST_TARGETS['p50']:.2f}), p90 ${np.percentile(usd, 90):.2f} (${COST_TARGETS['p90']:.2f}), "
+                 f"p99 ${np.percentile(usd, 99):.0f} (${COST_TARGETS['p99']:.0f})")
     return "\n".join(lines)
 
 
@@ -185,6 +196,14 @@ def test_print_measured_vs_target(measured):
 @pytest.mark.parametrize("key", list(TARGETS))
 def test_coding_population_against_tracelab(measured, key):
     assert within(measured, key), (key, measured[key], TARGETS[key])
+
+
+def test_mean_session_cost_against_tracelab(measured):
+    """TraceLab's session cost at provider list prices: mean $9.70 (p50 $0.61, p90 $13.4, p99 $178;
+    workloads-policies.md §1.1). At Claude Opus 4.5 list prices the pooled mean is within ±25 %; the
+    median and p90 are not yet (the printed table shows them; issue 19's demand calibration)."""
+    mean = float(measured["session_usd"].mean())
+    assert abs(mean / COST_TARGETS["mean"] - 1) <= 0.25, mean
 
 
 def test_the_cluster_is_lightly_loaded(measured):

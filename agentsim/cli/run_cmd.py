@@ -20,14 +20,18 @@ from ..util.outdir import OutDir
 from ..run.scenario import MAX_SLICES, read_toml, schema, with_blame
 from ..run.checks import check_runnable, check_work, estimate_work
 from ..studies.utilisation import capacity_utilisation
+from ..results.steady import warmup_advice
 from .common import (MAX_WORKERS, cli, emit, force_option, format_option, out_options,
                      progress_option)
 
 DEFAULT_PRESET = "default"
 HEADLINE = ("requests", "completed", "ttft_s", "ttft_p99_s", "tpot_s", "tpot_p99_s", "e2e_s", "e2e_p99_s",
-            "frontend_s", "queue_s", "prefill_s", "output_tokens_per_s", "input_tokens_per_s", "goodput_rps", "slo_attainment",
+            "frontend_s", "queue_s", "prefill_s", "kv_transfer_s", "kv_transfer_p99_s", "output_tokens_per_s",
+            "input_tokens_per_s", "goodput_rps", "slo_attainment",
             "prefix_hit_rate", "preemptions", "joules_per_token", "usd_per_m_tokens", "cost_usd",
-            "facility_power_mean_w", "facility_power_peak_w", "sim_wall_s", "events_per_request")
+            "facility_power_mean_w", "facility_power_peak_w", "facility_mw_mean", "output_tokens_per_s_per_mw",
+            "engaged_user_hours", "energy_per_engaged_hour_kwh", "engaged_users_per_mw", "usd_per_engaged_hour",
+            "sim_wall_s", "events_per_request")
 
 #: per-pool rows of the summary table: capacity utilisation (agentsim.studies.utilisation) first, then the
 #: occupancies that say which limit binds, then busy share (time executing a step) and power
@@ -171,6 +175,9 @@ def _run_replications(sc, seed: int, replications: int, out, step_mode: bool, ch
                 _write_replication(res, out.write_path, i if replications > 1 else None, figures)
                 kept += 1
         summary = results[0].summary() if replications == 1 else ResultSet(results).summary()
+        advice = warmup_advice(summary)
+        if advice:
+            click.echo(f"warning: {advice}", err=True)
         if out and replications > 1:
             write_json(out.write_path / "summary.json", summary)
         if out:

@@ -33,7 +33,8 @@ CAPTIONS = {
 }
 SECTIONS = (
     ("Requests", ("requests", "completed", "requests_per_s", "goodput_rps", "slo_attainment", "preemptions")),
-    ("Latency (s)", ("ttft_s", "ttft_p50_s", "ttft_p99_s", "tpot_s", "tpot_p99_s", "e2e_s", "e2e_p99_s", "frontend_s", "queue_s", "prefill_s")),
+    ("Latency (s)", ("ttft_s", "ttft_p50_s", "ttft_p99_s", "tpot_s", "tpot_p99_s", "e2e_s", "e2e_p99_s", "frontend_s", "queue_s", "prefill_s",
+                     "kv_transfer_s", "kv_transfer_p99_s")),
     ("Throughput and cache", ("output_tokens_per_s", "input_tokens_per_s", "prefix_hit_rate")),
     ("Sessions", ("sessions", "session_failure_rate", "session_duration_s", "session_duration_p90_s",
                   "retries_per_call", "attempts_per_call")),

@@ -21,11 +21,13 @@ import numpy as np
 import pandas as pd
 
 from ..util.errors import InputError
+from ..provider.limits import prices
 from ..util.jsonout import dumps, jsonable
 from ..serving.request import OUTCOMES, REJECTIONS, TRIGGERS
 from ..workload.sessions import SESSION_OUTCOMES
 from .models import model_summaries
 from .metrics import Recorder
+from .steady import warmup_check
 
 PERCENTILES = (50, 90, 99)
 #: the outcomes a gateway policy returns
@@ -89,6 +91,7 @@ class RunRecords:
     streams: list                        # stream names in stream order
     warmup_s: float
     meta: dict
+    handoff: dict | None = None          # disaggregated runs: request id -> (decode replica, transfer s, bytes)
 
 
 def _request_table(rec: RunRecords) -> pd.DataFrame:
@@ -113,8 +116,29 @@ def _request_table(rec: RunRecords) -> pd.DataFrame:
     del data
     df["site"] = df["pool"].map(rec.pool_sites).astype("category")
     _missing_as_nan(df, MISSING_IDS)
+    if rec.handoff is not None:
+        _handoff_columns(df, rec.handoff, list(rec.pool_sites), rec.recorder.pool_of_replica)
     df["warmup"] = df["arrival_s"].to_numpy() < rec.warmup_s
     return _derive_inplace(df)
+
+
+def _handoff_columns(df: pd.DataFrame, records: dict, pool_names: list[str], pool_of_replica: list[int]) -> None:
+    """Disaggregated runs only: each request's decode replica and pool, and its KV transfer's
+    seconds and bytes (NaN for requests that never reached a transfer)."""
+    rid = df["request_id"].to_numpy()
+    n = len(rid)
+    dec, secs, nbytes = np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan)
+    if records and n:
+        keys = np.fromiter(records.keys(), np.int64, len(records))
+        vals = np.array(list(records.values()), dtype=np.float64).reshape(-1, 3)
+        pos = np.searchsorted(rid, keys)      # the table is in request_id order
+        ok = (pos < n) & (rid[np.minimum(pos, n - 1)] == keys)
+        dec[pos[ok]], secs[pos[ok]], nbytes[pos[ok]] = vals[ok, 0], vals[ok, 1], vals[ok, 2]
+    codes = np.where(np.isnan(dec), -1, np.take(pool_of_replica, np.nan_to_num(dec).astype(np.int64)))
+    df["decode_pool"] = pd.Categorical.from_codes(codes, categories=pool_names)
+    df["decode_replica"] = dec
+    df["kv_transfer_s"] = secs
+    df["kv_transfer_bytes"] = nbytes
 
 
 def _session_table(rec: RunRecords) -> pd.DataFrame:
@@ -131,6 +155,37 @@ def _session_table(rec: RunRecords) -> pd.DataFrame:
         _missing_as_nan(sessions, ("parent_id",))
         sessions = sessions.sort_values("session_id", kind="stable").reset_index(drop=True)
     return sessions
+
+
+def planner_units(summary: dict, timeseries: pd.DataFrame, warm_s: float, end_s: float, duration_s: float) -> dict:
+    """The figures a capacity planner plans in, over the measured window ``[warm_s, end_s]``:
+    the facility's mean MW there, output tokens per second per MW, and, for agent populations,
+    energy (kWh) and cost per engaged user-hour and engaged users per MW. Engaged hours are those
+    of the sessions that started in the window; cost is the run's, prorated to the window."""
+    out: dict = {}
+    if not len(timeseries):
+        return out
+    window = timeseries[timeseries["time_s"] > warm_s]
+    by_t = window.groupby("time_s", observed=True)["facility_power_w"].sum()
+    if not len(by_t):
+        return out
+    mw = float(by_t.mean()) / 1e6
+    out["facility_mw_mean"] = mw
+    out["output_tokens_per_s_per_mw"] = summary["output_tokens_per_s"] / mw if mw > 0 else math.nan
+    hours = summary.get("engaged_user_hours", math.nan)
+    if hours == hours and hours > 0:
+        window_h = max(end_s - warm_s, 1e-12) / 3600
+        out["energy_per_engaged_hour_kwh"] = mw * 1e3 * window_h / hours
+        out["engaged_users_per_mw"] = hours / window_h / mw if mw > 0 else math.nan
+        out["usd_per_engaged_hour"] = summary["cost_usd"] * (window_h * 3600 / max(duration_s, 1e-12)) / hours
+    return out
+
+
+def _root(sid: int, parent: dict, top: dict) -> int:
+    """The top-level session a sub-agent session belongs to."""
+    while not top.get(sid, True):
+        sid = int(parent[sid])
+    return sid
 
 
 def median_context(done: pd.DataFrame) -> float:
@@ -183,6 +238,8 @@ class Result:
             out.update(_latency_stats(name, done[f"{name}_s"].to_numpy()))
         for part in ("frontend_s", "queue_s", "prefill_s"):   # the mean TTFT split
             out[part] = float(done[part].mean()) if len(done) else math.nan
+        if "kv_transfer_s" in done:                           # disaggregated runs only
+            out.update(_latency_stats("kv_transfer", done["kv_transfer_s"].to_numpy()))
         out_tokens = float(done["output_tokens"].sum())
         in_tokens = float(done["input_tokens"].sum())
         out["output_tokens_per_s"] = out_tokens / span
@@ -221,6 +278,8 @@ class Result:
             out["models"] = model_summaries(self.requests, pools, warm, span, self.meta.get("slo_ttft_s", math.inf),
                                             self.meta.get("slo_tpot_s", math.inf))
         out.update(self.session_summary())
+        out.update(planner_units(out, self.timeseries, warm, end, self.meta.get("duration_s", end)))
+        out.update(warmup_check(self.meta, self.timeseries))
         out["sim_wall_s"] = float(self.meta.get("sim_wall_s", math.nan))
         out["events"] = int(self.meta.get("events", -1))
         out["events_per_request"] = out["events"] / len(self.requests) if len(self.requests) else math.nan
@@ -284,7 +343,31 @@ class Result:
         calls = float(ss["calls"].sum() + ss["failed_calls"].sum())
         out["retries_per_call"] = float(ss["retries"].sum()) / calls if calls else math.nan
         out["attempts_per_call"] = float(ss["attempts"].sum()) / calls if calls else math.nan
+        out["engaged_user_hours"] = float(top["engaged_s"].sum()) / 3600 if "engaged_s" in top else math.nan
+        out["users"] = int(top["user"].nunique()) if "user" in top else 0
         return out
+
+    def session_costs(self, price_list: str = "opus", ended_only: bool = True) -> pd.Series:
+        """List-price cost (USD) of each top-level session with its sub-agents, by ``session_id``.
+
+        Tokens are the sessions' own counts (every attempt's input, cached and output tokens);
+        uncached input is priced as cache writes (agents cache their prompts), as the plans' usage
+        meter does. ``ended_only`` leaves out sessions still running at the end (censored)."""
+        ss = self.sessions
+        if not len(ss):
+            return pd.Series(dtype=float, name="usd")
+        p = prices(price_list)
+        usd = ((ss["input_tokens"] - ss["cached_tokens"]) * p.cache_write + ss["cached_tokens"] * p.cache_read
+               + ss["output_tokens"] * p.output) / 1e6
+        top = ss["kind"] == "session"
+        root = ss["session_id"].where(top, ss["parent_id"])
+        # sub-agents of sub-agents: follow parents up to a top-level session
+        parent = dict(zip(ss["session_id"], ss["parent_id"]))
+        kind = dict(zip(ss["session_id"], top))
+        root = [r if kind.get(r, True) else _root(r, parent, kind) for r in root.astype("int64")]
+        by_root = usd.groupby(np.asarray(root)).sum()
+        keep = ss.loc[top & ((ss["outcome"] != "in_flight") if ended_only else True), "session_id"]
+        return by_root.reindex(keep.to_numpy()).rename("usd")
 
     # -- persistence ---------------------------------------------------------------------------------
     def save(self, out_dir: str | Path, overwrite: bool = False) -> Path:

@@ -1,11 +1,15 @@
 """``build(scenario, seed)``: the one place that wires a simulation together."""
 from __future__ import annotations
 
+from functools import partial
+
 import simpy
 
 from ..model.catalog import Catalog, env_catalog_files, load_catalog
 from ..serving.speculation import Speculation
-from ..serving.cluster import Cluster, Pool, fault_process, make_router, outage_process
+from ..serving.cluster import Cluster, Pool, fault_process, kv_tier_bytes_per_token, make_router, outage_process
+from ..serving.disagg import Handoff
+from ..serving.kv_tier import KvTier
 from ..model.deployment import Deployment
 from ..serving.engine import EngineConfig, Replica
 from ..serving.routing_guard import guarded
@@ -103,16 +107,21 @@ def build(scenario: Scenario, seed: int | None = None, *, catalog: Catalog | Non
     extra sources): SimPy orders same-time events by when they were scheduled.
     """
     seed = scenario.seed if seed is None else seed
-    scenario = sliced(scenario)
+    scenario = sliced(apportioned(scenario))
     catalog = catalog or load_catalog(env_catalog_files() + tuple(scenario.catalog))
     env = simpy.Environment()
     rng = RngStreams(seed, salt=scenario.slice.index)
     sim = Simulation(scenario, seed, env, rng)
     replica_cls = SteppingReplica if step_mode else CheckedReplica if check_invariants else Replica
-    pools, pool_of_replica = _pools(scenario, catalog, sim, replica_cls)
+    handoff = _handoff(scenario, sim)
+    t = scenario.kv_tier
+    kv_tier = KvTier(env, t.capacity_gb * 1e9, t.bandwidth_gbps * 1e9, t.latency_s) if t.capacity_gb > 0 else None
+    pools, pool_of_replica = _pools(scenario, catalog, sim, replica_cls, handoff, kv_tier)
     router = guarded(make_router(scenario.router.policy, rng("routing"), scenario.router), scenario.router,
                      scenario.slo_ttft_s, env)
-    sim.cluster = cluster = Cluster(env, pools, router, sim.done)
+    sim.cluster = cluster = Cluster(env, pools, router, sim.done, handoff, kv_tier)
+    if handoff is not None:
+        _check_roles(pools)
     sim.recorder = Recorder(pool_of_replica, len(pools))
     sim.sampler = Sampler(env, cluster, scenario.sample_s, sim.recorder, sim.quiescent)
     served = {p.deployment.model.name for p in pools}
@@ -130,7 +139,56 @@ def build(scenario: Scenario, seed: int | None = None, *, catalog: Catalog | Non
     return sim
 
 
-def _pools(scenario: Scenario, catalog: Catalog, sim: Simulation, replica_cls):
+def apportioned(scenario: Scenario) -> Scenario:
+    """The scenario with ``disaggregation.prefill_gpu_share`` applied: the GPUs of its prefill and
+    decode pool (their total as written) re-split so prefill gets that share, in whole replicas
+    (at least one each); unchanged without it."""
+    share = scenario.disaggregation.prefill_gpu_share
+    if share is None:
+        return scenario
+    pre = next(k for k, p in scenario.pools.items() if p.role == "prefill")
+    dec = next(k for k, p in scenario.pools.items() if p.role == "decode")
+    gp, gd = scenario.pools[pre].gpus_per_replica, scenario.pools[dec].gpus_per_replica
+    total = scenario.pools[pre].replicas * gp + scenario.pools[dec].replicas * gd
+    if total < gp + gd:
+        raise InputError(f"disaggregation.prefill_gpu_share {share:g}: pools {pre} and {dec} have {total} GPUs, "
+                         f"fewer than one replica of each ({gp} + {gd})")
+    n_pre = min(max(1, int(total * share / gp + 0.5)), (total - gd) // gp)     # half up: 2.5 replicas -> 3
+    n_dec = max(1, (total - n_pre * gp) // gd)
+    pools = dict(scenario.pools)
+    pools[pre] = pools[pre].model_copy(update={"replicas": n_pre})
+    pools[dec] = pools[dec].model_copy(update={"replicas": n_dec})
+    return scenario.model_copy(update={"pools": pools})
+
+
+def _handoff(scenario: Scenario, sim: Simulation) -> Handoff | None:
+    """The prefill -> decode hand-off when some pool is not mixed (None otherwise: nothing changes)."""
+    if all(p.role == "mixed" for p in scenario.pools.values()):
+        return None
+    d = scenario.disaggregation
+    policy = d.decode_router or scenario.router.policy
+    try:
+        router = make_router(policy, sim.rng("routing/decode"), scenario.router)
+    except InputError as e:
+        raise InputError(str(e).replace("router.policy", "disaggregation.decode_router")) from None
+    return Handoff(sim.env, router, d.transfer_latency_s, sim.done)
+
+
+def _check_roles(pools: list[Pool]) -> None:
+    """Every model with a prefill pool has a decode pool, and the other way round."""
+    for p in pools:
+        if p.role == "mixed":
+            continue
+        other = "decode" if p.role == "prefill" else "prefill"
+        model = p.deployment.model.name
+        if not any(q.role == other and q.deployment.model.name == model for q in pools):
+            have = [q.name for q in pools if q.role == other]
+            raise InputError(f"pools.{p.name}.role {p.role!r}: no pool with role {other!r} serves {model} "
+                             f"(pools with role {other}: {', '.join(have) or 'none'}); add one or set role = 'mixed'")
+
+
+def _pools(scenario: Scenario, catalog: Catalog, sim: Simulation, replica_cls, handoff: Handoff | None = None,
+           kv_tier: KvTier | None = None):
     """Each pool's deployment, engine limits, step tables and replicas; and the pool of every replica."""
     pools: list[Pool] = []
     pool_of_replica: list[int] = []
@@ -145,17 +203,34 @@ def _pools(scenario: Scenario, catalog: Catalog, sim: Simulation, replica_cls):
         site = scenario.sites[p.site]
         pool = Pool(name=name, index=i, site=p.site, facility_multiplier=(1 + site.other_it_fraction) * site.pue,
                     deployment=dep, coeffs=coeffs, config=cfg,
-                    usd_per_gpu_hour=p.usd_per_gpu_hour if p.usd_per_gpu_hour is not None else dep.gpu.usd_per_gpu_hour)
+                    usd_per_gpu_hour=p.usd_per_gpu_hour if p.usd_per_gpu_hour is not None else dep.gpu.usd_per_gpu_hour,
+                    role=p.role)
+        on_done = _on_done(p, name, dep, settings, sim, handoff, kv_tier)
         for _ in range(p.autoscale.max_replicas if p.autoscale else p.replicas):   # scaling: parked at the start
             rid = len(pool_of_replica)
             cache = make_cache(settings.prefix_cache, ccfg)
             spec = (Speculation(settings.speculative_tokens, settings.acceptance, settings.acceptance_concentration,
                                 sim.rng(f"speculation/{rid}")) if settings.speculative_tokens else None)
-            pool.replicas.append(replica_cls(sim.env, coeffs, cfg, index=rid, on_done=sim.done, cache=cache,
+            pool.replicas.append(replica_cls(sim.env, coeffs, cfg, index=rid, on_done=on_done, cache=cache,
                                              speculation=spec))
             pool_of_replica.append(i)
         pools.append(pool)
     return pools, pool_of_replica
+
+
+def _on_done(p, name: str, dep: Deployment, settings: EngineSettings, sim: Simulation, handoff, kv_tier):
+    """Where a pool's replicas report ending requests: the hand-off for legs of disaggregated
+    requests, the KV tier (which keeps their contexts, then ends them), or the simulation."""
+    if kv_tier is None or p.role == "decode":
+        return sim.done if p.role == "mixed" else handoff.leg_done
+    if settings.prefix_cache != "session" or settings.host_kv_gb <= 0 or settings.retention == "none":
+        raise InputError(f"pools.{name}: kv_tier.capacity_gb > 0 needs session prefix caching with a host tier "
+                         f"(engine.prefix_cache = 'session', engine.host_kv_gb > 0, retention not 'none'); got "
+                         f"prefix_cache {settings.prefix_cache!r}, host_kv_gb {settings.host_kv_gb:g}, "
+                         f"retention {settings.retention!r}")
+    if p.role == "prefill":
+        return handoff.leg_done          # the hand-off keeps the legs' KV in the tier
+    return partial(kv_tier.ended, model=dep.model.name, bytes_per_token=kv_tier_bytes_per_token(dep), then=sim.done)
 
 
 def _served_model(catalog: Catalog, wanted: str | None, served: set[str], where: str) -> str | None:

@@ -27,7 +27,7 @@ from ..util.errors import InputError, not_utf8
 # -- bounds: agentsim.util.bounds (re-exported here for the schema and the CLI) ---------------------
 from ..util.bounds import (MAX_DURATION_S, MAX_RATE, MAX_REQUESTS, MAX_REPLICAS, MAX_USERS, MAX_COUNT, MAX_TOKENS, MAX_TTL_S, MAX_HOST_KV_GB, MAX_SLO_S, MAX_SLICES, MAX_SEED)  # noqa: E402,F401
 from .scenario_parts import (Model, EngineSettings, Site, Faults, Pool, Router, Outage, Stream,  # noqa: F401
-                             Population, Slice)
+                             Population, Slice, Disaggregation, KvTierSettings)
 
 
 #: the scenario file format this release reads; files state theirs as ``schema_version`` (missing =
@@ -60,6 +60,10 @@ class Scenario(Model):
     sites: dict[str, Site] = Field(default_factory=lambda: {"default": Site()})
     pools: dict[str, Pool] = Field(description="replica pools by name")
     router: Router = Field(default_factory=Router)
+    disaggregation: Disaggregation = Field(default_factory=Disaggregation,
+                                           description="KV hand-off settings for pools with role prefill / decode")
+    kv_tier: KvTierSettings = Field(default_factory=KvTierSettings,
+                                    description="a cluster-wide KV tier of session prefixes (off by default)")
     outages: list[Outage] = Field(default_factory=list)
     streams: dict[str, Stream] = Field(default_factory=dict, description="request streams by name")
     populations: dict[str, Population] = Field(default_factory=dict, description="agent and chat populations")
@@ -95,6 +99,12 @@ class Scenario(Model):
                 er = e.errors()[0]
                 raise ValueError(f"pools.{name}.engine.{'.'.join(map(str, er['loc']))}: "
                                  f"{er['msg']} (got {er.get('input')!r})") from None
+        share = self.disaggregation.prefill_gpu_share
+        roles = {r: [n for n, p in self.pools.items() if p.role == r] for r in ("prefill", "decode")}
+        if share is not None and (len(roles["prefill"]) != 1 or len(roles["decode"]) != 1):
+            raise ValueError(f"disaggregation.prefill_gpu_share {share:g} needs exactly one pool with role prefill and "
+                             f"one with role decode; prefill: {roles['prefill'] or 'none'}, decode: "
+                             f"{roles['decode'] or 'none'}")
         try:
             parse_policies(self.policies)
         except InputError as e:

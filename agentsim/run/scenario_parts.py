@@ -135,8 +135,16 @@ class Pool(Model):
     usd_per_gpu_hour: float | None = Field(None, ge=0, le=1e4, description="override the catalog price")
     engine: dict[str, Any] = Field(default_factory=dict, description="overrides of [engine] for this pool")
     faults: Faults = Field(default_factory=Faults)
+    role: Literal["mixed", "prefill", "decode"] = Field(
+        "mixed", description="mixed: prefill and decode on one replica; prefill / decode: disaggregated (a request "
+                             "prefills here, its KV moves to a decode pool of the same model, it decodes there)")
+
     autoscale: Autoscale | None = Field(None, description="scale between min and max replicas (replicas = how "
                                                           "many are provisioned at the start); none = fixed")
+
+    @property
+    def gpus_per_replica(self) -> int:
+        return self.tp * self.dp_attention * self.pp
 
     @model_validator(mode="after")
     def _start_within_bounds(self) -> "Pool":
@@ -158,7 +166,7 @@ class Pool(Model):
 
 class Router(Model):
     policy: str = Field("least_outstanding", description="round_robin | least_outstanding | power_of_two | "
-                                                          "speed_aware | session_affinity")
+                                                          "speed_aware | session_affinity | prefix_aware")
     affinity_load_bound: float = Field(1.25, ge=1, le=1e3, description="session_affinity: leave the home replica when "
                                                                 "its load exceeds this x the mean (+1)")
     release_moved_pins: bool = Field(True, description="when a session's call goes to another replica than its "
@@ -172,6 +180,28 @@ class Router(Model):
                                         "queue head may have waited at the pick (s); the trade-off between the "
                                         "policy's objective (cache hits, fastest pool) and latency; "
                                         "default: half of slo_ttft_s")
+
+
+class Disaggregation(Model):
+    """Prefill/decode disaggregation: the KV hand-off between prefill and decode pools (pools' ``role``)."""
+
+    transfer_latency_s: float = Field(0.0005, ge=0, le=60, description="fixed cost of one KV transfer (s): RDMA "
+                                      "setup and completion, on top of bytes / link bandwidth (data/SOURCES.md)")
+    decode_router: str | None = Field(None, description="policy that picks the decode replica (default: "
+                                      "router.policy); the prefill replica is picked by router.policy")
+    prefill_gpu_share: float | None = Field(None, gt=0, lt=1, description="re-split the GPUs of the one prefill "
+                                            "and the one decode pool (their total as written) so prefill gets "
+                                            "this share (rounded to whole replicas, at least one each): the "
+                                            "P:D ratio as one sweepable field at equal GPU count; none = as written")
+
+
+class KvTierSettings(Model):
+    """A cluster-wide KV tier (CXL, SSD or pooled remote memory) that replicas load session prefixes from."""
+
+    capacity_gb: float = Field(0.0, ge=0, le=1e9, description="capacity (GB); 0 = no shared tier")
+    bandwidth_gbps: float = Field(50.0, gt=0, le=1e5, description="GB/s of one load into a replica (default: "
+                                  "one 400 Gb/s NIC; data/SOURCES.md)")
+    latency_s: float = Field(0.001, ge=0, le=60, description="fixed cost of one load (s)")
 
 
 class Outage(Model):

@@ -172,7 +172,7 @@ class Simulation:
     def cancel(self, req: Request, outcome: str) -> None:
         """The client gives up on a request that is still open (timeout, abandonment)."""
         if req.rid in self.open and req.replica >= 0:
-            self.cluster.replicas[req.replica].cancel(req, outcome)
+            self.cluster.cancel(req, outcome)
 
     def submit(self, req: Request, model: str | None = None) -> None:
         """A request enters the provider: gateway policies, then the router."""
@@ -249,7 +249,8 @@ class Simulation:
             sessions=self.session_recorder.columns() if self.session_recorder is not None else {},
             pool_report=self.cluster.report(self.env.now), pool_sites={p.name: p.site for p in self.cluster.pools},
             profiles={p.name: p.cfg.profile for p in self.populations}, streams=list(self.stream_names),
-            warmup_s=self.scenario.warmup_s, meta=self.run_meta())
+            warmup_s=self.scenario.warmup_s, meta=self.run_meta(),
+            handoff=self.cluster.handoff.records if self.cluster.handoff is not None else None)
 
     def run_meta(self) -> dict:
         """The run's metadata: scenario, seed, timings, SLOs, sites, step model and each population's counters."""

@@ -123,6 +123,26 @@ class BlockPrefixCache(GpuTier):
         """0: routers do not look into block caches (a trace's blocks are shared across keys)."""
         return 0
 
+    def held(self, blocks, length: int, now: float) -> tuple[int, int]:
+        """(GPU, host) tokens of the leading run of ``blocks`` held here (unexpired on the GPU),
+        capped by ``length``; reads only, unlike :meth:`take` (a router's question)."""
+        if not self.enabled or not blocks or length <= 0:
+            return 0, 0
+        gpu, host, B = self.gpu, self.host, self.block
+        hit_gpu = hit_host = 0
+        for i, h in enumerate(blocks):
+            size = min(B, length - i * B)
+            if size <= 0:
+                break
+            entry = gpu.get(h)
+            if entry is not None and now <= entry[1]:
+                hit_gpu += size
+            elif entry is None and h in host:
+                hit_host += size
+            else:
+                break
+        return hit_gpu, hit_host
+
     def peek_gpu(self, key) -> int:
         """GPU tokens :meth:`take` would release: none, blocks are shared."""
         return 0

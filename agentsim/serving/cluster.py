@@ -19,6 +19,7 @@ import numpy as np
 
 from ..model.deployment import Deployment
 from .engine import EngineConfig, Replica
+from .prefix_router import PrefixAware
 from ..util.errors import unknown_name
 from .request import Request
 from ..model.servicetime import StepCoeffs
@@ -35,6 +36,7 @@ class Pool:
     config: EngineConfig
     usd_per_gpu_hour: float
     replicas: list = field(default_factory=list)
+    role: str = "mixed"          # mixed | prefill | decode (serving/disagg.py)
 
     @property
     def n_gpus(self) -> int:
@@ -181,7 +183,7 @@ class SessionAffinity:
 
 
 ROUTERS = {"round_robin": RoundRobin, "least_outstanding": LeastOutstanding, "power_of_two": PowerOfTwo,
-           "speed_aware": SpeedAware, "session_affinity": SessionAffinity}
+           "speed_aware": SpeedAware, "session_affinity": SessionAffinity, "prefix_aware": PrefixAware}
 
 
 def make_router(name: str, rng, cfg):
@@ -193,17 +195,31 @@ def make_router(name: str, rng, cfg):
 
 # -- the cluster -----------------------------------------------------------------------------------
 class Cluster:
-    """All pools, the router and the health of every replica."""
+    """All pools, the router and the health of every replica.
 
-    def __init__(self, env, pools: list[Pool], router, on_done) -> None:
+    With ``handoff`` (:class:`~agentsim.serving.disagg.Handoff`) pools may be disaggregated: requests
+    enter by mixed and prefill pools, and a request routed to a prefill replica takes the hand-off's
+    path; decode pools get requests only from it.
+    """
+
+    def __init__(self, env, pools: list[Pool], router, on_done, handoff=None, kv_tier=None) -> None:
         self.env = env
         self.pools = pools
         self.router = router
         self.on_done = on_done
         self.replicas = [r for p in pools for r in p.replicas]
         self._by_model: dict[str, list[Pool]] = {}
+        self._decoders: dict[str, list[Pool]] = {}
         for p in pools:
-            self._by_model.setdefault(p.deployment.model.name, []).append(p)
+            (self._decoders if p.role == "decode" else self._by_model).setdefault(p.deployment.model.name, []).append(p)
+        self._entry_pools = [p for p in pools if p.role != "decode"]
+        self.handoff = handoff
+        if handoff is not None:
+            handoff.bind(self)
+        self.kv_tier = kv_tier           # serving/kv_tier.py: mixed replicas load session prefixes from it
+        self._pool_of = [p for p in pools for _ in p.replicas]
+        if kv_tier is not None and hasattr(router, "attach_tier"):
+            router.attach_tier(kv_tier, self._tier_terms)
         self._down: dict[int, int] = {}          # replica id -> reasons it is down
         self.down_since: dict[int, float] = {}
         self.down_time = [0.0] * len(self.replicas)
@@ -214,11 +230,20 @@ class Cluster:
         self.parked_time = [0.0] * len(self.replicas)
         self.parked_since: dict[int, float] = {}
 
-    def candidates(self, model: str | None) -> list:
-        key = model
+    def _tier_terms(self, replica) -> tuple[str, float]:
+        """(model, KV tier bytes a token) of ``replica``'s deployment."""
+        dep = self._pool_of[replica.index].deployment
+        return dep.model.name, kv_tier_bytes_per_token(dep)
+
+    def candidates(self, model: str | None, decode: bool = False) -> list:
+        """Up replicas a request for ``model`` (None: any) may enter by, or with ``decode`` those of its decode pools."""
+        key = ("decode", model) if decode else model
         cands = self._cands_cache.get(key)
         if cands is None:
-            pools = self.pools if model is None else self._by_model.get(model, [])
+            if decode:
+                pools = self._decoders.get(model, [])
+            else:
+                pools = self._entry_pools if model is None else self._by_model.get(model, [])
             cands = [r for p in pools for r in p.replicas if r.up and self.routable[r.index]]
             self._cands_cache[key] = cands
         return cands
@@ -252,6 +277,8 @@ class Cluster:
                 - p.deployment.n_gpus * p.usd_per_gpu_hour * parked / 3600,
                 "preemptions": sum(r.preemptions for r in p.replicas),
             })
+            if self.handoff is not None:      # a column only where disaggregation is configured
+                rows[-1]["role"] = p.role
         return rows
 
     def load(self, model: str | None) -> "FleetLoad | None":
@@ -267,7 +294,29 @@ class Cluster:
             req.outcome = "replica_failed"
             self.on_done(req)
             return
-        self.router(cands, req).submit(req)
+        replica = self.router(cands, req)
+        if self.handoff is not None and self.handoff.is_prefill(replica):
+            self.handoff.start(req, replica)
+        else:
+            self.submit_to(req, replica, self.on_done)
+
+    def submit_to(self, req: Request, replica, end) -> None:
+        """Submit ``req`` to ``replica``, first loading from the KV tier (if any) what the replica lacks
+        of its prefix; ``end(req)`` if it ends during that load."""
+        if self.kv_tier is not None:
+            dep = self._pool_of[replica.index].deployment
+            seconds, tokens = self.kv_tier.plan(req, replica, dep.model.name, kv_tier_bytes_per_token(dep))
+            if tokens:
+                return self.kv_tier.load(req, replica, seconds, tokens, end)
+        replica.submit(req)
+
+    def cancel(self, req: Request, outcome: str) -> None:
+        """The client gives up on ``req``, which reached a replica."""
+        if self.handoff is not None and self.handoff.cancel(req, outcome):
+            return
+        if self.kv_tier is not None and self.kv_tier.cancel(req, outcome):
+            return
+        self.replicas[req.replica].cancel(req, outcome)
 
     def take_down(self, rid: int) -> None:
         n = self._down.get(rid, 0)
@@ -276,6 +325,10 @@ class Cluster:
             self.down_since[rid] = self.env.now
             self._cands_cache.clear()
             self.replicas[rid].fail()
+            if self.handoff is not None:
+                self.handoff.replica_down(rid)
+            if self.kv_tier is not None:
+                self.kv_tier.replica_down(rid)
 
     def bring_up(self, rid: int) -> None:
         n = self._down.get(rid, 0)
@@ -316,6 +369,11 @@ class Cluster:
         if rid in self.down_since:
             t += self.env.now - self.down_since[rid]
         return t
+
+
+def kv_tier_bytes_per_token(dep: Deployment) -> float:
+    """Bytes of one token's KV in the shared tier: the model's distinct KV (tp = 1) in the pool's KV dtype."""
+    return dep.model.kv_bytes_per_token(dep.kv_dtype, 1)
 
 
 def fault_process(env, cluster: Cluster, rid: int, mtbf_s: float, mttr_s: float, rng):
@@ -359,5 +417,7 @@ class FleetLoad:
         return sum(r.outstanding for r in self._replicas) / len(self._replicas)
 
     def queue_delay_s(self) -> float:
-        """Estimated queueing delay at the least-loaded replica: its queued prompt tokens at its prefill rate."""
-        return min(sum(q.prompt_len for q in r.waiting) * r.c.t_token for r in self._replicas)
+        """Estimated queueing delay at the least-loaded replica: the prefill time of its queued
+        prompts, each priced as one step of the service-time model (chunking overheads left out)."""
+        return min(sum(r.c.step_time(q.prompt_len, q.prompt_len * q.prompt_len / 2) for q in r.waiting)
+                   for r in self._replicas)

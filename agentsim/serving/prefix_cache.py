@@ -147,6 +147,19 @@ class PrefixCache(GpuTier):
         entry = self.gpu.get(key) if key is not None and self.enabled else None
         return entry[0] if entry is not None and now <= entry[1] else 0
 
+    def held(self, key, length: int, now: float) -> tuple[int, int]:
+        """(GPU, host) tokens of ``key``'s first ``length`` tokens held unexpired here; reads only
+        (a router's question: :class:`~agentsim.serving.prefix_router.PrefixAware`)."""
+        if not self.enabled or key is None or length <= 0:
+            return 0, 0
+        entry = self.gpu.get(key)
+        if entry is not None and now <= entry[1]:
+            return min(entry[0], length), 0
+        tokens = self.host.get(key)
+        if tokens is not None and now <= self.host_expiry[key]:
+            return 0, min(tokens, length)
+        return 0, 0
+
     def peek_gpu(self, key) -> int:
         """GPU tokens that :meth:`take` would release for ``key`` (0 if none)."""
         entry = self.gpu.get(key) if key is not None else None
@@ -176,6 +189,16 @@ class PrefixCache(GpuTier):
             del self.host_expiry[key]
         self.gpu[key] = (tokens, self.expiry(now, ttl))
         self.gpu_used += tokens
+
+    def stage(self, key, tokens: int, now: float, ttl: float | None = None) -> None:
+        """``tokens`` of ``key`` were loaded from outside (the cluster's KV tier) into the host tier;
+        a shorter GPU entry of the key gives way (a lookup would find it first)."""
+        if not self.enabled or key is None or tokens <= 0:
+            return
+        old = self.gpu.pop(key, None)
+        if old is not None:
+            self.gpu_used -= old[0]
+        self._to_host(key, tokens, self.expiry(now, ttl))
 
     # -- eviction ---------------------------------------------------------------------------------
     def evict(self, need: int, now: float, force: bool = False) -> int:

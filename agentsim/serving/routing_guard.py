@@ -35,6 +35,8 @@ OBJECTIVES: dict[str, str] = {
     "speed_aware": "latency: lowest expected finish time from the service-time model, counting a GPU-cached prefix",
     "session_affinity": "prefix-cache hits: a session stays on its replica (compute, energy and cost per "
                         "token) until it holds more than affinity_load_bound x the mean",
+    "prefix_aware": "latency with cache hits: expected finish time counting the prefix each replica holds on any "
+                    "tier (session entries or shared blocks), no session table",
 }
 
 
@@ -85,6 +87,12 @@ class QueueGuard:
         self.env = env
         self.spills = 0          # requests moved off the router's first pick
 
+    def __getattr__(self, name: str):
+        """Anything else is the wrapped router's (its state stays readable through the layer)."""
+        if name == "router":
+            raise AttributeError(name)
+        return getattr(self.router, name)
+
     def __call__(self, cands: list, req: Request):
         pick = self.router(cands, req)
         now = self.env.now
@@ -113,6 +121,12 @@ class PinRelease:
         self.router = router
         self.last: dict = {}         # prefix key -> replica of its last call
         self.released = 0            # entries dropped
+
+    def __getattr__(self, name: str):
+        """Anything else is the wrapped router's (its state stays readable through the layer)."""
+        if name == "router":
+            raise AttributeError(name)
+        return getattr(self.router, name)
 
     def __call__(self, cands: list, req: Request):
         pick = self.router(cands, req)

@@ -102,6 +102,14 @@ def capacity_utilisation(res) -> dict[str, dict]:
     return res.meta["capacity"]
 
 
+def _served_by_role(done, name: str, role: str) -> float:
+    """Output tokens a disaggregated pool produced: the first token of each request it prefilled,
+    the rest of each request it decoded."""
+    if role == "prefill":
+        return float((done["pool"] == name).sum())
+    return float((done.loc[done["decode_pool"] == name, "output_tokens"] - 1).sum())
+
+
 def _compute(res) -> dict[str, dict]:
     sc = res.meta.get("scenario", {})
     warm = float(res.meta.get("warmup_s", 0.0))
@@ -127,6 +135,10 @@ def _compute(res) -> dict[str, dict]:
             if len(t):
                 row["batch_occupancy"] = float((t["running"] / (p["max_batch"] * p["replicas"])).mean())
                 row["kv_occupancy"] = float(t["kv_used_frac"].mean())
+        if p.get("role") in ("prefill", "decode"):   # a mixed max-load estimate does not describe it: NaN
+            row["served_output_tokens_per_s"] = _served_by_role(done, name, p["role"]) / span
+            out[name] = row
+            continue
         if not len(mine):
             row["capacity_utilisation"] = 0.0        # served nothing: 0 of whatever it could carry
         else:

@@ -11,6 +11,9 @@ the experiments' tables and bands) comes from here, so that a count's interval n
   interval (binomial ranks), so a single run's p99 gets an honest interval;
 * :func:`paired_difference` — mean of per-replication differences b − a over common random
   numbers (the same seeds on both sides), Student-t interval.
+* :func:`tipping_point` — where a probability rising with load passes a level, with the interval
+  that inverts the Wilson intervals;
+* :func:`mser5` — the warm-up to cut from a sampled series (MSER-5).
 
 :func:`summary_range` maps a summary key to its valid range. Intervals return ``(estimate, low,
 high)``; with too little data the bounds are NaN (never a made-up width). scipy is imported
@@ -137,3 +140,55 @@ def paired_difference(a, b, level: float = LEVEL, valid: tuple[float, float] = A
     """Mean of ``b[i] − a[i]`` over paired replications (common random numbers: replication i of
     both sides ran with the same seed, so the pair differs by the treatment, not by the draws)."""
     return mean_interval([y - x for x, y in zip(a, b)], level, valid)
+
+
+def mser5(series) -> int:
+    """The warm-up to cut from a sampled output series, in samples: MSER-5 (White 1997; Law,
+    *Simulation Modeling and Analysis*, §9.5.1).
+
+    The series is averaged in batches of 5; for each truncation ``d`` (in batches, over the first
+    half) MSER is the variance of the remaining batch means over their count squared — the squared
+    half-width a confidence interval of what is left would have. The ``d`` that minimises it is
+    where the initial transient stops paying for its bias; the answer is ``5 d`` samples. Fewer
+    than 10 batches: 0 (too short to tell).
+    """
+    x = np.asarray(series, dtype=float)
+    m = len(x) // 5
+    if m < 10:
+        return 0
+    b = x[:m * 5].reshape(m, 5).mean(axis=1)
+    # suffix sums give every tail's mean and sum of squares in one pass
+    s1 = np.cumsum(b[::-1])[::-1]
+    s2 = np.cumsum((b * b)[::-1])[::-1]
+    d = np.arange(m // 2 + 1)
+    k = m - d
+    ss = s2[d] - s1[d] ** 2 / k          # sum of squared deviations of the tail
+    return 5 * int(np.argmin(ss / (k * k)))
+
+
+def tipping_point(xs, k, n, p: float = 0.5, level: float = LEVEL) -> tuple[float, float, float]:
+    """Where a probability that rises with ``x`` passes ``p``, from ``k[i]`` events in ``n[i]`` runs
+    at each increasing ``x[i]``: ``(estimate, low, high)``.
+
+    The estimate is where the observed shares first reach ``p`` (linear interpolation between the
+    two loads around it). The interval inverts the Wilson intervals: below ``low`` every load's
+    share is significantly under ``p`` (its upper bound is below ``p``), above ``high`` significantly
+    over it (its lower bound is above ``p``), each crossing interpolated the same way. A crossing
+    beyond the swept range is ``inf`` (never reached) or ``-inf`` (already past at the first load).
+    """
+    xs = np.asarray(xs, dtype=float)
+    iv = [proportion_interval(int(a), int(b), level) for a, b in zip(k, n)]
+    share, low, high = (np.array([v[j] for v in iv]) for j in range(3))
+    return _first_crossing(xs, share, p), _first_crossing(xs, high, p), _first_crossing(xs, low, p)
+
+
+def _first_crossing(xs: np.ndarray, ys: np.ndarray, p: float) -> float:
+    """The first ``x`` where ``ys`` reaches ``p``, interpolated; -inf if it starts there, inf if never."""
+    at = np.nonzero(ys >= p)[0]
+    if len(at) == 0:
+        return math.inf
+    i = int(at[0])
+    if i == 0:
+        return -math.inf
+    x0, x1, y0, y1 = xs[i - 1], xs[i], ys[i - 1], ys[i]
+    return float(x0 + (p - y0) / (y1 - y0) * (x1 - x0))

@@ -35,7 +35,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import Report, check_args, crossing, default_scenario, main_for, md_table, run_tasks, save_figure, seeds, simulate_one, stat
+from . import (Report, tidy, check_args, crossing, default_scenario, main_for, md_table, replicate_until, run_tasks, save_figure,
+               seeds, simulate_one, stat)
 from ...model.catalog import load_catalog
 from ..slicing import slice_indices, slice_seed
 
@@ -43,6 +44,8 @@ QUESTION = ("How many more coding-agent users does a leased Colossus-1-like data
             "30k GB200) serve at an SLO on top of an existing fleet, at what power against its 300 MW, and at what cost?")
 FULL_SCALE = 5.0
 REPLICATIONS = 3
+MAX_REPLICATIONS = 9
+TARGET_HALFWIDTH = 0.10   # replications until the users-at-SLO interval is within ±10 % of it
 SLICES = 625
 # (gpu, precision, GPUs per replica, GPUs): the default scenario's shapes, tp 1 x dp_attention = ep = size
 LEASE = {"h100": ("H100-SXM", "fp8", 16, 150_000), "h200": ("H200", "fp8", 8, 50_000),
@@ -150,13 +153,31 @@ def run(out_dir, scale: float = 1.0, seed: int = 1, replications: int | None = N
         *, address: str | None = None, users_grid=USERS_GRID, check_existing: bool = True) -> dict:
     check_args(scale, replications, seed)
     t0 = time.perf_counter()
-    R = replications or REPLICATIONS
     out = Path(out_dir)
     rep = Report("datacenter_lease", QUESTION)
     N = max(1, round(SLICES / scale))
-    ss = seeds(seed, R)
-    tasks = [sliced_task(lease_scenario(N, u), N, s) for u in users_grid for s in ss]
-    results = run_tasks(measure, tasks, workers, label="datacenter_lease (lease)", address=address)
+
+    def run_seeds(batch: list[int]) -> list[list[dict]]:
+        """Per seed: its results at every grid point."""
+        tasks = [sliced_task(lease_scenario(N, u), N, s) for s in batch for u in users_grid]
+        flat = run_tasks(measure, tasks, workers, label="datacenter_lease (lease)", address=address)
+        k = len(users_grid)
+        return [flat[i * k:(i + 1) * k] for i in range(len(batch))]
+
+    def users_stat(per_seed: list[list[dict]]):
+        ss_ = seeds(seed, len(per_seed))
+        return stat([p["users"] for p in _per_replication(_grid_table(_by_grid(per_seed), users_grid, ss_, N))])
+
+    if replications:
+        ss = seeds(seed, replications)
+        per_seed = run_seeds(ss)
+    else:   # as many as the answer needs: its 95 % half-width within 10 % (3, then 2 at a time, at most 9)
+        per_seed, ss, _ = replicate_until(run_seeds, users_stat, seed, start=REPLICATIONS, step=2, cap=MAX_REPLICATIONS,
+                                          rel_halfwidth=TARGET_HALFWIDTH)
+    R = len(ss)
+    results = _by_grid(per_seed)
+    rep.runs = tidy({u: [per_seed[j][i] for j in range(R)] for i, u in enumerate(users_grid)}, ss,
+                    lambda u: {"users": u, "slices": N})
     t = _grid_table(results, users_grid, ss, N)
     per_rep = _per_replication(t)
     users = stat([p["users"] for p in per_rep])
@@ -181,9 +202,15 @@ def run(out_dir, scale: float = 1.0, seed: int = 1, replications: int | None = N
                    "nameplate_mw": nameplate_mw, "facility_mw": FACILITY_MW, "joules_per_token": jpt,
                    "usd_per_m_tokens": usd_mtok, "cost": cost, "per_replication": per_rep, "existing_check": check,
                    "slices": N, "gpus": gpus, "replications": R, "seeds": ss}
-    rep.settings = {"scale": scale, "replications": R, "seed": seed, "slices": N,
+    rep.settings = {"scale": scale, "replications": R if replications else f"{R} (until the users-at-SLO 95 % "
+                    f"half-width is within {TARGET_HALFWIDTH:.0%}, at most {MAX_REPLICATIONS})", "seed": seed, "slices": N,
                     "users_grid": list(users_grid), "slo": f"attainment >= {SLO_TARGET}", "window": START}
     return rep.write(out, time.perf_counter() - t0)
+
+
+def _by_grid(per_seed: list[list[dict]]) -> list[dict]:
+    """Per-seed results reordered grid point by grid point (the order :func:`_grid_table` reads)."""
+    return [per_seed[j][i] for i in range(len(per_seed[0])) for j in range(len(per_seed))]
 
 
 def _grid_table(results: list[dict], users_grid, ss: list[int], N: int) -> pd.DataFrame:

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import Report, check_args, crossing, main_for, md_table, ratio, run_arms, save_figure, seeds, simulate_one, stat
+from . import Report, tidy, check_args, crossing, main_for, md_table, ratio, run_arms, save_figure, seeds, simulate_one, stat
 from ...model.catalog import load_catalog
 from ...model.deployment import Deployment
 from ...model.servicetime import StepCoeffs
@@ -76,6 +76,7 @@ def measure(sc: dict, seed: int) -> dict:
             "facility_w_per_gpu": fac_w / gpus, "server_w_per_gpu": float(pools["energy_j"].sum()) / dur / gpus,
             "output_tokens_per_s_per_gpu": out_tokens / dur / gpus,
             "busy": float(pools["busy_frac"].mean()), "slo_attainment": float(s["slo_attainment"]),
+            "kwh_per_engaged_hour": float(s.get("energy_per_engaged_hour_kwh", math.nan)),
             "ttft_p90_s": float(s["ttft_p90_s"]), "tpot_p90_s": float(s["tpot_p90_s"]),
             "idle_w_per_gpu": float(_idle_w(res)) * float(sc["sites"]["dc"]["pue"])
             * (1 + float(sc["sites"]["dc"]["other_it_fraction"]))}
@@ -99,13 +100,14 @@ def run(out_dir, scale: float = 1.0, seed: int = 1, replications: int | None = N
     ss = seeds(seed, R)
     cells = [(g, L) for g in generations for L in loads]
     by = run_arms(measure, {(g, L): scenario(g, L, scale) for g, L in cells}, ss, workers, address, label="energy")
+    rep.runs = tidy(by, ss, lambda k: {"generation": k[0], "users_per_gpu": k[1]})
     keys = ("joules_per_token", "tokens_per_s_per_mw", "facility_w_per_gpu", "output_tokens_per_s_per_gpu",
             "slo_attainment", "ttft_p90_s", "busy")
     grid = {f"{g}@{L}": {k: stat([r[k] for r in by[(g, L)]]) for k in keys} for g, L in cells}
     cap = _capacity_points(by, generations, loads, R)
     ref = generations[0]
-    best = min(generations, key=lambda g: cap[g]["joules_per_token"].mean
-               if math.isfinite(cap[g]["joules_per_token"].mean) else math.inf)
+    best = min(generations, key=lambda g: cap[g]["kwh_per_engaged_hour"].mean
+               if math.isfinite(cap[g]["kwh_per_engaged_hour"].mean) else math.inf)
     lo = loads[0]
     idle = {g: stat([r["idle_w_per_gpu"] / r["facility_w_per_gpu"] for r in by[(g, lo)]]) for g in generations}
     rep.answer = _answer(grid, cap, idle, generations, loads, best, ref)
@@ -127,14 +129,15 @@ def _sections(rep: Report, grid: dict, cap: dict, generations, loads, ref: str, 
     for g in generations:
         c = cap[g]
         rows.append([g, " ".join(map(str, GENERATIONS[g][1:2])) + f", tp {GENERATIONS[g][2]} × pp {GENERATIONS[g][3]}",
-                     ("≥ " if c["capped"] else "") + c["users_per_gpu"].fmt(3), c["joules_per_token"].fmt(3),
+                     ("≥ " if c["capped"] else "") + c["users_per_gpu"].fmt(3), c["kwh_per_engaged_hour"].fmt(3),
+                     c["joules_per_token"].fmt(3),
                      c["tokens_per_s_per_mw"].fmt(3), c["output_tokens_per_s_per_gpu"].fmt(3),
                      c[f"joules_per_token_vs_{ref}"].fmt(3)])
     rep.section("At each generation's SLO capacity", [
         f"Capacity = the highest load (users per GPU) at which SLO attainment ≥ {SLO_TARGET:.0%}, interpolated "
         "log-linearly between grid points per seed ('≥' = still met at the largest load tried: a lower bound); J/token and "
         f"tokens/s/MW interpolated there. {R} replications, 95 % intervals.", ""]
-        + md_table(["GPU", "deployment", "users/GPU at SLO", "J per output token", "output tokens/s per MW",
+        + md_table(["GPU", "deployment", "users/GPU at SLO", "kWh per engaged user-hour", "J per output token", "output tokens/s per MW",
                     "output tokens/s per GPU", f"J/token vs {ref}"], rows))
     grid_rows = []
     for g in generations:
@@ -162,8 +165,11 @@ def _answer(grid: dict, cap: dict, idle: dict, generations, loads, best: str, re
     """Energy per token at each generation's SLO capacity, the best one, and how load changes it."""
     lo, hi = loads[0], loads[-1]
     return (
-        "At each generation's SLO capacity (≥ 90 % of requests within TTFT 5 s / TPOT 0.15 s), the facility "
-        "spends " + "; ".join(
+        "Per engaged user-hour of coding agents, at each generation's SLO capacity (≥ 90 % of requests within "
+        "TTFT 5 s / TPOT 0.15 s), the facility spends " + "; ".join(
+            f"{g} {cap[g]['kwh_per_engaged_hour'].fmt(3, 'kWh')}" for g in generations)
+        + f" ({cap[best][f'kwh_per_engaged_hour_vs_{ref}'].fmt(3)}× {ref}'s for {best}). Per output token (an agent "
+        "call reads ~290 input tokens per output token, so this counts prefill too) it spends " + "; ".join(
             f"{g} {cap[g]['joules_per_token'].fmt(3, 'J')} per output token "
             f"({cap[g]['tokens_per_s_per_mw'].fmt(3)} output tokens/s per MW, at "
             f"{'≥ ' if cap[g]['capped'] else ''}{cap[g]['users_per_gpu'].fmt(3)} users/GPU)" for g in generations)
@@ -180,7 +186,7 @@ def _capacity_points(by: dict, generations, loads, R: int) -> dict:
     # capacity point per seed: highest users/GPU with attainment >= target (log-linear interpolation)
     cap = {}
     for g in generations:
-        caps, jpt, tpm, tpg = [], [], [], []
+        caps, jpt, tpm, tpg, kph = [], [], [], [], []
         for i in range(R):
             att = [by[(g, L)][i]["slo_attainment"] for L in loads]
             x = crossing(np.log(loads), att, SLO_TARGET)
@@ -189,6 +195,7 @@ def _capacity_points(by: dict, generations, loads, R: int) -> dict:
                 jpt.append(math.nan)
                 tpm.append(math.nan)
                 tpg.append(math.nan)
+                kph.append(math.nan)
                 continue
             x = min(x, math.log(loads[-1]))
             caps.append(math.exp(x))
@@ -197,13 +204,16 @@ def _capacity_points(by: dict, generations, loads, R: int) -> dict:
                                                                           for L in loads])))))
             tpm.append(1e6 / jpt[-1])
             tpg.append(interp("output_tokens_per_s_per_gpu"))
+            kph.append(float(np.exp(np.interp(x, np.log(loads), np.log([by[(g, L)][i]["kwh_per_engaged_hour"]
+                                                                          for L in loads])))))
         cap[g] = {"users_per_gpu": stat(caps), "joules_per_token": stat(jpt), "tokens_per_s_per_mw": stat(tpm),
-                  "output_tokens_per_s_per_gpu": stat(tpg),
+                  "output_tokens_per_s_per_gpu": stat(tpg), "kwh_per_engaged_hour": stat(kph), "_kph": kph,
                   "capped": any(c >= loads[-1] * (1 - 1e-9) for c in caps if math.isfinite(c)),
                   "_jpt": jpt}
     ref = generations[0]
     for g in generations:
         cap[g][f"joules_per_token_vs_{ref}"] = ratio(cap[ref]["_jpt"], cap[g]["_jpt"])
+        cap[g][f"kwh_per_engaged_hour_vs_{ref}"] = ratio(cap[ref]["_kph"], cap[g]["_kph"])
     return cap
 
 

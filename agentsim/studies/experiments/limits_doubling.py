@@ -27,8 +27,9 @@ import numpy as np
 import pandas as pd
 
 from ...provider.limits import prices
+from ...workload.profiles import get_profile
 from ...util.stats import NONNEGATIVE, mean_band
-from . import Report, check_args, default_scenario, main_for, md_table, paired, ratio, run_arms, save_figure, scale_system, seeds, simulate_one, stat
+from . import Report, tidy, check_args, default_scenario, main_for, md_table, paired, ratio, run_arms, save_figure, scale_system, seeds, simulate_one, stat
 
 QUESTION = ("What does doubling the five-hour usage limits and dropping the peak-hour throttle do to demand, "
             "GPU-hours, peak-hour latency and 429 rates?")
@@ -37,15 +38,24 @@ REPLICATIONS = 3
 PLAN_MIX = (("pro", 0.4), ("max5", 0.4), ("max20", 0.2))
 PEAK = (12 * 3600.0, 18 * 3600.0)          # the throttle's hours on the default start day (UTC)
 CDF_SAMPLE = 4000
+#: elasticity arms after the change: (growth of coding users, held-back sessions per user-day returning)
+ELASTICITY = ((1.0, 0.25), (1.25, 0.0))
 
 
-def scenario(scale: float, after: bool, duration_s: float = 86400.0) -> dict:
+def scenario(scale: float, after: bool, duration_s: float = 86400.0, growth: float = 1.0,
+             held_back: float = 0.0) -> dict:
+    """The default day before or after the change. Elasticity (after only): ``growth`` multiplies the
+    coding users (new subscribers the looser plans bring), ``held_back`` adds that share to each coding
+    user's sessions per day (demand the old limits held back that returns)."""
     sc = default_scenario()
     coders = sc["populations"].pop("coders")
     pops = {}
+    per_day = get_profile(coders["profile"], coders.get("params", {})).sessions_per_user_day
     for plan, share in PLAN_MIX:
         c = dict(coders)
-        c["size"] = max(1, round(coders["size"] * share))
+        c["size"] = max(1, round(coders["size"] * share * growth))
+        if held_back:
+            c["params"] = dict(c.get("params", {}), sessions_per_user_day=per_day * (1 + held_back))
         c["plan"] = f"{plan}_post_2026_05_06" if after else plan
         pops[f"coders_{plan}"] = c
     chat = dict(sc["populations"]["chat"], plan="pro_post_2026_05_06" if after else "pro")
@@ -53,7 +63,8 @@ def scenario(scale: float, after: bool, duration_s: float = 86400.0) -> dict:
     for p in sc["policies"]:
         if p["name"] == "peak_throttle":
             p["enabled"] = not after
-    sc["name"] = f"limits_{'after' if after else 'before'}"
+    sc["name"] = f"limits_{'after' if after else 'before'}" + (f"_g{growth:g}_h{held_back:g}" if (growth, held_back)
+                                                                != (1.0, 0.0) else "")
     sc["duration_s"] = duration_s
     return scale_system(sc, scale)
 
@@ -174,7 +185,7 @@ ROWS = (  # key, label, unit, digits
 
 
 def run(out_dir, scale: float = 1.0, seed: int = 1, replications: int | None = None, workers: int | None = None,
-        *, address: str | None = None, duration_s: float = 86400.0) -> dict:
+        *, address: str | None = None, duration_s: float = 86400.0, elasticity=ELASTICITY) -> dict:
     check_args(scale, replications, seed)
     t0 = time.perf_counter()
     R = replications or REPLICATIONS
@@ -182,18 +193,54 @@ def run(out_dir, scale: float = 1.0, seed: int = 1, replications: int | None = N
     rep = Report("limits_doubling", QUESTION)
     ss = seeds(seed, R)
     arms = {after: scenario(scale, after, duration_s) for after in (False, True)}
+    arms.update({(g, h): scenario(scale, True, duration_s, g, h) for g, h in elasticity})
     sc0 = arms[False]
     by = run_arms(measure, arms, ss, workers, address, label="limits_doubling")
+    rep.runs = tidy(by, ss, lambda k: {"arm": "after" if k is True else "before" if k is False else "after",
+                                       "growth": k[0] if isinstance(k, tuple) else 1.0,
+                                       "held_back": k[1] if isinstance(k, tuple) else 0.0})
     before, after = by[False], by[True]
     metrics, table = _metrics(before, after)
-    rep.answer = _answer(metrics)
+    elastic = {f"growth {g:g}, held back {h:g}": _metrics(before, by[(g, h)])[0] for g, h in elasticity}
+    rep.answer = _answer(metrics) + _elastic_answer(elastic)
     _sections(rep, metrics, table, sc0, R, scale)
+    if elastic:
+        rep.section("Elasticity (after the change, with demand responding)", _elastic_lines(elastic, R))
     for path, caption in _figures(out, before, after, sc0, metrics):
         rep.figure(path, caption)
-    rep.results = {"metrics": metrics, "replications": R, "seeds": ss}
+    rep.results = {"metrics": metrics, "elasticity": elastic, "replications": R, "seeds": ss}
     rep.settings = {"scale": scale, "replications": R, "seed": seed, "duration_s": duration_s,
-                    "plan_mix": dict(PLAN_MIX)}
+                    "plan_mix": dict(PLAN_MIX), "elasticity (growth, held back)": [list(e) for e in elasticity]}
     return rep.write(out, time.perf_counter() - t0)
+
+
+ELASTIC_ROWS = ("output_tokens", "busy_gpu_hours", "peak_ttft_p90_s", "rate_429_window", "rate_529")
+
+
+def _elastic_lines(elastic: dict, R: int) -> list[str]:
+    """Each elasticity arm against 'before': relative change of the figures a planner sizes by."""
+    rows = []
+    for label, m in elastic.items():
+        cells = []
+        for key in ELASTIC_ROWS:
+            r = m[key]["ratio"]
+            cells.append(f"{r.mean - 1:+.1%} ({r.low - 1:+.1%} to {r.high - 1:+.1%})" if math.isfinite(r.low)
+                         else "n/a")
+        rows.append([label] + cells)
+    return [f"The doubled limits with demand responding: `growth` multiplies the coding users (new subscribers), "
+            f"`held back` adds that share to each coding user's sessions per day (demand the old limits held back, "
+            f"returning). Relative change against 'before', {R} paired replications, 95 % intervals. Both are "
+            "assumptions to sweep (`run(..., elasticity=((g, h), ...))`): no provider publishes them.", ""] + md_table(
+        ["arm", "served output tokens", "GPU busy-hours", "peak TTFT p90", "429 window share", "529 share"], rows)
+
+
+def _elastic_answer(elastic: dict) -> str:
+    if not elastic:
+        return ""
+    return " With demand responding: " + "; ".join(
+        f"{label}: served output tokens {m['output_tokens']['ratio'].mean - 1:+.1%}, GPU busy-hours "
+        f"{m['busy_gpu_hours']['ratio'].mean - 1:+.1%}, peak TTFT p90 {m['peak_ttft_p90_s']['after'].fmt(3, 's')}"
+        for label, m in elastic.items()) + "."
 
 
 def _sections(rep: Report, metrics: dict, table: list, sc0: dict, R: int, scale: float) -> None:

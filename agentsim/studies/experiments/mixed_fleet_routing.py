@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import Report, check_args, default_scenario, main_for, md_table, paired, ratio, run_arms, save_figure, scale_system, seeds, simulate_one, stat
+from . import Report, tidy, check_args, default_scenario, main_for, md_table, paired, ratio, run_arms, save_figure, scale_system, seeds, simulate_one, stat
 
 QUESTION = ("On a mixed fleet of GPU generations, how much better do speed-aware and session-affinity routing "
             "serve agent traffic than round robin?")
@@ -97,6 +97,7 @@ def run(out_dir, scale: float = 1.0, seed: int = 1, replications: int | None = N
     cells = [(r, L) for L in loads for r in routers]
     arms = {(r, L): scenario(scale, r, L, duration_s) for r, L in cells}
     by = run_arms(measure, arms, ss, workers, address, label="mixed_fleet_routing")
+    rep.runs = tidy(by, ss, lambda k: {"router": k[0], "load": k[1]})
     base = routers[0]
     metrics, sections = _metrics(by, routers, loads, base)
     best = {L: max(routers, key=lambda r: metrics[f"{r}@{L:g}x"]["goodput_rps"].mean) for L in loads}

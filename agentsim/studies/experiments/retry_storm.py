@@ -16,7 +16,11 @@ candidates: retry amplification (attempts per call) and work amplification (pref
 completed request — a session whose pinned prefix expired or was evicted while it queued or
 backed off pays its whole context again).
 
-Scale: ``scale`` multiplies the replicas and the users (default 16 replicas, 400 users);
+The default load, 240 users, is where the control stays up: the tipping-point sweep put the
+SDK's 50 % chance of a persistent collapse at 280 users (interval 249–311), and at the earlier
+default of 400 users three of five control runs fell below 80 % without any trigger.
+
+Scale: ``scale`` multiplies the replicas and the users (default 16 replicas, 240 users);
 ``FULL_SCALE`` = 4 (64 replicas, 1,600 users).
 """
 from __future__ import annotations
@@ -28,8 +32,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ...util.stats import NONNEGATIVE, mean_band
-from . import Report, check_args, main_for, md_table, paired, proportion, ratio, run_arms, save_figure, seeds, simulate_one, stat
+from ...util.stats import NONNEGATIVE, mean_band, tipping_point
+from . import Report, tidy, check_args, main_for, md_table, paired, proportion, ratio, run_arms, save_figure, seeds, simulate_one, stat
 
 QUESTION = ("On a saturated cluster, when does goodput collapse under SDK, watchdog and budgeted retry policies, "
             "and does it stay collapsed after the trigger (a capacity loss) is removed?")
@@ -46,9 +50,21 @@ BIN_S = 300.0
 BASELINE = (3600.0, 5400.0)              # the 30 min before the trigger
 POST = (DURATION_S - 3600.0, DURATION_S)  # the last hour
 RECOVERED = 0.8                          # post-trigger goodput >= 80 % of baseline
+#: the tipping-point sweep: users as multiples of the default population, one trigger length
+LOADS = (0.8, 1.0, 1.2, 1.4, 1.6)
+USERS = 240                              # the default population (load 1)
+TIPPING_TRIGGER_MIN = 30
+#: a persistent collapse: goodput below this share of the offered load ...
+COLLAPSE_SHARE = 0.5
+#: ... in every bin of some stretch this long after the trigger ends
+COLLAPSE_HOLD_S = 1800.0
 
 
-def scenario(scale: float, policy: str, outage_min: float) -> dict:
+def users(scale: float, load: float = 1.0) -> int:
+    return max(1, round(USERS * scale * load))
+
+
+def scenario(scale: float, policy: str, outage_min: float, load: float = 1.0) -> dict:
     a, b = max(1, round(10 * scale)), max(1, round(6 * scale))
     sc = {
         "name": "retry_storm",
@@ -62,7 +78,7 @@ def scenario(scale: float, policy: str, outage_min: float) -> dict:
                          "site": "dc"} for name, n in (("a", a), ("b", b))},
         "router": {"policy": "session_affinity"},
         "policies": [{"name": "overload_shedding", "max_outstanding_per_replica": 8}],
-        "populations": {"agents": {"profile": "autonomous_api_agent", "size": max(1, round(400 * scale)),
+        "populations": {"agents": {"profile": "autonomous_api_agent", "size": users(scale, load),
                                    "arrival": "flat", "retry_policy": policy}},
     }
     if outage_min > 0:
@@ -82,6 +98,7 @@ def measure(sc: dict, seed: int) -> dict:
         "goodput_rps": hist(ok["finish_s"]) / BIN_S,
         "throughput_rps": hist(done["finish_s"]) / BIN_S,
         "attempts_rps": hist(df["arrival_s"]) / BIN_S,
+        "calls_rps": hist(df.loc[df["attempt"] == 0, "arrival_s"]) / BIN_S,
         "shed_rps": hist(df.loc[df["outcome"] == "529_overload", "arrival_s"]) / BIN_S,
         "prefill_tok_s": hist(done["finish_s"], done["prefill_tokens"]) / BIN_S,
     }
@@ -94,6 +111,7 @@ def measure(sc: dict, seed: int) -> dict:
         return {"goodput_rps": float(((d["ttft_s"] <= sc["slo_ttft_s"]) & ~(d["tpot_s"] > sc["slo_tpot_s"])).sum()) / span,
                 "throughput_rps": len(d) / span,
                 "attempts_per_call": len(a) / len(calls) if len(calls) else math.nan,
+                "calls_rps": len(calls) / span,
                 "prefill_per_request": float(d["prefill_tokens"].mean()) if len(d) else math.nan,
                 "prefix_hit_rate": float((d["cached_gpu_tokens"].sum() + d["cached_host_tokens"].sum())
                                          / d["input_tokens"].sum()) if len(d) else math.nan,
@@ -101,9 +119,27 @@ def measure(sc: dict, seed: int) -> dict:
     ss = res.sessions
     top = ss[(ss["kind"] == "session") & (ss["start_s"] >= TRIGGER_AT_S)] if len(ss) else ss
     ended = top[top["outcome"] != "in_flight"] if len(top) else top
-    return {"series": series, "baseline": window(*BASELINE), "post": window(*POST),
+    base = window(*BASELINE)
+    end = max([o["end_s"] for o in sc.get("outages", [])], default=TRIGGER_AT_S)
+    return {"series": series, "baseline": base, "post": window(*POST),
+            "persistent_collapse": persistent_collapse(series["goodput_rps"], base["calls_rps"], end),
             "sessions_failed_after_trigger": float((ended["outcome"] == "failed").mean()) if len(ended) else math.nan,
             "sim_wall_s": res.meta.get("sim_wall_s")}
+
+
+def persistent_collapse(goodput: np.ndarray, offered_rps: float, trigger_end_s: float) -> bool:
+    """Goodput below ``COLLAPSE_SHARE`` of the offered load in every bin of some ``COLLAPSE_HOLD_S``
+    stretch after the trigger ends. The offered load is the pre-trigger rate of first attempts: what
+    the population asks for while it is served (during a collapse it backs off and asks for less)."""
+    first = int(math.ceil(trigger_end_s / BIN_S))
+    need = int(round(COLLAPSE_HOLD_S / BIN_S))
+    low = goodput[first:] < COLLAPSE_SHARE * offered_rps
+    run = 0
+    for x in low:
+        run = run + 1 if x else 0
+        if run >= need:
+            return True
+    return False
 
 
 def collapse_time_min(series: np.ndarray, baseline: float, outage_min: float) -> float:
@@ -114,7 +150,7 @@ def collapse_time_min(series: np.ndarray, baseline: float, outage_min: float) ->
 
 
 def run(out_dir, scale: float = 1.0, seed: int = 1, replications: int | None = None, workers: int | None = None,
-        *, address: str | None = None, policies=POLICIES, triggers=TRIGGERS_MIN) -> dict:
+        *, address: str | None = None, policies=POLICIES, triggers=TRIGGERS_MIN, loads=LOADS) -> dict:
     check_args(scale, replications, seed)
     t0 = time.perf_counter()
     R = replications or REPLICATIONS
@@ -122,10 +158,16 @@ def run(out_dir, scale: float = 1.0, seed: int = 1, replications: int | None = N
     rep = Report("retry_storm", QUESTION)
     ss = seeds(seed, R)
     cells = [("control", 0)] + [(p, d) for d in triggers for p in policies]
-    by = run_arms(measure, {(p, d): scenario(scale, policies[0] if p == "control" else p, d) for p, d in cells}, ss,
-                  workers, address, label="retry_storm")
+    arms = {(p, d): scenario(scale, policies[0] if p == "control" else p, d) for p, d in cells}
+    # the tipping sweep: every policy at each load, one trigger (load 1 at that trigger is a main cell)
+    arms.update({(p, TIPPING_TRIGGER_MIN, L): scenario(scale, p, TIPPING_TRIGGER_MIN, L) for p in policies
+                 for L in loads if not (L == 1.0 and TIPPING_TRIGGER_MIN in triggers)})
+    by = run_arms(measure, arms, ss, workers, address, label="retry_storm")
+    tipping = _tipping(by, policies, loads, scale)
+    rep.runs = tidy(by, ss, lambda k: {"policy": k[0], "trigger_min": k[1], "load": k[2] if len(k) > 2 else 1.0})
     table, metrics = [], {}
-    for (p, d), runs in by.items():
+    for (p, d) in cells:
+        runs = by[(p, d)]
         key = f"{p}@{d}min" if d else "control"
         metrics[key] = _cell_metrics(p, d, runs)
         table.append(_table_row(metrics[key]))
@@ -133,16 +175,68 @@ def run(out_dir, scale: float = 1.0, seed: int = 1, replications: int | None = N
     dmax = max(triggers)
     comps = {p: paired([r["post"]["goodput_rps"] for r in by[(policies[0], dmax)]],
                        [r["post"]["goodput_rps"] for r in by[(p, dmax)]]) for p in policies[1:]}
-    rep.answer = _answer(metrics, policies, triggers, R)
+    rep.answer = _answer(metrics, policies, triggers, R) + " " + _tipping_answer(tipping, scale)
     _sections(rep, table, comps, R, scale, triggers)
+    rep.section("Tipping points", _tipping_lines(tipping, R))
     t_min = (np.arange(len(by[cells[0]][0]["series"]["goodput_rps"])) + 1) * BIN_S / 60
-    for path, caption in _figures(out, by, policies, triggers, t_min, metrics):
+    for path, caption in _figures(out, by, policies, triggers, t_min, metrics) + [_figure_tipping(out, tipping)]:
         rep.figure(path, caption)
-    rep.results = {"metrics": metrics, "paired_vs_sdk": comps, "replications": R, "seeds": ss}
+    rep.results = {"metrics": metrics, "paired_vs_sdk": comps, "tipping": tipping, "replications": R, "seeds": ss}
     rep.settings = {"scale": scale, "replications": R, "seed": seed, "policies": list(policies),
                     "triggers_min": list(triggers), "replicas": max(1, round(10 * scale)) + max(1, round(6 * scale)),
-                    "users": max(1, round(400 * scale))}
+                    "users": users(scale), "tipping_loads": list(loads), "tipping_trigger_min": TIPPING_TRIGGER_MIN}
     return rep.write(out, time.perf_counter() - t0)
+
+
+def _tipping(by: dict, policies, loads, scale: float) -> dict:
+    """Per policy: persistent collapses k of n at each load, and the load where their chance passes 50 %."""
+    out = {}
+    for p in policies:
+        runs = [by.get((p, TIPPING_TRIGGER_MIN, L)) or by[(p, TIPPING_TRIGGER_MIN)] for L in loads]
+        k = [sum(bool(r["persistent_collapse"]) for r in rs) for rs in runs]
+        n = [len(rs) for rs in runs]
+        est, lo, hi = tipping_point(loads, k, n, 0.5)
+        out[p] = {"loads": list(loads), "users": [users(scale, L) for L in loads], "collapsed": k, "runs": n,
+                  "share": [proportion(a, b) for a, b in zip(k, n)],
+                  "tipping_load": {"estimate": est, "ci_low": lo, "ci_high": hi}}
+    return out
+
+
+def _load_text(x: float, scale: float) -> str:
+    if x == math.inf:
+        return "beyond the sweep"
+    if x == -math.inf:
+        return "below the sweep"
+    return f"{x:.2f}× ({users(scale, x):,} users)"
+
+
+def _tipping_answer(tipping: dict, scale: float) -> str:
+    parts = []
+    for p, t in tipping.items():
+        tl = t["tipping_load"]
+        parts.append(f"{LABELS[p]} {_load_text(tl['estimate'], scale)} (95 % interval {_load_text(tl['ci_low'], scale)} "
+                     f"to {_load_text(tl['ci_high'], scale)})")
+    return (f"Tipping point — the load at which the chance of a persistent collapse (goodput below "
+            f"{COLLAPSE_SHARE:.0%} of the offered load for {COLLAPSE_HOLD_S / 60:.0f}+ min after a "
+            f"{TIPPING_TRIGGER_MIN}-min trigger ends) passes 50 %, in multiples of the default population: "
+            + "; ".join(parts) + ".")
+
+
+def _tipping_lines(tipping: dict, R: int) -> list[str]:
+    first = next(iter(tipping.values()))
+    header = ["policy"] + [f"load {L:g}× ({u:,} users)" for L, u in zip(first["loads"], first["users"])] + \
+        ["tipping load (95 % interval)"]
+    rows = []
+    for p, t in tipping.items():
+        cells = [f"{k}/{n} ({s[1]:.0%}–{s[2]:.0%})" for k, n, s in zip(t["collapsed"], t["runs"], t["share"])]
+        tl = t["tipping_load"]
+        rows.append([LABELS[p]] + cells + [f"{tl['estimate']:.2f} ({tl['ci_low']:.2f} to {tl['ci_high']:.2f})"])
+    return [f"Persistent collapses per load ({R} replications each, Wilson 95 % intervals; trigger "
+            f"{TIPPING_TRIGGER_MIN} min). A collapse is persistent when goodput stays below {COLLAPSE_SHARE:.0%} of "
+            f"the pre-trigger rate of first attempts in every 5-min bin of a {COLLAPSE_HOLD_S / 60:.0f}-min stretch "
+            "after the trigger ends. The tipping load is where the observed share first reaches 50 % "
+            "(interpolated); its interval runs from where the Wilson upper bound reaches 50 % to where the "
+            "lower bound does (loads outside it are significantly below or above 50 %).", ""] + md_table(header, rows)
 
 
 def _cell_metrics(p: str, d: int, runs: list[dict]) -> dict:
@@ -237,7 +331,7 @@ def _sections(rep: Report, table: list, comps: dict, R: int, scale: float, trigg
         f"- Fleet: pools `a` ({max(1, round(10 * scale))}) and `b` ({max(1, round(6 * scale))}) replicas of "
         "DeepSeek-V3 FP8 on 8×H200, session-affinity routing, prefixes pinned for 300 s (the API cache TTL), no host "
         "KV tier; gateway sheds (529) at 8 outstanding requests per replica.",
-        f"- Load: {max(1, round(400 * scale))} `autonomous_api_agent` users (20 tasks per user-day, flat), each "
+        f"- Load: {users(scale)} `autonomous_api_agent` users (20 tasks per user-day, flat), each "
         "task ~40 steps with tool calls; after the client gives up, the agent re-runs the step up to 3 times "
         "(full jitter, 30 s base) and then restarts the task once (the profile's defaults).",
         f"- Trigger: pool `b` down from {TRIGGER_AT_S / 60:.0f} min for " + " or ".join(map(str, triggers))
@@ -320,6 +414,31 @@ def _figure_recovery(out: Path, policies, triggers, metrics) -> tuple:
     fig.tight_layout()
     return (save_figure(fig, out, "recovery", pd.DataFrame(rows)),
             "Post-trigger goodput as a share of the pre-trigger level, per policy and trigger length.")
+
+
+def _figure_tipping(out: Path, tipping: dict) -> tuple:
+    """Figure ``tipping``: chance of a persistent collapse against load, per policy."""
+    import matplotlib.pyplot as plt  # local: pyplot costs ~0.5 s; pool workers only simulate
+
+    fig, ax = plt.subplots(figsize=(8, 4.8))
+    rows = []
+    for i, (p, t) in enumerate(tipping.items()):
+        x = np.array(t["loads"]) + (i - (len(tipping) - 1) / 2) * 0.01
+        share = np.array([s[0] for s in t["share"]])
+        err = [share - [s[1] for s in t["share"]], [s[2] for s in t["share"]] - share]
+        ax.errorbar(x, share, yerr=err, marker="o", capsize=3, label=LABELS[p])
+        rows += [{"policy": p, "load": L, "users": u, "collapsed": k, "runs": n, "share": s[0], "ci_low": s[1],
+                  "ci_high": s[2]} for L, u, k, n, s in zip(t["loads"], t["users"], t["collapsed"], t["runs"], t["share"])]
+    ax.axhline(0.5, color="grey", ls=":")
+    ax.set_xlabel("load (× the default population)")
+    ax.set_ylabel("chance of a persistent collapse")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(f"When does a {TIPPING_TRIGGER_MIN}-min trigger tip the cluster? (Wilson 95 % intervals)")
+    fig.tight_layout()
+    return (save_figure(fig, out, "tipping", pd.DataFrame(rows)),
+            "Share of replications with a persistent collapse at each load, per retry policy.")
 
 
 def _figure_amplification(out: Path, by: dict, policies, triggers, t_min) -> tuple:

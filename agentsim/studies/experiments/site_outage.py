@@ -27,7 +27,7 @@ import pandas as pd
 
 from ...util.errors import InputError
 from ...util.stats import NONNEGATIVE, mean_band
-from . import Report, check_args, default_scenario, main_for, md_table, paired, ratio, run_arms, save_figure, scale_system, seeds, simulate_one, stat
+from . import Report, tidy, check_args, default_scenario, main_for, md_table, paired, ratio, run_arms, save_figure, scale_system, seeds, simulate_one, stat
 
 QUESTION = ("When a site is lost mid-day, how much do agents' failure rate and task completion time rise, and "
             "how long does recovery take?")
@@ -94,6 +94,7 @@ def measure(sc: dict, seed: int) -> dict:
                              "duration_mean_s": float(gdone.mean()) if len(gdone) else math.nan,
                              "duration_p90_s": float(np.percentile(gdone, 90)) if len(gdone) else math.nan}
     cdone = ended.loc[ended["outcome"] == "completed", "duration_s"]
+    post = _post_outage(res, df, sc["duration_s"])
     window = df[(df["finish_s"] >= OUTAGE[0]) & (df["finish_s"] < OUTAGE[1])]   # attempts that ended in it
     outcomes = {str(k): int(v) for k, v in window["outcome"].value_counts().items() if v}
     calls = window[window["attempt"] == 0]          # a call's first attempt
@@ -115,7 +116,28 @@ def measure(sc: dict, seed: int) -> dict:
         "outage_attempts_per_call": len(window) / len(calls) if len(calls) else math.nan,
         "goodput_outage_rps": float(((ok["finish_s"] >= OUTAGE[0]) & (ok["finish_s"] < OUTAGE[1])).sum())
         / (OUTAGE[1] - OUTAGE[0]),
+        "post": post,
     }
+
+
+#: what can keep goodput down after the site returns, as measured after it does (see _post_outage)
+MECHANISMS = {"queue": "requests queued at the replicas", "retries": "attempts per call",
+              "cache_loss": "prefix-cache miss rate (uncached share of input tokens)"}
+
+
+def _post_outage(res, df, duration_s: float) -> dict:
+    """After the site returns: the mean queue over the sampled intervals, attempts per call, and the
+    cache miss rate — the three mechanisms that can keep a run from recovering."""
+    ts = res.timeseries
+    q = ts[ts["time_s"] > OUTAGE[1]].groupby("time_s", observed=True)["queued"].sum()
+    after = df[(df["arrival_s"] >= OUTAGE[1]) & (df["arrival_s"] < duration_s)]
+    calls = int((after["attempt"] == 0).sum())
+    done = after[after["outcome"] == "completed"]
+    tokens = float(done["input_tokens"].sum())
+    cached = float(done["cached_gpu_tokens"].sum() + done["cached_host_tokens"].sum())
+    return {"queue": float(q.mean()) if len(q) else math.nan,
+            "retries": len(after) / calls if calls else math.nan,
+            "cache_loss": 1 - cached / tokens if tokens else math.nan}
 
 
 def recovery_min(out_series: np.ndarray, base_series: np.ndarray) -> float:
@@ -150,6 +172,7 @@ def run(out_dir, scale: float = 1.0, seed: int = 1, replications: int | None = N
         raise InputError(f"duration_s must leave time after the outage (> {OUTAGE[1] + 2 * BIN_S:g} s), got {duration_s}")
     arms = {(L, o): scenario(scale, o, load=L, duration_s=duration_s) for L, o in cells}
     by = run_arms(measure, arms, ss, workers, address, label="site_outage")
+    rep.runs = tidy(by, ss, lambda k: {"load": k[0], "outage": k[1]})
     metrics: dict = {}
     parts = []
     for L in loads:
@@ -187,6 +210,9 @@ def _load_metrics(base: list[dict], hit: list[dict]) -> tuple[dict, list, list, 
         rows.append([label, stat(a).fmt(d), stat(b).fmt(d), paired(a, b).fmt(d)])
     recs = [recovery_min(h["series"]["goodput_rps"], b["series"]["goodput_rps"]) for b, h in zip(base, hit)]
     M["recovery_min"] = stat(recs)
+    M["post_outage"] = {k: {"baseline": stat([r["post"][k] for r in base]), "outage": stat([r["post"][k] for r in hit]),
+                            "ratio": ratio([r["post"][k] for r in base], [r["post"][k] for r in hit])}
+                        for k in MECHANISMS}
     M["recovery_never"] = sum(1 for x in recs if math.isnan(x))
     profs = sorted({p for r in base + hit for p in r["by_profile"]})
     prof_rows = []
@@ -205,6 +231,21 @@ def _load_metrics(base: list[dict], hit: list[dict]) -> tuple[dict, list, list, 
     M[f"abandon_rate.{chat}"] = {k: stat([r["by_profile"].get(chat, {}).get("abandon_rate", math.nan) for r in runs])
                                  for k, runs in (("baseline", base), ("outage", hit))}
     return M, rows, prof_rows, oc_rows
+
+
+def mechanism(M: dict) -> str | None:
+    """The mechanism that most outlasts the outage: of those whose paired ratio (outage / baseline,
+    after the site returns) is significantly above 1, the largest; None if none is."""
+    up = {k: v["ratio"] for k, v in M["post_outage"].items() if math.isfinite(v["ratio"].low) and v["ratio"].low > 1}
+    return max(up, key=lambda k: up[k].mean) if up else None
+
+
+def _mechanism_text(M: dict) -> str:
+    k = mechanism(M)
+    figures = ", ".join(f"{MECHANISMS[m]} {v['ratio'].fmt(3)}× the baseline's" for m, v in M["post_outage"].items())
+    if k is None:
+        return f" After the site returns no mechanism stays significantly above the baseline ({figures})."
+    return (f" What outlasts the outage: {MECHANISMS[k]} (after the site returns, paired: {figures}).")
 
 
 def _load_answer(L: float, M: dict, hit: list[dict], R: int, sc_duration: float) -> str:
@@ -233,7 +274,8 @@ def _load_answer(L: float, M: dict, hit: list[dict], R: int, sc_duration: float)
            f"run ({(sc_duration - OUTAGE[1]) / 3600:g} h after the site returns) in any replication."
            if never == R else
            f"Goodput is back within {100 - RECOVERED * 100:.0f} % of the baseline after {rec.fmt(2, 'min')} "
-           f"in {R - never} of {R} replications and not by the end of the run in {never}."))
+           f"in {R - never} of {R} replications and not by the end of the run in {never}.")
+        + (_mechanism_text(M) if never else ""))
 
 
 def _method(rep: Report, sc0: dict, scale: float, duration_s: float) -> None:
