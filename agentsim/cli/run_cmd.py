@@ -38,6 +38,9 @@ HEADLINE = ("requests", "completed", "ttft_s", "ttft_p99_s", "tpot_s", "tpot_p99
 POOL_ROWS = ("parallelism", "kv_capacity_tokens", "kv_contexts", "support", "capacity_utilisation", "batch_occupancy",
              "kv_occupancy", "busy_share", "mean_power_w")
 
+#: per-model rows when the fleet serves several models
+MODEL_ROWS = ("requests", "completed", "slo_attainment", "output_tokens_per_s", "gpu_hours", "cost_usd", "usd_per_m_tokens")
+
 
 def summary_rows(summary: dict) -> list[dict]:
     rows = []
@@ -54,6 +57,10 @@ def summary_rows(summary: dict) -> list[dict]:
         for key in POOL_ROWS:
             if key in d:
                 rows.append({"metric": f"pool:{pool}:{key}", "value": d[key]})
+    for model, d in summary.get("models", {}).items():     # a model mix (agentsim.results.models)
+        for key in MODEL_ROWS:
+            if key in d:
+                rows.append({"metric": f"model:{model}:{key}", "value": d[key]})
     if not any("ci_low" in r for r in rows):
         return rows
     # replications: every row has the interval columns (a dash where there is none)

@@ -25,6 +25,7 @@ from ..provider.limits import prices
 from ..util.jsonout import dumps, jsonable
 from ..serving.request import OUTCOMES, REJECTIONS, TRIGGERS
 from ..workload.sessions import SESSION_OUTCOMES
+from .models import model_summaries
 from .metrics import Recorder
 from .steady import warmup_check
 
@@ -273,6 +274,9 @@ class Result:
             by_t = ts.groupby("time_s", observed=True)["facility_power_w"].sum()
             out["facility_power_mean_w"] = float(by_t.mean())
             out["facility_power_peak_w"] = float(by_t.max())
+        if len(pools) and pools["model"].nunique() > 1:     # a model mix: per-model figures (results/models.py)
+            out["models"] = model_summaries(self.requests, pools, warm, span, self.meta.get("slo_ttft_s", math.inf),
+                                            self.meta.get("slo_tpot_s", math.inf))
         out.update(self.session_summary())
         out.update(planner_units(out, self.timeseries, warm, end, self.meta.get("duration_s", end)))
         out.update(warmup_check(self.meta, self.timeseries))

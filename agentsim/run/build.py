@@ -12,6 +12,9 @@ from ..serving.disagg import Handoff
 from ..serving.kv_tier import KvTier
 from ..model.deployment import Deployment
 from ..serving.engine import EngineConfig, Replica
+from ..serving.routing_guard import guarded
+from ..serving.autoscale import PoolScaler, cold_start_s
+from ..serving.request import TRIGGERS
 from ..serving.checked import CheckedReplica
 from ..serving.engine_reference import SteppingReplica
 from ..util.errors import InputError
@@ -82,7 +85,9 @@ def sliced(scenario: Scenario) -> Scenario:
     if n == 1:
         return scenario
     share = lambda x: max(1, round(x / n)) if x else 0  # noqa: E731
-    pools = {k: p.model_copy(update={"replicas": share(p.replicas)}) for k, p in scenario.pools.items()}
+    pools = {k: p.model_copy(update={"replicas": share(p.replicas), "autoscale": p.autoscale and p.autoscale.model_copy(
+        update={"min_replicas": share(p.autoscale.min_replicas), "max_replicas": share(p.autoscale.max_replicas)})})
+        for k, p in scenario.pools.items()}
     streams = {k: s.model_copy(update={"rate": s.rate / n, "concurrency": share(s.concurrency),
                                        "count": share(s.count)}) for k, s in scenario.streams.items()}
     pops = {k: p if p.kind == "open" else p.model_copy(update={
@@ -112,7 +117,8 @@ def build(scenario: Scenario, seed: int | None = None, *, catalog: Catalog | Non
     t = scenario.kv_tier
     kv_tier = KvTier(env, t.capacity_gb * 1e9, t.bandwidth_gbps * 1e9, t.latency_s) if t.capacity_gb > 0 else None
     pools, pool_of_replica = _pools(scenario, catalog, sim, replica_cls, handoff, kv_tier)
-    router = make_router(scenario.router.policy, rng("routing"), scenario.router)
+    router = guarded(make_router(scenario.router.policy, rng("routing"), scenario.router), scenario.router,
+                     scenario.slo_ttft_s, env)
     sim.cluster = cluster = Cluster(env, pools, router, sim.done, handoff, kv_tier)
     if handoff is not None:
         _check_roles(pools)
@@ -126,6 +132,7 @@ def build(scenario: Scenario, seed: int | None = None, *, catalog: Catalog | Non
         view = PolicyView(start=scenario.start, rng=rng, fleet=cluster)
         sim.gateway = Gateway(parse_policies(scenario.policies), view, clock=lambda: env.now, end=sim.end)
     _failures(scenario, env, cluster, pools, rng)
+    sim.scalers = _scalers(scenario, env, cluster, pools)
     for name, factory in (sources or {}).items():     # last: their events follow everything above
         sim.stream_names.append(name)
         sim.sources.append(factory(sim, len(sim.stream_names) - 1))
@@ -199,7 +206,7 @@ def _pools(scenario: Scenario, catalog: Catalog, sim: Simulation, replica_cls, h
                     usd_per_gpu_hour=p.usd_per_gpu_hour if p.usd_per_gpu_hour is not None else dep.gpu.usd_per_gpu_hour,
                     role=p.role)
         on_done = _on_done(p, name, dep, settings, sim, handoff, kv_tier)
-        for _ in range(p.replicas):
+        for _ in range(p.autoscale.max_replicas if p.autoscale else p.replicas):   # scaling: parked at the start
             rid = len(pool_of_replica)
             cache = make_cache(settings.prefix_cache, ccfg)
             spec = (Speculation(settings.speculative_tokens, settings.acceptance, settings.acceptance_concentration,
@@ -251,11 +258,26 @@ def _populations(scenario: Scenario, catalog: Catalog, sim: Simulation, served: 
     user_base = tenant_base = 0
     for j, (name, pc) in enumerate(scenario.populations.items()):
         model = _served_model(catalog, pc.model, served, f"populations.{name}")
+        calls = {TRIGGERS.index(k): _served_model(catalog, m, served, f"populations.{name}.call_models.{k}")
+                 for k, m in pc.call_models.items()}
         sim.populations.append(Population(sim, j, name, pc, model, rng=sim.rng, start=scenario.start,
                                           slice_=scenario.slice, recorder=sim.session_recorder,
-                                          user_base=user_base, tenant_base=tenant_base))
+                                          user_base=user_base, tenant_base=tenant_base, call_models=calls))
         user_base += max(pc.size, 1)
         tenant_base += pc.tenants
+
+
+def _scalers(scenario: Scenario, env, cluster: Cluster, pools: list[Pool]) -> list[PoolScaler]:
+    """An autoscaler for each pool that asks for one (its replicas beyond the start parked now)."""
+    scalers = []
+    for pool, p in zip(pools, scenario.pools.values()):
+        a = p.autoscale
+        if a is not None:
+            cold = a.cold_start_s if a.cold_start_s is not None else cold_start_s(pool.deployment, a.weights_from,
+                                                                                  a.engine_start_s)
+            scalers.append(PoolScaler(env, cluster, pool.name, [r.index for r in pool.replicas], p.replicas, a, cold))
+            scalers[-1].start()
+    return scalers
 
 
 def _failures(scenario: Scenario, env, cluster: Cluster, pools: list[Pool], rng) -> None:

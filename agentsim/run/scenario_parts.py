@@ -78,6 +78,44 @@ class Faults(Model):
     mttr_h: float = Field(1.0, gt=0, le=1e7, description="mean time to repair (hours)")
 
 
+class Autoscale(Model):
+    """Provider autoscaling of one pool (serving/autoscale.py): between min and max replicas on a
+    target, checked every period, with a cold start for each new replica and draining on scale-in."""
+
+    min_replicas: int = Field(1, ge=1, le=MAX_REPLICAS, description="never fewer replicas provisioned")
+    max_replicas: int = Field(ge=1, le=MAX_REPLICAS, description="never more replicas provisioned")
+    target: Literal["queue_delay_s", "kv_occupancy", "batch_occupancy", "capacity_utilisation"] = Field(
+        "queue_delay_s", description="what is held near target_value, over the routable replicas: queue_delay_s "
+                                     "(how long each queue head has waited), kv_occupancy (KV in use by running "
+                                     "requests / capacity), batch_occupancy (running / max_batch), "
+                                     "capacity_utilisation (output tokens/s served over the last period / "
+                                     "capacity_output_tokens_per_s per routable replica)")
+    capacity_output_tokens_per_s: float | None = Field(
+        None, gt=0, le=1e9, description="capacity_utilisation: output tokens/s one replica carries (e.g. "
+                                        "`agentsim estimate --max-load` at the pool's request shape)")
+    target_value: float = Field(gt=0, le=MAX_DURATION_S, description="the target's set point")
+    period_s: float = Field(60.0, gt=0, le=MAX_DURATION_S, description="how often the target is checked")
+    hysteresis: float = Field(0.2, ge=0, lt=1, description="no change while the target is within +-this share "
+                                                            "of target_value")
+    scale_in_stable_s: float = Field(300.0, ge=0, le=MAX_DURATION_S, description="drain a replica only after "
+                                     "every check for this long was below the band (Kubernetes' default 300 s)")
+    weights_from: Literal["page_cache", "local_nvme", "network"] = Field(
+        "local_nvme", description="where a new replica loads its weights from (data/coldstart.toml bandwidths)")
+    engine_start_s: float | None = Field(None, ge=0, le=MAX_DURATION_S, description="engine start after loading "
+                                         "(default: data/coldstart.toml)")
+    cold_start_s: float | None = Field(None, ge=0, le=MAX_DURATION_S, description="the whole cold start, overriding "
+                                       "weights / bandwidth + engine start")
+
+    @model_validator(mode="after")
+    def _order(self) -> "Autoscale":
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas ({self.min_replicas}) exceeds max_replicas ({self.max_replicas})")
+        if self.target == "capacity_utilisation" and self.capacity_output_tokens_per_s is None:
+            raise ValueError("target capacity_utilisation needs capacity_output_tokens_per_s (output tokens/s one "
+                             "replica carries, e.g. from agentsim estimate --max-load)")
+        return self
+
+
 class Pool(Model):
     """Replicas of one deployment on one GPU type at one site."""
 
@@ -101,9 +139,20 @@ class Pool(Model):
         "mixed", description="mixed: prefill and decode on one replica; prefill / decode: disaggregated (a request "
                              "prefills here, its KV moves to a decode pool of the same model, it decodes there)")
 
+    autoscale: Autoscale | None = Field(None, description="scale between min and max replicas (replicas = how "
+                                                          "many are provisioned at the start); none = fixed")
+
     @property
     def gpus_per_replica(self) -> int:
         return self.tp * self.dp_attention * self.pp
+
+    @model_validator(mode="after")
+    def _start_within_bounds(self) -> "Pool":
+        a = self.autoscale
+        if a is not None and not a.min_replicas <= self.replicas <= a.max_replicas:
+            raise ValueError(f"replicas ({self.replicas}) must be within autoscale.min_replicas "
+                             f"({a.min_replicas}) and autoscale.max_replicas ({a.max_replicas})")
+        return self
 
     @field_validator("dp_attention", "ep", mode="before")
     @classmethod
@@ -120,6 +169,17 @@ class Router(Model):
                                                           "speed_aware | session_affinity | prefix_aware")
     affinity_load_bound: float = Field(1.25, ge=1, le=1e3, description="session_affinity: leave the home replica when "
                                                                 "its load exceeds this x the mean (+1)")
+    release_moved_pins: bool = Field(True, description="when a session's call goes to another replica than its "
+                                     "last one, the last one drops the session's cache entry (a pin_session "
+                                     "entry would hold KV there for its whole TTL)")
+    queue_guard: bool = Field(False, description="when the policy's pick has kept the head of its queue waiting "
+                                                 "over queue_limit_s, send the request to the replica (any pool) "
+                                                 "with the lowest expected finish counting each queue's observed "
+                                                 "wait (serving/routing_guard.py); false = the policy alone")
+    queue_limit_s: float | None = Field(None, ge=0, le=MAX_DURATION_S, description="queue_guard: the longest a "
+                                        "queue head may have waited at the pick (s); the trade-off between the "
+                                        "policy's objective (cache hits, fastest pool) and latency; "
+                                        "default: half of slo_ttft_s")
 
 
 class Disaggregation(Model):
@@ -212,6 +272,9 @@ class Population(Model):
     timeout_s: float | None = Field(None, gt=0, le=MAX_DURATION_S, description="override the profile's request timeout")
     params: dict[str, Any] = Field(default_factory=dict, description="overrides of the profile's parameters")
     model: str | None = Field(None, description="only pools serving this model get its calls (default: all)")
+    call_models: dict[Literal["user", "tool", "subagent", "compaction"], str] = Field(
+        default_factory=dict, description="the model each kind of call goes to, overriding model: e.g. "
+                                          "{ subagent = \"Llama-3-8B\" } puts sub-agents on a small model")
     priority: int | None = Field(None, ge=0, le=MAX_COUNT, description="admission priority of its requests (lower first; "
                                                          "default: its tier's priority class, else 0)")
     workers: int = Field(1, ge=0, le=MAX_USERS, description="fleet: workers at the start")

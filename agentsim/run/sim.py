@@ -116,6 +116,7 @@ class Simulation:
         self.stream_names: list[str] = []
         self.populations: list = []
         self.session_recorder = None
+        self.scalers: list = []        # agentsim.serving.autoscale.PoolScaler of each autoscaled pool
         self.wall_s = 0.0
         self._rid = 0
         self._sid = 0
@@ -264,6 +265,8 @@ class Simulation:
                                         "gave_up": p.stats.gave_up, "abandoned": p.stats.abandoned,
                                         "local_rejects": p.stats.local_rejects,
                                         "workers": [list(x) for x in p.worker_series]} for p in self.populations}
+        if self.scalers:              # each autoscaled pool's (time, action, replica) log
+            meta["autoscale"] = {s.pool: [list(e) for e in s.log] for s in self.scalers}
         return meta
 
     @property

@@ -224,6 +224,11 @@ class Cluster:
         self.down_since: dict[int, float] = {}
         self.down_time = [0.0] * len(self.replicas)
         self._cands_cache: dict = {}
+        # autoscaling (serving/autoscale.py): a routable replica takes new requests (not while it
+        # cold-starts or drains); a parked one is not provisioned: down, drawing and costing nothing
+        self.routable = [True] * len(self.replicas)
+        self.parked_time = [0.0] * len(self.replicas)
+        self.parked_since: dict[int, float] = {}
 
     def _tier_terms(self, replica) -> tuple[str, float]:
         """(model, KV tier bytes a token) of ``replica``'s deployment."""
@@ -239,7 +244,7 @@ class Cluster:
                 pools = self._decoders.get(model, [])
             else:
                 pools = self._entry_pools if model is None else self._by_model.get(model, [])
-            cands = [r for p in pools for r in p.replicas if r.up]
+            cands = [r for p in pools for r in p.replicas if r.up and self.routable[r.index]]
             self._cands_cache[key] = cands
         return cands
 
@@ -249,8 +254,9 @@ class Cluster:
         rows = []
         rid = 0
         for p in self.pools:
-            energy = busy = down = 0.0
+            energy = busy = down = parked = 0.0
             for r in p.replicas:
+                parked += self.parked_s(rid)
                 d = self.replica_downtime(rid)
                 energy += replica_energy_j(r, p, d, now)
                 busy += r.accounted(now)[0]
@@ -266,7 +272,9 @@ class Cluster:
                 "max_batch": p.config.max_batch, "token_budget": p.config.token_budget,
                 "busy_frac": busy / (n * now) if now > 0 else 0.0, "down_frac": down / (n * now) if now > 0 else 0.0,
                 "energy_j": energy, "facility_energy_j": energy * p.facility_factor(),
-                "usd_per_gpu_hour": p.usd_per_gpu_hour, "cost_usd": p.n_gpus * p.usd_per_gpu_hour * now / 3600,
+                # provisioned GPU time: cold starts and draining count, parked (scaled-in) time does not
+                "usd_per_gpu_hour": p.usd_per_gpu_hour, "cost_usd": p.n_gpus * p.usd_per_gpu_hour * now / 3600
+                - p.deployment.n_gpus * p.usd_per_gpu_hour * parked / 3600,
                 "preemptions": sum(r.preemptions for r in p.replicas),
             })
             if self.handoff is not None:      # a column only where disaggregation is configured
@@ -331,6 +339,30 @@ class Cluster:
             self.down_time[rid] += self.env.now - self.down_since.pop(rid)
             self._cands_cache.clear()
             self.replicas[rid].repair()
+
+    def set_routable(self, rid: int, routable: bool) -> None:
+        """Let a replica take new requests, or stop sending it any (what it holds runs on)."""
+        if self.routable[rid] != routable:
+            self.routable[rid] = routable
+            self._cands_cache.clear()
+
+    def park(self, rid: int) -> None:
+        """Release a replica (scaled in, or never provisioned yet): down, unpaid, its caches lost."""
+        self.set_routable(rid, False)
+        self.parked_since[rid] = self.env.now
+        self.take_down(rid)
+
+    def unpark(self, rid: int) -> None:
+        """Provision a parked replica again: up (paid, drawing idle power) but not routable until
+        its cold start is over (:meth:`set_routable`)."""
+        self.parked_time[rid] += self.env.now - self.parked_since.pop(rid)
+        self.bring_up(rid)
+
+    def parked_s(self, rid: int) -> float:
+        t = self.parked_time[rid]
+        if rid in self.parked_since:
+            t += self.env.now - self.parked_since[rid]
+        return t
 
     def replica_downtime(self, rid: int) -> float:
         t = self.down_time[rid]

@@ -165,6 +165,17 @@ class PrefixCache(GpuTier):
         entry = self.gpu.get(key) if key is not None else None
         return entry[0] if entry else 0
 
+    def release(self, key) -> int:
+        """Drop ``key``'s entry from both tiers (its session now runs elsewhere); returns GPU tokens freed."""
+        entry = self.gpu.pop(key, None) if key is not None else None
+        freed = entry[0] if entry is not None else 0
+        self.gpu_used -= freed
+        stale = self.host.pop(key, None) if key is not None else None
+        if stale is not None:
+            self.host_used -= stale
+            del self.host_expiry[key]
+        return freed
+
     def put(self, key, tokens: int, now: float, ttl: float | None = None) -> None:
         """A request finished: keep its context under ``key`` (it already occupies GPU KV)."""
         if not self.enabled or key is None or tokens <= 0:

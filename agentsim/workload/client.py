@@ -43,13 +43,14 @@ class Client:
     def __init__(self, front, policy: RetryPolicy, rng, *, timeout_s: float, model: str | None, tenant: int, user: int,
                  population: int, stats: CallStats, abandon_ttft_s: float = 0.0, abandon_prob: float = 0.0,
                  priority: int = 0, cache_ttl_s: float | None = None, tier: str | None = None,
-                 plan: str | None = None) -> None:
+                 plan: str | None = None, call_models: dict | None = None) -> None:
         self.front = front            # the run's request front door (new_request, submit, cancel, ...)
         self.env = front.env
         self.policy = policy
         self.rng = rng
         self.timeout_s = timeout_s
         self.model = model
+        self.call_models = call_models or None   # trigger code -> model for that kind of call (else ``model``)
         self.tenant = tenant
         self.user = user
         self.population = population
@@ -96,7 +97,7 @@ class Client:
                 req.on_done = done.succeed
                 if self._hooks:
                     policy.on_attempt(env.now)
-                front.submit(req, self.model)
+                front.submit(req, self.model if self.call_models is None else self.call_models.get(trigger, self.model))
                 if not done.triggered:
                     if self.timeout_s < math.inf:
                         front.add_deadline(req, env.now + self.timeout_s)

@@ -87,12 +87,15 @@ class Population:
     """A population's runtime: its profile, samplers, shared retry policy and sessions."""
 
     def __init__(self, front, index: int, name: str, cfg, model: str | None, *, rng, start, slice_,
-                 recorder: SessionRecorder, user_base: int = 0, tenant_base: int = 0) -> None:
+                 recorder: SessionRecorder, user_base: int = 0, tenant_base: int = 0,
+                 call_models: dict | None = None) -> None:
         """``front`` is the run's request front door (``env``, ``new_request``, ``submit``, ``cancel``,
         ``new_call_id``, ``new_session_id``, ``add_deadline``, ``end_unsent``); ``rng`` names streams;
-        ``start`` is the wall clock at t = 0 and ``slice_`` the scenario's slice."""
+        ``start`` is the wall clock at t = 0 and ``slice_`` the scenario's slice; ``call_models`` maps a
+        kind of call (trigger code, e.g. sub-agent steps) to the model it goes to (others: ``model``)."""
         self.front, self.env, self.index, self.name, self.cfg, self.model = front, front.env, index, name, cfg, model
         self.slice, self.recorder = slice_, recorder
+        self.call_models = call_models or None
         self.user_base, self.tenant_base = user_base, tenant_base
         if cfg.priority is not None:
             self.priority = cfg.priority
@@ -135,7 +138,7 @@ class Population:
         return Client(self.front, self.policy, self._client_rng, timeout_s=self.timeout_s, model=self.model,
                       tenant=tenant, user=user, population=self.index, stats=self.stats,
                       abandon_ttft_s=p.abandon_ttft_s, abandon_prob=p.abandon_prob, priority=self.priority,
-                      cache_ttl_s=p.cache_ttl_s, tier=self.cfg.tier, plan=self.cfg.plan)
+                      cache_ttl_s=p.cache_ttl_s, tier=self.cfg.tier, plan=self.cfg.plan, call_models=self.call_models)
 
     def open_session(self, sid: int, parent: int, tenant: int, user: int, kind: int) -> SessionState:
         s = SessionState(sid, parent, tenant, user, self.env.now, kind)
