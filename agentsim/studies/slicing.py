@@ -36,7 +36,10 @@ import math
 
 import numpy as np
 
-from ..results.result import PERCENTILES, Result, median_context, pool_shape
+import pandas as pd
+
+from ..results.result import PERCENTILES, Result, median_context, planner_units, pool_shape
+from ..results.steady import warmup_check
 from ..util.errors import InputError
 
 #: a slice ships its latency arrays (for exact pooled percentiles) up to this many completed requests
@@ -114,7 +117,8 @@ def slice_record(res: Result, max_rows: int = MAX_POOLED_ROWS) -> tuple[dict, di
         "all_in_tokens": float(everything["input_tokens"].sum()),
         "all_requests": int(len(res.requests)),
         "events": int(res.meta.get("events", -1)), "sim_wall_s": float(res.meta.get("sim_wall_s", math.nan)),
-        "duration_s": float(res.meta.get("duration_s", 1.0)),
+        "duration_s": float(res.meta.get("duration_s", 1.0)), "warm_s": float(warm), "end_s": float(end),
+        "warmup": warmup_check(res.meta, res.timeseries),
     }
     rec["pools"] = {r["pool"]: {"replicas": int(r["replicas"]), "busy": float(r["busy_frac"]) * int(r["replicas"]),
                                 "gpus": int(r["gpus"]), "cost_usd": float(r["cost_usd"]),
@@ -146,7 +150,8 @@ def _session_record(res: Result, arrays: dict | None) -> dict | None:
         if not res.meta.get("populations"):
             return None
         return {"sessions": 0, "sessions_ended": 0, "session_outcomes": {}, "failed": 0, "done_n": 0,
-                "done_sum": 0.0, "p50": math.nan, "p90": math.nan, "calls": 0.0, "retries": 0.0, "attempts": 0.0}
+                "done_sum": 0.0, "p50": math.nan, "p90": math.nan, "calls": 0.0, "retries": 0.0, "attempts": 0.0,
+                "engaged_h": 0.0, "users": 0}
     top = ss[(ss["kind"] == "session") & (ss["start_s"] >= res.meta.get("warmup_s", 0.0))]
     ended = top[top["outcome"] != "in_flight"]
     done = ended[ended["outcome"] == "completed"]["duration_s"].to_numpy(dtype=float)
@@ -159,7 +164,8 @@ def _session_record(res: Result, arrays: dict | None) -> dict | None:
             "p50": float(np.percentile(done, 50)) if len(done) else math.nan,
             "p90": float(np.percentile(done, 90)) if len(done) else math.nan,
             "calls": float(ss["calls"].sum() + ss["failed_calls"].sum()), "retries": float(ss["retries"].sum()),
-            "attempts": float(ss["attempts"].sum())}
+            "attempts": float(ss["attempts"].sum()), "engaged_h": float(top["engaged_s"].sum()) / 3600,
+            "users": int(top["user"].nunique())}
 
 
 # -- merging ----------------------------------------------------------------------------------------
@@ -218,6 +224,8 @@ def merge(records: list[tuple[dict, dict]], count: int | None = None) -> dict:
     sess = [r["sessions"] for r in recs if r.get("sessions") is not None]
     if sess:
         out.update(_merge_sessions(sess, [a.get("session_duration") for _, a in records], pooled, scale))
+    out.update(_merge_planner(recs, out, scale))
+    out.update(_merge_warmup(recs))
     out["sim_wall_s"] = tot("sim_wall_s")
     out["events"] = scale(tot("events"))
     out["events_per_request"] = _div(tot("events"), tot("all_requests"))
@@ -225,6 +233,27 @@ def merge(records: list[tuple[dict, dict]], count: int | None = None) -> dict:
     out["slices_run"] = k
     out["percentile_method"] = "pooled" if pooled else "averaged"
     return out
+
+
+def _merge_planner(recs: list[dict], out: dict, scale) -> dict:
+    """Planner's units of the merged fleet: :func:`planner_units` over the slices' summed power."""
+    series: dict[float, float] = {}
+    for r in recs:
+        for t, w in zip(r.get("power", {}).get("t", []), r.get("power", {}).get("w", [])):
+            series[t] = series.get(t, 0.0) + w
+    ts = pd.DataFrame({"time_s": list(series), "facility_power_w": [scale(w) for w in series.values()]})
+    end = max(r.get("end_s", r["duration_s"]) for r in recs)
+    return planner_units(out, ts, recs[0].get("warm_s", 0.0), end, recs[0]["duration_s"])
+
+
+def _merge_warmup(recs: list[dict]) -> dict:
+    """The steady-state check over slices: the longest warm-up any slice asks for."""
+    checks = [r["warmup"] for r in recs if "warmup" in r]
+    if not checks:
+        return {}
+    need = max(c["warmup_needed_s"] for c in checks)
+    return {"warmup_s": checks[0]["warmup_s"], "warmup_needed_s": need, "warmup_rule": checks[0]["warmup_rule"],
+            "steady_state": checks[0]["warmup_s"] >= need}
 
 
 def _merge_latencies(records: list[tuple[dict, dict]], pooled: bool) -> dict:
@@ -313,4 +342,6 @@ def _merge_sessions(sess: list[dict], arrays: list, pooled: bool, scale) -> dict
         out["session_duration_p90_s"] = _weighted([s["p90"] for s in sess], w)
     out["retries_per_call"] = _div(tot("retries"), tot("calls"))
     out["attempts_per_call"] = _div(tot("attempts"), tot("calls"))
+    out["engaged_user_hours"] = scale(sum(s.get("engaged_h", 0.0) for s in sess))
+    out["users"] = scale(sum(s.get("users", 0) for s in sess))
     return out
