@@ -1258,3 +1258,35 @@ def test_policy_errors_read_like_the_other_messages(capsys, bad_toml, override):
     _, err = _run_cli(capsys, [str(bad_toml), "--set", override])
     assert "Value error" not in err
     assert "default_tier: Value error, default_tier" not in err
+
+
+# =================================================================================================
+# per-model prices and limits (a model mix on one fleet)
+# =================================================================================================
+def test_spend_is_charged_at_each_models_price_list():
+    """A request for a model listed in model_prices is charged at that list; others at prices."""
+    sim = make_sim([{"name": "spend_cap", "cap_usd": 1e9, "prices": "opus", "model_prices": {"small": "sonnet"}}])
+    d = Driver(sim)
+    a, b = d.send(100_000, 1_000, model="big"), d.send(100_000, 1_000, model="small")
+    d.finish(a, 1_000)
+    spent_big = policy(sim, "spend_cap").spend[0]
+    assert spent_big == pytest.approx(prices("opus").usd(100_000, 0, 1_000))
+    d.finish(b, 1_000)
+    assert policy(sim, "spend_cap").spend[0] - spent_big == pytest.approx(prices("sonnet").usd(100_000, 0, 1_000))
+
+
+def test_unknown_model_price_list_names_the_model():
+    with pytest.raises(InputError, match=r"model_prices\.small"):
+        make_sim([{"name": "spend_cap", "model_prices": {"small": "nosuch"}}])
+
+
+def test_per_model_rate_limits_give_each_model_its_own_buckets():
+    """One tenant at 50 RPM (tier 1, 1-s bursts: one request deep): a second request for the same model
+    waits, one for another model is admitted with per_model; without it both share one bucket."""
+    for per_model, other_admitted in ((True, True), (False, False)):
+        sim = make_sim([{"name": "rate_limits", "default_tier": "anthropic_2025_tier1", "burst_window_s": 1,
+                         "per_model": per_model}])
+        d = Driver(sim)
+        assert admitted(d.send(100, 100, model="big"))
+        assert d.send(100, 100, model="big").outcome == "429_limit"
+        assert admitted(d.send(100, 100, model="small")) is other_admitted

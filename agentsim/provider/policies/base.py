@@ -37,9 +37,22 @@ class Policy:
 class PricedParams(Policy.Params):
     """Parameters of a policy that prices tokens (spend caps, usage windows): a known price list."""
     prices: str = Field("sonnet", description="price list that turns tokens into USD (see data/limits.toml)")
+    model_prices: dict[str, str] = Field(default_factory=dict, description="price list per served model (catalog "
+                                         "name, as requests carry it), e.g. a small model's cheaper list; others: prices")
 
     @field_validator("prices")
     @classmethod
     def _known(cls, v):
         prices(v, where="")
         return v
+
+    @field_validator("model_prices")
+    @classmethod
+    def _known_each(cls, v):
+        for model, name in v.items():
+            prices(name, where=f"model_prices.{model}")
+        return v
+
+    def price_list(self, model: str | None):
+        """The price list a request for ``model`` is charged at."""
+        return prices(self.model_prices.get(model, self.prices) if model is not None else self.prices)

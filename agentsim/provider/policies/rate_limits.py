@@ -27,6 +27,8 @@ class RateLimits(Policy):
         burst_window_s: float = Field(60.0, gt=0, description="bucket depth in seconds of refill "
                                                               "(Anthropic may enforce 60 RPM as 1 per second)")
         default_tier: str | None = Field(None, description="tier for requests whose population names none")
+        per_model: bool = Field(False, description="each model its own buckets of the tenant's tier (Anthropic and "
+                                                   "OpenAI apply rate limits per model); false: one set per tenant")
 
         @field_validator("default_tier")
         @classmethod
@@ -37,20 +39,23 @@ class RateLimits(Policy):
 
     def __init__(self, params, view) -> None:
         super().__init__(params, view)
-        self.buckets: dict[int, tuple] = {}     # tenant -> (tier name, rpm, itpm, otpm, tpm buckets or None)
+        self.buckets: dict = {}     # tenant (or (tenant, model)) -> (tier name, rpm, itpm, otpm, tpm buckets or None)
         self.charged: dict[int, tuple] = {}     # request id -> (itpm charge, otpm/tpm charge)
+
+    def _key(self, req):
+        return (req.tenant, req.model) if self.p.per_model else req.tenant
 
     def _tier_name(self, req) -> str | None:
         return req.tier if req.tier is not None else self.p.default_tier
 
     def _state(self, req, name: str):
-        st = self.buckets.get(req.tenant)
+        st = self.buckets.get(self._key(req))
         if st is None:
             t = tier(name)
             w = self.p.burst_window_s
             mk = lambda limit: TokenBucket(limit, w) if limit > 0 else None  # noqa: E731
             rpm = TokenBucket(t.rpm, w, min_capacity=1.0) if t.rpm > 0 else None   # at least one request deep
-            st = self.buckets[req.tenant] = (name, rpm, mk(t.itpm), mk(t.otpm), mk(t.tpm))
+            st = self.buckets[self._key(req)] = (name, rpm, mk(t.itpm), mk(t.otpm), mk(t.tpm))
         return st
 
     def _scale(self, now: float) -> float:
@@ -96,7 +101,7 @@ class RateLimits(Policy):
         charged = self.charged.pop(req.rid, None)
         if charged is None:
             return
-        _, rpm, itpm, otpm, tpm = self.buckets[req.tenant]
+        _, rpm, itpm, otpm, tpm = self.buckets[self._key(req)]
         uncached, max_tokens = charged
         for bucket, amount in ((rpm, 1.0), (itpm, uncached), (otpm, max_tokens), (tpm, req.prompt + max_tokens)):
             if bucket is not None:
@@ -106,7 +111,7 @@ class RateLimits(Policy):
         charged = self.charged.pop(req.rid, None)
         if charged is None:
             return
-        _, rpm, itpm, otpm, tpm = self.buckets[req.tenant]
+        _, rpm, itpm, otpm, tpm = self.buckets[self._key(req)]
         est_uncached, max_tokens = charged
         produced = req.output if req.outcome == "completed" else 0
         refund = max_tokens - produced

@@ -10,7 +10,7 @@ from datetime import timedelta
 
 from pydantic import Field
 
-from ..limits import prices, tier
+from ..limits import tier
 from .base import Policy, PricedParams
 
 
@@ -23,7 +23,6 @@ class SpendCap(Policy):
 
     def __init__(self, params, view) -> None:
         super().__init__(params, view)
-        self.prices = prices(params.prices)
         self.spend: dict[int, float] = {}
         self.month: dict[int, tuple[int, int]] = {}
 
@@ -56,4 +55,4 @@ class SpendCap(Policy):
             return
         self._spent(req.tenant, now)
         cached = req.cached_gpu + req.cached_host
-        self.spend[req.tenant] += self.prices.usd(req.prompt - cached, cached, req.output)
+        self.spend[req.tenant] += self.p.price_list(req.model).usd(req.prompt - cached, cached, req.output)

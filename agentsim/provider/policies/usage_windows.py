@@ -12,7 +12,7 @@ import math
 
 from pydantic import Field
 
-from ..limits import RollingUsage, plan, prices
+from ..limits import RollingUsage, plan
 from .base import Policy, PricedParams
 
 FIVE_HOURS_S = 5 * 3600.0
@@ -27,7 +27,6 @@ class UsageWindows(Policy):
 
     def __init__(self, params, view) -> None:
         super().__init__(params, view)
-        self.prices = prices(params.prices)
         self.users: dict[int, tuple] = {}   # user -> (plan, 5 h window, weekly window)
 
     def _user(self, req):
@@ -59,7 +58,7 @@ class UsageWindows(Policy):
             return
         p, w5, w7 = st
         cached = req.cached_gpu + req.cached_host
-        usage = self.prices.usd(req.prompt - cached, cached, req.output)
+        usage = self.p.price_list(req.model).usd(req.prompt - cached, cached, req.output)
         peak = self.view.peak
         if peak is not None:
             usage *= peak.usage_weight(now, p)
