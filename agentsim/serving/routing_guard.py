@@ -75,7 +75,19 @@ def expected_finish(r, req: Request, now: float) -> float:
     return head_wait(r, now) + q * prefill + own + (O - 1) * (decode + (n + q + 1) * extra / O)
 
 
-class QueueGuard:
+class RouterLayer:
+    """A router wrapped by a layer: anything the layer does not define is the wrapped router's (its
+    state stays readable through the layer)."""
+
+    router = None
+
+    def __getattr__(self, name: str):
+        if name == "router":
+            raise AttributeError(name)
+        return getattr(self.router, name)
+
+
+class QueueGuard(RouterLayer):
     """``router``, except that a pick whose queue head has waited over ``limit_s`` is re-made by
     expected finish time with the observed waits counted (see the module docstring)."""
 
@@ -86,12 +98,6 @@ class QueueGuard:
         self.limit_s = limit_s
         self.env = env
         self.spills = 0          # requests moved off the router's first pick
-
-    def __getattr__(self, name: str):
-        """Anything else is the wrapped router's (its state stays readable through the layer)."""
-        if name == "router":
-            raise AttributeError(name)
-        return getattr(self.router, name)
 
     def __call__(self, cands: list, req: Request):
         pick = self.router(cands, req)
@@ -110,7 +116,7 @@ class QueueGuard:
         return best
 
 
-class PinRelease:
+class PinRelease(RouterLayer):
     """``router``, and when it sends a session's call to another replica than its last call, the
     last replica drops the session's prefix entry if it pins (``pin_session`` retention; LRU caches
     evict a stale copy before it blocks anything and keep it): pinned, that entry would
@@ -121,12 +127,6 @@ class PinRelease:
         self.router = router
         self.last: dict = {}         # prefix key -> replica of its last call
         self.released = 0            # entries dropped
-
-    def __getattr__(self, name: str):
-        """Anything else is the wrapped router's (its state stays readable through the layer)."""
-        if name == "router":
-            raise AttributeError(name)
-        return getattr(self.router, name)
 
     def __call__(self, cands: list, req: Request):
         pick = self.router(cands, req)
