@@ -472,3 +472,15 @@ def test_schema_documents_every_scalar_field():
                if "description" not in p and "$ref" not in p and "additionalProperties" not in p
                and "items" not in p]
     assert missing == []
+
+
+def test_a_set_that_starts_a_new_table_names_its_missing_fields_once():
+    """--set pools.X.autoscale.min_replicas on a pool without autoscaling: the error blames the --set
+    (not the file) and lists every required field the new table lacks, once."""
+    from agentsim.util.errors import InputError
+    with pytest.raises(InputError) as e:
+        scn.load(scn.Path(__file__).resolve().parents[1] / "agentsim" / "scenarios" / "default.toml",
+                 ["pools.h100.autoscale.min_replicas=1"])
+    msg = str(e.value)
+    assert msg.count("--set 'pools.h100.autoscale.min_replicas=1'") == 1
+    assert "pools.h100.autoscale is not in" in msg and "max_replicas" in msg and "target_value" in msg

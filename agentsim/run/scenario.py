@@ -178,6 +178,19 @@ def with_blame(message: str, where: str, overrides=()) -> str:
     return f"--set {item!r}: {message}" if item else (f"{where}: {message}" if where else message)
 
 
+def _exists(data: dict, loc: tuple) -> bool:
+    """Whether the nested path ``loc`` is present in ``data``."""
+    node = data
+    for part in loc:
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+            node = node[part]
+        else:
+            return False
+    return True
+
+
 def explain(err: ValidationError, where: str, root: type[BaseModel] = Scenario, overrides=(),
             base: dict | None = None) -> str:
     """One message naming each bad field, its value and what is allowed.
@@ -187,6 +200,7 @@ def explain(err: ValidationError, where: str, root: type[BaseModel] = Scenario, 
     """
     out = []
     new_entries: set[tuple[str, str]] = set()
+    new_tables: dict[str, list[str]] = {}     # a table a --set started -> the required fields it lacks
     for e in err.errors():
         loc = tuple(e["loc"])
         path = ".".join(str(p) for p in loc)
@@ -201,6 +215,16 @@ def explain(err: ValidationError, where: str, root: type[BaseModel] = Scenario, 
                     out.append(f"--set {item!r}: there is no {TABLES[loc[0]]} {loc[1]!r} in {where} "
                                f"({loc[0]}: {have}); a new one needs {loc[2]} and the other required fields")
                 continue
+        if base is not None and e["type"] == "missing" and len(loc) >= 2 and not _exists(base, loc[:-1]):
+            # a table the file does not have, started by a --set: its other required fields are missing
+            parent = ".".join(str(p) for p in loc[:-1])
+            item = next((i for i, p in _set_paths(overrides) if p.startswith(parent + ".")), None)
+            if item is not None:
+                if parent not in new_tables:
+                    new_tables[parent] = []
+                    out.append((item, parent))
+                new_tables[parent].append(str(loc[-1]))
+                continue
         if e["type"] == "extra_forbidden":
             owner = _model_at(loc, root)
             names = list(owner.model_fields) if owner is not None else []
@@ -214,7 +238,8 @@ def explain(err: ValidationError, where: str, root: type[BaseModel] = Scenario, 
         shown = "" if isinstance(got, dict) or got is None else f" (got {got!r})"
         text = f"{path}: {msg}{shown}" if path else msg
         out.append(with_blame(text, where, overrides))
-    return "; ".join(out)
+    return "; ".join(f"--set {m[0]!r}: {m[1]} is not in {where}; a new one needs {', '.join(new_tables[m[1]])}"
+                     if isinstance(m, tuple) else m for m in out)
 
 
 def parse(data: dict, where: str = "scenario", *, overrides=(), base: dict | None = None) -> Scenario:
