@@ -1,0 +1,60 @@
+"""Before/after timing for the benchmarks: the same benchmark on two checkouts, interleaved.
+
+Issue 20's targets are ratios to the code as it stood when the issue started (git tag
+``issue20-start``). A ratio measured in one run, with the two arms interleaved (A, B, A, B, …),
+is robust to a machine that gets busier or quieter during the run; two figures from two runs are
+not. Each arm runs the benchmark script in its own subprocess with ``PYTHONPATH`` pointing at its
+checkout, so both arms time exactly the same script on the same input; the script reports its
+figures as JSON (``--json``) and this module takes medians and ratios.
+
+    from ab import baseline_checkout, interleave
+    arms = {"before": baseline_checkout(), "after": REPO}
+    runs = interleave(arms, [sys.executable, __file__, "--runs", "1"], runs=5)
+"""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+BASELINE_REF = "issue20-start"
+
+
+def baseline_checkout(ref: str = BASELINE_REF) -> Path:
+    """A detached checkout of ``ref`` beside the system's temp files (made once, then reused)."""
+    sha = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--verify", f"{ref}^{{commit}}"],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    path = Path(tempfile.gettempdir()) / f"agentsim-{sha[:12]}"
+    if not (path / "agentsim").is_dir():
+        subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(path), sha],
+                       capture_output=True, text=True, check=True)
+    return path
+
+
+def run_arm(checkout: Path, argv: list[str]) -> dict:
+    """Run ``argv`` (a benchmark command taking ``--json PATH``) against ``checkout``'s agentsim."""
+    env = {**os.environ, "PYTHONPATH": str(checkout) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "result.json"
+        subprocess.run([*argv, "--json", str(out)], env=env, check=True, stdout=subprocess.DEVNULL)
+        return json.loads(out.read_text())
+
+
+def interleave(arms: dict[str, Path], argv: list[str], runs: int) -> dict[str, list[dict]]:
+    """``runs`` rounds, each running every arm once in turn; each arm's list of JSON results."""
+    got: dict[str, list[dict]] = {name: [] for name in arms}
+    for r in range(runs):
+        order = list(arms) if r % 2 == 0 else list(reversed(arms))   # neither arm always goes first
+        for name in order:
+            got[name].append(run_arm(arms[name], argv))
+            print(f"  round {r + 1}/{runs}: {name} done", file=sys.stderr, flush=True)
+    return got
+
+
+def median(results: list[dict], key: str) -> float:
+    return statistics.median(float(r[key]) for r in results)
