@@ -229,3 +229,19 @@ def test_same_results_on_any_executor(tmp_path):
         dask = outputs(tmp_path / "dask", address=c.scheduler_address)
         assert c.scheduler.transition_counter > 0, "the Dask run did not go through the cluster"
     assert inline[1] and inline == pool == dask
+
+
+def test_summary_puts_assumptions_with_sources_after_the_answers_table(tmp_path):
+    from agentsim.studies.experiments import Report
+    rep = Report("x", "How many?", answer="Ten users per MW.")
+    rep.section("Answer table", ["| a |", "|---|", "| 1 |"])
+    rep.section("Method", ["replications"])
+    rep.assume("PUE 1.25", "hardware-roofline.md §2.1")
+    out = rep.write(tmp_path, runtime_s=1.0)
+    md = (tmp_path / "summary.md").read_text()
+    assert md.index("Ten users per MW") < md.index("## Answer table") < md.index("## Assumptions, with sources") \
+        < md.index("## Method")
+    assert "- PUE 1.25 — *hardware-roofline.md §2.1*" in md
+    assert json.loads((tmp_path / "results.json").read_text())["assumptions"] == \
+        [{"assumption": "PUE 1.25", "source": "hardware-roofline.md §2.1"}]
+    assert out["summary_path"].endswith("summary.md")

@@ -318,12 +318,18 @@ class Report:
     settings: dict = field(default_factory=dict)
     cpu_s: float = 0.0
     runs: object = None            # the tidy frame of every arm × seed (:func:`tidy`), written as runs.csv
+    assumptions: list[tuple[str, str]] = field(default_factory=list)   # (assumption, its source)
 
     def __post_init__(self) -> None:
         self._cpu0 = CPU_SECONDS[0]
 
     def section(self, title: str, lines: list[str]) -> None:
         self.sections.append((title, list(lines)))
+
+    def assume(self, assumption: str, source: str) -> None:
+        """An input the answer rests on, with where it comes from (a reference file and section, a
+        measurement, a scenario field): a planner checks these before trusting the answer."""
+        self.assumptions.append((assumption, source))
 
     def figure(self, path: Path, caption: str) -> None:
         self.figures[Path(path).name] = caption
@@ -332,8 +338,13 @@ class Report:
         out = Path(out_dir)
         self.cpu_s = CPU_SECONDS[0] - self._cpu0
         md = [f"# {self.name}", "", f"**Question.** {self.question}", "", f"**Answer.** {self.answer}", ""]
-        for title, lines in self.sections:
+        assumed = ["## Assumptions, with sources", ""] + [f"- {text} — *{source}*" for text, source in self.assumptions]
+        for i, (title, lines) in enumerate(self.sections):   # the answer, its table, then what it assumes
             md += [f"## {title}", ""] + lines + [""]
+            if i == 0 and self.assumptions:
+                md += assumed + [""]
+        if self.assumptions and not self.sections:
+            md += assumed + [""]
         if self.figures:
             md += ["## Figures", ""]
             for fname, caption in self.figures.items():
@@ -349,6 +360,7 @@ class Report:
         results = {"experiment": self.name, "question": self.question, "answer": self.answer,
                    "agentsim_version": __version__, "git_commit": commit, "runtime_s": runtime_s, "cpu_s": self.cpu_s,
                    "settings": self.settings,
+                   "assumptions": [{"assumption": a, "source": src} for a, src in self.assumptions],
                    "figures": list(self.figures), **self.results}
         if self.runs is not None:
             write_atomic(out / "runs.csv", self.runs.to_csv(index=False))
