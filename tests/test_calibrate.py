@@ -255,8 +255,10 @@ def test_ttft_single_step_matches_servicetime_table():
     assert math.isclose(cal.predict(dep, point), expected, rel_tol=1e-9)
 
 
-def test_json_cli_output_has_the_keys(result, capsys):
-    code, out, _ = run_cli(["calibrate", "--tier", "c", "--format", "json"], capsys)
+def test_json_cli_output_has_the_keys_and_the_written_file_round_trips(result, tmp_path, capsys):
+    """One CLI run (a whole calibration, the slowest test here) checks both the JSON rows and --write."""
+    target = tmp_path / "fitted.toml"
+    code, out, _ = run_cli(["calibrate", "--tier", "c", "--format", "json", "--write", str(target)], capsys)
     assert code == 0
     rows = json.loads(out)
     assert len(rows) == len(cal.load_points(data_path("calibration.csv")))
@@ -269,6 +271,17 @@ def test_json_cli_output_has_the_keys(result, capsys):
     # deterministic: the CLI's simulations repeat the fixture's exactly
     assert [r["predicted"] for r in load] == [r["predicted"] for r in result.rows if r["row"] in LOAD_ROWS]
 
+    assert target.exists()
+    written = tomllib.loads(target.read_text())["generations"]["hopper"]
+    names = set(written) - {"calibrated", "sources"}
+    assert names and names <= set(Efficiency.FITTABLE)
+    prior = load_catalog((), calibrated=False).generations["hopper"]
+    hopper = load_catalog((str(target),), calibrated=False).generations["hopper"]
+    assert hopper.calibrated and not prior.calibrated
+    assert all(getattr(hopper, n) == written[n] for n in names)
+    assert any(not math.isclose(getattr(hopper, n), getattr(prior, n)) for n in names)
+    assert all("fitted by agentsim calibrate on 6 points" in hopper.sources[n] for n in names)
+
 
 def test_table_states_the_load_assumptions(result):
     from agentsim.cli.calibrate_cmd import load_block
@@ -279,21 +292,6 @@ def test_table_states_the_load_assumptions(result):
         assert re.search(rf"  row {row}( \(held out\))?: output_throughput: measured", out), row
     assert out.count("agentsim estimate --model") == len(scored)
     assert "  row 18: not scored: load point (concurrency 16) without input/output lengths" in out
-
-
-def test_written_file_round_trips_and_changes_factors(tmp_path, capsys):
-    target = tmp_path / "fitted.toml"
-    code, _, _ = run_cli(["calibrate", "--write", str(target)], capsys)
-    assert code == 0 and target.exists()
-    written = tomllib.loads(target.read_text())["generations"]["hopper"]
-    names = set(written) - {"calibrated", "sources"}
-    assert names and names <= set(Efficiency.FITTABLE)
-    prior = load_catalog((), calibrated=False).generations["hopper"]
-    hopper = load_catalog((str(target),), calibrated=False).generations["hopper"]
-    assert hopper.calibrated and not prior.calibrated
-    assert all(getattr(hopper, n) == written[n] for n in names)
-    assert any(not math.isclose(getattr(hopper, n), getattr(prior, n)) for n in names)
-    assert all("fitted by agentsim calibrate on 6 points" in hopper.sources[n] for n in names)
 
 
 def test_shipped_calibrated_file_is_current(result, capsys):
