@@ -59,13 +59,14 @@ def test_planner_units_by_hand():
     t = np.arange(1, 13) * 900.0                                  # 3 h sampled every 15 min
     ts = pd.DataFrame({"time_s": np.repeat(t, 2), "pool": [0, 1] * 12,
                        "facility_power_w": np.tile([1e6, 3e6], 12) * np.repeat(np.where(t > 3600, 1.0, 9.0), 2)})
-    summary = {"output_tokens_per_s": 8000.0, "engaged_user_hours": 500.0, "cost_usd": 900.0}
+    summary = {"output_tokens_per_s": 8000.0, "engaged_user_hours": 500.0, "cost_usd": 900.0, "users": 250}
     u = planner_units(summary, ts, 3600.0, 3 * 3600.0, 3 * 3600.0)
     assert u["facility_mw_mean"] == 4.0                           # the warm-up's 36 MW left out
     assert u["output_tokens_per_s_per_mw"] == 2000.0
     assert u["energy_per_engaged_hour_kwh"] == 4.0 * 1e3 * 2 / 500     # 8 MWh over 500 h
     assert u["engaged_users_per_mw"] == 500 / 2 / 4.0
     assert u["usd_per_engaged_hour"] == 900.0 * (2 / 3) / 500
+    assert math.isclose(u["usd_per_user_month"], 900.0 / 3 * 730 / 250)   # $300/h over a 730-h month, 250 users
 
 
 def test_replicate_until_stops_when_precise_and_is_deterministic():

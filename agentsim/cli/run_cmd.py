@@ -30,7 +30,8 @@ HEADLINE = ("requests", "completed", "ttft_s", "ttft_p99_s", "tpot_s", "tpot_p99
             "input_tokens_per_s", "goodput_rps", "slo_attainment",
             "prefix_hit_rate", "preemptions", "joules_per_token", "usd_per_m_tokens", "cost_usd",
             "facility_power_mean_w", "facility_power_peak_w", "facility_mw_mean", "output_tokens_per_s_per_mw",
-            "engaged_user_hours", "energy_per_engaged_hour_kwh", "engaged_users_per_mw", "usd_per_engaged_hour",
+            "users", "engaged_user_hours", "energy_per_engaged_hour_kwh", "engaged_users_per_mw", "usd_per_engaged_hour",
+            "usd_per_user_month",
             "sim_wall_s", "events_per_request")
 
 #: per-pool rows of the summary table: capacity utilisation (agentsim.studies.utilisation) first, then the

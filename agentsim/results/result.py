@@ -157,11 +157,16 @@ def _session_table(rec: RunRecords) -> pd.DataFrame:
     return sessions
 
 
+HOURS_PER_MONTH = 730.0    # 365 x 24 / 12
+
+
 def planner_units(summary: dict, timeseries: pd.DataFrame, warm_s: float, end_s: float, duration_s: float) -> dict:
     """The figures a capacity planner plans in, over the measured window ``[warm_s, end_s]``:
     the facility's mean MW there, output tokens per second per MW, and, for agent populations,
-    energy (kWh) and cost per engaged user-hour and engaged users per MW. Engaged hours are those
-    of the sessions that started in the window; cost is the run's, prorated to the window."""
+    energy (kWh) and cost per engaged user-hour, engaged users per MW, and the fleet's cost per
+    active user-month (its hourly cost over a 730-hour month, shared by the users who ran sessions
+    in the window: set it beside the plan's monthly price). Engaged hours are those of the sessions
+    that started in the window; cost is the run's, prorated to the window."""
     out: dict = {}
     if not len(timeseries):
         return out
@@ -178,6 +183,9 @@ def planner_units(summary: dict, timeseries: pd.DataFrame, warm_s: float, end_s:
         out["energy_per_engaged_hour_kwh"] = mw * 1e3 * window_h / hours
         out["engaged_users_per_mw"] = hours / window_h / mw if mw > 0 else math.nan
         out["usd_per_engaged_hour"] = summary["cost_usd"] * (window_h * 3600 / max(duration_s, 1e-12)) / hours
+    users = summary.get("users", 0)
+    if users:
+        out["usd_per_user_month"] = summary["cost_usd"] / (max(duration_s, 1e-12) / 3600) * HOURS_PER_MONTH / users
     return out
 
 
