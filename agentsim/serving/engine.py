@@ -34,7 +34,6 @@ timer is re-armed and the stale one is recognised by identity and ignored.
 from __future__ import annotations
 
 import heapq
-import math
 from collections import deque
 
 from simpy.events import Event
@@ -44,12 +43,57 @@ from .replica_base import ReplicaBase
 from .request import Request
 from .scheduling import ADMISSION_POLICIES, EPS, EngineConfig, PriorityQueue  # noqa: F401 (re-exported)
 from .speculation import Speculation, surplus
-from ..model.servicetime import StepCoeffs, Stretch, pairs
+from ..model.servicetime import N_MAX, T_MAX, StepCoeffs, Stretch
+from ..model.stretch import affine_elapsed, affine_steps_done_by
 from ..util.events import MOVE_MAX_QUEUE, _move_earlier, _push  # noqa: F401  (MOVE_MAX_QUEUE: tests read it here)
+
+_heappush, _heappop = heapq.heappush, heapq.heappop
+_BIG = 1 << 62
+
+#: the kinds of stretch in progress
+MIXED, AFFINE, GENERAL = 0, 1, 2
 
 
 def _by_rid(req: Request) -> int:
     return req.rid
+
+
+class _Decode:
+    """Per-deployment constants of a pure-decode stretch, by batch size ``n`` (filled on first use).
+
+    ``base[n]`` is ``F(n·q) + H(n) + A(n)``, the part of ``c0`` that does not depend on the context:
+    :meth:`StepCoeffs.stretch` adds the same terms left to right, so the sum is the same bits.
+    ``ovh[n]`` is the per-step overhead ``overhead + per_seq·n``. Why: the engine plans a stretch per
+    membership change, and these lookups and sums were a fifth of its planning time.
+    """
+
+    __slots__ = ("c", "base", "ovh", "dec_b")
+
+    def __init__(self, c: StepCoeffs) -> None:
+        self.c = c
+        self.base: list = [None] * (N_MAX + 1)
+        self.ovh: list = [None] * (N_MAX + 1)
+        self.dec_b = c.dec_b
+
+    def fill(self, n: int) -> None:
+        c = self.c
+        t = n * c.q
+        fixed = c.fixed[t] if t <= T_MAX else c.F(t)
+        self.base[n] = fixed + c.head[n] + c.dec_a[n]
+        self.ovh[n] = c.overhead + c.per_seq * n
+
+
+_DECODE: dict[int, _Decode] = {}
+
+
+def _decode_tables(c: StepCoeffs) -> _Decode:
+    """The shared :class:`_Decode` of ``c`` (one per StepCoeffs object, however many replicas use it)."""
+    d = _DECODE.get(id(c))
+    if d is None or d.c is not c:
+        if len(_DECODE) > 256:
+            _DECODE.clear()
+        d = _DECODE[id(c)] = _Decode(c)
+    return d
 
 
 class Replica(ReplicaBase):
@@ -80,11 +124,22 @@ class Replica(ReplicaBase):
         self._to_cancel: list = []          # running requests to remove at the next boundary
         self.pending = 0                    # requests in their per-request overhead delay
         self._applying = False              # inside _apply: callbacks may submit, the caller plans next
-        # the stretch in progress
+        # constants of the hot path, read once (the energy split of StepCoeffs.energy, the decode tables)
+        self._dec = _decode_tables(coeffs)
+        self._pw = coeffs.power_w
+        self._idle = coeffs.idle_fraction
+        self._busy_share = 1 - coeffs.idle_fraction
+        self._q = coeffs.q
+        self._overhead = coeffs.request_overhead
+        # the stretch in progress: MIXED (one step, ``_mixed``), AFFINE (step u takes c0 + c1·u + h)
+        # or GENERAL (``_law``, a two-piece Stretch); ``_el`` = duration of its ``_k`` steps
         self._timer: Event | None = None
         self._entry: tuple | None = None   # the timer's entry in SimPy's queue
         self._t0 = 0.0
         self._k = 0
+        self._kind = MIXED
+        self._c0 = self._c1 = self._h = 0.0
+        self._el = 0.0
         self._law: Stretch | None = None
         self._chunk = 0           # prefill tokens per step for the front prompt (uniform stretch)
         self._mixed = None        # composition of a one-step mixed stretch
@@ -106,6 +161,32 @@ class Replica(ReplicaBase):
     def n_running(self) -> int:
         return len(self.live)
 
+    def submit(self, req: Request) -> None:
+        """A request arrives; it becomes schedulable after the per-request overhead
+        (:meth:`ReplicaBase.submit`, with the common case's checks in one place)."""
+        req.replica = self.index
+        if self.spec is not None:
+            req.tps = self.spec.tokens_per_step()   # drawn on arrival: fixed for its whole decode
+        if not self.up:
+            return self._end(req, "replica_failed")
+        if req.prompt + req.output > self.cap:
+            return self._end(req, "request_too_large")
+        if self._overhead > 0:
+            self.pending += 1
+            _push(self.env, self._on_ready, req, self._overhead)
+        else:
+            self._enqueue(req)
+
+    def _on_ready(self, ev: Event) -> None:
+        req = ev.value
+        if req.removed:
+            return          # cancelled during its overhead delay (cancel() already uncounted it)
+        self.pending -= 1
+        if self.up:
+            self._enqueue(req)
+        else:
+            self._end(req, "replica_failed")
+
     def _drop_running(self) -> list[Request]:
         victims = list(self.live.values())
         self.prefilling.clear()
@@ -120,62 +201,80 @@ class Replica(ReplicaBase):
     def _new_head(self) -> None:
         self._maybe_cut(self.waiting[0], self.env.now)
 
+    # -- the stretch's closed form -------------------------------------------------------------------
+    def _elapsed(self, k: int) -> float:
+        """Duration of the first ``k`` steps of the stretch in progress (0 for a mixed step)."""
+        kind = self._kind
+        if kind == AFFINE:
+            return affine_elapsed(self._c0, self._c1, self._h, k)
+        if kind == GENERAL:
+            return self._law.elapsed(k)
+        return 0.0
+
+    def _where(self, tau: float, eps: float) -> tuple[int, bool]:
+        """(steps done by ``tau`` after the stretch start, whether ``tau`` is at that boundary)."""
+        kind = self._kind
+        if kind == AFFINE:
+            c0, c1, h = self._c0, self._c1, self._h
+            j = affine_steps_done_by(c0, c1, h, tau + eps)
+            return j, affine_elapsed(c0, c1, h, j) >= tau - eps
+        if kind == GENERAL:
+            j = self._law.steps_done_by(tau + eps)
+            return j, self._law.elapsed(j) >= tau - eps
+        return 0, tau <= eps
+
     # -- arrivals ----------------------------------------------------------------------------------
     def _enqueue(self, req: Request) -> None:
         now = self.env.now
         req.ready = now
-        self.waiting.append(req)
+        waiting = self.waiting
+        waiting.append(req)
         if self._applying:
             # submitted from the callback of a request ending at this step boundary (a closed-loop
             # client without think time): the boundary being applied plans next and admits it there
             return
         if self._timer is None:
             self._plan(now)
-        elif self.waiting[0] is req:   # it heads the queue, so it could join at the next boundary
+        elif waiting[0] is req:   # it heads the queue, so it could join at the next boundary
             self._maybe_cut(req, now)
 
     def _maybe_cut(self, req: Request, now: float) -> None:
         """Shorten the stretch so ``req`` joins at the next step boundary, if it could join there."""
-        if self.n_dec + len(self.prefilling) >= self.max_batch:
+        n = self.n_dec
+        if n + len(self.prefilling) >= self.max_batch:
             return
         tau = now - self._t0
-        eps = EPS * max(1.0, now)
-        if self._law is None:   # a one-step mixed stretch
-            j, at_boundary = 0, tau <= eps
-        else:
-            j = self._law.steps_done_by(tau + eps)
-            at_boundary = self._law.elapsed(j) >= tau - eps
+        j, at_boundary = self._where(tau, EPS * max(1.0, now))
         jb = j if at_boundary else j + 1
         if jb >= self._k and not at_boundary:
             return  # the stretch ends at that boundary anyway
-        if self.kv_used + self.n_dec * (jb + 1) + req.prompt_len > self.cap:
+        if self.kv_used + n * (jb + 1) + req.prompt_len > self.cap:
             return  # would not fit there: it waits for the stretch end like everything else
         if at_boundary:
-            t_b = self._t0 + (self._law.elapsed(j) if self._law is not None else 0.0)
-            self._apply(j, t_b)
+            el = self._elapsed(j)
+            t_b = self._t0 + el
+            self._apply(j, t_b, el)
             self._plan(t_b)
         else:
             self._k = jb
-            self._rearm(self._t0 + self._law.elapsed(jb))
+            self._el = el = self._elapsed(jb)
+            self._rearm(self._t0 + el)
 
     def _cut_to_boundary(self, now: float) -> None:
         """End the stretch at the next step boundary (at once if ``now`` is at one)."""
         if self._timer is None:
             return
         tau = now - self._t0
-        eps = EPS * max(1.0, now)
-        if self._law is None:
-            j, at_boundary = 0, tau <= eps
-        else:
-            j = self._law.steps_done_by(tau + eps)
-            at_boundary = self._law.elapsed(j) >= tau - eps
+        j, at_boundary = self._where(tau, EPS * max(1.0, now))
         if at_boundary:
-            t_b = self._t0 + (self._law.elapsed(j) if self._law is not None else 0.0)
-            self._apply(j, t_b)
+            el = self._elapsed(j)
+            t_b = self._t0 + el
+            self._apply(j, t_b, el)
             self._plan(t_b)
         elif j + 1 < self._k:
             self._k = j + 1
-            self._rearm(self._t0 + self._law.elapsed(j + 1))
+            self._el = el = self._elapsed(j + 1)
+            self._rearm(self._t0 + el)
 
     def _drop_cancelled(self) -> None:
         for req, outcome in self._to_cancel:
@@ -216,98 +315,111 @@ class Replica(ReplicaBase):
         now = self.env.now
         self._applying = True        # _apply, inlined: this is the path of most events
         try:
-            self._apply_steps(self._k, now)
+            if self._kind == MIXED:
+                self.busy_time += now - self._t0
+                self.steps += 1
+                self._apply_mixed(now)
+            else:
+                self._apply_steps(self._k, now, self._el)
         finally:
             self._applying = False
         self._plan(now)
 
-    def _apply(self, k: int, t: float) -> None:
-        """Account for ``k`` completed steps of the current stretch, ending at time ``t``.
+    def _apply(self, k: int, t: float, el: float) -> None:
+        """Account for ``k`` completed steps (lasting ``el``) of the current stretch, ending at time ``t``.
 
         Every caller plans the next stretch right after (``_plan(t)``), so a request submitted by
         the callback of a request that ends here only joins the queue (see ``_enqueue``).
         """
         self._applying = True
         try:
-            self._apply_steps(k, t)
+            if k == 0:
+                self.busy_time += t - self._t0
+            elif self._kind == MIXED:
+                self.busy_time += t - self._t0
+                self.steps += k
+                self._apply_mixed(t)
+            else:
+                self._apply_steps(k, t, el)
         finally:
             self._applying = False
 
-    def _apply_steps(self, k: int, t: float) -> None:
+    def _apply_steps(self, k: int, t: float, el: float) -> None:
+        """``k`` >= 1 steps of a uniform stretch, lasting ``el`` (= its closed form's elapsed(k))."""
         dur = t - self._t0
         self.busy_time += dur
-        if k == 0:
-            return
         self.steps += k
-        if self._law is None:
-            self._apply_mixed(t)
-            return
         n = self.n_dec
+        busy = el - k * self._h
+        self.energy_j += self._pw * (self._idle * dur + self._busy_share * busy)
+        V = self.V = self.V + k
+        nk = n * k
+        self.kv_used += nk
+        self.tokens_out += nk
         c = self._chunk
-        busy = self._law.elapsed(k) - k * self._law.h
-        self.energy_j += self.c.energy(dur, busy)
-        self.V += k
-        self.kv_used += n * k
-        self.tokens_out += n * k
         if c:
             front = self.prefilling[0]
             front.pf_done += c * k
             front.prefill_tokens += c * k
-        self._finish_decoders(t)
+        heap = self.heap
+        if heap and heap[0][0] <= V:
+            self._finish_decoders(t, [])
 
     def _apply_mixed(self, t: float) -> None:
         chunks, sampled, busy = self._mixed
-        self.energy_j += self.c.energy(self._mixed_dur, busy)
+        self.energy_j += self._pw * (self._idle * self._mixed_dur + self._busy_share * busy)
         n = self.n_dec
-        self.V += 1
+        V = self.V = self.V + 1
         self.kv_used += n
         self.tokens_out += n
-        V = self.V
         done = []
+        prefilling = self.prefilling
         for req, c in chunks:
             req.pf_done += c
             req.prefill_tokens += c
             req.load = 0
             if req.pf_done >= req.prompt_len:   # prompt complete: first (or next) token out
-                self.prefilling.popleft()
+                prefilling.popleft()
                 self.tokens_out += 1
                 if req.first_token != req.first_token:  # nan: first time
                     req.first_token = t
-                req.out_left -= 1
-                if req.out_left == 0:
+                out_left = req.out_left = req.out_left - 1
+                if out_left == 0:
                     req.kv = req.prompt_len
                     done.append(req)
                 else:
                     if req.tps > 1.0:               # speculative decoding: the surplus is reserved now
-                        extra = surplus(req.out_left, req.tps)
-                        req.out_left -= extra
+                        extra = surplus(out_left, req.tps)
+                        out_left = req.out_left = out_left - extra
                         self.kv_used += extra
                         self.tokens_out += extra
                     else:
                         extra = 0
-                    self._seq += 1
-                    req.seq = self._seq
+                    seq = self._seq = self._seq + 1
+                    req.seq = seq
                     req.v_join = V
-                    req.b = req.prompt_len + 1 + extra - V
-                    req.finish_v = V + req.out_left
+                    b = req.b = req.prompt_len + 1 + extra - V
+                    fv = req.finish_v = V + out_left
                     self.n_dec += 1
-                    self.sum_b += req.b
-                    heapq.heappush(self.heap, (req.finish_v, req.seq, req))
-        self._finish_decoders(t, done)
+                    self.sum_b += b
+                    _heappush(self.heap, (fv, seq, req))
+        heap = self.heap
+        if done or (heap and heap[0][0] <= V):
+            self._finish_decoders(t, done)
 
-    def _finish_decoders(self, t: float, done: list | None = None) -> None:
+    def _finish_decoders(self, t: float, done: list) -> None:
+        """Retire the decoders whose last token came out at ``V`` (and ``done``, finished prompts)."""
         heap, V = self.heap, self.V
-        if not (heap and heap[0][0] <= V) and not done:
-            return
-        done = done or []
+        n_dec, sum_b = self.n_dec, self.sum_b
         while heap and heap[0][0] <= V:
-            _, seq, req = heapq.heappop(heap)
+            _, seq, req = _heappop(heap)
             if seq != req.seq or not req.running:
                 continue
-            self.n_dec -= 1
-            self.sum_b -= req.b
+            n_dec -= 1
+            sum_b -= req.b
             req.kv = req.b + V - 1
             done.append(req)
+        self.n_dec, self.sum_b = n_dec, sum_b
         if len(done) > 1:
             done.sort(key=_by_rid)   # one canonical order for the cache and the callbacks
         for req in done:
@@ -324,7 +436,10 @@ class Replica(ReplicaBase):
         del self.live[req.rid]
         req.running = False
         req.finish = t
-        self._end(req, "completed")
+        req.outcome = "completed"         # ReplicaBase._end, inlined (finish is set)
+        on_done = self.on_done
+        if on_done is not None:
+            on_done(req)
 
     def accounted(self, now: float) -> tuple[float, float]:
         """(busy seconds, server joules) so far, the stretch in progress prorated to ``now``."""
@@ -332,10 +447,10 @@ class Replica(ReplicaBase):
         dur = now - self._t0
         if self._timer is None or dur <= 0:
             return busy, energy
-        if self._law is None:
+        if self._kind == MIXED:
             kernel = self._mixed[2] * min(1.0, dur / self._mixed_dur) if self._mixed_dur > 0 else 0.0
         else:
-            law = self._law
+            law = self._law if self._kind == GENERAL else _Affine(self._c0, self._c1, self._h)
             j = min(law.steps_done_by(dur), self._k)
             done = law.elapsed(j)
             kernel = done - j * law.h
@@ -366,74 +481,124 @@ class Replica(ReplicaBase):
         self.waiting.appendleft(victim)
 
     def _admit(self, t: float) -> None:
-        waiting, cap, cache = self.waiting, self.cap, self.cache
-        while waiting and len(self.live) < self.max_batch:
+        waiting, cap, cache, live = self.waiting, self.cap, self.cache, self.live
+        max_batch, n_dec, prefilling = self.max_batch, self.n_dec, self.prefilling
+        kv_used = self.kv_used
+        while waiting and len(live) < max_batch:
             req = waiting[0]
             if cache is None:
-                if self.kv_used + req.prompt_len + self.n_dec > cap:
+                if kv_used + req.prompt_len + n_dec > cap:
                     break
-            elif not reserve(cache, req, self.kv_used, self.n_dec, cap, t, not self.live):
+            elif not reserve(cache, req, kv_used, n_dec, cap, t, not live):
                 break
             waiting.popleft()
-            if math.isnan(req.admitted):
+            if req.admitted != req.admitted:   # nan: first admission
                 req.admitted = t
             req.running = True
             if req.preemptions == 0:
-                req.pf_done = min(req.cached_gpu + req.cached_host, req.prompt_len - 1)
+                pl = req.prompt_len
+                cached = req.cached_gpu + req.cached_host
+                req.pf_done = cached if cached < pl - 1 else pl - 1
                 req.load = req.cached_host
             else:
                 req.pf_done = req.load = 0
-            self.kv_used += req.prompt_len
-            self.live[req.rid] = req
-            self.prefilling.append(req)
+            kv_used += req.prompt_len
+            live[req.rid] = req
+            prefilling.append(req)
+        self.kv_used = kv_used
 
     def _plan(self, t: float) -> None:
         """At a step boundary at time ``t``: preempt, admit, and arm the next stretch."""
         if self._to_cancel:
             self._drop_cancelled()
         cache = self.cache
-        while self.kv_used + self.n_dec + (cache.gpu_used if cache is not None else 0) > self.cap:
-            if cache is not None and cache.gpu_used:
-                cache.evict(self.kv_used + self.n_dec + cache.gpu_used - self.cap, t, force=True)
-            else:
-                self._preempt()
+        if cache is None:
+            if self.kv_used + self.n_dec > self.cap:
+                while self.kv_used + self.n_dec > self.cap:
+                    self._preempt()
+        else:
+            while self.kv_used + self.n_dec + cache.gpu_used > self.cap:
+                if cache.gpu_used:
+                    cache.evict(self.kv_used + self.n_dec + cache.gpu_used - self.cap, t, force=True)
+                else:
+                    self._preempt()
         if self.waiting:
             self._admit(t)
         n = self.n_dec
+        prefilling = self.prefilling
         self._t0 = t
-        if n == 0 and not self.prefilling:
+        if n == 0 and not prefilling:
             self._timer = None
-            self._law = None
+            self._kind = MIXED
             return
-        c = self.c
-        S = self.sum_b + n * self.V
-        left = self.budget - n * c.q
-        k_finish = self.heap[0][0] - self.V if n else 1 << 62
-        free = self.cap - self.kv_used - (cache.gpu_used if cache is not None else 0)
-        k_kv = free // n if n else 1 << 62   # steps until decode writes need cache eviction or preemption
+        V = self.V
+        S = self.sum_b + n * V
+        left = self.budget - n * self._q
         chunk = 0
-        p = 0
-        if self.prefilling and left > 0:
-            front = self.prefilling[0]
+        if n:
+            k = self.heap[0][0] - V
+            free = self.cap - self.kv_used - (cache.gpu_used if cache is not None else 0)
+            k_kv = free // n      # steps until decode writes need cache eviction or preemption
+            if k_kv < k:
+                k = k_kv
+        else:
+            k = _BIG
+        if prefilling and left > 0:
+            front = prefilling[0]
             r = front.prompt_len - front.pf_done
             if r > left and not self.cfg.chunked_prefill and front.prompt_len <= self.budget:
-                k = min(k_finish, k_kv)   # unchunked: the prompt waits until a finish leaves room for it
+                pass      # unchunked: the prompt waits until a finish leaves room for it
             elif r <= left or front.load:
                 return self._plan_mixed(t, n, S, left)
             else:
                 chunk = left
-                p = front.pf_done
                 k_pf = -(-r // left) - 1   # steps in which the front prompt does not complete
-                k = min(k_finish, k_kv, k_pf)
+                if k_pf < k:
+                    k = k_pf
+                law = self.c.stretch(n, S, chunk, front.pf_done)
+                return self._plan_law(t, law, k, chunk)
+        # a pure-decode stretch: StepCoeffs.stretch's sums from the per-deployment tables
+        dec = self._dec
+        if n <= N_MAX:
+            base = dec.base[n]
+            if base is None:
+                dec.fill(n)
+                base = dec.base[n]
+            b = dec.dec_b[n]
+            c0 = base + b * S
+            c1 = b * n
+            h = dec.ovh[n]
+            if not (c0 > 0 and c1 >= 0) or (cache is not None and self.waiting and cache.pinning):
+                return self._plan_law(t, self.c.stretch(n, S, 0, 0), k, 0)
         else:
-            k = min(k_finish, k_kv)
-        self._law = law = c.stretch(n, S, chunk, p)
+            return self._plan_law(t, self.c.stretch(n, S, 0, 0), k, 0)
+        self._kind = AFFINE
+        self._c0, self._c1, self._h = c0, c1, h
+        self._chunk = 0
+        self._k = k
+        el = self._el = c0 * k + c1 * (k - 1) * k / 2 + h * k    # affine_elapsed(k), k >= 1
+        now = self.env.now
+        delay = t + el - now
+        self._entry = entry = _push(self.env, self._on_timer, None, delay if delay > 0.0 else 0.0)
+        self._timer = entry[3]
+
+    def _plan_law(self, t: float, law: Stretch, k: int, chunk: int) -> None:
+        """Arm a uniform stretch of at most ``k`` steps under ``law`` (any StepCoeffs.stretch result)."""
+        cache = self.cache
         if cache is not None and self.waiting and cache.pinning:
             # a pin expiring mid-stretch may let the queue head in at the next boundary
             k = min(k, law.steps_done_by(cache.next_expiry(t) - t) + 1)
+        if type(law) is _Affine:
+            self._kind = AFFINE
+            self._law = None
+        else:
+            self._kind = GENERAL
+            self._law = law
+        self._c0, self._c1, self._h = law.c0, law.c1, law.h
         self._chunk = chunk
         self._k = k
-        self._arm(t + law.elapsed(k))
+        self._el = el = law.elapsed(k)
+        self._arm(t + el)
 
     def _plan_mixed(self, t: float, n: int, S: int, left: int) -> None:
         """One step in which at least one prompt completes (its composition is not uniform)."""
@@ -442,25 +607,34 @@ class Replica(ReplicaBase):
         attn = 0.0
         done = 0
         load = 0
+        chunked = self.cfg.chunked_prefill
         for req in self.prefilling:
             if left <= 0:
                 break
             r = req.prompt_len - req.pf_done
-            if r > left and chunks and not self.cfg.chunked_prefill:
+            if r > left and chunks and not chunked:
                 break
             load += req.load
             ch = r if r < left else left
             chunks.append((req, ch))
             pf_tokens += ch
-            attn += pairs(ch, req.pf_done)
+            attn += ch * req.pf_done + ch * ch / 2      # servicetime.pairs
             left -= ch
             if ch == r:
                 done += 1
-        busy = self.c.kernel_time(pf_tokens, attn, n, S, n + done) + load * self.c.t_host_load
-        dur = busy + (self.c.overhead + self.c.per_seq * n)
+        c = self.c
+        busy = c.kernel_time(pf_tokens, attn, n, S, n + done) + load * c.t_host_load
+        dur = busy + (c.overhead + c.per_seq * n)
         self._mixed = (chunks, n + done, busy)
         self._mixed_dur = dur
+        self._kind = MIXED
         self._law = None
         self._chunk = 0
         self._k = 1
-        self._arm(t + dur)
+        now = self.env.now
+        delay = t + dur - now
+        self._entry = entry = _push(self.env, self._on_timer, None, delay if delay > 0.0 else 0.0)
+        self._timer = entry[3]
+
+
+from ..model.stretch import Affine as _Affine  # noqa: E402  (the law type StepCoeffs.stretch builds)
