@@ -244,7 +244,13 @@ class Replica(ReplicaBase):
         if n + len(self.prefilling) >= self.max_batch:
             return
         tau = now - self._t0
-        j, at_boundary = self._where(tau, EPS * max(1.0, now))
+        eps = EPS * max(1.0, now)
+        if self._kind == AFFINE:      # _where, inlined
+            c0, c1, h = self._c0, self._c1, self._h
+            j = affine_steps_done_by(c0, c1, h, tau + eps)
+            at_boundary = (c0 * j + c1 * (j - 1) * j / 2 + h * j if j > 0 else 0.0 + h * j) >= tau - eps
+        else:
+            j, at_boundary = self._where(tau, eps)
         jb = j if at_boundary else j + 1
         if jb >= self._k and not at_boundary:
             return  # the stretch ends at that boundary anyway
@@ -319,8 +325,24 @@ class Replica(ReplicaBase):
                 self.busy_time += now - self._t0
                 self.steps += 1
                 self._apply_mixed(now)
-            else:
-                self._apply_steps(self._k, now, self._el)
+            else:                    # _apply_steps, inlined
+                k = self._k
+                dur = now - self._t0
+                self.busy_time += dur
+                self.steps += k
+                self.energy_j += self._pw * (self._idle * dur + self._busy_share * (self._el - k * self._h))
+                V = self.V = self.V + k
+                nk = self.n_dec * k
+                self.kv_used += nk
+                self.tokens_out += nk
+                c = self._chunk
+                if c:
+                    front = self.prefilling[0]
+                    front.pf_done += c * k
+                    front.prefill_tokens += c * k
+                heap = self.heap
+                if heap and heap[0][0] <= V:
+                    self._finish_decoders(now, [])
         finally:
             self._applying = False
         self._plan(now)
@@ -527,58 +549,55 @@ class Replica(ReplicaBase):
         n = self.n_dec
         prefilling = self.prefilling
         self._t0 = t
-        if n == 0 and not prefilling:
+        if prefilling:
+            left = self.budget - n * self._q
+            if left > 0:
+                front = prefilling[0]
+                r = front.prompt_len - front.pf_done
+                if r > left and not self.cfg.chunked_prefill and front.prompt_len <= self.budget:
+                    pass      # unchunked: the prompt waits until a finish leaves room for it
+                elif r <= left or front.load:
+                    return self._plan_mixed(t, n, self.sum_b + n * self.V, left)
+                else:
+                    k = -(-r // left) - 1   # steps in which the front prompt does not complete
+                    if n:
+                        k_finish = self.heap[0][0] - self.V
+                        k_kv = (self.cap - self.kv_used - (cache.gpu_used if cache is not None else 0)) // n
+                        k = min(k_finish, k_kv, k)
+                    law = self.c.stretch(n, self.sum_b + n * self.V, left, front.pf_done)
+                    return self._plan_law(t, law, k, left)
+        elif not n:
             self._timer = None
             self._kind = MIXED
             return
+        # a pure-decode stretch, until the first decoder finishes or decode writes fill the KV
         V = self.V
         S = self.sum_b + n * V
-        left = self.budget - n * self._q
-        chunk = 0
-        if n:
-            k = self.heap[0][0] - V
-            free = self.cap - self.kv_used - (cache.gpu_used if cache is not None else 0)
-            k_kv = free // n      # steps until decode writes need cache eviction or preemption
-            if k_kv < k:
-                k = k_kv
-        else:
-            k = _BIG
-        if prefilling and left > 0:
-            front = prefilling[0]
-            r = front.prompt_len - front.pf_done
-            if r > left and not self.cfg.chunked_prefill and front.prompt_len <= self.budget:
-                pass      # unchunked: the prompt waits until a finish leaves room for it
-            elif r <= left or front.load:
-                return self._plan_mixed(t, n, S, left)
-            else:
-                chunk = left
-                k_pf = -(-r // left) - 1   # steps in which the front prompt does not complete
-                if k_pf < k:
-                    k = k_pf
-                law = self.c.stretch(n, S, chunk, front.pf_done)
-                return self._plan_law(t, law, k, chunk)
-        # a pure-decode stretch: StepCoeffs.stretch's sums from the per-deployment tables
+        k = self.heap[0][0] - V
+        k_kv = (self.cap - self.kv_used - (cache.gpu_used if cache is not None else 0)) // n
+        if k_kv < k:
+            k = k_kv
         dec = self._dec
-        if n <= N_MAX:
-            base = dec.base[n]
-            if base is None:
-                dec.fill(n)
-                base = dec.base[n]
-            b = dec.dec_b[n]
-            c0 = base + b * S
-            c1 = b * n
-            h = dec.ovh[n]
-            if not (c0 > 0 and c1 >= 0) or (cache is not None and self.waiting and cache.pinning):
-                return self._plan_law(t, self.c.stretch(n, S, 0, 0), k, 0)
-        else:
+        if n > N_MAX or (cache is not None and self.waiting and cache.pinning):
             return self._plan_law(t, self.c.stretch(n, S, 0, 0), k, 0)
+        base = dec.base[n]      # StepCoeffs.stretch's sums from the per-deployment tables
+        if base is None:
+            dec.fill(n)
+            base = dec.base[n]
+        b = dec.dec_b[n]
+        c0 = base + b * S
+        c1 = b * n
+        if not (c0 > 0 and c1 >= 0):
+            return self._plan_law(t, self.c.stretch(n, S, 0, 0), k, 0)
+        h = dec.ovh[n]
         self._kind = AFFINE
-        self._c0, self._c1, self._h = c0, c1, h
+        self._c0 = c0
+        self._c1 = c1
+        self._h = h
         self._chunk = 0
         self._k = k
         el = self._el = c0 * k + c1 * (k - 1) * k / 2 + h * k    # affine_elapsed(k), k >= 1
-        now = self.env.now
-        delay = t + el - now
+        delay = t + el - self.env.now
         self._entry = entry = _push(self.env, self._on_timer, None, delay if delay > 0.0 else 0.0)
         self._timer = entry[3]
 
@@ -623,9 +642,18 @@ class Replica(ReplicaBase):
             if ch == r:
                 done += 1
         c = self.c
-        busy = c.kernel_time(pf_tokens, attn, n, S, n + done) + load * c.t_host_load
+        sampled = n + done
+        t_tok = pf_tokens + n * self._q
+        if t_tok <= T_MAX and sampled <= N_MAX and n <= N_MAX:
+            # StepCoeffs.kernel_time, inlined: the same lookups and additions in the same order
+            pc = pf_tokens if pf_tokens <= T_MAX else T_MAX
+            kernel = (c.fixed[t_tok] + c.head[sampled] + c.dec_a[n] + c.dec_b[n] * S + c.pf_a[pc]
+                      + c.pf_pair[pc] * attn)
+        else:
+            kernel = c.kernel_time(pf_tokens, attn, n, S, sampled)
+        busy = kernel + load * c.t_host_load
         dur = busy + (c.overhead + c.per_seq * n)
-        self._mixed = (chunks, n + done, busy)
+        self._mixed = (chunks, sampled, busy)
         self._mixed_dur = dur
         self._kind = MIXED
         self._law = None
