@@ -73,9 +73,9 @@ def test_cuts_leave_no_stale_timer():
     seen = {"moves": 0, "stale": 0}
 
     class Counting(Replica):
-        def _rearm(self, t_end):
+        def _rearm(self, t_end, *at):
             seen["moves"] += 1
-            return super()._rearm(t_end)
+            return super()._rearm(t_end, *at)
 
         def _on_timer(self, ev):
             seen["stale"] += ev is not self._timer

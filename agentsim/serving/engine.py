@@ -34,6 +34,7 @@ timer is re-armed and the stale one is recognised by identity and ignored.
 from __future__ import annotations
 
 import heapq
+import math
 from collections import deque
 
 from simpy.events import Event
@@ -86,6 +87,19 @@ class _Decode:
 _DECODE: dict[int, _Decode] = {}
 
 
+def _delay_to(now: float, at: float) -> float:
+    """A delay ``d`` with ``now + d == at`` exactly (SimPy schedules at ``now + d``); 0 if ``at <= now``."""
+    d = at - now
+    if d <= 0.0:
+        return 0.0
+    for _ in range(64):
+        s = now + d
+        if s == at:
+            break
+        d = math.nextafter(d, math.inf if s < at else -math.inf)
+    return d
+
+
 def _decode_tables(c: StepCoeffs) -> _Decode:
     """The shared :class:`_Decode` of ``c`` (one per StepCoeffs object, however many replicas use it)."""
     d = _DECODE.get(id(c))
@@ -97,7 +111,20 @@ def _decode_tables(c: StepCoeffs) -> _Decode:
 
 
 class Replica(ReplicaBase):
-    """One deployment serving requests; ``on_done(req)`` is called when a request leaves."""
+    """One deployment serving requests; ``on_done(req)`` is called when a request leaves.
+
+    **Ready without an event.** A request becomes schedulable ``request_overhead`` after it arrives.
+    With FCFS admission the replica needs no event for that moment while it runs a stretch: what
+    the ready event would do there — join the queue, and cut the stretch if it heads the queue and
+    could join at the next boundary — is decided when the request arrives (or, if the stretch ends
+    first, when the next one is planned), and each step boundary takes the requests ready by then
+    (within ``EPS``, like an arrival at a boundary). The timer of a cut is moved to exactly the time
+    the ready event would have moved it to, so results are the same bits; an idle replica still
+    wakes at the ready time. Observers (``waiting``, ``pending``) see the queue as the ready events
+    would have left it. ``LAZY_READY = False`` (or priority admission) keeps one event per request.
+    """
+
+    LAZY_READY = True
 
     def __init__(self, env, coeffs: StepCoeffs, config: EngineConfig, *, index: int = 0, on_done=None,
                  cache: PrefixCache | None = None, speculation: Speculation | None = None) -> None:
@@ -111,7 +138,7 @@ class Replica(ReplicaBase):
         self.cap = config.kv_capacity
         self.budget = config.token_budget
         self.max_batch = config.max_batch
-        self.waiting = ADMISSION_POLICIES[config.admission]()
+        self._waiting = ADMISSION_POLICIES[config.admission]()
         self.prefilling: deque[Request] = deque()
         self.live: dict[int, Request] = {}  # running requests in admission order (LIFO preemption)
         self.heap: list = []                # (finish_v, seq, req) of decoders; stale if seq differs
@@ -122,7 +149,12 @@ class Replica(ReplicaBase):
         self.up = True
         self._seq = 0
         self._to_cancel: list = []          # running requests to remove at the next boundary
-        self.pending = 0                    # requests in their per-request overhead delay
+        self._npending = 0                  # requests in their per-request overhead delay (ready events)
+        # without ready events (FCFS with a per-request overhead): requests in their overhead delay as
+        # (ready time, request) in ready order; each step boundary takes those ready by then
+        self._pend: deque = deque()
+        self._lazy = self.LAZY_READY and config.admission == "fcfs" and coeffs.request_overhead > 0
+        self._wake: Event | None = None     # an idle replica's timer for its first pending request
         self._applying = False              # inside _apply: callbacks may submit, the caller plans next
         # constants of the hot path, read once (the energy split of StepCoeffs.energy, the decode tables)
         self._dec = _decode_tables(coeffs)
@@ -155,7 +187,50 @@ class Replica(ReplicaBase):
     @property
     def outstanding(self) -> int:
         """Requests queued or running here (what load-aware routers compare)."""
-        return len(self.waiting) + len(self.live) + self.pending
+        return len(self._waiting) + len(self.live) + len(self._pend) + self._npending
+
+    @property
+    def waiting(self):
+        """The queue of ready requests (FCFS deque or PriorityQueue), as of now."""
+        pend = self._pend
+        if pend and pend[0][0] < self.env.now:
+            self._take_ready(None)
+        return self._waiting
+
+    @waiting.setter
+    def waiting(self, queue) -> None:
+        self._waiting = queue
+
+    @property
+    def pending(self) -> int:
+        """Requests in their per-request overhead delay, as of now."""
+        pend = self._pend
+        if pend and pend[0][0] < self.env.now:
+            self._take_ready(None)
+        return len(pend) + self._npending
+
+    @pending.setter
+    def pending(self, n: int) -> None:
+        self._npending = n
+
+    def _take_ready(self, t: float | None) -> None:
+        """Move the pending requests that are ready into the queue: those ready before now (an
+        observer's view, ``t`` None), or at the boundary ``t`` within EPS (as a ready event there joins it)."""
+        pend, waiting = self._pend, self._waiting
+        if t is None:
+            now = self.env.now
+            while pend and pend[0][0] < now:
+                r, req = pend.popleft()
+                req.ready = r
+                waiting.append(req)
+        else:
+            while pend:
+                r = pend[0][0]
+                if r - t > EPS * (r if r > 1.0 else 1.0):
+                    break
+                req = pend.popleft()[1]
+                req.ready = r
+                waiting.append(req)
 
     @property
     def n_running(self) -> int:
@@ -171,17 +246,99 @@ class Replica(ReplicaBase):
             return self._end(req, "replica_failed")
         if req.prompt + req.output > self.cap:
             return self._end(req, "request_too_large")
-        if self._overhead > 0:
-            self.pending += 1
-            _push(self.env, self._on_ready, req, self._overhead)
-        else:
-            self._enqueue(req)
+        if not self._lazy:
+            if self._overhead > 0:
+                self._npending += 1
+                _push(self.env, self._on_ready, req, self._overhead)
+            else:
+                self._enqueue(req)
+            return
+        delay = self._overhead
+        r = self.env.now + delay     # the ready event's time, as SimPy computes it
+        pend = self._pend
+        pend.append((r, req))
+        if self._applying:
+            return                   # a boundary is being applied: the plan after it looks at the pending
+        if self._timer is None:
+            if self._wake is None:
+                self._wake = _push(self.env, self._on_wake, None, delay)[3]
+        elif len(pend) == 1 and not self._waiting:
+            self._cut_for(r, req)
+
+    def _on_wake(self, ev: Event) -> None:
+        """An idle replica's first pending request is ready (what its ready event would do)."""
+        if ev is not self._wake:
+            return
+        self._wake = None
+        now = self.env.now
+        if self.up:
+            if self._timer is None:
+                self._plan(now)
+            return
+        pend = self._pend
+        while pend and pend[0][0] <= now:
+            self._end(pend.popleft()[1], "replica_failed")
+        self._arm_wake()
+
+    def _arm_wake(self) -> None:
+        """Wake at the first pending request's ready time, exactly (idle replica)."""
+        if self._pend and self._wake is None:
+            now = self.env.now
+            self._wake = _push(self.env, self._on_wake, None, _delay_to(now, self._pend[0][0]))[3]
+
+    def _cut_for(self, r: float, req: Request) -> None:
+        """``req`` will head the queue when it is ready at ``r``: cut the stretch now as its ready
+        event would at ``r`` (:meth:`_maybe_cut`), the timer moved to the same time."""
+        n = self.n_dec
+        if n + len(self.prefilling) >= self.max_batch:
+            return
+        tau = r - self._t0
+        j, at_boundary = self._where(tau, EPS * max(1.0, r))
+        jb = j if at_boundary else j + 1
+        if jb >= self._k:
+            return  # the stretch ends at or before that boundary: the next plan takes it
+        if self.kv_used + n * (jb + 1) + req.prompt_len > self.cap:
+            return  # would not fit there: it waits for the stretch end like everything else
+        if jb == 0:        # ready within EPS of the stretch start: plan again from there
+            t0 = self._t0
+            self._apply(0, t0, 0.0)
+            self._plan(t0)
+            return
+        self._k = jb
+        self._el = el = self._elapsed(jb)
+        t_end = self._t0 + el
+        # the ready event at r moves the timer to r + (t_end - r); at a boundary it plans there at once
+        self._rearm(t_end, t_end if at_boundary else r + (t_end - r))
+
+    def fail(self) -> None:
+        super().fail()
+        self._arm_wake()     # requests still in their overhead delay fail when they would be ready
+
+    def cancel(self, req: Request, outcome: str = "cancelled") -> None:
+        """:meth:`ReplicaBase.cancel`, with requests in their overhead delay held in ``_pend``."""
+        if not self._lazy or req.running or req.finish == req.finish or req.removed:
+            return super().cancel(req, outcome)
+        pend = self._pend
+        if req in self.waiting or not any(q is req for _, q in pend):
+            super().cancel(req, outcome)
+            if pend and not self._waiting and self._timer is not None and not self._applying:
+                self._cut_for(*pend[0])   # the queue emptied: the first pending request will head it
+            return
+        req.removed = True
+        first = pend[0][1] is req
+        for i, (_, q) in enumerate(pend):
+            if q is req:
+                del pend[i]
+                break
+        self._end(req, outcome)
+        if first and pend and not self._waiting and self._timer is not None and not self._applying:
+            self._cut_for(*pend[0])   # the next pending request will head the queue when ready
 
     def _on_ready(self, ev: Event) -> None:
         req = ev.value
         if req.removed:
             return          # cancelled during its overhead delay (cancel() already uncounted it)
-        self.pending -= 1
+        self._npending -= 1
         if self.up:
             self._enqueue(req)
         else:
@@ -227,7 +384,7 @@ class Replica(ReplicaBase):
     def _enqueue(self, req: Request) -> None:
         now = self.env.now
         req.ready = now
-        waiting = self.waiting
+        waiting = self._waiting
         waiting.append(req)
         if self._applying:
             # submitted from the callback of a request ending at this step boundary (a closed-loop
@@ -306,12 +463,19 @@ class Replica(ReplicaBase):
         self._entry = entry = _push(self.env, self._on_timer, None, delay if delay > 0.0 else 0.0)
         self._timer = entry[3]
 
-    def _rearm(self, t_end: float) -> None:
-        """The stretch was shortened: move its timer to the new, earlier end (no stale timer)."""
-        delay = t_end - self.env.now
-        entry = _move_earlier(self.env, self._entry, delay if delay > 0.0 else 0.0)
+    def _rearm(self, t_end: float, at: float | None = None) -> None:
+        """The stretch was shortened: move its timer to the new, earlier end (no stale timer), at
+        ``now + (t_end - now)`` as SimPy computes it, or at exactly ``at`` if given."""
+        now = self.env.now
+        if at is None:
+            delay = t_end - now
+            delay = delay if delay > 0.0 else 0.0
+        else:
+            delay = _delay_to(now, at)
+        entry = _move_earlier(self.env, self._entry, delay)
         if entry is None:
-            self._arm(t_end)
+            self._entry = entry = _push(self.env, self._on_timer, None, delay)
+            self._timer = entry[3]
         else:
             self._entry = entry
 
@@ -500,10 +664,10 @@ class Replica(ReplicaBase):
         victim.pf_done = 0
         victim.preemptions += 1
         self.preemptions += 1
-        self.waiting.appendleft(victim)
+        self._waiting.appendleft(victim)
 
     def _admit(self, t: float) -> None:
-        waiting, cap, cache, live = self.waiting, self.cap, self.cache, self.live
+        waiting, cap, cache, live = self._waiting, self.cap, self.cache, self.live
         max_batch, n_dec, prefilling = self.max_batch, self.n_dec, self.prefilling
         kv_used = self.kv_used
         while waiting and len(live) < max_batch:
@@ -531,8 +695,24 @@ class Replica(ReplicaBase):
 
     def _plan(self, t: float) -> None:
         """At a step boundary at time ``t``: preempt, admit, and arm the next stretch."""
+        pend = self._pend
+        if not pend:
+            return self._plan_core(t)
+        self._take_ready(t)
+        self._plan_core(t)
+        if pend:
+            if self._timer is None:
+                self._arm_wake()
+            elif not self._waiting and not self._applying:
+                self._cut_for(*pend[0])
+
+    def _plan_core(self, t: float) -> None:
         if self._to_cancel:
-            self._drop_cancelled()
+            self._applying = True          # a callback of a cancelled request may submit here: it waits
+            try:
+                self._drop_cancelled()
+            finally:
+                self._applying = False
         cache = self.cache
         if cache is None:
             if self.kv_used + self.n_dec > self.cap:
@@ -544,7 +724,7 @@ class Replica(ReplicaBase):
                     cache.evict(self.kv_used + self.n_dec + cache.gpu_used - self.cap, t, force=True)
                 else:
                     self._preempt()
-        if self.waiting:
+        if self._waiting:
             self._admit(t)
         n = self.n_dec
         prefilling = self.prefilling
@@ -578,7 +758,7 @@ class Replica(ReplicaBase):
         if k_kv < k:
             k = k_kv
         dec = self._dec
-        if n > N_MAX or (cache is not None and self.waiting and cache.pinning):
+        if n > N_MAX or (cache is not None and self._waiting and cache.pinning):
             return self._plan_law(t, self.c.stretch(n, S, 0, 0), k, 0)
         base = dec.base[n]      # StepCoeffs.stretch's sums from the per-deployment tables
         if base is None:
@@ -604,7 +784,7 @@ class Replica(ReplicaBase):
     def _plan_law(self, t: float, law: Stretch, k: int, chunk: int) -> None:
         """Arm a uniform stretch of at most ``k`` steps under ``law`` (any StepCoeffs.stretch result)."""
         cache = self.cache
-        if cache is not None and self.waiting and cache.pinning:
+        if cache is not None and self._waiting and cache.pinning:
             # a pin expiring mid-stretch may let the queue head in at the next boundary
             k = min(k, law.steps_done_by(cache.next_expiry(t) - t) + 1)
         if type(law) is _Affine:
