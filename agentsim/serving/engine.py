@@ -293,7 +293,13 @@ class Replica(ReplicaBase):
         if n + len(self.prefilling) >= self.max_batch:
             return
         tau = r - self._t0
-        j, at_boundary = self._where(tau, EPS * max(1.0, r))
+        eps = EPS * max(1.0, r)
+        if self._kind == AFFINE:      # _where, inlined
+            c0, c1, h = self._c0, self._c1, self._h
+            j = affine_steps_done_by(c0, c1, h, tau + eps)
+            at_boundary = (c0 * j + c1 * (j - 1) * j / 2 + h * j if j > 0 else 0.0 + h * j) >= tau - eps
+        else:
+            j, at_boundary = self._where(tau, eps)
         jb = j if at_boundary else j + 1
         if jb >= self._k:
             return  # the stretch ends at or before that boundary: the next plan takes it
@@ -693,20 +699,19 @@ class Replica(ReplicaBase):
             prefilling.append(req)
         self.kv_used = kv_used
 
-    def _plan(self, t: float) -> None:
-        """At a step boundary at time ``t``: preempt, admit, and arm the next stretch."""
-        pend = self._pend
-        if not pend:
-            return self._plan_core(t)
-        self._take_ready(t)
-        self._plan_core(t)
-        if pend:
-            if self._timer is None:
-                self._arm_wake()
-            elif not self._waiting and not self._applying:
-                self._cut_for(*pend[0])
+    def _after_plan(self) -> None:
+        """A stretch was planned (or the replica went idle) with requests in their overhead delay:
+        the first of them may cut it when ready, or wakes the idle replica."""
+        if self._timer is None:
+            self._arm_wake()
+        elif not self._waiting and not self._applying:
+            self._cut_for(*self._pend[0])
 
-    def _plan_core(self, t: float) -> None:
+    def _plan(self, t: float) -> None:
+        """At a step boundary at time ``t``: take the requests ready by then, preempt, admit, and arm
+        the next stretch (each way out ends with ``_after_plan`` if requests are still pending)."""
+        if self._pend:
+            self._take_ready(t)
         if self._to_cancel:
             self._applying = True          # a callback of a cancelled request may submit here: it waits
             try:
@@ -749,6 +754,8 @@ class Replica(ReplicaBase):
         elif not n:
             self._timer = None
             self._kind = MIXED
+            if self._pend:
+                self._after_plan()
             return
         # a pure-decode stretch, until the first decoder finishes or decode writes fill the KV
         V = self.V
@@ -780,6 +787,8 @@ class Replica(ReplicaBase):
         delay = t + el - self.env.now
         self._entry = entry = _push(self.env, self._on_timer, None, delay if delay > 0.0 else 0.0)
         self._timer = entry[3]
+        if self._pend:
+            self._after_plan()
 
     def _plan_law(self, t: float, law: Stretch, k: int, chunk: int) -> None:
         """Arm a uniform stretch of at most ``k`` steps under ``law`` (any StepCoeffs.stretch result)."""
@@ -798,6 +807,8 @@ class Replica(ReplicaBase):
         self._k = k
         self._el = el = law.elapsed(k)
         self._arm(t + el)
+        if self._pend:
+            self._after_plan()
 
     def _plan_mixed(self, t: float, n: int, S: int, left: int) -> None:
         """One step in which at least one prompt completes (its composition is not uniform)."""
@@ -843,6 +854,8 @@ class Replica(ReplicaBase):
         delay = t + dur - now
         self._entry = entry = _push(self.env, self._on_timer, None, delay if delay > 0.0 else 0.0)
         self._timer = entry[3]
+        if self._pend:
+            self._after_plan()
 
 
 from ..model.stretch import Affine as _Affine  # noqa: E402  (the law type StepCoeffs.stretch builds)
