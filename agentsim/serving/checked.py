@@ -54,6 +54,8 @@ class CheckedReplica(Replica):
             assert cached == sum(t for t, _ in self.cache.gpu.values())
             assert self.cache.host_used == sum(self.cache.host.values()) <= self.cache.cfg.host_tokens
         assert len(self.live) <= self.max_batch
+        assert self.outstanding == len(waiting) + len(self.live) + len(self._pend) + self._npending, \
+            (self.outstanding, len(waiting), len(self.live), len(self._pend), self._npending)
         assert all(not r.running for r in waiting)
         assert all(not r.running and not r.removed for _, r in self._pend)
         if self._pend and self._timer is None:

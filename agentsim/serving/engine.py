@@ -1,6 +1,7 @@
 """A serving replica with continuous batching and event skipping (docs/DESIGN.md §4).
 
-Over 450 lines on purpose: the replica is one state machine whose parts share its private state.
+Over 800 lines on purpose: the replica is one state machine whose parts share its private state,
+and its hot path (issue 20: Python work per event) is written out rather than factored into calls.
 
 Semantics (shared with the step-by-step reference in ``engine_reference.py``):
 
@@ -22,7 +23,9 @@ Semantics (shared with the step-by-step reference in ``engine_reference.py``):
 * **Arrivals.** An arrival that could be admitted at once (it heads the queue, a free slot, enough KV)
   cuts the stretch: the step in progress finishes and the newcomer joins at that boundary. An
   arrival within ``1e-9·max(1, t)`` s after a boundary counts as at it and joins the step that
-  starts there. Anything else provably waits for the stretch end, so it costs no event.
+  starts there. Anything else provably waits for the stretch end, so it costs no event. A request
+  is ready (can be queued) ``request_overhead`` after it reaches the replica; with FCFS admission
+  that moment costs no event either while the replica runs (see :class:`Replica`).
 * **Same-time events** are processed in SimPy's FIFO order of scheduling.
 
 The replica is a callback object on SimPy's queue, not a process. SimPy cannot cancel an event, so
@@ -30,6 +33,11 @@ a cut moves the stretch's timer instead: its queue entry is replaced in place by
 earlier end (``_move_earlier``), and no stale timer is left to pop. Where it is not moved (a queue
 of more than ``MOVE_MAX_QUEUE`` events, where the search would cost more than the stale pop), the
 timer is re-armed and the stale one is recognised by identity and ignored.
+
+Per event the replica does no allocation it can avoid: a pure-decode stretch is planned from
+per-deployment tables (:class:`_Decode`) into three floats ``(c0, c1, h)`` rather than a
+:class:`~agentsim.model.stretch.Affine` object, and its closed form is evaluated inline (the same
+expressions in the same order as :func:`~agentsim.model.stretch.affine_elapsed`, so the same bits).
 """
 from __future__ import annotations
 
@@ -155,6 +163,7 @@ class Replica(ReplicaBase):
         self._pend: deque = deque()
         self._lazy = self.LAZY_READY and config.admission == "fcfs" and coeffs.request_overhead > 0
         self._wake: Event | None = None     # an idle replica's timer for its first pending request
+        self._out = 0                       # requests here: pending + queued + running (``outstanding``)
         self._applying = False              # inside _apply: callbacks may submit, the caller plans next
         # constants of the hot path, read once (the energy split of StepCoeffs.energy, the decode tables)
         self._dec = _decode_tables(coeffs)
@@ -186,8 +195,9 @@ class Replica(ReplicaBase):
     # -- public interface ------------------------------------------------------------------------
     @property
     def outstanding(self) -> int:
-        """Requests queued or running here (what load-aware routers compare)."""
-        return len(self._waiting) + len(self.live) + len(self._pend) + self._npending
+        """Requests queued or running here (what load-aware routers compare): a running total, one
+        up when a request reaches the replica, one down when it ends here (``_retire``, ``_end``)."""
+        return self._out
 
     @property
     def waiting(self):
@@ -239,6 +249,7 @@ class Replica(ReplicaBase):
     def submit(self, req: Request) -> None:
         """A request arrives; it becomes schedulable after the per-request overhead
         (:meth:`ReplicaBase.submit`, with the common case's checks in one place)."""
+        self._out += 1               # a refusal below ends it at once (``_end`` counts it out)
         req.replica = self.index
         if self.spec is not None:
             req.tps = self.spec.tokens_per_step()   # drawn on arrival: fixed for its whole decode
@@ -311,7 +322,10 @@ class Replica(ReplicaBase):
             self._plan(t0)
             return
         self._k = jb
-        self._el = el = self._elapsed(jb)
+        if self._kind == AFFINE:      # affine_elapsed(jb), jb >= 1
+            self._el = el = c0 * jb + c1 * (jb - 1) * jb / 2 + h * jb
+        else:
+            self._el = el = self._elapsed(jb)
         t_end = self._t0 + el
         # the ready event at r moves the timer to r + (t_end - r); at a boundary it plans there at once
         self._rearm(t_end, t_end if at_boundary else r + (t_end - r))
@@ -349,6 +363,15 @@ class Replica(ReplicaBase):
             self._enqueue(req)
         else:
             self._end(req, "replica_failed")
+
+    def _end(self, req: Request, outcome: str) -> None:
+        """:meth:`ReplicaBase._end`, counted out of ``outstanding``."""
+        self._out -= 1
+        req.outcome = outcome
+        if req.finish != req.finish:   # nan
+            req.finish = self.env.now
+        if self.on_done is not None:
+            self.on_done(req)
 
     def _drop_running(self) -> list[Request]:
         victims = list(self.live.values())
@@ -477,7 +500,9 @@ class Replica(ReplicaBase):
             delay = t_end - now
             delay = delay if delay > 0.0 else 0.0
         else:
-            delay = _delay_to(now, at)
+            delay = at - now
+            if now + delay != at or delay <= 0.0:
+                delay = _delay_to(now, at)
         entry = _move_earlier(self.env, self._entry, delay)
         if entry is None:
             self._entry = entry = _push(self.env, self._on_timer, None, delay)
@@ -628,7 +653,8 @@ class Replica(ReplicaBase):
         del self.live[req.rid]
         req.running = False
         req.finish = t
-        req.outcome = "completed"         # ReplicaBase._end, inlined (finish is set)
+        req.outcome = "completed"         # _end, inlined (finish is set)
+        self._out -= 1
         on_done = self.on_done
         if on_done is not None:
             on_done(req)
