@@ -513,7 +513,7 @@ class Replica(ReplicaBase):
     def _on_timer(self, ev: Event) -> None:
         if ev is not self._timer:
             return  # stale: a cut that could not move the timer re-armed the stretch
-        now = self.env.now
+        now = self._entry[0]         # the time SimPy fires it at (env.now), without the property call
         self._applying = True        # _apply, inlined: this is the path of most events
         try:
             if self._kind == MIXED:
@@ -639,8 +639,20 @@ class Replica(ReplicaBase):
         self.n_dec, self.sum_b = n_dec, sum_b
         if len(done) > 1:
             done.sort(key=_by_rid)   # one canonical order for the cache and the callbacks
-        for req in done:
-            self._retire(req, t)
+        if self.cache is not None:
+            for req in done:
+                self._retire(req, t)
+            return
+        live, on_done = self.live, self.on_done
+        for req in done:             # _retire without a cache, inlined
+            self.kv_used -= req.kv
+            del live[req.rid]
+            req.running = False
+            req.finish = t
+            req.outcome = "completed"
+            self._out -= 1
+            if on_done is not None:
+                on_done(req)
 
     def _retire(self, req: Request, t: float) -> None:
         self.kv_used -= req.kv
@@ -838,13 +850,24 @@ class Replica(ReplicaBase):
 
     def _plan_mixed(self, t: float, n: int, S: int, left: int) -> None:
         """One step in which at least one prompt completes (its composition is not uniform)."""
+        prefilling = self.prefilling
+        if len(prefilling) == 1:    # the loop below for one prompt (the same sums: 0 + x is x)
+            req = prefilling[0]
+            r = req.prompt_len - req.pf_done
+            load = req.load
+            ch = r if r < left else left
+            chunks = [(req, ch)]
+            pf_tokens = ch
+            attn = 0.0 + (ch * req.pf_done + ch * ch / 2)
+            done = 1 if ch == r else 0
+            return self._arm_mixed(t, n, S, chunks, pf_tokens, attn, done, load)
         chunks = []
         pf_tokens = 0
         attn = 0.0
         done = 0
         load = 0
         chunked = self.cfg.chunked_prefill
-        for req in self.prefilling:
+        for req in prefilling:
             if left <= 0:
                 break
             r = req.prompt_len - req.pf_done
@@ -858,6 +881,10 @@ class Replica(ReplicaBase):
             left -= ch
             if ch == r:
                 done += 1
+        self._arm_mixed(t, n, S, chunks, pf_tokens, attn, done, load)
+
+    def _arm_mixed(self, t: float, n: int, S: int, chunks: list, pf_tokens: int, attn: float, done: int,
+                   load: int) -> None:
         c = self.c
         sampled = n + done
         t_tok = pf_tokens + n * self._q
