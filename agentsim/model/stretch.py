@@ -140,7 +140,14 @@ def affine_steps_done_by(c0: float, c1: float, h: float, tau: float) -> int:
         return 0
     if tau == math.inf:
         return 1 << 62
-    j = Stretch._solve(c0 + h, c1, tau)
+    a = c0 + h                      # Stretch._solve(a, c1, tau), inlined (the engine calls this per cut)
+    if c1 <= 1e-300:
+        j = int(tau / a) if a > 0 else 0
+    else:
+        p = a - c1 / 2
+        j = int((-p + math.sqrt(p * p + 2 * c1 * tau)) / c1)
+        if j < 0:
+            j = 0
     while (c0 * (j + 1) + c1 * j * (j + 1) / 2 + h * (j + 1)) <= tau:    # affine_elapsed(j + 1), j + 1 > 0
         j += 1
     while j > 0 and (c0 * j + c1 * (j - 1) * j / 2 + h * j) > tau:       # affine_elapsed(j), j > 0
