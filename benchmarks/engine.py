@@ -19,12 +19,33 @@ every event scheduled, and each cut's move of a timer to an earlier end (it draw
 re-arm that it replaces did, though nothing stale pops any more).
 
 Targets not met yet are recorded here, not parked in the tests: the events-per-request gap
-between (c) and (a) (target: at most 0.5; the engine gives about 5.68 vs 3.66) is printed with
+between (c) and (a) (target: at most 0.5; the engine gives about 4.67 vs 3.18, 5.68 vs 3.66 before issue 20) is printed with
 the targets and written as ``events_per_req_gap_c_minus_a`` in ``--json``; tests/test_engine_events.py
 keeps the deterministic gates that hold (a's ceiling, no growth with output length, c's current level).
 
-    python benchmarks/engine.py            # full size, median of 3 (about 2 min)
-    python benchmarks/engine.py --quick    # 20x smaller, a few seconds
+    python benchmarks/engine.py --single           # this checkout only, full size, median of 3
+    python benchmarks/engine.py --single --quick   # 20x smaller, a few seconds
+
+**Before/after (issue 20, the default).** The rows below run on this checkout and on the code at the
+start of issue 20 (``benchmarks/ab.py``: a checkout of the tag ``issue20-start``, the same script
+run against it through ``PYTHONPATH``), interleaved A, B, B, A, …, each run in its own process;
+the table gives each row's median over ``--runs`` (default 5) rounds per arm and the ratio of the
+medians. Times are the process's CPU time around the event loop (``time.process_time``; the
+machine is shared, and CPU time is what another process's load disturbs least) and, beside them,
+wall time (``perf_counter``):
+
+* ``engine 1 replica``: workload (a) through one event-skipping replica (as above).
+* ``estimate loop 1 replica``: what ``agentsim estimate --model Llama-3-8B --gpu H100-SXM
+  --input-tokens 1024 --output-tokens 128 --rate 20 --requests 100000`` simulates: the generated
+  scenario built by ``run.build`` and its event loop (``Simulation.run``: source, request creation,
+  gateway-less submit, router with one candidate, replica, recorder, finish path), timed up to the
+  end of the loop (the results tables after it are not).
+* ``engine 64 replicas`` / ``engine 1024 replicas``: 20 req/s per replica (1024 -> 128 tokens),
+  uniform random routing drawn up front, 100,000 / 200,000 requests (about 1,560 / 195 per
+  replica). Per request these should cost within 1.3x of ``engine 1 replica``.
+
+    python benchmarks/engine.py                    # before/after, 5 rounds (about 6 min on a quiet machine)
+    python benchmarks/engine.py --quick --runs 3   # 20x smaller
 """
 from __future__ import annotations
 
@@ -125,10 +146,124 @@ def fmt_int(x: float) -> str:
     return f"{x:,.0f}"
 
 
+AB_ROWS = ("engine 1 replica", "estimate loop 1 replica", "engine 64 replicas", "engine 1024 replicas")
+
+
+def ab_workloads(quick: bool) -> dict:
+    """The before/after rows' inputs (the same on both checkouts: plain numpy arrays and a scenario dict)."""
+    scale = 20 if quick else 1
+    out = {}
+    out["engine 1 replica"] = (poisson_workload(1, 100_000 // scale, 20.0, 1024, 128), 1, None)
+    for reps, n, seed in ((64, 100_000, 2), (1024, 200_000, 5)):
+        n //= scale
+        out[f"engine {reps} replicas"] = (poisson_workload(seed, n, 20.0 * reps, 1024, 128), reps,
+                                           np.random.default_rng(12345).integers(0, reps, n))
+    return out
+
+
+def estimate_loop(requests: int) -> dict:
+    """The ``agentsim estimate`` simulation of the 1-replica workload: CPU and wall time of its event loop."""
+    from agentsim.run.build import build
+    from agentsim.run.scenario import parse
+    from agentsim.studies.estimate import estimate_scenario
+
+    sc = parse(estimate_scenario(model="Llama-3-8B", gpu="H100-SXM", input_tokens=1024, output_tokens=128,
+                                 rate=20.0, requests=requests))
+    sim = build(sc, 1)
+    mark = {}
+
+    def progress(now: float) -> None:       # first called when the loop has run out of events
+        mark.setdefault("cpu", time.process_time())
+
+    cpu = time.process_time()
+    res = sim.run(progress)
+    s = res.summary()
+    return {"cpu_s": mark["cpu"] - cpu, "wall_s": sim.wall_s, "requests": requests, "events": sim.events,
+            "steps": -1, "completed": int(s["requests"]) if "requests" in s else -1}
+
+
+def ab_worker(quick: bool, out: Path, only: list[str] | None) -> None:
+    """One run of every before/after row on the agentsim importable here; results to ``out``."""
+    rows = {}
+    for key, (wl, reps, route) in ab_workloads(quick).items():
+        if only and key not in only:
+            continue
+        case = Case(key, wl, Replica, replicas=reps, route=route)
+        env, reps_, reqs = build(case)
+        cpu, wall = time.process_time(), time.perf_counter()
+        env.run()
+        cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+        rows[key] = {"cpu_s": cpu, "wall_s": wall, "requests": len(reqs), "events": events_scheduled(env),
+                     "steps": sum(r.steps for r in reps_), "completed": sum(r.outcome == "completed" for r in reqs)}
+    if not only or "estimate loop 1 replica" in only:
+        rows["estimate loop 1 replica"] = estimate_loop(100_000 // (20 if quick else 1))
+    out.write_text(json.dumps(rows))
+
+
+def ab_main(args) -> int:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from ab import REPO, baseline_checkout, interleave
+
+    arms = {"before": baseline_checkout(), "after": REPO}
+    argv = [sys.executable, __file__, "--worker"] + (["--quick"] if args.quick else [])
+    if args.only:
+        argv += ["--only", *args.only]
+    load = os.getloadavg()
+    print(f"engine before/after: {args.runs} interleaved rounds per arm; before = {arms['before']} "
+          f"(issue20-start), after = {REPO}; load average at start {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}",
+          flush=True)
+    got = interleave(arms, argv, args.runs)
+    load_end = os.getloadavg()
+    table, rows = [], []
+    one = {}
+    for key in AB_ROWS:
+        if key not in got["after"][0]:
+            continue
+        med = {arm: {m: statistics.median(r[key][m] for r in got[arm]) for m in ("cpu_s", "wall_s")} for arm in arms}
+        n = got["after"][0][key]["requests"]
+        ev = {arm: got[arm][0][key]["events"] / n for arm in arms}
+        rps = {arm: n / med[arm]["cpu_s"] for arm in arms}
+        rps_wall = {arm: n / med[arm]["wall_s"] for arm in arms}
+        if key == "engine 1 replica":
+            one = rps
+        row = {"row": key, "requests": n,
+               "before_req_per_cpu_s": rps["before"], "after_req_per_cpu_s": rps["after"],
+               "ratio_cpu": rps["after"] / rps["before"],
+               "before_req_per_wall_s": rps_wall["before"], "after_req_per_wall_s": rps_wall["after"],
+               "ratio_wall": rps_wall["after"] / rps_wall["before"],
+               "before_events_per_req": ev["before"], "after_events_per_req": ev["after"],
+               "cpu_s": {arm: [r[key]["cpu_s"] for r in got[arm]] for arm in arms}}
+        if key.startswith("engine") and key != "engine 1 replica" and one:
+            row["per_request_cost_vs_1_replica"] = {arm: one[arm] / rps[arm] for arm in arms}
+        rows.append(row)
+        vs1 = row.get("per_request_cost_vs_1_replica")
+        table.append([key, f"{n:,}", fmt_int(rps["before"]), fmt_int(rps["after"]), f"{row['ratio_cpu']:.2f}",
+                      fmt_int(rps_wall["before"]), fmt_int(rps_wall["after"]), f"{row['ratio_wall']:.2f}",
+                      f"{ev['before']:.2f} -> {ev['after']:.2f}",
+                      f"{vs1['before']:.2f} / {vs1['after']:.2f}" if vs1 else ""])
+    head = ["row", "requests", "req/CPU-s before", "after", "x", "req/wall-s before", "after", "x",
+            "events/req", "cost/req vs 1 replica (before / after)"]
+    widths = [max(len(h), *(len(r[i]) for r in table)) for i, h in enumerate(head)]
+    print(f"medians of {args.runs} runs per arm; python {sys.version.split()[0]}, simpy {simpy.__version__}; "
+          f"load average at end {load_end[0]:.2f} {load_end[1]:.2f} {load_end[2]:.2f}")
+    print("| " + " | ".join(h.ljust(w) for h, w in zip(head, widths)) + " |")
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for r in table:
+        print("| " + " | ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) + " |")
+    if args.json:
+        args.json.write_text(json.dumps({"rows": rows, "load_start": load, "load_end": load_end, "runs": args.runs,
+                                         "quick": args.quick}, indent=2))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--runs", type=int, default=3, help="runs per configuration (median reported)")
+    ap.add_argument("--runs", type=int, default=None, help="runs per configuration (median reported; "
+                    "default 5 before/after rounds, 3 with --single)")
     ap.add_argument("--quick", action="store_true", help="20x fewer requests")
+    ap.add_argument("--single", action="store_true", help="this checkout only: the (a)/(b)/(c) table with the reference engine")
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)   # one before/after run (ab.py)
+    ap.add_argument("--only", nargs="+", choices=AB_ROWS, help="before/after: only these rows")
     ap.add_argument("--profile", choices=["a", "b", "c"], help="cProfile one extra event-skipping run of a workload")
     ap.add_argument("--json", type=Path, help="also write the results here")
     ap.add_argument("--pin", type=int, metavar="CPU", help="pin the process to this CPU (it is single-threaded anyway)")
@@ -136,6 +271,13 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.pin is not None:
         os.sched_setaffinity(0, {args.pin})
+    if args.worker:
+        ab_worker(args.quick, args.json, args.only)
+        return 0
+    if not args.single:
+        args.runs = args.runs or 5
+        return ab_main(args)
+    args.runs = args.runs or 3
 
     cfg = EngineConfig(kv_capacity=deployment(DEP).kv_capacity_tokens)
     t = time.perf_counter()

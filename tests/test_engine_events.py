@@ -2,8 +2,8 @@
 
 Wall time is noisy on shared CI machines; the number of events SimPy schedules is not. Counted
 with SimPy's event-id counter after the run, so it includes every event: the arrivals (one
-callback chain, one event per request — see ``engine_harness.ArrivalChain``), the per-request
-overhead event the replica schedules in ``submit``, engine timers, and a new id each time a cut
+callback chain, one event per request — see ``engine_harness.ArrivalChain``), the wake of an idle
+replica at a request's ready time (a busy replica needs no event for it), engine timers, and a new id each time a cut
 moves a timer to an earlier end (the move replaces the timer's queue entry, so nothing stale pops;
 the id is drawn as a re-arm would, which keeps same-time events in their order).
 
@@ -25,7 +25,8 @@ from agentsim.serving.engine_reference import SteppingReplica
 
 DEP = "llama8b-h100"
 N = 5_000
-MAX_EVENTS_A = 5.0          # target: <= 5 events/request on (a)
+MAX_EVENTS_A = 3.5          # target: <= 5 events/request on (a); 3.18 since issue 20 (no ready event per
+                            # request while the replica runs: 4.18 before), so losing that path fails here
 MAX_CHANGE_2X_OUTPUT = 0.05
 
 
@@ -62,9 +63,10 @@ def test_events_do_not_grow_with_output_length(fast):
 
 
 def test_events_per_request_c_regression_ceiling(fast):
-    """Holds the current engine's level (5.7 on (c)). The target, (c) within 0.5 of (a), is not met
-    yet (5.68 vs 3.66): benchmarks/engine.py records that gap with its other targets."""
-    assert fast["c"] <= 6.0, fast
+    """Holds the current engine's level (4.67 on (c) since issue 20, 5.67 before). The target, (c)
+    within 0.5 of (a), is not met yet (4.67 vs 3.18): benchmarks/engine.py --single records that gap
+    with its other targets."""
+    assert fast["c"] <= 5.0, fast
 
 
 def test_cuts_leave_no_stale_timer():
@@ -73,9 +75,9 @@ def test_cuts_leave_no_stale_timer():
     seen = {"moves": 0, "stale": 0}
 
     class Counting(Replica):
-        def _rearm(self, t_end):
+        def _rearm(self, t_end, *at):
             seen["moves"] += 1
-            return super()._rearm(t_end)
+            return super()._rearm(t_end, *at)
 
         def _on_timer(self, ev):
             seen["stale"] += ev is not self._timer

@@ -104,8 +104,9 @@ class Affine(Stretch):
     The general form gives such a law a single piece (compute rules throughout, ``split`` is
     infinite); this class is that case with the piece selection and the crossover search left out.
     Each method computes the same expressions as the general one in the same order, so results
-    are bit-identical; it only spends less interpreter time per call (the engine calls
-    ``elapsed`` several times per stretch).
+    are bit-identical. The engine does not build these objects on its hot path: it keeps
+    ``(c0, c1, h)`` and calls :func:`affine_elapsed` / :func:`affine_steps_done_by`, the one
+    implementation of both (the methods below delegate to them).
     """
 
     __slots__ = ()
@@ -120,19 +121,35 @@ class Affine(Stretch):
         return (com if com > 0.0 else 0.0) + self.h
 
     def elapsed(self, k: int) -> float:
-        if k > 0:
-            return self.c0 * k + self.c1 * (k - 1) * k / 2 + self.h * k
-        return 0.0 + self.h * k
+        return affine_elapsed(self.c0, self.c1, self.h, k)
 
     def steps_done_by(self, tau: float) -> int:
-        if tau <= 0:
-            return 0
-        if tau == math.inf:
-            return 1 << 62
-        elapsed = self.elapsed
-        j = self._solve(self.c0 + self.h, self.c1, tau)
-        while elapsed(j + 1) <= tau:
-            j += 1
-        while j > 0 and elapsed(j) > tau:
-            j -= 1
-        return j
+        return affine_steps_done_by(self.c0, self.c1, self.h, tau)
+
+
+def affine_elapsed(c0: float, c1: float, h: float, k: int) -> float:
+    """Total duration of steps 0..k-1 of an affine stretch (:meth:`Affine.elapsed`)."""
+    if k > 0:
+        return c0 * k + c1 * (k - 1) * k / 2 + h * k
+    return 0.0 + h * k
+
+
+def affine_steps_done_by(c0: float, c1: float, h: float, tau: float) -> int:
+    """Max ``j`` with ``affine_elapsed(..., j) <= tau`` (:meth:`Affine.steps_done_by`)."""
+    if tau <= 0:
+        return 0
+    if tau == math.inf:
+        return 1 << 62
+    a = c0 + h                      # Stretch._solve(a, c1, tau), inlined (the engine calls this per cut)
+    if c1 <= 1e-300:
+        j = int(tau / a) if a > 0 else 0
+    else:
+        p = a - c1 / 2
+        j = int((-p + math.sqrt(p * p + 2 * c1 * tau)) / c1)
+        if j < 0:
+            j = 0
+    while (c0 * (j + 1) + c1 * j * (j + 1) / 2 + h * (j + 1)) <= tau:    # affine_elapsed(j + 1), j + 1 > 0
+        j += 1
+    while j > 0 and (c0 * j + c1 * (j - 1) * j / 2 + h * j) > tau:       # affine_elapsed(j), j > 0
+        j -= 1
+    return j

@@ -30,6 +30,12 @@ class CheckedReplica(Replica):
         if not stale:
             self.check()
 
+    def _on_wake(self, ev: Event) -> None:
+        stale = ev is not self._wake
+        super()._on_wake(ev)
+        if not stale:
+            self.check()
+
     def check(self) -> None:
         """Conservation after every event (used by the tests): each request in exactly one place."""
         waiting = list(self.waiting)
@@ -48,6 +54,11 @@ class CheckedReplica(Replica):
             assert cached == sum(t for t, _ in self.cache.gpu.values())
             assert self.cache.host_used == sum(self.cache.host.values()) <= self.cache.cfg.host_tokens
         assert len(self.live) <= self.max_batch
+        assert self.outstanding == len(waiting) + len(self.live) + len(self._pend) + self._npending, \
+            (self.outstanding, len(waiting), len(self.live), len(self._pend), self._npending)
         assert all(not r.running for r in waiting)
+        assert all(not r.running and not r.removed for _, r in self._pend)
+        if self._pend and self._timer is None:
+            assert self._wake is not None, "a request waits out its overhead on an idle replica that will not wake"
         if self.waiting and self._timer is None:
             raise AssertionError("work waits while the replica idles")

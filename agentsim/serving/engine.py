@@ -1,6 +1,7 @@
 """A serving replica with continuous batching and event skipping (docs/DESIGN.md §4).
 
-Over 450 lines on purpose: the replica is one state machine whose parts share its private state.
+Over 800 lines on purpose: the replica is one state machine whose parts share its private state,
+and its hot path (issue 20: Python work per event) is written out rather than factored into calls.
 
 Semantics (shared with the step-by-step reference in ``engine_reference.py``):
 
@@ -22,7 +23,9 @@ Semantics (shared with the step-by-step reference in ``engine_reference.py``):
 * **Arrivals.** An arrival that could be admitted at once (it heads the queue, a free slot, enough KV)
   cuts the stretch: the step in progress finishes and the newcomer joins at that boundary. An
   arrival within ``1e-9·max(1, t)`` s after a boundary counts as at it and joins the step that
-  starts there. Anything else provably waits for the stretch end, so it costs no event.
+  starts there. Anything else provably waits for the stretch end, so it costs no event. A request
+  is ready (can be queued) ``request_overhead`` after it reaches the replica; with FCFS admission
+  that moment costs no event either while the replica runs (see :class:`Replica`).
 * **Same-time events** are processed in SimPy's FIFO order of scheduling.
 
 The replica is a callback object on SimPy's queue, not a process. SimPy cannot cancel an event, so
@@ -30,6 +33,11 @@ a cut moves the stretch's timer instead: its queue entry is replaced in place by
 earlier end (``_move_earlier``), and no stale timer is left to pop. Where it is not moved (a queue
 of more than ``MOVE_MAX_QUEUE`` events, where the search would cost more than the stale pop), the
 timer is re-armed and the stale one is recognised by identity and ignored.
+
+Per event the replica does no allocation it can avoid: a pure-decode stretch is planned from
+per-deployment tables (:class:`_Decode`) into three floats ``(c0, c1, h)`` rather than a
+:class:`~agentsim.model.stretch.Affine` object, and its closed form is evaluated inline (the same
+expressions in the same order as :func:`~agentsim.model.stretch.affine_elapsed`, so the same bits).
 """
 from __future__ import annotations
 
@@ -44,16 +52,87 @@ from .replica_base import ReplicaBase
 from .request import Request
 from .scheduling import ADMISSION_POLICIES, EPS, EngineConfig, PriorityQueue  # noqa: F401 (re-exported)
 from .speculation import Speculation, surplus
-from ..model.servicetime import StepCoeffs, Stretch, pairs
+from ..model.servicetime import N_MAX, T_MAX, StepCoeffs, Stretch
+from ..model.stretch import affine_elapsed, affine_steps_done_by
 from ..util.events import MOVE_MAX_QUEUE, _move_earlier, _push  # noqa: F401  (MOVE_MAX_QUEUE: tests read it here)
+
+_heappush, _heappop = heapq.heappush, heapq.heappop
+_BIG = 1 << 62
+
+#: the kinds of stretch in progress
+MIXED, AFFINE, GENERAL = 0, 1, 2
 
 
 def _by_rid(req: Request) -> int:
     return req.rid
 
 
+class _Decode:
+    """Per-deployment constants of a pure-decode stretch, by batch size ``n`` (filled on first use).
+
+    ``base[n]`` is ``F(n·q) + H(n) + A(n)``, the part of ``c0`` that does not depend on the context:
+    :meth:`StepCoeffs.stretch` adds the same terms left to right, so the sum is the same bits.
+    ``ovh[n]`` is the per-step overhead ``overhead + per_seq·n``. Why: the engine plans a stretch per
+    membership change, and these lookups and sums were a fifth of its planning time.
+    """
+
+    __slots__ = ("c", "base", "ovh", "dec_b")
+
+    def __init__(self, c: StepCoeffs) -> None:
+        self.c = c
+        self.base: list = [None] * (N_MAX + 1)
+        self.ovh: list = [None] * (N_MAX + 1)
+        self.dec_b = c.dec_b
+
+    def fill(self, n: int) -> None:
+        c = self.c
+        t = n * c.q
+        fixed = c.fixed[t] if t <= T_MAX else c.F(t)
+        self.base[n] = fixed + c.head[n] + c.dec_a[n]
+        self.ovh[n] = c.overhead + c.per_seq * n
+
+
+_DECODE: dict[int, _Decode] = {}
+
+
+def _delay_to(now: float, at: float) -> float:
+    """A delay ``d`` with ``now + d == at`` exactly (SimPy schedules at ``now + d``); 0 if ``at <= now``."""
+    d = at - now
+    if d <= 0.0:
+        return 0.0
+    for _ in range(64):
+        s = now + d
+        if s == at:
+            break
+        d = math.nextafter(d, math.inf if s < at else -math.inf)
+    return d
+
+
+def _decode_tables(c: StepCoeffs) -> _Decode:
+    """The shared :class:`_Decode` of ``c`` (one per StepCoeffs object, however many replicas use it)."""
+    d = _DECODE.get(id(c))
+    if d is None or d.c is not c:
+        if len(_DECODE) > 256:
+            _DECODE.clear()
+        d = _DECODE[id(c)] = _Decode(c)
+    return d
+
+
 class Replica(ReplicaBase):
-    """One deployment serving requests; ``on_done(req)`` is called when a request leaves."""
+    """One deployment serving requests; ``on_done(req)`` is called when a request leaves.
+
+    **Ready without an event.** A request becomes schedulable ``request_overhead`` after it arrives.
+    With FCFS admission the replica needs no event for that moment while it runs a stretch: what
+    the ready event would do there — join the queue, and cut the stretch if it heads the queue and
+    could join at the next boundary — is decided when the request arrives (or, if the stretch ends
+    first, when the next one is planned), and each step boundary takes the requests ready by then
+    (within ``EPS``, like an arrival at a boundary). The timer of a cut is moved to exactly the time
+    the ready event would have moved it to, so results are the same bits; an idle replica still
+    wakes at the ready time. Observers (``waiting``, ``pending``) see the queue as the ready events
+    would have left it. ``LAZY_READY = False`` (or priority admission) keeps one event per request.
+    """
+
+    LAZY_READY = True
 
     def __init__(self, env, coeffs: StepCoeffs, config: EngineConfig, *, index: int = 0, on_done=None,
                  cache: PrefixCache | None = None, speculation: Speculation | None = None) -> None:
@@ -67,7 +146,7 @@ class Replica(ReplicaBase):
         self.cap = config.kv_capacity
         self.budget = config.token_budget
         self.max_batch = config.max_batch
-        self.waiting = ADMISSION_POLICIES[config.admission]()
+        self._waiting = ADMISSION_POLICIES[config.admission]()
         self.prefilling: deque[Request] = deque()
         self.live: dict[int, Request] = {}  # running requests in admission order (LIFO preemption)
         self.heap: list = []                # (finish_v, seq, req) of decoders; stale if seq differs
@@ -78,13 +157,30 @@ class Replica(ReplicaBase):
         self.up = True
         self._seq = 0
         self._to_cancel: list = []          # running requests to remove at the next boundary
-        self.pending = 0                    # requests in their per-request overhead delay
+        self._npending = 0                  # requests in their per-request overhead delay (ready events)
+        # without ready events (FCFS with a per-request overhead): requests in their overhead delay as
+        # (ready time, request) in ready order; each step boundary takes those ready by then
+        self._pend: deque = deque()
+        self._lazy = self.LAZY_READY and config.admission == "fcfs" and coeffs.request_overhead > 0
+        self._wake: Event | None = None     # an idle replica's timer for its first pending request
+        self._out = 0                       # requests here: pending + queued + running (``outstanding``)
         self._applying = False              # inside _apply: callbacks may submit, the caller plans next
-        # the stretch in progress
+        # constants of the hot path, read once (the energy split of StepCoeffs.energy, the decode tables)
+        self._dec = _decode_tables(coeffs)
+        self._pw = coeffs.power_w
+        self._idle = coeffs.idle_fraction
+        self._busy_share = 1 - coeffs.idle_fraction
+        self._q = coeffs.q
+        self._overhead = coeffs.request_overhead
+        # the stretch in progress: MIXED (one step, ``_mixed``), AFFINE (step u takes c0 + c1·u + h)
+        # or GENERAL (``_law``, a two-piece Stretch); ``_el`` = duration of its ``_k`` steps
         self._timer: Event | None = None
         self._entry: tuple | None = None   # the timer's entry in SimPy's queue
         self._t0 = 0.0
         self._k = 0
+        self._kind = MIXED
+        self._c0 = self._c1 = self._h = 0.0
+        self._el = 0.0
         self._law: Stretch | None = None
         self._chunk = 0           # prefill tokens per step for the front prompt (uniform stretch)
         self._mixed = None        # composition of a one-step mixed stretch
@@ -99,12 +195,183 @@ class Replica(ReplicaBase):
     # -- public interface ------------------------------------------------------------------------
     @property
     def outstanding(self) -> int:
-        """Requests queued or running here (what load-aware routers compare)."""
-        return len(self.waiting) + len(self.live) + self.pending
+        """Requests queued or running here (what load-aware routers compare): a running total, one
+        up when a request reaches the replica, one down when it ends here (``_retire``, ``_end``)."""
+        return self._out
+
+    @property
+    def waiting(self):
+        """The queue of ready requests (FCFS deque or PriorityQueue), as of now."""
+        pend = self._pend
+        if pend and pend[0][0] < self.env.now:
+            self._take_ready(None)
+        return self._waiting
+
+    @waiting.setter
+    def waiting(self, queue) -> None:
+        self._waiting = queue
+
+    @property
+    def pending(self) -> int:
+        """Requests in their per-request overhead delay, as of now."""
+        pend = self._pend
+        if pend and pend[0][0] < self.env.now:
+            self._take_ready(None)
+        return len(pend) + self._npending
+
+    @pending.setter
+    def pending(self, n: int) -> None:
+        self._npending = n
+
+    def _take_ready(self, t: float | None) -> None:
+        """Move the pending requests that are ready into the queue: those ready before now (an
+        observer's view, ``t`` None), or at the boundary ``t`` within EPS (as a ready event there joins it)."""
+        pend, waiting = self._pend, self._waiting
+        if t is None:
+            now = self.env.now
+            while pend and pend[0][0] < now:
+                r, req = pend.popleft()
+                req.ready = r
+                waiting.append(req)
+        else:
+            while pend:
+                r = pend[0][0]
+                if r - t > EPS * (r if r > 1.0 else 1.0):
+                    break
+                req = pend.popleft()[1]
+                req.ready = r
+                waiting.append(req)
 
     @property
     def n_running(self) -> int:
         return len(self.live)
+
+    def submit(self, req: Request) -> None:
+        """A request arrives; it becomes schedulable after the per-request overhead
+        (:meth:`ReplicaBase.submit`, with the common case's checks in one place)."""
+        self._out += 1               # a refusal below ends it at once (``_end`` counts it out)
+        req.replica = self.index
+        if self.spec is not None:
+            req.tps = self.spec.tokens_per_step()   # drawn on arrival: fixed for its whole decode
+        if not self.up:
+            return self._end(req, "replica_failed")
+        if req.prompt + req.output > self.cap:
+            return self._end(req, "request_too_large")
+        if not self._lazy:
+            if self._overhead > 0:
+                self._npending += 1
+                _push(self.env, self._on_ready, req, self._overhead)
+            else:
+                self._enqueue(req)
+            return
+        delay = self._overhead
+        r = self.env.now + delay     # the ready event's time, as SimPy computes it
+        pend = self._pend
+        pend.append((r, req))
+        if self._applying:
+            return                   # a boundary is being applied: the plan after it looks at the pending
+        if self._timer is None:
+            if self._wake is None:
+                self._wake = _push(self.env, self._on_wake, None, delay)[3]
+        elif len(pend) == 1 and not self._waiting:
+            self._cut_for(r, req)
+
+    def _on_wake(self, ev: Event) -> None:
+        """An idle replica's first pending request is ready (what its ready event would do)."""
+        if ev is not self._wake:
+            return
+        self._wake = None
+        now = self.env.now
+        if self.up:
+            if self._timer is None:
+                self._plan(now)
+            return
+        pend = self._pend
+        while pend and pend[0][0] <= now:
+            self._end(pend.popleft()[1], "replica_failed")
+        self._arm_wake()
+
+    def _arm_wake(self) -> None:
+        """Wake at the first pending request's ready time, exactly (idle replica)."""
+        if self._pend and self._wake is None:
+            now = self.env.now
+            self._wake = _push(self.env, self._on_wake, None, _delay_to(now, self._pend[0][0]))[3]
+
+    def _cut_for(self, r: float, req: Request) -> None:
+        """``req`` will head the queue when it is ready at ``r``: cut the stretch now as its ready
+        event would at ``r`` (:meth:`_maybe_cut`), the timer moved to the same time."""
+        n = self.n_dec
+        if n + len(self.prefilling) >= self.max_batch:
+            return
+        tau = r - self._t0
+        eps = EPS * max(1.0, r)
+        if self._kind == AFFINE:      # _where, inlined
+            c0, c1, h = self._c0, self._c1, self._h
+            j = affine_steps_done_by(c0, c1, h, tau + eps)
+            at_boundary = (c0 * j + c1 * (j - 1) * j / 2 + h * j if j > 0 else 0.0 + h * j) >= tau - eps
+        else:
+            j, at_boundary = self._where(tau, eps)
+        jb = j if at_boundary else j + 1
+        if jb >= self._k:
+            return  # the stretch ends at or before that boundary: the next plan takes it
+        if self.kv_used + n * (jb + 1) + req.prompt_len > self.cap:
+            return  # would not fit there: it waits for the stretch end like everything else
+        if jb == 0:        # ready within EPS of the stretch start: plan again from there
+            t0 = self._t0
+            self._apply(0, t0, 0.0)
+            self._plan(t0)
+            return
+        self._k = jb
+        if self._kind == AFFINE:      # affine_elapsed(jb), jb >= 1
+            self._el = el = c0 * jb + c1 * (jb - 1) * jb / 2 + h * jb
+        else:
+            self._el = el = self._elapsed(jb)
+        t_end = self._t0 + el
+        # the ready event at r moves the timer to r + (t_end - r); at a boundary it plans there at once
+        self._rearm(t_end, t_end if at_boundary else r + (t_end - r))
+
+    def fail(self) -> None:
+        super().fail()
+        self._arm_wake()     # requests still in their overhead delay fail when they would be ready
+
+    def cancel(self, req: Request, outcome: str = "cancelled") -> None:
+        """:meth:`ReplicaBase.cancel`, with requests in their overhead delay held in ``_pend``."""
+        if not self._lazy or req.running or req.finish == req.finish or req.removed:
+            return super().cancel(req, outcome)
+        pend = self._pend
+        if req in self.waiting or not any(q is req for _, q in pend):
+            super().cancel(req, outcome)
+            if pend and not self._waiting and self._timer is not None and not self._applying:
+                self._cut_for(*pend[0])   # the queue emptied: the first pending request will head it
+            return
+        req.removed = True
+        first = pend[0][1] is req
+        for i, (_, q) in enumerate(pend):
+            if q is req:
+                del pend[i]
+                break
+        self._end(req, outcome)
+        if first and pend and not self._waiting and self._timer is not None and not self._applying:
+            self._cut_for(*pend[0])   # the next pending request will head the queue when ready
+
+    def _on_ready(self, ev: Event) -> None:
+        req = ev.value
+        if req.removed:
+            return          # cancelled during its overhead delay (cancel() already uncounted it)
+        self._npending -= 1
+        if self.up:
+            self._enqueue(req)
+        else:
+            self._end(req, "replica_failed")
+
+    def _end(self, req: Request, outcome: str) -> None:
+        """:meth:`ReplicaBase._end`, counted out of ``outstanding``."""
+        self._out -= 1
+        req.outcome = outcome
+        if req.finish != req.finish:   # nan
+            req.finish = self.env.now
+        if self.on_done is not None:
+            self.on_done(req)
 
     def _drop_running(self) -> list[Request]:
         victims = list(self.live.values())
@@ -120,62 +387,86 @@ class Replica(ReplicaBase):
     def _new_head(self) -> None:
         self._maybe_cut(self.waiting[0], self.env.now)
 
+    # -- the stretch's closed form -------------------------------------------------------------------
+    def _elapsed(self, k: int) -> float:
+        """Duration of the first ``k`` steps of the stretch in progress (0 for a mixed step)."""
+        kind = self._kind
+        if kind == AFFINE:
+            return affine_elapsed(self._c0, self._c1, self._h, k)
+        if kind == GENERAL:
+            return self._law.elapsed(k)
+        return 0.0
+
+    def _where(self, tau: float, eps: float) -> tuple[int, bool]:
+        """(steps done by ``tau`` after the stretch start, whether ``tau`` is at that boundary)."""
+        kind = self._kind
+        if kind == AFFINE:
+            c0, c1, h = self._c0, self._c1, self._h
+            j = affine_steps_done_by(c0, c1, h, tau + eps)
+            return j, affine_elapsed(c0, c1, h, j) >= tau - eps
+        if kind == GENERAL:
+            j = self._law.steps_done_by(tau + eps)
+            return j, self._law.elapsed(j) >= tau - eps
+        return 0, tau <= eps
+
     # -- arrivals ----------------------------------------------------------------------------------
     def _enqueue(self, req: Request) -> None:
         now = self.env.now
         req.ready = now
-        self.waiting.append(req)
+        waiting = self._waiting
+        waiting.append(req)
         if self._applying:
             # submitted from the callback of a request ending at this step boundary (a closed-loop
             # client without think time): the boundary being applied plans next and admits it there
             return
         if self._timer is None:
             self._plan(now)
-        elif self.waiting[0] is req:   # it heads the queue, so it could join at the next boundary
+        elif waiting[0] is req:   # it heads the queue, so it could join at the next boundary
             self._maybe_cut(req, now)
 
     def _maybe_cut(self, req: Request, now: float) -> None:
         """Shorten the stretch so ``req`` joins at the next step boundary, if it could join there."""
-        if self.n_dec + len(self.prefilling) >= self.max_batch:
+        n = self.n_dec
+        if n + len(self.prefilling) >= self.max_batch:
             return
         tau = now - self._t0
         eps = EPS * max(1.0, now)
-        if self._law is None:   # a one-step mixed stretch
-            j, at_boundary = 0, tau <= eps
+        if self._kind == AFFINE:      # _where, inlined
+            c0, c1, h = self._c0, self._c1, self._h
+            j = affine_steps_done_by(c0, c1, h, tau + eps)
+            at_boundary = (c0 * j + c1 * (j - 1) * j / 2 + h * j if j > 0 else 0.0 + h * j) >= tau - eps
         else:
-            j = self._law.steps_done_by(tau + eps)
-            at_boundary = self._law.elapsed(j) >= tau - eps
+            j, at_boundary = self._where(tau, eps)
         jb = j if at_boundary else j + 1
         if jb >= self._k and not at_boundary:
             return  # the stretch ends at that boundary anyway
-        if self.kv_used + self.n_dec * (jb + 1) + req.prompt_len > self.cap:
+        if self.kv_used + n * (jb + 1) + req.prompt_len > self.cap:
             return  # would not fit there: it waits for the stretch end like everything else
         if at_boundary:
-            t_b = self._t0 + (self._law.elapsed(j) if self._law is not None else 0.0)
-            self._apply(j, t_b)
+            el = self._elapsed(j)
+            t_b = self._t0 + el
+            self._apply(j, t_b, el)
             self._plan(t_b)
         else:
             self._k = jb
-            self._rearm(self._t0 + self._law.elapsed(jb))
+            self._el = el = self._elapsed(jb)
+            self._rearm(self._t0 + el)
 
     def _cut_to_boundary(self, now: float) -> None:
         """End the stretch at the next step boundary (at once if ``now`` is at one)."""
         if self._timer is None:
             return
         tau = now - self._t0
-        eps = EPS * max(1.0, now)
-        if self._law is None:
-            j, at_boundary = 0, tau <= eps
-        else:
-            j = self._law.steps_done_by(tau + eps)
-            at_boundary = self._law.elapsed(j) >= tau - eps
+        j, at_boundary = self._where(tau, EPS * max(1.0, now))
         if at_boundary:
-            t_b = self._t0 + (self._law.elapsed(j) if self._law is not None else 0.0)
-            self._apply(j, t_b)
+            el = self._elapsed(j)
+            t_b = self._t0 + el
+            self._apply(j, t_b, el)
             self._plan(t_b)
         elif j + 1 < self._k:
             self._k = j + 1
-            self._rearm(self._t0 + self._law.elapsed(j + 1))
+            self._el = el = self._elapsed(j + 1)
+            self._rearm(self._t0 + el)
 
     def _drop_cancelled(self) -> None:
         for req, outcome in self._to_cancel:
@@ -201,117 +492,167 @@ class Replica(ReplicaBase):
         self._entry = entry = _push(self.env, self._on_timer, None, delay if delay > 0.0 else 0.0)
         self._timer = entry[3]
 
-    def _rearm(self, t_end: float) -> None:
-        """The stretch was shortened: move its timer to the new, earlier end (no stale timer)."""
-        delay = t_end - self.env.now
-        entry = _move_earlier(self.env, self._entry, delay if delay > 0.0 else 0.0)
+    def _rearm(self, t_end: float, at: float | None = None) -> None:
+        """The stretch was shortened: move its timer to the new, earlier end (no stale timer), at
+        ``now + (t_end - now)`` as SimPy computes it, or at exactly ``at`` if given."""
+        now = self.env.now
+        if at is None:
+            delay = t_end - now
+            delay = delay if delay > 0.0 else 0.0
+        else:
+            delay = at - now
+            if now + delay != at or delay <= 0.0:
+                delay = _delay_to(now, at)
+        entry = _move_earlier(self.env, self._entry, delay)
         if entry is None:
-            self._arm(t_end)
+            self._entry = entry = _push(self.env, self._on_timer, None, delay)
+            self._timer = entry[3]
         else:
             self._entry = entry
 
     def _on_timer(self, ev: Event) -> None:
         if ev is not self._timer:
             return  # stale: a cut that could not move the timer re-armed the stretch
-        now = self.env.now
+        now = self._entry[0]         # the time SimPy fires it at (env.now), without the property call
         self._applying = True        # _apply, inlined: this is the path of most events
         try:
-            self._apply_steps(self._k, now)
+            if self._kind == MIXED:
+                self.busy_time += now - self._t0
+                self.steps += 1
+                self._apply_mixed(now)
+            else:                    # _apply_steps, inlined
+                k = self._k
+                dur = now - self._t0
+                self.busy_time += dur
+                self.steps += k
+                self.energy_j += self._pw * (self._idle * dur + self._busy_share * (self._el - k * self._h))
+                V = self.V = self.V + k
+                nk = self.n_dec * k
+                self.kv_used += nk
+                self.tokens_out += nk
+                c = self._chunk
+                if c:
+                    front = self.prefilling[0]
+                    front.pf_done += c * k
+                    front.prefill_tokens += c * k
+                heap = self.heap
+                if heap and heap[0][0] <= V:
+                    self._finish_decoders(now, [])
         finally:
             self._applying = False
         self._plan(now)
 
-    def _apply(self, k: int, t: float) -> None:
-        """Account for ``k`` completed steps of the current stretch, ending at time ``t``.
+    def _apply(self, k: int, t: float, el: float) -> None:
+        """Account for ``k`` completed steps (lasting ``el``) of the current stretch, ending at time ``t``.
 
         Every caller plans the next stretch right after (``_plan(t)``), so a request submitted by
         the callback of a request that ends here only joins the queue (see ``_enqueue``).
         """
         self._applying = True
         try:
-            self._apply_steps(k, t)
+            if k == 0:
+                self.busy_time += t - self._t0
+            elif self._kind == MIXED:
+                self.busy_time += t - self._t0
+                self.steps += k
+                self._apply_mixed(t)
+            else:
+                self._apply_steps(k, t, el)
         finally:
             self._applying = False
 
-    def _apply_steps(self, k: int, t: float) -> None:
+    def _apply_steps(self, k: int, t: float, el: float) -> None:
+        """``k`` >= 1 steps of a uniform stretch, lasting ``el`` (= its closed form's elapsed(k))."""
         dur = t - self._t0
         self.busy_time += dur
-        if k == 0:
-            return
         self.steps += k
-        if self._law is None:
-            self._apply_mixed(t)
-            return
         n = self.n_dec
+        busy = el - k * self._h
+        self.energy_j += self._pw * (self._idle * dur + self._busy_share * busy)
+        V = self.V = self.V + k
+        nk = n * k
+        self.kv_used += nk
+        self.tokens_out += nk
         c = self._chunk
-        busy = self._law.elapsed(k) - k * self._law.h
-        self.energy_j += self.c.energy(dur, busy)
-        self.V += k
-        self.kv_used += n * k
-        self.tokens_out += n * k
         if c:
             front = self.prefilling[0]
             front.pf_done += c * k
             front.prefill_tokens += c * k
-        self._finish_decoders(t)
+        heap = self.heap
+        if heap and heap[0][0] <= V:
+            self._finish_decoders(t, [])
 
     def _apply_mixed(self, t: float) -> None:
         chunks, sampled, busy = self._mixed
-        self.energy_j += self.c.energy(self._mixed_dur, busy)
+        self.energy_j += self._pw * (self._idle * self._mixed_dur + self._busy_share * busy)
         n = self.n_dec
-        self.V += 1
+        V = self.V = self.V + 1
         self.kv_used += n
         self.tokens_out += n
-        V = self.V
         done = []
+        prefilling = self.prefilling
         for req, c in chunks:
             req.pf_done += c
             req.prefill_tokens += c
             req.load = 0
             if req.pf_done >= req.prompt_len:   # prompt complete: first (or next) token out
-                self.prefilling.popleft()
+                prefilling.popleft()
                 self.tokens_out += 1
                 if req.first_token != req.first_token:  # nan: first time
                     req.first_token = t
-                req.out_left -= 1
-                if req.out_left == 0:
+                out_left = req.out_left = req.out_left - 1
+                if out_left == 0:
                     req.kv = req.prompt_len
                     done.append(req)
                 else:
                     if req.tps > 1.0:               # speculative decoding: the surplus is reserved now
-                        extra = surplus(req.out_left, req.tps)
-                        req.out_left -= extra
+                        extra = surplus(out_left, req.tps)
+                        out_left = req.out_left = out_left - extra
                         self.kv_used += extra
                         self.tokens_out += extra
                     else:
                         extra = 0
-                    self._seq += 1
-                    req.seq = self._seq
+                    seq = self._seq = self._seq + 1
+                    req.seq = seq
                     req.v_join = V
-                    req.b = req.prompt_len + 1 + extra - V
-                    req.finish_v = V + req.out_left
+                    b = req.b = req.prompt_len + 1 + extra - V
+                    fv = req.finish_v = V + out_left
                     self.n_dec += 1
-                    self.sum_b += req.b
-                    heapq.heappush(self.heap, (req.finish_v, req.seq, req))
-        self._finish_decoders(t, done)
+                    self.sum_b += b
+                    _heappush(self.heap, (fv, seq, req))
+        heap = self.heap
+        if done or (heap and heap[0][0] <= V):
+            self._finish_decoders(t, done)
 
-    def _finish_decoders(self, t: float, done: list | None = None) -> None:
+    def _finish_decoders(self, t: float, done: list) -> None:
+        """Retire the decoders whose last token came out at ``V`` (and ``done``, finished prompts)."""
         heap, V = self.heap, self.V
-        if not (heap and heap[0][0] <= V) and not done:
-            return
-        done = done or []
+        n_dec, sum_b = self.n_dec, self.sum_b
         while heap and heap[0][0] <= V:
-            _, seq, req = heapq.heappop(heap)
+            _, seq, req = _heappop(heap)
             if seq != req.seq or not req.running:
                 continue
-            self.n_dec -= 1
-            self.sum_b -= req.b
+            n_dec -= 1
+            sum_b -= req.b
             req.kv = req.b + V - 1
             done.append(req)
+        self.n_dec, self.sum_b = n_dec, sum_b
         if len(done) > 1:
             done.sort(key=_by_rid)   # one canonical order for the cache and the callbacks
-        for req in done:
-            self._retire(req, t)
+        if self.cache is not None:
+            for req in done:
+                self._retire(req, t)
+            return
+        live, on_done = self.live, self.on_done
+        for req in done:             # _retire without a cache, inlined
+            self.kv_used -= req.kv
+            del live[req.rid]
+            req.running = False
+            req.finish = t
+            req.outcome = "completed"
+            self._out -= 1
+            if on_done is not None:
+                on_done(req)
 
     def _retire(self, req: Request, t: float) -> None:
         self.kv_used -= req.kv
@@ -324,7 +665,11 @@ class Replica(ReplicaBase):
         del self.live[req.rid]
         req.running = False
         req.finish = t
-        self._end(req, "completed")
+        req.outcome = "completed"         # _end, inlined (finish is set)
+        self._out -= 1
+        on_done = self.on_done
+        if on_done is not None:
+            on_done(req)
 
     def accounted(self, now: float) -> tuple[float, float]:
         """(busy seconds, server joules) so far, the stretch in progress prorated to ``now``."""
@@ -332,10 +677,10 @@ class Replica(ReplicaBase):
         dur = now - self._t0
         if self._timer is None or dur <= 0:
             return busy, energy
-        if self._law is None:
+        if self._kind == MIXED:
             kernel = self._mixed[2] * min(1.0, dur / self._mixed_dur) if self._mixed_dur > 0 else 0.0
         else:
-            law = self._law
+            law = self._law if self._kind == GENERAL else _Affine(self._c0, self._c1, self._h)
             j = min(law.steps_done_by(dur), self._k)
             done = law.elapsed(j)
             kernel = done - j * law.h
@@ -363,104 +708,207 @@ class Replica(ReplicaBase):
         victim.pf_done = 0
         victim.preemptions += 1
         self.preemptions += 1
-        self.waiting.appendleft(victim)
+        self._waiting.appendleft(victim)
 
     def _admit(self, t: float) -> None:
-        waiting, cap, cache = self.waiting, self.cap, self.cache
-        while waiting and len(self.live) < self.max_batch:
+        waiting, cap, cache, live = self._waiting, self.cap, self.cache, self.live
+        max_batch, n_dec, prefilling = self.max_batch, self.n_dec, self.prefilling
+        kv_used = self.kv_used
+        while waiting and len(live) < max_batch:
             req = waiting[0]
             if cache is None:
-                if self.kv_used + req.prompt_len + self.n_dec > cap:
+                if kv_used + req.prompt_len + n_dec > cap:
                     break
-            elif not reserve(cache, req, self.kv_used, self.n_dec, cap, t, not self.live):
+            elif not reserve(cache, req, kv_used, n_dec, cap, t, not live):
                 break
             waiting.popleft()
-            if math.isnan(req.admitted):
+            if req.admitted != req.admitted:   # nan: first admission
                 req.admitted = t
             req.running = True
             if req.preemptions == 0:
-                req.pf_done = min(req.cached_gpu + req.cached_host, req.prompt_len - 1)
+                pl = req.prompt_len
+                cached = req.cached_gpu + req.cached_host
+                req.pf_done = cached if cached < pl - 1 else pl - 1
                 req.load = req.cached_host
             else:
                 req.pf_done = req.load = 0
-            self.kv_used += req.prompt_len
-            self.live[req.rid] = req
-            self.prefilling.append(req)
+            kv_used += req.prompt_len
+            live[req.rid] = req
+            prefilling.append(req)
+        self.kv_used = kv_used
+
+    def _after_plan(self) -> None:
+        """A stretch was planned (or the replica went idle) with requests in their overhead delay:
+        the first of them may cut it when ready, or wakes the idle replica."""
+        if self._timer is None:
+            self._arm_wake()
+        elif not self._waiting and not self._applying:
+            self._cut_for(*self._pend[0])
 
     def _plan(self, t: float) -> None:
-        """At a step boundary at time ``t``: preempt, admit, and arm the next stretch."""
+        """At a step boundary at time ``t``: take the requests ready by then, preempt, admit, and arm
+        the next stretch (each way out ends with ``_after_plan`` if requests are still pending)."""
+        if self._pend:
+            self._take_ready(t)
         if self._to_cancel:
-            self._drop_cancelled()
+            self._applying = True          # a callback of a cancelled request may submit here: it waits
+            try:
+                self._drop_cancelled()
+            finally:
+                self._applying = False
         cache = self.cache
-        while self.kv_used + self.n_dec + (cache.gpu_used if cache is not None else 0) > self.cap:
-            if cache is not None and cache.gpu_used:
-                cache.evict(self.kv_used + self.n_dec + cache.gpu_used - self.cap, t, force=True)
-            else:
-                self._preempt()
-        if self.waiting:
+        if cache is None:
+            if self.kv_used + self.n_dec > self.cap:
+                while self.kv_used + self.n_dec > self.cap:
+                    self._preempt()
+        else:
+            while self.kv_used + self.n_dec + cache.gpu_used > self.cap:
+                if cache.gpu_used:
+                    cache.evict(self.kv_used + self.n_dec + cache.gpu_used - self.cap, t, force=True)
+                else:
+                    self._preempt()
+        if self._waiting:
             self._admit(t)
         n = self.n_dec
+        prefilling = self.prefilling
         self._t0 = t
-        if n == 0 and not self.prefilling:
+        if prefilling:
+            left = self.budget - n * self._q
+            if left > 0:
+                front = prefilling[0]
+                r = front.prompt_len - front.pf_done
+                if r > left and not self.cfg.chunked_prefill and front.prompt_len <= self.budget:
+                    pass      # unchunked: the prompt waits until a finish leaves room for it
+                elif r <= left or front.load:
+                    return self._plan_mixed(t, n, self.sum_b + n * self.V, left)
+                else:
+                    k = -(-r // left) - 1   # steps in which the front prompt does not complete
+                    if n:
+                        k_finish = self.heap[0][0] - self.V
+                        k_kv = (self.cap - self.kv_used - (cache.gpu_used if cache is not None else 0)) // n
+                        k = min(k_finish, k_kv, k)
+                    law = self.c.stretch(n, self.sum_b + n * self.V, left, front.pf_done)
+                    return self._plan_law(t, law, k, left)
+        elif not n:
             self._timer = None
-            self._law = None
+            self._kind = MIXED
+            if self._pend:
+                self._after_plan()
             return
-        c = self.c
-        S = self.sum_b + n * self.V
-        left = self.budget - n * c.q
-        k_finish = self.heap[0][0] - self.V if n else 1 << 62
-        free = self.cap - self.kv_used - (cache.gpu_used if cache is not None else 0)
-        k_kv = free // n if n else 1 << 62   # steps until decode writes need cache eviction or preemption
-        chunk = 0
-        p = 0
-        if self.prefilling and left > 0:
-            front = self.prefilling[0]
-            r = front.prompt_len - front.pf_done
-            if r > left and not self.cfg.chunked_prefill and front.prompt_len <= self.budget:
-                k = min(k_finish, k_kv)   # unchunked: the prompt waits until a finish leaves room for it
-            elif r <= left or front.load:
-                return self._plan_mixed(t, n, S, left)
-            else:
-                chunk = left
-                p = front.pf_done
-                k_pf = -(-r // left) - 1   # steps in which the front prompt does not complete
-                k = min(k_finish, k_kv, k_pf)
-        else:
-            k = min(k_finish, k_kv)
-        self._law = law = c.stretch(n, S, chunk, p)
-        if cache is not None and self.waiting and cache.pinning:
+        # a pure-decode stretch, until the first decoder finishes or decode writes fill the KV
+        V = self.V
+        S = self.sum_b + n * V
+        k = self.heap[0][0] - V
+        k_kv = (self.cap - self.kv_used - (cache.gpu_used if cache is not None else 0)) // n
+        if k_kv < k:
+            k = k_kv
+        dec = self._dec
+        if n > N_MAX or (cache is not None and self._waiting and cache.pinning):
+            return self._plan_law(t, self.c.stretch(n, S, 0, 0), k, 0)
+        base = dec.base[n]      # StepCoeffs.stretch's sums from the per-deployment tables
+        if base is None:
+            dec.fill(n)
+            base = dec.base[n]
+        b = dec.dec_b[n]
+        c0 = base + b * S
+        c1 = b * n
+        if not (c0 > 0 and c1 >= 0):
+            return self._plan_law(t, self.c.stretch(n, S, 0, 0), k, 0)
+        h = dec.ovh[n]
+        self._kind = AFFINE
+        self._c0 = c0
+        self._c1 = c1
+        self._h = h
+        self._chunk = 0
+        self._k = k
+        el = self._el = c0 * k + c1 * (k - 1) * k / 2 + h * k    # affine_elapsed(k), k >= 1
+        delay = t + el - self.env.now
+        self._entry = entry = _push(self.env, self._on_timer, None, delay if delay > 0.0 else 0.0)
+        self._timer = entry[3]
+        if self._pend:
+            self._after_plan()
+
+    def _plan_law(self, t: float, law: Stretch, k: int, chunk: int) -> None:
+        """Arm a uniform stretch of at most ``k`` steps under ``law`` (any StepCoeffs.stretch result)."""
+        cache = self.cache
+        if cache is not None and self._waiting and cache.pinning:
             # a pin expiring mid-stretch may let the queue head in at the next boundary
             k = min(k, law.steps_done_by(cache.next_expiry(t) - t) + 1)
+        if type(law) is _Affine:
+            self._kind = AFFINE
+            self._law = None
+        else:
+            self._kind = GENERAL
+            self._law = law
+        self._c0, self._c1, self._h = law.c0, law.c1, law.h
         self._chunk = chunk
         self._k = k
-        self._arm(t + law.elapsed(k))
+        self._el = el = law.elapsed(k)
+        self._arm(t + el)
+        if self._pend:
+            self._after_plan()
 
     def _plan_mixed(self, t: float, n: int, S: int, left: int) -> None:
         """One step in which at least one prompt completes (its composition is not uniform)."""
+        prefilling = self.prefilling
+        if len(prefilling) == 1:    # the loop below for one prompt (the same sums: 0 + x is x)
+            req = prefilling[0]
+            r = req.prompt_len - req.pf_done
+            load = req.load
+            ch = r if r < left else left
+            chunks = [(req, ch)]
+            pf_tokens = ch
+            attn = 0.0 + (ch * req.pf_done + ch * ch / 2)
+            done = 1 if ch == r else 0
+            return self._arm_mixed(t, n, S, chunks, pf_tokens, attn, done, load)
         chunks = []
         pf_tokens = 0
         attn = 0.0
         done = 0
         load = 0
-        for req in self.prefilling:
+        chunked = self.cfg.chunked_prefill
+        for req in prefilling:
             if left <= 0:
                 break
             r = req.prompt_len - req.pf_done
-            if r > left and chunks and not self.cfg.chunked_prefill:
+            if r > left and chunks and not chunked:
                 break
             load += req.load
             ch = r if r < left else left
             chunks.append((req, ch))
             pf_tokens += ch
-            attn += pairs(ch, req.pf_done)
+            attn += ch * req.pf_done + ch * ch / 2      # servicetime.pairs
             left -= ch
             if ch == r:
                 done += 1
-        busy = self.c.kernel_time(pf_tokens, attn, n, S, n + done) + load * self.c.t_host_load
-        dur = busy + (self.c.overhead + self.c.per_seq * n)
-        self._mixed = (chunks, n + done, busy)
+        self._arm_mixed(t, n, S, chunks, pf_tokens, attn, done, load)
+
+    def _arm_mixed(self, t: float, n: int, S: int, chunks: list, pf_tokens: int, attn: float, done: int,
+                   load: int) -> None:
+        c = self.c
+        sampled = n + done
+        t_tok = pf_tokens + n * self._q
+        if t_tok <= T_MAX and sampled <= N_MAX and n <= N_MAX:
+            # StepCoeffs.kernel_time, inlined: the same lookups and additions in the same order
+            pc = pf_tokens if pf_tokens <= T_MAX else T_MAX
+            kernel = (c.fixed[t_tok] + c.head[sampled] + c.dec_a[n] + c.dec_b[n] * S + c.pf_a[pc]
+                      + c.pf_pair[pc] * attn)
+        else:
+            kernel = c.kernel_time(pf_tokens, attn, n, S, sampled)
+        busy = kernel + load * c.t_host_load
+        dur = busy + (c.overhead + c.per_seq * n)
+        self._mixed = (chunks, sampled, busy)
         self._mixed_dur = dur
+        self._kind = MIXED
         self._law = None
         self._chunk = 0
         self._k = 1
-        self._arm(t + dur)
+        now = self.env.now
+        delay = t + dur - now
+        self._entry = entry = _push(self.env, self._on_timer, None, delay if delay > 0.0 else 0.0)
+        self._timer = entry[3]
+        if self._pend:
+            self._after_plan()
+
+
+from ..model.stretch import Affine as _Affine  # noqa: E402  (the law type StepCoeffs.stretch builds)
