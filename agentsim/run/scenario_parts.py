@@ -6,6 +6,7 @@ Every field has a default where one makes sense and a description (``agentsim sc
 from __future__ import annotations
 
 import difflib
+import math
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -266,6 +267,9 @@ class Population(Model):
                                                                      "scenario's start")
     tenants: int = Field(1, ge=1, le=MAX_USERS, description="users are spread over this many tenants (orgs) round robin")
     plan: str | None = Field(None, description="subscription plan preset of its users (policies enforce it)")
+    plan_mix: dict[str, float] = Field(default_factory=dict, description="users split over subscription plans, "
+                                       "plan -> share of users (shares sum to 1); a user's plan is fixed by a hash of "
+                                       "its id. Used when plan is unset")
     tier: str | None = Field(None, description="API tier preset of its tenants (policies enforce it)")
     retry_policy: str | None = Field(None, description="override the profile's client retry policy")
     retry_max_wait_s: float | None = Field(None, gt=0, le=MAX_DURATION_S, description="give up on a call after this long retrying")
@@ -304,6 +308,12 @@ class Population(Model):
             tier(self.tier, where="tier")
         if self.plan is not None:
             plan(self.plan, where="plan")
+        for name, share in self.plan_mix.items():
+            plan(name, where="plan_mix")
+            if not (math.isfinite(share) and share >= 0):
+                raise ValueError(f"plan_mix share of {name!r} must be a number >= 0 (got {share})")
+        if self.plan_mix and abs(sum(self.plan_mix.values()) - 1) > 1e-6:
+            raise ValueError(f"plan_mix shares must sum to 1 (got {sum(self.plan_mix.values()):g})")
         if self.kind == "fleet" and self.workers > self.size:
             raise ValueError(f"fleet workers ({self.workers}) exceed size ({self.size}, the maximum)")
         if self.workers_min > self.size:

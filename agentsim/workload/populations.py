@@ -110,6 +110,8 @@ class Population:
                                         max_wait_s=cfg.retry_max_wait_s)
         self.timeout_s = cfg.timeout_s or self.profile.timeout_s
         self.shared_key = ("system", index) if self.profile.shared_prefix_tokens else None
+        mix = [(k, v) for k, v in cfg.plan_mix.items() if v > 0]
+        self._plan_cdf = list(zip([k for k, _ in mix], np.cumsum([v for _, v in mix]) / sum(v for _, v in mix))) if mix else []
         self.stats = CallStats()
         self.open: dict[int, SessionState] = {}
         self.sessions_started = 0
@@ -138,7 +140,19 @@ class Population:
         return Client(self.front, self.policy, self._client_rng, timeout_s=self.timeout_s, model=self.model,
                       tenant=tenant, user=user, population=self.index, stats=self.stats,
                       abandon_ttft_s=p.abandon_ttft_s, abandon_prob=p.abandon_prob, priority=self.priority,
-                      cache_ttl_s=p.cache_ttl_s, tier=self.cfg.tier, plan=self.cfg.plan, call_models=self.call_models)
+                      cache_ttl_s=p.cache_ttl_s, tier=self.cfg.tier, plan=self.plan_of(user), call_models=self.call_models)
+
+    def plan_of(self, user: int) -> str | None:
+        """A user's subscription plan: the population's ``plan``, else its ``plan_mix`` share by share —
+        a fixed hash of the global user id picks the plan, the same in every run, seed and slice."""
+        if self.cfg.plan is not None or not self.cfg.plan_mix:
+            return self.cfg.plan
+        plans = self._plan_cdf
+        u = float(tenant_slice(np.array([user]), 1 << 30)[0]) / (1 << 30)
+        for name, edge in plans:
+            if u < edge:
+                return name
+        return plans[-1][0]
 
     def open_session(self, sid: int, parent: int, tenant: int, user: int, kind: int) -> SessionState:
         s = SessionState(sid, parent, tenant, user, self.env.now, kind)
