@@ -77,7 +77,13 @@ def run_tasks(fn, tasks: list[tuple], workers: int | None = None, label: str = "
     (scenario and seed).
     """
     t0 = time.perf_counter()
-    timed = run_all(_timed, [(fn, *t) for t in tasks], workers=workers, address=address)
+
+    def progress(done: int, total: int) -> None:   # progress on stderr: one line, rewritten
+        end = "\n" if done == total else ""
+        print(f"\r  {label}: {done}/{total} runs, {time.perf_counter() - t0:.0f} s", end=end, file=sys.stderr,
+              flush=True)
+    timed = run_all(_timed, [(fn, *t) for t in tasks], workers=workers, address=address,
+                    progress=progress if label and PROGRESS[0] else None)
     cpu = sum(c for _, c in timed)
     CPU_SECONDS[0] += cpu
     if label:
@@ -146,6 +152,8 @@ def _scalars(d: dict, prefix: str = "") -> dict:
     return out
 
 
+#: show progress lines on stderr (the command line turns it on; tests leave it off)
+PROGRESS = [False]
 #: CPU seconds spent in simulation tasks by this process's run_tasks calls (for runtime reports)
 CPU_SECONDS = [0.0]
 
@@ -419,12 +427,18 @@ def main_for(module_name: str):
 def cli_main(module, argv: list[str] | None = None) -> dict:
     """Parse ``argv`` for ``module`` (an experiment), run it and print where the summary went."""
     name = module.__name__.rsplit(".", 1)[-1]
-    args = parser(name, module.QUESTION, module.FULL_SCALE).parse_args(argv)
+    p = parser(name, module.QUESTION, module.FULL_SCALE)
+    extra = getattr(module, "add_arguments", None)   # an experiment's own options: its run()'s keywords
+    if extra:
+        extra(p)
+    args = p.parse_args(argv)
     scale = module.FULL_SCALE if args.full else args.scale
+    PROGRESS[0] = True
     out = args.out or str(Path("results") / name)
+    own = getattr(module, "run_keywords", lambda a: {})(args)
     try:
         res = module.run(out, scale=scale, seed=args.seed, replications=args.replications, workers=args.workers,
-                         address=args.address)
+                         address=args.address, **own)
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
