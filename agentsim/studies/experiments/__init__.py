@@ -417,6 +417,12 @@ def check_args(scale: float, replications: int | None, seed: int) -> None:
         raise InputError(f"--seed must be >= 0, got {seed}")
 
 
+def own_keywords(module, values: dict) -> dict:
+    """run()'s keywords from an experiment's own options (``OPTIONS``; names with underscores), {} if none."""
+    names_ = [flag.lstrip("-").replace("-", "_") for flag, _ in getattr(module, "OPTIONS", ())]
+    return module.run_keywords({k: values.get(k) for k in names_}) if names_ else {}
+
+
 def main_for(module_name: str):
     """The ``main(argv)`` of experiment module ``module_name``: its command line (see :func:`cli_main`)."""
     def main(argv: list[str] | None = None) -> dict:
@@ -428,15 +434,18 @@ def cli_main(module, argv: list[str] | None = None) -> dict:
     """Parse ``argv`` for ``module`` (an experiment), run it and print where the summary went."""
     name = module.__name__.rsplit(".", 1)[-1]
     p = parser(name, module.QUESTION, module.FULL_SCALE)
-    extra = getattr(module, "add_arguments", None)   # an experiment's own options: its run()'s keywords
-    if extra:
-        extra(p)
+    options = getattr(module, "OPTIONS", ())    # an experiment's own options: its run()'s keywords
+    for flag, o in options:
+        if o.get("flag"):
+            p.add_argument(flag, action="store_true", help=o["help"])
+        else:
+            p.add_argument(flag, type=o["type"], default=o["default"], help=o["help"])
     args = p.parse_args(argv)
     scale = module.FULL_SCALE if args.full else args.scale
     PROGRESS[0] = True
     out = args.out or str(Path("results") / name)
-    own = getattr(module, "run_keywords", lambda a: {})(args)
     try:
+        own = own_keywords(module, vars(args))
         res = module.run(out, scale=scale, seed=args.seed, replications=args.replications, workers=args.workers,
                          address=args.address, **own)
     except InputError as e:

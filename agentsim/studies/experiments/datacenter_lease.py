@@ -83,7 +83,7 @@ SENSITIVITY_SEEDS = 2
 def window(warmup_h: float = WARMUP_H) -> dict:
     """Start, warm-up and duration of a run whose measured window is WINDOW_START + WINDOW_S."""
     if not (warmup_h >= 0 and math.isfinite(warmup_h)):
-        raise InputError(f"warmup_h must be a number of hours >= 0, got {warmup_h}")
+        raise InputError(f"--warmup-hours (warmup_h) must be a number of hours >= 0, got {warmup_h}")
     t = datetime.fromisoformat(WINDOW_START.replace("Z", "+00:00")) - timedelta(hours=warmup_h)
     return {"start": t.strftime("%Y-%m-%dT%H:%M:%SZ"), "warmup_s": warmup_h * 3600.0,
             "duration_s": warmup_h * 3600.0 + WINDOW_S}
@@ -428,9 +428,9 @@ def _sections(rep: Report, t: pd.DataFrame, N: int, users_grid, per_rep: list[di
         "interpolated linearly where it falls through the target.", ""]
         + md_table(["rep", "users", "SLO attainment", "TTFT p90 (s)", "TPOT p90 (s)", "MW busiest hour",
                     "MW window mean", "busy share by pool"], trows)
-        + md_table(["replication", "users at SLO", "MW busiest hour", "MW window mean", "USD per M tokens",
+        + md_table(["replication", "users at SLO", "binds", "MW busiest hour", "MW window mean", "USD per M tokens",
                     f"users when the busiest hour reaches {FACILITY_MW:g} MW"],
-                   [[p["replication"], f"{p['users'] / 1e6:.2f} M" + (" (≥)" if p["capped"] else ""),
+                   [[p["replication"], f"{p['users'] / 1e6:.2f} M" + (" (≥)" if p["capped"] else ""), p["binds"],
                      f"{p['mw_busiest_hour']:.0f}", f"{p['mw_window']:.0f}", f"{p['usd_per_m_tokens']:.3g}",
                      f"{p['users_at_facility_mw'] / 1e6:.2f} M" if math.isfinite(p["users_at_facility_mw"]) else
                      ("never on the grid" if math.isinf(p["users_at_facility_mw"]) else "below the grid")]
@@ -442,10 +442,12 @@ def _sections(rep: Report, t: pd.DataFrame, N: int, users_grid, per_rep: list[di
             f"{al['users'] * al['fleet_share'] / 1e6:.3g} M users: {al['users'] / 1e6:.3g} M fleet-wide) at seed "
             f"{al['seed']}, merged: SLO attainment {al['attainment']:.3f}; the sampled slices at that user count: "
             f"{al['sampled_attainment'].fmt(3)} — "
-            + ("the all-slice answer lies inside the sampled interval." if al["agrees"] else
+            + ("the all-slice figures (attainment and busiest-hour MW) lie inside the sampled intervals."
+               if al["agrees"] else
                "NOT inside the sampled interval." if al["slices_run"] == al["slices"] else
                f"only {al['slices_run']} slices ran (a timing run)."),
-            f"Busiest hour, whole fleet from the merged slices: {al['mw_busiest_hour_whole_fleet']:.0f} MW. "
+            f"Busiest hour, whole fleet from the merged slices: {al['mw_busiest_hour_whole_fleet']:.0f} MW; the sampled "
+            f"slices: {al['sampled_mw_busiest_hour'].fmt(3, 'MW')}. "
             f"Time: {al['wall_s']:.0f} s wall, {al['cpu_s']:.0f} s CPU, {al['cpu_s_per_slice']:.0f} s CPU per slice; "
             f"the whole fleet ({SLICES} slices) per user count and seed: ≈ {al['full_fleet_cpu_s_estimate'] / 3600:.1f} "
             "CPU-hours."])
@@ -610,9 +612,13 @@ def _all_slices_vs_sample(out: Path, t: pd.DataFrame, users_grid, users, M: int,
     u = users_grid[int(np.argmin(np.abs(np.asarray(users_grid) - users.mean)))] if math.isfinite(users.mean) \
         else users_grid[0]
     sample = stat(t.loc[t["users"] == u, "attainment"])
+    mw = stat(t.loc[t["users"] == u, "mw_busiest_hour"])
     res = all_slices_check(out, u, M, seed, workers, address=address, warmup_h=warmup_h, limit=limit)
     res["sampled_attainment"] = sample
-    res["agrees"] = bool(res["slices_run"] == M and sample.low <= res["attainment"] <= sample.high)
+    res["sampled_mw_busiest_hour"] = mw
+    inside = lambda x, s: s.low <= x <= s.high  # noqa: E731
+    res["agrees"] = bool(res["slices_run"] == M and inside(res["attainment"], sample)
+                         and inside(res["mw_busiest_hour_whole_fleet"], mw))
     return res
 
 
@@ -651,35 +657,41 @@ def all_slices_check(out_dir, users: float, slices: int = 63, seed: int = 1, wor
     return res
 
 
-def add_arguments(p) -> None:
-    """This experiment's own options."""
-    p.add_argument("--warmup-hours", type=float, default=WARMUP_H,
-                   help="hours simulated before the measured window, then discarded (default 24: one period)")
-    p.add_argument("--users", default=None, help="fleet-wide user counts in millions, comma-separated (default "
-                   f"{','.join(f'{u / 1e6:g}' for u in USERS_GRID)}; {','.join(f'{u / 1e6:g}' for u in SLO_GRID)} "
-                   "also finds where latency binds)")
-    p.add_argument("--check-existing", action="store_true",
-                   help="also run the default fleet x N with the lease added (slow: the default scenario per slice)")
-    p.add_argument("--no-sensitivity", action="store_true", help="skip the step-model sensitivity reruns")
-    p.add_argument("--all-slices", type=int, default=None, metavar="M",
-                   help="after the answer, run all M slices of a fleet M/625 the lease's size at the answer's "
-                        "nearest grid point (63: >= 1/10) and compare")
-    p.add_argument("--all-slices-limit", type=int, default=None, metavar="K",
-                   help="with --all-slices: run only the first K of them (per-slice time x slices)")
+#: this experiment's own command-line options, (flag, settings) — ``agentsim experiment`` and the script
+#: both read them (:func:`agentsim.studies.experiments.add_options`); :func:`run_keywords` maps them to run()
+OPTIONS = (
+    ("--warmup-hours", {"type": float, "default": WARMUP_H,
+                        "help": "hours simulated before the measured window, then discarded (default 24: one period)"}),
+    ("--users", {"type": str, "default": None,
+                 "help": "fleet-wide user counts in millions, comma-separated (default "
+                         f"{','.join(f'{u / 1e6:g}' for u in USERS_GRID)}; {','.join(f'{u / 1e6:g}' for u in SLO_GRID)} "
+                         "also finds where latency binds)"}),
+    ("--check-existing", {"flag": True, "help": "also run the default fleet x N with the lease added (slow)"}),
+    ("--no-sensitivity", {"flag": True, "help": "skip the step-model sensitivity reruns"}),
+    ("--all-slices", {"type": int, "default": None,
+                      "help": "after the answer, run all M slices of a fleet M/625 the lease's size at the "
+                              "answer's nearest grid point (63: >= 1/10) and compare"}),
+    ("--all-slices-limit", {"type": int, "default": None,
+                            "help": "with --all-slices: run only the first K (per-slice time x slices)"}),
+)
 
 
-def run_keywords(args) -> dict:
+def run_keywords(o: dict) -> dict:
+    """run()'s keywords from the parsed :data:`OPTIONS` (``o``: option name with underscores -> value)."""
     grid = USERS_GRID
-    if args.users:
+    if o.get("users"):
         try:
-            grid = tuple(sorted(float(x) * 1e6 for x in args.users.split(",")))
+            grid = tuple(sorted(float(x) * 1e6 for x in o["users"].split(",")))
         except ValueError:
-            raise InputError(f"--users {args.users!r}: give user counts in millions, e.g. 0.5,1.5") from None
+            raise InputError(f"--users {o['users']!r}: give user counts in millions, e.g. 0.5,1.5") from None
         if len(grid) < 2 or grid[0] <= 0:
-            raise InputError(f"--users {args.users!r}: need at least two positive counts")
-    return {"users_grid": grid, "warmup_h": args.warmup_hours, "check_existing": args.check_existing,
-            "sensitivity": not args.no_sensitivity, "all_slices": args.all_slices,
-            "all_slices_limit": args.all_slices_limit}
+            raise InputError(f"--users {o['users']!r}: need at least two positive counts")
+    window(o.get("warmup_hours", WARMUP_H) if o.get("warmup_hours") is not None else WARMUP_H)   # >= 0 or an error
+    if o.get("all_slices") is not None and o["all_slices"] < 1:
+        raise InputError(f"--all-slices must be >= 1, got {o['all_slices']}")
+    return {"users_grid": grid, "warmup_h": WARMUP_H if o.get("warmup_hours") is None else o["warmup_hours"],
+            "check_existing": bool(o.get("check_existing")), "sensitivity": not o.get("no_sensitivity"),
+            "all_slices": o.get("all_slices"), "all_slices_limit": o.get("all_slices_limit")}
 
 
 main = main_for(__name__)

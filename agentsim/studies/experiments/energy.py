@@ -211,9 +211,13 @@ def _capacity_points(by: dict, generations, loads, R: int) -> dict:
                   "capped": any(c >= loads[-1] * (1 - 1e-9) for c in caps if math.isfinite(c)),
                   "_jpt": jpt}
     ref = generations[0]
-    for g in generations:
+    for i, g in enumerate(generations):
         cap[g][f"joules_per_token_vs_{ref}"] = ratio(cap[ref]["_jpt"], cap[g]["_jpt"])
         cap[g][f"kwh_per_engaged_hour_vs_{ref}"] = ratio(cap[ref]["_kph"], cap[g]["_kph"])
+        if i:   # against the generation before it in the list (paired, same seeds): the ordering, step by step
+            prev = generations[i - 1]
+            cap[g]["kwh_per_engaged_hour_vs_previous"] = ratio(cap[prev]["_kph"], cap[g]["_kph"])
+            cap[g]["previous"] = prev
     return cap
 
 
