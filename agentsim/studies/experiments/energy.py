@@ -112,6 +112,7 @@ def run(out_dir, scale: float = 1.0, seed: int = 1, replications: int | None = N
     idle = {g: stat([r["idle_w_per_gpu"] / r["facility_w_per_gpu"] for r in by[(g, lo)]]) for g in generations}
     rep.answer = _answer(grid, cap, idle, generations, loads, best, ref)
     _sections(rep, grid, cap, generations, loads, ref, R, scale)
+    _assumptions(rep, generations)
     for path, caption in _figures(out, by, generations, loads, grid, cap):
         rep.figure(path, caption)
     rep.results = {"capacity_point": {g: {k: v for k, v in cap[g].items() if not k.startswith("_")}
@@ -179,6 +180,26 @@ def _answer(grid: dict, cap: dict, idle: dict, generations, loads, best: str, re
                     for g in generations)
         + f"; at {lo} users/GPU the idle floor is "
         + ", ".join(f"{g} {idle[g].mean:.0%}" for g in generations) + " of the draw.")
+
+
+def _assumptions(rep: Report, generations) -> None:
+    """What the answer rests on, each with its source."""
+    cat = load_catalog()
+    rep.assume("Server power per GPU and idle share: " + ", ".join(
+        f"{g} {cat.gpu(GENERATIONS[g][0]).server_w_per_gpu:,.0f} W, idle {cat.gpu(GENERATIONS[g][0]).idle_power_fraction:.0%}"
+        for g in generations), "agentsim/data/gpus.toml (server_w_per_gpu, idle_power_fraction)")
+    rep.assume("Facility: PUE 1.25 and 10 % other IT load on top of the servers (Colossus-1-like)",
+               "shared/reference/hardware-roofline.md §2.1")
+    rep.assume("Each generation serves DeepSeek-V3 as deployed in practice: " + ", ".join(
+        f"{g} {GENERATIONS[g][1].upper()} tp {GENERATIONS[g][2]} × pp {GENERATIONS[g][3]}" for g in generations),
+        "agentsim/data/models.toml; the weights must fit the replica's HBM")
+    rep.assume("Step times from the measured op tables (held-out median |error| 2.8 %, max 19 % on load points)",
+               "README: calibration, `agentsim calibrate --tier c`")
+    rep.assume("Interactive coding-agent sessions, flat arrivals; an engaged hour is an hour of a session's "
+               "length less its idle gaps beyond the usual think time",
+               "agentsim/data/profiles.toml interactive_coding_agent; agentsim.workload.populations (engaged_s)")
+    rep.assume("SLO capacity: ≥ 90 % of requests within TTFT 5 s and TPOT 0.15 s, interpolated per seed",
+               "the default scenario's slo_ttft_s / slo_tpot_s")
 
 
 def _capacity_points(by: dict, generations, loads, R: int) -> dict:
