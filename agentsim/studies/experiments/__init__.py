@@ -10,7 +10,11 @@ Every experiment is a module ``agentsim.studies.experiments.<name>`` with
   with the plotted data beside it as ``<figure>.csv``, one function per figure) into
   ``out_dir``; return the results dict;
 * ``main(argv)`` — the command line (``python experiments/<name>.py`` and
-  ``agentsim experiment <name>`` both end here).
+  ``agentsim experiment <name>`` both end here);
+* optionally ``OPTIONS`` — its own command-line options, ``(flag, settings)`` pairs that both
+  command lines add — and ``run_keywords(values)``, which turns their values into ``run``'s keywords.
+
+The command lines show progress on stderr (runs finished of each batch, as they finish).
 
 ``scale`` sizes the run: 1 is the default (minutes on two cores), below 1 shrinks it (the tests
 run at 0.1–0.25), above 1 grows it (more users and GPUs per slice, longer windows or more
