@@ -375,7 +375,7 @@ def _answer(N: int, per_rep: list[dict], check: dict, figs: dict, lease: dict) -
     binds = {p["binds"] for p in per_rep if math.isfinite(p["users"])}
     slo = figs["users_slo"]
     latency = (f"latency alone would allow {slo.fmt(3)} users" if math.isfinite(slo.mean) else
-               f"latency does not bind on the grid (attainment ≥ {SLO_TARGET:.0%} up to its largest point)")
+               f"latency does not bind on the grid: attainment ≥ {SLO_TARGET:.0%} up to its largest point")
     bound = (f"the facility's {FACILITY_MW:g} MW binds first ({latency})" if binds == {"power"} else
              f"latency binds before the facility's {FACILITY_MW:g} MW" if binds == {"latency"} else
              f"latency or the facility's {FACILITY_MW:g} MW, whichever comes first (replications differ)")
@@ -384,7 +384,7 @@ def _answer(N: int, per_rep: list[dict], check: dict, figs: dict, lease: dict) -
     band = ""
     if sens:
         lo, hi = min(v["users"] for v in sens.values()), max(v["users"] for v in sens.values())
-        band = (f" (sensitivity band {lo / 1e6:.2f}–{hi / 1e6:.2f} M with step times scaled by the step model's "
+        band = (f" (sensitivity band {lo / 1e6:.3g}–{hi / 1e6:.3g} M with step times scaled by the step model's "
                 f"held-out error quartiles ×{STEP_SCALES[0]:g} … ×{STEP_SCALES[1]:g})")
     parts = [f"The leased data center serves {users.fmt(3)} coding-agent users (Max 5x){band} at the weekday peak "
              f"({_window_text()}) with ≥ {SLO_TARGET:.0%} of requests within TTFT 5 s and TPOT 0.15 s (there: "
@@ -459,7 +459,7 @@ def _sections(rep: Report, t: pd.DataFrame, N: int, users_grid, per_rep: list[di
             "predicted step time over the 12 scored held-out load points of `agentsim calibrate --tier c`; catalog "
             "overlay `[generations.<gen>] step_time_scale`).", ""] + md_table(
             ["step times ×", "users at SLO / unscaled (paired)", "users at SLO"],
-            [[f"{v['step_time_scale']:g}", v["ratio"].fmt(3), f"{v['users'] / 1e6:.2f} M"] for v in sens.values()]))
+            [[f"{v['step_time_scale']:g}", v["ratio"].fmt(3), f"{v['users'] / 1e6:.3g} M"] for v in sens.values()]))
     if check:
         rep.section("Added to the existing fleet", md_table(
             ["fleet", "GPUs", "coding users", "all users", "SLO attainment", "TTFT p90 (s)"],
