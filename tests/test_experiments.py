@@ -245,6 +245,20 @@ def test_step_time_scale_scales_every_step_and_is_validated(tmp_path):
         load_catalog((str(bad),))
 
 
+def test_datacenter_lease_options_are_checked():
+    """Its own options: bad values are refused naming the option; good ones become run()'s keywords."""
+    from agentsim.util.errors import InputError
+    mod = load("datacenter_lease")
+    for bad, needle in (({"users": "x"}, "--users"), ({"users": "0.5"}, "--users"),
+                        ({"warmup_hours": -1.0}, "--warmup-hours"), ({"all_slices": 0}, "--all-slices")):
+        with pytest.raises(InputError, match=needle):
+            mod.run_keywords(bad)
+    kw = mod.run_keywords({"users": "1.5,0.5", "warmup_hours": 48.0, "no_sensitivity": True})
+    assert kw["users_grid"] == (0.5e6, 1.5e6) and kw["warmup_h"] == 48.0 and kw["sensitivity"] is False
+    # the run's clock: the measured window stays put, the start moves back by the warm-up
+    assert mod.window(48.0) == {"start": "2026-05-31T18:00:00Z", "warmup_s": 172800.0, "duration_s": 180000.0}
+
+
 def test_progress_is_reported_as_tasks_finish():
     from agentsim.studies.executor import run_all
     seen = []
