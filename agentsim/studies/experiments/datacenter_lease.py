@@ -503,7 +503,8 @@ def _assumptions(rep: Report, warmup_h: float) -> None:
     rep.assume("Arrivals follow the Azure 2024 coding trace's weekly profile (Tuesday 18–20 UTC: 2.7× the weekly "
                "mean rate)", "agentsim/data/diurnal.toml azure2024_coding")
     rep.assume(f"Steady state: {warmup_h:g} h of warm-up, discarded; the weekly usage window starts empty at the "
-               "run's start (it fills over a day, not a week, so weekly limits bind less than in a real week)",
+               "run's start. Not verified: doubling 24 h to 48 h lowered the answer by 11 % (paired, 5 seeds, 95 % CI "
+               "−21 % to −1 %) — the coding-agent population still drifts after a day",
                "agentsim.results.steady (one diurnal period); README: datacenter_lease (warm-up doubled)")
     rep.assume("SLO: TTFT ≤ 5 s and TPOT ≤ 0.15 s for ≥ 90 % of requests not refused by the plan's limits",
                "the default scenario's slo_ttft_s / slo_tpot_s")
