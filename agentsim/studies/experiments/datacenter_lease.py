@@ -485,8 +485,11 @@ def _sections(rep: Report, t: pd.DataFrame, N: int, users_grid, per_rep: list[di
         f"{figs['warmup_h']:g} h that is discarded (the run starts at {window(figs['warmup_h'])['start']}).",
         "- Gateway and engine as in the default scenario (overload shedding at 96 outstanding per replica, plan "
         "limits, prefixes pinned for an hour, 2 TB host KV per replica); session-affinity routing.",
-        "- The existing-fleet check runs the default scenario × N (site `existing`) alone and with the lease added "
-        "behind the same router, the lease's capacity (rounded down to 0.1 M) added to its coding users."])
+        "- The existing-fleet check (`--check-existing`; off by default: warm, it costs the default scenario's day "
+        "per slice) runs the default scenario × N (site `existing`) alone and with the lease added behind the same "
+        "router, the lease's capacity (rounded down to 0.1 M) added to its coding users.",
+        "- Capacity is interpolated linearly between grid points; its interval covers replication and slice noise, "
+        "not the interpolation (the draw rises steeply once the H100 pool takes load)."])
 
 
 def _assumptions(rep: Report, warmup_h: float) -> None:
