@@ -507,7 +507,8 @@ def _assumptions(rep: Report, warmup_h: float) -> None:
                "mean rate)", "agentsim/data/diurnal.toml azure2024_coding")
     rep.assume(f"Steady state: {warmup_h:g} h of warm-up, discarded; the weekly usage window starts empty at the "
                "run's start. Not verified: doubling 24 h to 48 h lowered the answer by 11 % (paired, 5 seeds, 95 % CI "
-               "−21 % to −1 %) — the coding-agent population still drifts after a day",
+               "−21 % to −1 %): coding sessions outlive a day (p99 length 14.6 h, some over 24 h), so the population "
+               "still fills after one period",
                "agentsim.results.steady (one diurnal period); README: datacenter_lease (warm-up doubled)")
     rep.assume("SLO: TTFT ≤ 5 s and TPOT ≤ 0.15 s for ≥ 90 % of requests not refused by the plan's limits",
                "the default scenario's slo_ttft_s / slo_tpot_s")
