@@ -147,6 +147,9 @@ def test_mixed_fleet_routing_tiny(tmp_path):
     ci_fields(m["session_affinity@1.5x"]["goodput_rps"])
     # affinity keeps sessions on their cached prefixes
     assert m["session_affinity@1.5x"]["prefix_hit_rate"]["mean"] > m["round_robin@1.5x"]["prefix_hit_rate"]["mean"]
+    # ... and so ranks above round robin on goodput: the paired difference's 95 % interval lies above 0
+    d = m["session_affinity@1.5x"]["goodput_minus_round_robin"]
+    assert d["ci_low"] > 0, d
 
 
 def test_site_outage_tiny(tmp_path):
@@ -162,8 +165,10 @@ def test_site_outage_tiny(tmp_path):
 
 def test_energy_tiny(tmp_path):
     mod = load("energy")
-    res = mod.run(tmp_path, scale=0.25, replications=3, workers=WORKERS, generations=("H100", "GB200"),
-                  loads=(4, 64, 256))
+    # loads close enough around the Hopper capacities (~10-20 users/GPU) that the interpolated kWh there is
+    # steady; 16 GPUs per generation, 4 seeds (72 small runs, ~15 s CPU)
+    res = mod.run(tmp_path, scale=0.5, replications=4, workers=WORKERS, generations=("H100", "H200", "GB200"),
+                  loads=(4, 8, 12, 16, 64, 256))
     data = check_outputs(tmp_path, res, ["energy_by_load", "at_capacity"])
     g = data["grid"]
     ci_fields(g["H100@64"]["joules_per_token"])
@@ -176,20 +181,89 @@ def test_energy_tiny(tmp_path):
     # (the paired per-seed ratio's 95 % interval lies below 1)
     r = data["capacity_point"]["GB200"]["kwh_per_engaged_hour_vs_H100"]
     assert r["ci_high"] < 1, r
+    # ... and ordered step by step, H100 > H200 > GB200: each generation's paired ratio to the one before
+    # it has its 95 % interval below 1
+    for gen in ("H200", "GB200"):
+        r = data["capacity_point"][gen]["kwh_per_engaged_hour_vs_previous"]
+        assert r["ci_high"] < 1, (gen, r)
 
 
 def test_datacenter_lease_tiny(tmp_path):
     mod = load("datacenter_lease")
-    res = mod.run(tmp_path, scale=0.1, replications=2, workers=WORKERS, users_grid=(2.0e6, 6.0e6),
-                  check_existing=False)
+    res = mod.run(tmp_path, scale=0.1, replications=2, workers=WORKERS, users_grid=(0.2e6, 2.0e6), warmup_h=1.0)
     data = check_outputs(tmp_path, res, ["capacity_and_power", "pool_utilisation"])
     ci_fields(data["users_at_slo"])
     ci_fields(data["facility_mw_busiest_hour"])
     assert data["slices"] == 6250 and data["cost"]["usd_per_hour"] > 0
+    # the warm-up is stated, and one shorter than a diurnal period is flagged as not steady
+    assert data["warmup_h"] == 1.0 and data["steady_state"] is False
+    assert "LESS than one diurnal period" in res["answer"]
+    # the answer is the first of latency and the facility's MW: the busiest hour there is inside 300 MW
+    assert data["facility_mw_busiest_hour"]["mean"] <= data["facility_mw"] + 1e-6
+    # the sensitivity reruns: slower steps (x1.006) serve no more users than faster ones (x0.956) on the same seeds
+    sens = data["sensitivity"]
+    assert set(sens) == {"x0.956", "x1.006"} and sens["x1.006"]["users"] <= sens["x0.956"]["users"]
     # more users draw more power
     cp = pd.read_csv(tmp_path / "capacity_and_power.csv")
     p = cp[cp["panel"] == "mw_window"].groupby("users")["value"].mean()
     assert len(p) == 2 and p.iloc[-1] > p.iloc[0]
+
+
+def test_datacenter_lease_users_at_the_slo_rise_with_the_added_pool():
+    """A pool added to the fleet raises the users it serves at the SLO: the paired (same slices and
+    seeds) difference of the per-replication capacities has its 95 % interval above 0."""
+    mod = load("datacenter_lease")
+    lp = mod.lease_pools()
+    base = {"lease_h200": lp["lease_h200"]}                               # 1 H200 replica per 1/6250 slice
+    added = dict(base, added_h200=dict(lp["lease_h200"]))                 # + another
+    ss, grid = [1, 2, 3], (1.5e6, 2.5e6, 3.5e6, 5.0e6)
+    _, before = mod.users_at_slo(6250, ss, grid, warmup_h=1.0, pools=base, workers=WORKERS)
+    _, after = mod.users_at_slo(6250, ss, grid, warmup_h=1.0, pools=added, workers=WORKERS)
+    b, a = [p["users_slo"] for p in before], [p["users_slo"] for p in after]
+    assert all(math.isfinite(x) for x in b + a), (b, a)     # every capacity found inside the grid
+    d = paired(b, a)
+    assert d.low > 0, d
+
+
+def test_step_time_scale_scales_every_step_and_is_validated(tmp_path):
+    """The sensitivity knob: a catalog overlay's step_time_scale multiplies each step's time; bad values
+    are refused naming the field."""
+    from dataclasses import replace
+    from agentsim.model.catalog import load_catalog
+    from agentsim.model.deployment import Deployment
+    from agentsim.model.servicetime import StepCoeffs
+    from agentsim.util.errors import InputError
+    dep = Deployment.from_catalog(load_catalog(), "DeepSeek-V3", "H200", precision="fp8", ep=8, dp=8)
+    slow = replace(dep, efficiency=dep.efficiency.model_copy(update={"step_time_scale": 1.1}))
+    c, k = StepCoeffs.of(dep), StepCoeffs.of(slow)
+    for step in ({"prefill_tokens": 2000, "prefill_attn": 1e6}, {"decodes": 64, "decode_context": 4000},
+                 {"prefill_tokens": 40000, "decodes": 5000, "decode_context": 4000}):
+        assert k.step_time(**step) == pytest.approx(1.1 * c.step_time(**step), rel=1e-12)
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[generations.hopper]\nstep_time_scale = 0\n")
+    with pytest.raises(InputError, match="step_time_scale"):
+        load_catalog((str(bad),))
+
+
+def test_datacenter_lease_options_are_checked():
+    """Its own options: bad values are refused naming the option; good ones become run()'s keywords."""
+    from agentsim.util.errors import InputError
+    mod = load("datacenter_lease")
+    for bad, needle in (({"users": "x"}, "--users"), ({"users": "0.5"}, "--users"),
+                        ({"warmup_hours": -1.0}, "--warmup-hours"), ({"all_slices": 0}, "--all-slices")):
+        with pytest.raises(InputError, match=needle):
+            mod.run_keywords(bad)
+    kw = mod.run_keywords({"users": "1.5,0.5", "warmup_hours": 48.0, "no_sensitivity": True})
+    assert kw["users_grid"] == (0.5e6, 1.5e6) and kw["warmup_h"] == 48.0 and kw["sensitivity"] is False
+    # the run's clock: the measured window stays put, the start moves back by the warm-up
+    assert mod.window(48.0) == {"start": "2026-05-31T18:00:00Z", "warmup_s": 172800.0, "duration_s": 180000.0}
+
+
+def test_progress_is_reported_as_tasks_finish():
+    from agentsim.studies.executor import run_all
+    seen = []
+    out = run_all(pow, [(2, i) for i in range(4)], workers=0, progress=lambda d, n: seen.append((d, n)))
+    assert out == [1, 2, 4, 8] and seen == [(1, 4), (2, 4), (3, 4), (4, 4)]
 
 
 def test_bad_arguments(tmp_path):

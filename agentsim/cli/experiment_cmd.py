@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from ..studies.experiments import EXPERIMENTS, load, names
+from ..studies.experiments import EXPERIMENTS, PROGRESS, load, names, own_keywords
 from ..util.outdir import OutDir
 from .common import Finite, cli
 
@@ -55,17 +55,23 @@ def _command(name: str) -> click.Command:
     @click.option("--address", default=None, metavar="ADDR",
                   help="Run on the Dask distributed cluster whose scheduler is at ADDR (e.g. tcp://host:8786); "
                        "default: a local process pool. Same seeds, same results, on any executor.")
-    def cmd(out, overwrite, scale, full, replications, seed, workers, address) -> None:
+    def cmd(out, overwrite, scale, full, replications, seed, workers, address, **own) -> None:
+        kw = own_keywords(mod, own)          # before the output folder is touched: bad options fail first
+        PROGRESS[0] = True
         target = OutDir(out or str(Path("results") / name), "experiment", overwrite)
         try:
             res = mod.run(str(target.write_path), scale=mod.FULL_SCALE if full else scale, seed=seed,
-                          replications=replications, workers=workers, address=address)
+                          replications=replications, workers=workers, address=address, **kw)
             target.commit()
         except BaseException:
             target.abandon(keep=True)
             raise
         click.echo(res["answer"])
         click.echo(f"summary: {target.path / 'summary.md'}  ({res['runtime_s']:.0f} s)", err=True)
+    for flag, o in getattr(mod, "OPTIONS", ()):     # the experiment's own options
+        cmd.params.append(click.Option([flag], is_flag=True, help=o["help"]) if o.get("flag") else
+                          click.Option([flag], type=o["type"], default=o["default"], help=o["help"],
+                                       show_default=o["default"] is not None))
     return cmd
 
 

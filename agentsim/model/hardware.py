@@ -73,6 +73,9 @@ class Efficiency(BaseModel):
     step_overhead_ms: float = Field(ge=0)
     request_overhead_ms: float = Field(ge=0)
     per_seq_us: float = Field(0.0, ge=0)   # scheduler time per running decode per step (engine presets set it)
+    # every step's time (kernels and overheads) times this: a sensitivity knob for the step model's
+    # held-out error (a catalog overlay's [generations.<gen>] sets it; 1 = the model as measured)
+    step_time_scale: float = Field(1.0, gt=0, le=10)
     link_efficiency: float = Field(gt=0, le=1)
     allreduce_latency_us: float = Field(ge=0)
     calibrated: bool = False

@@ -30,7 +30,7 @@ Python lists for the engines' scalar path and as arrays for :func:`step_times` /
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -114,6 +114,8 @@ def _with_drafts(ops, pn, head, dec_a, dec_b, k: int, L: int):
 
 
 _TABLES: dict[tuple, Tables] = {}
+#: the tables that hold seconds (scaled by ``Efficiency.step_time_scale``)
+_TIMED = ("fixed", "head", "dec_a", "dec_b", "pf_a", "pf_pair")
 
 
 def _cached_tables(dep: Deployment) -> Tables:
@@ -173,8 +175,12 @@ class StepCoeffs:
     @classmethod
     def of(cls, dep: Deployment) -> "StepCoeffs":
         e, g = dep.efficiency, dep.gpu
-        return cls(_cached_tables(dep), overhead=e.step_overhead_ms * 1e-3,
-                   request_overhead=e.request_overhead_ms * 1e-3, per_seq=e.per_seq_us * 1e-6,
+        k = e.step_time_scale
+        tables = _cached_tables(dep)
+        if k != 1.0:   # the sensitivity knob: every table and the per-step overheads scaled alike
+            tables = replace(tables, **{f: getattr(tables, f) * k for f in _TIMED})
+        return cls(tables, overhead=e.step_overhead_ms * 1e-3 * k,
+                   request_overhead=e.request_overhead_ms * 1e-3, per_seq=e.per_seq_us * 1e-6 * k,
                    t_host_load=dep.kv_bytes_per_token_per_gpu / (g.host_link_gbps * 1e9),
                    power_w=dep.n_gpus * g.server_w_per_gpu, idle_fraction=g.idle_power_fraction)
 

@@ -20,6 +20,7 @@ import concurrent.futures as cf
 import multiprocessing as mp
 import os
 import signal
+import threading
 
 from ..util.errors import InputError
 
@@ -130,11 +131,13 @@ class Executor:
 
 
 def run_all(fn, tasks: list[tuple], workers: int | None = None, address: str | None = None,
-            executor: cf.Executor | None = None, connect_timeout: float = 10.0) -> list:
+            executor: cf.Executor | None = None, connect_timeout: float = 10.0, progress=None) -> list:
     """``[fn(*t) for t in tasks]`` on an :class:`Executor`, in task order.
 
     ``fn`` must be a module-level function (pool and Dask workers import it by name). With one
     task or ``workers`` <= 1 (and no address or executor) the tasks run in this process.
+    ``progress(done, total)`` is called as each task finishes (in whatever order they finish; the
+    results still come back in task order).
     """
     local = default_workers() if workers is None else workers
     if executor is None and not address and (len(tasks) <= 1 or local <= 1):
@@ -142,6 +145,15 @@ def run_all(fn, tasks: list[tuple], workers: int | None = None, address: str | N
     with Executor(executor, address, workers, connect_timeout) as ex:
         pool = ex.open(max_workers=len(tasks))
         futures = [pool.submit(fn, *t) for t in tasks]
+        if progress is not None:
+            lock, done = threading.Lock(), [0]
+
+            def tick(_f) -> None:
+                with lock:
+                    done[0] += 1
+                    progress(done[0], len(futures))
+            for f in futures:
+                f.add_done_callback(tick)
         try:
             return [f.result() for f in futures]
         except BaseException:

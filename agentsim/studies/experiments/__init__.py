@@ -10,7 +10,11 @@ Every experiment is a module ``agentsim.studies.experiments.<name>`` with
   with the plotted data beside it as ``<figure>.csv``, one function per figure) into
   ``out_dir``; return the results dict;
 * ``main(argv)`` — the command line (``python experiments/<name>.py`` and
-  ``agentsim experiment <name>`` both end here).
+  ``agentsim experiment <name>`` both end here);
+* optionally ``OPTIONS`` — its own command-line options, ``(flag, settings)`` pairs that both
+  command lines add — and ``run_keywords(values)``, which turns their values into ``run``'s keywords.
+
+The command lines show progress on stderr (runs finished of each batch, as they finish).
 
 ``scale`` sizes the run: 1 is the default (minutes on two cores), below 1 shrinks it (the tests
 run at 0.1–0.25), above 1 grows it (more users and GPUs per slice, longer windows or more
@@ -77,7 +81,13 @@ def run_tasks(fn, tasks: list[tuple], workers: int | None = None, label: str = "
     (scenario and seed).
     """
     t0 = time.perf_counter()
-    timed = run_all(_timed, [(fn, *t) for t in tasks], workers=workers, address=address)
+
+    def progress(done: int, total: int) -> None:   # progress on stderr: one line, rewritten
+        end = "\n" if done == total else ""
+        print(f"\r  {label}: {done}/{total} runs, {time.perf_counter() - t0:.0f} s", end=end, file=sys.stderr,
+              flush=True)
+    timed = run_all(_timed, [(fn, *t) for t in tasks], workers=workers, address=address,
+                    progress=progress if label and PROGRESS[0] else None)
     cpu = sum(c for _, c in timed)
     CPU_SECONDS[0] += cpu
     if label:
@@ -146,6 +156,8 @@ def _scalars(d: dict, prefix: str = "") -> dict:
     return out
 
 
+#: show progress lines on stderr (the command line turns it on; tests leave it off)
+PROGRESS = [False]
 #: CPU seconds spent in simulation tasks by this process's run_tasks calls (for runtime reports)
 CPU_SECONDS = [0.0]
 
@@ -409,6 +421,12 @@ def check_args(scale: float, replications: int | None, seed: int) -> None:
         raise InputError(f"--seed must be >= 0, got {seed}")
 
 
+def own_keywords(module, values: dict) -> dict:
+    """run()'s keywords from an experiment's own options (``OPTIONS``; names with underscores), {} if none."""
+    names_ = [flag.lstrip("-").replace("-", "_") for flag, _ in getattr(module, "OPTIONS", ())]
+    return module.run_keywords({k: values.get(k) for k in names_}) if names_ else {}
+
+
 def main_for(module_name: str):
     """The ``main(argv)`` of experiment module ``module_name``: its command line (see :func:`cli_main`)."""
     def main(argv: list[str] | None = None) -> dict:
@@ -419,12 +437,21 @@ def main_for(module_name: str):
 def cli_main(module, argv: list[str] | None = None) -> dict:
     """Parse ``argv`` for ``module`` (an experiment), run it and print where the summary went."""
     name = module.__name__.rsplit(".", 1)[-1]
-    args = parser(name, module.QUESTION, module.FULL_SCALE).parse_args(argv)
+    p = parser(name, module.QUESTION, module.FULL_SCALE)
+    options = getattr(module, "OPTIONS", ())    # an experiment's own options: its run()'s keywords
+    for flag, o in options:
+        if o.get("flag"):
+            p.add_argument(flag, action="store_true", help=o["help"])
+        else:
+            p.add_argument(flag, type=o["type"], default=o["default"], help=o["help"])
+    args = p.parse_args(argv)
     scale = module.FULL_SCALE if args.full else args.scale
+    PROGRESS[0] = True
     out = args.out or str(Path("results") / name)
     try:
+        own = own_keywords(module, vars(args))
         res = module.run(out, scale=scale, seed=args.seed, replications=args.replications, workers=args.workers,
-                         address=args.address)
+                         address=args.address, **own)
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -4,60 +4,89 @@ The lease: ~150 k H100, ~50 k H200 and ~30 k GB200 GPUs (hardware-roofline.md §
 300 MW facility (PUE 1.25, 10 % other IT load), serving DeepSeek-V3 (the open stand-in for a
 frontier MoE) as the default scenario deploys it (issue 16: data-parallel attention and expert
 parallelism): H100 FP8 dp 16 × ep 16 (9,375 replicas), H200 FP8 dp 8 × ep 8 (6,250), GB200 FP4
-dp 16 × ep 16 (1,875). It is far too big to simulate whole, so the
-experiment runs a **1/N slice** (N = 625 at scale 1: 15 + 10 + 3 replicas, exact) with the
-users hashed to slices (``agentsim.run.build.sliced``), and scales it back up; each replication draws
-its slice and seed as ``agentsim.studies.sweep`` does (``agentsim.studies.slicing``), so the intervals include
+dp 16 × ep 16 (1,875). It is far too big to simulate whole, so the experiment runs **1/N slices**
+(N = 625 at scale 1: 15 + 10 + 3 replicas, the finest exact cut) with the users hashed to slices
+(``agentsim.run.build.sliced``), and scales them back up; each replication draws its slice and
+seed as ``agentsim.studies.sweep`` does (``agentsim.studies.slicing``), so the intervals include
 slice-to-slice variation.
 
-1. **Users at the SLO.** Coding-agent users (Max 5x after 6 May 2026) are swept over a grid of
-   fleet-wide counts during the weekday peak (16:00–19:00 UTC, the first hour warm-up); the
-   capacity is where SLO attainment (requests completed within TTFT 5 s and TPOT 0.15 s, among
-   those not refused by the plan's usage limits) falls through 90 %, interpolated per
-   replication.
-2. **Added to an existing fleet.** The existing fleet is the default scenario's fleet and users
-   scaled to the same slice (N × 240 GPUs, N × 5,540 users); the lease is added to it behind one
-   router with the capacity found in 1 added to its coding-agent users, and the SLO is checked on
-   the combined fleet (and on the existing fleet alone).
-3. **Power and cost.** The lease's facility draw at capacity (its busiest hour and the mean
-   over the measured window, scaled to the whole fleet) against 300 MW and against nameplate; its cost at catalog
-   prices per hour, per 180-day lease term, per added user-month and per million tokens.
+**Steady state.** Load is diurnal, so every run starts one whole period (24 h, ``warmup_h``) before
+the measured window — Tuesday 18:00–20:00 UTC, the weekday peak of coding agents (2.7× the weekly
+mean rate) — and the warm-up is discarded: sessions, prefix caches and five-hour usage windows are
+those of a system that has run a day (the runs that started an hour before the window measured a
+system still filling up and overstated its capacity by ~40 %, issue 19). ``warmup_h = 48`` checks
+that a day is enough.
 
-Scale: ``scale`` K runs slices of 1/(625/K) of the fleet (bigger slices: less rounding and
-noise); ``FULL_SCALE`` = 5 (N = 125).
+1. **Users at the SLO.** Coding-agent users (Max 5x after 6 May 2026) are swept over a grid of
+   fleet-wide counts; the capacity is where SLO attainment (requests completed within TTFT 5 s
+   and TPOT 0.15 s, among those not refused by the plan's usage limits) falls through 90 %,
+   interpolated per replication — or where the busiest hour reaches the facility's 300 MW, if
+   that comes first. Replications until its 95 % half-width is within 10 % (at most 7).
+2. **Sensitivity to the step model.** The answer rerun with every step time scaled by the
+   quartiles of the step model's held-out error (:data:`STEP_SCALES`), same seeds.
+3. **Power and cost** at that capacity: the busiest hour and the window mean, scaled to the
+   whole fleet, against 300 MW and nameplate; cost at catalog prices per hour, per 180-day term,
+   per added user-month and per million tokens.
+4. Optional (``check_existing``): the default scenario's fleet × N with the lease and its
+   capacity added behind one router; and (:func:`all_slices_check`) every slice of a ≥ 1/10
+   fleet against the sampled-slice answer.
+
+Scale: ``scale`` K runs slices of 1/(625/K) of the fleet; ``FULL_SCALE`` = 5 (N = 125). The
+whole fleet is ``SLICES`` slices: :func:`all_slices_check` reports per-slice time × slices.
 """
 from __future__ import annotations
 
 import math
 import time
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from . import (Report, tidy, check_args, crossing, default_scenario, main_for, md_table, replicate_until, run_tasks, save_figure,
-               seeds, simulate_one, stat)
+from . import (Report, tidy, check_args, crossing, default_scenario, jsonable, main_for, md_table, ratio, replicate_until,
+               run_tasks, save_figure, seeds, simulate_one, stat)
+from ...util.jsonout import dumps
 from ...model.catalog import load_catalog
+from ...util.atomic import write_atomic
+from ...util.errors import InputError
 from ..slicing import slice_indices, slice_seed
 
 QUESTION = ("How many more coding-agent users does a leased Colossus-1-like data center (≈150k H100, 50k H200, "
             "30k GB200) serve at an SLO on top of an existing fleet, at what power against its 300 MW, and at what cost?")
 FULL_SCALE = 5.0
 REPLICATIONS = 3
-MAX_REPLICATIONS = 9
-TARGET_HALFWIDTH = 0.10   # replications until the users-at-SLO interval is within ±10 % of it
+MAX_REPLICATIONS = 7
+TARGET_HALFWIDTH = 0.10   # replications until the answer's 95 % interval is within ±10 % of it
 SLICES = 625
 # (gpu, precision, GPUs per replica, GPUs): the default scenario's shapes, tp 1 x dp_attention = ep = size
 LEASE = {"h100": ("H100-SXM", "fp8", 16, 150_000), "h200": ("H200", "fp8", 8, 50_000),
          "gb200": ("GB200", "fp4", 16, 30_000)}
-USERS_GRID = (5.0e6, 6.0e6, 7.0e6, 8.0e6)   # brackets the EP/DP lease's crossing (one slice: 7 M -> 0.91, 9 M -> 0.71)
+#: brackets where the warm lease's busiest hour reaches 300 MW (one slice, seed 1, 48 h warm: 355 MW at 0.5 M
+#: users), which comes well before latency binds (~3.9 M, 24 h warm; ``SLO_GRID``; README: datacenter_lease)
+USERS_GRID = (0.1e6, 0.25e6, 0.5e6)
+SLO_GRID = (0.1e6, 0.25e6, 0.5e6, 3.5e6, 4.5e6)
 SLO_TARGET = 0.90
-START = "2026-06-01T17:00:00Z"
-DURATION_S = 3 * 3600.0
-WARMUP_S = 3600.0
+WINDOW_START = "2026-06-02T18:00:00Z"    # a Tuesday: the day before the window is a weekday too
+WINDOW_S = 2 * 3600.0
+WARMUP_H = 24.0                          # one diurnal period (agentsim.results.steady)
 FACILITY_MW = 300.0
 LEASE_DAYS = 180
 PLAN = "max5_post_2026_05_06"
+#: the step model's held-out error as a step-time scale: the lower and upper quartiles of measured /
+#: predicted step time over the 12 scored held-out load points of `agentsim calibrate --tier c`
+#: (throughput rows: 1 + error; latency rows: 1 / (1 + error)); median 0.989
+STEP_SCALES = (0.956, 1.006)
+SENSITIVITY_SEEDS = 2
+
+
+def window(warmup_h: float = WARMUP_H) -> dict:
+    """Start, warm-up and duration of a run whose measured window is WINDOW_START + WINDOW_S."""
+    if not (warmup_h >= 0 and math.isfinite(warmup_h)):
+        raise InputError(f"--warmup-hours (warmup_h) must be a number of hours >= 0, got {warmup_h}")
+    t = datetime.fromisoformat(WINDOW_START.replace("Z", "+00:00")) - timedelta(hours=warmup_h)
+    return {"start": t.strftime("%Y-%m-%dT%H:%M:%SZ"), "warmup_s": warmup_h * 3600.0,
+            "duration_s": warmup_h * 3600.0 + WINDOW_S}
 
 
 def lease_pools(site: str = "memphis") -> dict:
@@ -65,28 +94,30 @@ def lease_pools(site: str = "memphis") -> dict:
                            "ep": size, "replicas": n // size, "site": site} for k, (gpu, prec, size, n) in LEASE.items()}
 
 
-def base(slices: int) -> dict:
+def base(slices: int, warmup_h: float = WARMUP_H, catalog=()) -> dict:
     """What the lease and the combined scenarios share: engine, gateway, window, slicing."""
     d = default_scenario()
-    return {"name": "datacenter_lease", "start": START, "duration_s": DURATION_S, "warmup_s": WARMUP_S,
-            "sample_s": 300.0, "seed": 1, "slo_ttft_s": d["slo_ttft_s"], "slo_tpot_s": d["slo_tpot_s"],
-            "policies": d["policies"], "engine": d["engine"], "router": d["router"]}
+    return {"name": "datacenter_lease", **window(warmup_h), "sample_s": 300.0, "seed": 1,
+            "slo_ttft_s": d["slo_ttft_s"], "slo_tpot_s": d["slo_tpot_s"], "policies": d["policies"],
+            "engine": d["engine"], "router": d["router"], "catalog": [str(c) for c in catalog]}
 
 
-def lease_scenario(slices: int, users: float) -> dict:
-    """The lease alone at memphis, serving ``users`` coding-agent users (fleet-wide)."""
-    sc = base(slices)
+def lease_scenario(slices: int, users: float, warmup_h: float = WARMUP_H, pools: dict | None = None,
+                   catalog=()) -> dict:
+    """The lease (or ``pools``) alone at memphis, serving ``users`` coding-agent users (fleet-wide)."""
+    sc = base(slices, warmup_h, catalog)
     coders = default_scenario()["populations"]["coders"]
     sc.update(sites={"memphis": {"pue": 1.25, "other_it_fraction": 0.10, "facility_mw": FACILITY_MW}},
-              pools=lease_pools(), populations={"coders": dict(coders, size=int(users), plan=PLAN)})
+              pools=pools or lease_pools(), populations={"coders": dict(coders, size=int(users), plan=PLAN)})
     return sc
 
 
-def existing_scenario(slices: int, extra_users: float = 0.0, with_lease: bool = False) -> dict:
+def existing_scenario(slices: int, extra_users: float = 0.0, with_lease: bool = False,
+                      warmup_h: float = WARMUP_H) -> dict:
     """The default scenario's fleet and users × ``slices`` (one slice of it is the default), plus the
     lease and ``extra_users`` coding-agent users."""
     d = default_scenario()
-    sc = base(slices)
+    sc = base(slices, warmup_h)
     sites = {"existing": dict(d["sites"]["memphis"], facility_mw=0.0)}
     pools = {f"existing_{k}": dict(p, replicas=p["replicas"] * slices, site="existing") for k, p in d["pools"].items()}
     pops = {}
@@ -106,11 +137,22 @@ def existing_scenario(slices: int, extra_users: float = 0.0, with_lease: bool = 
     return sc
 
 
+def step_scale_catalog(out: Path, k: float) -> Path:
+    """A catalog overlay scaling every lease GPU generation's step times by ``k`` (written to ``out``)."""
+    cat = load_catalog()
+    gens = sorted({cat.gpu(v[0]).generation for v in LEASE.values()})
+    text = "".join(f"[generations.{g}]\nstep_time_scale = {k!r}\n\n" for g in gens)
+    return write_atomic(Path(out) / f"step_time_x{k:g}.toml", text).resolve()
+
+
 def sliced_task(sc: dict, slices: int, seed: int) -> tuple[dict, int]:
     """The task of one replication: the slice ``agentsim.studies.sweep`` would run for base seed ``seed``
     (index drawn by :func:`agentsim.studies.slicing.slice_indices`, seed by :func:`slice_seed`)."""
     i = slice_indices(slices, 1, seed)[0]
     return dict(sc, slice={"count": slices, "index": i}), slice_seed(seed, slices, i)
+
+
+REFUSED = ("429_window", "429_limit", "429_spend_cap")
 
 
 def measure(sc: dict, seed: int) -> dict:
@@ -120,7 +162,7 @@ def measure(sc: dict, seed: int) -> dict:
     df = res.requests
     warm, end = sc["warmup_s"], sc["duration_s"]
     df = df[df["arrival_s"] >= warm]
-    served = df[~df["outcome"].isin(["429_window", "429_limit", "429_spend_cap"])]
+    served = df[~df["outcome"].isin(REFUSED)]
     done = served[served["outcome"] == "completed"]
     ok = done[(done["ttft_s"] <= sc["slo_ttft_s"]) & ~(done["tpot_s"] > sc["slo_tpot_s"])]
     ts = res.timeseries
@@ -128,13 +170,14 @@ def measure(sc: dict, seed: int) -> dict:
     t = fac.index.to_numpy(dtype=float)
     w = fac.to_numpy(dtype=float)
     inwin = t > warm + 1e-9                      # samples covering intervals after the warm-up
-    hours = np.floor((t[inwin] - 1e-9) / 3600.0)
+    hours = np.floor((t[inwin] - warm - 1e-9) / 3600.0)
     hourly = pd.Series(w[inwin]).groupby(hours).mean()
     pools = res.pools
     span = end - warm
     tokens = float(done["input_tokens"].sum() + done["output_tokens"].sum())
     pool_cost = float(pools["cost_usd"].sum()) * span / end
     return {"attainment": len(ok) / len(served) if len(served) else math.nan,
+            "ok": int(len(ok)), "served": int(len(served)),
             "ttft_p90_s": float(np.percentile(done["ttft_s"], 90)) if len(done) else math.nan,
             "tpot_p90_s": float(np.nanpercentile(done["tpot_s"], 90)) if len(done) else math.nan,
             "power_w_window": float(w[inwin].mean()) if inwin.any() else math.nan,
@@ -146,66 +189,104 @@ def measure(sc: dict, seed: int) -> dict:
                 res.requests.loc[res.requests["outcome"] == "completed", "output_tokens"].sum() or math.nan),
             "utilisation": dict(zip(pools["pool"], pools["busy_frac"].astype(float))),
             "coders_in_slice": int(len(set(df.loc[df["population"].astype(str) == "coders", "user"]))),
-            "requests": int(len(df))}
+            "requests": int(len(df)), "sim_wall_s": float(res.meta.get("sim_wall_s", math.nan))}
+
+
+def users_at_slo(N: int, seeds_: list[int], users_grid=USERS_GRID, *, warmup_h: float = WARMUP_H,
+                 pools: dict | None = None, catalog=(), workers=None, address=None, label: str = "lease"):
+    """Every seed × user count of the lease (or ``pools``) through :func:`measure`: the per-seed results
+    (grid order) and the per-replication capacity (:func:`_per_replication`)."""
+    tasks = [sliced_task(lease_scenario(N, u, warmup_h, pools, catalog), N, s) for s in seeds_ for u in users_grid]
+    flat = run_tasks(measure, tasks, workers, label=f"datacenter_lease ({label})", address=address)
+    k = len(users_grid)
+    per_seed = [flat[i * k:(i + 1) * k] for i in range(len(seeds_))]
+    return per_seed, _per_replication(_grid_table(_by_grid(per_seed), users_grid, seeds_, N))
 
 
 def run(out_dir, scale: float = 1.0, seed: int = 1, replications: int | None = None, workers: int | None = None,
-        *, address: str | None = None, users_grid=USERS_GRID, check_existing: bool = True) -> dict:
+        *, address: str | None = None, users_grid=USERS_GRID, check_existing: bool = False,
+        warmup_h: float = WARMUP_H, sensitivity: bool = True, all_slices: int | None = None,
+        all_slices_limit: int | None = None) -> dict:
     check_args(scale, replications, seed)
+    window(warmup_h)
     t0 = time.perf_counter()
     out = Path(out_dir)
     rep = Report("datacenter_lease", QUESTION)
     N = max(1, round(SLICES / scale))
+    kw = dict(users_grid=users_grid, warmup_h=warmup_h, workers=workers, address=address)
 
     def run_seeds(batch: list[int]) -> list[list[dict]]:
-        """Per seed: its results at every grid point."""
-        tasks = [sliced_task(lease_scenario(N, u), N, s) for s in batch for u in users_grid]
-        flat = run_tasks(measure, tasks, workers, label="datacenter_lease (lease)", address=address)
-        k = len(users_grid)
-        return [flat[i * k:(i + 1) * k] for i in range(len(batch))]
+        return users_at_slo(N, batch, **kw)[0]
 
-    def users_stat(per_seed: list[list[dict]]):
+    def answer_stat(per_seed: list[list[dict]]):
         ss_ = seeds(seed, len(per_seed))
         return stat([p["users"] for p in _per_replication(_grid_table(_by_grid(per_seed), users_grid, ss_, N))])
 
     if replications:
         ss = seeds(seed, replications)
         per_seed = run_seeds(ss)
-    else:   # as many as the answer needs: its 95 % half-width within 10 % (3, then 2 at a time, at most 9)
-        per_seed, ss, _ = replicate_until(run_seeds, users_stat, seed, start=REPLICATIONS, step=2, cap=MAX_REPLICATIONS,
-                                          rel_halfwidth=TARGET_HALFWIDTH)
+    else:   # as many as the answer needs: its 95 % half-width within 10 % (3, then 2 at a time, at most 7)
+        per_seed, ss, _ = replicate_until(run_seeds, answer_stat, seed, start=REPLICATIONS, step=2,
+                                          cap=MAX_REPLICATIONS, rel_halfwidth=TARGET_HALFWIDTH)
     R = len(ss)
     results = _by_grid(per_seed)
     rep.runs = tidy({u: [per_seed[j][i] for j in range(R)] for i, u in enumerate(users_grid)}, ss,
-                    lambda u: {"users": u, "slices": N})
+                    lambda u: {"users": u, "slices": N, "warmup_h": warmup_h, "step_time_scale": 1.0})
     t = _grid_table(results, users_grid, ss, N)
     per_rep = _per_replication(t)
     users = stat([p["users"] for p in per_rep])
-    users_power = stat([p["users_at_facility_mw"] for p in per_rep])
-    mw_mean = stat([p["mw_window"] for p in per_rep])
-    mw_peak = stat([p["mw_busiest_hour"] for p in per_rep])
-    mw_5min = stat([p["mw_max_interval"] for p in per_rep])
-    usd_mtok = stat([p["usd_per_m_tokens"] for p in per_rep])
-    jpt = stat([p["joules_per_token"] for p in per_rep])
+    figs = {"users": users, "users_slo": stat([p["users_slo"] for p in per_rep]),
+            "users_power": stat([p["users_at_facility_mw"] for p in per_rep]),
+            "mw_mean": stat([p["mw_window"] for p in per_rep]), "mw_peak": stat([p["mw_busiest_hour"] for p in per_rep]),
+            "mw_5min": stat([p["mw_max_interval"] for p in per_rep]),
+            "usd_mtok": stat([p["usd_per_m_tokens"] for p in per_rep]),
+            "jpt": stat([p["joules_per_token"] for p in per_rep]),
+            "attainment": stat([p["attainment"] for p in per_rep]),
+            "warmup_h": warmup_h, "sensitivity": {}}
+    if sensitivity and math.isfinite(users.mean):
+        figs["sensitivity"] = _sensitivity(out, N, ss[:SENSITIVITY_SEEDS], per_rep[:SENSITIVITY_SEEDS], users, kw)
+    if all_slices:
+        figs["all_slices"] = _all_slices_vs_sample(out, t, users_grid, users, all_slices, seed, workers, address,
+                                                   warmup_h, all_slices_limit)
     gpus, usd_h, nameplate_mw, cost = _lease_cost(per_rep)
-    check = (_existing_fleet_check(users, N, ss, workers, address)
+    check = (_existing_fleet_check(users, N, ss, workers, address, warmup_h)
              if check_existing and math.isfinite(users.mean) else {})
-    figs = {"users": users, "users_power": users_power, "mw_mean": mw_mean, "mw_peak": mw_peak, "mw_5min": mw_5min,
-            "usd_mtok": usd_mtok, "jpt": jpt}
     lease = {"gpus": gpus, "usd_h": usd_h, "nameplate_mw": nameplate_mw, "cost": cost}
     rep.answer = _answer(N, per_rep, check, figs, lease)
     _sections(rep, t, N, users_grid, per_rep, check, figs, lease)
-    for path, caption in _figures(out, t, results, users, nameplate_mw, N, users_grid, ss, users_power):
+    _assumptions(rep, warmup_h)
+    for path, caption in _figures(out, t, results, users, nameplate_mw, N, users_grid, ss, figs["users_power"],
+                                  warmup_h):
         rep.figure(path, caption)
-    rep.results = {"users_at_slo": users, "users_at_facility_mw": users_power, "facility_mw_busiest_hour": mw_peak,
-                   "facility_mw_window_mean": mw_mean, "facility_mw_max_5min_scaled": mw_5min,
-                   "nameplate_mw": nameplate_mw, "facility_mw": FACILITY_MW, "joules_per_token": jpt,
-                   "usd_per_m_tokens": usd_mtok, "cost": cost, "per_replication": per_rep, "existing_check": check,
-                   "slices": N, "gpus": gpus, "replications": R, "seeds": ss}
-    rep.settings = {"scale": scale, "replications": R if replications else f"{R} (until the users-at-SLO 95 % "
+    rep.results = {"users_at_slo": users, "users_at_slo_latency_only": figs["users_slo"],
+                   "users_at_facility_mw": figs["users_power"], "facility_mw_busiest_hour": figs["mw_peak"],
+                   "facility_mw_window_mean": figs["mw_mean"], "facility_mw_max_5min_scaled": figs["mw_5min"],
+                   "sensitivity": figs["sensitivity"], "all_slices": figs.get("all_slices", {}), "warmup_h": warmup_h, "warmup_s": warmup_h * 3600.0,
+                   "warmup_rule": "one diurnal period (24 h) before the measured window",
+                   "steady_state": warmup_h >= 24.0,
+                   "nameplate_mw": nameplate_mw, "facility_mw": FACILITY_MW, "joules_per_token": figs["jpt"],
+                   "usd_per_m_tokens": figs["usd_mtok"], "cost": cost, "per_replication": per_rep,
+                   "existing_check": check, "slices": N, "gpus": gpus, "replications": R, "seeds": ss,
+                   "users_grid": list(users_grid),
+                   "slice_sim_wall_s": stat([r["sim_wall_s"] for r in results])}
+    rep.settings = {"scale": scale, "replications": R if replications else f"{R} (until the answer's 95 % "
                     f"half-width is within {TARGET_HALFWIDTH:.0%}, at most {MAX_REPLICATIONS})", "seed": seed, "slices": N,
-                    "users_grid": list(users_grid), "slo": f"attainment >= {SLO_TARGET}", "window": START}
+                    "users_grid": list(users_grid), "slo": f"attainment >= {SLO_TARGET}",
+                    "window": f"{WINDOW_START} + {WINDOW_S / 3600:g} h", "warmup_h": warmup_h,
+                    "step_time_scales": list(STEP_SCALES) if sensitivity else "off"}
     return rep.write(out, time.perf_counter() - t0)
+
+
+def _sensitivity(out: Path, N: int, ss: list[int], base_rep: list[dict], users, kw: dict) -> dict:
+    """The answer rerun with step times × each of STEP_SCALES on the first seeds: per scale, the paired
+    ratio to the unscaled answer on those seeds, and the answer times that ratio."""
+    sens = {}
+    for k in STEP_SCALES:
+        _, per_rep = users_at_slo(N, ss, catalog=(step_scale_catalog(out, k),), label=f"step times x{k:g}", **kw)
+        r = ratio([p["users"] for p in base_rep], [p["users"] for p in per_rep])
+        sens[f"x{k:g}"] = {"step_time_scale": k, "ratio": r, "users": users.mean * r.mean,
+                           "seeds": ss, "per_replication": per_rep}
+    return sens
 
 
 def _by_grid(per_seed: list[list[dict]]) -> list[dict]:
@@ -228,16 +309,20 @@ def _grid_table(results: list[dict], users_grid, ss: list[int], N: int) -> pd.Da
 
 
 def _per_replication(t: pd.DataFrame) -> list[dict]:
-    """Per replication: the users at which attainment falls through the target, and the figures there."""
+    """Per replication: the users at which attainment falls through the target (``users_slo``), where the
+    busiest hour reaches the facility's MW (``users_at_facility_mw``), the capacity — the first of the two
+    (``users``) — and the figures there."""
     per_rep = []
     for r, g in t.groupby("replication"):
-        u = crossing(g["users"], g["attainment"], SLO_TARGET)
+        u_slo = crossing(g["users"], g["attainment"], SLO_TARGET)
+        up = crossing(g["users"], -g["mw_busiest_hour"], -FACILITY_MW)   # where the busiest hour reaches 300 MW
+        u = min(u_slo, up) if not (math.isnan(u_slo) or math.isnan(up)) else math.nan
         capped = math.isinf(u)
         u = min(u, g["users"].max()) if math.isfinite(u) or capped else u
         at = lambda col: float(np.interp(u, g["users"], g[col])) if math.isfinite(u) else math.nan  # noqa: E731
-        up = crossing(g["users"], -g["mw_busiest_hour"], -FACILITY_MW)   # where the busiest hour reaches 300 MW
         per_rep.append({"replication": int(r), "users": u, "capped": capped, "below_grid": math.isnan(u),
-                        "users_at_facility_mw": up,
+                        "users_slo": u_slo, "users_at_facility_mw": up,
+                        "binds": "power" if up < u_slo else "latency", "attainment": at("attainment"),
                         "mw_window": at("mw_window"), "mw_busiest_hour": at("mw_busiest_hour"),
                         "mw_max_interval": at("mw_max_interval"), "usd_per_m_tokens": at("usd_per_m_tokens"),
                         "joules_per_token": at("joules_per_token")})
@@ -255,13 +340,13 @@ def _lease_cost(per_rep: list[dict]) -> tuple[dict, float, float, dict]:
     return gpus, usd_h, nameplate_mw, cost
 
 
-def _existing_fleet_check(users, N: int, ss: list[int], workers, address) -> dict:
+def _existing_fleet_check(users, N: int, ss: list[int], workers, address, warmup_h: float = WARMUP_H) -> dict:
     """The default fleet × N alone, and with the lease and its capacity in coding users added."""
     R = len(ss)
     check = {}
     extra = math.floor(users.mean / 1e5) * 1e5
-    variants = (("existing", existing_scenario(N)),
-                ("existing_plus_lease", existing_scenario(N, extra_users=extra, with_lease=True)))
+    variants = (("existing", existing_scenario(N, warmup_h=warmup_h)),
+                ("existing_plus_lease", existing_scenario(N, extra_users=extra, with_lease=True, warmup_h=warmup_h)))
     ctasks = [sliced_task(sc, N, s) for _, sc in variants for s in ss]
     cres = run_tasks(measure, ctasks, workers, label="datacenter_lease (existing fleet)", address=address)
     for j, (name, sc) in enumerate(variants):
@@ -276,15 +361,36 @@ def _existing_fleet_check(users, N: int, ss: list[int], workers, address) -> dic
     return check
 
 
+def _window_text() -> str:
+    h = int(WINDOW_START[11:13])
+    return f"Tuesday {h:02d}:00–{h + WINDOW_S / 3600:.0f}:00 UTC"
+
+
 def _answer(N: int, per_rep: list[dict], check: dict, figs: dict, lease: dict) -> str:
-    """Users at the SLO, the existing-fleet check, and the lease's power and cost at that load."""
+    """One paragraph in planner's units: users at the SLO (and what binds), its sensitivity band, the
+    warm-up, power at that load against the facility, and cost."""
     users, users_power, mw_mean, mw_peak, usd_mtok = (figs[k] for k in ("users", "users_power", "mw_mean", "mw_peak",
                                                                         "usd_mtok"))
     gpus, usd_h, nameplate_mw, cost = (lease[k] for k in ("gpus", "usd_h", "nameplate_mw", "cost"))
-    per_slice = ", ".join(f"{max(1, round(gpus[k] / LEASE[k][2] / N))} {k}" for k in LEASE)
-    parts = [f"A 1/{N} slice of the lease ({per_slice} replicas) scaled ×{N} serves {users.fmt(3)} coding-agent "
-             f"users (Max 5x) at the weekday peak ({START[11:16]}–{int(START[11:13]) + DURATION_S / 3600:.0f}:00 UTC) "
-             f"with ≥ {SLO_TARGET:.0%} of requests within TTFT 5 s and TPOT 0.15 s"
+    binds = {p["binds"] for p in per_rep if math.isfinite(p["users"])}
+    slo = figs["users_slo"]
+    latency = (f"latency alone would allow {slo.fmt(3)} users" if math.isfinite(slo.mean) else
+               f"latency does not bind on the grid: attainment ≥ {SLO_TARGET:.0%} up to its largest point")
+    bound = (f"the facility's {FACILITY_MW:g} MW binds first ({latency})" if binds == {"power"} else
+             f"latency binds before the facility's {FACILITY_MW:g} MW" if binds == {"latency"} else
+             f"latency or the facility's {FACILITY_MW:g} MW, whichever comes first (replications differ)")
+    att = figs["attainment"]
+    sens = figs["sensitivity"]
+    band = ""
+    if sens:
+        lo, hi = min(v["users"] for v in sens.values()), max(v["users"] for v in sens.values())
+        band = (f" (sensitivity band {lo / 1e6:.3g}–{hi / 1e6:.3g} M with step times scaled by the step model's "
+                f"held-out error quartiles ×{STEP_SCALES[0]:g} … ×{STEP_SCALES[1]:g})")
+    parts = [f"The leased data center serves {users.fmt(3)} coding-agent users (Max 5x){band} at the weekday peak "
+             f"({_window_text()}) with ≥ {SLO_TARGET:.0%} of requests within TTFT 5 s and TPOT 0.15 s (there: "
+             f"{att.fmt(3)}); {bound}. Measured in a warm system: each run starts {figs['warmup_h']:g} h before the window"
+             + (" (one diurnal period)" if figs["warmup_h"] >= 24 else " — LESS than one diurnal period: not steady")
+             + f"; 1/{N} slices scaled ×{N}, {len(per_rep)} replications"
              + (" — at least: the SLO still held at the largest grid point in some replications"
                 if any(p["capped"] for p in per_rep) else "") + "."]
     if check:
@@ -296,15 +402,12 @@ def _answer(N: int, per_rep: list[dict], check: dict, figs: dict, lease: dict) -
                      f"{c['extra_coders']:,.0f} more coding users behind one router gives attainment "
                      f"{c['attainment'].fmt(3)} — the SLO {verdict}"
                      + (", so the increment is at least the lease's own capacity." if verdict == "holds" else "."))
-    parts.append(f"At that load the lease draws {mw_peak.fmt(3, 'MW')} in the busiest hour "
-                 f"({mw_mean.fmt(3, 'MW')} averaged over the measured window) — {mw_peak.mean / FACILITY_MW:.0%} of its "
-                 f"{FACILITY_MW:g} MW; at nameplate (every server at full power) it would need {nameplate_mw:.0f} MW. "
-                 + (f"So power binds before latency: the busiest hour reaches {FACILITY_MW:g} MW at "
-                    f"{users_power.fmt(3)} users, the capacity within the facility's supply. "
-                    if mw_peak.mean > FACILITY_MW and math.isfinite(users_power.mean) else "")
-                 + f"It costs ${usd_h / 1e6:.2f} M per hour at catalog prices (${cost['usd_per_lease_term'] / 1e9:.2f} bn "
-                 f"for a {LEASE_DAYS}-day term): {cost['usd_per_added_user_month'].fmt(3)} USD per added user-month, "
-                 f"{usd_mtok.fmt(3)} USD per million tokens (input + output) served at the peak.")
+    inside = "inside" if mw_peak.high <= FACILITY_MW + 1e-9 else "at or over"
+    parts.append(f"At that load the lease draws {mw_peak.fmt(3, 'MW')} in the busiest hour, {inside} its "
+                 f"{FACILITY_MW:g} MW ({mw_mean.fmt(3, 'MW')} averaged over the window; nameplate {nameplate_mw:.0f} MW), "
+                 f"and costs ${usd_h / 1e6:.2f} M per hour at catalog prices (${cost['usd_per_lease_term'] / 1e9:.2f} bn "
+                 f"for a {LEASE_DAYS}-day term): {cost['usd_per_added_user_month'].fmt(3)} USD per added user-month "
+                 f"against the plan's $100, {usd_mtok.fmt(3)} USD per million tokens served at the peak.")
     return " ".join(parts)
 
 
@@ -325,13 +428,38 @@ def _sections(rep: Report, t: pd.DataFrame, N: int, users_grid, per_rep: list[di
         "interpolated linearly where it falls through the target.", ""]
         + md_table(["rep", "users", "SLO attainment", "TTFT p90 (s)", "TPOT p90 (s)", "MW busiest hour",
                     "MW window mean", "busy share by pool"], trows)
-        + md_table(["replication", "users at SLO", "MW busiest hour", "MW window mean", "USD per M tokens",
+        + md_table(["replication", "users at SLO", "binds", "MW busiest hour", "MW window mean", "USD per M tokens",
                     f"users when the busiest hour reaches {FACILITY_MW:g} MW"],
-                   [[p["replication"], f"{p['users'] / 1e6:.2f} M" + (" (≥)" if p["capped"] else ""),
+                   [[p["replication"], f"{p['users'] / 1e6:.2f} M" + (" (≥)" if p["capped"] else ""), p["binds"],
                      f"{p['mw_busiest_hour']:.0f}", f"{p['mw_window']:.0f}", f"{p['usd_per_m_tokens']:.3g}",
                      f"{p['users_at_facility_mw'] / 1e6:.2f} M" if math.isfinite(p["users_at_facility_mw"]) else
                      ("never on the grid" if math.isinf(p["users_at_facility_mw"]) else "below the grid")]
                     for p in per_rep]))
+    al = figs.get("all_slices")
+    if al:
+        rep.section("All slices of a tenth of the fleet against the sampled slices", [
+            f"All {al['slices_run']} of {al['slices']} slices (a fleet {al['fleet_share']:.3f} the lease's size, "
+            f"{al['users'] * al['fleet_share'] / 1e6:.3g} M users: {al['users'] / 1e6:.3g} M fleet-wide) at seed "
+            f"{al['seed']}, merged: SLO attainment {al['attainment']:.3f}; the sampled slices at that user count: "
+            f"{al['sampled_attainment'].fmt(3)} — "
+            + ("the all-slice figures (attainment and busiest-hour MW) lie inside the sampled intervals."
+               if al["agrees"] else
+               "NOT inside the sampled interval." if al["slices_run"] == al["slices"] else
+               f"only {al['slices_run']} slices ran (a timing run)."),
+            f"Busiest hour, whole fleet from the merged slices: {al['mw_busiest_hour_whole_fleet']:.0f} MW; the sampled "
+            f"slices: {al['sampled_mw_busiest_hour'].fmt(3, 'MW')}. "
+            f"Time: {al['wall_s']:.0f} s wall, {al['cpu_s']:.0f} s CPU, {al['cpu_s_per_slice']:.0f} s CPU per slice; "
+            f"the whole fleet ({SLICES} slices) per user count and seed: ≈ {al['full_fleet_cpu_s_estimate'] / 3600:.1f} "
+            "CPU-hours."])
+    sens = figs["sensitivity"]
+    if sens:
+        rep.section("Sensitivity to the step model", [
+            f"The answer rerun on the first {len(next(iter(sens.values()))['seeds'])} seeds (paired: same slices and "
+            "seeds) with every step time scaled by the quartiles of the step model's held-out error (measured / "
+            "predicted step time over the 12 scored held-out load points of `agentsim calibrate --tier c`; catalog "
+            "overlay `[generations.<gen>] step_time_scale`).", ""] + md_table(
+            ["step times ×", "users at SLO / unscaled (paired)", "users at SLO"],
+            [[f"{v['step_time_scale']:g}", v["ratio"].fmt(3), f"{v['users'] / 1e6:.3g} M"] for v in sens.values()]))
     if check:
         rep.section("Added to the existing fleet", md_table(
             ["fleet", "GPUs", "coding users", "all users", "SLO attainment", "TTFT p90 (s)"],
@@ -353,22 +481,49 @@ def _sections(rep: Report, t: pd.DataFrame, N: int, users_grid, per_rep: list[di
         "(pools at 1/N by `agentsim.run.build.sliced`, users whose hash falls in the slice) and additive figures are "
         f"scaled ×{N}; each replication draws its slice and seed with `agentsim.studies.slicing`. `--scale 2` halves N; the "
         "answer should move less than its interval.",
-        f"- Window: Monday {START[11:16]}–{int(START[11:13]) + DURATION_S / 3600:.0f}:00 UTC (coding-agent peak, "
-        "2.5–2.8× the weekly mean rate), the first hour warm-up; users start with empty usage windows.",
+        f"- Window: {_window_text()} (coding-agent peak, 2.7× the weekly mean rate), after a warm-up of "
+        f"{figs['warmup_h']:g} h that is discarded (the run starts at {window(figs['warmup_h'])['start']}).",
         "- Gateway and engine as in the default scenario (overload shedding at 96 outstanding per replica, plan "
         "limits, prefixes pinned for an hour, 2 TB host KV per replica); session-affinity routing.",
-        "- The existing-fleet check runs the default scenario × N (site `existing`) alone and with the lease added "
-        "behind the same router, the lease's capacity (rounded down to 0.1 M) added to its coding users."])
+        "- The existing-fleet check (`--check-existing`; off by default: warm, it costs the default scenario's day "
+        "per slice) runs the default scenario × N (site `existing`) alone and with the lease added behind the same "
+        "router, the lease's capacity (rounded down to 0.1 M) added to its coding users.",
+        "- Capacity is interpolated linearly between grid points; its interval covers replication and slice noise, "
+        "not the interpolation (the draw rises steeply once the H100 pool takes load)."])
 
 
-def _figures(out: Path, t: pd.DataFrame, results, users, nameplate_mw, N, users_grid, ss, users_power) -> list:
+def _assumptions(rep: Report, warmup_h: float) -> None:
+    """What the answer rests on, each with its source."""
+    rep.assume("The lease: 150 k H100, 50 k H200, 30 k GB200 in one 300 MW facility, PUE 1.25, 10 % other IT load",
+               "shared/reference/hardware-roofline.md §2.1 (Colossus 1)")
+    rep.assume("Every GPU serves DeepSeek-V3 as the default scenario deploys it (dp attention = ep: H100 16, "
+               "H200 8, GB200 16; FP8, GB200 FP4)", "agentsim/data/scenarios default; issue 16")
+    rep.assume("Step times from the measured op tables; their held-out error's quartiles "
+               f"(×{STEP_SCALES[0]:g} … ×{STEP_SCALES[1]:g} step time) give the sensitivity band",
+               "`agentsim calibrate --tier c`, held-out third (README: calibration)")
+    rep.assume("Coding-agent users on the Max 5x plan after 6 May 2026 ($60 per 5-h window, $250 per week, "
+               "$100 a month)", "agentsim/data/limits.toml plans.max5_post_2026_05_06 (workload reference §3.3/§6.5)")
+    rep.assume("Arrivals follow the Azure 2024 coding trace's weekly profile (Tuesday 18–20 UTC: 2.7× the weekly "
+               "mean rate)", "agentsim/data/diurnal.toml azure2024_coding")
+    rep.assume(f"Steady state: {warmup_h:g} h of warm-up, discarded; the weekly usage window starts empty at the "
+               "run's start. Not verified: doubling 24 h to 48 h lowered the answer by 11 % (paired, 5 seeds, 95 % CI "
+               "−21 % to −1 %): coding sessions outlive a day (p99 length 14.6 h, some over 24 h), so the population "
+               "still fills after one period",
+               "agentsim.results.steady (one diurnal period); README: datacenter_lease (warm-up doubled)")
+    rep.assume("SLO: TTFT ≤ 5 s and TPOT ≤ 0.15 s for ≥ 90 % of requests not refused by the plan's limits",
+               "the default scenario's slo_ttft_s / slo_tpot_s")
+    rep.assume("Catalog on-demand GPU prices; a month is 730 h", "agentsim/data/gpus.toml usd_per_gpu_hour")
+
+
+def _figures(out: Path, t: pd.DataFrame, results, users, nameplate_mw, N, users_grid, ss, users_power,
+             warmup_h: float = WARMUP_H) -> list:
     """The figures, one function each: ``[(path, caption)]``."""
-    return [_figure_capacity_and_power(out, t, results, users, nameplate_mw, N, users_grid, ss, users_power),
+    return [_figure_capacity_and_power(out, t, results, users, nameplate_mw, N, users_grid, ss, users_power, warmup_h),
             _figure_pool_utilisation(out, t)]
 
 
 def _figure_capacity_and_power(out: Path, t: pd.DataFrame, results, users, nameplate_mw, N, users_grid, ss,
-                               users_power) -> tuple:
+                               users_power, warmup_h: float = WARMUP_H) -> tuple:
     """Figure ``capacity_and_power``: (its path, its caption)."""
     import matplotlib.pyplot as plt  # local: pyplot costs ~0.5 s; pool workers only simulate
 
@@ -398,13 +553,14 @@ def _figure_capacity_and_power(out: Path, t: pd.DataFrame, results, users, namep
         if math.isfinite(users.mean) else len(users_grid) - 1
     for i in range(R):
         r = results[k * R + i]
-        hrs = np.asarray(r["power_series_t"]) / 3600 + int(START[11:13])
+        hrs = (np.asarray(r["power_series_t"]) - warmup_h * 3600) / 3600 + int(WINDOW_START[11:13])
         ax.step(hrs, np.asarray(r["power_series_w"]) * N / 1e6, where="pre", label=f"replication {i}")
         rows += [{"panel": "series_mw", "replication": i, "users": users_grid[k], "value": w * N / 1e6,
                   "hour_utc": h} for h, w in zip(hrs, r["power_series_w"])]
     ax.axhline(FACILITY_MW, color="red", ls="-", label=f"facility {FACILITY_MW:g} MW")
-    ax.axvspan(int(START[11:13]), int(START[11:13]) + WARMUP_S / 3600, color="grey", alpha=0.1, label="warm-up")
-    ax.set_xlabel("hour (UTC)")
+    ax.axvspan(int(WINDOW_START[11:13]) - warmup_h, int(WINDOW_START[11:13]), color="grey", alpha=0.1,
+               label="warm-up (discarded)")
+    ax.set_xlabel("hour (UTC; the window starts at 18, the warm-up the day before)")
     ax.set_ylabel("one slice's 5-min draw × N (MW)")
     ax.set_title(f"Draw over time at {users_grid[k] / 1e6:g} M users (a slice scaled ×{N})")
     ax.grid(alpha=0.3)
@@ -453,6 +609,94 @@ def _figure_pool_utilisation(out: Path, t: pd.DataFrame) -> tuple:
     fig.tight_layout()
     return (save_figure(fig, out, "pool_utilisation", pd.DataFrame(rows)),
             "Busy share of each GPU generation's pool as the user count grows.")
+
+
+def _all_slices_vs_sample(out: Path, t: pd.DataFrame, users_grid, users, M: int, seed: int, workers, address,
+                          warmup_h: float, limit: int | None) -> dict:
+    """All M slices at the grid point nearest the answer against the sampled slices' attainment there."""
+    u = users_grid[int(np.argmin(np.abs(np.asarray(users_grid) - users.mean)))] if math.isfinite(users.mean) \
+        else users_grid[0]
+    sample = stat(t.loc[t["users"] == u, "attainment"])
+    mw = stat(t.loc[t["users"] == u, "mw_busiest_hour"])
+    res = all_slices_check(out, u, M, seed, workers, address=address, warmup_h=warmup_h, limit=limit)
+    res["sampled_attainment"] = sample
+    res["sampled_mw_busiest_hour"] = mw
+    inside = lambda x, s: s.low <= x <= s.high  # noqa: E731
+    res["agrees"] = bool(res["slices_run"] == M and inside(res["attainment"], sample)
+                         and inside(res["mw_busiest_hour_whole_fleet"], mw))
+    return res
+
+
+def all_slices_check(out_dir, users: float, slices: int = 63, seed: int = 1, workers: int | None = None, *,
+                     address: str | None = None, warmup_h: float = WARMUP_H, limit: int | None = None) -> dict:
+    """Every one of ``slices`` slices of a fleet ``slices / SLICES`` the lease's size (63 of 625: ≥ 1/10),
+    at ``users`` × that share, run once each on the executor and merged (attainment as a ratio of sums,
+    power summed): the all-slice answer the sampled slices estimate. ``limit`` runs only the first
+    slices (a timing run: per-slice time × slices). Writes ``all_slices.json`` into ``out_dir``."""
+    t0 = time.perf_counter()
+    share = slices / SLICES
+    pools = {k: dict(p, replicas=p["replicas"] // SLICES * slices) for k, p in lease_pools().items()}
+    sc = lease_scenario(slices, users * share, warmup_h, pools)
+    idx = list(range(slices))[:limit]
+    tasks = [(dict(sc, slice={"count": slices, "index": i}), slice_seed(seed, slices, i)) for i in idx]
+    from . import CPU_SECONDS
+    cpu0 = CPU_SECONDS[0]
+    rr = run_tasks(measure, tasks, workers, label=f"datacenter_lease (all {slices} slices)", address=address)
+    cpu = CPU_SECONDS[0] - cpu0
+    power: dict[float, float] = {}
+    for r in rr:
+        for t, w in zip(r["power_series_t"], r["power_series_w"]):
+            power[float(t)] = power.get(float(t), 0.0) + float(w)
+    tt = np.array(sorted(power))
+    ww = np.array([power[t] for t in tt]) * (SLICES / len(rr))
+    inwin = tt > warmup_h * 3600 + 1e-9
+    hourly = pd.Series(ww[inwin]).groupby(np.floor((tt[inwin] - warmup_h * 3600 - 1e-9) / 3600.0)).mean()
+    res = {"users": users, "slices": slices, "slices_run": len(rr), "fleet_share": share, "seed": seed,
+           "warmup_h": warmup_h, "attainment": sum(r["ok"] for r in rr) / max(1, sum(r["served"] for r in rr)),
+           "attainment_by_slice": stat([r["attainment"] for r in rr]),
+           "mw_busiest_hour_whole_fleet": float(hourly.max()) / 1e6 if len(hourly) else math.nan,
+           "wall_s": time.perf_counter() - t0, "cpu_s": cpu, "cpu_s_per_slice": cpu / max(1, len(rr)),
+           "full_fleet_cpu_s_estimate": cpu / max(1, len(rr)) * SLICES}
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    write_atomic(Path(out_dir) / "all_slices.json", dumps(jsonable(res)))
+    return res
+
+
+#: this experiment's own command-line options, (flag, settings) — ``agentsim experiment`` and the script
+#: both read them (:func:`agentsim.studies.experiments.add_options`); :func:`run_keywords` maps them to run()
+OPTIONS = (
+    ("--warmup-hours", {"type": float, "default": WARMUP_H,
+                        "help": "hours simulated before the measured window, then discarded (default 24: one period)"}),
+    ("--users", {"type": str, "default": None,
+                 "help": "fleet-wide user counts in millions, comma-separated (default "
+                         f"{','.join(f'{u / 1e6:g}' for u in USERS_GRID)}; {','.join(f'{u / 1e6:g}' for u in SLO_GRID)} "
+                         "also finds where latency binds)"}),
+    ("--check-existing", {"flag": True, "help": "also run the default fleet x N with the lease added (slow)"}),
+    ("--no-sensitivity", {"flag": True, "help": "skip the step-model sensitivity reruns"}),
+    ("--all-slices", {"type": int, "default": None,
+                      "help": "after the answer, run all M slices of a fleet M/625 the lease's size at the "
+                              "answer's nearest grid point (63: >= 1/10) and compare"}),
+    ("--all-slices-limit", {"type": int, "default": None,
+                            "help": "with --all-slices: run only the first K (per-slice time x slices)"}),
+)
+
+
+def run_keywords(o: dict) -> dict:
+    """run()'s keywords from the parsed :data:`OPTIONS` (``o``: option name with underscores -> value)."""
+    grid = USERS_GRID
+    if o.get("users"):
+        try:
+            grid = tuple(sorted(float(x) * 1e6 for x in o["users"].split(",")))
+        except ValueError:
+            raise InputError(f"--users {o['users']!r}: give user counts in millions, e.g. 0.5,1.5") from None
+        if len(grid) < 2 or grid[0] <= 0:
+            raise InputError(f"--users {o['users']!r}: need at least two positive counts")
+    window(o.get("warmup_hours", WARMUP_H) if o.get("warmup_hours") is not None else WARMUP_H)   # >= 0 or an error
+    if o.get("all_slices") is not None and o["all_slices"] < 1:
+        raise InputError(f"--all-slices must be >= 1, got {o['all_slices']}")
+    return {"users_grid": grid, "warmup_h": WARMUP_H if o.get("warmup_hours") is None else o["warmup_hours"],
+            "check_existing": bool(o.get("check_existing")), "sensitivity": not o.get("no_sensitivity"),
+            "all_slices": o.get("all_slices"), "all_slices_limit": o.get("all_slices_limit")}
 
 
 main = main_for(__name__)

@@ -112,6 +112,7 @@ def run(out_dir, scale: float = 1.0, seed: int = 1, replications: int | None = N
     idle = {g: stat([r["idle_w_per_gpu"] / r["facility_w_per_gpu"] for r in by[(g, lo)]]) for g in generations}
     rep.answer = _answer(grid, cap, idle, generations, loads, best, ref)
     _sections(rep, grid, cap, generations, loads, ref, R, scale)
+    _assumptions(rep, generations)
     for path, caption in _figures(out, by, generations, loads, grid, cap):
         rep.figure(path, caption)
     rep.results = {"capacity_point": {g: {k: v for k, v in cap[g].items() if not k.startswith("_")}
@@ -181,6 +182,26 @@ def _answer(grid: dict, cap: dict, idle: dict, generations, loads, best: str, re
         + ", ".join(f"{g} {idle[g].mean:.0%}" for g in generations) + " of the draw.")
 
 
+def _assumptions(rep: Report, generations) -> None:
+    """What the answer rests on, each with its source."""
+    cat = load_catalog()
+    rep.assume("Server power per GPU and idle share: " + ", ".join(
+        f"{g} {cat.gpu(GENERATIONS[g][0]).server_w_per_gpu:,.0f} W, idle {cat.gpu(GENERATIONS[g][0]).idle_power_fraction:.0%}"
+        for g in generations), "agentsim/data/gpus.toml (server_w_per_gpu, idle_power_fraction)")
+    rep.assume("Facility: PUE 1.25 and 10 % other IT load on top of the servers (Colossus-1-like)",
+               "shared/reference/hardware-roofline.md §2.1")
+    rep.assume("Each generation serves DeepSeek-V3 as deployed in practice: " + ", ".join(
+        f"{g} {GENERATIONS[g][1].upper()} tp {GENERATIONS[g][2]} × pp {GENERATIONS[g][3]}" for g in generations),
+        "agentsim/data/models.toml; the weights must fit the replica's HBM")
+    rep.assume("Step times from the measured op tables (held-out median |error| 2.8 %, max 19 % on load points)",
+               "README: calibration, `agentsim calibrate --tier c`")
+    rep.assume("Interactive coding-agent sessions, flat arrivals; an engaged hour is an hour of a session's "
+               "length less its idle gaps beyond the usual think time",
+               "agentsim/data/profiles.toml interactive_coding_agent; agentsim.workload.populations (engaged_s)")
+    rep.assume("SLO capacity: ≥ 90 % of requests within TTFT 5 s and TPOT 0.15 s, interpolated per seed",
+               "the default scenario's slo_ttft_s / slo_tpot_s")
+
+
 def _capacity_points(by: dict, generations, loads, R: int) -> dict:
     """Per generation: its SLO capacity per seed, and J/token, tokens/s/MW and tokens/s/GPU there."""
     # capacity point per seed: highest users/GPU with attainment >= target (log-linear interpolation)
@@ -211,9 +232,13 @@ def _capacity_points(by: dict, generations, loads, R: int) -> dict:
                   "capped": any(c >= loads[-1] * (1 - 1e-9) for c in caps if math.isfinite(c)),
                   "_jpt": jpt}
     ref = generations[0]
-    for g in generations:
+    for i, g in enumerate(generations):
         cap[g][f"joules_per_token_vs_{ref}"] = ratio(cap[ref]["_jpt"], cap[g]["_jpt"])
         cap[g][f"kwh_per_engaged_hour_vs_{ref}"] = ratio(cap[ref]["_kph"], cap[g]["_kph"])
+        if i:   # against the generation before it in the list (paired, same seeds): the ordering, step by step
+            prev = generations[i - 1]
+            cap[g]["kwh_per_engaged_hour_vs_previous"] = ratio(cap[prev]["_kph"], cap[g]["_kph"])
+            cap[g]["previous"] = prev
     return cap
 
 

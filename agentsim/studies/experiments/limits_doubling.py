@@ -204,6 +204,7 @@ def run(out_dir, scale: float = 1.0, seed: int = 1, replications: int | None = N
     elastic = {f"growth {g:g}, held back {h:g}": _metrics(before, by[(g, h)])[0] for g, h in elasticity}
     rep.answer = _answer(metrics) + _elastic_answer(elastic)
     _sections(rep, metrics, table, sc0, R, scale)
+    _assumptions(rep)
     if elastic:
         rep.section("Elasticity (after the change, with demand responding)", _elastic_lines(elastic, R))
     for path, caption in _figures(out, before, after, sc0, metrics):
@@ -241,6 +242,20 @@ def _elastic_answer(elastic: dict) -> str:
         f"{label}: served output tokens {m['output_tokens']['ratio'].mean - 1:+.1%}, GPU busy-hours "
         f"{m['busy_gpu_hours']['ratio'].mean - 1:+.1%}, peak TTFT p90 {m['peak_ttft_p90_s']['after'].fmt(3, 's')}"
         for label, m in elastic.items()) + "."
+
+
+def _assumptions(rep: Report) -> None:
+    """What the answer rests on, each with its source."""
+    rep.assume("Plans before and after 6 May 2026: five-hour budgets doubled, the peak-hour weight (1.5× on weekdays "
+               "12–18 UTC) removed, weekly budgets unchanged", "agentsim/data/limits.toml (workload reference §3.3/§6.5)")
+    rep.assume(f"Coding users split {', '.join(f'{share:.0%} {plan}' for plan, share in PLAN_MIX)} — an assumption: "
+               "no published plan mix", "this experiment's PLAN_MIX")
+    rep.assume("Usage priced at list prices per million tokens", "agentsim/data/limits.toml [prices]")
+    rep.assume("Elasticity is swept, not known: growth of coding users and held-back sessions per user-day that "
+               f"return ({', '.join(f'×{g:g}, +{h:.0%}' for g, h in ELASTICITY)})", "this experiment's ELASTICITY")
+    rep.assume("A simulated coding session costs less than measured ones (mean ≈ $7.4 vs TraceLab $9.70, p50 $0.38 "
+               "vs $0.61), so limits bind somewhat less often than in practice",
+               "tests/test_tracelab_targets.py; workload reference (TraceLab)")
 
 
 def _sections(rep: Report, metrics: dict, table: list, sc0: dict, R: int, scale: float) -> None:

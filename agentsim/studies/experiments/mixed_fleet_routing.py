@@ -103,6 +103,7 @@ def run(out_dir, scale: float = 1.0, seed: int = 1, replications: int | None = N
     best = {L: max(routers, key=lambda r: metrics[f"{r}@{L:g}x"]["goodput_rps"].mean) for L in loads}
     rep.answer = _answer(by, metrics, best, routers, loads, base)
     _sections(rep, sections, metrics, routers, loads, base, R, arms[cells[0]], scale, duration_s)
+    _assumptions(rep)
     for path, caption in _figures(out, by, routers, loads, metrics, base):
         rep.figure(path, caption)
     rep.results = {"metrics": metrics, "best_router": {f"{L:g}x": best[L] for L in loads}, "replications": R,
@@ -156,6 +157,20 @@ def _answer(by: dict, metrics: dict, best: dict, routers, loads, base: str) -> s
             f"re-prefilled wherever it lands (hit rate {metrics[f'speed_aware@{L:g}x']['prefix_hit_rate'].fmt(3)} "
             f"vs {metrics[f'session_affinity@{L:g}x']['prefix_hit_rate'].fmt(3)} with affinity at {L:g}×).")
     return " ".join(parts)
+
+
+def _assumptions(rep: Report) -> None:
+    """What the answer rests on, each with its source."""
+    rep.assume("The default scenario's fleet: H100 FP8, H200 FP8 and GB200 FP4 replicas of DeepSeek-V3 in Colossus-1 "
+               "proportions (240 GPUs at scale 1)", "agentsim/data/scenarios default; hardware-roofline.md §2.1")
+    rep.assume("Its users: coding agents, API agents and chat, with the Azure 2024 weekly profiles; 1.5× scales "
+               "every population", "agentsim/data/diurnal.toml; agentsim/data/profiles.toml")
+    rep.assume("Prefix caches per replica (sessions' contexts; host KV tier as in the default engine); a session's "
+               "next call hits only on the replica that holds its prefix", "the default scenario's engine table")
+    rep.assume("Goodput: completions within TTFT 5 s and TPOT 0.15 s per second, after the first hour",
+               "the default scenario's slo_ttft_s / slo_tpot_s")
+    rep.assume("Step times from the measured op tables (held-out median |error| 2.8 %)",
+               "README: calibration, `agentsim calibrate --tier c`")
 
 
 def _sections(rep: Report, sections: list, metrics: dict, routers, loads, base: str, R: int, sc0: dict,
