@@ -2,7 +2,7 @@
 
 A fleet of autonomous API agents (open arrivals, ~40-step tasks) runs on two pools of
 DeepSeek-V3 on 8×H200 at a steady load the full fleet serves comfortably. At 90 min pool ``b``
-(37.5 % of the replicas) fails for 10 or 30 minutes — the trigger — and comes back. The
+(37.5 % of the replicas) fails for 10, 30 or 60 minutes — the trigger — and comes back. The
 question is what goodput (requests completed within the TTFT and TPOT SLOs, per second) does
 during and, above all, after the trigger, under four client retry policies: the SDK default
 (2 retries), Claude Code's watchdog (retry forever), the AWS SDK's retry quota and Google
@@ -15,6 +15,11 @@ trigger is gone and something else sustains the overload. The experiment measure
 candidates: retry amplification (attempts per call) and work amplification (prefill tokens per
 completed request — a session whose pinned prefix expired or was evicted while it queued or
 backed off pays its whole context again).
+
+The tipping point: per client policy and trigger length, the load (users) at which the chance
+of a persistent collapse (goodput below 50 % of the offered load for 30+ min after the trigger
+ends) passes 50 %, with the interval that inverts the Wilson intervals of the collapse shares
+(``SWEEP``: the full load sweep at 30 min, three loads at 10 and 60 min).
 
 The default load, 240 users, is where the control stays up: the tipping-point sweep put the
 SDK's 50 % chance of a persistent collapse at 280 users (interval 249–311), and at the earlier
@@ -187,10 +192,10 @@ def run(out_dir, scale: float = 1.0, seed: int = 1, replications: int | None = N
     dmax = max(triggers)
     comps = {p: paired([r["post"]["goodput_rps"] for r in by[(policies[0], dmax, 1.0)]],
                        [r["post"]["goodput_rps"] for r in by[(p, dmax, 1.0)]]) for p in policies[1:]}
-    rep.answer = _tipping_answer(tipping, metrics, policies, triggers, scale) + " " + _answer(metrics, policies, triggers, R)
+    rep.answer = _tipping_answer(tipping, metrics, policies, triggers, scale)
     rep.section("Tipping points: the load at which a persistent collapse becomes likely", _tipping_lines(tipping, R, scale))
     _assumptions(rep)
-    _sections(rep, table, comps, R, scale, triggers)
+    _sections(rep, table, comps, R, scale, triggers, _answer(metrics, policies, triggers, R))
     t_min = (np.arange(len(by[("control", 0, 1.0)][0]["series"]["goodput_rps"])) + 1) * BIN_S / 60
     main = {(p, d): by[(p, d, 1.0)] for p, d in cells}
     for path, caption in _figures(out, main, policies, triggers, t_min, metrics) + [_figure_tipping(out, tipping, scale)]:
@@ -385,9 +390,10 @@ def _answer(metrics: dict, policies, triggers, R: int) -> str:
     return " ".join(parts)
 
 
-def _sections(rep: Report, table: list, comps: dict, R: int, scale: float, triggers) -> None:
-    """The results table, the paired differences and the method."""
-    rep.section("Results", [
+def _sections(rep: Report, table: list, comps: dict, R: int, scale: float, triggers, story: str) -> None:
+    """The results at the default load (``story``: what each trigger leaves behind, and why; then the
+    table), the paired differences and the method."""
+    rep.section(f"At the default load ({users(scale):,} users)", [story, "",
         "Goodput = completions within TTFT ≤ 5 s and TPOT ≤ 0.15 s per second. Baseline = the 30 min before the "
         f"trigger; post = the last hour ({POST[0] / 60:.0f}–{POST[1] / 60:.0f} min). Means over {R} paired "
         "replications with 95 % Student-t intervals; the ratio is per replication.", ""] + md_table(
@@ -509,7 +515,7 @@ def _figure_tipping(out: Path, tipping: dict, scale: float) -> tuple:
         ax.set_xlabel("API-agent users")
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
-        ax.set_title(f"{key} trigger: chance of a persistent collapse", fontsize=10)
+        ax.set_title(f"{key[:-3]}-min trigger: chance of a persistent collapse", fontsize=10)
     axes[0][0].set_ylabel("share of replications (Wilson 95 %)")
     axes[0][0].legend(fontsize=8)
     ax = axes[0][-1]

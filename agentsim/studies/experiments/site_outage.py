@@ -322,6 +322,20 @@ def _strongest(ratios: dict) -> str | None:
     return max(up, key=lambda k: up[k].mean) if up else None
 
 
+def _tipping_text(tipping: dict) -> str:
+    """The tipping load in users with its interval; ends outside the sweep said so."""
+    tl, tu, us = tipping["tipping_load"], tipping["tipping_users"], tipping["users"]
+
+    def at(x: float, v: float) -> str:
+        if x == -math.inf:
+            return f"below {us[0]:,} users (the sweep's first load)"
+        if x == math.inf:
+            return f"beyond {us[-1]:,} users (the sweep's last load)"
+        return f"{v:,.0f} users ({x:.2f}×)"
+    return f"{at(tl['estimate'], tu['estimate'])}; 95 % interval {at(tl['ci_low'], tu['ci_low'])} to " \
+           f"{at(tl['ci_high'], tu['ci_high'])}"
+
+
 def _answer(metrics: dict, loads, tipping: dict, R: int, duration_s: float) -> str:
     """The opening paragraph in planner's units: users, sessions and engaged user-hours lost, goodput as
     a share of offered load, the load from which the fleet does not recover, and why."""
@@ -329,18 +343,7 @@ def _answer(metrics: dict, loads, tipping: dict, R: int, duration_s: float) -> s
     M = metrics[f"{L0:g}x"]
     lost, eh, ul = M["sessions_lost"], M["engaged_hours_lost"], M["users_lost"]
     nr = M["not_recovered"]
-    tl, tu = tipping["tipping_load"], tipping["tipping_users"]
-    if tl["estimate"] == math.inf:
-        tip = (f"no swept load up to {tipping['users'][-1]:,} users ({loads[-1]:g}×) fails to recover in more than "
-               f"half of its runs")
-    elif tl["estimate"] == -math.inf:
-        tip = f"already at the lowest swept load, {tipping['users'][0]:,} users, most runs do not recover"
-    else:
-        def edge(x, v):
-            return "below the sweep" if x == -math.inf else "beyond the sweep" if x == math.inf else f"{v:,.0f}"
-        tip = (f"the chance that the fleet does not recover passes 50 % at {tu['estimate']:,.0f} users "
-               f"({tl['estimate']:.2f}× the default; 95 % interval {edge(tl['ci_low'], tu['ci_low'])} to "
-               f"{edge(tl['ci_high'], tu['ci_high'])} users)")
+    tip = f"the chance that the fleet does not recover passes 50 % at {_tipping_text(tipping)}"
     mech = [f"{L:g}× {MECHANISMS_SHORT.get(metrics[f'{L:g}x']['not_recovered']['mechanism'], 'none significant')}"
             for L in loads if metrics[f"{L:g}x"]["not_recovered"]["count"]]
     return (
@@ -349,7 +352,7 @@ def _answer(metrics: dict, loads, tipping: dict, R: int, duration_s: float) -> s
         f"abandoned or ended by errors — against {M['lost_rate']['baseline'].fmt(2)} on the same day without it "
         f"(paired change {M['lost_rate']['change'].fmt(2)}); that is {lost['change'].fmt(3)} more lost sessions, "
         f"{ul['change'].fmt(3)} more users hit and {eh['change'].fmt(3)} more engaged user-hours in lost sessions "
-        f"per day like this. While the site is down, goodput (SLO-met completions) is "
+        f"per outage like this. While the site is down, goodput (SLO-met completions) is "
         f"{nr['outage_share_of_offered'].fmt(2)} of the offered load (without the outage "
         f"{nr['baseline_outage_share_of_offered'].fmt(2)}); in the {(duration_s - OUTAGE[1]) / 3600:g} h after the "
         f"site returns it is {nr['post_share_of_offered'].fmt(2)}. Sweeping the load "
@@ -376,7 +379,6 @@ def _sweep_lines(metrics: dict, loads, tipping: dict, R: int) -> list[str]:
                      nr["outage_share_of_offered"].fmt(2), nr["post_share_of_offered"].fmt(2),
                      f"{nr['count']}/{nr['of']} ({nr['ci_low']:.0%}–{nr['ci_high']:.0%})",
                      MECHANISMS_SHORT.get(nr["mechanism"], "-") if nr["count"] else "-"])
-    tl = tipping["tipping_load"]
     return ([f"Per load ({R} paired replications; 95 % intervals: Student-t for means and paired changes, Wilson for "
             "the share of runs that do not recover). Sessions: those starting in the hour before or during the "
             "outage. Offered load: the same seed's rate of first attempts on the day without the outage. Not "
@@ -386,8 +388,7 @@ def _sweep_lines(metrics: dict, loads, tipping: dict, R: int) -> list[str]:
             + md_table(["load (users)", "sessions lost, no outage", "sessions lost, outage", "paired change",
                         "engaged user-hours lost (change)", "goodput / offered, outage", "goodput / offered, after",
                         "not recovered (Wilson 95 %)", "what keeps it down"], rows)
-            + [f"Tipping load (the chance of not recovering passes 50 %): {tl['estimate']:.2f}× "
-               f"(95 % interval {tl['ci_low']:.2f}× to {tl['ci_high']:.2f}×; ±inf: outside the sweep).", ""])
+            + [f"Tipping load (the chance of not recovering passes 50 %): {_tipping_text(tipping)}.", ""])
 
 
 def _assumptions(rep: Report) -> None:
