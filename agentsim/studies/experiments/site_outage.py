@@ -355,12 +355,18 @@ def _answer(metrics: dict, loads, tipping: dict, R: int, duration_s: float) -> s
         f"per outage like this. While the site is down, goodput (SLO-met completions) is "
         f"{nr['outage_share_of_offered'].fmt(2)} of the offered load (without the outage "
         f"{nr['baseline_outage_share_of_offered'].fmt(2)}); in the {(duration_s - OUTAGE[1]) / 3600:g} h after the "
-        f"site returns it is {nr['post_share_of_offered'].fmt(2)}. Sweeping the load "
-        f"({', '.join(f'{u:,}' for u in tipping['users'])} users, {R} paired runs each), {tip}; a run does not recover "
+        f"site returns it is {nr['post_share_of_offered'].fmt(2)}. Across the sweep, the outage loses "
+        + ", ".join(f"{metrics[f'{L:g}x']['lost_rate']['change'].fmt(2)} of the sessions at "
+                    f"{metrics[f'{L:g}x']['users']:,} users" for L in loads)
+        + " (paired changes; goodput during the outage "
+        + ", ".join(f"{metrics[f'{L:g}x']['not_recovered']['outage_share_of_offered'].mean:.2f}" for L in loads)
+        + f" of offered), and {tip}; a run does not recover "
         f"when goodput stays below {COLLAPSE_SHARE:.0%} of the offered load for {COLLAPSE_HOLD_S / 60:.0f}+ min after "
         "the site returns. "
         + (f"What keeps the runs that do not recover down, by load: {'; '.join(mech)}." if mech else
-           "Every run recovers."))
+           f"Every run recovers; after the site returns, at {metrics[f'{loads[-1]:g}x']['users']:,} users, "
+           + ", ".join(f"{MECHANISMS[m]} is {v['ratio'].fmt(2)}× the baseline's"
+                       for m, v in metrics[f"{loads[-1]:g}x"]["post_outage"].items()) + " (paired)."))
 
 
 #: the mechanisms in a few words, for the answer
