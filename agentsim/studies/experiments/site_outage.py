@@ -37,7 +37,7 @@ from . import Report, tidy, check_args, default_scenario, main_for, md_table, pa
 
 QUESTION = ("When a site is lost mid-day, how many agent sessions fail, how long does recovery take, and from what "
             "load does the fleet not recover?")
-FULL_SCALE = 4
+FULL_SCALE = 4.0
 REPLICATIONS = 4            # 0/4 and 4/4 are the fewest runs whose Wilson intervals exclude 50 %
 START_HOUR = 15
 START = f"2026-06-01T{START_HOUR:02d}:00:00Z"
