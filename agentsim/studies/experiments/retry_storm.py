@@ -2,7 +2,7 @@
 
 A fleet of autonomous API agents (open arrivals, ~40-step tasks) runs on two pools of
 DeepSeek-V3 on 8×H200 at a steady load the full fleet serves comfortably. At 90 min pool ``b``
-(37.5 % of the replicas) fails for 10 or 30 minutes — the trigger — and comes back. The
+(37.5 % of the replicas) fails for 10, 30 or 60 minutes — the trigger — and comes back. The
 question is what goodput (requests completed within the TTFT and TPOT SLOs, per second) does
 during and, above all, after the trigger, under four client retry policies: the SDK default
 (2 retries), Claude Code's watchdog (retry forever), the AWS SDK's retry quota and Google
@@ -16,9 +16,15 @@ candidates: retry amplification (attempts per call) and work amplification (pref
 completed request — a session whose pinned prefix expired or was evicted while it queued or
 backed off pays its whole context again).
 
-The default load, 240 users, is where the control stays up: the tipping-point sweep put the
-SDK's 50 % chance of a persistent collapse at 280 users (interval 249–311), and at the earlier
-default of 400 users three of five control runs fell below 80 % without any trigger.
+The tipping point: per client policy and trigger length, the load (users) at which the chance
+of a persistent collapse (goodput below 50 % of the offered load for 30+ min after the trigger
+ends) passes 50 %, with the interval that inverts the Wilson intervals of the collapse shares
+(``SWEEP``: the full load sweep at 30 min, three loads at 10 and 60 min).
+
+The default load, 240 users, is where the control stays up: at the earlier default of 400 users
+three of five control runs fell below 80 % without any trigger. Measured at default size (4
+replications): the SDK's tipping load is 256 users after a 30-min loss (95 % interval 194–287),
+and every policy tips between 240 and 312 users after a 10-, 30- or 60-min loss.
 
 Scale: ``scale`` multiplies the replicas and the users (default 16 replicas, 240 users);
 ``FULL_SCALE`` = 4 (64 replicas, 1,600 users).
@@ -38,22 +44,25 @@ from . import Report, tidy, check_args, main_for, md_table, paired, proportion, 
 QUESTION = ("On a saturated cluster, when does goodput collapse under SDK, watchdog and budgeted retry policies, "
             "and does it stay collapsed after the trigger (a capacity loss) is removed?")
 FULL_SCALE = 4.0
-REPLICATIONS = 5
+REPLICATIONS = 4            # 0/4 and 4/4 are the fewest runs whose Wilson intervals exclude 50 %
 POLICIES = ("anthropic_sdk", "claude_code_watchdog", "aws_full_jitter", "sre_adaptive_throttle")
 LABELS = {"anthropic_sdk": "SDK (2 retries)", "claude_code_watchdog": "watchdog (retry forever)",
           "aws_full_jitter": "AWS retry quota", "sre_adaptive_throttle": "SRE adaptive throttle",
           "control": "no trigger (control)"}
-TRIGGERS_MIN = (10, 30)
+TRIGGERS_MIN = (10, 30, 60)
 DURATION_S = 4 * 3600.0
 TRIGGER_AT_S = 5400.0
 BIN_S = 300.0
 BASELINE = (3600.0, 5400.0)              # the 30 min before the trigger
 POST = (DURATION_S - 3600.0, DURATION_S)  # the last hour
 RECOVERED = 0.8                          # post-trigger goodput >= 80 % of baseline
-#: the tipping-point sweep: users as multiples of the default population, one trigger length
-LOADS = (0.8, 1.0, 1.2, 1.4, 1.6)
 USERS = 240                              # the default population (load 1)
-TIPPING_TRIGGER_MIN = 30
+#: the tipping-point sweep: users as multiples of the default population, per trigger length. The
+#: full sweep at 30 min (where the first sweep put the SDK's tipping load, 1.10x); three loads at 10
+#: and 60 min, placed where a shorter trigger needs more load and a longer one less to tip the cluster
+#: (load 1 is in every sweep: those runs are also the results table's cells)
+SWEEP = {10: (1.0, 1.3, 1.6), 30: (0.8, 1.0, 1.2, 1.4), 60: (0.7, 1.0, 1.3)}
+LOADS = SWEEP[30]                        # a trigger length without its own sweep uses these
 #: a persistent collapse: goodput below this share of the offered load ...
 COLLAPSE_SHARE = 0.5
 #: ... in every bin of some stretch this long after the trigger ends
@@ -149,57 +158,82 @@ def collapse_time_min(series: np.ndarray, baseline: float, outage_min: float) ->
     return float((below[0] + 1) * BIN_S / 60) if len(below) else math.nan
 
 
+def sweep_loads(triggers, loads=None) -> dict:
+    """Each trigger length's loads (sorted, always with load 1): ``loads`` as given — one tuple for
+    every trigger, or ``{trigger: loads}`` — else :data:`SWEEP` (or :data:`LOADS` for a trigger it lacks)."""
+    out = {}
+    for d in triggers:
+        ls = loads.get(d, LOADS) if isinstance(loads, dict) else (loads if loads is not None else SWEEP.get(d, LOADS))
+        out[d] = tuple(sorted(set(float(x) for x in ls) | {1.0}))
+    return out
+
+
 def run(out_dir, scale: float = 1.0, seed: int = 1, replications: int | None = None, workers: int | None = None,
-        *, address: str | None = None, policies=POLICIES, triggers=TRIGGERS_MIN, loads=LOADS) -> dict:
+        *, address: str | None = None, policies=POLICIES, triggers=TRIGGERS_MIN, loads=None) -> dict:
     check_args(scale, replications, seed)
     t0 = time.perf_counter()
     R = replications or REPLICATIONS
     out = Path(out_dir)
     rep = Report("retry_storm", QUESTION)
     ss = seeds(seed, R)
-    cells = [("control", 0)] + [(p, d) for d in triggers for p in policies]
-    arms = {(p, d): scenario(scale, policies[0] if p == "control" else p, d) for p, d in cells}
-    # the tipping sweep: every policy at each load, one trigger (load 1 at that trigger is a main cell)
-    arms.update({(p, TIPPING_TRIGGER_MIN, L): scenario(scale, p, TIPPING_TRIGGER_MIN, L) for p in policies
-                 for L in loads if not (L == 1.0 and TIPPING_TRIGGER_MIN in triggers)})
+    sweep = sweep_loads(triggers, loads)
+    # every policy x trigger length x load of that trigger's sweep, and the control at load 1
+    arms = {("control", 0, 1.0): scenario(scale, policies[0], 0)}
+    arms.update({(p, d, L): scenario(scale, p, d, L) for d in triggers for p in policies for L in sweep[d]})
     by = run_arms(measure, arms, ss, workers, address, label="retry_storm")
-    tipping = _tipping(by, policies, loads, scale)
-    rep.runs = tidy(by, ss, lambda k: {"policy": k[0], "trigger_min": k[1], "load": k[2] if len(k) > 2 else 1.0})
+    tipping = _tipping(by, policies, sweep, scale)
+    rep.runs = tidy(by, ss, lambda k: {"policy": k[0], "trigger_min": k[1], "load": k[2], "users": users(scale, k[2])})
+    cells = [("control", 0)] + [(p, d) for d in triggers for p in policies]
     table, metrics = [], {}
     for (p, d) in cells:
-        runs = by[(p, d)]
         key = f"{p}@{d}min" if d else "control"
-        metrics[key] = _cell_metrics(p, d, runs)
+        metrics[key] = _cell_metrics(p, d, by[(p, d, 1.0)])
         table.append(_table_row(metrics[key]))
     # paired comparisons against the SDK at the longest trigger
     dmax = max(triggers)
-    comps = {p: paired([r["post"]["goodput_rps"] for r in by[(policies[0], dmax)]],
-                       [r["post"]["goodput_rps"] for r in by[(p, dmax)]]) for p in policies[1:]}
-    rep.answer = _answer(metrics, policies, triggers, R) + " " + _tipping_answer(tipping, scale)
-    _sections(rep, table, comps, R, scale, triggers)
-    rep.section("Tipping points", _tipping_lines(tipping, R))
-    t_min = (np.arange(len(by[cells[0]][0]["series"]["goodput_rps"])) + 1) * BIN_S / 60
-    for path, caption in _figures(out, by, policies, triggers, t_min, metrics) + [_figure_tipping(out, tipping)]:
+    comps = {p: paired([r["post"]["goodput_rps"] for r in by[(policies[0], dmax, 1.0)]],
+                       [r["post"]["goodput_rps"] for r in by[(p, dmax, 1.0)]]) for p in policies[1:]}
+    rep.answer = _tipping_answer(tipping, metrics, policies, triggers, scale)
+    rep.section("Tipping points: the load at which a persistent collapse becomes likely", _tipping_lines(tipping, R, scale))
+    _assumptions(rep)
+    _sections(rep, table, comps, R, scale, triggers, _answer(metrics, policies, triggers, R))
+    t_min = (np.arange(len(by[("control", 0, 1.0)][0]["series"]["goodput_rps"])) + 1) * BIN_S / 60
+    main = {(p, d): by[(p, d, 1.0)] for p, d in cells}
+    for path, caption in _figures(out, main, policies, triggers, t_min, metrics) + [_figure_tipping(out, tipping, scale)]:
         rep.figure(path, caption)
     rep.results = {"metrics": metrics, "paired_vs_sdk": comps, "tipping": tipping, "replications": R, "seeds": ss}
     rep.settings = {"scale": scale, "replications": R, "seed": seed, "policies": list(policies),
                     "triggers_min": list(triggers), "replicas": max(1, round(10 * scale)) + max(1, round(6 * scale)),
-                    "users": users(scale), "tipping_loads": list(loads), "tipping_trigger_min": TIPPING_TRIGGER_MIN}
+                    "users": users(scale), "tipping_loads": {f"{d}min": list(v) for d, v in sweep.items()},
+                    "runs": len(arms) * R}
     return rep.write(out, time.perf_counter() - t0)
 
 
-def _tipping(by: dict, policies, loads, scale: float) -> dict:
-    """Per policy: persistent collapses k of n at each load, and the load where their chance passes 50 %."""
-    out = {}
+def _tipping(by: dict, policies, sweep: dict, scale: float) -> dict:
+    """Per policy and trigger length: persistent collapses k of n at each load, and the load where
+    their chance passes 50 % with its interval (``tipping_point``: the Wilson intervals inverted)."""
+    out: dict = {}
     for p in policies:
-        runs = [by.get((p, TIPPING_TRIGGER_MIN, L)) or by[(p, TIPPING_TRIGGER_MIN)] for L in loads]
-        k = [sum(bool(r["persistent_collapse"]) for r in rs) for rs in runs]
-        n = [len(rs) for rs in runs]
-        est, lo, hi = tipping_point(loads, k, n, 0.5)
-        out[p] = {"loads": list(loads), "users": [users(scale, L) for L in loads], "collapsed": k, "runs": n,
-                  "share": [proportion(a, b) for a, b in zip(k, n)],
-                  "tipping_load": {"estimate": est, "ci_low": lo, "ci_high": hi}}
+        out[p] = {}
+        for d, loads in sweep.items():
+            runs = [by[(p, d, L)] for L in loads]
+            k = [sum(bool(r["persistent_collapse"]) for r in rs) for rs in runs]
+            n = [len(rs) for rs in runs]
+            est, lo, hi = tipping_point(loads, k, n, 0.5)
+            out[p][f"{d}min"] = {
+                "trigger_min": d, "loads": list(loads), "users": [users(scale, L) for L in loads], "collapsed": k,
+                "runs": n, "share": [proportion(a, b) for a, b in zip(k, n)],
+                "post_share_of_offered": [stat([r["post"]["goodput_rps"] / r["baseline"]["calls_rps"]
+                                                if r["baseline"]["calls_rps"] else math.nan for r in rs])
+                                          for rs in runs],
+                "tipping_load": {"estimate": est, "ci_low": lo, "ci_high": hi},
+                "tipping_users": {"estimate": _users_at(est, scale), "ci_low": _users_at(lo, scale),
+                                  "ci_high": _users_at(hi, scale)}}
     return out
+
+
+def _users_at(x: float, scale: float) -> float:
+    return x if not math.isfinite(x) else USERS * scale * x
 
 
 def _load_text(x: float, scale: float) -> str:
@@ -207,36 +241,77 @@ def _load_text(x: float, scale: float) -> str:
         return "beyond the sweep"
     if x == -math.inf:
         return "below the sweep"
-    return f"{x:.2f}× ({users(scale, x):,} users)"
+    return f"{users(scale, x):,} users ({x:.2f}×)"
 
 
-def _tipping_answer(tipping: dict, scale: float) -> str:
-    parts = []
-    for p, t in tipping.items():
-        tl = t["tipping_load"]
-        parts.append(f"{LABELS[p]} {_load_text(tl['estimate'], scale)} (95 % interval {_load_text(tl['ci_low'], scale)} "
-                     f"to {_load_text(tl['ci_high'], scale)})")
-    return (f"Tipping point — the load at which the chance of a persistent collapse (goodput below "
-            f"{COLLAPSE_SHARE:.0%} of the offered load for {COLLAPSE_HOLD_S / 60:.0f}+ min after a "
-            f"{TIPPING_TRIGGER_MIN}-min trigger ends) passes 50 %, in multiples of the default population: "
-            + "; ".join(parts) + ".")
+def _interval_text(t: dict, scale: float) -> str:
+    tl = t["tipping_load"]
+    if tl["estimate"] == math.inf and tl["ci_low"] == math.inf:
+        return f"none up to {_load_text(t['loads'][-1], scale)}"
+    if tl["estimate"] == -math.inf:
+        return f"at or below {_load_text(t['loads'][0], scale)}"
+    return (f"{_load_text(tl['estimate'], scale)}, 95 % interval {_load_text(tl['ci_low'], scale)} to "
+            f"{_load_text(tl['ci_high'], scale)}")
 
 
-def _tipping_lines(tipping: dict, R: int) -> list[str]:
-    first = next(iter(tipping.values()))
-    header = ["policy"] + [f"load {L:g}× ({u:,} users)" for L, u in zip(first["loads"], first["users"])] + \
-        ["tipping load (95 % interval)"]
+def _tipping_answer(tipping: dict, metrics: dict, policies, triggers, scale: float) -> str:
+    """The opening paragraph, in planner's units: users at the tipping point per policy and trigger
+    length, and goodput as a share of what the population asks for."""
+    sdk = tipping[policies[0]]
+    parts = [f"With {users(scale):,} API-agent users on {max(1, round(10 * scale)) + max(1, round(6 * scale))} "
+             f"replicas, losing 37.5 % of the replicas tips the cluster into a persistent collapse (goodput below "
+             f"{COLLAPSE_SHARE:.0%} of the offered load for {COLLAPSE_HOLD_S / 60:.0f}+ min after the replicas are back) "
+             "more often than not above these loads, with the SDK's 2 retries: "
+             + "; ".join(f"{d}-min loss {_interval_text(sdk[f'{d}min'], scale)}" for d in triggers) + "."]
+    others = []
+    for p in policies[1:]:
+        others.append(f"{LABELS[p]} " + ", ".join(f"{_interval_text(tipping[p][f'{d}min'], scale).split(',')[0]} "
+                                                   f"({d} min)" for d in triggers))
+    if others:
+        parts.append("Other client policies: " + "; ".join(others) + " (intervals in the table below).")
+    d = max(triggers)
+    t = sdk[f"{d}min"]
+    i1 = t["loads"].index(1.0)
+    parts.append(f"At the default {users(scale):,} users, goodput in the last hour after a {d}-min loss is "
+                 f"{t['post_share_of_offered'][i1].fmt(2)} of the offered load (SDK; the control without a trigger "
+                 f"{metrics['control']['post_share_of_offered'].fmt(2)}).")
+    return " ".join(parts)
+
+
+def _tipping_lines(tipping: dict, R: int, scale: float) -> list[str]:
     rows = []
-    for p, t in tipping.items():
-        cells = [f"{k}/{n} ({s[1]:.0%}–{s[2]:.0%})" for k, n, s in zip(t["collapsed"], t["runs"], t["share"])]
-        tl = t["tipping_load"]
-        rows.append([LABELS[p]] + cells + [f"{tl['estimate']:.2f} ({tl['ci_low']:.2f} to {tl['ci_high']:.2f})"])
-    return [f"Persistent collapses per load ({R} replications each, Wilson 95 % intervals; trigger "
-            f"{TIPPING_TRIGGER_MIN} min). A collapse is persistent when goodput stays below {COLLAPSE_SHARE:.0%} of "
-            f"the pre-trigger rate of first attempts in every 5-min bin of a {COLLAPSE_HOLD_S / 60:.0f}-min stretch "
-            "after the trigger ends. The tipping load is where the observed share first reaches 50 % "
-            "(interpolated); its interval runs from where the Wilson upper bound reaches 50 % to where the "
-            "lower bound does (loads outside it are significantly below or above 50 %).", ""] + md_table(header, rows)
+    for p, by_d in tipping.items():
+        for key, t in by_d.items():
+            cells = "; ".join(f"{u:,}: {k}/{n}" for u, k, n in zip(t["users"], t["collapsed"], t["runs"]))
+            rows.append([LABELS[p], t["trigger_min"], cells, _interval_text(t, scale),
+                         f"{t['post_share_of_offered'][t['loads'].index(1.0)].fmt(2)}"])
+    return [f"Persistent collapses out of {R} replications at each load (users: collapsed/runs). A collapse is "
+            f"persistent when goodput stays below {COLLAPSE_SHARE:.0%} of the pre-trigger rate of first attempts (the "
+            f"offered load) in every 5-min bin of a {COLLAPSE_HOLD_S / 60:.0f}-min stretch after the trigger ends. The "
+            "tipping load is where the observed share first reaches 50 % (interpolated between loads); its 95 % "
+            "interval runs from where the Wilson upper bound reaches 50 % to where the lower bound does. The last "
+            f"column is last-hour goodput as a share of the offered load at the default {users(scale):,} users "
+            "(mean, 95 % t-interval).", ""] + md_table(
+        ["policy", "trigger (min)", "collapses by users", "tipping load (95 % interval)",
+         f"goodput / offered at {users(scale):,} users"], rows)
+
+
+def _assumptions(rep: Report) -> None:
+    """What the answer rests on, each with its source."""
+    ref = "workloads-policies.md"
+    rep.assume("The gateway sheds (529) beyond 8 outstanding requests per replica", f"[A] {ref} §3.5 (Stripe's "
+               "concurrency limiter caps in-flight requests, e.g. 20; fleet-usage shedding) and §6.4 (shedding → 529)")
+    rep.assume("Client retry policies: SDK 2 retries, 0.5·2^n s capped at 8 s; watchdog retries 429/529 forever; AWS "
+               "retry quota; SRE adaptive throttle (K = 2, 120 s)", f"[P] {ref} §4.1–§4.4, presets §6.6")
+    rep.assume("Agents: ~40 steps per task (LN(40, 0.8)), 8k-token system prompt; after the client gives up, the step "
+               "is re-run up to 3 times (full jitter, 30 s base), then the task once", f"{ref} §6.2 ([A] task-level retry)")
+    rep.assume("Prompt-cache TTL 5 min, no host KV tier: a prefix that expires while a call backs off is re-prefilled",
+               f"[P] {ref} §6.2 (API default TTL) and §7 note 3")
+    rep.assume("Client timeout 600 s per attempt", f"[P] {ref} §4.1 (SDK DEFAULT_TIMEOUT)")
+    rep.assume(f"Persistent collapse: goodput < {COLLAPSE_SHARE:.0%} of the offered load for ≥ "
+               f"{COLLAPSE_HOLD_S / 60:.0f} min after the trigger ends; offered load = the pre-trigger rate of first "
+               "attempts", "issue 19 (definition); metastable failures, Bronson et al. HotOS'21 (" + ref + " §4.5)")
+    rep.assume("SLO: TTFT ≤ 5 s and TPOT ≤ 0.15 s", "the default scenario's slo_ttft_s / slo_tpot_s")
 
 
 def _cell_metrics(p: str, d: int, runs: list[dict]) -> dict:
@@ -247,6 +322,7 @@ def _cell_metrics(p: str, d: int, runs: list[dict]) -> dict:
     stuck = sum(1 for b, q in zip(base, post) if not (b > 0 and q / b >= RECOVERED))
     return {"policy": p, "trigger_min": d, "baseline_goodput_rps": stat(base), "post_goodput_rps": stat(post),
             "post_over_baseline": ratio(base, post), "recovered_share": 1 - stuck / len(runs),
+            "post_share_of_offered": ratio([r["baseline"]["calls_rps"] for r in runs], post),
             "collapsed": {"count": stuck, "of": len(runs), "share": proportion(stuck, len(runs))[0],
                           "ci_low": proportion(stuck, len(runs))[1], "ci_high": proportion(stuck, len(runs))[2]},
             "dropped_below_half": sum(1 for x in times if math.isfinite(x)),
@@ -315,9 +391,10 @@ def _answer(metrics: dict, policies, triggers, R: int) -> str:
     return " ".join(parts)
 
 
-def _sections(rep: Report, table: list, comps: dict, R: int, scale: float, triggers) -> None:
-    """The results table, the paired differences and the method."""
-    rep.section("Results", [
+def _sections(rep: Report, table: list, comps: dict, R: int, scale: float, triggers, story: str) -> None:
+    """The results at the default load (``story``: what each trigger leaves behind, and why; then the
+    table), the paired differences and the method."""
+    rep.section(f"At the default load ({users(scale):,} users)", [story, "",
         "Goodput = completions within TTFT ≤ 5 s and TPOT ≤ 0.15 s per second. Baseline = the 30 min before the "
         f"trigger; post = the last hour ({POST[0] / 60:.0f}–{POST[1] / 60:.0f} min). Means over {R} paired "
         "replications with 95 % Student-t intervals; the ratio is per replication.", ""] + md_table(
@@ -416,29 +493,61 @@ def _figure_recovery(out: Path, policies, triggers, metrics) -> tuple:
             "Post-trigger goodput as a share of the pre-trigger level, per policy and trigger length.")
 
 
-def _figure_tipping(out: Path, tipping: dict) -> tuple:
-    """Figure ``tipping``: chance of a persistent collapse against load, per policy."""
+def _figure_tipping(out: Path, tipping: dict, scale: float) -> tuple:
+    """Figure ``tipping``: chance of a persistent collapse against users, one panel per trigger length,
+    and the tipping load per policy against the trigger length."""
     import matplotlib.pyplot as plt  # local: pyplot costs ~0.5 s; pool workers only simulate
 
-    fig, ax = plt.subplots(figsize=(8, 4.8))
+    keys = list(next(iter(tipping.values())))
+    fig, axes = plt.subplots(1, len(keys) + 1, figsize=(5 * (len(keys) + 1), 4.6), squeeze=False)
     rows = []
-    for i, (p, t) in enumerate(tipping.items()):
-        x = np.array(t["loads"]) + (i - (len(tipping) - 1) / 2) * 0.01
-        share = np.array([s[0] for s in t["share"]])
-        err = [share - [s[1] for s in t["share"]], [s[2] for s in t["share"]] - share]
-        ax.errorbar(x, share, yerr=err, marker="o", capsize=3, label=LABELS[p])
-        rows += [{"policy": p, "load": L, "users": u, "collapsed": k, "runs": n, "share": s[0], "ci_low": s[1],
-                  "ci_high": s[2]} for L, u, k, n, s in zip(t["loads"], t["users"], t["collapsed"], t["runs"], t["share"])]
-    ax.axhline(0.5, color="grey", ls=":")
-    ax.set_xlabel("load (× the default population)")
-    ax.set_ylabel("chance of a persistent collapse")
-    ax.set_ylim(-0.02, 1.02)
+    for j, key in enumerate(keys):
+        ax = axes[0][j]
+        for i, (p, by_d) in enumerate(tipping.items()):
+            t = by_d[key]
+            x = np.array(t["users"], float) + (i - (len(tipping) - 1) / 2) * 2 * scale
+            share = np.array([s[0] for s in t["share"]])
+            err = [share - [s[1] for s in t["share"]], [s[2] for s in t["share"]] - share]
+            ax.errorbar(x, share, yerr=err, marker="o", capsize=3, color=f"C{i}", label=LABELS[p])
+            rows += [{"panel": "collapse_share", "policy": p, "trigger_min": t["trigger_min"], "load": L, "users": u,
+                      "collapsed": k, "runs": n, "value": s[0], "ci_low": s[1], "ci_high": s[2]}
+                     for L, u, k, n, s in zip(t["loads"], t["users"], t["collapsed"], t["runs"], t["share"])]
+        ax.axhline(0.5, color="grey", ls=":")
+        ax.set_xlabel("API-agent users")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+        ax.set_title(f"{key[:-3]}-min trigger: chance of a persistent collapse", fontsize=10)
+    axes[0][0].set_ylabel("share of replications (Wilson 95 %)")
+    axes[0][0].legend(fontsize=8)
+    ax = axes[0][-1]
+    for i, (p, by_d) in enumerate(tipping.items()):
+        xs, ys, lo, hi = [], [], [], []
+        for key in keys:
+            t = by_d[key]
+            tu, edge = t["tipping_users"], (t["users"][0], t["users"][-1])
+            est = tu["estimate"]
+            if not math.isfinite(est):       # beyond (or below) the sweep: drawn at its edge, open marker
+                est = edge[1] if est > 0 else edge[0]
+            clip = lambda v: min(max(v, edge[0]), edge[1]) if not math.isfinite(v) else v  # noqa: E731
+            xs.append(t["trigger_min"] + (i - (len(tipping) - 1) / 2) * 1.5)
+            ys.append(est)
+            lo.append(est - clip(tu["ci_low"]))
+            hi.append(clip(tu["ci_high"]) - est)
+            rows.append({"panel": "tipping_users", "policy": p, "trigger_min": t["trigger_min"],
+                         "value": tu["estimate"], "ci_low": tu["ci_low"], "ci_high": tu["ci_high"]})
+        ax.errorbar(xs, ys, yerr=[np.maximum(lo, 0), np.maximum(hi, 0)], marker="s", capsize=3, color=f"C{i}",
+                    label=LABELS[p])
+    ax.axhline(users(scale), color="grey", ls="--", lw=1, label="default users")
+    ax.set_xlabel("trigger length (min)")
+    ax.set_ylabel("users where the chance passes 50 %")
+    ax.set_title("Tipping load by trigger length (95 % interval;\nbars end at the sweep's edge when open)",
+                 fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    ax.set_title(f"When does a {TIPPING_TRIGGER_MIN}-min trigger tip the cluster? (Wilson 95 % intervals)")
+    fig.suptitle("When does a capacity loss tip the cluster into a persistent collapse?")
     fig.tight_layout()
     return (save_figure(fig, out, "tipping", pd.DataFrame(rows)),
-            "Share of replications with a persistent collapse at each load, per retry policy.")
+            "Share of replications with a persistent collapse at each load per trigger length and retry policy, "
+            "and the tipping load (users) per policy against the trigger length.")
 
 
 def _figure_amplification(out: Path, by: dict, policies, triggers, t_min) -> tuple:
