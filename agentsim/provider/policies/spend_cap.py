@@ -78,4 +78,4 @@ class SpendCap(Policy):
             return
         self._spent(req.tenant, now)
         cached = req.cached_gpu + req.cached_host
-        self.spend[req.tenant] += self.p.price_list(req.model).usd(req.prompt - cached, cached, req.output)
+        self.spend[req.tenant] += self.price_list(req.model).usd(req.prompt - cached, cached, req.output)
