@@ -132,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=5, help="with --ab: rounds (medians of this many runs per arm)")
     ap.add_argument("--only", nargs="+", choices=("agents", "process", "routing"),
                     default=["agents", "process", "routing"], help="with --ab: which rows")
+    ap.add_argument("--after", metavar="REF", help="with --ab: time a detached checkout of this commit as 'after' "
+                    "(default: this checkout as it is; a snapshot lets you keep editing while it runs)")
     ap.add_argument("--default-process", action="store_true", help=argparse.SUPPRESS)   # one arm's process row
     args = ap.parse_args(argv)
     if args.pin is not None:
@@ -212,8 +214,9 @@ def ab(args) -> int:
     """Before vs after, interleaved (see the module docstring)."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from ab import baseline_checkout, interleave, median
-    arms = {"before": baseline_checkout(), "after": Path(__file__).resolve().parent.parent}
-    here = str(Path(__file__).resolve())
+    after = baseline_checkout(args.after) if args.after else Path(__file__).resolve().parent.parent
+    arms = {"before": baseline_checkout(), "after": after}
+    here = str(after / "benchmarks" / "agents.py")       # the after arm's script drives both arms
     rows: list[list[str]] = []
     load0 = os.getloadavg()
 
