@@ -32,8 +32,8 @@ DeepSeek-V3 shapes instead: 10 × H100 dp 16 × ep 16, 6 × H200 dp 8 × ep 8 an
 
 ``--ab`` (issue 20) times the code at the start of the issue and this checkout in turns (A, B, B, A, …,
 ``--rounds`` rounds, each arm a fresh process: ``benchmarks/ab.py``) and prints medians and ratios for:
-the agents workload above (``--sessions``); the default scenario's whole process (``python -m agentsim
-run --format json``: wall and CPU time of the child process, its summary compared between the arms);
+the agents workload above (``--sessions``); the default scenario's whole process (``agentsim run
+--format json`` in a child process: wall and CPU time of the child process, its summary compared between the arms);
 and ``benchmarks/routing.py`` (least_outstanding at 1, 64 and 1,024 replicas). Each arm's result
 columns (and a hash of its requests table) must be identical, or it stops.
 """
@@ -194,12 +194,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def default_process(out: Path) -> int:
-    """Run ``python -m agentsim run --format json`` (the default scenario) as a child; write its wall and
+    """Run ``agentsim run --format json`` (the default scenario) as a child process; write its wall and
     CPU time and a hash of its summary (the machine's own timing left out) to ``out``."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "agentsim", "run", "--format", "json"], capture_output=True,
-                          text=True, check=True)
+    done = subprocess.run([sys.executable, "-c", "from agentsim.cli import main; main(['run', '--format', 'json'])"],
+                          capture_output=True, text=True, check=True)
     wall = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     summary = json.loads(done.stdout)
