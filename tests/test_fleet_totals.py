@@ -160,3 +160,36 @@ def test_totals_hold_with_a_kv_tier_and_disaggregated_pools():
     sim.run()
     sim.cluster.check_totals()
     assert len(picks) > 500 and sim.cluster.kv_tier.loads > 0
+
+
+# -- the spend cap's month, worked out once a month ------------------------------------------------------
+def _month_per_call(start, now):
+    """What the spend cap did before issue 20, on every call."""
+    from datetime import timedelta
+    d = start + timedelta(seconds=now)
+    return d.year, d.month
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.datetimes(min_value=__import__("datetime").datetime(2020, 1, 1),
+                    max_value=__import__("datetime").datetime(2030, 1, 1)),
+       st.sampled_from(["UTC", "America/Los_Angeles", "Asia/Kolkata"]),
+       st.lists(st.floats(0, 4e7, allow_nan=False), min_size=1, max_size=40), st.booleans())
+def test_the_spend_caps_month_equals_the_date_worked_out_on_every_call(start, tz, times, edges):
+    from zoneinfo import ZoneInfo
+    from agentsim.provider.policies.spend_cap import SpendCap
+    start = start.replace(tzinfo=ZoneInfo(tz))
+    if edges:       # times on, and a hair either side of, the month edges the times fall in (found here by dates)
+        from datetime import timedelta
+        more = []
+        for t in times:
+            first = (start + timedelta(seconds=t)).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+            after = (first + timedelta(days=32)).replace(day=1)
+            for edge in ((first - start).total_seconds(), (after - start).total_seconds()):
+                more += [edge + d for d in (-2e-3, -1e-3, -1e-6, -4e-7, 0.0, 4e-7, 1e-6, 1e-3, 2e-3) if edge + d >= 0]
+        times = sorted(times + more)
+    cap = SpendCap.__new__(SpendCap)
+    cap.view = SimpleNamespace(start=start)
+    cap._span = (0.0, -1.0, (0, 0))
+    for t in times:
+        assert cap._month(t) == _month_per_call(start, t), (start, t)
