@@ -71,6 +71,8 @@ class LeastOutstanding:
         pass
 
     def __call__(self, cands: list, req: Request):
+        if len(cands) == 1:
+            return cands[0]           # what the scan returns; no heap kept for a single replica
         if type(cands) is Candidates:
             return cands.least()
         return least_outstanding_scan(cands)
@@ -123,6 +125,8 @@ class SpeedAware:
 
     def __call__(self, cands: list, req: Request):
         best, best_t = cands[0], float("inf")
+        if len(cands) == 1:
+            return best               # the only candidate wins whatever its time
         P, O = req.prompt, req.output
         ctx = P + O / 2
         key = req.prefix_key
