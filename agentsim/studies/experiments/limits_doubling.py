@@ -35,7 +35,15 @@ QUESTION = ("What does doubling the five-hour usage limits and dropping the peak
             "GPU-hours, peak-hour latency and 429 rates?")
 FULL_SCALE = 4.0
 REPLICATIONS = 3
-PLAN_MIX = (("pro", 0.4), ("max5", 0.4), ("max20", 0.2))
+AFTER = "_post_2026_05_06"     # the plans after the change carry this suffix in limits.toml
+
+
+def plan_mix() -> tuple[tuple[str, float], ...]:
+    """The default coders' sourced plan mix (default.toml, post-change plans), as the plans before it."""
+    mix = default_scenario()["populations"]["coders"]["plan_mix"]
+    return tuple((plan.removesuffix(AFTER), share) for plan, share in mix.items())
+
+
 PEAK = (12 * 3600.0, 18 * 3600.0)          # the throttle's hours on the default start day (UTC)
 CDF_SAMPLE = 4000
 #: elasticity arms after the change: (growth of coding users, held-back sessions per user-day returning)
@@ -51,12 +59,12 @@ def scenario(scale: float, after: bool, duration_s: float = 86400.0, growth: flo
     coders = sc["populations"].pop("coders")
     pops = {}
     per_day = get_profile(coders["profile"], coders.get("params", {})).sessions_per_user_day
-    for plan, share in PLAN_MIX:
-        c = dict(coders)
+    for plan, share in plan_mix():
+        c = {k: v for k, v in coders.items() if k != "plan_mix"}
         c["size"] = max(1, round(coders["size"] * share * growth))
         if held_back:
             c["params"] = dict(c.get("params", {}), sessions_per_user_day=per_day * (1 + held_back))
-        c["plan"] = f"{plan}_post_2026_05_06" if after else plan
+        c["plan"] = f"{plan}{AFTER}" if after else plan
         pops[f"coders_{plan}"] = c
     chat = dict(sc["populations"]["chat"], plan="pro_post_2026_05_06" if after else "pro")
     sc["populations"] = {**pops, "api_agents": sc["populations"]["api_agents"], "chat": chat}
@@ -211,7 +219,7 @@ def run(out_dir, scale: float = 1.0, seed: int = 1, replications: int | None = N
         rep.figure(path, caption)
     rep.results = {"metrics": metrics, "elasticity": elastic, "replications": R, "seeds": ss}
     rep.settings = {"scale": scale, "replications": R, "seed": seed, "duration_s": duration_s,
-                    "plan_mix": dict(PLAN_MIX), "elasticity (growth, held back)": [list(e) for e in elasticity]}
+                    "plan_mix": dict(plan_mix()), "elasticity (growth, held back)": [list(e) for e in elasticity]}
     return rep.write(out, time.perf_counter() - t0)
 
 
@@ -248,8 +256,9 @@ def _assumptions(rep: Report) -> None:
     """What the answer rests on, each with its source."""
     rep.assume("Plans before and after 6 May 2026: five-hour budgets doubled, the peak-hour weight (1.5× on weekdays "
                "12–18 UTC) removed, weekly budgets unchanged", "agentsim/data/limits.toml (workload reference §3.3/§6.5)")
-    rep.assume(f"Coding users split {', '.join(f'{share:.0%} {plan}' for plan, share in PLAN_MIX)} — an assumption: "
-               "no published plan mix", "this experiment's PLAN_MIX")
+    rep.assume(f"Coding users split {', '.join(f'{share:.0%} {plan}' for plan, share in plan_mix())}, each on the same "
+               "tier before and after the change", "the default scenario's populations.coders.plan_mix, derived there from "
+               "Claude Code's cost per developer-day (workloads-policies.md §1.3) and the plans' weekly budgets (§6.5)")
     rep.assume("Usage priced at list prices per million tokens", "agentsim/data/limits.toml [prices]")
     rep.assume("Elasticity is swept, not known: growth of coding users and held-back sessions per user-day that "
                f"return ({', '.join(f'×{g:g}, +{h:.0%}' for g, h in ELASTICITY)})", "this experiment's ELASTICITY")
@@ -272,7 +281,7 @@ def _sections(rep: Report, metrics: dict, table: list, sc0: dict, R: int, scale:
         "diurnal profiles), "
         f"scaled ×{scale:g}: {sum(p['replicas'] for p in sc0['pools'].values())} replicas, "
         f"{sum(p['size'] for p in sc0['populations'].values()):,} users.",
-        "- Coding users by plan: " + ", ".join(f"{int(s * 100)} % {p}" for p, s in PLAN_MIX)
+        "- Coding users by plan: " + ", ".join(f"{int(s * 100)} % {p}" for p, s in plan_mix())
         + " [assumption]; chat users on Pro. Usage is list-price dollars (cache reads 0.1×); a user at a limit "
           "waits up to 1 h for the window to free, then the session ends (`limited`).",
         "- Before: plans `pro`, `max5`, `max20` (5-h budgets $6/$30/$120, weekly $70/$250/$800, peak weight "
