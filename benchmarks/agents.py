@@ -28,21 +28,33 @@ DeepSeek-V3 shapes instead: 10 × H100 dp 16 × ep 16, 6 × H200 dp 8 × ep 8 an
     python benchmarks/agents.py --quick       # 1,000 sessions
     python benchmarks/agents.py --fleet deepseek-ep   # the same sessions on the EP/DP fleet
     python benchmarks/agents.py --profile     # also cProfile one run, by own time
+    python benchmarks/agents.py --ab          # before (git tag issue20-start) vs this checkout, interleaved
+
+``--ab`` (issue 20) times the code at the start of the issue and this checkout in turns (A, B, B, A, …,
+``--rounds`` rounds, each arm a fresh process: ``benchmarks/ab.py``) and prints medians and ratios for:
+the agents workload above (``--sessions``); the default scenario's whole process (``agentsim run
+--format json`` in a child process: wall and CPU time of the child process, its summary compared between the arms);
+and ``benchmarks/routing.py`` (least_outstanding at 1, 64 and 1,024 replicas). Each arm's result
+columns (and a hash of its requests table) must be identical, or it stops.
 """
 from __future__ import annotations
 
 import argparse
 import cProfile
+import hashlib
 import io
 import json
 import os
 import pstats
+import resource
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import simpy
 
 from agentsim.run.api import load_scenario
@@ -96,7 +108,8 @@ def one_run(spec: dict, prof: cProfile.Profile | None = None) -> dict:
     total = time.perf_counter() - t0
     cpu_total = time.process_time() - c0
     rq, ss = res.requests, res.sessions
-    return {"run_s": sim.wall_s, "total_s": total, "run_cpu_s": c2 - c1, "total_cpu_s": cpu_total,
+    digest = hashlib.sha256(pd.util.hash_pandas_object(rq, index=False).to_numpy().tobytes()).hexdigest()
+    return {"requests_sha256": digest, "run_s": sim.wall_s, "total_s": total, "run_cpu_s": c2 - c1, "total_cpu_s": cpu_total,
             "sessions": int((ss["kind"] == "session").sum()),
             "subagents": int((ss["kind"] == "subagent").sum()), "calls": int(rq["call_id"].nunique()),
             "attempts": int(len(rq)), "completed": int((rq["outcome"] == "completed").sum()),
@@ -114,9 +127,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pin", type=int, metavar="CPU", help="pin the process to this CPU")
     ap.add_argument("--fleet", choices=sorted(FLEETS), default="llama70b",
                     help="llama70b: the benchmark's workload; deepseek-ep: the default scenario's EP/DP shapes")
+    ap.add_argument("--ab", action="store_true", help="before (issue20-start) vs this checkout, interleaved: "
+                    "this workload, the default scenario's whole process and the routing rows")
+    ap.add_argument("--rounds", type=int, default=5, help="with --ab: rounds (medians of this many runs per arm)")
+    ap.add_argument("--only", nargs="+", choices=("agents", "process", "routing"),
+                    default=["agents", "process", "routing"], help="with --ab: which rows")
+    ap.add_argument("--after", metavar="REF", help="with --ab: time a detached checkout of this commit as 'after' "
+                    "(default: this checkout as it is; a snapshot lets you keep editing while it runs)")
+    ap.add_argument("--default-process", action="store_true", help=argparse.SUPPRESS)   # one arm's process row
     args = ap.parse_args(argv)
     if args.pin is not None:
         os.sched_setaffinity(0, {args.pin})
+    if args.default_process:
+        return default_process(args.json)
+    if args.ab:
+        return ab(args)
     n = 1_000 if args.quick else args.sessions
     spec = scenario(n, fleet=args.fleet)
     runs = [one_run(spec) for _ in range(args.runs)]
@@ -165,6 +190,92 @@ def main(argv: list[str] | None = None) -> int:
         pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(25)
         print("\ncProfile of Simulation.run(), by own time:")
         print(out.getvalue())
+    return 0
+
+
+def default_process(out: Path) -> int:
+    """Run ``agentsim run --format json`` (the default scenario) as a child process; write its wall and
+    CPU time and a hash of its summary (the machine's own timing left out) to ``out``."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", "from agentsim.cli import main; main(['run', '--format', 'json'])"],
+                          capture_output=True, text=True, check=True)
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    summary = json.loads(done.stdout)
+    summary.pop("sim_wall_s", None)
+    digest = hashlib.sha256(json.dumps(summary, sort_keys=True, default=str).encode()).hexdigest()
+    out.write_text(json.dumps({"wall_s": wall, "cpu_s": (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime),
+                               "summary_sha256": digest}))
+    return 0
+
+
+def ab(args) -> int:
+    """Before vs after, interleaved (see the module docstring)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from ab import baseline_checkout, interleave, median
+    after = baseline_checkout(args.after) if args.after else Path(__file__).resolve().parent.parent
+    arms = {"before": baseline_checkout(), "after": after}
+    here = str(after / "benchmarks" / "agents.py")       # the after arm's script drives both arms
+    rows: list[list[str]] = []
+    load0 = os.getloadavg()
+
+    def row(label, unit, before, after, higher_is_better):
+        ratio = after / before if higher_is_better else before / after
+        rows.append([label, unit, f"{before:,.2f}", f"{after:,.2f}", f"{ratio:.2f}x"])
+
+    def same(got, keys):
+        for k in keys:
+            vals = {json.dumps(r[k], sort_keys=True) for arm in got.values() for r in arm}
+            if len(vals) != 1:
+                raise SystemExit(f"before and after differ in {k}: {sorted(vals)}")
+
+    if "agents" in args.only:
+        n = 1_000 if args.quick else args.sessions
+        got = interleave(arms, [sys.executable, here, "--runs", "1", "--sessions", str(n), "--fleet", args.fleet],
+                         args.rounds)
+        runs = {a: [g["runs"][0] for g in v] for a, v in got.items()}
+        same(runs, ("sessions", "subagents", "calls", "attempts", "completed", "events", "busy_share",
+                    "requests_sha256"))
+        calls = runs["after"][0]["calls"]
+        for key, label in (("run_s", "agents: event loop, LLM calls/s"), ("total_s", "agents: simulate(), LLM calls/s"),
+                           ("run_cpu_s", "agents: event loop, calls per CPU-s"),
+                           ("total_cpu_s", "agents: simulate(), calls per CPU-s")):
+            row(label, "calls/s", calls / median(runs["before"], key), calls / median(runs["after"], key), True)
+    if "process" in args.only:
+        got = interleave(arms, [sys.executable, here, "--default-process"], args.rounds)
+        same(got, ("summary_sha256",))
+        row("default scenario process, wall", "s", median(got["before"], "wall_s"), median(got["after"], "wall_s"), False)
+        row("default scenario process, CPU", "s", median(got["before"], "cpu_s"), median(got["after"], "cpu_s"), False)
+    if "routing" in args.only:
+        got = interleave(arms, [sys.executable, str(Path(here).parent / "routing.py"), "--runs", "1"], args.rounds)
+        sizes = list(got["after"][0]["rows"])
+        for size in sizes:
+            per = {a: [{"us": g["rows"][size]["us_per_request"], "router_us": g["rows"][size]["router_us_per_request"]}
+                        for g in v] for a, v in got.items()}
+            same({a: [{k: g["rows"][size][k] for k in ("requests", "completed", "events")} for g in v]
+                  for a, v in got.items()}, ("requests", "completed", "events"))
+            row(f"routing, least_outstanding, {int(size):,} replicas: CPU per request", "µs",
+                median(per["before"], "us"), median(per["after"], "us"), False)
+            row(f"routing, least_outstanding, {int(size):,} replicas: router calls per request", "µs",
+                median(per["before"], "router_us"), median(per["after"], "router_us"), False)
+        for arm in got:
+            base = median([g["rows"][sizes[0]] for g in got[arm]], "us_per_request")
+            for size in sizes[1:]:
+                cost = median([g["rows"][size] for g in got[arm]], "us_per_request")
+                rows.append([f"routing: {arm}, {int(size):,} replicas per request / 1 replica", "ratio",
+                             "", "", f"{cost / base:.2f}"])
+    head = ["row", "unit", "before (median)", "after (median)", "speed-up"]
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
+    print(f"before = {arms['before']} (issue20-start), after = {arms['after']}; {args.rounds} interleaved rounds, "
+          f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, load average {load0[0]:.1f} at the start and "
+          f"{os.getloadavg()[0]:.1f} at the end")
+    print("| " + " | ".join(h.ljust(w) for h, w in zip(head, widths)) + " |")
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for r in rows:
+        print("| " + " | ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) + " |")
+    if args.json:
+        args.json.write_text(json.dumps({"rows": rows}, indent=2))
     return 0
 
 

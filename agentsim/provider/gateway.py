@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from ..model.catalog import format_validation_error
 from ..util.errors import InputError, unknown_name
 from .policies import POLICIES
+from .policies.base import Policy
 from ..serving.request import Request
 
 
@@ -67,12 +68,15 @@ class Gateway:
                          else POLICIES[p.name](p, view) for p in params_list]
         self.rejected = 0
         self.peak = peak
+        # the hooks each policy does something in (the base class's are no-ops: not called per request)
+        self._admits = [(i, p.admit) for i, p in enumerate(self.policies) if _overrides(p, "admit")]
+        self._on_done = [p.on_done for p in self.policies if _overrides(p, "on_done")]
 
     def submit(self, req: Request) -> bool:
         """True if admitted (routed), False if rejected (already ended)."""
         now = self.clock()
-        for i, policy in enumerate(self.policies):
-            verdict = policy.admit(req, now)
+        for i, admit in self._admits:
+            verdict = admit(req, now)
             if verdict is not None:
                 for earlier in self.policies[:i]:
                     earlier.release(req, now)
@@ -85,5 +89,10 @@ class Gateway:
 
     def on_done(self, req: Request) -> None:
         now = self.clock()
-        for policy in self.policies:
-            policy.on_done(req, now)
+        for on_done in self._on_done:
+            on_done(req, now)
+
+
+def _overrides(policy, hook: str) -> bool:
+    """Does ``policy`` define ``hook`` beyond the base class's no-op?"""
+    return getattr(type(policy), hook) is not getattr(Policy, hook)

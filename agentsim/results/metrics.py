@@ -31,6 +31,12 @@ class Recorder:
         self.count = 0
         #: per pool: [requests routed to it, completed there, ended otherwise] (the sampler's deltas)
         self.pool_counts: list[list[int]] = [[0, 0, 0] for _ in range(n_pools)]
+        # each column's append, in the order record() fills them (one bound method each, looked up once)
+        order = ("request_id", "call_id", "attempt", "trigger", "population", "stream", "session", "user", "tenant",
+                 "pool", "replica", "priority", "input_tokens", "output_tokens", "cached_gpu_tokens",
+                 "cached_host_tokens", "prefill_tokens", "preemptions", "outcome")
+        assert set(order) == set(INT_COLUMNS)
+        self._append = tuple(self.ints[c].append for c in order) + tuple(self.floats[c].append for c in FLOAT_COLUMNS)
 
     def routed(self, req: Request) -> None:
         """``req`` reached a replica (counted for its pool's arrivals)."""
@@ -43,32 +49,34 @@ class Recorder:
         self.record(req)
 
     def record(self, req: Request) -> None:
-        i, f = self.ints, self.floats
-        i["request_id"].append(req.rid)
-        i["call_id"].append(req.call)
-        i["attempt"].append(req.attempt)
-        i["trigger"].append(req.trigger)
-        i["population"].append(req.population)
-        i["stream"].append(req.stream)
-        i["session"].append(req.session)
-        i["user"].append(req.user)
-        i["tenant"].append(req.tenant)
-        i["pool"].append(self.pool_of_replica[req.replica] if req.replica >= 0 else -1)
-        i["replica"].append(req.replica)
-        i["priority"].append(req.priority)
-        i["input_tokens"].append(req.prompt)
-        i["output_tokens"].append(req.output)
-        i["cached_gpu_tokens"].append(req.cached_gpu)
-        i["cached_host_tokens"].append(req.cached_host)
-        i["prefill_tokens"].append(req.prefill_tokens)
-        i["preemptions"].append(req.preemptions)
-        i["outcome"].append(OUTCOME_CODE[req.outcome])
-        f["arrival_s"].append(req.arrival)
-        f["ready_s"].append(req.ready)
-        f["admitted_s"].append(req.admitted)
-        f["first_token_s"].append(req.first_token)
-        f["finish_s"].append(req.finish)
-        f["retry_after_s"].append(req.retry_after)
+        (rid, call, attempt, trigger, population, stream, session, user, tenant, pool, replica, priority, inp, out,
+         gpu, host, prefill, preempt, outcome, arrival, ready, admitted, first, finish, retry) = self._append
+        rid(req.rid)
+        call(req.call)
+        attempt(req.attempt)
+        trigger(req.trigger)
+        population(req.population)
+        stream(req.stream)
+        session(req.session)
+        user(req.user)
+        tenant(req.tenant)
+        r = req.replica
+        pool(self.pool_of_replica[r] if r >= 0 else -1)
+        replica(r)
+        priority(req.priority)
+        inp(req.prompt)
+        out(req.output)
+        gpu(req.cached_gpu)
+        host(req.cached_host)
+        prefill(req.prefill_tokens)
+        preempt(req.preemptions)
+        outcome(OUTCOME_CODE[req.outcome])
+        arrival(req.arrival)
+        ready(req.ready)
+        admitted(req.admitted)
+        first(req.first_token)
+        finish(req.finish)
+        retry(req.retry_after)
         self.count += 1
 
     def columns(self) -> dict[str, np.ndarray]:

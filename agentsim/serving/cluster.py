@@ -11,9 +11,9 @@ multiplies by its PUE.
 """
 from __future__ import annotations
 
+import heapq
 import itertools
 from dataclasses import dataclass, field
-from operator import attrgetter
 
 import numpy as np
 
@@ -61,19 +61,30 @@ class RoundRobin:
 
 
 class LeastOutstanding:
-    """Fewest requests queued or running (ties: the lowest index)."""
+    """Fewest requests queued or running (ties: the first candidate, i.e. the lowest index).
+
+    On the cluster's :class:`Candidates` it asks their ordered view (O(log R) per request, R
+    candidates); on a plain list it scans (O(R)); both pick the same replica.
+    """
 
     def __init__(self, rng, cfg) -> None:
         pass
 
     def __call__(self, cands: list, req: Request):
-        best = cands[0]
-        best_n = best.outstanding
-        for r in cands:
-            n = r.outstanding
-            if n < best_n:
-                best, best_n = r, n
-        return best
+        if type(cands) is Candidates:
+            return cands.least()
+        return least_outstanding_scan(cands)
+
+
+def least_outstanding_scan(cands: list):
+    """The replica with the fewest outstanding requests, the first of equals: the O(R) reference."""
+    best = cands[0]
+    best_n = best.outstanding
+    for r in cands:
+        n = r.outstanding
+        if n < best_n:
+            best, best_n = r, n
+    return best
 
 
 class PowerOfTwo:
@@ -154,9 +165,6 @@ class SpeedAware:
         return best
 
 
-_outstanding = attrgetter("outstanding")
-
-
 class SessionAffinity:
     """Keep a session on one replica (prefix-cache hits) unless it is overloaded.
 
@@ -173,13 +181,27 @@ class SessionAffinity:
     def __call__(self, cands: list, req: Request):
         key = req.prefix_key if req.prefix_key is not None else req.session
         home = self.home.get(key)
-        if home is not None and home in cands:
-            n = home.outstanding      # the mean is >= 0, so n <= 1 never needs it (O(replicas) per request)
-            if n <= 1 or n <= self.bound * sum(map(_outstanding, cands)) / len(cands) + 1:
+        if home is not None and _contains(cands, home):
+            n = home.outstanding      # the mean is >= 0, so n <= 1 never needs it
+            if n <= 1 or n <= self.bound * outstanding_total(cands) / len(cands) + 1:
                 return home
         home = self._least(cands, req)
         self.home[key] = home
         return home
+
+
+def outstanding_total(cands: list) -> int:
+    """Requests queued or running over ``cands``: the cluster's running total, else a sum."""
+    if type(cands) is Candidates:
+        return cands.total
+    return sum(r.outstanding for r in cands)
+
+
+def _contains(cands: list, replica) -> bool:
+    if type(cands) is Candidates:
+        pos = cands.pos_of.get(replica.index)
+        return pos is not None and cands[pos] is replica
+    return replica in cands
 
 
 ROUTERS = {"round_robin": RoundRobin, "least_outstanding": LeastOutstanding, "power_of_two": PowerOfTwo,
@@ -191,6 +213,57 @@ def make_router(name: str, rng, cfg):
         return ROUTERS[name](rng, cfg)
     except KeyError:
         raise unknown_name("router", name, ROUTERS, where="router.policy") from None
+
+
+# -- running totals ------------------------------------------------------------------------------
+class Candidates(list):
+    """The up, routable replicas a request may enter by (a list, in replica order) with their load
+    kept current by the cluster, so that routers and policies decide in O(1) or O(log R):
+
+    * ``total``: requests queued or running over them (``sum(r.outstanding for r in self)``);
+    * :meth:`least`: the first of those with the fewest (a heap of ``(outstanding, position)``
+      entries, made on the first call; an entry whose count is no longer the replica's is stale
+      and dropped when it reaches the top).
+
+    The cluster counts a request on a replica from its submit to its end (the replica's
+    ``on_done``), which is what ``Replica.outstanding`` counts; tests check that they agree.
+    """
+
+    __slots__ = ("total", "pos_of", "_out", "_rids", "_heap")
+
+    def __init__(self, replicas: list, out: list[int]) -> None:
+        super().__init__(replicas)
+        self._out = out                               # the cluster's count per replica id (shared)
+        self._rids = [r.index for r in replicas]
+        self.pos_of = {rid: pos for pos, rid in enumerate(self._rids)}
+        self.total = sum(out[rid] for rid in self._rids)
+        self._heap: list | None = None
+
+    def least(self):
+        """The candidate with the fewest outstanding requests; ties: the first (lowest position)."""
+        h = self._heap
+        if h is None:
+            h = self._rebuild()
+        out, rids = self._out, self._rids
+        while True:
+            n, pos = h[0]
+            if out[rids[pos]] == n:
+                return self[pos]
+            heapq.heappop(h)        # stale: that replica's count has moved since
+
+    def _rebuild(self) -> list:
+        out = self._out
+        h = self._heap = [(out[rid], pos) for pos, rid in enumerate(self._rids)]
+        heapq.heapify(h)
+        return h
+
+    def _moved(self, pos: int, n: int) -> None:
+        """The replica at ``pos`` now counts ``n`` (the heap's side of a change)."""
+        h = self._heap
+        if len(h) > 4 * len(self._rids) + 64:   # stale entries bounded: rebuild (O(R), amortised O(1))
+            self._rebuild()
+        else:
+            heapq.heappush(h, (n, pos))
 
 
 # -- the cluster -----------------------------------------------------------------------------------
@@ -224,6 +297,14 @@ class Cluster:
         self.down_since: dict[int, float] = {}
         self.down_time = [0.0] * len(self.replicas)
         self._cands_cache: dict = {}
+        # running totals: requests submitted to each replica and not yet ended (its ``outstanding``),
+        # and the candidate sets each replica is in, updated on every submit and end
+        self.outstanding = [0] * len(self.replicas)
+        self._member: list[list] = [[] for _ in self.replicas]     # replica id -> [(Candidates, position)]
+        for r in self.replicas:
+            r.on_done = self._counted_end(r.index, r.on_done)
+        if kv_tier is not None:
+            kv_tier.enter = self.enter
         # autoscaling (serving/autoscale.py): a routable replica takes new requests (not while it
         # cold-starts or drains); a parked one is not provisioned: down, drawing and costing nothing
         self.routable = [True] * len(self.replicas)
@@ -244,9 +325,51 @@ class Cluster:
                 pools = self._decoders.get(model, [])
             else:
                 pools = self._entry_pools if model is None else self._by_model.get(model, [])
-            cands = [r for p in pools for r in p.replicas if r.up and self.routable[r.index]]
+            cands = Candidates([r for p in pools for r in p.replicas if r.up and self.routable[r.index]],
+                               self.outstanding)
             self._cands_cache[key] = cands
+            for pos, r in enumerate(cands):
+                self._member[r.index].append((cands, pos))
         return cands
+
+    def _forget_candidates(self) -> None:
+        """Replicas went down, came up or changed routability: candidate sets are made afresh."""
+        self._cands_cache.clear()
+        for m in self._member:
+            m.clear()
+
+    def _count(self, rid: int, d: int) -> None:
+        n = self.outstanding[rid] = self.outstanding[rid] + d
+        for cands, pos in self._member[rid]:
+            cands.total += d
+            if cands._heap is not None:
+                cands._moved(pos, n)
+
+    def _counted_end(self, rid: int, then):
+        """Replica ``rid``'s ``on_done``: uncount the request, then ``then(req)``."""
+        out, member = self.outstanding, self._member[rid]
+
+        def ended(req: Request) -> None:
+            n = out[rid] = out[rid] - 1
+            for cands, pos in member:
+                cands.total -= 1
+                if cands._heap is not None:
+                    cands._moved(pos, n)
+            if then is not None:
+                then(req)
+        return ended
+
+    def enter(self, req: Request, replica) -> None:
+        """Submit ``req`` to ``replica`` now (every submit goes through here, so the totals count it)."""
+        self._count(replica.index, 1)
+        replica.submit(req)
+
+    def check_totals(self) -> None:
+        """Raise AssertionError unless every running total equals the sum it replaces (tests)."""
+        for r in self.replicas:
+            assert self.outstanding[r.index] == r.outstanding, (r.index, self.outstanding[r.index], r.outstanding)
+        for cands in self._cands_cache.values():
+            assert cands.total == sum(r.outstanding for r in cands), (cands.total, [r.outstanding for r in cands])
 
     def report(self, now: float) -> list[dict]:
         """One row per pool at ``now``: its deployment, limits, busy and down shares, energy and cost
@@ -308,7 +431,7 @@ class Cluster:
             seconds, tokens = self.kv_tier.plan(req, replica, dep.model.name, kv_tier_bytes_per_token(dep))
             if tokens:
                 return self.kv_tier.load(req, replica, seconds, tokens, end)
-        replica.submit(req)
+        self.enter(req, replica)
 
     def cancel(self, req: Request, outcome: str) -> None:
         """The client gives up on ``req``, which reached a replica."""
@@ -323,7 +446,7 @@ class Cluster:
         self._down[rid] = n + 1
         if n == 0:
             self.down_since[rid] = self.env.now
-            self._cands_cache.clear()
+            self._forget_candidates()
             self.replicas[rid].fail()
             if self.handoff is not None:
                 self.handoff.replica_down(rid)
@@ -337,14 +460,14 @@ class Cluster:
         self._down[rid] = n - 1
         if n == 1:
             self.down_time[rid] += self.env.now - self.down_since.pop(rid)
-            self._cands_cache.clear()
+            self._forget_candidates()
             self.replicas[rid].repair()
 
     def set_routable(self, rid: int, routable: bool) -> None:
         """Let a replica take new requests, or stop sending it any (what it holds runs on)."""
         if self.routable[rid] != routable:
             self.routable[rid] = routable
-            self._cands_cache.clear()
+            self._forget_candidates()
 
     def park(self, rid: int) -> None:
         """Release a replica (scaled in, or never provisioned yet): down, unpaid, its caches lost."""
@@ -414,7 +537,7 @@ class FleetLoad:
     @property
     def outstanding_per_replica(self) -> float:
         """Queued plus running requests per up replica."""
-        return sum(r.outstanding for r in self._replicas) / len(self._replicas)
+        return outstanding_total(self._replicas) / len(self._replicas)
 
     def queue_delay_s(self) -> float:
         """Estimated queueing delay at the least-loaded replica: the prefill time of its queued

@@ -190,7 +190,7 @@ class Handoff:
         self.arrived_tokens += req.prompt
         f.stage = DECODE
         f.leg = leg = decode_leg(req, self.env.now)
-        f.dst.submit(leg)
+        self.cluster.enter(leg, f.dst)
 
     def _finish(self, f: Flight, outcome: str, t: float) -> None:
         req = f.req

@@ -23,6 +23,10 @@ from ..util.events import _push
 from .request import Request
 
 
+def _submit(req: Request, replica) -> None:
+    replica.submit(req)
+
+
 class KvTier:
     """Session prefixes by (model, key), LRU within ``capacity_bytes``; loads cost latency + bytes / bandwidth."""
 
@@ -32,6 +36,8 @@ class KvTier:
         self.used = 0.0
         self.loading: dict[int, tuple] = {}   # request id -> (request, replica, tokens, end)
         self.loads = self.loaded_tokens = self.evictions = 0
+        #: how a loaded request enters its replica: the cluster's ``enter`` (which counts it), set by the cluster
+        self.enter = _submit
 
     # -- entries ----------------------------------------------------------------------------------------
     def put(self, model: str, key, tokens: int, bytes_per_token: float) -> None:
@@ -100,7 +106,7 @@ class KvTier:
         replica.cache.stage(req.prefix_key, tokens, self.env.now, req.cache_ttl)
         self.loads += 1
         self.loaded_tokens += tokens
-        replica.submit(req)
+        self.enter(req, replica)
 
     def cancel(self, req: Request, outcome: str) -> bool:
         """The client gives up on ``req``: True if it was loading (then it ended here)."""

@@ -23,6 +23,14 @@ class Policy:
     def __init__(self, params, view) -> None:
         self.p = params
         self.view = view      # agentsim.provider.gateway.PolicyView: the run as far as a policy may see it
+        self._price_lists: dict = {}
+
+    def price_list(self, model: str | None):
+        """``self.p.price_list(model)`` (a priced policy's), looked up once per model."""
+        got = self._price_lists.get(model)
+        if got is None:
+            got = self._price_lists[model] = self.p.price_list(model)
+        return got
 
     def admit(self, req: Request, now: float):
         return None

@@ -58,7 +58,7 @@ class UsageWindows(Policy):
             return
         p, w5, w7 = st
         cached = req.cached_gpu + req.cached_host
-        usage = self.p.price_list(req.model).usd(req.prompt - cached, cached, req.output)
+        usage = self.price_list(req.model).usd(req.prompt - cached, cached, req.output)
         peak = self.view.peak
         if peak is not None:
             usage *= peak.usage_weight(now, p)
