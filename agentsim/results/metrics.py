@@ -6,6 +6,7 @@ requests cost well under 200 MB. Analysis happens outside, on the DataFrames a R
 from __future__ import annotations
 
 from array import array
+from operator import attrgetter
 
 import numpy as np
 
@@ -22,21 +23,37 @@ FLOAT_COLUMNS = ("arrival_s", "ready_s", "admitted_s", "first_token_s", "finish_
 
 
 class Recorder:
-    """Appends one row per finished request (and, at the end, one per request still in flight)."""
+    """Appends one row per finished request (and, at the end, one per request still in flight).
+
+    A row is first one tuple (its attributes read by one ``attrgetter`` call, in C) in a buffer of
+    at most :data:`FLUSH_ROWS` rows, moved into the typed arrays a column at a time when the buffer
+    is full and whenever the arrays are read (``ints``, ``floats``, :meth:`columns`): one append a
+    request instead of one per column. The pool column and the outcome codes are made at the flush,
+    from the replica and outcome columns.
+    """
+
+    FLUSH_ROWS = 4096
 
     def __init__(self, pool_of_replica: list[int], n_pools: int) -> None:
-        self.ints = {c: array("q") for c in INT_COLUMNS}
-        self.floats = {c: array("d") for c in FLOAT_COLUMNS}
+        self._ints = {c: array("q") for c in INT_COLUMNS}
+        self._floats = {c: array("d") for c in FLOAT_COLUMNS}
         self.pool_of_replica = pool_of_replica
         self.count = 0
         #: per pool: [requests routed to it, completed there, ended otherwise] (the sampler's deltas)
         self.pool_counts: list[list[int]] = [[0, 0, 0] for _ in range(n_pools)]
-        # each column's append, in the order record() fills them (one bound method each, looked up once)
-        order = ("request_id", "call_id", "attempt", "trigger", "population", "stream", "session", "user", "tenant",
-                 "pool", "replica", "priority", "input_tokens", "output_tokens", "cached_gpu_tokens",
-                 "cached_host_tokens", "prefill_tokens", "preemptions", "outcome")
-        assert set(order) == set(INT_COLUMNS)
-        self._append = tuple(self.ints[c].append for c in order) + tuple(self.floats[c].append for c in FLOAT_COLUMNS)
+        # the buffered row: the Request attribute of each column, in this order (pool is derived)
+        fields = {"request_id": "rid", "call_id": "call", "attempt": "attempt", "trigger": "trigger",
+                  "stream": "stream", "population": "population", "session": "session", "user": "user",
+                  "tenant": "tenant", "replica": "replica", "priority": "priority", "input_tokens": "prompt",
+                  "output_tokens": "output", "cached_gpu_tokens": "cached_gpu", "cached_host_tokens": "cached_host",
+                  "prefill_tokens": "prefill_tokens", "preemptions": "preemptions", "outcome": "outcome",
+                  "arrival_s": "arrival", "ready_s": "ready", "admitted_s": "admitted", "first_token_s": "first_token",
+                  "finish_s": "finish", "retry_after_s": "retry_after"}
+        assert set(fields) | {"pool"} == set(INT_COLUMNS) | set(FLOAT_COLUMNS)
+        self._cols = tuple(fields)
+        self._row = attrgetter(*fields.values())
+        self._rows: list[tuple] = []
+        self._buffer = self._rows.append
 
     def routed(self, req: Request) -> None:
         """``req`` reached a replica (counted for its pool's arrivals)."""
@@ -46,42 +63,50 @@ class Recorder:
         """Count ``req``'s end for its pool (if it reached one), then keep its row."""
         if req.replica >= 0:
             self.pool_counts[self.pool_of_replica[req.replica]][1 if req.outcome == "completed" else 2] += 1
-        self.record(req)
+        self._buffer(self._row(req))
+        self.count += 1
+        if len(self._rows) >= self.FLUSH_ROWS:
+            self.flush()
 
     def record(self, req: Request) -> None:
-        (rid, call, attempt, trigger, population, stream, session, user, tenant, pool, replica, priority, inp, out,
-         gpu, host, prefill, preempt, outcome, arrival, ready, admitted, first, finish, retry) = self._append
-        rid(req.rid)
-        call(req.call)
-        attempt(req.attempt)
-        trigger(req.trigger)
-        population(req.population)
-        stream(req.stream)
-        session(req.session)
-        user(req.user)
-        tenant(req.tenant)
-        r = req.replica
-        pool(self.pool_of_replica[r] if r >= 0 else -1)
-        replica(r)
-        priority(req.priority)
-        inp(req.prompt)
-        out(req.output)
-        gpu(req.cached_gpu)
-        host(req.cached_host)
-        prefill(req.prefill_tokens)
-        preempt(req.preemptions)
-        outcome(OUTCOME_CODE[req.outcome])
-        arrival(req.arrival)
-        ready(req.ready)
-        admitted(req.admitted)
-        first(req.first_token)
-        finish(req.finish)
-        retry(req.retry_after)
+        self._buffer(self._row(req))
         self.count += 1
+        if len(self._rows) >= self.FLUSH_ROWS:
+            self.flush()
+
+    def flush(self) -> None:
+        """Move the buffered rows into the typed arrays."""
+        rows = self._rows
+        if not rows:
+            return
+        ints, floats = self._ints, self._floats
+        for name, values in zip(self._cols, zip(*rows)):
+            if name == "outcome":
+                ints[name].extend(map(OUTCOME_CODE.__getitem__, values))
+            elif name in ints:
+                ints[name].extend(values)
+                if name == "replica":     # the replica's pool, -1 where it reached none
+                    r = np.asarray(values, dtype=np.int64)
+                    pools = np.asarray(self.pool_of_replica, dtype=np.int64)[np.maximum(r, 0)] if len(self.pool_of_replica) else r
+                    ints["pool"].frombytes(np.where(r >= 0, pools, -1).astype(np.int64).tobytes())
+            else:
+                floats[name].extend(values)
+        rows.clear()
+
+    @property
+    def ints(self) -> dict[str, array]:
+        self.flush()
+        return self._ints
+
+    @property
+    def floats(self) -> dict[str, array]:
+        self.flush()
+        return self._floats
 
     def columns(self) -> dict[str, np.ndarray]:
-        out = {c: np.frombuffer(a, dtype=np.int64) if len(a) else np.empty(0, np.int64) for c, a in self.ints.items()}
-        out.update({c: np.frombuffer(a, dtype=np.float64) if len(a) else np.empty(0) for c, a in self.floats.items()})
+        self.flush()
+        out = {c: np.frombuffer(a, dtype=np.int64) if len(a) else np.empty(0, np.int64) for c, a in self._ints.items()}
+        out.update({c: np.frombuffer(a, dtype=np.float64) if len(a) else np.empty(0) for c, a in self._floats.items()})
         return out
 
 
