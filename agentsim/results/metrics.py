@@ -14,6 +14,7 @@ from ..serving.cluster import Cluster, replica_energy_j
 from ..serving.request import OUTCOMES, Request
 
 OUTCOME_CODE = {o: i for i, o in enumerate(OUTCOMES)}
+COMPLETED, IN_FLIGHT = OUTCOME_CODE["completed"], OUTCOME_CODE["in_flight"]
 
 INT_COLUMNS = ("request_id", "call_id", "attempt", "trigger", "stream", "population", "session", "user", "tenant", "pool",
                "replica", "priority", "input_tokens",
@@ -25,11 +26,12 @@ FLOAT_COLUMNS = ("arrival_s", "ready_s", "admitted_s", "first_token_s", "finish_
 class Recorder:
     """Appends one row per finished request (and, at the end, one per request still in flight).
 
-    A row is first one tuple (its attributes read by one ``attrgetter`` call, in C) in a buffer of
-    at most :data:`FLUSH_ROWS` rows, moved into the typed arrays a column at a time when the buffer
-    is full and whenever the arrays are read (``ints``, ``floats``, :meth:`columns`): one append a
-    request instead of one per column. The pool column and the outcome codes are made at the flush,
-    from the replica and outcome columns.
+    A row is first its values, appended to a flat buffer of at most :data:`FLUSH_ROWS` rows and
+    moved into the typed arrays a column at a time (a strided slice each) when the buffer is full
+    and whenever the arrays or counts are read (``ints``, ``floats``, ``pool_counts``,
+    :meth:`columns`): one list extend a request instead of one append per column. The pool column,
+    the outcome codes and the per-pool counts of ends are made at the flush, from the replica and
+    outcome columns.
     """
 
     FLUSH_ROWS = 4096
@@ -40,7 +42,7 @@ class Recorder:
         self.pool_of_replica = pool_of_replica
         self.count = 0
         #: per pool: [requests routed to it, completed there, ended otherwise] (the sampler's deltas)
-        self.pool_counts: list[list[int]] = [[0, 0, 0] for _ in range(n_pools)]
+        self._counts: list[list[int]] = [[0, 0, 0] for _ in range(n_pools)]   # ends counted at the flush
         # the buffered row: the Request attribute of each column, in this order (pool is derived)
         fields = {"request_id": "rid", "call_id": "call", "attempt": "attempt", "trigger": "trigger",
                   "stream": "stream", "population": "population", "session": "session", "user": "user",
@@ -51,27 +53,34 @@ class Recorder:
                   "finish_s": "finish", "retry_after_s": "retry_after"}
         assert set(fields) | {"pool"} == set(INT_COLUMNS) | set(FLOAT_COLUMNS)
         self._cols = tuple(fields)
-        self._row = attrgetter(*fields.values())
-        self._rows: list[tuple] = []
-        self._buffer = self._rows.append
+        self._row = attrgetter(*fields.values())   # what record() reads, inlined there (tests compare the two)
+        self._flush_at = self.FLUSH_ROWS * len(fields)
+        self._rows: list = []                 # the buffered rows' values, one row after the other
+        self._buffer = self._rows.extend
 
     def routed(self, req: Request) -> None:
         """``req`` reached a replica (counted for its pool's arrivals)."""
-        self.pool_counts[self.pool_of_replica[req.replica]][0] += 1
+        self._counts[self.pool_of_replica[req.replica]][0] += 1
 
     def ended(self, req: Request) -> None:
-        """Count ``req``'s end for its pool (if it reached one), then keep its row."""
-        if req.replica >= 0:
-            self.pool_counts[self.pool_of_replica[req.replica]][1 if req.outcome == "completed" else 2] += 1
-        self._buffer(self._row(req))
-        self.count += 1
-        if len(self._rows) >= self.FLUSH_ROWS:
-            self.flush()
+        """Keep the row of a request that ended (its pool's count of ends is taken from the rows at
+        the flush: every row not ``in_flight`` that reached a replica)."""
+        self.record(req)
+
+    @property
+    def pool_counts(self) -> list[list[int]]:
+        """Per pool: [requests routed to it, completed there, ended otherwise] (the sampler's deltas)."""
+        self.flush()
+        return self._counts
 
     def record(self, req: Request) -> None:
-        self._buffer(self._row(req))
+        # the attributes in the order of ``fields`` in __init__ (plain attribute loads: faster than attrgetter)
+        self._buffer((req.rid, req.call, req.attempt, req.trigger, req.stream, req.population, req.session, req.user,
+                      req.tenant, req.replica, req.priority, req.prompt, req.output, req.cached_gpu, req.cached_host,
+                      req.prefill_tokens, req.preemptions, req.outcome, req.arrival, req.ready, req.admitted,
+                      req.first_token, req.finish, req.retry_after))
         self.count += 1
-        if len(self._rows) >= self.FLUSH_ROWS:
+        if len(self._rows) >= self._flush_at:
             self.flush()
 
     def flush(self) -> None:
@@ -80,18 +89,31 @@ class Recorder:
         if not rows:
             return
         ints, floats = self._ints, self._floats
-        for name, values in zip(self._cols, zip(*rows)):
+        k = len(self._cols)
+        for j, name in enumerate(self._cols):
+            values = rows[j::k]       # a strided slice is this column (zip(*rows) of tuples is ~10x slower)
+            # array(typecode, tuple) then extend by that array: a copy in C (extend by a tuple goes item by item)
             if name == "outcome":
-                ints[name].extend(map(OUTCOME_CODE.__getitem__, values))
+                codes = array("q", map(OUTCOME_CODE.__getitem__, values))
+                ints[name].extend(codes)
             elif name in ints:
-                ints[name].extend(values)
+                ints[name].extend(array("q", values))
                 if name == "replica":     # the replica's pool, -1 where it reached none
                     r = np.asarray(values, dtype=np.int64)
                     pools = np.asarray(self.pool_of_replica, dtype=np.int64)[np.maximum(r, 0)] if len(self.pool_of_replica) else r
-                    ints["pool"].frombytes(np.where(r >= 0, pools, -1).astype(np.int64).tobytes())
+                    pool = np.where(r >= 0, pools, -1).astype(np.int64)
+                    ints["pool"].frombytes(pool.tobytes())
             else:
-                floats[name].extend(values)
+                floats[name].extend(array("d", values))
         rows.clear()
+        oc = np.frombuffer(codes, dtype=np.int64)
+        ended = (pool >= 0) & (oc != IN_FLIGHT)
+        n = len(self._counts)
+        done = np.bincount(pool[ended & (oc == COMPLETED)], minlength=n).tolist()
+        other = np.bincount(pool[ended & (oc != COMPLETED)], minlength=n).tolist()
+        for c, d, o in zip(self._counts, done, other):
+            c[1] += d
+            c[2] += o
 
     @property
     def ints(self) -> dict[str, array]:
