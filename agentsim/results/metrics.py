@@ -62,11 +62,6 @@ class Recorder:
         """``req`` reached a replica (counted for its pool's arrivals)."""
         self._counts[self.pool_of_replica[req.replica]][0] += 1
 
-    def ended(self, req: Request) -> None:
-        """Keep the row of a request that ended (its pool's count of ends is taken from the rows at
-        the flush: every row not ``in_flight`` that reached a replica)."""
-        self.record(req)
-
     @property
     def pool_counts(self) -> list[list[int]]:
         """Per pool: [requests routed to it, completed there, ended otherwise] (the sampler's deltas)."""
@@ -82,6 +77,10 @@ class Recorder:
         self.count += 1
         if len(self._rows) >= self._flush_at:
             self.flush()
+
+    #: a request that ended: its row (its pool's count of ends is taken from the rows at the flush:
+    #: every row not ``in_flight`` that reached a replica), one call fewer than a wrapper around record
+    ended = record
 
     def flush(self) -> None:
         """Move the buffered rows into the typed arrays."""
