@@ -15,15 +15,12 @@ from heapq import _siftdown, heapify, heappush
 
 from simpy.events import NORMAL, Event
 
+_new_event = object.__new__
+
 
 def call_later(env, delay: float, callback, value=None) -> Event:
     """Fire ``callback(event)`` after ``delay`` s (``event.value`` is ``value``); returns the event."""
-    ev = Event(env)
-    ev._ok = True
-    ev._value = value
-    ev.callbacks.append(callback)
-    env.schedule(ev, NORMAL, delay)
-    return ev
+    return _push(env, callback, value, delay)[3]      # the entry env.schedule(ev, NORMAL, delay) pushes
 
 
 def events_scheduled(env) -> int:
@@ -36,10 +33,11 @@ def _push(env, callback, value, delay: float) -> tuple:
     """Schedule an event calling ``callback(event)`` after ``delay`` s, exactly as
     ``env.schedule(event, NORMAL, delay)`` would (same time, priority and id), without its call
     overhead; returns the queue entry ``(time, priority, id, event)``."""
-    ev = Event(env)
+    ev = _new_event(Event)         # Event(env) without its __init__ call: the same four attributes
+    ev.env = env
+    ev.callbacks = [callback]
     ev._ok = True
     ev._value = value
-    ev.callbacks.append(callback)
     entry = (env._now + delay, NORMAL, next(env._eid), ev)
     queue = env._queue
     if len(queue) > COMPACT_MIN_QUEUE:
