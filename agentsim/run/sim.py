@@ -125,9 +125,9 @@ class Simulation:
         self._sweeping = False
 
     def new_request(self, prompt: int, output: int, **kw) -> Request:
-        req = Request(self._rid, self.env.now, prompt, output, **kw)
-        self._rid += 1
-        return req
+        rid = self._rid
+        self._rid = rid + 1
+        return Request(rid, self.env.now, prompt, output, **kw)
 
     #: request timeouts fire on this grid (s): a timeout is at most this late, and one wake-up serves
     #: every deadline that falls in the same slot

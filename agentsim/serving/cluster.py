@@ -414,14 +414,36 @@ class Cluster:
         cands = self.candidates(model)
         return FleetLoad(cands) if cands else None
 
+    # the single-candidate short cut: a router that keeps no state per request picks the one
+    # candidate there is without being asked (RoundRobin, SessionAffinity, PrefixAware and PinRelease
+    # with a prefix key update state, so they are still asked); worked out once per router object
+    _one_for = None              # the router _one was worked out for (tests swap in spies)
+    _one = 0                     # 0: always ask it, 1: never with one candidate, 2: only for a prefix key
+
+    @staticmethod
+    def _one_rule(router) -> int:
+        from .routing_guard import PinRelease, QueueGuard
+        rule = 1
+        while type(router) in (QueueGuard, PinRelease):   # the guard asks its router and, with one candidate, nothing else
+            if type(router) is PinRelease:
+                rule = 2
+            router = router.router
+        return rule if type(router) in (LeastOutstanding, SpeedAware, PowerOfTwo) else 0
+
     def route(self, req: Request, model: str | None = None) -> None:
         cands = self.candidates(model)
-        if not cands:
+        if len(cands) == 1:
+            if self._one_for is not self.router:
+                self._one_for, self._one = self.router, self._one_rule(self.router)
+            one = self._one
+            replica = cands[0] if one == 1 or (one == 2 and req.prefix_key is None) else self.router(cands, req)
+        elif not cands:
             req.finish = self.env.now
             req.outcome = "replica_failed"
             self.on_done(req)
             return
-        replica = self.router(cands, req)
+        else:
+            replica = self.router(cands, req)
         if self.handoff is not None and self.handoff.is_prefill(replica):
             self.handoff.start(req, replica)
         else:

@@ -9,13 +9,12 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-import numpy as np
 
 from ..util.errors import InputError, not_utf8
 from ..serving.request import Request
 from .distributions import draw, draw_tokens
 from ..util.bounds import MAX_DURATION_S
-from ..util.events import call_later
+from ..util.events import _push
 
 BATCH = 1024
 #: a closed-loop client waits at least this long after a failed request: resubmitting at once to
@@ -24,7 +23,8 @@ FAILURE_PAUSE_S = 1.0
 
 
 def _schedule(env, delay: float, callback, value=None) -> None:
-    call_later(env, delay, callback, value)
+    """``callback(event)`` after ``delay`` s: pushed as ``env.schedule`` would push it, without its calls."""
+    _push(env, callback, value, delay)
 
 
 class Source:
@@ -34,34 +34,39 @@ class Source:
         self.front, self.name, self.index, self.cfg = front, name, index, cfg   # front: new_request, submit
         self.env = front.env
         self.rng_a, self.rng_s = rng_arrivals, rng_sizes
-        self._inp = self._out = self._cached = np.empty(0, dtype=np.int64)
+        self._inp: list[int] = []             # this batch's sizes as Python ints (one tolist a batch)
+        self._out: list[int] = []
+        self._cached: list[int] | None = None
         self._j = 0
         self._last_cached = 0
         self.sent = 0
+        # read once: the settings and the front's two calls are the same for every request
+        self._new, self._submit = front.new_request, front.submit
+        self._priority, self._model, self._count = cfg.priority, cfg.model, cfg.count
 
     def sizes(self) -> tuple[int, int]:
-        if self._j >= len(self._inp):
-            self._inp = draw_tokens(self.cfg.input_tokens, self.rng_s, BATCH)
-            self._out = draw_tokens(self.cfg.output_tokens, self.rng_s, BATCH)
-            if self.cfg.cached_tokens is not None:   # drawn after the others: streams without it keep their draws
-                self._cached = draw_tokens(self.cfg.cached_tokens, self.rng_s, BATCH)
-            self._j = 0
         j = self._j
-        self._j += 1
-        if len(self._cached):
-            self._last_cached = int(self._cached[j])
-        return int(self._inp[j]), int(self._out[j])
+        if j >= len(self._inp):
+            self._inp = draw_tokens(self.cfg.input_tokens, self.rng_s, BATCH).tolist()
+            self._out = draw_tokens(self.cfg.output_tokens, self.rng_s, BATCH).tolist()
+            if self.cfg.cached_tokens is not None:   # drawn after the others: streams without it keep their draws
+                self._cached = draw_tokens(self.cfg.cached_tokens, self.rng_s, BATCH).tolist()
+            j = 0
+        self._j = j + 1
+        if self._cached is not None:
+            self._last_cached = self._cached[j]
+        return self._inp[j], self._out[j]
 
     def send(self, prompt: int, output: int, on_done=None) -> Request:
-        req = self.front.new_request(prompt, output, stream=self.index, priority=self.cfg.priority, on_done=on_done)
+        req = self._new(prompt, output, stream=self.index, priority=self._priority, on_done=on_done)
         if self._last_cached:
             req.cached_gpu = min(self._last_cached, prompt - 1)
         self.sent += 1
-        self.front.submit(req, self.cfg.model)
+        self._submit(req, self._model)
         return req
 
     def exhausted(self) -> bool:
-        return 0 < self.cfg.count <= self.sent
+        return 0 < self._count <= self.sent
 
     @property
     def finished(self) -> bool:
@@ -71,21 +76,21 @@ class Source:
 
 class PoissonSource(Source):
     def start(self) -> None:
-        self._gaps = self.rng_a.exponential(1.0 / self.cfg.rate, BATCH)
+        self._gaps = self.rng_a.exponential(1.0 / self.cfg.rate, BATCH).tolist()
         self._g = 0
         self._next()
 
     def _next(self) -> None:
-        if self._g >= len(self._gaps):
-            self._gaps = self.rng_a.exponential(1.0 / self.cfg.rate, BATCH)
-            self._g = 0
-        gap = self._gaps[self._g]
-        self._g += 1
-        _schedule(self.env, gap, self._arrive)
+        g = self._g
+        if g >= len(self._gaps):
+            self._gaps = self.rng_a.exponential(1.0 / self.cfg.rate, BATCH).tolist()
+            g = 0
+        self._g = g + 1
+        _push(self.env, self._arrive, None, self._gaps[g])
 
     def _arrive(self, ev) -> None:
         self.send(*self.sizes())
-        if not self.exhausted():
+        if not 0 < self._count <= self.sent:
             self._next()
 
 
