@@ -85,3 +85,10 @@ def test_replicate_until_stops_when_precise_and_is_deterministic():
     assert replicate_until(run_seeds, stat, 1, start=3, step=2, cap=20, rel_halfwidth=0.05)[1] == ss
     _, capped, _ = replicate_until(run_seeds, stat, 1, start=3, step=2, cap=6, rel_halfwidth=1e-9)
     assert capped == [1, 2, 3, 4, 5, 6]
+
+
+def test_holds_for_needs_consecutive_values():
+    from agentsim.util.stats import holds_for
+    assert holds_for([False, True, True, True, False], 3)
+    assert not holds_for([True, True, False, True, True], 3)     # four in all, never three in a row
+    assert not holds_for([], 1)

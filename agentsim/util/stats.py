@@ -166,6 +166,17 @@ def mser5(series) -> int:
     return 5 * int(np.argmin(ss / (k * k)))
 
 
+def holds_for(mask, n: int) -> bool:
+    """Whether ``mask`` has ``n`` consecutive true values: a condition that lasts (e.g. goodput below
+    half the offered load in every bin of a 30-minute stretch — a persistent collapse)."""
+    run = 0
+    for x in mask:
+        run = run + 1 if x else 0
+        if run >= n:
+            return True
+    return False
+
+
 def tipping_point(xs, k, n, p: float = 0.5, level: float = LEVEL) -> tuple[float, float, float]:
     """Where a probability that rises with ``x`` passes ``p``, from ``k[i]`` events in ``n[i]`` runs
     at each increasing ``x[i]``: ``(estimate, low, high)``.

@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ...util.stats import NONNEGATIVE, mean_band, tipping_point
+from ...util.stats import NONNEGATIVE, holds_for, mean_band, tipping_point
 from . import Report, tidy, check_args, main_for, md_table, paired, proportion, ratio, run_arms, save_figure, seeds, simulate_one, stat
 
 QUESTION = ("On a saturated cluster, when does goodput collapse under SDK, watchdog and budgeted retry policies, "
@@ -142,13 +142,7 @@ def persistent_collapse(goodput: np.ndarray, offered_rps: float, trigger_end_s: 
     the population asks for while it is served (during a collapse it backs off and asks for less)."""
     first = int(math.ceil(trigger_end_s / BIN_S))
     need = int(round(COLLAPSE_HOLD_S / BIN_S))
-    low = goodput[first:] < COLLAPSE_SHARE * offered_rps
-    run = 0
-    for x in low:
-        run = run + 1 if x else 0
-        if run >= need:
-            return True
-    return False
+    return holds_for(goodput[first:] < COLLAPSE_SHARE * offered_rps, need)
 
 
 def collapse_time_min(series: np.ndarray, baseline: float, outage_min: float) -> float:

@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 
 from ...util.errors import InputError
-from ...util.stats import NONNEGATIVE, mean_band, tipping_point
+from ...util.stats import NONNEGATIVE, holds_for, mean_band, tipping_point
 from . import Report, tidy, check_args, default_scenario, main_for, md_table, paired, proportion, ratio, run_arms, save_figure, scale_system, seeds, simulate_one, stat
 
 QUESTION = ("When a site is lost mid-day, how many agent sessions fail, how long does recovery take, and from what "
@@ -202,13 +202,7 @@ def not_recovered(goodput: np.ndarray, offered: np.ndarray) -> bool:
     users ask for while they are served (in a collapse they back off and ask for less)."""
     first = int(round(OUTAGE[1] / BIN_S))
     need = int(round(COLLAPSE_HOLD_S / BIN_S))
-    low = goodput[first:] < COLLAPSE_SHARE * offered[first:]
-    run = 0
-    for x in low:
-        run = run + 1 if x else 0
-        if run >= need:
-            return True
-    return False
+    return holds_for(goodput[first:] < COLLAPSE_SHARE * offered[first:], need)
 
 
 def share_of_offered(run: dict, base: dict, lo: float, hi: float) -> float:
