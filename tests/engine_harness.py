@@ -253,3 +253,20 @@ def saturation_rate(co: StepCoeffs, config: EngineConfig, prompt, output, n: int
     fin = np.sort([r.finish for r in reqs])
     lo, hi = int(0.1 * n), int(0.9 * n)
     return (hi - lo) / (fin[hi] - fin[lo])
+
+
+def busy_boundaries(dep: str, overhead, start: float):
+    """Step starts of a light decode-heavy base run where the replica was already busy."""
+    base = poisson_workload(11, 6, 4.0, (200.0, 0.5, 2000), (120.0, 0.3, 400), start=start)
+    co = coeffs(dep, overhead)
+    cfg = EngineConfig(kv_capacity=deployment(dep).kv_capacity_tokens, max_batch=256, token_budget=8192)
+    ref_log, fast_log = StepLog(SteppingReplica), StepLog(Replica)
+    reqs, _, _ = run(ref_log.cls, co, cfg, base)
+    run(fast_log.cls, co, cfg, base)
+    finishes = {r.finish for r in reqs}
+    starts = sorted(set(ref_log.starts))
+    busy = [t for prev, t in zip(starts, starts[1:]) if t - prev < 0.5]   # consecutive steps
+    stretch_ends = [t for t in busy if any(rel_close(t, f, 1e-12) for f in finishes)]
+    mid_stretch = [t for t in busy if not any(rel_close(t, s, 1e-12) for s in fast_log.starts)]
+    picks = mid_stretch[1::max(1, len(mid_stretch) // 4)][:4] + stretch_ends[:2]
+    return base, co, cfg, picks

@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 import pytest
-from engine_harness import (DEPLOYMENTS, StepLog, Workload, arrival_for_ready, coeffs, deployment, mismatches,
+from engine_harness import (DEPLOYMENTS, StepLog, Workload, arrival_for_ready, busy_boundaries, coeffs, deployment, mismatches,
                             poisson_workload, rel_close, run, run_both)
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
@@ -117,23 +117,6 @@ def test_larger_workloads_agree(dep, regime):
 
 # -- arrivals at and within 1e-9·max(1, t) of a step boundary -----------------------------------
 
-def _busy_boundaries(dep: str, overhead, start: float):
-    """Step starts of a light decode-heavy base run where the replica was already busy."""
-    base = poisson_workload(11, 6, 4.0, (200.0, 0.5, 2000), (120.0, 0.3, 400), start=start)
-    co = coeffs(dep, overhead)
-    cfg = EngineConfig(kv_capacity=deployment(dep).kv_capacity_tokens, max_batch=256, token_budget=8192)
-    ref_log, fast_log = StepLog(SteppingReplica), StepLog(Replica)
-    reqs, _, _ = run(ref_log.cls, co, cfg, base)
-    run(fast_log.cls, co, cfg, base)
-    finishes = {r.finish for r in reqs}
-    starts = sorted(set(ref_log.starts))
-    busy = [t for prev, t in zip(starts, starts[1:]) if t - prev < 0.5]   # consecutive steps
-    stretch_ends = [t for t in busy if any(rel_close(t, f, 1e-12) for f in finishes)]
-    mid_stretch = [t for t in busy if not any(rel_close(t, s, 1e-12) for s in fast_log.starts)]
-    picks = mid_stretch[1::max(1, len(mid_stretch) // 4)][:4] + stretch_ends[:2]
-    return base, co, cfg, picks
-
-
 @pytest.mark.parametrize("overhead", [0.0, None], ids=["no_overhead", "request_overhead"])
 @pytest.mark.parametrize("dep", ["llama8b-h100", "deepseekv3-8xh200-fp8"])
 @pytest.mark.parametrize("start", [0.0, 5000.0], ids=["t~1s", "t~5000s"])   # EPS is relative beyond 1 s
@@ -141,7 +124,7 @@ def _busy_boundaries(dep: str, overhead, start: float):
 def test_arrival_at_step_boundary_joins_that_step(dep, overhead, start, offset):
     """A newcomer ready at a boundary, or within 0.5/0.9·EPS·max(1, t) after or before it, joins the
     step that starts there: mid-stretch (the fast replica must cut) and at a stretch end."""
-    base, co, cfg, boundaries = _busy_boundaries(dep, overhead, start)
+    base, co, cfg, boundaries = busy_boundaries(dep, overhead, start)
     assert len(boundaries) >= 4
     oh = co.request_overhead
     tested = 0

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from engine_harness import coeffs, deployment, events_scheduled, mismatches, poisson_workload, run
+from engine_harness import (Workload, arrival_for_ready, busy_boundaries, coeffs, deployment, events_scheduled, mismatches,
+                            poisson_workload, run)
 
-from agentsim.serving.engine import EngineConfig, Replica
+from agentsim.serving.engine import EPS, EngineConfig, Replica
 
 
 class EventReady(Replica):
@@ -86,6 +87,39 @@ def test_observers_see_the_queue_as_ready_events_leave_it():
         run(cls, co, cfg, wl, at=at)
     assert seen[Replica] == seen[EventReady]
     assert sum(1 for p, *_ in seen[Replica] if p) > 20 and sum(1 for _, w, *_ in seen[Replica] if w) > 20
+
+
+def _ends(cls, co, cfg, wl):
+    """The run's per-request fields and the simulated moment each request's ``on_done`` ran at."""
+    envs, ends = [], []
+
+    class Watched(cls):
+        def __init__(self, env, *a, **kw):
+            envs.append(env)
+            super().__init__(env, *a, **kw)
+
+    reqs, _, _ = run(Watched, co, cfg, wl, on_done=lambda r: ends.append((r.rid, envs[0].now)))
+    return fields(reqs), ends
+
+
+@pytest.mark.parametrize("start", [0.0, 5000.0], ids=["t~1s", "t~5000s"])
+@pytest.mark.parametrize("offset", [0.0, 0.5, -0.5, 0.9, -0.9])
+def test_ready_near_a_boundary_ends_requests_at_the_same_moment(start, offset):
+    """A request ready within EPS of a step boundary, mid-stretch or at a stretch end: the same bits,
+    and every ``on_done`` at the same simulated moment as with its ready event. (The ready event
+    applies that boundary when it fires, a few µs from the boundary; ending requests at the boundary
+    instead moved the clients' next arrivals and the full-size agents run diverged.)"""
+    base, co, cfg, boundaries = busy_boundaries("llama8b-h100", None, start)
+    oh = co.request_overhead
+    tried = 0
+    for b in boundaries:
+        a = arrival_for_ready(b + offset * EPS * max(1.0, b), oh)
+        k = int(np.searchsorted(base.arrival, a, side="right"))
+        wl = Workload(np.insert(base.arrival, k, a), np.insert(base.prompt, k, 100), np.insert(base.output, k, 5))
+        lazy, eager = _ends(Replica, co, cfg, wl), _ends(EventReady, co, cfg, wl)
+        assert lazy == eager, b
+        tried += 1
+    assert tried >= 4
 
 
 def test_priority_admission_keeps_ready_events():

@@ -125,10 +125,11 @@ class Replica(ReplicaBase):
     With FCFS admission the replica needs no event for that moment while it runs a stretch: what
     the ready event would do there — join the queue, and cut the stretch if it heads the queue and
     could join at the next boundary — is decided when the request arrives (or, if the stretch ends
-    first, when the next one is planned), and each step boundary takes the requests ready by then
-    (within ``EPS``, like an arrival at a boundary). The timer of a cut is moved to exactly the time
-    the ready event would have moved it to, so results are the same bits; an idle replica still
-    wakes at the ready time. Observers (``waiting``, ``pending``) see the queue as the ready events
+    first, when the next one is planned), and each step boundary takes the requests ready by then.
+    The timer of a cut is moved to exactly the time the ready event would have moved it to, so
+    results are the same bits; an idle replica still wakes at the ready time, and a request ready
+    within ``EPS`` of a step boundary keeps its ready event (its order among the events there
+    decides when the boundary's requests end, and so when their clients come back). Observers (``waiting``, ``pending``) see the queue as the ready events
     would have left it. ``LAZY_READY = False`` (or priority admission) keeps one event per request.
     """
 
@@ -204,7 +205,7 @@ class Replica(ReplicaBase):
         """The queue of ready requests (FCFS deque or PriorityQueue), as of now."""
         pend = self._pend
         if pend and pend[0][0] < self.env.now:
-            self._take_ready(None)
+            self._take_ready(False)
         return self._waiting
 
     @waiting.setter
@@ -216,31 +217,25 @@ class Replica(ReplicaBase):
         """Requests in their per-request overhead delay, as of now."""
         pend = self._pend
         if pend and pend[0][0] < self.env.now:
-            self._take_ready(None)
+            self._take_ready(False)
         return len(pend) + self._npending
 
     @pending.setter
     def pending(self, n: int) -> None:
         self._npending = n
 
-    def _take_ready(self, t: float | None) -> None:
-        """Move the pending requests that are ready into the queue: those ready before now (an
-        observer's view, ``t`` None), or at the boundary ``t`` within EPS (as a ready event there joins it)."""
+    def _take_ready(self, inclusive: bool) -> None:
+        """Move the pending requests whose ready events would have fired by now into the queue: those
+        ready before now (an observer's view) or also at now (a plan at a boundary, ``inclusive``)."""
         pend, waiting = self._pend, self._waiting
-        if t is None:
-            now = self.env.now
-            while pend and pend[0][0] < now:
-                r, req = pend.popleft()
-                req.ready = r
-                waiting.append(req)
-        else:
-            while pend:
-                r = pend[0][0]
-                if r - t > EPS * (r if r > 1.0 else 1.0):
-                    break
-                req = pend.popleft()[1]
-                req.ready = r
-                waiting.append(req)
+        now = self.env.now
+        while pend:
+            r = pend[0][0]
+            if r > now or (r == now and not inclusive):
+                break
+            req = pend.popleft()[1]
+            req.ready = r
+            waiting.append(req)
 
     @property
     def n_running(self) -> int:
@@ -311,24 +306,39 @@ class Replica(ReplicaBase):
             at_boundary = (c0 * j + c1 * (j - 1) * j / 2 + h * j if j > 0 else 0.0 + h * j) >= tau - eps
         else:
             j, at_boundary = self._where(tau, eps)
-        jb = j if at_boundary else j + 1
+        if at_boundary:
+            # ready within EPS of a step boundary: what its ready event does there depends on the order
+            # of the events at that moment, so it gets its ready event (rare), as without lazy readiness
+            _push(self.env, self._on_boundary_ready, req, _delay_to(self.env.now, r))
+            return
+        jb = j + 1
         if jb >= self._k:
             return  # the stretch ends at or before that boundary: the next plan takes it
         if self.kv_used + n * (jb + 1) + req.prompt_len > self.cap:
             return  # would not fit there: it waits for the stretch end like everything else
-        if jb == 0:        # ready within EPS of the stretch start: plan again from there
-            t0 = self._t0
-            self._apply(0, t0, 0.0)
-            self._plan(t0)
-            return
         self._k = jb
         if self._kind == AFFINE:      # affine_elapsed(jb), jb >= 1
             self._el = el = c0 * jb + c1 * (jb - 1) * jb / 2 + h * jb
         else:
             self._el = el = self._elapsed(jb)
         t_end = self._t0 + el
-        # the ready event at r moves the timer to r + (t_end - r); at a boundary it plans there at once
-        self._rearm(t_end, t_end if at_boundary else r + (t_end - r))
+        # the ready event at r moves the timer to r + (t_end - r)
+        self._rearm(t_end, r + (t_end - r))
+
+    def _on_boundary_ready(self, ev: Event) -> None:
+        """The ready event of a request ready within EPS of a step boundary (see :meth:`_cut_for`):
+        it joins the queue with those ready by now, and cuts the stretch there as ``_enqueue`` does."""
+        req = ev.value
+        pend = self._pend
+        if not self.up or not pend or pend[0][1] is not req:
+            return     # a plan took it already, it was cancelled, or the replica failed (``_on_wake``)
+        self._take_ready(True)
+        if self._applying:
+            return
+        if self._timer is None:
+            self._plan(self.env.now)
+        elif self._waiting and self._waiting[0] is req:
+            self._maybe_cut(req, self.env.now)
 
     def fail(self) -> None:
         super().fail()
@@ -749,7 +759,7 @@ class Replica(ReplicaBase):
         """At a step boundary at time ``t``: take the requests ready by then, preempt, admit, and arm
         the next stretch (each way out ends with ``_after_plan`` if requests are still pending)."""
         if self._pend:
-            self._take_ready(t)
+            self._take_ready(True)
         if self._to_cancel:
             self._applying = True          # a callback of a cancelled request may submit here: it waits
             try:
