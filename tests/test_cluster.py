@@ -46,6 +46,10 @@ class Stub:
     def n_running(self) -> int:
         return self.outstanding
 
+    @property
+    def queued(self) -> int:
+        return len(self.waiting) + self.pending
+
     def __repr__(self) -> str:
         return f"Stub({self.index}, {self.outstanding})"
 

@@ -30,7 +30,8 @@ class Fixed:
 def replica(name, retention="pin_session", waiting=(), step_s=0.01):
     cache = PrefixCache(CacheConfig(retention=retention, ttl_s=3600))
     c = SimpleNamespace(step_time=lambda *a, **k: step_s)
-    return SimpleNamespace(name=name, cache=cache, waiting=deque(waiting), pending=0, n_running=0, c=c)
+    return SimpleNamespace(name=name, cache=cache, waiting=deque(waiting), pending=0, queued=len(waiting), n_running=0,
+                           c=c)
 
 
 def req(key=("s", 1), prompt=1000, output=10):

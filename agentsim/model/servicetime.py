@@ -236,6 +236,36 @@ class StepCoeffs:
         return (self.kernel_time(prefill_tokens, prefill_attn, decodes, decode_context, sampled)
                 + self.step_overhead(int(decodes)))
 
+    def router_times(self, P: int, typ: int, done: int, n: int, ctx: float) -> tuple[float, float, float]:
+        """What a load-aware router prices per pool and batch size ``n`` (mean context ``ctx``):
+        (a ``P``-token prefill step beside ``n`` decodes, a decode step at ``n + 1``, the time a
+        ``typ``-token chunk after ``done`` tokens adds to a step of ``n`` decodes). The same bits as
+        the four :meth:`step_time` calls it stands for, in one call: routers score every
+        candidate's batch size for every new session."""
+        q, fixed_, head_, dec_a, dec_b = self.q, self.fixed, self.head, self.dec_a, self.dec_b
+        pf_a, pf_pair = self.pf_a, self.pf_pair
+        a, b = (dec_a[n], dec_b[n]) if n <= N_MAX else self.decode_line(n)
+        m = n + 1
+        a1, b1 = (dec_a[m], dec_b[m]) if m <= N_MAX else self.decode_line(m)
+        hn = head_[n] if n <= N_MAX else self.H(n)
+        hm = head_[m] if m <= N_MAX else self.H(m)
+        ovh = self.overhead + self.per_seq * n
+        ctx_n = n * ctx
+        t = P + n * q
+        c = P if P <= T_MAX else T_MAX
+        prefill = (((fixed_[t] if t <= T_MAX else self.F(t)) + hm + a + b * ctx_n + pf_a[c]
+                    + pf_pair[c] * (P * P / 2)) + ovh)
+        t = m * q
+        decode = (((fixed_[t] if t <= T_MAX else self.F(t)) + hm + a1 + b1 * (m * ctx) + pf_a[0] + pf_pair[0] * 0)
+                  + (self.overhead + self.per_seq * m))
+        t = n * q
+        base = ((fixed_[t] if t <= T_MAX else self.F(t)) + hn + a + b * ctx_n + pf_a[0] + pf_pair[0] * 0) + ovh
+        t = typ + n * q
+        c = typ if typ <= T_MAX else T_MAX
+        queued = (((fixed_[t] if t <= T_MAX else self.F(t)) + hm + a + b * ctx_n + pf_a[c]
+                   + pf_pair[c] * (typ * done + typ * typ / 2)) + ovh)
+        return prefill, decode, queued - base
+
     def step_overhead(self, decodes: int) -> float:
         """Scheduler time of a step with ``decodes`` running decodes (``overhead`` when per_seq is 0)."""
         return self.overhead + self.per_seq * decodes

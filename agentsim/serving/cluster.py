@@ -136,15 +136,16 @@ class SpeedAware:
         steps: dict = {}    # replicas of one pool at one batch size share their step times
         seen = set()        # (pool, batch, queue) already scored: a later twin cannot win the tie
         cached = key is not None
+        now = cands[0].env.now
         for r in cands:
             c = r.c
             n = r.n_running
-            q = len(r.waiting) + r.pending
+            q = r.queued
             hit = 0
             if cached:
                 cache = r.cache
                 if cache is not None:
-                    hit = cache.gpu_hit(key, r.env.now)
+                    hit = cache.gpu_hit(key, now)
             if not hit:
                 sig = (id(c), n, q)
                 if sig in seen:
@@ -152,11 +153,7 @@ class SpeedAware:
                 seen.add(sig)
             s = steps.get((id(c), n))
             if s is None:
-                prefill = c.step_time(P, P * P / 2, P, n, n * ctx, n + 1)
-                decode = c.step_time(decodes=n + 1, decode_context=(n + 1) * ctx)
-                base = c.step_time(decodes=n, decode_context=n * ctx)
-                extra = c.step_time(typ, typ * done + typ * typ / 2, P, n, n * ctx, n + 1) - base
-                s = steps[id(c), n] = prefill, decode, extra
+                s = steps[id(c), n] = c.router_times(P, typ, done, n, ctx)
             prefill, decode, extra = s
             own = prefill
             if hit:

@@ -220,6 +220,12 @@ class Replica(ReplicaBase):
             self._take_ready(False)
         return len(pend) + self._npending
 
+    @property
+    def queued(self) -> int:
+        """``len(waiting) + pending`` without bringing the queue up to now (the sum is the same either
+        way): routers read it for every candidate."""
+        return len(self._waiting) + len(self._pend) + self._npending
+
     @pending.setter
     def pending(self, n: int) -> None:
         self._npending = n

@@ -83,7 +83,7 @@ class PrefixAware:
         best, best_t, best_own = cands[0], float("inf"), 0.0
         for r in cands:
             c, n = r.c, r.n_running
-            q = len(r.waiting) + r.pending
+            q = r.queued
             g, h, load = self._held(r, req, resident, now)
             wait = self.free_at.get(r.index, 0.0) - now
             if not (g or h):
@@ -93,10 +93,7 @@ class PrefixAware:
                 seen.add(sig)
             s = steps.get((id(c), n))
             if s is None:
-                base = c.step_time(decodes=n, decode_context=n * ctx)
-                queued = c.step_time(typ, typ * done + typ * typ / 2, P, n, n * ctx, n + 1)
-                s = steps[id(c), n] = (c.step_time(P, P * P / 2, P, n, n * ctx, n + 1),
-                                       c.step_time(decodes=n + 1, decode_context=(n + 1) * ctx), queued - base)
+                s = steps[id(c), n] = c.router_times(P, typ, done, n, ctx)
             prefill, decode, extra = s
             hit = min(g + h, P - 1)
             own = prefill

@@ -22,6 +22,12 @@ class ReplicaBase:
     ``_cut_for_cancel()`` (a running request is to leave at the next boundary) and
     ``_new_head()`` (the queue's head changed while a stretch runs)."""
 
+    @property
+    def queued(self) -> int:
+        """Requests here not yet running: in the queue or in their per-request overhead delay (what
+        a load-aware router counts ahead of a newcomer)."""
+        return len(self.waiting) + self.pending
+
     def submit(self, req: Request) -> None:
         """A request arrives; it becomes schedulable after the per-request overhead."""
         req.replica = self.index

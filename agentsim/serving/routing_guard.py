@@ -56,7 +56,7 @@ def expected_finish(r, req: Request, now: float) -> float:
     :class:`~agentsim.serving.cluster.SpeedAware`'s estimate with the observed wait added."""
     c = r.c
     n = r.n_running
-    q = len(r.waiting) + r.pending
+    q = r.queued
     P, O = req.prompt, req.output
     ctx = P + O / 2
     prefill = c.step_time(P, P * P / 2, P, n, n * ctx, n + 1)
