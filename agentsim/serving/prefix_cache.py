@@ -23,6 +23,8 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
+from heapq import heapify, heappop, heappush
+from itertools import count
 
 from ..util.errors import InputError
 
@@ -83,6 +85,16 @@ class PrefixCache(GpuTier):
         self.gpu_used = 0
         self.host_used = 0
         self.hits_gpu = self.hits_host = self.lookups = 0
+        # pinned retention: the GPU tokens of expired entries as a running sum (``evictable``, asked on
+        # every blocked admission, was a sum over all entries): a heap of (expiry, seq, key), one item
+        # per entry update (stale ones skipped), and the entries already counted expired
+        self._exp_heap: list = []
+        self._exp_seq = count()
+        self._expired: dict = {}     # key -> tokens counted in _expired_tokens
+        self._stamp: dict = {}       # key -> seq of its last insert or move to the LRU end (LRU order)
+        self._exp_lru: list = []     # (stamp, key) of the entries counted expired: eviction's order
+        self._expired_tokens = 0
+        self._exp_now = float("-inf")
 
     # -- lookups ----------------------------------------------------------------------------------
     def take(self, key, prefix_len: int, now: float, ttl: float | None = None) -> tuple[int, int, int]:
@@ -98,6 +110,8 @@ class PrefixCache(GpuTier):
         if entry is not None:
             tokens, expires = entry
             self.gpu_used -= tokens
+            if self.pinning:
+                self._dropped(key)
             if now > expires:                      # expired: the provider dropped it
                 return 0, 0, tokens
             hit = min(tokens, prefix_len)
@@ -126,7 +140,9 @@ class PrefixCache(GpuTier):
             if now > expires:
                 return 0, 0
             self.gpu.move_to_end(key)
-            self.gpu[key] = (tokens, max(expires, self.expiry(now, ttl)))
+            self.gpu[key] = entry = (tokens, max(expires, self.expiry(now, ttl)))
+            if self.pinning:
+                self._track(key, entry[1])
             return min(tokens, length), 0
         tokens = self.host.get(key)
         if tokens is not None and now <= self.host_expiry[key]:
@@ -139,8 +155,10 @@ class PrefixCache(GpuTier):
         """Keep a copy of a shared prefix if it is not cached and ``free`` GPU tokens allow it."""
         if not self.enabled or key is None or length <= 0 or key in self.gpu or length > free:
             return
-        self.gpu[key] = (length, self.expiry(now, ttl))
+        self.gpu[key] = (length, expires := self.expiry(now, ttl))
         self.gpu_used += length
+        if self.pinning:
+            self._track(key, expires)
 
     def gpu_hit(self, key, now: float) -> int:
         """Unexpired GPU tokens held for ``key`` (what a router may count on; nothing changes)."""
@@ -170,6 +188,8 @@ class PrefixCache(GpuTier):
         entry = self.gpu.pop(key, None) if key is not None else None
         freed = entry[0] if entry is not None else 0
         self.gpu_used -= freed
+        if entry is not None and self.pinning:
+            self._dropped(key)
         stale = self.host.pop(key, None) if key is not None else None
         if stale is not None:
             self.host_used -= stale
@@ -187,8 +207,10 @@ class PrefixCache(GpuTier):
         if stale is not None:
             self.host_used -= stale
             del self.host_expiry[key]
-        self.gpu[key] = (tokens, self.expiry(now, ttl))
+        self.gpu[key] = (tokens, expires := self.expiry(now, ttl))
         self.gpu_used += tokens
+        if self.pinning:
+            self._track(key, expires)
 
     def stage(self, key, tokens: int, now: float, ttl: float | None = None) -> None:
         """``tokens`` of ``key`` were loaded from outside (the cluster's KV tier) into the host tier;
@@ -198,22 +220,33 @@ class PrefixCache(GpuTier):
         old = self.gpu.pop(key, None)
         if old is not None:
             self.gpu_used -= old[0]
+            if self.pinning:
+                self._dropped(key)
         self._to_host(key, tokens, self.expiry(now, ttl))
 
     # -- eviction ---------------------------------------------------------------------------------
     def evict(self, need: int, now: float, force: bool = False) -> int:
         """Free at least ``need`` GPU tokens (LRU; pinned entries only if ``force``); returns freed."""
+        if self.pinning and not force and now >= self._exp_now:
+            return self._evict_expired(need, now)
         freed = 0
-        for key in list(self.gpu):
+        victims = []                     # LRU first, only as far as needed (not a copy of every key)
+        for key, (tokens, expires) in self.gpu.items():
             if freed >= need:
                 break
+            if self.pinning and not force and not now > expires:
+                continue
+            victims.append(key)
+            freed += tokens
+        freed = 0
+        for key in victims:
             tokens, expires = self.gpu[key]
             expired = now > expires
-            if self.pinning and not expired and not force:
-                continue
             del self.gpu[key]
             self.gpu_used -= tokens
             freed += tokens
+            if self.pinning:
+                self._dropped(key)
             if not expired:
                 self._to_host(key, tokens, expires)
         return freed
@@ -239,6 +272,75 @@ class PrefixCache(GpuTier):
         self.host.clear()
         self.host_expiry.clear()
         self.gpu_used = self.host_used = 0
+        self._exp_heap.clear()
+        self._expired.clear()
+        self._stamp.clear()
+        self._exp_lru.clear()
+        self._expired_tokens = 0
+
+    # -- expired pinned tokens (pin_session) ---------------------------------------------------------
+    def evictable(self, now: float, force: bool = False) -> int:
+        """GPU tokens that ``evict`` could free now: :meth:`GpuTier.evictable`, from the running sum."""
+        if not self.pinning or force:
+            return self.gpu_used
+        if now < self._exp_now:          # asked about a moment before the last one: count afresh
+            return GpuTier.evictable(self, now)
+        self._exp_now = now
+        heap, gpu, expired = self._exp_heap, self.gpu, self._expired
+        while heap and heap[0][0] < now:
+            expires, _, key = heappop(heap)
+            entry = gpu.get(key)
+            if entry is not None and entry[1] == expires and key not in expired:
+                expired[key] = entry[0]
+                self._expired_tokens += entry[0]
+                heappush(self._exp_lru, (self._stamp[key], key))
+        return self._expired_tokens
+
+    def _evict_expired(self, need: int, now: float) -> int:
+        """:meth:`evict` under pinning: only expired entries may go, so walk those (in LRU order) rather
+        than every entry; expired entries are dropped, not moved to the host tier."""
+        self.evictable(now)
+        freed = 0
+        gpu, expired, stamp, lru = self.gpu, self._expired, self._stamp, self._exp_lru
+        while lru and freed < need:
+            seq, key = heappop(lru)
+            if key not in expired or stamp[key] != seq:
+                continue                 # stale: the entry was used again (or left) since it expired
+            tokens = gpu.pop(key)[0]
+            self.gpu_used -= tokens
+            freed += tokens
+            self._expired_tokens -= expired.pop(key)
+            del stamp[key]
+        return freed
+
+    def _dropped(self, key) -> None:
+        """``key``'s GPU entry left the cache."""
+        del self._stamp[key]
+        if self._expired:
+            self._forget(key)
+
+    def _forget(self, key) -> None:
+        """``key``'s GPU entry left or changed: it is no longer counted expired."""
+        tokens = self._expired.pop(key, None)
+        if tokens is not None:
+            self._expired_tokens -= tokens
+            lru = self._exp_lru
+            if len(lru) > 2 * len(self._expired) + 64:    # mostly stale items: rebuild
+                stamp = self._stamp
+                lru[:] = [(stamp[k], k) for k in self._expired]
+                heapify(lru)
+
+    def _track(self, key, expires: float) -> None:
+        """``key``'s GPU entry now expires at ``expires`` (an update: any earlier count is dropped)."""
+        if self._expired:
+            self._forget(key)
+        heap = self._exp_heap
+        self._stamp[key] = seq = next(self._exp_seq)
+        heappush(heap, (expires, seq, key))
+        if len(heap) > 2 * len(self.gpu) + 64:     # mostly stale items: rebuild from the entries
+            expired = self._expired
+            heap[:] = [(e[1], next(self._exp_seq), k) for k, e in self.gpu.items() if k not in expired]
+            heapify(heap)
 
 
 def reserve(cache: PrefixCache | None, req, kv_used: int, n_dec: int, cap: int, now: float, idle: bool) -> bool:
