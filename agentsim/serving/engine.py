@@ -129,8 +129,8 @@ class Replica(ReplicaBase):
     The timer of a cut is moved to exactly the time the ready event would have moved it to, so
     results are the same bits; an idle replica still wakes at the ready time, and a request ready
     within ``EPS`` of a step boundary keeps its ready event (its order among the events there
-    decides when the boundary's requests end, and so when their clients come back). Observers (``waiting``, ``pending``) see the queue as the ready events
-    would have left it. ``LAZY_READY = False`` (or priority admission) keeps one event per request.
+    decides when the boundary's requests end, and so when their clients come back). Observers
+    (``waiting``, ``pending``) see the queue as the ready events would have left it. ``LAZY_READY = False`` (or priority admission) keeps one event per request.
     """
 
     LAZY_READY = True
@@ -339,8 +339,6 @@ class Replica(ReplicaBase):
         if not self.up or not pend or pend[0][1] is not req:
             return     # a plan took it already, it was cancelled, or the replica failed (``_on_wake``)
         self._take_ready(True)
-        if self._applying:
-            return
         if self._timer is None:
             self._plan(self.env.now)
         elif self._waiting and self._waiting[0] is req:

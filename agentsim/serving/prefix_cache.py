@@ -238,13 +238,10 @@ class PrefixCache(GpuTier):
                 continue
             victims.append(key)
             freed += tokens
-        freed = 0
         for key in victims:
-            tokens, expires = self.gpu[key]
+            tokens, expires = self.gpu.pop(key)
             expired = now > expires
-            del self.gpu[key]
             self.gpu_used -= tokens
-            freed += tokens
             if self.pinning:
                 self._dropped(key)
             if not expired:
