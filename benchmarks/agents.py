@@ -33,7 +33,8 @@ DeepSeek-V3 shapes instead: 10 × H100 dp 16 × ep 16, 6 × H200 dp 8 × ep 8 an
 ``--ab`` (issue 20) times the code at the start of the issue and this checkout in turns (A, B, B, A, …,
 ``--rounds`` rounds, each arm a fresh process: ``benchmarks/ab.py``) and prints medians and ratios for:
 the agents workload above (``--sessions``); the default scenario's whole process (``agentsim run
---format json`` in a child process: wall and CPU time of the child process, its summary compared between the arms);
+--format json --set duration_s=86400 --set warmup_s=1800``, the default as the issue found it, in a child
+process: wall and CPU time of the child process, its summary compared between the arms);
 and ``benchmarks/routing.py`` (least_outstanding at 1, 64 and 1,024 replicas). Each arm's result
 columns (and a hash of its requests table) must be identical, or it stops.
 """
@@ -198,7 +199,11 @@ def default_process(out: Path) -> int:
     CPU time and a hash of its summary (the machine's own timing left out) to ``out``."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", "from agentsim.cli import main; main(['run', '--format', 'json'])"],
+    # the default scenario as issue 20 started with it (one day from 00:00, 30 min warm-up): the shipped
+    # default later gained a whole warm-up day (issue 19), and both arms must run the same input
+    cmd = ("from agentsim.cli import main; main(['run', '--format', 'json', '--set', 'duration_s=86400', "
+           "'--set', 'warmup_s=1800'])")
+    done = subprocess.run([sys.executable, "-c", cmd],
                           capture_output=True, text=True, check=True)
     wall = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)

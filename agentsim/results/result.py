@@ -160,13 +160,13 @@ def _session_table(rec: RunRecords) -> pd.DataFrame:
 HOURS_PER_MONTH = 730.0    # 365 x 24 / 12
 
 
-def planner_units(summary: dict, timeseries: pd.DataFrame, warm_s: float, end_s: float, duration_s: float) -> dict:
+def planner_units(summary: dict, timeseries: pd.DataFrame, warm_s: float, end_s: float, cost_span_s: float) -> dict:
     """The figures a capacity planner plans in, over the measured window ``[warm_s, end_s]``:
     the facility's mean MW there, output tokens per second per MW, and, for agent populations,
     energy (kWh) and cost per engaged user-hour, engaged users per MW, and the fleet's cost per
     active user-month (its hourly cost over a 730-hour month, shared by the users who ran sessions
     in the window: set it beside the plan's monthly price). Engaged hours are those of the sessions
-    that started in the window; cost is the run's, prorated to the window."""
+    that started in the window; ``summary["cost_usd"]`` is the cost of ``cost_span_s`` seconds."""
     out: dict = {}
     if not len(timeseries):
         return out
@@ -182,10 +182,37 @@ def planner_units(summary: dict, timeseries: pd.DataFrame, warm_s: float, end_s:
         window_h = max(end_s - warm_s, 1e-12) / 3600
         out["energy_per_engaged_hour_kwh"] = mw * 1e3 * window_h / hours
         out["engaged_users_per_mw"] = hours / window_h / mw if mw > 0 else math.nan
-        out["usd_per_engaged_hour"] = summary["cost_usd"] * (window_h * 3600 / max(duration_s, 1e-12)) / hours
+        out["usd_per_engaged_hour"] = summary["cost_usd"] * (window_h * 3600 / max(cost_span_s, 1e-12)) / hours
     users = summary.get("users", 0)
     if users:
-        out["usd_per_user_month"] = summary["cost_usd"] / (max(duration_s, 1e-12) / 3600) * HOURS_PER_MONTH / users
+        out["usd_per_user_month"] = summary["cost_usd"] / (max(cost_span_s, 1e-12) / 3600) * HOURS_PER_MONTH / users
+    return out
+
+
+def window_pools(pools: pd.DataFrame, timeseries: pd.DataFrame, warm_s: float, duration_s: float) -> pd.DataFrame:
+    """The pool table over the measured window ``(warm_s, duration_s]`` instead of the whole run, so a
+    warm run's busy share, energy and cost leave its warm-up out: busy share and energy from the
+    sampled series (each sample covers the time since the pool's previous one; a sample straddling
+    ``warm_s`` counts for its part after it), cost prorated to the window. The run's own table when
+    there is no warm-up or no series."""
+    if warm_s <= 0 or not len(timeseries) or not len(pools):
+        return pools
+    out = pools.copy()
+    span = max(duration_s - warm_s, 1e-12)
+    names = timeseries["pool"].astype(str).to_numpy()
+    t_all = timeseries["time_s"].to_numpy(dtype=float)
+    busy_all = timeseries["busy_frac"].to_numpy(dtype=float)
+    power_all = timeseries["power_w"].to_numpy(dtype=float)
+    for i, row in enumerate(pools.to_dict("records")):
+        sel = names == row["pool"]
+        t = t_all[sel]
+        before = np.concatenate(([0.0], t[:-1]))
+        dt = np.clip(t - np.maximum(before, warm_s), 0.0, None)
+        energy = float(np.sum(power_all[sel] * dt))     # not np.dot: BLAS sums differ with its threads
+        out.at[i, "busy_frac"] = float(np.sum(busy_all[sel] * dt)) / span
+        out.at[i, "energy_j"] = energy
+        out.at[i, "facility_energy_j"] = energy * (row["facility_energy_j"] / row["energy_j"] if row["energy_j"] else 1.0)
+        out.at[i, "cost_usd"] = row["cost_usd"] * span / max(duration_s, 1e-12)
     return out
 
 
@@ -260,25 +287,33 @@ class Result:
         out["prefix_hit_rate"] = float((done["cached_gpu_tokens"].sum() + done["cached_host_tokens"].sum())
                                        / in_tokens) if in_tokens else math.nan
         out["preemptions"] = int(df["preemptions"].sum())
-        pools = self.pools
+        # energy, cost and busy share over the measured window (the whole run when there is no warm-up),
+        # set against the tokens of the requests that finished in it
+        duration = self.meta.get("duration_s", 0.0)
+        pools = self.window_pools()
         energy = float(pools["facility_energy_j"].sum()) if len(pools) else 0.0
         cost = float(pools["cost_usd"].sum()) if len(pools) else 0.0
-        all_out = float(self.requests.loc[self.requests["outcome"] == "completed", "output_tokens"].sum())
+        rq = self.requests
+        ended = rq[(rq["outcome"] == "completed") & (rq["finish_s"] > warm)] if warm > 0 else \
+            rq[rq["outcome"] == "completed"]
+        all_out = float(ended["output_tokens"].sum())
         out["energy_j"] = energy
         out["joules_per_token"] = energy / all_out if all_out else math.nan
         out["cost_usd"] = cost
-        all_tokens = all_out + float(self.requests.loc[self.requests["outcome"] == "completed", "input_tokens"].sum())
+        all_tokens = all_out + float(ended["input_tokens"].sum())
         out["usd_per_m_tokens"] = cost / all_tokens * 1e6 if all_tokens else math.nan
         out["usd_per_m_output_tokens"] = cost / all_out * 1e6 if all_out else math.nan
         cap = self.meta.get("capacity", {})
         median_ctx = median_context(done)
-        out["pools"] = {r["pool"]: {"busy_share": r["busy_frac"], "mean_power_w": r["energy_j"] / max(self.meta.get(
-            "duration_s", 1.0), 1e-12), "gpus": int(r["gpus"]), "cost_usd": r["cost_usd"],
+        window_s = max(duration - warm, 1e-12) if warm > 0 and len(self.timeseries) else max(duration, 1e-12)
+        out["pools"] = {r["pool"]: {"busy_share": r["busy_frac"], "mean_power_w": r["energy_j"] / window_s,
+                                    "gpus": int(r["gpus"]), "cost_usd": r["cost_usd"],
             "preemptions": int(r["preemptions"]), "support": r.get("support"), **pool_shape(r, median_ctx),
             **{k: cap[r["pool"]][k] for k in CAPACITY_KEYS if k in cap.get(r["pool"], {})}}
             for r in pools.to_dict("records")}
         if len(self.timeseries):
             ts = self.timeseries
+            ts = ts[ts["time_s"] > warm]
             by_t = ts.groupby("time_s", observed=True)["facility_power_w"].sum()
             out["facility_power_mean_w"] = float(by_t.mean())
             out["facility_power_peak_w"] = float(by_t.max())
@@ -286,12 +321,17 @@ class Result:
             out["models"] = model_summaries(self.requests, pools, warm, span, self.meta.get("slo_ttft_s", math.inf),
                                             self.meta.get("slo_tpot_s", math.inf))
         out.update(self.session_summary())
-        out.update(planner_units(out, self.timeseries, warm, end, self.meta.get("duration_s", end)))
+        out.update(planner_units(out, self.timeseries, warm, end, window_s))
         out.update(warmup_check(self.meta, self.timeseries))
         out["sim_wall_s"] = float(self.meta.get("sim_wall_s", math.nan))
         out["events"] = int(self.meta.get("events", -1))
         out["events_per_request"] = out["events"] / len(self.requests) if len(self.requests) else math.nan
         return out
+
+    def window_pools(self) -> pd.DataFrame:
+        """The pool table over the measured window (after warm-up): :func:`window_pools`."""
+        return window_pools(self.pools, self.timeseries, float(self.meta.get("warmup_s", 0.0)),
+                            float(self.meta.get("duration_s", 0.0)))
 
     def capacity_utilisation(self) -> dict[str, dict]:
         """Per pool: capacity utilisation, batch and KV occupancy and busy share, as computed by

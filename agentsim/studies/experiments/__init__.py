@@ -38,6 +38,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -176,6 +177,44 @@ def simulate_one(scenario: dict, seed: int):
 def default_scenario() -> dict:
     """The shipped default scenario (Colossus-like mixed fleet, coders, API agents, chat) as a dict."""
     return load_scenario("default").model_dump(mode="json")
+
+
+#: hours a run with diurnal input simulates before the window it measures, then discards: one whole
+#: period (issue 19; :mod:`agentsim.results.steady`), so sessions, prefix caches and five-hour windows
+#: carry a whole cycle of the input into the window
+WARMUP_H = 24.0
+
+
+def warm_window(window_start: str, window_s: float, warmup_h: float = WARMUP_H) -> dict:
+    """The scenario fields (``start``, ``warmup_s``, ``duration_s``) of a run that measures ``window_s``
+    seconds from ``window_start`` (UTC, ``YYYY-MM-DDTHH:MM:SSZ``) after ``warmup_h`` hours of warm-up."""
+    if not (isinstance(warmup_h, (int, float)) and warmup_h >= 0 and math.isfinite(warmup_h)):
+        raise InputError(f"--warmup-hours (warmup_h) must be a number of hours >= 0, got {warmup_h}")
+    t = datetime.fromisoformat(window_start.replace("Z", "+00:00")) - timedelta(hours=warmup_h)
+    return {"start": t.strftime("%Y-%m-%dT%H:%M:%SZ"), "warmup_s": warmup_h * 3600.0,
+            "duration_s": warmup_h * 3600.0 + window_s}
+
+
+def warmup_option(default: float = WARMUP_H) -> tuple:
+    """The ``--warmup-hours`` option of an experiment with diurnal input (its ``OPTIONS`` entry)."""
+    return ("--warmup-hours", {"type": float, "default": default,
+                               "help": f"hours simulated before the measured window, then discarded (default "
+                                       f"{default:g}: {default / 24:g} diurnal period{'s' if default != 24 else ''})"})
+
+
+def warmup_keywords(o: dict, default: float = WARMUP_H) -> dict:
+    """``{"warmup_h": ...}`` from parsed options (checked: hours >= 0)."""
+    h = default if o.get("warmup_hours") is None else o["warmup_hours"]
+    warm_window("2026-06-02T00:00:00Z", 0.0, h)
+    return {"warmup_h": h}
+
+
+def warmup_sentence(warmup_h: float, window: str) -> str:
+    """How a summary states its warm-up (issue 19, build item 1)."""
+    periods = (f"{warmup_h / 24:g} diurnal period{'s' if warmup_h != 24 else ''}" if warmup_h >= 24
+               else "LESS than one diurnal period: the figures describe a system still filling up")
+    return (f"Steady state: each run starts {warmup_h:g} h before the measured window ({window}; {periods}); "
+            "the warm-up is simulated and discarded.")
 
 
 def scale_system(sc: dict, k: float) -> dict:

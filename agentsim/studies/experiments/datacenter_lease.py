@@ -40,14 +40,13 @@ from __future__ import annotations
 
 import math
 import time
-from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from . import (Report, tidy, check_args, crossing, default_scenario, jsonable, main_for, md_table, ratio, replicate_until,
-               run_tasks, save_figure, seeds, simulate_one, stat)
+               run_tasks, save_figure, seeds, simulate_one, stat, warm_window)
 from ...util.jsonout import dumps
 from ...model.catalog import load_catalog
 from ...util.atomic import write_atomic
@@ -84,11 +83,7 @@ SENSITIVITY_SEEDS = 2
 
 def window(warmup_h: float = WARMUP_H) -> dict:
     """Start, warm-up and duration of a run whose measured window is WINDOW_START + WINDOW_S."""
-    if not (warmup_h >= 0 and math.isfinite(warmup_h)):
-        raise InputError(f"--warmup-hours (warmup_h) must be a number of hours >= 0, got {warmup_h}")
-    t = datetime.fromisoformat(WINDOW_START.replace("Z", "+00:00")) - timedelta(hours=warmup_h)
-    return {"start": t.strftime("%Y-%m-%dT%H:%M:%SZ"), "warmup_s": warmup_h * 3600.0,
-            "duration_s": warmup_h * 3600.0 + WINDOW_S}
+    return warm_window(WINDOW_START, WINDOW_S, warmup_h)
 
 
 def lease_pools(site: str = "memphis") -> dict:

@@ -1,7 +1,7 @@
 """limits_doubling: double the five-hour limits and drop the peak-hour throttle (6 May 2026).
 
-The default scenario's day (Colossus-like mixed fleet serving coding agents, API agents and
-chat) is run twice with the same seeds:
+The default scenario's measured weekday (Colossus-like mixed fleet serving coding agents, API
+agents and chat; Tuesday, after a whole day of warm-up) is run twice with the same seeds:
 
 * **before** — the plans of 26 Mar – 6 May 2026: Pro $6, Max 5x $30, Max 20x $120 of
   list-price usage per rolling five hours, and the peak-hour throttle on (weekdays 05–11 PT =
@@ -29,7 +29,9 @@ import pandas as pd
 from ...provider.limits import prices
 from ...workload.profiles import get_profile
 from ...util.stats import NONNEGATIVE, mean_band
-from . import Report, tidy, check_args, default_scenario, main_for, md_table, paired, ratio, run_arms, save_figure, scale_system, seeds, simulate_one, stat
+from . import (WARMUP_H, Report, tidy, check_args, default_scenario, main_for, md_table, paired, ratio, run_arms,
+               save_figure, scale_system, seeds, simulate_one, stat, warm_window, warmup_keywords, warmup_option,
+               warmup_sentence)
 
 QUESTION = ("What does doubling the five-hour usage limits and dropping the peak-hour throttle do to demand, "
             "GPU-hours, peak-hour latency and 429 rates?")
@@ -44,15 +46,17 @@ def plan_mix() -> tuple[tuple[str, float], ...]:
     return tuple((plan.removesuffix(AFTER), share) for plan, share in mix.items())
 
 
-PEAK = (12 * 3600.0, 18 * 3600.0)          # the throttle's hours on the default start day (UTC)
+WINDOW_START = "2026-06-02T00:00:00Z"     # the measured day: the default scenario's (a Tuesday)
+PEAK = (12 * 3600.0, 18 * 3600.0)          # the throttle's hours, from the measured day's 00:00 UTC
 CDF_SAMPLE = 4000
 #: elasticity arms after the change: (growth of coding users, held-back sessions per user-day returning)
 ELASTICITY = ((1.0, 0.25), (1.25, 0.0))
 
 
 def scenario(scale: float, after: bool, duration_s: float = 86400.0, growth: float = 1.0,
-             held_back: float = 0.0) -> dict:
-    """The default day before or after the change. Elasticity (after only): ``growth`` multiplies the
+             held_back: float = 0.0, warmup_h: float = WARMUP_H) -> dict:
+    """The default day (``duration_s`` measured from WINDOW_START after ``warmup_h`` hours of warm-up)
+    before or after the change. Elasticity (after only): ``growth`` multiplies the
     coding users (new subscribers the looser plans bring), ``held_back`` adds that share to each coding
     user's sessions per day (demand the old limits held back that returns)."""
     sc = default_scenario()
@@ -73,7 +77,7 @@ def scenario(scale: float, after: bool, duration_s: float = 86400.0, growth: flo
             p["enabled"] = not after
     sc["name"] = f"limits_{'after' if after else 'before'}" + (f"_g{growth:g}_h{held_back:g}" if (growth, held_back)
                                                                 != (1.0, 0.0) else "")
-    sc["duration_s"] = duration_s
+    sc.update(warm_window(WINDOW_START, duration_s, warmup_h))
     return scale_system(sc, scale)
 
 
@@ -84,10 +88,10 @@ def measure(sc: dict, seed: int) -> dict:
     df = df[df["arrival_s"] >= warm]
     coder = df["population"].astype(str).str.startswith("coders")
     done = df[df["outcome"] == "completed"]
-    peak = df[(df["arrival_s"] >= PEAK[0]) & (df["arrival_s"] < PEAK[1])]
+    peak = df[(df["arrival_s"] >= warm + PEAK[0]) & (df["arrival_s"] < warm + PEAK[1])]
     peak_done = peak[peak["outcome"] == "completed"]
-    dur_h = sc["duration_s"] / 3600
-    pools = res.pools
+    dur_h = (sc["duration_s"] - warm) / 3600
+    pools = res.window_pools()          # busy share and energy of the measured day only
     pct = lambda x, q: float(np.percentile(x, q)) if len(x) else math.nan  # noqa: E731
     ss = res.sessions
     top = ss[(ss["kind"] == "session") & (ss["start_s"] >= warm)] if len(ss) else ss
@@ -97,7 +101,7 @@ def measure(sc: dict, seed: int) -> dict:
     cs = coder_sessions[coder_sessions["outcome"] != "in_flight"] if len(coder_sessions) else coder_sessions
     users_active = coder_req["user"].nunique()
     return {
-        "hourly": _hourly(res, df, done, coder, sc["duration_s"]),
+        "hourly": _hourly(res, df, done, coder, warm, sc["duration_s"]),
         "requests": float(len(df)),
         "completed": float(len(done)),
         "coder_requests": float(coder.sum()),
@@ -127,9 +131,10 @@ def measure(sc: dict, seed: int) -> dict:
     }
 
 
-def _hourly(res, df, done, coder, duration_s: float) -> dict:
-    """Hourly series: completions, output tokens (all, coding agents), attempts, 429s and busy GPUs."""
-    hours = np.arange(0, duration_s + 1, 3600.0)
+def _hourly(res, df, done, coder, warm: float, duration_s: float) -> dict:
+    """Hourly series of the measured day: completions, output tokens (all, coding agents), attempts,
+    429s and busy GPUs."""
+    hours = np.arange(warm, duration_s + 1, 3600.0)
     hist = lambda x, w=None: np.histogram(x, hours, weights=w)[0].astype(float)  # noqa: E731
     return {
         "completed": hist(done["finish_s"]),
@@ -193,15 +198,17 @@ ROWS = (  # key, label, unit, digits
 
 
 def run(out_dir, scale: float = 1.0, seed: int = 1, replications: int | None = None, workers: int | None = None,
-        *, address: str | None = None, duration_s: float = 86400.0, elasticity=ELASTICITY) -> dict:
+        *, address: str | None = None, duration_s: float = 86400.0, elasticity=ELASTICITY,
+        warmup_h: float = WARMUP_H) -> dict:
     check_args(scale, replications, seed)
     t0 = time.perf_counter()
     R = replications or REPLICATIONS
     out = Path(out_dir)
     rep = Report("limits_doubling", QUESTION)
     ss = seeds(seed, R)
-    arms = {after: scenario(scale, after, duration_s) for after in (False, True)}
-    arms.update({(g, h): scenario(scale, True, duration_s, g, h) for g, h in elasticity})
+    warm_window(WINDOW_START, duration_s, warmup_h)          # hours >= 0 or an error
+    arms = {after: scenario(scale, after, duration_s, warmup_h=warmup_h) for after in (False, True)}
+    arms.update({(g, h): scenario(scale, True, duration_s, g, h, warmup_h) for g, h in elasticity})
     sc0 = arms[False]
     by = run_arms(measure, arms, ss, workers, address, label="limits_doubling")
     rep.runs = tidy(by, ss, lambda k: {"arm": "after" if k is True else "before" if k is False else "after",
@@ -211,14 +218,15 @@ def run(out_dir, scale: float = 1.0, seed: int = 1, replications: int | None = N
     metrics, table = _metrics(before, after)
     elastic = {f"growth {g:g}, held back {h:g}": _metrics(before, by[(g, h)])[0] for g, h in elasticity}
     rep.answer = _answer(metrics) + _elastic_answer(elastic)
-    _sections(rep, metrics, table, sc0, R, scale)
-    _assumptions(rep)
+    _sections(rep, metrics, table, sc0, R, scale, warmup_h)
+    _assumptions(rep, warmup_h)
     if elastic:
         rep.section("Elasticity (after the change, with demand responding)", _elastic_lines(elastic, R))
     for path, caption in _figures(out, before, after, sc0, metrics):
         rep.figure(path, caption)
-    rep.results = {"metrics": metrics, "elasticity": elastic, "replications": R, "seeds": ss}
-    rep.settings = {"scale": scale, "replications": R, "seed": seed, "duration_s": duration_s,
+    rep.results = {"metrics": metrics, "elasticity": elastic, "replications": R, "seeds": ss,
+                   "warmup_h": warmup_h, "steady_state": warmup_h >= 24.0}
+    rep.settings = {"scale": scale, "replications": R, "seed": seed, "duration_s": duration_s, "warmup_h": warmup_h,
                     "plan_mix": dict(plan_mix()), "elasticity (growth, held back)": [list(e) for e in elasticity]}
     return rep.write(out, time.perf_counter() - t0)
 
@@ -252,8 +260,10 @@ def _elastic_answer(elastic: dict) -> str:
         for label, m in elastic.items()) + "."
 
 
-def _assumptions(rep: Report) -> None:
+def _assumptions(rep: Report, warmup_h: float) -> None:
     """What the answer rests on, each with its source."""
+    rep.assume(warmup_sentence(warmup_h, f"{WINDOW_START[:10]}, a Tuesday, 00:00–24:00 UTC") + " The weekly usage "
+               "windows start empty when the run does", "issue 19 (steady state); agentsim.results.steady")
     rep.assume("Plans before and after 6 May 2026: five-hour budgets doubled, the peak-hour weight (1.5× on weekdays "
                "12–18 UTC) removed, weekly budgets unchanged", "agentsim/data/limits.toml (workload reference §3.3/§6.5)")
     rep.assume(f"Coding users split {', '.join(f'{share:.0%} {plan}' for plan, share in plan_mix())}, each on the same "
@@ -267,11 +277,11 @@ def _assumptions(rep: Report) -> None:
                "tests/test_tracelab_targets.py; workload reference (TraceLab)")
 
 
-def _sections(rep: Report, metrics: dict, table: list, sc0: dict, R: int, scale: float) -> None:
+def _sections(rep: Report, metrics: dict, table: list, sc0: dict, R: int, scale: float, warmup_h: float) -> None:
     """The results table and the method (the fleet and users as the 'before' scenario ``sc0`` has them)."""
     rep.section("Results", [
-        f"One simulated weekday (Monday, from 00:00 UTC; the first {sc0['warmup_s'] / 60:.0f} min are "
-        f"warm-up), {R} paired replications (same seeds before and after). Change = after − before; relative = "
+        f"One simulated weekday (Tuesday {WINDOW_START[:10]}, 00:00–24:00 UTC, after {warmup_h:g} h of warm-up "
+        f"that is left out), {R} paired replications (same seeds before and after). Change = after − before; relative = "
         "mean of the per-seed ratio after / before − 1. 95 % Student-t intervals.", ""]
         + md_table(["metric", "before (pre-6-May plans, throttle on)", "after (doubled 5-h, no throttle)",
                     "change", "relative change"], table))
@@ -287,8 +297,9 @@ def _sections(rep: Report, metrics: dict, table: list, sc0: dict, R: int, scale:
         "- Before: plans `pro`, `max5`, `max20` (5-h budgets $6/$30/$120, weekly $70/$250/$800, peak weight "
         "1.5×) with `peak_throttle` enabled; after: the `*_post_2026_05_06` plans (5-h budgets doubled, weight 1) "
         "with the throttle disabled.",
-        "- Users start the day with empty usage windows (no history from the previous days), so limit hits are "
-        "a lower bound in the morning hours.",
+        f"- Users enter the measured day with {warmup_h:g} h of usage history (the five-hour windows carry the "
+        "warm-up's usage; the weekly windows start empty when the run does, so weekly limits bind less than late "
+        "in a week).",
         f"- Calibration note: a simulated coding session uses "
         f"{metrics['coder_session_input_tokens']['before'].fmt(3)} input tokens and "
         f"{metrics['coder_session_usd']['before'].fmt(3, 'USD')} of list-price usage on average, counting the "
@@ -364,7 +375,7 @@ def _figure_hourly(out: Path, before, after) -> tuple:
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
     for ax in axes[1]:
-        ax.set_xlabel("hour of the day (UTC, Monday)")
+        ax.set_xlabel("hour of the measured day (UTC, Tuesday)")
     fig.suptitle("Before (pre-6-May plans, peak throttle on) vs after (doubled 5-h limits, no throttle); 95 % CI bands")
     fig.tight_layout()
     return (save_figure(fig, out, "hourly", pd.DataFrame(rows)),
@@ -424,3 +435,12 @@ main = main_for(__name__)
 
 if __name__ == "__main__":
     main()
+
+
+#: this experiment's own command-line option: the warm-up (``agentsim experiment limits_doubling --warmup-hours H``)
+OPTIONS = (warmup_option(),)
+
+
+def run_keywords(o: dict) -> dict:
+    """run()'s keywords from the parsed :data:`OPTIONS`."""
+    return warmup_keywords(o)

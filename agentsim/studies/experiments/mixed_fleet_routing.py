@@ -1,9 +1,9 @@
 """mixed_fleet_routing: which router uses a mixed-generation fleet best?
 
-The default scenario's fleet — H100 (8×2, FP8), H200 (8, FP8) and GB200 (4, FP4) replicas of
+The default scenario's fleet — H100 (16-GPU), H200 (8-GPU) and GB200 (16-GPU) replicas of
 DeepSeek-V3 in Colossus-1 proportions, with very different speeds — serves its coding agents,
-API agents and chat users through the afternoon peak (14:00–18:00 UTC, the first hour warm-up)
-at the default load and at 1.5× it. Each router sees the same traffic (common random numbers):
+API agents and chat users through the afternoon rise to the peak (Tuesday 15:00–18:00 UTC,
+measured after a whole day of warm-up that is discarded) at the default load and at 1.5× it. Each router sees the same traffic (common random numbers):
 
 * ``round_robin`` — blind to speed and load;
 * ``least_outstanding`` — fewest queued + running requests;
@@ -27,7 +27,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import Report, tidy, check_args, default_scenario, main_for, md_table, paired, ratio, run_arms, save_figure, scale_system, seeds, simulate_one, stat
+from . import (WARMUP_H, Report, tidy, check_args, default_scenario, main_for, md_table, paired, ratio, run_arms,
+               save_figure, scale_system, seeds, simulate_one, stat, warm_window, warmup_keywords, warmup_option,
+               warmup_sentence)
 
 QUESTION = ("On a mixed fleet of GPU generations, how much better do speed-aware and session-affinity routing "
             "serve agent traffic than round robin?")
@@ -35,13 +37,16 @@ FULL_SCALE = 4.0
 REPLICATIONS = 3
 ROUTERS = ("round_robin", "least_outstanding", "speed_aware", "session_affinity")
 LOADS = (1.0, 1.5)
-START = "2026-06-01T14:00:00Z"
+WINDOW_START = "2026-06-02T15:00:00Z"     # Tuesday afternoon, the coding agents' rise to their peak
+WINDOW_S = 3 * 3600.0
 CDF_SAMPLE = 4000
 
 
-def scenario(scale: float, router: str, load: float, duration_s: float = 4 * 3600.0) -> dict:
+def scenario(scale: float, router: str, load: float, window_s: float = WINDOW_S, warmup_h: float = WARMUP_H) -> dict:
+    """The default fleet and users (times ``load``) behind ``router``, measured ``window_s`` from
+    WINDOW_START after ``warmup_h`` hours of warm-up."""
     sc = default_scenario()
-    sc.update(name=f"routing_{router}", start=START, duration_s=duration_s, warmup_s=3600.0, sample_s=300.0)
+    sc.update(name=f"routing_{router}", sample_s=300.0, **warm_window(WINDOW_START, window_s, warmup_h))
     sc["router"]["policy"] = router
     sc = scale_system(sc, scale)
     for p in sc["populations"].values():          # load multiplies the users only
@@ -87,7 +92,8 @@ ROWS = (("goodput_rps", "goodput (req/s within SLO)", 3), ("slo_attainment", "SL
 
 
 def run(out_dir, scale: float = 1.0, seed: int = 1, replications: int | None = None, workers: int | None = None,
-        *, address: str | None = None, routers=ROUTERS, loads=LOADS, duration_s: float = 4 * 3600.0) -> dict:
+        *, address: str | None = None, routers=ROUTERS, loads=LOADS, window_s: float = WINDOW_S,
+        warmup_h: float = WARMUP_H) -> dict:
     check_args(scale, replications, seed)
     t0 = time.perf_counter()
     R = replications or REPLICATIONS
@@ -95,21 +101,22 @@ def run(out_dir, scale: float = 1.0, seed: int = 1, replications: int | None = N
     rep = Report("mixed_fleet_routing", QUESTION)
     ss = seeds(seed, R)
     cells = [(r, L) for L in loads for r in routers]
-    arms = {(r, L): scenario(scale, r, L, duration_s) for r, L in cells}
+    warm_window(WINDOW_START, window_s, warmup_h)          # hours >= 0 or an error
+    arms = {(r, L): scenario(scale, r, L, window_s, warmup_h) for r, L in cells}
     by = run_arms(measure, arms, ss, workers, address, label="mixed_fleet_routing")
     rep.runs = tidy(by, ss, lambda k: {"router": k[0], "load": k[1]})
     base = routers[0]
     metrics, sections = _metrics(by, routers, loads, base)
     best = {L: max(routers, key=lambda r: metrics[f"{r}@{L:g}x"]["goodput_rps"].mean) for L in loads}
     rep.answer = _answer(by, metrics, best, routers, loads, base)
-    _sections(rep, sections, metrics, routers, loads, base, R, arms[cells[0]], scale, duration_s)
-    _assumptions(rep)
+    _sections(rep, sections, metrics, routers, loads, base, R, arms[cells[0]], scale, window_s, warmup_h)
+    _assumptions(rep, window_s, warmup_h)
     for path, caption in _figures(out, by, routers, loads, metrics, base):
         rep.figure(path, caption)
     rep.results = {"metrics": metrics, "best_router": {f"{L:g}x": best[L] for L in loads}, "replications": R,
-                   "seeds": ss}
+                   "seeds": ss, "warmup_h": warmup_h, "steady_state": warmup_h >= 24.0}
     rep.settings = {"scale": scale, "replications": R, "seed": seed, "routers": list(routers), "loads": list(loads),
-                    "window_start": START, "duration_s": duration_s}
+                    "window_start": WINDOW_START, "window_s": window_s, "warmup_h": warmup_h}
     return rep.write(out, time.perf_counter() - t0)
 
 
@@ -159,22 +166,27 @@ def _answer(by: dict, metrics: dict, best: dict, routers, loads, base: str) -> s
     return " ".join(parts)
 
 
-def _assumptions(rep: Report) -> None:
+def _window(window_s: float) -> str:
+    return f"{WINDOW_START[:10]} (a Tuesday) from {WINDOW_START[11:16]} UTC for {window_s / 3600:g} h"
+
+
+def _assumptions(rep: Report, window_s: float, warmup_h: float) -> None:
     """What the answer rests on, each with its source."""
+    rep.assume(warmup_sentence(warmup_h, _window(window_s)), "issue 19 (steady state); agentsim.results.steady")
     rep.assume("The default scenario's fleet: H100 FP8, H200 FP8 and GB200 FP4 replicas of DeepSeek-V3 in Colossus-1 "
                "proportions (240 GPUs at scale 1)", "agentsim/data/scenarios default; hardware-roofline.md §2.1")
     rep.assume("Its users: coding agents, API agents and chat, with the Azure 2024 weekly profiles; 1.5× scales "
                "every population", "agentsim/data/diurnal.toml; agentsim/data/profiles.toml")
     rep.assume("Prefix caches per replica (sessions' contexts; host KV tier as in the default engine); a session's "
                "next call hits only on the replica that holds its prefix", "the default scenario's engine table")
-    rep.assume("Goodput: completions within TTFT 5 s and TPOT 0.15 s per second, after the first hour",
+    rep.assume("Goodput: completions within TTFT 5 s and TPOT 0.15 s per second, of requests arriving in the window",
                "the default scenario's slo_ttft_s / slo_tpot_s")
     rep.assume("Step times from the measured op tables (held-out median |error| 2.8 %)",
                "README: calibration, `agentsim calibrate --tier c`")
 
 
 def _sections(rep: Report, sections: list, metrics: dict, routers, loads, base: str, R: int, sc0: dict,
-              scale: float, duration_s: float) -> None:
+              scale: float, window_s: float, warmup_h: float) -> None:
     """A results table per load, sessions/energy/cost, and the method (the fleet as ``sc0`` has it)."""
     header = ["router"] + [lab for _, lab, _ in ROWS[:7]] + [f"goodput / {base}"]
     for title, rows in sections:
@@ -193,8 +205,8 @@ def _sections(rep: Report, sections: list, metrics: dict, routers, loads, base: 
     rep.section("Method", [
         f"- Fleet: {fleet} — the default scenario's Colossus-like mix, scaled ×{scale:g}.",
         "- Traffic: the default populations (coding agents on Max 5x, API-agent fleet, chat users), times the load "
-        f"factor; a window from {START[11:16]} UTC of {duration_s / 3600:g} h on a Monday, the first hour warm-up; "
-        "gateway as in the default scenario (shedding at 96 outstanding per replica, plan and tier limits).",
+        f"factor; measured {_window(window_s)} after {warmup_h:g} h of warm-up; gateway as in the default scenario "
+        f"(shedding at {_shed(sc0)} outstanding per replica, plan and tier limits).",
         "- Same seeds for every router (common random numbers): differences are paired per seed."])
 
 
@@ -286,3 +298,17 @@ main = main_for(__name__)
 
 if __name__ == "__main__":
     main()
+
+
+def _shed(sc: dict):
+    """Where the scenario's gateway starts shedding (outstanding requests per replica)."""
+    return next((p.get("max_outstanding_per_replica") for p in sc["policies"] if p["name"] == "overload_shedding"), "—")
+
+
+#: this experiment's own command-line option: the warm-up (``agentsim experiment mixed_fleet_routing --warmup-hours H``)
+OPTIONS = (warmup_option(),)
+
+
+def run_keywords(o: dict) -> dict:
+    """run()'s keywords from the parsed :data:`OPTIONS`."""
+    return warmup_keywords(o)

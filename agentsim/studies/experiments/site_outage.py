@@ -6,7 +6,8 @@ every pool) behind one router. On a weekday, ``atlanta`` goes down at 17:00 UTC 
 (``replica_failed``), the surviving site takes all traffic, the gateway sheds (``529``) beyond
 ``SHED_OUTSTANDING`` outstanding requests per up replica, and clients retry by their policies
 (Claude Code: 10 retries; the API SDK: 2; chat users regenerate once) with the SDKs' 600-s
-timeout. The same day without the outage, with the same seeds, is the baseline; every figure is
+timeout. Each run starts a whole day (``warmup_h``) before the measured
+afternoon, which is left out. The same day without the outage, with the same seeds, is the baseline; every figure is
 a paired difference. The load is swept (``LOADS`` × the default users).
 
 Answers: the sessions lost (failed, abandoned or ended by errors), users hit and engaged
@@ -40,16 +41,19 @@ import pandas as pd
 
 from ...util.errors import InputError
 from ...util.stats import NONNEGATIVE, holds_for, mean_band, tipping_point
-from . import Report, tidy, check_args, default_scenario, main_for, md_table, paired, proportion, ratio, run_arms, save_figure, scale_system, seeds, simulate_one, stat
+from . import (WARMUP_H, Report, tidy, check_args, default_scenario, main_for, md_table, paired, proportion, ratio,
+               run_arms, save_figure, scale_system, seeds, simulate_one, stat, warm_window, warmup_keywords,
+               warmup_option, warmup_sentence)
 
 QUESTION = ("When a site is lost mid-day, how many agent sessions fail, how long does recovery take, and from what "
             "load does the fleet not recover?")
 FULL_SCALE = 4.0
 REPLICATIONS = 4            # 0/4 and 4/4 are the fewest runs whose Wilson intervals exclude 50 %
 START_HOUR = 15
-START = f"2026-06-01T{START_HOUR:02d}:00:00Z"
-WARMUP_S = 3600.0
-DURATION_S = 6 * 3600.0
+#: the origin of every time below: a Tuesday afternoon, after ``warmup_h`` (a whole day) of warm-up
+#: that is simulated and discarded; the hour from the origin to the outage is its lead-in
+ORIGIN = f"2026-06-02T{START_HOUR:02d}:00:00Z"
+DURATION_S = 6 * 3600.0                  # measured from ORIGIN
 OUTAGE = (2 * 3600.0, 4 * 3600.0)        # 17:00-19:00 UTC, the coding-agent peak
 #: the load sweep: users as multiples of the default populations
 LOADS = (1.0, 1.25, 1.5)   # 0.75x lost nothing to the outage (0 of 4 seeds) and cost a quarter of the runs
@@ -70,10 +74,13 @@ OUTAGE_UTC = f"{START_HOUR + OUTAGE[0] / 3600:.0f}:00–{START_HOUR + OUTAGE[1] 
 
 
 def scenario(scale: float, outage: bool, outage_s: tuple[float, float] = OUTAGE, load: float = 1.0,
-             duration_s: float = DURATION_S) -> dict:
+             duration_s: float = DURATION_S, warmup_h: float = WARMUP_H) -> dict:
+    """The two-site fleet, ``duration_s`` from ORIGIN after ``warmup_h`` hours of warm-up; ``outage_s``
+    (from ORIGIN) the outage when ``outage``."""
     sc = default_scenario()
-    sc.update(name="site_outage" if outage else "site_outage_baseline", start=START, duration_s=duration_s,
-              warmup_s=WARMUP_S, sample_s=BIN_S)
+    sc.update(name="site_outage" if outage else "site_outage_baseline", sample_s=BIN_S,
+              **warm_window(ORIGIN, duration_s, warmup_h))
+    off = sc["warmup_s"]
     sc["policies"] = [dict(p, max_outstanding_per_replica=SHED_OUTSTANDING) if p["name"] == "overload_shedding" else p
                       for p in sc["policies"]]
     memphis = sc["sites"]["memphis"]
@@ -91,14 +98,29 @@ def scenario(scale: float, outage: bool, outage_s: tuple[float, float] = OUTAGE,
             p["task_rate"] *= load
             p["workers"] = min(p["workers"], p["size"])
         p["timeout_s"] = TIMEOUT_S
-    sc["outages"] = [{"target": "site:atlanta", "start_s": outage_s[0], "end_s": outage_s[1]}] if outage else []
+    sc["outages"] = [{"target": "site:atlanta", "start_s": off + outage_s[0], "end_s": off + outage_s[1]}] \
+        if outage else []
     return sc
+
+
+def from_origin(res, off: float) -> tuple:
+    """The run's requests, sessions and time series with times measured from ORIGIN (the run began
+    ``off`` seconds before it): the warm-up's rows fall before 0 and out of every bin below."""
+    df = res.requests.assign(arrival_s=res.requests["arrival_s"] - off, finish_s=res.requests["finish_s"] - off)
+    ss = res.sessions
+    if len(ss):
+        ss = ss.assign(start_s=ss["start_s"] - off, end_s=ss["end_s"] - off)
+    ts = res.timeseries
+    if len(ts):
+        ts = ts.assign(time_s=ts["time_s"] - off)
+    return df, ss, ts
 
 
 def measure(sc: dict, seed: int) -> dict:
     res = simulate_one(sc, seed)
-    df = res.requests
-    edges = np.arange(0.0, sc["duration_s"] + BIN_S / 2, BIN_S)
+    df, ss, ts = from_origin(res, sc["warmup_s"])
+    duration_s = sc["duration_s"] - sc["warmup_s"]
+    edges = np.arange(0.0, duration_s + BIN_S / 2, BIN_S)
     done = df[df["outcome"] == "completed"]
     ok = done[(done["ttft_s"] <= sc["slo_ttft_s"]) & ~(done["tpot_s"] > sc["slo_tpot_s"])]
     hist = lambda x: np.histogram(x, edges)[0].astype(float)  # noqa: E731
@@ -107,7 +129,6 @@ def measure(sc: dict, seed: int) -> dict:
     for lo, hi in zip(edges[:-1], edges[1:]):
         x = done.loc[(done["arrival_s"] >= lo) & (done["arrival_s"] < hi), "ttft_s"]
         ttft_p90.append(float(np.percentile(x, 90)) if len(x) else math.nan)
-    ss = res.sessions
     top = ss[ss["kind"] == "session"]
     around = top[(top["start_s"] >= AROUND[0]) & (top["start_s"] < AROUND[1])]
     ended = around[around["outcome"] != "in_flight"]
@@ -123,7 +144,7 @@ def measure(sc: dict, seed: int) -> dict:
                              "duration_p90_s": float(np.percentile(gdone, 90)) if len(gdone) else math.nan}
     cdone = ended.loc[ended["outcome"] == "completed", "duration_s"]
     lost = lost_sessions(ended)
-    post = _post_outage(res, df, sc["duration_s"])
+    post = _post_outage(ts, df, duration_s)
     window = df[(df["finish_s"] >= OUTAGE[0]) & (df["finish_s"] < OUTAGE[1])]   # attempts that ended in it
     outcomes = {str(k): int(v) for k, v in window["outcome"].value_counts().items() if v}
     calls = window[window["attempt"] == 0]          # a call's first attempt
@@ -169,10 +190,9 @@ MECHANISMS = {"queue": "requests queued at the replicas", "retries": "attempts p
               "cache_loss": "prefix-cache miss rate (uncached share of input tokens)"}
 
 
-def _post_outage(res, df, duration_s: float) -> dict:
+def _post_outage(ts, df, duration_s: float) -> dict:
     """After the site returns: the mean queue over the sampled intervals, attempts per call, and the
     cache miss rate — the three mechanisms that can keep a run from recovering."""
-    ts = res.timeseries
     q = ts[ts["time_s"] > OUTAGE[1]].groupby("time_s", observed=True)["queued"].sum()
     after = df[(df["arrival_s"] >= OUTAGE[1]) & (df["arrival_s"] < duration_s)]
     calls = int((after["attempt"] == 0).sum())
@@ -230,7 +250,8 @@ def population_users(sc: dict) -> int:
 
 
 def run(out_dir, scale: float = 1.0, seed: int = 1, replications: int | None = None,
-        workers: int | None = None, *, address: str | None = None, loads=LOADS, duration_s: float = DURATION_S) -> dict:
+        workers: int | None = None, *, address: str | None = None, loads=LOADS, duration_s: float = DURATION_S,
+        warmup_h: float = WARMUP_H) -> dict:
     check_args(scale, replications, seed)
     t0 = time.perf_counter()
     R = replications or REPLICATIONS
@@ -242,7 +263,8 @@ def run(out_dir, scale: float = 1.0, seed: int = 1, replications: int | None = N
     if duration_s < OUTAGE[1] + COLLAPSE_HOLD_S + BIN_S:
         raise InputError(f"duration_s must leave time after the outage (>= {OUTAGE[1] + COLLAPSE_HOLD_S + BIN_S:g} s), "
                          f"got {duration_s}")
-    arms = {(L, o): scenario(scale, o, load=L, duration_s=duration_s) for L, o in cells}
+    warm_window(ORIGIN, duration_s, warmup_h)          # hours >= 0 or an error
+    arms = {(L, o): scenario(scale, o, load=L, duration_s=duration_s, warmup_h=warmup_h) for L, o in cells}
     by = run_arms(measure, arms, ss, workers, address, label="site_outage")
     for L in loads:     # the recovery verdict of each outage run against its own seed's day without it
         for b, h in zip(by[(L, False)], by[(L, True)]):
@@ -277,15 +299,16 @@ def run(out_dir, scale: float = 1.0, seed: int = 1, replications: int | None = N
                                  "ci_high": _users_at(hi, loads, metrics)}}
     rep.answer = _answer(metrics, loads, tipping, R, duration_s)
     rep.section("The load sweep", _sweep_lines(metrics, loads, tipping, R))
-    _assumptions(rep)
+    _assumptions(rep, duration_s, warmup_h)
     for title, lines in details:
         rep.section(title, lines)
-    _method(rep, arms[cells[1]], scale, duration_s)     # the first load with the outage
+    _method(rep, arms[cells[1]], scale, duration_s, warmup_h)     # the first load with the outage
     for path, caption in _figures(out, by, loads, metrics):
         rep.figure(path, caption)
-    rep.results = {"metrics": metrics, "tipping": tipping, "replications": R, "seeds": ss}
+    rep.results = {"metrics": metrics, "tipping": tipping, "replications": R, "seeds": ss, "warmup_h": warmup_h,
+                   "steady_state": warmup_h >= 24.0}
     rep.settings = {"scale": scale, "replications": R, "seed": seed, "loads": list(loads), "outage_utc": OUTAGE_UTC,
-                    "window_start_utc": START, "duration_s": duration_s, "warmup_s": WARMUP_S,
+                    "window_start_utc": ORIGIN, "duration_s": duration_s, "warmup_h": warmup_h,
                     "shed_outstanding_per_replica": SHED_OUTSTANDING, "client_timeout_s": TIMEOUT_S,
                     "runs": len(arms) * R}
     return rep.write(out, time.perf_counter() - t0)
@@ -398,8 +421,11 @@ def _sweep_lines(metrics: dict, loads, tipping: dict, R: int) -> list[str]:
             + [f"Tipping load (the chance of not recovering passes 50 %): {_tipping_text(tipping)}.", ""])
 
 
-def _assumptions(rep: Report) -> None:
+def _assumptions(rep: Report, duration_s: float, warmup_h: float) -> None:
     ref = "workloads-policies.md"
+    rep.assume(warmup_sentence(warmup_h, f"{ORIGIN[:10]} (a Tuesday) {START_HOUR}:00–"
+                                         f"{START_HOUR + duration_s / 3600:.0f}:00 UTC"),
+               "issue 19 (steady state); agentsim.results.steady")
     rep.assume(f"The gateway sheds (529) beyond {SHED_OUTSTANDING} outstanding requests per up replica (about twice "
                "what a replica runs at once at the default day's peak; the default scenario's 192 is never reached)",
                f"[A] {ref} §3.5 (Stripe's concurrency limiter, e.g. 20 in flight; fleet-usage shedding) and §6.4 "
@@ -498,15 +524,16 @@ def _load_answer(L: float, M: dict, hit: list[dict], R: int, sc_duration: float)
         + (_mechanism_text(M) if never else ""))
 
 
-def _method(rep: Report, sc0: dict, scale: float, duration_s: float) -> None:
+def _method(rep: Report, sc0: dict, scale: float, duration_s: float, warmup_h: float) -> None:
     """The method section (the fleet as the outage scenario ``sc0`` has it)."""
     fleet = ", ".join(f"{k} {v['replicas']}" for k, v in sc0["pools"].items())
     rep.section("Method", [
         f"- Fleet: the default scenario's pools split over two sites ({fleet} replicas), one session-affinity "
         f"router across both; scaled ×{scale:g}.",
         f"- Traffic: the default populations (coding agents, API agents, chat) times the load factor, weekday "
-        f"{START_HOUR}:00–{START_HOUR + duration_s / 3600:.0f}:00 UTC, the first {WARMUP_S / 3600:g} h warm-up (the "
-        "diurnal load is not stationary: the warm-up fills caches and queues, not a full period). Site `atlanta` is "
+        f"{START_HOUR}:00–{START_HOUR + duration_s / 3600:.0f}:00 UTC (a Tuesday), after {warmup_h:g} h of warm-up "
+        "that is discarded (the diurnal load is never stationary: a whole period fills sessions, caches, queues and "
+        "five-hour windows). Site `atlanta` is "
         f"down {OUTAGE_UTC} UTC; its in-flight requests fail (`replica_failed`) and its sessions lose their cached "
         f"prefixes. The gateway sheds (529) beyond {SHED_OUTSTANDING} outstanding requests per up replica; clients "
         f"give up on an attempt after {TIMEOUT_S:.0f} s.",
@@ -652,3 +679,12 @@ main = main_for(__name__)
 
 if __name__ == "__main__":
     main()
+
+
+#: this experiment's own command-line option: the warm-up (``agentsim experiment site_outage --warmup-hours H``)
+OPTIONS = (warmup_option(),)
+
+
+def run_keywords(o: dict) -> dict:
+    """run()'s keywords from the parsed :data:`OPTIONS`."""
+    return warmup_keywords(o)
