@@ -49,7 +49,7 @@ from ...util.atomic import write_atomic
 from ...util.errors import InputError, unknown_name
 from ..executor import run_all
 from ...util.jsonout import dumps
-from ...util.stats import ANY, NONNEGATIVE, mean_interval, proportion_interval
+from ...util.stats import ANY, NONNEGATIVE, mean_interval, mser5, proportion_interval
 
 #: experiment name -> module (imported on first use)
 EXPERIMENTS: dict[str, str] = {name: f"{__name__}.{name}" for name in (
@@ -215,6 +215,25 @@ def warmup_sentence(warmup_h: float, window: str) -> str:
                else "LESS than one diurnal period: the figures describe a system still filling up")
     return (f"Steady state: each run starts {warmup_h:g} h before the measured window ({window}; {periods}); "
             "the warm-up is simulated and discarded.")
+
+
+def mser5_warmup_s(finish_s, end_s: float, bin_s: float = 60.0) -> float:
+    """The warm-up (s) MSER-5 picks on completions per ``bin_s`` over ``[0, end_s)``: the stated rule
+    for constant-load runs (:mod:`agentsim.results.steady`; one-minute bins so that a few hours give
+    it the ten batches it needs)."""
+    counts = np.histogram(np.asarray(finish_s, dtype=float), np.arange(0.0, end_s + bin_s / 2, bin_s))[0]
+    return float(mser5(counts)) * bin_s
+
+
+def mser5_sentence(needed: dict, used_s: float, span: str) -> str:
+    """A summary's statement of the constant-load warm-up rule: ``needed`` maps a cell's label to the
+    largest warm-up (s) MSER-5 picked over its replications."""
+    worst = max(needed.values(), default=0.0)
+    over = [k for k, v in needed.items() if v > used_s]
+    return (f"Steady state (constant input): MSER-5 on completions per minute {span} picks at most "
+            f"{worst / 60:.0f} min of warm-up in any run; the runs discard {used_s / 60:.0f} min"
+            + (f" — shorter than it picks in {len(over)} of {len(needed)} cells ({', '.join(over)}): those have "
+               "no steady state within the run (overloaded)" if over else "") + ".")
 
 
 def scale_system(sc: dict, k: float) -> dict:

@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import Report, tidy, check_args, crossing, main_for, md_table, ratio, run_arms, save_figure, seeds, simulate_one, stat
+from . import (Report, tidy, check_args, crossing, main_for, md_table, mser5_sentence, mser5_warmup_s, ratio, run_arms,
+               save_figure, seeds, simulate_one, stat)
 from ...model.catalog import load_catalog
 from ...model.deployment import Deployment
 from ...model.servicetime import StepCoeffs
@@ -63,12 +64,12 @@ def scenario(gen: str, users_per_gpu: float, scale: float = 1.0) -> dict:
 def measure(sc: dict, seed: int) -> dict:
     res = simulate_one(sc, seed)
     s = res.summary()
-    pools = res.pools
+    pools = res.window_pools()              # after the warm-up, like the tokens set against it
     gpus = float(pools["gpus"].sum())
-    dur = sc["duration_s"]
+    dur = sc["duration_s"] - sc["warmup_s"]
     energy = float(pools["facility_energy_j"].sum())
     df = res.requests
-    done = df[df["outcome"] == "completed"]
+    done = df[(df["outcome"] == "completed") & (df["finish_s"] > sc["warmup_s"])]
     out_tokens = float(done["output_tokens"].sum())
     fac_w = energy / dur
     return {"gpus": gpus, "joules_per_token": energy / out_tokens if out_tokens else math.nan,
@@ -78,6 +79,7 @@ def measure(sc: dict, seed: int) -> dict:
             "busy": float(pools["busy_frac"].mean()), "slo_attainment": float(s["slo_attainment"]),
             "kwh_per_engaged_hour": float(s.get("energy_per_engaged_hour_kwh", math.nan)),
             "ttft_p90_s": float(s["ttft_p90_s"]), "tpot_p90_s": float(s["tpot_p90_s"]),
+            "warmup_needed_s": mser5_warmup_s(df.loc[df["outcome"] == "completed", "finish_s"], sc["duration_s"]),
             "idle_w_per_gpu": float(_idle_w(res)) * float(sc["sites"]["dc"]["pue"])
             * (1 + float(sc["sites"]["dc"]["other_it_fraction"]))}
 
@@ -113,12 +115,16 @@ def run(out_dir, scale: float = 1.0, seed: int = 1, replications: int | None = N
     rep.answer = _answer(grid, cap, idle, generations, loads, best, ref)
     _sections(rep, grid, cap, generations, loads, ref, R, scale)
     _assumptions(rep, generations)
+    needed = {f"{g} at {L:g}/GPU": max(r["warmup_needed_s"] for r in by[(g, L)]) for g, L in cells}
+    rep.assume(mser5_sentence(needed, WARMUP_S, f"of the whole {DURATION_S / 3600:g}-h run"),
+               "agentsim.results.steady; White 1997 (MSER-5)")
     for path, caption in _figures(out, by, generations, loads, grid, cap):
         rep.figure(path, caption)
     rep.results = {"capacity_point": {g: {k: v for k, v in cap[g].items() if not k.startswith("_")}
                                       for g in generations},
                    "grid": grid, "most_efficient": best, "idle_share_at_lowest_load": idle, "replications": R,
-                   "seeds": ss}
+                   "seeds": ss, "warmup_s": WARMUP_S, "warmup_needed_s": needed,
+                   "steady_state": all(v <= WARMUP_S for v in needed.values())}
     rep.settings = {"scale": scale, "replications": R, "seed": seed, "generations": list(generations),
                     "users_per_gpu": list(loads), "gpus_per_generation": GPUS * scale}
     return rep.write(out, time.perf_counter() - t0)
@@ -154,8 +160,8 @@ def _sections(rep: Report, grid: dict, cap: dict, generations, loads, ref: str, 
         "session-affinity routing, prefixes pinned for an hour and a 2 TB host KV tier per replica; a site with PUE "
         "1.25 and 10 % other IT load.",
         f"- Load: `interactive_coding_agent` users with flat arrivals, {', '.join(map(str, loads))} per GPU; "
-        f"{DURATION_S / 3600:g} h runs, the first {WARMUP_S / 60:.0f} min warm-up for latency (energy and tokens over "
-        "the whole run, as `joules_per_token` in summaries).",
+        f"{DURATION_S / 3600:g} h runs, the first {WARMUP_S / 60:.0f} min warm-up, left out of every figure (energy "
+        "and busy shares from the pools' sampled series after it, tokens of the requests finishing after it).",
         "- Energy: per replica, server power × (idle share + dynamic share while a step runs), plus idle power "
         "while up; facility = servers × (1 + other IT) × PUE. Output tokens/s per MW = 10⁶ / (J per output token).",
         "- Precisions follow deployment practice (FP8 on Hopper/CDNA3/B200, FP4 on GB200); B200 FP8 vs H200 FP8 "

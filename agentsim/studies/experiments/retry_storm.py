@@ -39,7 +39,8 @@ import numpy as np
 import pandas as pd
 
 from ...util.stats import NONNEGATIVE, holds_for, mean_band, tipping_point
-from . import Report, tidy, check_args, main_for, md_table, paired, proportion, ratio, run_arms, save_figure, seeds, simulate_one, stat
+from . import (Report, tidy, check_args, main_for, md_table, mser5_sentence, mser5_warmup_s, paired, proportion, ratio,
+               run_arms, save_figure, seeds, simulate_one, stat)
 
 QUESTION = ("On a saturated cluster, when does goodput collapse under SDK, watchdog and budgeted retry policies, "
             "and does it stay collapsed after the trigger (a capacity loss) is removed?")
@@ -133,6 +134,7 @@ def measure(sc: dict, seed: int) -> dict:
     return {"series": series, "baseline": base, "post": window(*POST),
             "persistent_collapse": persistent_collapse(series["goodput_rps"], base["calls_rps"], end),
             "sessions_failed_after_trigger": float((ended["outcome"] == "failed").mean()) if len(ended) else math.nan,
+            "warmup_needed_s": mser5_warmup_s(done["finish_s"], TRIGGER_AT_S),
             "sim_wall_s": res.meta.get("sim_wall_s")}
 
 
@@ -190,12 +192,18 @@ def run(out_dir, scale: float = 1.0, seed: int = 1, replications: int | None = N
     rep.answer = _tipping_answer(tipping, metrics, policies, triggers, scale)
     rep.section("Tipping points: the load at which a persistent collapse becomes likely", _tipping_lines(tipping, R, scale))
     _assumptions(rep)
+    needed = {f"load {L:g}": max(r["warmup_needed_s"] for k, runs in by.items() if k[2] == L for r in runs)
+              for L in sorted({k[2] for k in by})}
+    rep.assume(mser5_sentence(needed, BASELINE[0], "before the trigger") + " The baseline figures are read from "
+               f"{BASELINE[0] / 60:.0f} min to the trigger", "agentsim.results.steady; White 1997 (MSER-5)")
     _sections(rep, table, comps, R, scale, triggers, _answer(metrics, policies, triggers, R))
     t_min = (np.arange(len(by[("control", 0, 1.0)][0]["series"]["goodput_rps"])) + 1) * BIN_S / 60
     main = {(p, d): by[(p, d, 1.0)] for p, d in cells}
     for path, caption in _figures(out, main, policies, triggers, t_min, metrics) + [_figure_tipping(out, tipping, scale)]:
         rep.figure(path, caption)
-    rep.results = {"metrics": metrics, "paired_vs_sdk": comps, "tipping": tipping, "replications": R, "seeds": ss}
+    rep.results = {"metrics": metrics, "paired_vs_sdk": comps, "tipping": tipping, "replications": R, "seeds": ss,
+                   "warmup_s": BASELINE[0], "warmup_needed_s": needed,
+                   "steady_state": all(v <= BASELINE[0] for v in needed.values())}
     rep.settings = {"scale": scale, "replications": R, "seed": seed, "policies": list(policies),
                     "triggers_min": list(triggers), "replicas": max(1, round(10 * scale)) + max(1, round(6 * scale)),
                     "users": users(scale), "tipping_loads": {f"{d}min": list(v) for d, v in sweep.items()},
