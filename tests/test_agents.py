@@ -442,6 +442,18 @@ def test_a_failed_compaction_call_is_a_failed_call():
     assert len(calls) == 1, "with on_give_up = fail_session nothing follows the failed compaction"
 
 
+def test_a_session_ended_by_errors_is_abandoned_not_completed():
+    """on_give_up = end_session: the user leaves after the client gave up on a call (a chat user after
+    the one regeneration); such a session must not count as completed."""
+    sc = _failing_compaction()
+    sc["policies"][0]["windows"] = [[0, 60.0]]                 # every attempt is shed
+    sc["populations"]["p"]["params"].update(on_give_up="end_session", regenerate=True)
+    res = simulate(sc)
+    s0 = res.sessions.iloc[0]
+    assert s0["failed_calls"] >= 1 and s0["outcome"] == "abandoned", s0.to_dict()
+    assert (res.requests["outcome"] == "completed").sum() == 0
+
+
 # -- a bug found on the way: the host tier's accounting of shared prefixes -----------------------------
 def test_host_tier_accounting_with_a_shared_prefix():
     from agentsim.serving.prefix_cache import CacheConfig, PrefixCache

@@ -180,7 +180,9 @@ def _after_give_up(run: _Session, req):
     if action == "restart" and run.requeues < run.pop.profile.task_requeues:
         run.requeues += 1
         return RESTART
-    return {"abandon": "abandoned", "end": "completed", "limited": "limited"}.get(action, "failed")
+    # "end" (on_give_up = end_session): the user leaves after the service failed them — abandoned, not
+    # completed (a chat user who regenerated once and still got an error does not come back to finish)
+    return {"abandon": "abandoned", "end": "abandoned", "limited": "limited"}.get(action, "failed")
 
 
 def _tools(run: _Session):
