@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -142,7 +143,8 @@ def test_limits_doubling_tiny(tmp_path):
 
 def test_mixed_fleet_routing_tiny(tmp_path):
     mod = load("mixed_fleet_routing")
-    res = mod.run(tmp_path, scale=0.2, replications=2, workers=WORKERS, loads=(1.5,), window_s=3600.0, warmup_h=1.0)
+    res = mod.run(tmp_path, scale=0.2, replications=2, workers=WORKERS, loads=(1.5,), window_s=3600.0, warmup_h=1.0,
+                  sensitivity=True)
     data = check_outputs(tmp_path, res, ["routers", "ttft_cdf", "pools"])
     m = data["metrics"]
     ci_fields(m["session_affinity@1.5x"]["goodput_rps"])
@@ -151,6 +153,9 @@ def test_mixed_fleet_routing_tiny(tmp_path):
     # ... and so ranks above round robin on goodput: the paired difference's 95 % interval lies above 0
     d = m["session_affinity@1.5x"]["goodput_minus_round_robin"]
     assert d["ci_low"] > 0, d
+    # the headline's sensitivity band: the best router's goodput ratio rerun at both step-time scales
+    (name, band), = data["sensitivity"]["band"].items()
+    assert name.endswith("goodput at 1.5×") and 0 < band[0] <= band[1] and "Sensitivity to the step model" in res["answer"]
 
 
 def test_site_outage_tiny(tmp_path):
@@ -282,7 +287,8 @@ def test_diurnal_experiments_measure_after_a_whole_day_of_warm_up(name):
     from datetime import datetime, timedelta
     from agentsim.util.errors import InputError
     mod = load(name)
-    assert mod.run_keywords({"warmup_hours": None}) == {"warmup_h": 24.0}
+    assert mod.run_keywords({"warmup_hours": None}) == {"warmup_h": 24.0, "sensitivity": False}
+    assert mod.run_keywords({"warmup_hours": 6.0, "sensitivity": True}) == {"warmup_h": 6.0, "sensitivity": True}
     with pytest.raises(InputError, match="--warmup-hours"):
         mod.run_keywords({"warmup_hours": -2.0})
     make = {"limits_doubling": lambda h: mod.scenario(0.1, True, warmup_h=h),
@@ -297,6 +303,30 @@ def test_diurnal_experiments_measure_after_a_whole_day_of_warm_up(name):
         if name == "site_outage":     # the outage keeps its hour of the measured day
             assert [(o["start_s"] - sc["warmup_s"]) for o in sc["outages"]] == [mod.OUTAGE[0]]
     assert window[0] == window[1] and window[0][0].weekday() == 1      # a Tuesday, whatever the warm-up
+
+
+def _tpot(sc: dict, seed: int) -> dict:
+    from agentsim.studies.experiments import simulate_one
+    return {"tpot": float(simulate_one(sc, seed).summary()["tpot_s"])}
+
+
+def test_sensitivity_reruns_the_headline_with_the_step_models_error(tmp_path):
+    """Build item 5's band: the headline's arms rerun on the first seeds with every step × each
+    held-out-error quartile. Light load on one replica, so TPOT is one step's time: it must move with
+    the scale, and the band is the lowest and highest of the three."""
+    from agentsim.studies.experiments import STEP_SCALES, run_arms, sensitivity
+    sc = {"name": "sens", "duration_s": 120.0, "sample_s": 60,
+          "pools": {"a": {"gpu": "H100-SXM", "model": "Llama-3-8B", "replicas": 1}},
+          "streams": {"s": {"kind": "poisson", "rate": 2.0, "input_tokens": 512, "output_tokens": 64}}}
+    arms = {"a": sc}
+    by = run_arms(_tpot, arms, [1, 2, 3], workers=0)
+    s = sensitivity(_tpot, arms, by, [1, 2, 3], lambda b: {"tpot": float(np.mean([r["tpot"] for r in b["a"]]))},
+                    tmp_path, workers=0)
+    v = {k: x["tpot"] for k, x in s["values"].items()}
+    assert s["seeds"] == [1, 2] and s["step_time_scales"] == list(STEP_SCALES)
+    assert v["x0.956"] < v["x1"] < v["x1.006"]
+    assert v["x0.956"] == pytest.approx(0.956 * v["x1"], rel=0.02)
+    assert s["band"]["tpot"] == (v["x0.956"], v["x1.006"])
 
 
 def test_progress_is_reported_as_tasks_finish():

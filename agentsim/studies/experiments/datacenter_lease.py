@@ -46,7 +46,8 @@ import numpy as np
 import pandas as pd
 
 from . import (Report, tidy, check_args, crossing, default_scenario, jsonable, main_for, md_table, ratio, replicate_until,
-               run_tasks, save_figure, seeds, simulate_one, stat, warm_window)
+               run_tasks, save_figure, seeds, simulate_one, stat, step_scale_catalog, warm_window,
+               SENSITIVITY_SEEDS, STEP_SCALES)
 from ...util.jsonout import dumps
 from ...model.catalog import load_catalog
 from ...util.atomic import write_atomic
@@ -74,11 +75,6 @@ WARMUP_H = 48.0                          # two diurnal periods: one is not enoug
 FACILITY_MW = 300.0
 LEASE_DAYS = 180
 PLAN = "max5_post_2026_05_06"
-#: the step model's held-out error as a step-time scale: the lower and upper quartiles of measured /
-#: predicted step time over the 12 scored held-out load points of `agentsim calibrate --tier c`
-#: (throughput rows: 1 + error; latency rows: 1 / (1 + error)); median 0.989
-STEP_SCALES = (0.956, 1.006)
-SENSITIVITY_SEEDS = 2
 
 
 def window(warmup_h: float = WARMUP_H) -> dict:
@@ -134,12 +130,10 @@ def existing_scenario(slices: int, extra_users: float = 0.0, with_lease: bool = 
     return sc
 
 
-def step_scale_catalog(out: Path, k: float) -> Path:
+def lease_step_scale_catalog(out: Path, k: float) -> Path:
     """A catalog overlay scaling every lease GPU generation's step times by ``k`` (written to ``out``)."""
     cat = load_catalog()
-    gens = sorted({cat.gpu(v[0]).generation for v in LEASE.values()})
-    text = "".join(f"[generations.{g}]\nstep_time_scale = {k!r}\n\n" for g in gens)
-    return write_atomic(Path(out) / f"step_time_x{k:g}.toml", text).resolve()
+    return step_scale_catalog(out, k, {cat.gpu(v[0]).generation for v in LEASE.values()})
 
 
 def sliced_task(sc: dict, slices: int, seed: int) -> tuple[dict, int]:
@@ -279,7 +273,7 @@ def _sensitivity(out: Path, N: int, ss: list[int], base_rep: list[dict], users, 
     ratio to the unscaled answer on those seeds, and the answer times that ratio."""
     sens = {}
     for k in STEP_SCALES:
-        _, per_rep = users_at_slo(N, ss, catalog=(step_scale_catalog(out, k),), label=f"step times x{k:g}", **kw)
+        _, per_rep = users_at_slo(N, ss, catalog=(lease_step_scale_catalog(out, k),), label=f"step times x{k:g}", **kw)
         r = ratio([p["users"] for p in base_rep], [p["users"] for p in per_rep])
         sens[f"x{k:g}"] = {"step_time_scale": k, "ratio": r, "users": users.mean * r.mean,
                            "seeds": ss, "per_replication": per_rep}

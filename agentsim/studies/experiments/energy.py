@@ -26,7 +26,8 @@ import numpy as np
 import pandas as pd
 
 from . import (Report, tidy, check_args, crossing, main_for, md_table, mser5_sentence, mser5_warmup_s, ratio, run_arms,
-               save_figure, seeds, simulate_one, stat)
+               save_figure, seeds, simulate_one, stat, sensitivity as step_sensitivity, sensitivity_sentence,
+               SENSITIVITY_OPTION)
 from ...model.catalog import load_catalog
 from ...model.deployment import Deployment
 from ...model.servicetime import StepCoeffs
@@ -93,7 +94,7 @@ def _idle_w(res) -> float:
 
 
 def run(out_dir, scale: float = 1.0, seed: int = 1, replications: int | None = None, workers: int | None = None,
-        *, address: str | None = None, generations=tuple(GENERATIONS), loads=LOADS) -> dict:
+        *, address: str | None = None, generations=tuple(GENERATIONS), loads=LOADS, sensitivity: bool = False) -> dict:
     check_args(scale, replications, seed)
     t0 = time.perf_counter()
     R = replications or REPLICATIONS
@@ -101,7 +102,8 @@ def run(out_dir, scale: float = 1.0, seed: int = 1, replications: int | None = N
     rep = Report("energy", QUESTION)
     ss = seeds(seed, R)
     cells = [(g, L) for g in generations for L in loads]
-    by = run_arms(measure, {(g, L): scenario(g, L, scale) for g, L in cells}, ss, workers, address, label="energy")
+    arms = {(g, L): scenario(g, L, scale) for g, L in cells}
+    by = run_arms(measure, arms, ss, workers, address, label="energy")
     rep.runs = tidy(by, ss, lambda k: {"generation": k[0], "users_per_gpu": k[1]})
     keys = ("joules_per_token", "tokens_per_s_per_mw", "facility_w_per_gpu", "output_tokens_per_s_per_gpu",
             "slo_attainment", "ttft_p90_s", "busy")
@@ -112,7 +114,10 @@ def run(out_dir, scale: float = 1.0, seed: int = 1, replications: int | None = N
                if math.isfinite(cap[g]["kwh_per_engaged_hour"].mean) else math.inf)
     lo = loads[0]
     idle = {g: stat([r["idle_w_per_gpu"] / r["facility_w_per_gpu"] for r in by[(g, lo)]]) for g in generations}
-    rep.answer = _answer(grid, cap, idle, generations, loads, best, ref)
+    sens = step_sensitivity(measure, arms, by, ss, lambda b: {
+        f"{g} kWh": _capacity_points(b, generations, loads, len(next(iter(b.values()))))[g]["kwh_per_engaged_hour"].mean
+        for g in generations}, out, workers=workers, address=address, label="energy") if sensitivity else None
+    rep.answer = _answer(grid, cap, idle, generations, loads, best, ref) + sensitivity_sentence(sens, lambda v: f"{v:.3g}")
     _sections(rep, grid, cap, generations, loads, ref, R, scale)
     _assumptions(rep, generations)
     needed = {f"{g} at {L:g}/GPU": max(r["warmup_needed_s"] for r in by[(g, L)]) for g, L in cells}
@@ -123,7 +128,7 @@ def run(out_dir, scale: float = 1.0, seed: int = 1, replications: int | None = N
     rep.results = {"capacity_point": {g: {k: v for k, v in cap[g].items() if not k.startswith("_")}
                                       for g in generations},
                    "grid": grid, "most_efficient": best, "idle_share_at_lowest_load": idle, "replications": R,
-                   "seeds": ss, "warmup_s": WARMUP_S, "warmup_needed_s": needed,
+                   "seeds": ss, "sensitivity": sens, "warmup_s": WARMUP_S, "warmup_needed_s": needed,
                    "steady_state": all(v <= WARMUP_S for v in needed.values())}
     rep.settings = {"scale": scale, "replications": R, "seed": seed, "generations": list(generations),
                     "users_per_gpu": list(loads), "gpus_per_generation": GPUS * scale}
@@ -317,3 +322,12 @@ main = main_for(__name__)
 
 if __name__ == "__main__":
     main()
+
+
+#: this experiment's own command-line option (``agentsim experiment energy --sensitivity``)
+OPTIONS = (SENSITIVITY_OPTION,)
+
+
+def run_keywords(o: dict) -> dict:
+    """run()'s keywords from the parsed :data:`OPTIONS`."""
+    return {"sensitivity": bool(o.get("sensitivity"))}

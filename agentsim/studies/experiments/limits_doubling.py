@@ -31,7 +31,7 @@ from ...workload.profiles import get_profile
 from ...util.stats import NONNEGATIVE, mean_band
 from . import (WARMUP_H, Report, tidy, check_args, default_scenario, main_for, md_table, paired, ratio, run_arms,
                save_figure, scale_system, seeds, simulate_one, stat, warm_window, warmup_keywords, warmup_option,
-               warmup_sentence)
+               warmup_sentence, sensitivity as step_sensitivity, sensitivity_sentence, SENSITIVITY_OPTION)
 
 QUESTION = ("What does doubling the five-hour usage limits and dropping the peak-hour throttle do to demand, "
             "GPU-hours, peak-hour latency and 429 rates?")
@@ -199,7 +199,7 @@ ROWS = (  # key, label, unit, digits
 
 def run(out_dir, scale: float = 1.0, seed: int = 1, replications: int | None = None, workers: int | None = None,
         *, address: str | None = None, duration_s: float = 86400.0, elasticity=ELASTICITY,
-        warmup_h: float = WARMUP_H) -> dict:
+        warmup_h: float = WARMUP_H, sensitivity: bool = False) -> dict:
     check_args(scale, replications, seed)
     t0 = time.perf_counter()
     R = replications or REPLICATIONS
@@ -217,7 +217,9 @@ def run(out_dir, scale: float = 1.0, seed: int = 1, replications: int | None = N
     before, after = by[False], by[True]
     metrics, table = _metrics(before, after)
     elastic = {f"growth {g:g}, held back {h:g}": _metrics(before, by[(g, h)])[0] for g, h in elasticity}
-    rep.answer = _answer(metrics) + _elastic_answer(elastic)
+    sens = step_sensitivity(measure, {False: arms[False], True: arms[True]}, by, ss, _headline, out, workers=workers,
+                            address=address, label="limits_doubling") if sensitivity else None
+    rep.answer = _answer(metrics) + _elastic_answer(elastic) + sensitivity_sentence(sens, lambda v: f"{v:+.1%}")
     _sections(rep, metrics, table, sc0, R, scale, warmup_h)
     _assumptions(rep, warmup_h)
     if elastic:
@@ -225,7 +227,7 @@ def run(out_dir, scale: float = 1.0, seed: int = 1, replications: int | None = N
     for path, caption in _figures(out, before, after, sc0, metrics):
         rep.figure(path, caption)
     rep.results = {"metrics": metrics, "elasticity": elastic, "replications": R, "seeds": ss,
-                   "warmup_h": warmup_h, "steady_state": warmup_h >= 24.0}
+                   "warmup_h": warmup_h, "steady_state": warmup_h >= 24.0, "sensitivity": sens}
     rep.settings = {"scale": scale, "replications": R, "seed": seed, "duration_s": duration_s, "warmup_h": warmup_h,
                     "plan_mix": dict(plan_mix()), "elasticity (growth, held back)": [list(e) for e in elasticity]}
     return rep.write(out, time.perf_counter() - t0)
@@ -438,9 +440,15 @@ if __name__ == "__main__":
 
 
 #: this experiment's own command-line option: the warm-up (``agentsim experiment limits_doubling --warmup-hours H``)
-OPTIONS = (warmup_option(),)
+OPTIONS = (warmup_option(), SENSITIVITY_OPTION)
 
 
 def run_keywords(o: dict) -> dict:
     """run()'s keywords from the parsed :data:`OPTIONS`."""
-    return warmup_keywords(o)
+    return {**warmup_keywords(o), "sensitivity": bool(o.get("sensitivity"))}
+
+
+def _headline(by: dict) -> dict:
+    """The answer's lead figures from before (False) / after (True) runs: relative changes, paired."""
+    rel = lambda key: ratio([r[key] for r in by[False]], [r[key] for r in by[True]]).mean - 1  # noqa: E731
+    return {"served output tokens": rel("output_tokens"), "GPU busy-hours": rel("busy_gpu_hours")}

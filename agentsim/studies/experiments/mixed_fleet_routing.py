@@ -29,7 +29,7 @@ import pandas as pd
 
 from . import (WARMUP_H, Report, tidy, check_args, default_scenario, main_for, md_table, paired, ratio, run_arms,
                save_figure, scale_system, seeds, simulate_one, stat, warm_window, warmup_keywords, warmup_option,
-               warmup_sentence)
+               warmup_sentence, sensitivity as step_sensitivity, sensitivity_sentence, SENSITIVITY_OPTION)
 
 QUESTION = ("On a mixed fleet of GPU generations, how much better do speed-aware and session-affinity routing "
             "serve agent traffic than round robin?")
@@ -93,7 +93,7 @@ ROWS = (("goodput_rps", "goodput (req/s within SLO)", 3), ("slo_attainment", "SL
 
 def run(out_dir, scale: float = 1.0, seed: int = 1, replications: int | None = None, workers: int | None = None,
         *, address: str | None = None, routers=ROUTERS, loads=LOADS, window_s: float = WINDOW_S,
-        warmup_h: float = WARMUP_H) -> dict:
+        warmup_h: float = WARMUP_H, sensitivity: bool = False) -> dict:
     check_args(scale, replications, seed)
     t0 = time.perf_counter()
     R = replications or REPLICATIONS
@@ -108,13 +108,20 @@ def run(out_dir, scale: float = 1.0, seed: int = 1, replications: int | None = N
     base = routers[0]
     metrics, sections = _metrics(by, routers, loads, base)
     best = {L: max(routers, key=lambda r: metrics[f"{r}@{L:g}x"]["goodput_rps"].mean) for L in loads}
-    rep.answer = _answer(by, metrics, best, routers, loads, base)
+    L0 = loads[0]
+    pair = {(base, L0): arms[(base, L0)], (best[L0], L0): arms[(best[L0], L0)]}
+    sens = step_sensitivity(measure, pair, by, ss, lambda b: {
+        f"{best[L0]} / {base} goodput at {L0:g}×": ratio([r["goodput_rps"] for r in b[(base, L0)]],
+                                                        [r["goodput_rps"] for r in b[(best[L0], L0)]]).mean},
+        out, workers=workers, address=address, label="mixed_fleet_routing") \
+        if sensitivity and best[L0] != base else None
+    rep.answer = _answer(by, metrics, best, routers, loads, base) + sensitivity_sentence(sens, lambda v: f"{v:.3f}×")
     _sections(rep, sections, metrics, routers, loads, base, R, arms[cells[0]], scale, window_s, warmup_h)
     _assumptions(rep, window_s, warmup_h)
     for path, caption in _figures(out, by, routers, loads, metrics, base):
         rep.figure(path, caption)
     rep.results = {"metrics": metrics, "best_router": {f"{L:g}x": best[L] for L in loads}, "replications": R,
-                   "seeds": ss, "warmup_h": warmup_h, "steady_state": warmup_h >= 24.0}
+                   "seeds": ss, "warmup_h": warmup_h, "steady_state": warmup_h >= 24.0, "sensitivity": sens}
     rep.settings = {"scale": scale, "replications": R, "seed": seed, "routers": list(routers), "loads": list(loads),
                     "window_start": WINDOW_START, "window_s": window_s, "warmup_h": warmup_h}
     return rep.write(out, time.perf_counter() - t0)
@@ -306,9 +313,9 @@ def _shed(sc: dict):
 
 
 #: this experiment's own command-line option: the warm-up (``agentsim experiment mixed_fleet_routing --warmup-hours H``)
-OPTIONS = (warmup_option(),)
+OPTIONS = (warmup_option(), SENSITIVITY_OPTION)
 
 
 def run_keywords(o: dict) -> dict:
     """run()'s keywords from the parsed :data:`OPTIONS`."""
-    return warmup_keywords(o)
+    return {**warmup_keywords(o), "sensitivity": bool(o.get("sensitivity"))}

@@ -40,7 +40,8 @@ import pandas as pd
 
 from ...util.stats import NONNEGATIVE, holds_for, mean_band, tipping_point
 from . import (Report, tidy, check_args, main_for, md_table, mser5_sentence, mser5_warmup_s, paired, proportion, ratio,
-               run_arms, save_figure, seeds, simulate_one, stat)
+               run_arms, save_figure, seeds, simulate_one, stat, sensitivity as step_sensitivity, sensitivity_sentence,
+               SENSITIVITY_OPTION)
 
 QUESTION = ("On a saturated cluster, when does goodput collapse under SDK, watchdog and budgeted retry policies, "
             "and does it stay collapsed after the trigger (a capacity loss) is removed?")
@@ -165,7 +166,8 @@ def sweep_loads(triggers, loads=None) -> dict:
 
 
 def run(out_dir, scale: float = 1.0, seed: int = 1, replications: int | None = None, workers: int | None = None,
-        *, address: str | None = None, policies=POLICIES, triggers=TRIGGERS_MIN, loads=None) -> dict:
+        *, address: str | None = None, policies=POLICIES, triggers=TRIGGERS_MIN, loads=None,
+        sensitivity: bool = False) -> dict:
     check_args(scale, replications, seed)
     t0 = time.perf_counter()
     R = replications or REPLICATIONS
@@ -189,7 +191,14 @@ def run(out_dir, scale: float = 1.0, seed: int = 1, replications: int | None = N
     dmax = max(triggers)
     comps = {p: paired([r["post"]["goodput_rps"] for r in by[(policies[0], dmax, 1.0)]],
                        [r["post"]["goodput_rps"] for r in by[(p, dmax, 1.0)]]) for p in policies[1:]}
-    rep.answer = _tipping_answer(tipping, metrics, policies, triggers, scale)
+    head = {(policies[0], dmax, L): arms[(policies[0], dmax, L)] for L in sweep[dmax]}
+    sens = step_sensitivity(measure, head, by, ss, lambda b: {
+        f"{policies[0]} tipping load, {dmax}-min trigger (× the base load)": tipping_point(
+            list(sweep[dmax]), [sum(bool(r["persistent_collapse"]) for r in b[k]) for k in head],
+            [len(b[k]) for k in head], 0.5)[0]}, out, workers=workers, address=address,
+        label="retry_storm") if sensitivity else None
+    rep.answer = _tipping_answer(tipping, metrics, policies, triggers, scale) + sensitivity_sentence(
+        sens, lambda v: f"{v:.3g}")
     rep.section("Tipping points: the load at which a persistent collapse becomes likely", _tipping_lines(tipping, R, scale))
     _assumptions(rep)
     needed = {f"load {L:g}": max(r["warmup_needed_s"] for k, runs in by.items() if k[2] == L for r in runs)
@@ -202,7 +211,7 @@ def run(out_dir, scale: float = 1.0, seed: int = 1, replications: int | None = N
     for path, caption in _figures(out, main, policies, triggers, t_min, metrics) + [_figure_tipping(out, tipping, scale)]:
         rep.figure(path, caption)
     rep.results = {"metrics": metrics, "paired_vs_sdk": comps, "tipping": tipping, "replications": R, "seeds": ss,
-                   "warmup_s": BASELINE[0], "warmup_needed_s": needed,
+                   "sensitivity": sens, "warmup_s": BASELINE[0], "warmup_needed_s": needed,
                    "steady_state": all(v <= BASELINE[0] for v in needed.values())}
     rep.settings = {"scale": scale, "replications": R, "seed": seed, "policies": list(policies),
                     "triggers_min": list(triggers), "replicas": max(1, round(10 * scale)) + max(1, round(6 * scale)),
@@ -586,3 +595,12 @@ main = main_for(__name__)
 
 if __name__ == "__main__":
     main()
+
+
+#: this experiment's own command-line option (``agentsim experiment retry_storm --sensitivity``)
+OPTIONS = (SENSITIVITY_OPTION,)
+
+
+def run_keywords(o: dict) -> dict:
+    """run()'s keywords from the parsed :data:`OPTIONS`."""
+    return {"sensitivity": bool(o.get("sensitivity"))}

@@ -43,7 +43,8 @@ from ...util.errors import InputError
 from ...util.stats import NONNEGATIVE, holds_for, mean_band, tipping_point
 from . import (WARMUP_H, Report, tidy, check_args, default_scenario, main_for, md_table, paired, proportion, ratio,
                run_arms, save_figure, scale_system, seeds, simulate_one, stat, warm_window, warmup_keywords,
-               warmup_option, warmup_sentence)
+               warmup_option, warmup_sentence, sensitivity as step_sensitivity, sensitivity_sentence,
+               SENSITIVITY_OPTION)
 
 QUESTION = ("When a site is lost mid-day, how many agent sessions fail, how long does recovery take, and from what "
             "load does the fleet not recover?")
@@ -250,7 +251,7 @@ def population_users(sc: dict) -> int:
 
 def run(out_dir, scale: float = 1.0, seed: int = 1, replications: int | None = None,
         workers: int | None = None, *, address: str | None = None, loads=LOADS, duration_s: float = DURATION_S,
-        warmup_h: float = WARMUP_H) -> dict:
+        warmup_h: float = WARMUP_H, sensitivity: bool = False) -> dict:
     check_args(scale, replications, seed)
     t0 = time.perf_counter()
     R = replications or REPLICATIONS
@@ -296,7 +297,12 @@ def run(out_dir, scale: float = 1.0, seed: int = 1, replications: int | None = N
                "runs": [R] * len(loads), "tipping_load": {"estimate": est, "ci_low": lo, "ci_high": hi},
                "tipping_users": {"estimate": _users_at(est, loads, metrics), "ci_low": _users_at(lo, loads, metrics),
                                  "ci_high": _users_at(hi, loads, metrics)}}
-    rep.answer = _answer(metrics, loads, tipping, R, duration_s)
+    L0 = loads[0]
+    sens = step_sensitivity(measure, {(L0, False): arms[(L0, False)], (L0, True): arms[(L0, True)]}, by, ss,
+                            lambda b: {f"sessions lost at {L0:g}× (paired change)": paired(
+                                [r["lost_rate"] for r in b[(L0, False)]], [r["lost_rate"] for r in b[(L0, True)]]).mean},
+                            out, workers=workers, address=address, label="site_outage") if sensitivity else None
+    rep.answer = _answer(metrics, loads, tipping, R, duration_s) + sensitivity_sentence(sens, lambda v: f"{v:+.3f}")
     rep.section("The load sweep", _sweep_lines(metrics, loads, tipping, R))
     _assumptions(rep, duration_s, warmup_h)
     for title, lines in details:
@@ -305,7 +311,7 @@ def run(out_dir, scale: float = 1.0, seed: int = 1, replications: int | None = N
     for path, caption in _figures(out, by, loads, metrics):
         rep.figure(path, caption)
     rep.results = {"metrics": metrics, "tipping": tipping, "replications": R, "seeds": ss, "warmup_h": warmup_h,
-                   "steady_state": warmup_h >= 24.0}
+                   "steady_state": warmup_h >= 24.0, "sensitivity": sens}
     rep.settings = {"scale": scale, "replications": R, "seed": seed, "loads": list(loads), "outage_utc": OUTAGE_UTC,
                     "window_start_utc": ORIGIN, "duration_s": duration_s, "warmup_h": warmup_h,
                     "shed_outstanding_per_replica": SHED_OUTSTANDING, "client_timeout_s": TIMEOUT_S,
@@ -681,9 +687,9 @@ if __name__ == "__main__":
 
 
 #: this experiment's own command-line option: the warm-up (``agentsim experiment site_outage --warmup-hours H``)
-OPTIONS = (warmup_option(),)
+OPTIONS = (warmup_option(), SENSITIVITY_OPTION)
 
 
 def run_keywords(o: dict) -> dict:
     """run()'s keywords from the parsed :data:`OPTIONS`."""
-    return warmup_keywords(o)
+    return {**warmup_keywords(o), "sensitivity": bool(o.get("sensitivity"))}
