@@ -314,7 +314,8 @@ def test_sensitivity_reruns_the_headline_with_the_step_models_error(tmp_path):
     """Build item 5's band: the headline's arms rerun on the first seeds with every step × each
     held-out-error quartile. Light load on one replica, so TPOT is one step's time: it must move with
     the scale, and the band is the lowest and highest of the three."""
-    from agentsim.studies.experiments import STEP_SCALES, run_arms, sensitivity
+    from agentsim.studies.experiments import run_arms
+    from agentsim.studies.experiments.sensitivity import STEP_SCALES, sensitivity
     sc = {"name": "sens", "duration_s": 120.0, "sample_s": 60,
           "pools": {"a": {"gpu": "H100-SXM", "model": "Llama-3-8B", "replicas": 1}},
           "streams": {"s": {"kind": "poisson", "rate": 2.0, "input_tokens": 512, "output_tokens": 64}}}

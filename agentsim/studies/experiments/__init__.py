@@ -38,19 +38,17 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
 
-from ...model.catalog import load_catalog
 from ...run.api import load_scenario
 from ...run.build import build
 from ...util.atomic import write_atomic
 from ...util.errors import InputError, unknown_name
 from ..executor import run_all
 from ...util.jsonout import dumps
-from ...util.stats import ANY, NONNEGATIVE, mean_interval, mser5, proportion_interval
+from ...util.stats import ANY, NONNEGATIVE, mean_interval, proportion_interval
 
 #: experiment name -> module (imported on first use)
 EXPERIMENTS: dict[str, str] = {name: f"{__name__}.{name}" for name in (
@@ -178,118 +176,6 @@ def simulate_one(scenario: dict, seed: int):
 def default_scenario() -> dict:
     """The shipped default scenario (Colossus-like mixed fleet, coders, API agents, chat) as a dict."""
     return load_scenario("default").model_dump(mode="json")
-
-
-#: hours a run with diurnal input simulates before the window it measures, then discards: one whole
-#: period (issue 19; :mod:`agentsim.results.steady`), so sessions, prefix caches and five-hour windows
-#: carry a whole cycle of the input into the window
-WARMUP_H = 24.0
-
-
-def warm_window(window_start: str, window_s: float, warmup_h: float = WARMUP_H) -> dict:
-    """The scenario fields (``start``, ``warmup_s``, ``duration_s``) of a run that measures ``window_s``
-    seconds from ``window_start`` (UTC, ``YYYY-MM-DDTHH:MM:SSZ``) after ``warmup_h`` hours of warm-up."""
-    if not (isinstance(warmup_h, (int, float)) and warmup_h >= 0 and math.isfinite(warmup_h)):
-        raise InputError(f"--warmup-hours (warmup_h) must be a number of hours >= 0, got {warmup_h}")
-    t = datetime.fromisoformat(window_start.replace("Z", "+00:00")) - timedelta(hours=warmup_h)
-    return {"start": t.strftime("%Y-%m-%dT%H:%M:%SZ"), "warmup_s": warmup_h * 3600.0,
-            "duration_s": warmup_h * 3600.0 + window_s}
-
-
-def warmup_option(default: float = WARMUP_H) -> tuple:
-    """The ``--warmup-hours`` option of an experiment with diurnal input (its ``OPTIONS`` entry)."""
-    return ("--warmup-hours", {"type": float, "default": default,
-                               "help": f"hours simulated before the measured window, then discarded (default "
-                                       f"{default:g}: {default / 24:g} diurnal period{'s' if default != 24 else ''})"})
-
-
-def warmup_keywords(o: dict, default: float = WARMUP_H) -> dict:
-    """``{"warmup_h": ...}`` from parsed options (checked: hours >= 0)."""
-    h = default if o.get("warmup_hours") is None else o["warmup_hours"]
-    warm_window("2026-06-02T00:00:00Z", 0.0, h)
-    return {"warmup_h": h}
-
-
-def warmup_sentence(warmup_h: float, window: str) -> str:
-    """How a summary states its warm-up (issue 19, build item 1)."""
-    periods = (f"{warmup_h / 24:g} diurnal period{'s' if warmup_h != 24 else ''}" if warmup_h >= 24
-               else "LESS than one diurnal period: the figures describe a system still filling up")
-    return (f"Steady state: each run starts {warmup_h:g} h before the measured window ({window}; {periods}); "
-            "the warm-up is simulated and discarded.")
-
-
-def mser5_warmup_s(finish_s, end_s: float, bin_s: float = 60.0) -> float:
-    """The warm-up (s) MSER-5 picks on completions per ``bin_s`` over ``[0, end_s)``: the stated rule
-    for constant-load runs (:mod:`agentsim.results.steady`; one-minute bins so that a few hours give
-    it the ten batches it needs)."""
-    counts = np.histogram(np.asarray(finish_s, dtype=float), np.arange(0.0, end_s + bin_s / 2, bin_s))[0]
-    return float(mser5(counts)) * bin_s
-
-
-def mser5_sentence(needed: dict, used_s: float, span: str) -> str:
-    """A summary's statement of the constant-load warm-up rule: ``needed`` maps a cell's label to the
-    largest warm-up (s) MSER-5 picked over its replications."""
-    worst = max(needed.values(), default=0.0)
-    over = [k for k, v in needed.items() if v > used_s]
-    return (f"Steady state (constant input): MSER-5 on completions per minute {span} picks at most "
-            f"{worst / 60:.0f} min of warm-up in any run; the runs discard {used_s / 60:.0f} min"
-            + (f" — shorter than it picks in {len(over)} of {len(needed)} cells ({', '.join(over)}): those have "
-               "no steady state within the run (overloaded)" if over else "") + ".")
-
-
-#: the step model's held-out error as step-time scales: the lower and upper quartiles of measured /
-#: predicted step time over the 12 scored held-out load points of `agentsim calibrate --tier c`
-#: (throughput rows: 1 + error; latency rows: 1 / (1 + error)); median 0.989
-STEP_SCALES = (0.956, 1.006)
-#: seeds a sensitivity rerun uses (the first ones of the answer's, paired with it)
-SENSITIVITY_SEEDS = 2
-
-
-def step_scale_catalog(out_dir, k: float, generations) -> Path:
-    """A catalog overlay scaling the step times of every GPU generation in ``generations`` by ``k``
-    (written to ``out_dir``; scenarios name it in ``catalog``)."""
-    text = "".join(f"[generations.{g}]\nstep_time_scale = {k!r}\n\n" for g in sorted(generations))
-    return write_atomic(Path(out_dir) / f"step_time_x{k:g}.toml", text).resolve()
-
-
-def with_step_scale(sc: dict, overlay: Path) -> dict:
-    """``sc`` with the catalog overlay ``overlay`` appended to its catalogs."""
-    return dict(sc, catalog=[*(sc.get("catalog") or []), str(overlay)])
-
-
-def sensitivity(measure, arms: dict, by: dict, seeds_: list[int], headline, out_dir, *, workers=None,
-                address=None, label: str = "") -> dict:
-    """A headline's sensitivity band from the step model's held-out error: the ``arms`` (key ->
-    scenario) rerun with step times × each of :data:`STEP_SCALES` on the first
-    :data:`SENSITIVITY_SEEDS` of ``seeds_``, paired with the answer's own runs on them (``by``: key ->
-    per-seed results), and ``headline(by) -> {name: value}`` read from each. Per name: the value on
-    those seeds unscaled and at each scale, and the band (the lowest and highest of the three)."""
-    ss = list(seeds_[:SENSITIVITY_SEEDS])
-    values = {"x1": headline({k: by[k][:len(ss)] for k in arms})}
-    gens = {load_catalog().gpu(p["gpu"]).generation for sc in arms.values() for p in sc["pools"].values()}
-    for k in STEP_SCALES:
-        overlay = step_scale_catalog(out_dir, k, gens)
-        scaled = {key: with_step_scale(sc, overlay) for key, sc in arms.items()}
-        values[f"x{k:g}"] = headline(run_arms(measure, scaled, ss, workers, address, label=f"{label} step times x{k:g}"))
-    band = {}
-    for name in values["x1"]:
-        got = [v[name] for v in values.values() if math.isfinite(v[name])]
-        band[name] = (min(got), max(got)) if got else (math.nan, math.nan)
-    return {"step_time_scales": list(STEP_SCALES), "seeds": ss, "values": values, "band": band}
-
-
-def sensitivity_sentence(sens: dict | None, fmt) -> str:
-    """The band in words, each name's ``fmt(value)``; '' when the reruns were not asked for."""
-    if not sens:
-        return ""
-    k = sens["step_time_scales"]
-    return (f" Sensitivity to the step model's held-out error (step times ×{k[0]:g} … ×{k[1]:g}, "
-            f"{len(sens['seeds'])} paired seeds): " + "; ".join(
-                f"{name} {fmt(lo)} to {fmt(hi)}" for name, (lo, hi) in sens["band"].items()) + ".")
-
-
-SENSITIVITY_OPTION = ("--sensitivity", {"flag": True, "help": "also rerun the headline with step times scaled by "
-                                        "the step model's held-out error quartiles (its sensitivity band)"})
 
 
 def scale_system(sc: dict, k: float) -> dict:

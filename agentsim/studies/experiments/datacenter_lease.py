@@ -45,9 +45,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import (Report, tidy, check_args, crossing, default_scenario, jsonable, main_for, md_table, ratio, replicate_until,
-               run_tasks, save_figure, seeds, simulate_one, stat, step_scale_catalog, warm_window,
-               SENSITIVITY_SEEDS, STEP_SCALES)
+from . import (Report, tidy, check_args, crossing, default_scenario, jsonable, main_for, md_table, ratio,
+               replicate_until, run_tasks, save_figure, seeds, simulate_one, stat)
+from .window import warm_window
+from .sensitivity import step_scale_catalog, SENSITIVITY_SEEDS, STEP_SCALES
 from ...util.jsonout import dumps
 from ...model.catalog import load_catalog
 from ...util.atomic import write_atomic

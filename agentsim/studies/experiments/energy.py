@@ -25,9 +25,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import (Report, tidy, check_args, crossing, main_for, md_table, mser5_sentence, mser5_warmup_s, ratio, run_arms,
-               save_figure, seeds, simulate_one, stat, sensitivity as step_sensitivity, sensitivity_sentence,
-               SENSITIVITY_OPTION)
+from . import (Report, tidy, check_args, crossing, main_for, md_table, ratio, run_arms, save_figure, seeds,
+               simulate_one, stat)
+from .window import mser5_sentence, mser5_warmup_s
+from .sensitivity import sensitivity as step_sensitivity, sensitivity_sentence, SENSITIVITY_OPTION
 from ...model.catalog import load_catalog
 from ...model.deployment import Deployment
 from ...model.servicetime import StepCoeffs

@@ -29,9 +29,10 @@ import pandas as pd
 from ...provider.limits import prices
 from ...workload.profiles import get_profile
 from ...util.stats import NONNEGATIVE, mean_band
-from . import (WARMUP_H, Report, tidy, check_args, default_scenario, main_for, md_table, paired, ratio, run_arms,
-               save_figure, scale_system, seeds, simulate_one, stat, warm_window, warmup_keywords, warmup_option,
-               warmup_sentence, sensitivity as step_sensitivity, sensitivity_sentence, SENSITIVITY_OPTION)
+from . import (Report, tidy, check_args, default_scenario, main_for, md_table, paired, ratio, run_arms, save_figure,
+               scale_system, seeds, simulate_one, stat)
+from .window import WARMUP_H, warm_window, warmup_keywords, warmup_option, warmup_sentence
+from .sensitivity import sensitivity as step_sensitivity, sensitivity_sentence, SENSITIVITY_OPTION
 
 QUESTION = ("What does doubling the five-hour usage limits and dropping the peak-hour throttle do to demand, "
             "GPU-hours, peak-hour latency and 429 rates?")

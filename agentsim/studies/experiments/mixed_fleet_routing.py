@@ -27,9 +27,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import (WARMUP_H, Report, tidy, check_args, default_scenario, main_for, md_table, paired, ratio, run_arms,
-               save_figure, scale_system, seeds, simulate_one, stat, warm_window, warmup_keywords, warmup_option,
-               warmup_sentence, sensitivity as step_sensitivity, sensitivity_sentence, SENSITIVITY_OPTION)
+from . import (Report, tidy, check_args, default_scenario, main_for, md_table, paired, ratio, run_arms, save_figure,
+               scale_system, seeds, simulate_one, stat)
+from .window import WARMUP_H, warm_window, warmup_keywords, warmup_option, warmup_sentence
+from .sensitivity import sensitivity as step_sensitivity, sensitivity_sentence, SENSITIVITY_OPTION
 
 QUESTION = ("On a mixed fleet of GPU generations, how much better do speed-aware and session-affinity routing "
             "serve agent traffic than round robin?")

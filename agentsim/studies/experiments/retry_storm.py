@@ -39,9 +39,10 @@ import numpy as np
 import pandas as pd
 
 from ...util.stats import NONNEGATIVE, holds_for, mean_band, tipping_point
-from . import (Report, tidy, check_args, main_for, md_table, mser5_sentence, mser5_warmup_s, paired, proportion, ratio,
-               run_arms, save_figure, seeds, simulate_one, stat, sensitivity as step_sensitivity, sensitivity_sentence,
-               SENSITIVITY_OPTION)
+from . import (Report, tidy, check_args, main_for, md_table, paired, proportion, ratio, run_arms, save_figure, seeds,
+               simulate_one, stat)
+from .window import mser5_sentence, mser5_warmup_s
+from .sensitivity import sensitivity as step_sensitivity, sensitivity_sentence, SENSITIVITY_OPTION
 
 QUESTION = ("On a saturated cluster, when does goodput collapse under SDK, watchdog and budgeted retry policies, "
             "and does it stay collapsed after the trigger (a capacity loss) is removed?")

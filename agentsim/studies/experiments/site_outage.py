@@ -41,10 +41,10 @@ import pandas as pd
 
 from ...util.errors import InputError
 from ...util.stats import NONNEGATIVE, holds_for, mean_band, tipping_point
-from . import (WARMUP_H, Report, tidy, check_args, default_scenario, main_for, md_table, paired, proportion, ratio,
-               run_arms, save_figure, scale_system, seeds, simulate_one, stat, warm_window, warmup_keywords,
-               warmup_option, warmup_sentence, sensitivity as step_sensitivity, sensitivity_sentence,
-               SENSITIVITY_OPTION)
+from . import (Report, tidy, check_args, default_scenario, main_for, md_table, paired, proportion, ratio, run_arms,
+               save_figure, scale_system, seeds, simulate_one, stat)
+from .window import WARMUP_H, warm_window, warmup_keywords, warmup_option, warmup_sentence
+from .sensitivity import sensitivity as step_sensitivity, sensitivity_sentence, SENSITIVITY_OPTION
 
 QUESTION = ("When a site is lost mid-day, how many agent sessions fail, how long does recovery take, and from what "
             "load does the fleet not recover?")
