@@ -188,7 +188,7 @@ def test_energy_tiny(tmp_path):
     # loads close enough around the Hopper capacities (~10-20 users/GPU) that the interpolated kWh there is
     # steady; 16 GPUs per generation, 4 seeds (72 small runs, ~15 s CPU)
     res = mod.run(tmp_path, scale=0.5, replications=4, workers=WORKERS, generations=("H100", "H200", "GB200"),
-                  loads=(4, 8, 12, 16, 64, 256))
+                  loads=(4, 8, 12, 16, 64, 256), duration_s=3 * 3600.0)
     data = check_outputs(tmp_path, res, ["energy_by_load", "at_capacity"])
     g = data["grid"]
     ci_fields(g["H100@64"]["joules_per_token"])
@@ -305,6 +305,22 @@ def test_diurnal_experiments_measure_after_a_whole_day_of_warm_up(name):
     assert window[0] == window[1] and window[0][0].weekday() == 1      # a Tuesday, whatever the warm-up
 
 
+def test_mser5_picks_a_short_transient_and_flags_a_drifting_run():
+    """The constant-load rule (energy): MSER-5 on completions per minute cuts a short start-up
+    transient, and a series still drifting at the end is cut at half the run — not settled."""
+    from agentsim.studies.experiments.window import mser5_warmup_s, settled
+    rng = np.random.default_rng(7)
+    end = 8 * 3600.0
+    t = np.arange(0.0, end, 60.0)
+    rate = np.where(t < 1800.0, 2.0, 20.0)                       # 30 min filling, then steady
+    finish = np.repeat(t, rng.poisson(rate))
+    warm = mser5_warmup_s(finish, end)
+    assert 1800.0 - 300.0 <= warm <= 3600.0 and settled(warm, end)
+    drifting = np.repeat(t, rng.poisson(1.0 + t / 600.0))        # still rising at the end
+    warm = mser5_warmup_s(drifting, end)
+    assert not settled(warm, end), warm
+
+
 def _tpot(sc: dict, seed: int) -> dict:
     from agentsim.studies.experiments import simulate_one
     return {"tpot": float(simulate_one(sc, seed).summary()["tpot_s"])}
@@ -366,7 +382,7 @@ def test_same_results_on_any_executor(tmp_path):
     mod = load("energy")
 
     def outputs(out: Path, **where) -> tuple:
-        mod.run(out, scale=0.25, replications=2, generations=("H100",), loads=(4, 64), **where)
+        mod.run(out, scale=0.25, replications=2, generations=("H100",), loads=(4, 64), duration_s=2 * 3600.0, **where)
         data = json.loads((out / "results.json").read_text())
         for machine in ("runtime_s", "cpu_s", "settings"):
             data.pop(machine)

@@ -18,14 +18,15 @@ passes 50 %, with its interval — and, for the runs that do not recover, what k
 (the queue, retries or cache loss, each measured against the same seed's baseline).
 
 The default scenario's shedding bound (192 outstanding per replica) is never reached here and
-its clients wait out the queue: with it, half the fleet lost at the peak failed no session.
+its clients wait out the queue: with it, half the fleet lost at the peak failed no session
+(measured cold, before issue 19's change).
 
-Measured at default size (4 seeds; ``agentsim experiment site_outage --workers 2``): the outage
-loses 0, 1.7 % (−1.1 to 4.5 %), 7.9 % (4.8–11 %) and 16 % (13–19 %) of the sessions starting
-16:00–19:00 at 4,155 / 5,540 / 6,925 / 8,310 users, and every run recovers. Extended to 2× and
-2.5× (``run(loads=(2.0, 2.5))``, same seeds): 26 % and 25 % lost, 0/4 and 1/4 runs not recovering
-(that run held down by nothing raised over its own baseline, which at 2.5× is itself overloaded):
-the tipping load lies beyond 13,850 users, its 95 % interval starting at 11,214 users.
+Measured at default size, warm (4 seeds, each run after a whole day of warm-up; ``agentsim
+experiment site_outage --workers 2``): the outage loses 20 % (17–23 %), 27 % (24–29 %) and 28 %
+(25–31 %) more of the sessions starting 16:00–19:00 than the same day without it, at 5,540 / 6,925
+/ 8,310 users; goodput while the site is down is 0.50, 0.35 and 0.29 of the offered load; every
+run recovers (the tipping load lies beyond 8,310 users). Measured cold (an hour of warm-up, before
+issue 19's change), the same outage lost 1.7 %, 7.9 % and 16 %: an empty morning hid most of it.
 
 Scale: ``scale`` multiplies the fleet and the users (default: the default scenario's 240 GPUs
 and 5,540 users); ``FULL_SCALE`` = 4.

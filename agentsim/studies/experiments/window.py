@@ -68,5 +68,11 @@ def mser5_sentence(needed: dict, used_s: float, span: str) -> str:
     over = [k for k, v in needed.items() if v > used_s]
     return (f"Steady state (constant input): MSER-5 on completions per minute {span} picks at most "
             f"{worst / 60:.0f} min of warm-up in any run; the runs discard {used_s / 60:.0f} min"
-            + (f" — shorter than it picks in {len(over)} of {len(needed)} cells ({', '.join(over)}): those have "
-               "no steady state within the run (overloaded)" if over else "") + ".")
+            + (f" — shorter than it picks in {len(over)} of {len(needed)} cells ({', '.join(over)}): their figures "
+               "describe a system still filling up (or overloaded)" if over else "") + ".")
+
+
+def settled(warmup_s: float, end_s: float, bin_s: float = 60.0) -> bool:
+    """Whether MSER-5 found its cut inside the first half of the run (it looks no further): a cut at
+    the half means the series was still drifting — the run is too short to reach a steady state."""
+    return warmup_s < end_s / 2 - 5 * bin_s
