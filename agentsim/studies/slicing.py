@@ -100,8 +100,12 @@ def slice_record(res: Result, max_rows: int = MAX_POOLED_ROWS) -> tuple[dict, di
     span = max(end - warm, 1e-12)
     ok = done[(done["ttft_s"] <= res.meta.get("slo_ttft_s", math.inf))
               & ~(done["tpot_s"] > res.meta.get("slo_tpot_s", math.inf))]
-    everything = res.requests[res.requests["outcome"] == "completed"]
-    pools = res.pools
+    rq = res.requests          # energy and cost are the measured window's: set against what finished in it
+    everything = rq[(rq["outcome"] == "completed") & (rq["finish_s"] > warm)] if warm > 0 else \
+        rq[rq["outcome"] == "completed"]
+    pools = res.window_pools()
+    duration = float(res.meta.get("duration_s", 1.0))
+    window_s = max(duration - warm, 1e-12) if warm > 0 and len(res.timeseries) else max(duration, 1e-12)
     in_tokens = float(done["input_tokens"].sum())
     rec: dict = {
         "requests": int(len(df)), "completed": int(len(done)),
@@ -117,7 +121,7 @@ def slice_record(res: Result, max_rows: int = MAX_POOLED_ROWS) -> tuple[dict, di
         "all_in_tokens": float(everything["input_tokens"].sum()),
         "all_requests": int(len(res.requests)),
         "events": int(res.meta.get("events", -1)), "sim_wall_s": float(res.meta.get("sim_wall_s", math.nan)),
-        "duration_s": float(res.meta.get("duration_s", 1.0)), "warm_s": float(warm), "end_s": float(end),
+        "duration_s": duration, "window_s": window_s, "warm_s": float(warm), "end_s": float(end),
         "warmup": warmup_check(res.meta, res.timeseries),
     }
     rec["pools"] = {r["pool"]: {"replicas": int(r["replicas"]), "busy": float(r["busy_frac"]) * int(r["replicas"]),
@@ -126,7 +130,8 @@ def slice_record(res: Result, max_rows: int = MAX_POOLED_ROWS) -> tuple[dict, di
                                 "support": r.get("support"), "shape": pool_shape(r, median_context(done))}
                     for r in pools.to_dict("records")}
     if len(res.timeseries):
-        by_t = res.timeseries.groupby("time_s", observed=True)["facility_power_w"].sum()
+        ts = res.timeseries
+        by_t = ts[ts["time_s"] > warm].groupby("time_s", observed=True)["facility_power_w"].sum()
         rec["power"] = {"t": [float(t) for t in by_t.index], "w": [float(w) for w in by_t.to_numpy()]}
     arrays: dict[str, np.ndarray] = {}
     pooled = len(done) <= max_rows
@@ -243,7 +248,7 @@ def _merge_planner(recs: list[dict], out: dict, scale) -> dict:
             series[t] = series.get(t, 0.0) + w
     ts = pd.DataFrame({"time_s": list(series), "facility_power_w": [scale(w) for w in series.values()]})
     end = max(r.get("end_s", r["duration_s"]) for r in recs)
-    return planner_units(out, ts, recs[0].get("warm_s", 0.0), end, recs[0]["duration_s"])
+    return planner_units(out, ts, recs[0].get("warm_s", 0.0), end, recs[0].get("window_s", recs[0]["duration_s"]))
 
 
 def _merge_warmup(recs: list[dict]) -> dict:
@@ -289,7 +294,7 @@ def _merge_pools(recs: list[dict], scale) -> dict:
                 acc[key] += p[key]
             support[name] = p.get("support")
             shapes.setdefault(name, []).append(p.get("shape", {}))
-    duration = max(recs[0]["duration_s"], 1e-12)
+    duration = max(recs[0].get("window_s", recs[0]["duration_s"]), 1e-12)
     return {name: {"busy_share": _div(p["busy"], p["replicas"]),
                    "mean_power_w": scale(p["energy_j"]) / duration, "gpus": scale(p["gpus"]),
                    "cost_usd": scale(p["cost_usd"]), "preemptions": scale(p["preemptions"]),

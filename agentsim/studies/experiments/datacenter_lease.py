@@ -152,7 +152,7 @@ def measure(sc: dict, seed: int) -> dict:
     busiest hour, utilisation and unit costs. Additive figures are per slice (the caller scales)."""
     res = simulate_one(sc, seed)
     df = res.requests
-    warm, end = sc["warmup_s"], sc["duration_s"]
+    warm = sc["warmup_s"]
     df = df[df["arrival_s"] >= warm]
     served = df[~df["outcome"].isin(REFUSED)]
     done = served[served["outcome"] == "completed"]
@@ -164,10 +164,10 @@ def measure(sc: dict, seed: int) -> dict:
     inwin = t > warm + 1e-9                      # samples covering intervals after the warm-up
     hours = np.floor((t[inwin] - warm - 1e-9) / 3600.0)
     hourly = pd.Series(w[inwin]).groupby(hours).mean()
-    pools = res.pools
-    span = end - warm
+    pools = res.window_pools()                  # busy share, energy and cost of the measured window
     tokens = float(done["input_tokens"].sum() + done["output_tokens"].sum())
-    pool_cost = float(pools["cost_usd"].sum()) * span / end
+    pool_cost = float(pools["cost_usd"].sum())
+    ended = res.requests[(res.requests["outcome"] == "completed") & (res.requests["finish_s"] > warm)]
     return {"attainment": len(ok) / len(served) if len(served) else math.nan,
             "ok": int(len(ok)), "served": int(len(served)),
             "ttft_p90_s": float(np.percentile(done["ttft_s"], 90)) if len(done) else math.nan,
@@ -177,8 +177,7 @@ def measure(sc: dict, seed: int) -> dict:
             "power_w_max_interval": float(w[inwin].max()) if inwin.any() else math.nan,
             "power_series_w": w, "power_series_t": t,
             "usd_per_m_tokens": pool_cost / tokens * 1e6 if tokens else math.nan,
-            "joules_per_token": float(pools["facility_energy_j"].sum()) / float(
-                res.requests.loc[res.requests["outcome"] == "completed", "output_tokens"].sum() or math.nan),
+            "joules_per_token": float(pools["facility_energy_j"].sum()) / float(ended["output_tokens"].sum() or math.nan),
             "utilisation": dict(zip(pools["pool"], pools["busy_frac"].astype(float))),
             "coders_in_slice": int(len(set(df.loc[df["population"].astype(str) == "coders", "user"]))),
             "requests": int(len(df)), "sim_wall_s": float(res.meta.get("sim_wall_s", math.nan))}
