@@ -121,7 +121,7 @@ def _compute(res) -> dict[str, dict]:
     span = max(end - warm, 1e-12)
     ts = res.timeseries
     out = {}
-    for p in res.pools.to_dict("records"):
+    for p in res.window_pools().to_dict("records"):     # busy share over the measured window
         name = p["pool"]
         mine = done[done["pool"] == name]
         served = float(mine["output_tokens"].sum()) / span
