@@ -203,7 +203,7 @@ def window_pools(pools: pd.DataFrame, timeseries: pd.DataFrame, warm_s: float, d
     t_all = timeseries["time_s"].to_numpy(dtype=float)
     busy_all = timeseries["busy_frac"].to_numpy(dtype=float)
     power_all = timeseries["power_w"].to_numpy(dtype=float)
-    for i, row in enumerate(pools.to_dict("records")):
+    for i, row in zip(out.index, pools.to_dict("records")):
         sel = names == row["pool"]
         t = t_all[sel]
         before = np.concatenate(([0.0], t[:-1]))
@@ -289,13 +289,10 @@ class Result:
         out["preemptions"] = int(df["preemptions"].sum())
         # energy, cost and busy share over the measured window (the whole run when there is no warm-up),
         # set against the tokens of the requests that finished in it
-        duration = self.meta.get("duration_s", 0.0)
         pools = self.window_pools()
         energy = float(pools["facility_energy_j"].sum()) if len(pools) else 0.0
         cost = float(pools["cost_usd"].sum()) if len(pools) else 0.0
-        rq = self.requests
-        ended = rq[(rq["outcome"] == "completed") & (rq["finish_s"] > warm)] if warm > 0 else \
-            rq[rq["outcome"] == "completed"]
+        ended = self.finished_in_window()
         all_out = float(ended["output_tokens"].sum())
         out["energy_j"] = energy
         out["joules_per_token"] = energy / all_out if all_out else math.nan
@@ -305,7 +302,7 @@ class Result:
         out["usd_per_m_output_tokens"] = cost / all_out * 1e6 if all_out else math.nan
         cap = self.meta.get("capacity", {})
         median_ctx = median_context(done)
-        window_s = max(duration - warm, 1e-12) if warm > 0 and len(self.timeseries) else max(duration, 1e-12)
+        window_s = self.window_span_s()
         out["pools"] = {r["pool"]: {"busy_share": r["busy_frac"], "mean_power_w": r["energy_j"] / window_s,
                                     "gpus": int(r["gpus"]), "cost_usd": r["cost_usd"],
             "preemptions": int(r["preemptions"]), "support": r.get("support"), **pool_shape(r, median_ctx),
@@ -332,6 +329,18 @@ class Result:
         """The pool table over the measured window (after warm-up): :func:`window_pools`."""
         return window_pools(self.pools, self.timeseries, float(self.meta.get("warmup_s", 0.0)),
                             float(self.meta.get("duration_s", 0.0)))
+
+    def window_span_s(self) -> float:
+        """The seconds :meth:`window_pools` covers: after the warm-up when there is one and a sampled
+        series to read it from, else the whole run."""
+        warm, duration = float(self.meta.get("warmup_s", 0.0)), float(self.meta.get("duration_s", 0.0))
+        return max(duration - warm, 1e-12) if warm > 0 and len(self.timeseries) else max(duration, 1e-12)
+
+    def finished_in_window(self) -> pd.DataFrame:
+        """Completed requests that finished after the warm-up: what the window's energy and cost bought."""
+        rq, warm = self.requests, float(self.meta.get("warmup_s", 0.0))
+        done = rq["outcome"] == "completed"
+        return rq[done & (rq["finish_s"] > warm)] if warm > 0 else rq[done]
 
     def capacity_utilisation(self) -> dict[str, dict]:
         """Per pool: capacity utilisation, batch and KV occupancy and busy share, as computed by

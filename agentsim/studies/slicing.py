@@ -100,12 +100,8 @@ def slice_record(res: Result, max_rows: int = MAX_POOLED_ROWS) -> tuple[dict, di
     span = max(end - warm, 1e-12)
     ok = done[(done["ttft_s"] <= res.meta.get("slo_ttft_s", math.inf))
               & ~(done["tpot_s"] > res.meta.get("slo_tpot_s", math.inf))]
-    rq = res.requests          # energy and cost are the measured window's: set against what finished in it
-    everything = rq[(rq["outcome"] == "completed") & (rq["finish_s"] > warm)] if warm > 0 else \
-        rq[rq["outcome"] == "completed"]
+    everything = res.finished_in_window()   # energy and cost are the measured window's
     pools = res.window_pools()
-    duration = float(res.meta.get("duration_s", 1.0))
-    window_s = max(duration - warm, 1e-12) if warm > 0 and len(res.timeseries) else max(duration, 1e-12)
     in_tokens = float(done["input_tokens"].sum())
     rec: dict = {
         "requests": int(len(df)), "completed": int(len(done)),
@@ -121,7 +117,8 @@ def slice_record(res: Result, max_rows: int = MAX_POOLED_ROWS) -> tuple[dict, di
         "all_in_tokens": float(everything["input_tokens"].sum()),
         "all_requests": int(len(res.requests)),
         "events": int(res.meta.get("events", -1)), "sim_wall_s": float(res.meta.get("sim_wall_s", math.nan)),
-        "duration_s": duration, "window_s": window_s, "warm_s": float(warm), "end_s": float(end),
+        "duration_s": float(res.meta.get("duration_s", 1.0)), "window_s": res.window_span_s(), "warm_s": float(warm),
+        "end_s": float(end),
         "warmup": warmup_check(res.meta, res.timeseries),
     }
     rec["pools"] = {r["pool"]: {"replicas": int(r["replicas"]), "busy": float(r["busy_frac"]) * int(r["replicas"]),

@@ -167,7 +167,7 @@ def measure(sc: dict, seed: int) -> dict:
     pools = res.window_pools()                  # busy share, energy and cost of the measured window
     tokens = float(done["input_tokens"].sum() + done["output_tokens"].sum())
     pool_cost = float(pools["cost_usd"].sum())
-    ended = res.requests[(res.requests["outcome"] == "completed") & (res.requests["finish_s"] > warm)]
+    ended = res.finished_in_window()
     return {"attainment": len(ok) / len(served) if len(served) else math.nan,
             "ok": int(len(ok)), "served": int(len(served)),
             "ttft_p90_s": float(np.percentile(done["ttft_s"], 90)) if len(done) else math.nan,

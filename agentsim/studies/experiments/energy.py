@@ -78,7 +78,7 @@ def measure(sc: dict, seed: int) -> dict:
     gpus = float(pools["gpus"].sum())
     dur = sc["duration_s"] - warm
     energy = float(pools["facility_energy_j"].sum())
-    done = df[(df["outcome"] == "completed") & (df["finish_s"] > warm)]
+    done = res.finished_in_window()
     out_tokens = float(done["output_tokens"].sum())
     fac_w = energy / dur
     return {"gpus": gpus, "joules_per_token": energy / out_tokens if out_tokens else math.nan,
@@ -334,13 +334,6 @@ def _figure_at_capacity(out: Path, generations, cap) -> tuple:
             "Each generation at its SLO capacity: energy per token and tokens per MW (95 % CI).")
 
 
-main = main_for(__name__)
-
-
-if __name__ == "__main__":
-    main()
-
-
 #: this experiment's own command-line option (``agentsim experiment energy --sensitivity``)
 OPTIONS = (SENSITIVITY_OPTION,)
 
@@ -348,3 +341,10 @@ OPTIONS = (SENSITIVITY_OPTION,)
 def run_keywords(o: dict) -> dict:
     """run()'s keywords from the parsed :data:`OPTIONS`."""
     return {"sensitivity": bool(o.get("sensitivity"))}
+
+
+main = main_for(__name__)
+
+
+if __name__ == "__main__":
+    main()

@@ -433,13 +433,6 @@ def _figure_relative_change(out: Path, metrics) -> tuple:
             "Paired relative change of demand, GPU-hours, energy and peak-hour latency.")
 
 
-main = main_for(__name__)
-
-
-if __name__ == "__main__":
-    main()
-
-
 #: this experiment's own command-line option: the warm-up (``agentsim experiment limits_doubling --warmup-hours H``)
 OPTIONS = (warmup_option(), SENSITIVITY_OPTION)
 
@@ -453,3 +446,10 @@ def _headline(by: dict) -> dict:
     """The answer's lead figures from before (False) / after (True) runs: relative changes, paired."""
     rel = lambda key: ratio([r[key] for r in by[False]], [r[key] for r in by[True]]).mean - 1  # noqa: E731
     return {"served output tokens": rel("output_tokens"), "GPU busy-hours": rel("busy_gpu_hours")}
+
+
+main = main_for(__name__)
+
+
+if __name__ == "__main__":
+    main()

@@ -301,13 +301,6 @@ def _figure_pools(out: Path, by, routers, loads, metrics) -> tuple:
             "Where each router sends requests and how busy each generation's pool is.")
 
 
-main = main_for(__name__)
-
-
-if __name__ == "__main__":
-    main()
-
-
 def _shed(sc: dict):
     """Where the scenario's gateway starts shedding (outstanding requests per replica)."""
     return next((p.get("max_outstanding_per_replica") for p in sc["policies"] if p["name"] == "overload_shedding"), "—")
@@ -320,3 +313,10 @@ OPTIONS = (warmup_option(), SENSITIVITY_OPTION)
 def run_keywords(o: dict) -> dict:
     """run()'s keywords from the parsed :data:`OPTIONS`."""
     return {**warmup_keywords(o), "sensitivity": bool(o.get("sensitivity"))}
+
+
+main = main_for(__name__)
+
+
+if __name__ == "__main__":
+    main()

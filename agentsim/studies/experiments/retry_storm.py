@@ -591,13 +591,6 @@ def _figure_amplification(out: Path, by: dict, policies, triggers, t_min) -> tup
             "Offered attempts, shed requests and prefill work over time, per policy (longest trigger).")
 
 
-main = main_for(__name__)
-
-
-if __name__ == "__main__":
-    main()
-
-
 #: this experiment's own command-line option (``agentsim experiment retry_storm --sensitivity``)
 OPTIONS = (SENSITIVITY_OPTION,)
 
@@ -605,3 +598,10 @@ OPTIONS = (SENSITIVITY_OPTION,)
 def run_keywords(o: dict) -> dict:
     """run()'s keywords from the parsed :data:`OPTIONS`."""
     return {"sensitivity": bool(o.get("sensitivity"))}
+
+
+main = main_for(__name__)
+
+
+if __name__ == "__main__":
+    main()

@@ -680,13 +680,6 @@ def _figure_sessions(out: Path, by, loads) -> tuple:
             "Share of sessions that failed or were abandoned, and completion time, by profile (95 % CI).")
 
 
-main = main_for(__name__)
-
-
-if __name__ == "__main__":
-    main()
-
-
 #: this experiment's own command-line option: the warm-up (``agentsim experiment site_outage --warmup-hours H``)
 OPTIONS = (warmup_option(), SENSITIVITY_OPTION)
 
@@ -694,3 +687,10 @@ OPTIONS = (warmup_option(), SENSITIVITY_OPTION)
 def run_keywords(o: dict) -> dict:
     """run()'s keywords from the parsed :data:`OPTIONS`."""
     return {**warmup_keywords(o), "sensitivity": bool(o.get("sensitivity"))}
+
+
+main = main_for(__name__)
+
+
+if __name__ == "__main__":
+    main()
