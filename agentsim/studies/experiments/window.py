@@ -24,11 +24,16 @@ WARMUP_H = 24.0
 def warm_window(window_start: str, window_s: float, warmup_h: float = WARMUP_H) -> dict:
     """The scenario fields (``start``, ``warmup_s``, ``duration_s``) of a run that measures ``window_s``
     seconds from ``window_start`` (UTC, ``YYYY-MM-DDTHH:MM:SSZ``) after ``warmup_h`` hours of warm-up."""
-    if not (isinstance(warmup_h, (int, float)) and warmup_h >= 0 and math.isfinite(warmup_h)):
-        raise InputError(f"--warmup-hours (warmup_h) must be a number of hours >= 0, got {warmup_h}")
+    check_warmup_h(warmup_h)
     t = datetime.fromisoformat(window_start.replace("Z", "+00:00")) - timedelta(hours=warmup_h)
     return {"start": t.strftime("%Y-%m-%dT%H:%M:%SZ"), "warmup_s": warmup_h * 3600.0,
             "duration_s": warmup_h * 3600.0 + window_s}
+
+
+def check_warmup_h(warmup_h) -> None:
+    """A warm-up in hours: a finite number >= 0, or one line naming the option."""
+    if not (isinstance(warmup_h, (int, float)) and warmup_h >= 0 and math.isfinite(warmup_h)):
+        raise InputError(f"--warmup-hours (warmup_h) must be a number of hours >= 0, got {warmup_h}")
 
 
 def warmup_option(default: float = WARMUP_H) -> tuple:
@@ -41,7 +46,7 @@ def warmup_option(default: float = WARMUP_H) -> tuple:
 def warmup_keywords(o: dict, default: float = WARMUP_H) -> dict:
     """``{"warmup_h": ...}`` from parsed options (checked: hours >= 0)."""
     h = default if o.get("warmup_hours") is None else o["warmup_hours"]
-    warm_window("2026-06-02T00:00:00Z", 0.0, h)
+    check_warmup_h(h)
     return {"warmup_h": h}
 
 
