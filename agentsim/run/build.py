@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from functools import partial
 
-import simpy
 
 from ..model.catalog import Catalog, env_catalog_files, load_catalog
 from ..serving.speculation import Speculation
@@ -18,6 +17,7 @@ from ..serving.request import TRIGGERS
 from ..serving.checked import CheckedReplica
 from ..serving.engine_reference import SteppingReplica
 from ..util.errors import InputError
+from ..util.events import Environment
 from ..results.metrics import Recorder, Sampler
 from ..serving.block_cache import BlockPrefixCache
 from ..serving.prefix_cache import CacheConfig, PrefixCache
@@ -109,7 +109,7 @@ def build(scenario: Scenario, seed: int | None = None, *, catalog: Catalog | Non
     seed = scenario.seed if seed is None else seed
     scenario = sliced(apportioned(scenario))
     catalog = catalog or load_catalog(env_catalog_files() + tuple(scenario.catalog))
-    env = simpy.Environment()
+    env = Environment()
     rng = RngStreams(seed, salt=scenario.slice.index)
     sim = Simulation(scenario, seed, env, rng)
     replica_cls = SteppingReplica if step_mode else CheckedReplica if check_invariants else Replica

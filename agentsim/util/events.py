@@ -6,16 +6,88 @@ events with one callback, pushed exactly as ``env.schedule(event, NORMAL, delay)
 ``Timeout`` or a generator per event — the engine's benchmarks measure a few microseconds per
 event saved. SimPy has no public "already succeeded, fire later" event, so ``_ok``/``_value`` are
 set here. The event-skipping engine's two hot-path helpers (:func:`_push`, :func:`_move_earlier`) are
-here too: they read SimPy's queue and id counter directly. No other module of agentsim touches a
-private SimPy attribute (``tests/test_layers.py`` greps the package for them).
+here too: they read SimPy's queue and id counter directly. So is :class:`Environment`, SimPy's
+environment with its event loop inlined and ``now`` a plain attribute. No other module of agentsim
+touches a private SimPy attribute (``tests/test_layers.py`` greps the package for them).
 """
 from __future__ import annotations
 
-from heapq import _siftdown, heappush
+from heapq import _siftdown, heappop, heappush
 
-from simpy.events import NORMAL, Event
+import simpy
+from simpy.core import EmptySchedule, StopSimulation
+from simpy.events import NORMAL, URGENT, Event
 
 _new_event = object.__new__
+
+
+class Environment(simpy.Environment):
+    """SimPy's environment, the same events in the same order, with less Python work per event.
+
+    ``env.now`` is read a few times per event all over the simulator; SimPy makes it a property over
+    ``_now`` (a function call per read: about 8 % of an agent run's samples). Here it is a plain
+    attribute, written with ``_now`` wherever SimPy writes ``_now``. ``run(until=t)`` pops events in a
+    loop instead of calling ``step()`` per event, and stops where SimPy's own ``until`` event would
+    stop it: it takes the ids SimPy would give that event (so the event counter is the same) and runs
+    every entry that sorts before ``(t, URGENT, id)``. A ``StopSimulation`` raised by a callback ends
+    the run as in SimPy.
+    """
+
+    now = 0.0       # shadows SimPy's property: the instance attribute below is read instead
+
+    def __init__(self, initial_time: float = 0.0) -> None:
+        super().__init__(initial_time)
+        self.now = initial_time
+
+    def step(self) -> None:
+        try:
+            t, _, _, event = heappop(self._queue)
+        except IndexError:
+            raise EmptySchedule from None
+        self._now = self.now = t
+        self._fire(event)
+
+    def _fire(self, event) -> None:
+        """The rest of SimPy's ``step`` for a popped ``event`` (callbacks, then the failure check)."""
+        callbacks, event.callbacks = event.callbacks, None
+        try:
+            for callback in callbacks:
+                callback(event)
+        except StopSimulation:
+            event.callbacks = callbacks[callbacks.index(callback) + 1:]
+            self.schedule(event, URGENT)
+            raise
+        if not event._ok and not hasattr(event, "_defused"):
+            exc = type(event._value)(*event._value.args)
+            exc.__cause__ = event._value
+            raise exc
+
+    def run(self, until=None):
+        if until is None or isinstance(until, Event):
+            return super().run(until)
+        at = until if isinstance(until, int) else float(until)
+        if at <= self._now:
+            raise ValueError(f"until ({at}) must be greater than the current simulation time")
+        stop = (at, URGENT, next(self._eid))    # the key SimPy's until event would have on the queue
+        queue = self._queue
+        try:
+            while queue and queue[0] < stop:    # ids are unique: the comparison never reaches the event
+                t, _, _, event = heappop(queue)
+                self._now = self.now = t
+                callbacks, event.callbacks = event.callbacks, None
+                for callback in callbacks:
+                    callback(event)
+                if not event._ok and not hasattr(event, "_defused"):
+                    exc = type(event._value)(*event._value.args)
+                    exc.__cause__ = event._value
+                    raise exc
+        except StopSimulation as exc:
+            event.callbacks = callbacks[callbacks.index(callback) + 1:]
+            self.schedule(event, URGENT)
+            return exc.args[0]
+        self._now = self.now = at
+        next(self._eid)     # SimPy re-schedules its until event when it stops the run: one more id
+        return None
 
 
 def call_later(env, delay: float, callback, value=None) -> Event:
