@@ -133,34 +133,33 @@ class SpeedAware:
         # the prompts others will bring: like this one's uncached part when calls reuse a prefix
         typ = max(1, P - req.prefix_len) if key is not None else P
         done = P - typ
-        steps: dict = {}    # replicas of one pool at one batch size share their step times
+        steps: dict = {}    # (pool coefficients, batch) -> their three step times: replicas of a pool share them
         seen = set()        # (pool, batch, queue) already scored: a later twin cannot win the tie
-        cached = key is not None
         now = cands[0].env.now
+        O1 = O - 1
         for r in cands:
             c = r.c
             n = r.n_running
             q = r.queued
-            hit = 0
-            if cached:
-                cache = r.cache
-                if cache is not None:
-                    hit = cache.gpu_hit(key, now)
-            if not hit:
-                sig = (id(c), n, q)
-                if sig in seen:
-                    continue
-                seen.add(sig)
-            s = steps.get((id(c), n))
-            if s is None:
-                s = steps[id(c), n] = c.router_times(P, typ, done, n, ctx)
-            prefill, decode, extra = s
-            own = prefill
-            if hit:
+            if key is not None and (cache := r.cache) is not None and (hit := cache.gpu_hit(key, now)):
+                s = steps.get((c, n))
+                if s is None:
+                    s = steps[c, n] = c.router_times(P, typ, done, n, ctx)
+                prefill, decode, extra = s
                 hit = min(hit, req.prefix_len, P - 1)
                 new = P - hit
                 own = c.step_time(new, new * hit + new * new / 2, P, n, n * ctx, n + 1)
-            t = q * prefill + own + (O - 1) * (decode + (n + q + 1) * extra / O)
+            else:
+                sig = (c, n, q)
+                if sig in seen:
+                    continue
+                seen.add(sig)
+                s = steps.get((c, n))
+                if s is None:
+                    s = steps[c, n] = c.router_times(P, typ, done, n, ctx)
+                prefill, decode, extra = s
+                own = prefill
+            t = q * prefill + own + O1 * (decode + (n + q + 1) * extra / O)
             if t < best_t:
                 best, best_t = r, t
         return best
