@@ -94,9 +94,19 @@ class Case:
         return len(self.workload)
 
 
+def _environment():
+    """The event loop the simulator runs the engine on (``build()``'s): agentsim's own
+    ``util.events.Environment`` where this checkout has one, else SimPy's (the code before it)."""
+    try:
+        from agentsim.util.events import Environment
+    except ImportError:
+        return simpy.Environment()
+    return Environment()
+
+
 def build(case: Case):
     """Fresh environment, replicas, requests and arrival chain (not timed)."""
-    env = simpy.Environment()
+    env = _environment()
     cfg = EngineConfig(kv_capacity=deployment(DEP).kv_capacity_tokens, max_batch=256, token_budget=8192)
     co = coeffs(DEP)
     reps = [case.engine(env, co, cfg, index=i) for i in range(case.replicas)]

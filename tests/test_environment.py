@@ -90,3 +90,16 @@ def test_urgent_events_at_the_until_time_run_when_scheduled_before_it(make):
         env.schedule(ev, prio, 5.0)
     env.run(until=5.0)
     assert fired == ["urgent"] and env.now == 5.0
+
+
+def test_timeout_is_simpys_timeout():
+    """Same class, attributes and queue entry as ``simpy.Environment.timeout``; a negative delay refused."""
+    ours, ref = Environment(initial_time=1.0), simpy.Environment(initial_time=1.0)
+    a, b = ours.timeout(2.5, "v"), ref.timeout(2.5, "v")
+    assert type(a) is type(b) and {k: v for k, v in vars(a).items() if k != "env"} == \
+        {k: v for k, v in vars(b).items() if k != "env"}
+    assert ours._queue[0][:3] == ref._queue[0][:3] == (3.5, 1, 0)
+    assert ours.process.__self__ is ours and ours.timeout.__self__ is ours   # bound once, not per access
+    for env in (ours, ref):
+        with pytest.raises(ValueError, match="Negative delay"):
+            env.timeout(-1.0)

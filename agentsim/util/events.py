@@ -12,13 +12,18 @@ touches a private SimPy attribute (``tests/test_layers.py`` greps the package fo
 """
 from __future__ import annotations
 
+import math
 from heapq import _siftdown, heappop, heappush
 
 import simpy
 from simpy.core import EmptySchedule, StopSimulation
-from simpy.events import NORMAL, URGENT, Event
+from simpy.events import NORMAL, URGENT, Event, Timeout
 
 _new_event = object.__new__
+
+
+#: a queue key after every entry (``run()`` without ``until`` runs while the queue is not empty)
+_AFTER_ALL = (math.inf, math.inf, math.inf)
 
 
 class Environment(simpy.Environment):
@@ -26,11 +31,11 @@ class Environment(simpy.Environment):
 
     ``env.now`` is read a few times per event all over the simulator; SimPy makes it a property over
     ``_now`` (a function call per read: about 8 % of an agent run's samples). Here it is a plain
-    attribute, written with ``_now`` wherever SimPy writes ``_now``. ``run(until=t)`` pops events in a
-    loop instead of calling ``step()`` per event, and stops where SimPy's own ``until`` event would
-    stop it: it takes the ids SimPy would give that event (so the event counter is the same) and runs
+    attribute, written with ``_now`` wherever SimPy writes ``_now``. ``run()`` and ``run(until=t)``
+    pop events in a loop instead of calling ``step()`` per event; ``run(until=t)`` stops where SimPy's
+    own ``until`` event would stop it: it takes the ids SimPy would give that event (so the event counter is the same) and runs
     every entry that sorts before ``(t, URGENT, id)``. A ``StopSimulation`` raised by a callback ends
-    the run as in SimPy.
+    the run as in SimPy. ``timeout`` builds SimPy's ``Timeout`` without its constructor.
     """
 
     now = 0.0       # shadows SimPy's property: the instance attribute below is read instead
@@ -38,17 +43,32 @@ class Environment(simpy.Environment):
     def __init__(self, initial_time: float = 0.0) -> None:
         super().__init__(initial_time)
         self.now = initial_time
+        # SimPy binds its event factories to the instance only for names in the instance's own class
+        # dict: a subclass must do it for those it inherits, or each ``env.process`` builds a method
+        for name in ("process", "event", "all_of", "any_of"):
+            setattr(self, name, getattr(self, name))
+
+    def timeout(self, delay: float = 0, value=None) -> Timeout:
+        """``Timeout(self, delay, value)``: the same event (class, attributes, queue entry) without
+        its constructor and ``schedule`` calls — sessions wait on one or two per LLM call."""
+        if delay < 0:
+            raise ValueError(f"Negative delay {delay}")
+        ev = _new_event(Timeout)
+        ev.env = self
+        ev.callbacks = []
+        ev._value = value
+        ev._delay = delay
+        ev._ok = True
+        heappush(self._queue, (self._now + delay, NORMAL, next(self._eid), ev))
+        return ev
 
     def step(self) -> None:
+        """SimPy's ``step``, setting ``now`` with ``_now`` (``run`` below does not call it)."""
         try:
             t, _, _, event = heappop(self._queue)
         except IndexError:
             raise EmptySchedule from None
         self._now = self.now = t
-        self._fire(event)
-
-    def _fire(self, event) -> None:
-        """The rest of SimPy's ``step`` for a popped ``event`` (callbacks, then the failure check)."""
         callbacks, event.callbacks = event.callbacks, None
         try:
             for callback in callbacks:
@@ -63,12 +83,15 @@ class Environment(simpy.Environment):
             raise exc
 
     def run(self, until=None):
-        if until is None or isinstance(until, Event):
+        if isinstance(until, Event):
             return super().run(until)
-        at = until if isinstance(until, int) else float(until)
-        if at <= self._now:
-            raise ValueError(f"until ({at}) must be greater than the current simulation time")
-        stop = (at, URGENT, next(self._eid))    # the key SimPy's until event would have on the queue
+        if until is None:                       # to the last event
+            stop = _AFTER_ALL
+        else:
+            at = until if isinstance(until, int) else float(until)
+            if at <= self._now:
+                raise ValueError(f"until ({at}) must be greater than the current simulation time")
+            stop = (at, URGENT, next(self._eid))    # the key SimPy's until event would have on the queue
         queue = self._queue
         try:
             while queue and queue[0] < stop:    # ids are unique: the comparison never reaches the event
@@ -85,6 +108,8 @@ class Environment(simpy.Environment):
             event.callbacks = callbacks[callbacks.index(callback) + 1:]
             self.schedule(event, URGENT)
             return exc.args[0]
+        if until is None:
+            return None
         self._now = self.now = at
         next(self._eid)     # SimPy re-schedules its until event when it stops the run: one more id
         return None
