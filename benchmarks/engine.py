@@ -46,6 +46,13 @@ wall time (``perf_counter``):
 
     python benchmarks/engine.py                    # before/after, 5 rounds (about 6 min on a quiet machine)
     python benchmarks/engine.py --quick --runs 3   # 20x smaller
+    python benchmarks/engine.py --heap             # what SimPy's event heap costs at each row's queue size
+
+``--heap`` answers whether the event heap is why many replicas cost more per request: it runs each
+replica row once to find the queue's mean length at its events (sampled every 64th event) and its
+CPU time per request, then times one pop and one push on a heap of that length (SimPy's entries,
+``--runs`` medians of 200,000 pairs) and gives the heap's extra cost per request over one
+replica's queue (pairs per request = events per request) beside the row's extra cost per request.
 """
 from __future__ import annotations
 
@@ -266,6 +273,65 @@ def ab_main(args) -> int:
     return 0
 
 
+def _queue_and_cost(key: str) -> tuple[float, float, float]:
+    """(mean queue length seen every 64th event, CPU s per request, events per request) of one row:
+    one timed ``env.run()``, then a second run stepped event by event to read the queue."""
+    wl, reps, route = ab_workloads(False)[key]
+    env, _, reqs = build(Case(key, wl, Replica, replicas=reps, route=route))
+    cpu = time.process_time()
+    env.run()
+    cpu = time.process_time() - cpu
+    events = events_scheduled(env)
+    env, _, _ = build(Case(key, wl, Replica, replicas=reps, route=route))
+    lengths, queue, i = [], env._queue, 0
+    while queue:
+        env.step()
+        i += 1
+        if i % 64 == 0:
+            lengths.append(len(queue))
+    return statistics.fmean(lengths), cpu / len(reqs), events / len(reqs)
+
+
+def _pop_push_s(size: int, runs: int) -> float:
+    """Median seconds of one heappop + heappush on a heap of ``size`` SimPy-like entries."""
+    import heapq
+    import itertools
+    import random
+    rng = random.Random(1)
+    times = []
+    for _ in range(runs):
+        eid = itertools.count()
+        q = [(rng.random(), 1, next(eid), None) for _ in range(max(1, size))]
+        heapq.heapify(q)
+        n = 200_000
+        t = time.process_time()
+        for _ in range(n):
+            when, prio, _, ev = heapq.heappop(q)
+            heapq.heappush(q, (when + rng.random(), prio, next(eid), ev))
+        times.append((time.process_time() - t) / n)
+    return statistics.median(times)
+
+
+def heap_table(runs: int) -> int:
+    rows = []
+    for key in ("engine 1 replica", "engine 64 replicas", "engine 1024 replicas"):
+        qlen, per_req, ev = _queue_and_cost(key)
+        rows.append((key, qlen, per_req, ev, _pop_push_s(round(qlen), runs)))
+    _, _, base_req, _, base_pp = rows[0]
+    print(f"event heap vs replicas: python {sys.version.split()[0]}, simpy {simpy.__version__}; "
+          f"pop+push medians of {runs}; one timed run per row, CPU time")
+    print("| row | mean queue length | CPU µs per request | extra vs 1 replica | heap µs per pop+push | "
+          "heap's extra µs per request | heap's share of the extra |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for key, qlen, per_req, ev, pp in rows:
+        extra = per_req - base_req
+        heap_extra = (pp - base_pp) * ev
+        share = f"{heap_extra / extra:.0%}" if extra > 0 else ""
+        print(f"| {key} | {qlen:,.0f} | {per_req * 1e6:.2f} | {extra * 1e6:+.2f} | {pp * 1e6:.3f} | "
+              f"{heap_extra * 1e6:+.2f} | {share} |")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--runs", type=int, default=None, help="runs per configuration (median reported; "
@@ -277,6 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", choices=["a", "b", "c"], help="cProfile one extra event-skipping run of a workload")
     ap.add_argument("--json", type=Path, help="also write the results here")
     ap.add_argument("--pin", type=int, metavar="CPU", help="pin the process to this CPU (it is single-threaded anyway)")
+    ap.add_argument("--heap", action="store_true", help="the event heap's cost at each replica row's queue size")
     args = ap.parse_args(argv)
 
     if args.pin is not None:
@@ -284,6 +351,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         ab_worker(args.quick, args.json, args.only)
         return 0
+    if args.heap:
+        return heap_table(args.runs or 5)
     if not args.single:
         args.runs = args.runs or 5
         return ab_main(args)
