@@ -51,6 +51,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -201,12 +202,19 @@ def default_process(out: Path) -> int:
     t0 = time.perf_counter()
     # the default scenario as issue 20 started with it (one day from 00:00, 30 min warm-up): the shipped
     # default later gained a whole warm-up day (issue 19), and both arms must run the same input
-    cmd = ("from agentsim.cli import main; main(['run', '--format', 'json', '--set', 'duration_s=86400', "
+    cmd = ("import sys, agentsim; print('agentsim from', agentsim.__file__, file=sys.stderr); "
+           "from agentsim.cli import main; main(['run', '--format', 'json', '--set', 'duration_s=86400', "
            "'--set', 'warmup_s=1800'])")
-    done = subprocess.run([sys.executable, "-c", cmd],
-                          capture_output=True, text=True, check=True)
+    # -P and a scratch working directory: ``python -c`` puts the working directory first on sys.path,
+    # and run from a checkout that made every arm import the checkout's agentsim, not its own
+    with tempfile.TemporaryDirectory() as scratch:
+        done = subprocess.run([sys.executable, "-P", "-c", cmd], cwd=scratch,
+                              capture_output=True, text=True, check=True)
     wall = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    import agentsim
+    if f"agentsim from {agentsim.__file__}\n" not in done.stderr:     # the arm's own code, or no figure
+        raise SystemExit(f"the child process imported another agentsim than {agentsim.__file__}: {done.stderr[:300]}")
     summary = json.loads(done.stdout)
     summary.pop("sim_wall_s", None)
     digest = hashlib.sha256(json.dumps(summary, sort_keys=True, default=str).encode()).hexdigest()
