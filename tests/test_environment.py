@@ -4,6 +4,8 @@ stopped at random ``until`` times (several ``run`` calls in a row), and the same
 ``StopSimulation`` or a failed event."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import simpy
 from hypothesis import given, settings, strategies as st
@@ -103,3 +105,21 @@ def test_timeout_is_simpys_timeout():
     for env in (ours, ref):
         with pytest.raises(ValueError, match="Negative delay"):
             env.timeout(-1.0)
+
+
+def test_a_step_set_on_the_instance_sees_every_event():
+    """Probes (tests/test_invariants.py) wrap ``env.step``: they see every step SimPy's loop makes,
+    its until events included."""
+    def trace(env):
+        seen, step = [], env.step
+
+        def probed():
+            seen.append(env.peek())
+            step()
+        env.step = probed
+        for d in (0.5, 1.0, 1.0, 2.5):
+            call_later(env, d, lambda ev: None)
+        env.run(until=2.0)
+        env.run()
+        return seen, env.now, events_scheduled(env)
+    assert trace(Environment()) == trace(simpy.Environment()) == ([0.5, 1.0, 1.0, 2.0, 2.0, 2.5, math.inf], 2.5, 6)

@@ -35,7 +35,8 @@ class Environment(simpy.Environment):
     pop events in a loop instead of calling ``step()`` per event; ``run(until=t)`` stops where SimPy's
     own ``until`` event would stop it: it takes the ids SimPy would give that event (so the event counter is the same) and runs
     every entry that sorts before ``(t, URGENT, id)``. A ``StopSimulation`` raised by a callback ends
-    the run as in SimPy. ``timeout`` builds SimPy's ``Timeout`` without its constructor.
+    the run as in SimPy. ``timeout`` builds SimPy's ``Timeout`` without its constructor. With a ``step``
+    set on the instance (a test's probe around every event) ``run`` is SimPy's own.
     """
 
     now = 0.0       # shadows SimPy's property: the instance attribute below is read instead
@@ -83,10 +84,10 @@ class Environment(simpy.Environment):
             raise exc
 
     def run(self, until=None):
-        if isinstance(until, Event):
-            return super().run(until)
+        if isinstance(until, Event) or "step" in self.__dict__:
+            return super().run(until)       # SimPy's loop: a probe set on the instance sees every step
         if until is None:                       # to the last event
-            stop = _AFTER_ALL
+            at, stop = None, _AFTER_ALL
         else:
             at = until if isinstance(until, int) else float(until)
             if at <= self._now:
@@ -108,11 +109,13 @@ class Environment(simpy.Environment):
             event.callbacks = callbacks[callbacks.index(callback) + 1:]
             self.schedule(event, URGENT)
             return exc.args[0]
-        if until is None:
-            return None
-        self._now = self.now = at
-        next(self._eid)     # SimPy re-schedules its until event when it stops the run: one more id
-        return None
+        return self._stopped(at)
+
+    def _stopped(self, at) -> None:
+        """The end of a run that reached time ``at`` (None: ran out of events) as SimPy leaves it."""
+        if at is not None:
+            self._now = self.now = at
+            next(self._eid)     # SimPy re-schedules its until event when it stops the run: one more id
 
 
 def call_later(env, delay: float, callback, value=None) -> Event:
