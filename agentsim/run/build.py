@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from functools import partial
 
-
 from ..model.catalog import Catalog, env_catalog_files, load_catalog
 from ..serving.speculation import Speculation
 from ..serving.cluster import Cluster, Pool, fault_process, kv_tier_bytes_per_token, make_router, outage_process

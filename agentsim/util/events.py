@@ -29,14 +29,16 @@ _AFTER_ALL = (math.inf, math.inf, math.inf)
 class Environment(simpy.Environment):
     """SimPy's environment, the same events in the same order, with less Python work per event.
 
-    ``env.now`` is read a few times per event all over the simulator; SimPy makes it a property over
-    ``_now`` (a function call per read: about 8 % of an agent run's samples). Here it is a plain
-    attribute, written with ``_now`` wherever SimPy writes ``_now``. ``run()`` and ``run(until=t)``
-    pop events in a loop instead of calling ``step()`` per event; ``run(until=t)`` stops where SimPy's
-    own ``until`` event would stop it: it takes the ids SimPy would give that event (so the event counter is the same) and runs
+    ``env.now`` is read several times per event all over the simulator, and SimPy makes it a
+    property over ``_now`` (a function call per read); here it is a plain attribute, written with
+    ``_now`` wherever SimPy writes ``_now``. ``run()`` and ``run(until=t)`` pop events in a loop
+    instead of calling ``step()`` per event; ``run(until=t)`` stops where SimPy's own until event
+    would: it takes the ids SimPy would give that event (so the event counter is the same) and runs
     every entry that sorts before ``(t, URGENT, id)``. A ``StopSimulation`` raised by a callback ends
-    the run as in SimPy. ``timeout`` builds SimPy's ``Timeout`` without its constructor. With a ``step``
-    set on the instance (a test's probe around every event) ``run`` is SimPy's own.
+    the run as in SimPy. ``timeout`` builds SimPy's ``Timeout`` without its constructor. With a
+    ``step`` set on the instance (a test's probe around every event) ``run`` is SimPy's own.
+    Measured on the agents workload: 2-4 % less CPU for the loop and ``now``, about as much again
+    for ``timeout`` and ``run()`` without ``until``; tests/test_environment.py holds it to SimPy.
     """
 
     now = 0.0       # shadows SimPy's property: the instance attribute below is read instead
