@@ -144,7 +144,7 @@ class StepCoeffs:
 
     __slots__ = ("fixed", "head", "dec_a", "dec_b", "pf_a", "pf_pair", "f_slope", "h_slope", "a_slope", "b_slope",
                  "arrays", "overhead", "per_seq", "request_overhead", "t_host_load", "power_w", "idle_fraction", "comm_fixed",
-                 "comm_token", "label", "outside", "q")
+                 "comm_token", "label", "outside", "q", "_by_batch")
 
     def __init__(self, tables: Tables, *, overhead: float, request_overhead: float, t_host_load: float,
                  power_w: float, idle_fraction: float, per_seq: float = 0.0) -> None:
@@ -171,6 +171,7 @@ class StepCoeffs:
         self.label = tables.label
         self.outside = tables.outside
         self.q = tables.q
+        self._by_batch: dict = {}     # router_times' parts that depend on the batch size alone
 
     @classmethod
     def of(cls, dep: Deployment) -> "StepCoeffs":
@@ -241,30 +242,42 @@ class StepCoeffs:
         (a ``P``-token prefill step beside ``n`` decodes, a decode step at ``n + 1``, the time a
         ``typ``-token chunk after ``done`` tokens adds to a step of ``n`` decodes). The same bits as
         the four :meth:`step_time` calls it stands for, in one call: routers score every
-        candidate's batch size for every new session."""
-        q, fixed_, head_, dec_a, dec_b = self.q, self.fixed, self.head, self.dec_a, self.dec_b
-        pf_a, pf_pair = self.pf_a, self.pf_pair
-        a, b = (dec_a[n], dec_b[n]) if n <= N_MAX else self.decode_line(n)
+        candidate's batch size for every new session. What depends on ``n`` alone (table lookups,
+        overheads and the sums that start each step's additions) is worked out once per batch size."""
+        parts = self._by_batch.get(n)
+        if parts is None:
+            parts = self._by_batch[n] = self._batch_parts(n)
+        a, b, b1, hm, ovh, ovh_m, dec_lead, base_lead = parts
+        fixed_, pf_a, pf_pair, q = self.fixed, self.pf_a, self.pf_pair, self.q
         m = n + 1
-        a1, b1 = (dec_a[m], dec_b[m]) if m <= N_MAX else self.decode_line(m)
-        hn = head_[n] if n <= N_MAX else self.H(n)
-        hm = head_[m] if m <= N_MAX else self.H(m)
-        ovh = self.overhead + self.per_seq * n
         ctx_n = n * ctx
         t = P + n * q
         c = P if P <= T_MAX else T_MAX
         prefill = (((fixed_[t] if t <= T_MAX else self.F(t)) + hm + a + b * ctx_n + pf_a[c]
                     + pf_pair[c] * (P * P / 2)) + ovh)
-        t = m * q
-        decode = (((fixed_[t] if t <= T_MAX else self.F(t)) + hm + a1 + b1 * (m * ctx) + pf_a[0] + pf_pair[0] * 0)
-                  + (self.overhead + self.per_seq * m))
-        t = n * q
-        base = ((fixed_[t] if t <= T_MAX else self.F(t)) + hn + a + b * ctx_n + pf_a[0] + pf_pair[0] * 0) + ovh
+        decode = ((dec_lead + b1 * (m * ctx) + pf_a[0] + pf_pair[0] * 0) + ovh_m)
+        base = (base_lead + b * ctx_n + pf_a[0] + pf_pair[0] * 0) + ovh
         t = typ + n * q
         c = typ if typ <= T_MAX else T_MAX
         queued = (((fixed_[t] if t <= T_MAX else self.F(t)) + hm + a + b * ctx_n + pf_a[c]
                    + pf_pair[c] * (typ * done + typ * typ / 2)) + ovh)
         return prefill, decode, queued - base
+
+    def _batch_parts(self, n: int) -> tuple:
+        """:meth:`router_times`' parts for batch size ``n``; the leading sums are the first additions of
+        the decode (at ``n + 1``) and base (at ``n``) steps, left to right as :meth:`kernel_time` adds."""
+        q = self.q
+        a, b = (self.dec_a[n], self.dec_b[n]) if n <= N_MAX else self.decode_line(n)
+        m = n + 1
+        a1, b1 = (self.dec_a[m], self.dec_b[m]) if m <= N_MAX else self.decode_line(m)
+        hn = self.head[n] if n <= N_MAX else self.H(n)
+        hm = self.head[m] if m <= N_MAX else self.H(m)
+        t = m * q
+        dec_lead = (self.fixed[t] if t <= T_MAX else self.F(t)) + hm + a1
+        t = n * q
+        base_lead = (self.fixed[t] if t <= T_MAX else self.F(t)) + hn + a
+        return (a, b, b1, hm, self.overhead + self.per_seq * n, self.overhead + self.per_seq * m, dec_lead,
+                base_lead)
 
     def step_overhead(self, decodes: int) -> float:
         """Scheduler time of a step with ``decodes`` running decodes (``overhead`` when per_seq is 0)."""
