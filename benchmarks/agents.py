@@ -61,6 +61,7 @@ import numpy as np
 import pandas as pd
 import simpy
 
+import agentsim
 from agentsim.run.api import load_scenario
 from agentsim.run.build import build
 
@@ -214,7 +215,6 @@ def default_process(out: Path) -> int:
                               capture_output=True, text=True, check=True)
     wall = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    import agentsim
     if f"agentsim from {agentsim.__file__}\n" not in done.stderr:     # the arm's own code, or no figure
         raise SystemExit(f"the child process imported another agentsim than {agentsim.__file__}: {done.stderr[:300]}")
     summary = json.loads(done.stdout)

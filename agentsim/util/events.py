@@ -81,9 +81,7 @@ class Environment(simpy.Environment):
             self.schedule(event, URGENT)
             raise
         if not event._ok and not hasattr(event, "_defused"):
-            exc = type(event._value)(*event._value.args)
-            exc.__cause__ = event._value
-            raise exc
+            raise _failure(event)
 
     def run(self, until=None):
         if isinstance(until, Event) or "step" in self.__dict__:
@@ -104,9 +102,7 @@ class Environment(simpy.Environment):
                 for callback in callbacks:
                     callback(event)
                 if not event._ok and not hasattr(event, "_defused"):
-                    exc = type(event._value)(*event._value.args)
-                    exc.__cause__ = event._value
-                    raise exc
+                    raise _failure(event)
         except StopSimulation as exc:
             event.callbacks = callbacks[callbacks.index(callback) + 1:]
             self.schedule(event, URGENT)
@@ -118,6 +114,13 @@ class Environment(simpy.Environment):
         if at is not None:
             self._now = self.now = at
             next(self._eid)     # SimPy re-schedules its until event when it stops the run: one more id
+
+
+def _failure(event) -> BaseException:
+    """What SimPy raises for a failed event nobody defused: a copy of its exception, caused by it."""
+    exc = type(event._value)(*event._value.args)
+    exc.__cause__ = event._value
+    return exc
 
 
 def call_later(env, delay: float, callback, value=None) -> Event:
