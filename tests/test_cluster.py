@@ -17,6 +17,7 @@ from agentsim.run import scenario as scn
 from agentsim.run.api import simulate
 from agentsim.run.build import build
 from agentsim.serving.cluster import ROUTERS, make_router
+from agentsim.serving.replica_base import ReplicaBase
 from agentsim.serving.request import OUTCOMES, Request
 
 CAT = agentsim.load_catalog()
@@ -49,6 +50,8 @@ class Stub:
     @property
     def queued(self) -> int:
         return len(self.waiting) + self.pending
+
+    route_view = ReplicaBase.route_view     # over the attributes above, as a replica's
 
     def __repr__(self) -> str:
         return f"Stub({self.index}, {self.outstanding})"

@@ -10,6 +10,7 @@ from agentsim.model.deployment import Deployment
 from agentsim.model.servicetime import StepCoeffs
 from agentsim.serving.cluster import SpeedAware
 from agentsim.serving.prefix_cache import CacheConfig, PrefixCache
+from agentsim.serving.replica_base import ReplicaBase
 from agentsim.serving.request import Request
 
 CAT = load_catalog()
@@ -22,7 +23,9 @@ class Clock:
 
 
 class Cand:
-    """What the router reads of a replica."""
+    """What the router reads of a replica (``route_view`` over the attributes set here)."""
+
+    route_view = ReplicaBase.route_view
 
     def __init__(self, c, n: int, q: int, cached: int, clock) -> None:
         self.c, self.n_running, self.queued, self.env = c, n, q, clock

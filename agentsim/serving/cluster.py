@@ -138,10 +138,9 @@ class SpeedAware:
         now = cands[0].env.now
         O1 = O - 1
         for r in cands:
+            n, q, hit = r.route_view(key, now)
             c = r.c
-            n = r.n_running
-            q = r.queued
-            if key is not None and (cache := r.cache) is not None and (hit := cache.gpu_hit(key, now)):
+            if hit:
                 s = steps.get((c, n))
                 if s is None:
                     s = steps[c, n] = c.router_times(P, typ, done, n, ctx)

@@ -257,6 +257,12 @@ class Replica(ReplicaBase):
     def n_running(self) -> int:
         return len(self.live)
 
+    def route_view(self, key, now: float) -> tuple[int, int, int]:
+        """:meth:`ReplicaBase.route_view` with ``n_running`` and ``queued`` read in place."""
+        cache = self.cache
+        hit = cache.gpu_hit(key, now) if key is not None and cache is not None else 0
+        return len(self.live), len(self._waiting) + len(self._pend) + self._npending, hit
+
     def submit(self, req: Request) -> None:
         """A request arrives; it becomes schedulable after the per-request overhead
         (:meth:`ReplicaBase.submit`, with the common case's checks in one place)."""

@@ -28,6 +28,13 @@ class ReplicaBase:
         a load-aware router counts ahead of a newcomer)."""
         return len(self.waiting) + self.pending
 
+    def route_view(self, key, now: float) -> tuple[int, int, int]:
+        """(running, queued, unexpired GPU tokens held for prefix ``key``): what speed-aware routing
+        reads of every candidate, in one call (three per candidate were a tenth of its time)."""
+        cache = self.cache
+        hit = cache.gpu_hit(key, now) if key is not None and cache is not None else 0
+        return self.n_running, self.queued, hit
+
     def submit(self, req: Request) -> None:
         """A request arrives; it becomes schedulable after the per-request overhead."""
         req.replica = self.index
