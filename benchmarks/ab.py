@@ -23,16 +23,49 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 BASELINE_REF = "issue20-start"
+#: the commit the tag names: a clone without the tag (tags are not always fetched) still finds it
+BASELINE_SHA = "04218a544d12c1244c8394e37630536f551a460a"
+#: ``--after speed-only``: this checkout's code with the workload data and summary of the tag
+SPEED_ONLY = "speed-only"
+SPEED_ONLY_PATCH = Path(__file__).resolve().parent / "speed_only.patch"
+
+
+def _git(*args: str, cwd: Path = REPO) -> str:
+    return subprocess.run(["git", "-C", str(cwd), *args], capture_output=True, text=True, check=True).stdout.strip()
 
 
 def baseline_checkout(ref: str = BASELINE_REF) -> Path:
-    """A detached checkout of ``ref`` beside the system's temp files (made once, then reused)."""
-    sha = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--verify", f"{ref}^{{commit}}"],
-                         capture_output=True, text=True, check=True).stdout.strip()
+    """A detached checkout of ``ref`` beside the system's temp files (made once, then reused);
+    ``speed-only`` is :func:`speed_only_checkout`."""
+    if ref == SPEED_ONLY:
+        return speed_only_checkout()
+    try:
+        sha = _git("rev-parse", "--verify", f"{ref}^{{commit}}")
+    except subprocess.CalledProcessError:
+        if ref != BASELINE_REF:
+            raise SystemExit(f"--after: {ref!r} is not a commit of this repository") from None
+        sha = BASELINE_SHA
     path = Path(tempfile.gettempdir()) / f"agentsim-{sha[:12]}"
     if not (path / "agentsim").is_dir():
-        subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(path), sha],
-                       capture_output=True, text=True, check=True)
+        _git("worktree", "add", "--detach", str(path), sha)
+    return path
+
+
+def speed_only_checkout() -> Path:
+    """The speed work alone: a detached checkout of this checkout's HEAD with ``speed_only.patch``
+    applied, which puts back what the tag simulated and summarised (the coding-agent profile and the
+    default scenario before issue 19's calibration and warm-up, a session ended after a give-up
+    counted completed, energy, cost and busy shares over the whole run). The two arms then simulate
+    the same thing, and their results can be compared field by field."""
+    sha = _git("rev-parse", "HEAD")
+    path = Path(tempfile.gettempdir()) / f"agentsim-speed-only-{sha[:12]}"
+    if not (path / "agentsim").is_dir():
+        _git("worktree", "add", "--detach", str(path), sha)
+        try:
+            _git("apply", str(SPEED_ONLY_PATCH), cwd=path)
+        except subprocess.CalledProcessError as exc:
+            raise SystemExit(f"{SPEED_ONLY_PATCH.name} no longer applies to HEAD ({exc.stderr.strip()}): "
+                             "refresh it from the files it names") from None
     return path
 
 

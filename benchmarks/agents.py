@@ -138,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", nargs="+", choices=("agents", "process", "routing"),
                     default=["agents", "process", "routing"], help="with --ab: which rows")
     ap.add_argument("--after", metavar="REF", help="with --ab: time a detached checkout of this commit as 'after' "
+                    "(speed-only: HEAD with benchmarks/speed_only.patch, the workload as the tag simulated it) "
                     "(default: this checkout as it is; a snapshot lets you keep editing while it runs)")
     ap.add_argument("--default-process", action="store_true", help=argparse.SUPPRESS)   # one arm's process row
     args = ap.parse_args(argv)
