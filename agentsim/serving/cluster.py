@@ -337,13 +337,6 @@ class Cluster:
         for m in self._member:
             m.clear()
 
-    def _count(self, rid: int, d: int) -> None:
-        n = self.outstanding[rid] = self.outstanding[rid] + d
-        for cands, pos in self._member[rid]:
-            cands.total += d
-            if cands._heap is not None:
-                cands._moved(pos, n)
-
     def _counted_end(self, rid: int, then):
         """Replica ``rid``'s ``on_done``: uncount the request, then ``then(req)``."""
         out, member = self.outstanding, self._member[rid]
@@ -360,7 +353,12 @@ class Cluster:
 
     def enter(self, req: Request, replica) -> None:
         """Submit ``req`` to ``replica`` now (every submit goes through here, so the totals count it)."""
-        self._count(replica.index, 1)
+        rid = replica.index
+        n = self.outstanding[rid] = self.outstanding[rid] + 1
+        for cands, pos in self._member[rid]:
+            cands.total += 1
+            if cands._heap is not None:
+                cands._moved(pos, n)
         replica.submit(req)
 
     def check_totals(self) -> None:
@@ -441,6 +439,8 @@ class Cluster:
             replica = self.router(cands, req)
         if self.handoff is not None and self.handoff.is_prefill(replica):
             self.handoff.start(req, replica)
+        elif self.kv_tier is None:
+            self.enter(req, replica)            # submit_to without a KV tier to load from
         else:
             self.submit_to(req, replica, self.on_done)
 

@@ -670,13 +670,12 @@ class Replica(ReplicaBase):
         self.n_dec, self.sum_b = n_dec, sum_b
         if len(done) > 1:
             done.sort(key=_by_rid)   # one canonical order for the cache and the callbacks
-        if self.cache is not None:
-            for req in done:
+        cache, live, on_done = self.cache, self.live, self.on_done
+        for req in done:
+            if cache is not None and (req.prefix_key is not None or req.shared_key is not None):
                 self._retire(req, t)
-            return
-        live, on_done = self.live, self.on_done
-        for req in done:             # _retire without a cache, inlined
-            self.kv_used -= req.kv
+                continue
+            self.kv_used -= req.kv   # _retire inlined: no cache, or nothing of this request to keep
             del live[req.rid]
             req.running = False
             req.finish = t
@@ -747,8 +746,8 @@ class Replica(ReplicaBase):
         kv_used = self.kv_used
         while waiting and len(live) < max_batch:
             req = waiting[0]
-            if cache is None:
-                if kv_used + req.prompt_len + n_dec > cap:
+            if cache is None or (req.prefix_key is None and not cache.gpu_used):
+                if kv_used + req.prompt_len + n_dec > cap:     # what reserve() decides here
                     break
             elif not reserve(cache, req, kv_used, n_dec, cap, t, not live):
                 break
