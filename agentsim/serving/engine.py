@@ -134,6 +134,10 @@ class Replica(ReplicaBase):
     """
 
     LAZY_READY = True
+    #: a request without a prefix key skips the prefix cache's calls where they cannot change anything
+    #: (no GPU entries to evict at admission, nothing to keep at its end); False: every request makes
+    #: them (tests compare the two)
+    KEYLESS_SHORTCUT = True
     # the state in slots, next to the object rather than in a dict: at a thousand replicas each
     # event's replica is a cold object, and fewer cache lines per event count there (with the slotted
     # timers, 1.16x less CPU a request on the engine benchmark's 1,024-replica row, 1.05x on one
@@ -671,8 +675,9 @@ class Replica(ReplicaBase):
         if len(done) > 1:
             done.sort(key=_by_rid)   # one canonical order for the cache and the callbacks
         cache, live, on_done = self.cache, self.live, self.on_done
+        every = cache is not None and not self.KEYLESS_SHORTCUT
         for req in done:
-            if cache is not None and (req.prefix_key is not None or req.shared_key is not None):
+            if cache is not None and (every or req.prefix_key is not None or req.shared_key is not None):
                 self._retire(req, t)
                 continue
             self.kv_used -= req.kv   # _retire inlined: no cache, or nothing of this request to keep
@@ -744,9 +749,10 @@ class Replica(ReplicaBase):
         waiting, cap, cache, live = self._waiting, self.cap, self.cache, self.live
         max_batch, n_dec, prefilling = self.max_batch, self.n_dec, self.prefilling
         kv_used = self.kv_used
+        shortcut = self.KEYLESS_SHORTCUT
         while waiting and len(live) < max_batch:
             req = waiting[0]
-            if cache is None or (req.prefix_key is None and not cache.gpu_used):
+            if cache is None or (shortcut and req.prefix_key is None and not cache.gpu_used):
                 if kv_used + req.prompt_len + n_dec > cap:     # what reserve() decides here
                     break
             elif not reserve(cache, req, kv_used, n_dec, cap, t, not live):
