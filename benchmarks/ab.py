@@ -78,14 +78,23 @@ def run_arm(checkout: Path, argv: list[str]) -> dict:
         return json.loads(out.read_text())
 
 
-def interleave(arms: dict[str, Path], argv: list[str], runs: int) -> dict[str, list[dict]]:
-    """``runs`` rounds, each running every arm once in turn; each arm's list of JSON results."""
+def interleave(arms: dict[str, Path], argv: list[str], runs: int,
+               rows: list[list[str]] | None = None) -> dict[str, list[dict]]:
+    """``runs`` rounds, each running every arm once in turn; each arm's list of JSON results. With
+    ``rows`` (extra arguments, one list per row), every row of a round runs in its own process on
+    both arms, the arm that goes first alternating from row to row, and a round's result merges its
+    rows' JSON: a row run after others in one process would inherit their heap."""
     got: dict[str, list[dict]] = {name: [] for name in arms}
+    flip = False
     for r in range(runs):
-        order = list(arms) if r % 2 == 0 else list(reversed(arms))   # neither arm always goes first
-        for name in order:
-            got[name].append(run_arm(arms[name], argv))
-            print(f"  round {r + 1}/{runs}: {name} done", file=sys.stderr, flush=True)
+        merged: dict[str, dict] = {name: {} for name in arms}
+        for extra in rows if rows is not None else [[]]:
+            for name in (list(reversed(arms)) if flip else list(arms)):   # neither arm always goes first
+                merged[name].update(run_arm(arms[name], argv + extra))
+            flip = not flip
+        for name in arms:
+            got[name].append(merged[name])
+        print(f"  round {r + 1}/{runs} done", file=sys.stderr, flush=True)
     return got
 
 

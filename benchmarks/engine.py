@@ -219,7 +219,7 @@ def ab_worker(quick: bool, out: Path, only: list[str] | None) -> None:
 
 def ab_main(args) -> int:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from ab import REPO, baseline_checkout, run_arm
+    from ab import REPO, baseline_checkout, interleave
 
     arms = {"before": baseline_checkout(), "after": REPO}
     argv = [sys.executable, __file__, "--worker"] + (["--quick"] if args.quick else [])
@@ -228,17 +228,9 @@ def ab_main(args) -> int:
     print(f"engine before/after: {args.runs} interleaved rounds per arm, each row in its own process; "
           f"before = {arms['before']} (issue20-start), after = {REPO}; load average at start "
           f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f}", flush=True)
-    # a round runs every row on both arms (A, B for one row, then B, A for the next ...), each row in a
-    # fresh process: a row run after others in one process inherits their heap, and the 1,024-replica
-    # row measured 1.65x one replica's cost alone and 2.20x after the 64-replica row (2026-12-08)
-    got: dict[str, list[dict]] = {name: [{} for _ in range(args.runs)] for name in arms}
-    flip = False
-    for r in range(args.runs):
-        for key in keys:
-            for name in (reversed(arms) if flip else list(arms)):
-                got[name][r].update(run_arm(arms[name], argv + ["--only", key]))
-            flip = not flip
-        print(f"  round {r + 1}/{args.runs} done", file=sys.stderr, flush=True)
+    # each row in a fresh process: run after the 64-replica row in one process, the 1,024-replica row
+    # measured 2.20x one replica's cost; alone, 1.65x (2026-12-08)
+    got = interleave(arms, argv, args.runs, rows=[["--only", key] for key in keys])
     load_end = os.getloadavg()
     table, rows = [], []
     one = {}

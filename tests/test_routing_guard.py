@@ -5,6 +5,7 @@ attainment) is tests/test_mixed_fleet_balance.py (slow)."""
 from __future__ import annotations
 
 from collections import deque
+from functools import partial
 from types import SimpleNamespace
 
 import pytest
@@ -12,6 +13,7 @@ import pytest
 from agentsim.run.scenario import Scenario
 from agentsim.run.build import build
 from agentsim.serving.prefix_cache import CacheConfig, PrefixCache
+from agentsim.serving.replica_base import ReplicaBase
 from agentsim.serving.request import Request
 from agentsim.serving.routing_guard import OBJECTIVES, PinRelease, QueueGuard, guarded, head_wait
 from agentsim.serving.cluster import ROUTERS
@@ -30,8 +32,10 @@ class Fixed:
 def replica(name, retention="pin_session", waiting=(), step_s=0.01):
     cache = PrefixCache(CacheConfig(retention=retention, ttl_s=3600))
     c = SimpleNamespace(step_time=lambda *a, **k: step_s)
-    return SimpleNamespace(name=name, cache=cache, waiting=deque(waiting), pending=0, queued=len(waiting), n_running=0,
-                           c=c)
+    r = SimpleNamespace(name=name, cache=cache, waiting=deque(waiting), pending=0, queued=len(waiting), n_running=0,
+                        c=c)
+    r.route_view = partial(ReplicaBase.route_view, r)     # over the attributes above, as a replica's
+    return r
 
 
 def req(key=("s", 1), prompt=1000, output=10):

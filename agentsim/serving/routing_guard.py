@@ -55,15 +55,14 @@ def expected_finish(r, req: Request, now: float) -> float:
     by the prefill chunks of the requests running and queued there —
     :class:`~agentsim.serving.cluster.SpeedAware`'s estimate with the observed wait added."""
     c = r.c
-    n = r.n_running
-    q = r.queued
+    key = req.prefix_key
+    n, q, held = r.route_view(key, now)
     P, O = req.prompt, req.output
     ctx = P + O / 2
     prefill = c.step_time(P, P * P / 2, P, n, n * ctx, n + 1)
     own = prefill
-    key = req.prefix_key
-    if key is not None and r.cache is not None:
-        hit = min(r.cache.gpu_hit(key, now), req.prefix_len, P - 1)
+    if held:
+        hit = min(held, req.prefix_len, P - 1)
         if hit > 0:
             new = P - hit
             own = c.step_time(new, new * hit + new * new / 2, P, n, n * ctx, n + 1)
